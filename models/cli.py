@@ -1,0 +1,1 @@
+"""`megalive-train`: the model factory (filled in by the model issues)."""

@@ -1,0 +1,1 @@
+"""`megalive`: the runtime CLI."""
