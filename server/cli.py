@@ -1,1 +1,151 @@
-"""`megalive`: the runtime CLI."""
+"""`megalive`: the runtime command line (serve, bench, avatars)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from server import __version__
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve an avatar model over ZeroMQ",
+        description="Serve an avatar model (ONNX + JSON sidecar) to MegaLive clients. Stops cleanly on Ctrl-C or SIGTERM.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    serve.add_argument("--model", type=Path, required=True, metavar="PATH", help="avatar model .onnx (its .json sidecar beside it)")
+    serve.add_argument("--bind", default="tcp://127.0.0.1:5555", metavar="ADDR", help="ZeroMQ address; loopback only (CURVE keys come later)")
+    serve.add_argument("--max-batch", type=int, default=8, metavar="N", help="most frames of different sessions in one engine call [1-64]")
+    serve.add_argument("--max-sessions", type=int, default=64, metavar="N", help="sessions held at once; more get a 'busy' error")
+    serve.add_argument("--idle-timeout", type=float, default=120.0, metavar="S", help="close a session after this many seconds without a message")
+    serve.add_argument("--providers", default="", metavar="LIST", help="comma-separated ONNX Runtime providers; empty: best available")
+    serve.add_argument("--threads", type=int, default=0, metavar="N", help="ONNX Runtime intra-op threads; 0: one per core")
+    serve.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
+    serve.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from server.engine import Engine, ModelError, load_model_card
+    from server.service import AvatarService, BindRefused, ServiceConfig, check_bind_address
+
+    if not 1 <= args.max_batch <= 64:
+        raise SystemExit("megalive serve: --max-batch must be between 1 and 64")
+    config = ServiceConfig(bind=args.bind, max_batch=args.max_batch, max_sessions=args.max_sessions, session_idle_s=args.idle_timeout)
+    providers = [p for p in args.providers.split(",") if p] or None
+    try:
+        check_bind_address(config.bind)
+        card = load_model_card(args.model)
+        if args.dry_run:
+            print(json.dumps({"service": asdict(config), "model": {**asdict(card), "model_path": str(card.model_path),
+                              "thumbnails_path": str(card.thumbnails_path)}, "providers": providers}, indent=2, default=str))
+            return 0
+        engine = Engine(model_path=args.model, providers=providers, intra_op_threads=args.threads, max_batch=config.max_batch)
+        service = AvatarService(engine=engine, config=config)
+    except (ModelError, BindRefused) as error:
+        print(f"megalive serve: {error}", file=sys.stderr)
+        return 2
+
+    def stop(signum: int, frame: object) -> None:
+        service.stop(timeout_s=0)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    address = service.start()
+    print(f"megalive {__version__}: serving {card.name} ({len(card.avatar_names)} avatars, "
+          f"{card.resolution[0]}×{card.resolution[1]}, {', '.join(engine.providers)}) on {address}", flush=True)
+    while service.is_running():
+        service.wait(0.5)
+    print("megalive: stopped", flush=True)
+    return 0
+
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="measure engine and server speed on this machine",
+        description="Measure raw engine FPS, end-to-end FPS through a real server on loopback, round-trip latency "
+        "and batched throughput with 1, 2 and 4 sessions. Prints one table; never passes or fails on a time.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    bench.add_argument("--model", type=Path, default=None, metavar="PATH", help="avatar model .onnx; default: the shipped model")
+    bench.add_argument("--seconds", type=float, default=10.0, metavar="S", help="length of each measured phase")
+    bench.add_argument("--window", type=int, default=2, metavar="N", help="frames in flight per session")
+    bench.add_argument("--threads", type=int, default=0, metavar="N", help="ONNX Runtime intra-op threads; 0: one per core")
+    bench.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures as JSON")
+    bench.set_defaults(run=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from server.bench import BenchConfig, default_model_path, run_bench
+    from server.engine import ModelError
+
+    model = args.model or default_model_path()
+    if model is None:
+        print("megalive bench: no model given and no shipped default model found; pass --model PATH "
+              "(a test model: megalive-train contract-model --out contract.onnx)", file=sys.stderr)
+        return 2
+    try:
+        report = run_bench(BenchConfig(model_path=model, seconds=args.seconds, window=args.window, threads=args.threads))
+    except ModelError as error:
+        print(f"megalive bench: {error}", file=sys.stderr)
+        return 2
+    print(report.table())
+    if args.json is not None:
+        args.json.write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def _add_avatars(commands: argparse._SubParsersAction) -> None:
+    avatars = commands.add_parser("avatars", help="list the avatars of a running server",
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    avatars.add_argument("--server", default="tcp://127.0.0.1:5555", metavar="ADDR", help="server address")
+    avatars.add_argument("--timeout", type=float, default=2.0, metavar="S", help="seconds to wait for the server")
+    avatars.set_defaults(run=_avatars)
+
+
+def _avatars(args: argparse.Namespace) -> int:
+    from server.client import AvatarClient, ServerError, ServerGoneError
+
+    try:
+        with AvatarClient(address=args.server, timeout_s=args.timeout, name="megalive-cli") as client:
+            info = client.hello()
+            print(f"{info.server} at {args.server}")
+            for avatar in client.avatars():
+                thumbnail = "×".join(map(str, avatar.thumbnail.shape[:2])) if avatar.thumbnail else "-"
+                print(f"  {avatar.id:>3}  {avatar.name:<24} model {avatar.model}  thumbnail {thumbnail}")
+    except (ServerGoneError, ServerError) as error:
+        print(f"megalive avatars: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megalive", description="MegaLive runtime: real-time neural head avatars over ZeroMQ.")
+    parser.add_argument("--version", action="version", version=f"megalive {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_serve(commands)
+    _add_bench(commands)
+    _add_avatars(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

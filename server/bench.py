@@ -1,0 +1,215 @@
+"""`megalive bench`: how fast the engine is, and what the server adds on top.
+
+Phases, each `seconds` long, on this machine:
+  1. raw engine FPS: Engine.run at batch 1 in this process, nothing else running;
+  2. end-to-end: a real `megalive serve` subprocess on loopback, one client session streaming with
+     its in-flight window; FPS and round-trip latency percentiles;
+  3. throughput with 2 and 4 sessions of one client (the server batches them) versus 1.
+Figures are printed, never judged: speed is compared as ratios within one run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from server.client import AvatarClient, Texture
+from server.engine import Engine
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO_ROOT / "assets" / "default" / "student.onnx"
+
+
+def default_model_path() -> Path | None:
+    return DEFAULT_MODEL if DEFAULT_MODEL.is_file() else None
+
+
+def machine_description() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+        model = match.group(1).strip() if match else model
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {cores} cores, {platform.system()} {platform.release()}"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model_path: Path
+    seconds: float = 10.0
+    window: int = 2
+    threads: int = 0
+    session_counts: tuple[int, ...] = (1, 2, 4)
+
+
+@dataclass(frozen=True)
+class StreamFigures:
+    sessions: int
+    frames: int
+    seconds: float
+    dropped: int
+    latencies_ms: tuple[float, ...] = field(repr=False)
+    mean_batch: float
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    machine: str
+    model: str
+    resolution: tuple[int, int]
+    providers: tuple[str, ...]
+    raw_fps: float
+    raw_frames: int
+    streams: tuple[StreamFigures, ...]
+
+    def stream(self, sessions: int) -> StreamFigures:
+        return next(s for s in self.streams if s.sessions == sessions)
+
+    def as_dict(self) -> dict:
+        single = self.stream(1)
+        return {
+            "machine": self.machine,
+            "model": self.model,
+            "resolution": list(self.resolution),
+            "providers": list(self.providers),
+            "raw_engine_fps": self.raw_fps,
+            "end_to_end_fps": single.fps,
+            "end_to_end_over_raw": single.fps / self.raw_fps,
+            "round_trip_p50_ms": single.percentile_ms(50),
+            "round_trip_p99_ms": single.percentile_ms(99),
+            "throughput": {str(s.sessions): {"fps": s.fps, "vs_1": s.fps / single.fps, "dropped": s.dropped,
+                                              "mean_batch": s.mean_batch} for s in self.streams},
+        }
+
+    def table(self) -> str:
+        figures = self.as_dict()
+        rows = [
+            ("raw engine FPS (batch 1)", f"{self.raw_fps:.1f}"),
+            ("end-to-end FPS (1 session, loopback)", f"{figures['end_to_end_fps']:.1f}"),
+            ("end-to-end / raw", f"{figures['end_to_end_over_raw']:.2f}"),
+            ("round trip p50 / p99 (ms)", f"{figures['round_trip_p50_ms']:.1f} / {figures['round_trip_p99_ms']:.1f}"),
+            ("p99 / p50", f"{figures['round_trip_p99_ms'] / figures['round_trip_p50_ms']:.2f}"),
+        ]
+        for sessions, entry in figures["throughput"].items():
+            rows.append((f"{sessions} session(s): total FPS (× vs 1; mean batch)",
+                         f"{entry['fps']:.1f} (×{entry['vs_1']:.2f}; {entry['mean_batch']:.2f})"))
+        width = max(len(name) for name, _ in rows)
+        header = (f"MegaLive bench — {self.model} {self.resolution[0]}×{self.resolution[1]} on {', '.join(self.providers)}\n"
+                  f"machine: {self.machine}\n")
+        return header + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+
+
+def _driver_frames(resolution: tuple[int, int], count: int = 8) -> list[np.ndarray]:
+    generator = np.random.default_rng(0)
+    return [generator.integers(0, 256, (*resolution, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def measure_raw_fps(engine: Engine, seconds: float) -> tuple[float, int]:
+    drivers = [f.transpose(2, 0, 1)[None].astype(np.float32) / 255.0 for f in _driver_frames(engine.resolution)]
+    avatar = np.zeros(1, np.int64)
+    frames = 0
+    with tqdm(total=round(seconds, 1), desc="raw engine", unit="s", leave=False) as bar:
+        began = last = time.perf_counter()
+        while (now := time.perf_counter()) - began < seconds:
+            engine.run(drivers[frames % len(drivers)], avatar)
+            frames += 1
+            bar.update(round(now - last, 2))
+            last = now
+    return frames / (time.perf_counter() - began), frames
+
+
+def start_server(model_path: Path, *, threads: int) -> tuple[subprocess.Popen, str]:
+    """A real `megalive serve` on an ephemeral loopback port; returns the process and its address."""
+    command = [sys.executable, "-m", "server.cli", "serve", "--model", str(model_path), "--bind", "tcp://127.0.0.1:*",
+               "--threads", str(threads)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    match = re.search(r" on (tcp://\S+)$", line.strip())
+    if not match:
+        process.kill()
+        raise RuntimeError(f"server did not start: {line.strip()} {process.stderr.read().strip() if process.stderr else ''}")
+    return process, match.group(1)
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def measure_stream(address: str, *, sessions: int, seconds: float, window: int, resolution: tuple[int, int]) -> StreamFigures:
+    drivers = _driver_frames(resolution)
+    with AvatarClient(address=address, max_in_flight=window, timeout_s=10.0, name="megalive-bench") as client:
+        client.hello()
+        handles = [client.open(avatar=i) for i in range(sessions)]
+        engine_before = client.stats()["engine"]
+        latencies: list[float] = []
+        frames = dropped = sent = 0
+        warm_until = time.perf_counter() + min(1.0, seconds / 5)  # the first frames of a stream pay for setup
+        began = None
+        with tqdm(total=round(seconds, 1), desc=f"{sessions} session(s)", unit="s", leave=False) as bar:
+            last = time.perf_counter()
+            while True:
+                now = time.perf_counter()
+                if began is None and now >= warm_until:
+                    began, frames, dropped, latencies = now, 0, 0, []
+                    engine_before = client.stats()["engine"]
+                if began is not None and now - began >= seconds:
+                    break
+                for handle in handles:
+                    while client.can_send(handle):
+                        client.send_frame(handle, drivers[sent % len(drivers)])
+                        sent += 1
+                for event in client.poll(timeout_ms=50):
+                    if isinstance(event, Texture):
+                        frames += 1
+                        latencies.append(event.round_trip_ms)
+                    else:
+                        dropped += 1
+                bar.update(round(now - last, 2))
+                last = now
+        elapsed = time.perf_counter() - began
+        engine_after = client.stats()["engine"]
+    runs = engine_after["runs"] - engine_before["runs"]
+    mean_batch = (engine_after["frames"] - engine_before["frames"]) / runs if runs else 0.0
+    return StreamFigures(sessions=sessions, frames=frames, seconds=elapsed, dropped=dropped,
+                         latencies_ms=tuple(latencies), mean_batch=mean_batch)
+
+
+def run_bench(config: BenchConfig) -> BenchReport:
+    engine = Engine(model_path=config.model_path, intra_op_threads=config.threads)
+    raw_fps, raw_frames = measure_raw_fps(engine, config.seconds)
+    card, providers = engine.card, tuple(engine.providers)
+    del engine  # the server process gets the cores to itself
+    process, address = start_server(config.model_path, threads=config.threads)
+    try:
+        streams = tuple(
+            measure_stream(address, sessions=n, seconds=config.seconds, window=config.window, resolution=card.resolution)
+            for n in config.session_counts
+        )
+    finally:
+        stop_server(process)
+    return BenchReport(machine=machine_description(), model=card.name, resolution=card.resolution, providers=providers,
+                       raw_fps=raw_fps, raw_frames=raw_frames, streams=streams)

@@ -1,0 +1,209 @@
+"""ONNX Runtime engine over an avatar model and its JSON sidecar (the model card).
+
+Contract for avatar models (written by `megalive-train export`, read here):
+
+    inputs   driver  float32  B×3×H×W  in [0,1]
+             avatar  int64    B         index into the card's avatar names
+    outputs  rgb     float32  B×3×H×W  in [0,1]
+             alpha   float32  B×1×H×W  in [0,1]
+
+The sidecar sits beside the model as ``<model stem>.json`` and names the resolution, the avatars,
+the driver kinds the model accepts and the exact command that produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+SIDECAR_FORMAT = "megalive-avatar-model"
+SIDECAR_FORMAT_VERSION = 1
+
+# Tried in this order; the first that the installed onnxruntime offers and that starts wins.
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class ModelError(Exception):
+    """A model or sidecar that cannot be served; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the sidecar says about a model."""
+
+    model_path: Path
+    name: str
+    resolution: tuple[int, int]  # (H, W)
+    avatar_names: tuple[str, ...]
+    drivers: tuple[str, ...]
+    command: str
+    config_hash: str
+    thumbnails_path: Path | None
+
+    @property
+    def num_avatars(self) -> int:
+        return len(self.avatar_names)
+
+
+def sidecar_path(model_path: Path) -> Path:
+    return model_path.with_suffix(".json")
+
+
+def load_model_card(model_path: str | Path) -> ModelCard:
+    """Read and check the sidecar of a model file. Raises ModelError with a one-line reason."""
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise ModelError(f"model file not found: {model_path}")
+    card_path = sidecar_path(model_path)
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"model sidecar not found: {card_path} (export writes it next to the model)") from None
+    except (OSError, ValueError) as error:
+        raise ModelError(f"model sidecar {card_path} is unreadable: {error}") from None
+    if not isinstance(card, dict) or card.get("format") != SIDECAR_FORMAT:
+        raise ModelError(f"{card_path} is not a {SIDECAR_FORMAT} sidecar")
+    if card.get("format_version") != SIDECAR_FORMAT_VERSION:
+        raise ModelError(f"{card_path}: sidecar version {card.get('format_version')!r}, this server reads {SIDECAR_FORMAT_VERSION}")
+    try:
+        height, width = (int(n) for n in card["resolution"])
+        avatars = tuple(str(name) for name in card["avatars"])
+        drivers = tuple(str(kind) for kind in card.get("drivers", ["image"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelError(f"{card_path}: missing or malformed field ({error})") from None
+    if not avatars:
+        raise ModelError(f"{card_path}: the model has no avatars")
+    thumbnails = card.get("thumbnails")
+    return ModelCard(
+        model_path=model_path,
+        name=str(card.get("name", model_path.stem)),
+        resolution=(height, width),
+        avatar_names=avatars,
+        drivers=drivers,
+        command=str(card.get("command", "")),
+        config_hash=str(card.get("config_hash", "")),
+        thumbnails_path=(model_path.parent / thumbnails) if thumbnails else None,
+    )
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    rgb: np.ndarray  # B×3×H×W float32
+    alpha: np.ndarray  # B×1×H×W float32
+
+
+@dataclass
+class EngineCounters:
+    runs: int = 0
+    frames: int = 0
+    infer_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "runs": self.runs,
+            "frames": self.frames,
+            "mean_batch": self.frames / self.runs if self.runs else 0.0,
+            "mean_infer_ms": 1000.0 * self.infer_seconds / self.runs if self.runs else 0.0,
+        }
+
+
+def choose_providers(requested: Sequence[str] | None) -> list[str]:
+    available = ort.get_available_providers()
+    wanted = list(requested) if requested else [p for p in PREFERRED_PROVIDERS if p in available]
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        raise ModelError(f"execution providers {missing} are not available (installed: {available})")
+    return wanted
+
+
+class Engine:
+    """One ONNX Runtime session for one avatar model; thread-compatible (one caller at a time)."""
+
+    def __init__(
+        self,
+        *,
+        model_path: str | Path,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int = 0,
+        max_batch: int = 8,
+        warmup: bool = True,
+    ) -> None:
+        self.card = load_model_card(model_path)
+        self.max_batch = max_batch
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads  # 0: ORT picks (all physical cores)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        chosen = choose_providers(providers)
+        try:
+            self.session = ort.InferenceSession(str(self.card.model_path), sess_options=options, providers=chosen)
+        except Exception as error:  # ORT raises its own exception types from C++; re-raise as one line
+            if chosen != ["CPUExecutionProvider"] and providers is None:
+                self.session = ort.InferenceSession(str(self.card.model_path), sess_options=options, providers=["CPUExecutionProvider"])
+            else:
+                raise ModelError(f"cannot load {self.card.model_path}: {str(error).splitlines()[0]}") from None
+        self._check_contract()
+        self.counters = EngineCounters()
+        if warmup:
+            self.warm_up()
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        return self.card.resolution
+
+    def _check_contract(self) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        if "driver" not in inputs or "avatar" not in inputs or not {"rgb", "alpha"} <= outputs:
+            raise ModelError(
+                f"{self.card.model_path.name} does not follow the avatar contract: inputs {sorted(inputs)}, outputs {sorted(outputs)}"
+                " (need inputs driver, avatar and outputs rgb, alpha)"
+            )
+        shape = inputs["driver"].shape  # [B, 3, H, W]; B symbolic
+        if len(shape) != 4 or (isinstance(shape[2], int) and tuple(shape[2:]) != self.card.resolution):
+            raise ModelError(f"driver input shape {shape} disagrees with the sidecar resolution {self.card.resolution}")
+
+    def warm_up(self) -> None:
+        """Run once at batch 1 and at max batch so the first real frames do not pay allocation costs."""
+        for batch in sorted({1, self.max_batch}):
+            self.run(np.zeros((batch, 3, *self.resolution), np.float32), np.zeros(batch, np.int64))
+        self.counters = EngineCounters()
+
+    def run(self, driver: np.ndarray, avatar: np.ndarray) -> EngineOutput:
+        """driver B×3×H×W float32 in [0,1], avatar B int64 -> rgb B×3×H×W, alpha B×1×H×W."""
+        if driver.ndim != 4 or driver.shape[1:] != (3, *self.resolution) or avatar.shape != driver.shape[:1]:
+            raise ValueError(f"engine input shapes {driver.shape} / {avatar.shape} do not match {self.resolution}")
+        rgbs, alphas = [], []
+        for start in range(0, len(driver), self.max_batch):
+            began = time.perf_counter()
+            rgb, alpha = self.session.run(
+                ["rgb", "alpha"],
+                {"driver": driver[start : start + self.max_batch], "avatar": avatar[start : start + self.max_batch]},
+            )
+            self.counters.infer_seconds += time.perf_counter() - began
+            self.counters.runs += 1
+            self.counters.frames += len(rgb)
+            rgbs.append(rgb)
+            alphas.append(alpha)
+        if len(rgbs) == 1:
+            return EngineOutput(rgb=rgbs[0], alpha=alphas[0])
+        return EngineOutput(rgb=np.concatenate(rgbs), alpha=np.concatenate(alphas))
+
+    def thumbnails(self) -> list[np.ndarray | None]:
+        """Per-avatar thumbnails (h×w×3 uint8) from the sidecar's .npy file, or None each when absent."""
+        path = self.card.thumbnails_path
+        if path is None or not path.is_file():
+            return [None] * self.card.num_avatars
+        stack = np.load(path, allow_pickle=False)  # N×h×w×3 uint8
+        if stack.dtype != np.uint8 or stack.ndim != 4 or len(stack) != self.card.num_avatars:
+            raise ModelError(f"{path}: thumbnails must be N×h×w×3 uint8 for {self.card.num_avatars} avatars")
+        return list(stack)

@@ -1,0 +1,82 @@
+"""Pixel conversions between the wire and the engine: decode, resize, CHW floats, texture encoding.
+
+Pillow does the codecs and resampling (C code, no torch); numpy does the layout changes.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from server.protocol import Buffer, EncodedBuffer, ProtocolError, raw_buffer_from_array
+
+
+def decode_driver_image(buffer: Buffer, *, request_id: int | None = None) -> np.ndarray:
+    """A driver frame from the wire as H×W×3 uint8 (RGB). Accepts u8 RGB/RGBA/grey, f32 in [0,1], jpeg, png."""
+    if isinstance(buffer, EncodedBuffer):
+        try:
+            with Image.open(io.BytesIO(buffer.data)) as image:
+                return np.asarray(image.convert("RGB"))
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise ProtocolError("bad_request", f"cannot decode {buffer.codec} driver image: {error}", request_id=request_id) from None
+    array = buffer.array()
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or min(array.shape[:2]) < 1:
+        raise ProtocolError("bad_request", f"driver image must be H×W×{{1,3,4}}, got shape {list(buffer.shape)}", request_id=request_id)
+    if array.dtype == np.float32:
+        if not np.isfinite(array).all():
+            raise ProtocolError("bad_request", "driver image holds NaN or infinite values", request_id=request_id)
+        array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if array.shape[2] == 1:
+        return np.repeat(array, 3, axis=2)
+    return array[:, :, :3]
+
+
+def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an H×W×C uint8 image to size (h, w); a no-op when it already fits."""
+    height, width = size
+    if image.shape[:2] == (height, width):
+        return image
+    mode = "RGBA" if image.shape[2] == 4 else "RGB"
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image), mode).resize((width, height), Image.BILINEAR))
+
+
+def to_engine_batch(images: list[np.ndarray]) -> np.ndarray:
+    """B images H×W×3 uint8 -> B×3×H×W float32 in [0,1]."""
+    batch = np.stack(images)  # B×H×W×3
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) * np.float32(1.0 / 255.0)
+
+
+def to_texture_pixels(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Engine outputs (B×3×H×W rgb, B×1×H×W alpha, floats in [0,1]) -> B×H×W×4 uint8 RGBA."""
+    rgba = np.concatenate([rgb, alpha], axis=1)  # B×4×H×W
+    np.clip(rgba, 0.0, 1.0, out=rgba)
+    rgba *= 255.0
+    rgba += 0.5
+    return np.ascontiguousarray(rgba.astype(np.uint8).transpose(0, 2, 3, 1))  # B×4×H×W -> B×H×W×4
+
+
+def encode_texture(rgba: np.ndarray, *, output_format: str, size: tuple[int, int], jpeg_quality: int = 90) -> Buffer:
+    """H×W×4 uint8 -> the session's wire format at its output size."""
+    rgba = resize_rgb(rgba, size)
+    if output_format == "rgba8":
+        return raw_buffer_from_array(rgba)
+    if output_format == "rgb8":
+        return raw_buffer_from_array(np.ascontiguousarray(rgba[:, :, :3]))
+    if output_format == "jpeg":
+        encoded = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(rgba[:, :, :3]), "RGB").save(encoded, format="JPEG", quality=jpeg_quality)
+        return EncodedBuffer(codec="jpeg", data=memoryview(encoded.getvalue()))
+    raise ValueError(f"unknown output format {output_format!r}")
+
+
+def decode_texture(buffer: Buffer) -> np.ndarray:
+    """A texture reply's pixels as H×W×C uint8 (C=4 for rgba8, 3 for rgb8 and jpeg)."""
+    if isinstance(buffer, EncodedBuffer):
+        with Image.open(io.BytesIO(buffer.data)) as image:
+            return np.asarray(image.convert("RGB"))
+    return buffer.array()
+

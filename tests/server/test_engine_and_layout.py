@@ -1,0 +1,107 @@
+"""Engine contract checks, the runtime's independence from torch, and the CLIs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.contract_model import ContractModel, ContractModelConfig
+from models.export import export_avatar_model
+from server.engine import Engine, ModelError, load_model_card
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_import_server_does_not_load_torch_or_models() -> None:
+    probe = ("import sys, server, server.protocol, server.client, server.engine, server.service, server.imaging, "
+             "server.bench, server.cli; bad = [m for m in ('torch', 'models') if m in sys.modules]; print(bad); "
+             "sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_protocol_and_client_need_only_msgpack_and_zmq() -> None:
+    """The copies shipped to Blender and Unreal must work without numpy."""
+    probe = ("import sys; sys.modules['numpy'] = None; import server.protocol, server.client; "
+             "m = server.protocol.decode(server.protocol.encode({'op': 'hello', 'id': 1})); print(m.op)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "hello", result.stderr
+
+
+def test_engine_batches_and_splits_above_max_batch(contract_model_path: Path) -> None:
+    engine = Engine(model_path=contract_model_path, max_batch=2)
+    driver = np.random.default_rng(0).random((5, 3, 32, 32), dtype=np.float32)
+    avatars = np.array([0, 1, 2, 0, 1])
+    output = engine.run(driver, avatars)
+    assert output.rgb.shape == (5, 3, 32, 32) and output.alpha.shape == (5, 1, 32, 32)
+    assert engine.counters.runs == 3 and engine.counters.frames == 5
+    single = engine.run(driver[3:4], avatars[3:4])
+    np.testing.assert_allclose(single.rgb[0], output.rgb[3], atol=1e-5)
+    with pytest.raises(ValueError):
+        engine.run(np.zeros((1, 3, 16, 16), np.float32), np.zeros(1, np.int64))
+
+
+def test_model_card_errors_are_one_line(contract_model_path: Path, tmp_path: Path) -> None:
+    card = load_model_card(contract_model_path)
+    assert card.avatar_names == ("ada", "bo", "cy") and card.resolution == (32, 32) and card.drivers == ("image",)
+    with pytest.raises(ModelError, match="not found"):
+        load_model_card(tmp_path / "missing.onnx")
+    lonely = tmp_path / "lonely.onnx"
+    lonely.write_bytes(contract_model_path.read_bytes())
+    with pytest.raises(ModelError, match="sidecar not found"):
+        load_model_card(lonely)
+    lonely.with_suffix(".json").write_text("{not json")
+    with pytest.raises(ModelError, match="unreadable"):
+        load_model_card(lonely)
+    sidecar = json.loads(contract_model_path.with_suffix(".json").read_text())
+    lonely.with_suffix(".json").write_text(json.dumps({**sidecar, "avatars": []}))
+    with pytest.raises(ModelError, match="no avatars"):
+        load_model_card(lonely)
+
+
+def test_engine_refuses_a_model_whose_sidecar_disagrees(tmp_path: Path) -> None:
+    path = tmp_path / "wrong.onnx"
+    export_avatar_model(ContractModel(config=ContractModelConfig(resolution=16, num_avatars=1, width=4)),
+                        out_path=path, resolution=(16, 16), avatar_names=["a"], command="test", config={})
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".json").write_text(json.dumps({**sidecar, "resolution": [24, 24]}))
+    with pytest.raises(ModelError, match="disagrees"):
+        Engine(model_path=path)
+
+
+def test_export_writes_the_sidecar_and_leaves_no_temporary_files(contract_model_path: Path) -> None:
+    sidecar = json.loads(contract_model_path.with_suffix(".json").read_text())
+    assert sidecar["opset"] == 20 and sidecar["parity_max_abs_error"] < 1e-4 and sidecar["command"]
+    assert sorted(p.suffix for p in contract_model_path.parent.iterdir()) == [".json", ".onnx"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+
+
+def test_cli_help_and_version() -> None:
+    for module in ("server.cli", "models.cli"):
+        assert run_cli(module, "--help").returncode == 0
+        assert "megalive" in run_cli(module, "--version").stdout
+    assert "--model" in run_cli("server.cli", "serve", "--help").stdout
+
+
+def test_contract_model_command_and_bench_print_a_table(tmp_path: Path) -> None:
+    model = tmp_path / "bench.onnx"
+    made = run_cli("models.cli", "contract-model", "--out", str(model), "--resolution", "32", "--avatars", "4", "--width", "8")
+    assert made.returncode == 0 and "max abs error" in made.stdout, made.stderr
+    assert json.loads(model.with_suffix(".json").read_text())["command"].endswith("--width 8")
+    figures = tmp_path / "bench.json"
+    bench = run_cli("server.cli", "bench", "--model", str(model), "--seconds", "0.5", "--json", str(figures))
+    assert bench.returncode == 0, bench.stderr
+    for row in ("raw engine FPS", "end-to-end / raw", "p99 / p50", "4 session(s)"):
+        assert row in bench.stdout
+    report = json.loads(figures.read_text())
+    assert report["raw_engine_fps"] > 0 and report["throughput"]["4"]["fps"] > 0
+    bad = run_cli("models.cli", "contract-model", "--out", str(tmp_path / "x.onnx"), "--resolution", "30")
+    assert bad.returncode == 2 and "multiple of 4" in bad.stderr
