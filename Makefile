@@ -20,8 +20,10 @@ install-dev: $(VENV)/.installed-dev
 test: install-dev
 	$(PY) -m pytest -q
 
+# The README's runtime figures: the contract model at 256×256, then the bench (figures also in runs/bench.json).
 bench: install-dev
-	$(VENV)/bin/megalive bench
+	$(VENV)/bin/megalive-train contract-model --out runs/contract.onnx --resolution 256
+	$(VENV)/bin/megalive bench --model runs/contract.onnx --seconds 10 --json runs/bench.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -117,6 +117,24 @@ class BenchReport:
         return header + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
 
 
+class PhaseProgress:
+    """A progress bar over a timed phase (on stderr; the table goes to stdout)."""
+
+    def __init__(self, *, seconds: float, description: str) -> None:
+        self.bar = tqdm(total=round(seconds, 1), desc=description, unit="s", leave=False, mininterval=0.25,
+                        bar_format="{desc}: {bar} {n:.1f}/{total:.1f} s")
+
+    def show(self, elapsed_s: float) -> None:
+        self.bar.n = round(min(elapsed_s, self.bar.total), 1)
+        self.bar.update(0)  # redraws at most every mininterval
+
+    def __enter__(self) -> "PhaseProgress":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.bar.close()
+
+
 def _driver_frames(resolution: tuple[int, int], count: int = 8) -> list[np.ndarray]:
     generator = np.random.default_rng(0)
     return [generator.integers(0, 256, (*resolution, 3), dtype=np.uint8) for _ in range(count)]
@@ -126,13 +144,12 @@ def measure_raw_fps(engine: Engine, seconds: float) -> tuple[float, int]:
     drivers = [f.transpose(2, 0, 1)[None].astype(np.float32) / 255.0 for f in _driver_frames(engine.resolution)]
     avatar = np.zeros(1, np.int64)
     frames = 0
-    with tqdm(total=round(seconds, 1), desc="raw engine", unit="s", leave=False) as bar:
-        began = last = time.perf_counter()
+    with PhaseProgress(seconds=seconds, description="raw engine") as progress:
+        began = time.perf_counter()
         while (now := time.perf_counter()) - began < seconds:
             engine.run(drivers[frames % len(drivers)], avatar)
             frames += 1
-            bar.update(round(now - last, 2))
-            last = now
+            progress.show(now - began)
     return frames / (time.perf_counter() - began), frames
 
 
@@ -167,10 +184,10 @@ def measure_stream(address: str, *, sessions: int, seconds: float, window: int, 
         engine_before = client.stats()["engine"]
         latencies: list[float] = []
         frames = dropped = sent = 0
-        warm_until = time.perf_counter() + min(1.0, seconds / 5)  # the first frames of a stream pay for setup
+        warm_up_s = min(1.0, seconds / 5)  # the first frames of a stream pay for setup; not counted
+        warm_until = time.perf_counter() + warm_up_s
         began = None
-        with tqdm(total=round(seconds, 1), desc=f"{sessions} session(s)", unit="s", leave=False) as bar:
-            last = time.perf_counter()
+        with PhaseProgress(seconds=seconds + warm_up_s, description=f"{sessions} session(s)") as progress:
             while True:
                 now = time.perf_counter()
                 if began is None and now >= warm_until:
@@ -188,8 +205,7 @@ def measure_stream(address: str, *, sessions: int, seconds: float, window: int, 
                         latencies.append(event.round_trip_ms)
                     else:
                         dropped += 1
-                bar.update(round(now - last, 2))
-                last = now
+                progress.show(now - warm_until + warm_up_s)
         elapsed = time.perf_counter() - began
         engine_after = client.stats()["engine"]
     runs = engine_after["runs"] - engine_before["runs"]
