@@ -1,0 +1,1 @@
+"""Training data: procedural synthetic heads (synthetic.py); video folders and augmentations come later."""
