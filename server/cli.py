@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from server import __version__
+from unreal_bridge.cli import add_livelink_commands, add_unreal_commands
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
@@ -134,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_bench(commands)
     _add_avatars(commands)
+    add_livelink_commands(commands)
+    add_unreal_commands(commands)
     return parser
 
 

@@ -1,0 +1,225 @@
+"""The Unreal editor side against a real server and the contract model, with the host replaced by
+tests/unreal_bridge/fake_unreal.py (a fake of only the `unreal` calls the bridge makes)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from server import imaging
+from server.client import AvatarClient
+from server.engine import Engine
+from server.service import AvatarService, ServiceConfig
+from tests.conftest import free_tcp_port
+from tests.unreal_bridge import fake_unreal
+from unreal_bridge.editor.live_texture import ImageSequenceSource, LiveTextureConfig, LiveTextureController
+from unreal_bridge.editor.png import encode_png
+
+
+@pytest.fixture
+def engine(contract_model_path: Path) -> Engine:
+    return Engine(model_path=contract_model_path)
+
+
+@pytest.fixture
+def address() -> str:
+    return f"tcp://127.0.0.1:{free_tcp_port()}"  # a fixed port, so the server can come back on it
+
+
+@pytest.fixture
+def service(engine: Engine, address: str):
+    service = AvatarService(engine=engine, config=ServiceConfig(bind=address))
+    service.start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def driver_image(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    pixels = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    path = tmp_path / "still.png"
+    Image.fromarray(pixels).save(path)
+    return path, pixels
+
+
+def host_with(fake: ModuleType) -> ModuleType:
+    """Import unreal_host fresh against the fake `unreal` module installed in sys.modules."""
+    sys.modules.pop("unreal_bridge.editor.unreal_host", None)
+    return importlib.import_module("unreal_bridge.editor.unreal_host")
+
+
+@pytest.fixture
+def restore_unreal():
+    yield
+    sys.modules.pop("unreal", None)
+    sys.modules.pop("unreal_bridge.editor.unreal_host", None)
+
+
+def tick_until(fake: ModuleType, done: Any, *, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "condition not reached"
+        fake.fire_tick()
+        time.sleep(0.005)
+
+
+def expected_texture(engine: Engine, pixels: np.ndarray, avatar: int) -> np.ndarray:
+    output = engine.run(imaging.to_engine_batch([pixels]), np.array([avatar]))
+    return imaging.to_texture_pixels(output.rgb, output.alpha)[0]
+
+
+def assert_close(texture_bytes: bytes, expected: np.ndarray) -> None:
+    got = np.frombuffer(texture_bytes, np.uint8).reshape(expected.shape)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1  # batch-size rounding only
+
+
+@pytest.mark.usefixtures("restore_unreal")
+def test_native_path_updates_one_texture_with_the_servers_pixels_and_stop_cleans_up(
+        service: AvatarService, engine: Engine, driver_image: tuple[Path, np.ndarray]) -> None:
+    fake = fake_unreal.install(native=True)
+    host = host_with(fake)
+    report = host.start(server=service.bound_address, avatar=1, driver="video", video_path=str(driver_image[0]))
+    assert "MegaLive: connected" in report and "pixel path: native" in report
+    assert len(fake.tick_callbacks) == 1
+    tick_until(fake, lambda: fake.created_textures and fake.created_textures[0].updates >= 1)
+    texture = fake.created_textures[0]
+    assert (texture.width, texture.height) == (32, 32)
+    assert_close(texture.pixels, expected_texture(engine, driver_image[1], avatar=1))
+    assert fake.parameter_sets == [(fake.material_instance, "AvatarTexture", texture)]
+    tick_until(fake, lambda: texture.updates >= 2, timeout_s=5)  # the still is resent: same texture, updated in place
+    assert len(fake.created_textures) == 1
+
+    active = host._active
+    host.stop()
+    assert fake.tick_callbacks == {} and len(fake.unregistered) == 1
+    assert not active.controller.client.connected  # socket closed
+    assert active.controller.state == "stopped" and host.status() == "MegaLive: not running"
+
+
+@pytest.mark.usefixtures("restore_unreal")
+def test_fallback_path_imports_png_textures_when_the_cpp_helper_is_absent(
+        service: AvatarService, engine: Engine, driver_image: tuple[Path, np.ndarray]) -> None:
+    fake = fake_unreal.install(native=False)
+    host = host_with(fake)
+    report = host.start(server=service.bound_address, avatar=2, video_path=str(driver_image[0]), material_parameter="Face")
+    assert "pixel path: fallback" in report and "import_buffer_as_texture2d" in report
+    tick_until(fake, lambda: fake.imported_buffers)
+    texture = fake.created_textures[0]
+    assert_close(texture.pixels, expected_texture(engine, driver_image[1], avatar=2))
+    assert fake.parameter_sets == [(fake.material_instance, "Face", texture)]
+    assert "fallback" in host.status()
+    host.stop()
+    assert fake.tick_callbacks == {}
+
+
+@pytest.mark.usefixtures("restore_unreal")
+def test_arkit_driver_is_refused_clearly_in_the_editor(service: AvatarService) -> None:
+    fake = fake_unreal.install(native=True)
+    host = host_with(fake)
+    report = host.start(server=service.bound_address, driver="arkit")
+    assert "refused: the loaded model has no 'arkit' input" in report
+    host.stop()
+
+
+def test_png_encoder_round_trips_through_pillow() -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 4), dtype=np.uint8)
+    import io
+
+    decoded = np.asarray(Image.open(io.BytesIO(encode_png(pixels.tobytes(), width=7, height=5))))
+    assert decoded.shape == (5, 7, 4) and (decoded == pixels).all()
+
+
+class SpyClient(AvatarClient):
+    """Records every call that can block (a request/reply round trip, or a wait) and its thread."""
+
+    BLOCKING = ("hello", "open", "reconnect", "avatars", "stats", "close_session", "_request", "_request_connected", "_reopen")
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.blocking_calls: list[tuple[str, int]] = []
+        self.waits: list[tuple[str, float, int]] = []
+        for name in self.BLOCKING:
+            setattr(self, name, self._recorded(name, getattr(self, name)))
+
+    def _recorded(self, name: str, method: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.blocking_calls.append((name, threading.get_ident()))
+            return method(*args, **kwargs)
+        return call
+
+    def poll(self, timeout_ms: int = 0) -> list:
+        self.waits.append(("poll", timeout_ms, threading.get_ident()))
+        return super().poll(timeout_ms)
+
+    def _send(self, header: dict[str, Any], buffers: tuple, *, wait_s: float, raise_gone: bool = True) -> bool:
+        self.waits.append(("send", wait_s, threading.get_ident()))
+        return super()._send(header, buffers, wait_s=wait_s, raise_gone=raise_gone)
+
+
+def test_tick_never_blocks_reports_server_gone_and_reconnects_after_backoff(
+        engine: Engine, address: str, tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for index in range(3):
+        Image.fromarray(np.full((32, 32, 3), 40 * index, np.uint8)).save(frames / f"{index:03d}.png")
+    config = LiveTextureConfig(server=address, avatar=0, timeout_s=0.3, reconnect_delay_s=0.05, max_reconnect_delay_s=0.2)
+    client = SpyClient(address=address, timeout_s=config.timeout_s, max_in_flight=2)
+    controller = LiveTextureController(config=config, source=ImageSequenceSource(path=frames, fps=30), client=client)
+    main_thread = threading.get_ident()
+
+    def tick_until_state(predicate: Any, timeout_s: float = 10.0) -> list[float]:
+        durations = []
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            assert time.monotonic() < deadline, f"stuck in state {controller.state!r}"
+            began = time.perf_counter()
+            controller.tick()
+            durations.append(time.perf_counter() - began)
+            time.sleep(0.002)
+        return durations
+
+    first = AvatarService(engine=engine, config=ServiceConfig(bind=address))
+    first.start()
+    try:
+        assert controller.connect() == "connected"
+        client.blocking_calls.clear()
+        client.waits.clear()
+        tick_until_state(lambda: controller.take_texture() is not None)
+    finally:
+        first.stop()
+
+    durations = tick_until_state(lambda: controller.state.startswith("server gone"))
+    assert "server gone: " in controller.state
+    durations += tick_until_state(lambda: controller.state == "reconnecting")  # after the back-off, on a worker
+    for _ in range(20):  # the server is still gone: ticks stay cheap while attempts fail in the background
+        began = time.perf_counter()
+        controller.tick()
+        durations.append(time.perf_counter() - began)
+        time.sleep(0.01)
+    assert controller.state in ("reconnecting",) or controller.state.startswith("server gone")
+
+    second = AvatarService(engine=engine, config=ServiceConfig(bind=address))
+    second.start()
+    try:
+        durations += tick_until_state(lambda: controller.state == "connected")
+        durations += tick_until_state(lambda: controller.take_texture() is not None)
+        assert controller.counters.reconnects >= 1
+    finally:
+        controller.close()
+        second.stop()
+
+    # Structural: no round trip and no waiting ever ran on the tick's thread ...
+    assert [name for name, thread in client.blocking_calls if thread == main_thread] == []
+    assert {wait for _, wait, thread in client.waits if thread == main_thread} <= {0, 0.0}
+    assert any(thread != main_thread for _, thread in client.blocking_calls)  # reconnects ran on the worker
+    # ... and, generously (shared machines), ticks were cheap on average.
+    assert sum(durations) / len(durations) < 0.05

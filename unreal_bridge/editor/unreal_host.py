@@ -1,0 +1,190 @@
+"""The thin Unreal-facing layer: the only module that imports ``unreal``.
+
+Console use (Output Log, Python mode), after copying the package into <Project>/Content/Python/:
+
+    from megalive_bridge.editor import unreal_host as megalive
+    megalive.start(server="tcp://127.0.0.1:5555", avatar=0, driver="video", video_path="D:/frames")
+    megalive.status()
+    megalive.stop()
+
+Select an actor whose mesh uses a Material Instance (Constant) with a texture parameter named
+``material_parameter`` before ``start``; the live texture is bound to it.
+
+Two pixel paths (``status()`` says which is active):
+- "native": the MegaLiveTexture C++ plugin is loaded; one transient texture is created once and
+  updated in place with every new frame (``UpdateTextureRegions``).
+- "fallback": no plugin; each frame shown is encoded as PNG (pure Python, zlib) and turned into a
+  NEW texture by ``RenderingLibrary.import_buffer_as_texture2d``; rate-limited (default 5 fps)
+  because every call allocates a texture. Good for stills and checks, not for live use.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import unreal
+
+from .live_texture import DriverSource, ImageSequenceSource, LiveLinkFaceSource, LiveTextureConfig, LiveTextureController
+from .png import encode_png
+
+NATIVE_LIBRARY = "MegaLiveTextureLibrary"  # UMegaLiveTextureLibrary in MegaLiveTexture/Source
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    material_parameter: str = "AvatarTexture"
+    fallback_max_fps: float = 5.0
+
+
+class _NativePixels:
+    """The C++ helper: one persistent texture updated in place."""
+
+    name = "native (MegaLiveTexture C++ helper, every frame)"
+
+    def __init__(self) -> None:
+        self.library = getattr(unreal, NATIVE_LIBRARY)
+        self.texture: object | None = None  # held here and by the material: see the plugin's lifetime notes
+        self.size: tuple[int, int] | None = None
+
+    def write(self, pixels: bytes, width: int, height: int) -> object | None:
+        """Returns the texture when it is new (it must then be bound), else None."""
+        created = None
+        if self.texture is None or self.size != (width, height):
+            self.texture = created = self.library.create_live_texture(width, height)
+            self.size = (width, height)
+        self.library.update_live_texture(self.texture, pixels)  # RGBA8 rows, pitch = width * 4
+        return created
+
+
+class _ImportedPixels:
+    """No C++ helper: PNG-encode and import a new texture, at most ``max_fps`` times a second."""
+
+    def __init__(self, *, max_fps: float) -> None:
+        self.min_interval_s = 1.0 / max_fps
+        self.name = f"fallback (PNG + RenderingLibrary.import_buffer_as_texture2d, at most {max_fps:g} fps)"
+        self._last = float("-inf")
+        self.texture: object | None = None
+
+    def write(self, pixels: bytes, width: int, height: int) -> object | None:
+        now = time.monotonic()
+        if now - self._last < self.min_interval_s:
+            return None
+        self._last = now
+        png = encode_png(pixels, width=width, height=height, channels=4)
+        self.texture = unreal.RenderingLibrary.import_buffer_as_texture2d(None, png)
+        return self.texture
+
+
+def _selected_material_instance() -> object | None:
+    """The first Material Instance Constant on a mesh of the first selected actor that has one."""
+    actors = unreal.get_editor_subsystem(unreal.EditorActorSubsystem).get_selected_level_actors()
+    for actor in actors:
+        for component in actor.get_components_by_class(unreal.MeshComponent):
+            material = component.get_material(0)
+            if isinstance(material, unreal.MaterialInstanceConstant):
+                return material
+    return None
+
+
+class UnrealLiveTexture:
+    """Wires a LiveTextureController to Slate's post-tick and to a texture on the selected actor."""
+
+    def __init__(self, *, controller: LiveTextureController, host_config: HostConfig) -> None:
+        self.controller = controller
+        self.host_config = host_config
+        self.pixels = _NativePixels() if hasattr(unreal, NATIVE_LIBRARY) else _ImportedPixels(max_fps=host_config.fallback_max_fps)
+        self.material = _selected_material_instance()
+        self.frames_shown = 0
+        self.last_error = ""
+        self._tick_handle: object | None = None
+
+    def start(self) -> str:
+        state = self.controller.connect()  # may block up to the timeout: this is a user command
+        self._tick_handle = unreal.register_slate_post_tick_callback(self._on_tick)
+        return state
+
+    def stop(self) -> None:
+        if self._tick_handle is not None:
+            unreal.unregister_slate_post_tick_callback(self._tick_handle)
+            self._tick_handle = None
+        self.controller.close()
+
+    def _on_tick(self, delta_seconds: float) -> None:
+        try:
+            self.controller.tick()
+            texture = self.controller.take_texture()
+            if texture is None:
+                return
+            height, width = texture.buffer.shape[:2]
+            created = self.pixels.write(bytes(texture.buffer.data), width, height)
+            self.frames_shown += 1
+            if created is not None and self.material is not None:
+                unreal.MaterialEditingLibrary.set_material_instance_texture_parameter_value(
+                    self.material, self.host_config.material_parameter, created)
+        except Exception as error:  # an exception escaping a Slate callback repeats every frame: log it once
+            message = f"{type(error).__name__}: {error}"
+            if message != self.last_error:
+                self.last_error = message
+                unreal.log_error(f"MegaLive: {message}")
+
+    def status(self) -> str:
+        counters = self.controller.counters
+        material = "no material instance on the selection" if self.material is None else \
+            f"bound to parameter '{self.host_config.material_parameter}'"
+        lines = [
+            f"MegaLive: {self.controller.state}",
+            f"  server {self.controller.config.server}, avatar {self.controller.config.avatar}, driver {self.controller.source.describe()}",
+            f"  pixel path: {self.pixels.name}",
+            f"  material: {material}",
+            f"  sent {counters.sent}, textures {counters.textures}, shown {self.frames_shown}, dropped {counters.dropped}, "
+            f"frame errors {counters.frame_errors}, reconnects {counters.reconnects}",
+        ]
+        if self.last_error:
+            lines.append(f"  last error: {self.last_error}")
+        return "\n".join(lines)
+
+
+_active: UnrealLiveTexture | None = None
+
+
+def start(server: str = "tcp://127.0.0.1:5555", avatar: int = 0, driver: str = "video", video_path: str | None = None,
+          material_parameter: str = "AvatarTexture", subject: str | None = None, fps: float = 30.0,
+          timeout_s: float = 1.0) -> str:
+    """Connect and start updating the live texture. ``driver``: "video" (an image-sequence folder or one
+    image at ``video_path``) or "arkit" (Live Link Face received in the editor on UDP 11111)."""
+    global _active
+    if _active is not None:
+        stop()
+    source: DriverSource
+    if driver in ("video", "image"):
+        if video_path is None:
+            raise ValueError("driver 'video' needs video_path: a folder of PNG/JPEG frames or one image")
+        source = ImageSequenceSource(path=video_path, fps=fps)
+    elif driver == "arkit":
+        source = LiveLinkFaceSource(subject=subject)
+    else:
+        raise ValueError(f"driver must be 'video' or 'arkit', got {driver!r}")
+    controller = LiveTextureController(config=LiveTextureConfig(server=server, avatar=avatar, timeout_s=timeout_s), source=source)
+    _active = UnrealLiveTexture(controller=controller, host_config=HostConfig(material_parameter=material_parameter))
+    _active.start()
+    report = _active.status()
+    unreal.log(report)
+    return report
+
+
+def stop() -> str:
+    """Unregister the tick callback and close the session and socket."""
+    global _active
+    if _active is None:
+        return "MegaLive: not running"
+    active, _active = _active, None
+    active.stop()
+    unreal.log("MegaLive: stopped")
+    return "MegaLive: stopped"
+
+
+def status() -> str:
+    report = "MegaLive: not running" if _active is None else _active.status()
+    unreal.log(report)
+    return report
