@@ -77,7 +77,7 @@ class BenchReport:
     resolution: tuple[int, int]
     providers: tuple[str, ...]
     raw_fps: float
-    raw_frames: int
+    raw_batch4_fps: float  # the engine's own ceiling for batching: what 4 sessions could gain at most
     streams: tuple[StreamFigures, ...]
 
     def stream(self, sessions: int) -> StreamFigures:
@@ -91,6 +91,7 @@ class BenchReport:
             "resolution": list(self.resolution),
             "providers": list(self.providers),
             "raw_engine_fps": self.raw_fps,
+            "raw_engine_fps_batch4": self.raw_batch4_fps,
             "end_to_end_fps": single.fps,
             "end_to_end_over_raw": single.fps / self.raw_fps,
             "round_trip_p50_ms": single.percentile_ms(50),
@@ -103,6 +104,7 @@ class BenchReport:
         figures = self.as_dict()
         rows = [
             ("raw engine FPS (batch 1)", f"{self.raw_fps:.1f}"),
+            ("raw engine FPS (batch 4; × vs batch 1)", f"{self.raw_batch4_fps:.1f} (×{self.raw_batch4_fps / self.raw_fps:.2f})"),
             ("end-to-end FPS (1 session, loopback)", f"{figures['end_to_end_fps']:.1f}"),
             ("end-to-end / raw", f"{figures['end_to_end_over_raw']:.2f}"),
             ("round trip p50 / p99 (ms)", f"{figures['round_trip_p50_ms']:.1f} / {figures['round_trip_p99_ms']:.1f}"),
@@ -140,17 +142,19 @@ def _driver_frames(resolution: tuple[int, int], count: int = 8) -> list[np.ndarr
     return [generator.integers(0, 256, (*resolution, 3), dtype=np.uint8) for _ in range(count)]
 
 
-def measure_raw_fps(engine: Engine, seconds: float) -> tuple[float, int]:
-    drivers = [f.transpose(2, 0, 1)[None].astype(np.float32) / 255.0 for f in _driver_frames(engine.resolution)]
-    avatar = np.zeros(1, np.int64)
-    frames = 0
-    with PhaseProgress(seconds=seconds, description="raw engine") as progress:
+def measure_raw_fps(engine: Engine, seconds: float, *, batch: int = 1) -> float:
+    """Frames per second of Engine.run alone at a fixed batch size."""
+    frames = np.stack(_driver_frames(engine.resolution, count=batch)).transpose(0, 3, 1, 2)  # B×H×W×3 -> B×3×H×W
+    driver = np.ascontiguousarray(frames, dtype=np.float32) / np.float32(255.0)
+    avatar = np.zeros(batch, np.int64)
+    runs = 0
+    with PhaseProgress(seconds=seconds, description=f"raw engine, batch {batch}") as progress:
         began = time.perf_counter()
         while (now := time.perf_counter()) - began < seconds:
-            engine.run(drivers[frames % len(drivers)], avatar)
-            frames += 1
+            engine.run(driver, avatar)
+            runs += 1
             progress.show(now - began)
-    return frames / (time.perf_counter() - began), frames
+    return runs * batch / (time.perf_counter() - began)
 
 
 def start_server(model_path: Path, *, threads: int) -> tuple[subprocess.Popen, str]:
@@ -215,8 +219,9 @@ def measure_stream(address: str, *, sessions: int, seconds: float, window: int, 
 
 
 def run_bench(config: BenchConfig) -> BenchReport:
-    engine = Engine(model_path=config.model_path, intra_op_threads=config.threads)
-    raw_fps, raw_frames = measure_raw_fps(engine, config.seconds)
+    engine = Engine(model_path=config.model_path, intra_op_threads=config.threads, max_batch=4)
+    raw_fps = measure_raw_fps(engine, config.seconds)
+    raw_batch4_fps = measure_raw_fps(engine, config.seconds, batch=4)
     card, providers = engine.card, tuple(engine.providers)
     del engine  # the server process gets the cores to itself
     process, address = start_server(config.model_path, threads=config.threads)
@@ -228,4 +233,4 @@ def run_bench(config: BenchConfig) -> BenchReport:
     finally:
         stop_server(process)
     return BenchReport(machine=machine_description(), model=card.name, resolution=card.resolution, providers=providers,
-                       raw_fps=raw_fps, raw_frames=raw_frames, streams=streams)
+                       raw_fps=raw_fps, raw_batch4_fps=raw_batch4_fps, streams=streams)
