@@ -1,0 +1,705 @@
+"""The bpy layer: preferences, scene settings, operators, the N-panel, the live timer and the bake.
+
+Kept thin: connection logic is in ``live.py``, pixel conversion and PNG writing in ``pixels.py``.
+Everything here runs on Blender's main thread; the only other thread (the reconnect worker in
+``live.py``) never touches bpy data.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bpy
+import numpy as np
+import zmq
+from bpy.app.handlers import persistent
+
+from . import pixels
+from .live import (BakeError, DriverError, DriverSource, ImageSequenceFiles, LiveConfig, LiveController,
+                   bake_frame_name, render_one_frame)
+from .wire import client as client_module
+from .wire import protocol
+
+ADDON_ID = __package__  # "bl_ext.<repository>.megalive" when installed as an extension
+TICK_INTERVAL_S = 1.0 / 120.0  # the timer runs this often while connected; each tick is bounded work
+MATERIAL_NODE_NAME = "MegaLive Texture"
+
+
+# ------------------------------------------------------------------------------------------------
+# Runtime state (not saved in the .blend)
+
+
+@dataclass
+class Runtime:
+    controller: LiveController | None = None
+    source: DriverSource | None = None
+    image_name: str = ""
+    pixel_buffer: np.ndarray | None = None  # reused H*W*4 float32 for Image.pixels.foreach_set
+    message: str = ""  # last message for the panel when there is no controller to ask
+    previews: object | None = None  # bpy.utils.previews collection of avatar thumbnails
+    thumbnail_icons: dict[int, int] = field(default_factory=dict)  # avatar id -> icon id
+    write_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=240))  # tick cost when a texture was written
+    bake_cancel: bool = False
+
+
+runtime = Runtime()
+
+
+def preferences(context: bpy.types.Context) -> "MEGALIVE_AddonPreferences | None":
+    addon = context.preferences.addons.get(ADDON_ID)
+    return None if addon is None else addon.preferences
+
+
+def live_config(context: bpy.types.Context) -> LiveConfig:
+    prefs = preferences(context)
+    if prefs is None:
+        return LiveConfig()
+    return LiveConfig(server=prefs.server_address, timeout_s=prefs.timeout_s, max_in_flight=prefs.max_in_flight)
+
+
+def status_line() -> str:
+    controller = runtime.controller
+    if controller is None:
+        return runtime.message or "Disconnected"
+    return controller.status
+
+
+# ------------------------------------------------------------------------------------------------
+# Driver sources (main thread)
+
+
+class ImageSequenceSource:
+    """Scene frame f -> the (f - frame_start)-th file of a folder, looped."""
+
+    def __init__(self, scene: bpy.types.Scene, path: str) -> None:
+        self.scene = scene
+        self.files = ImageSequenceFiles(bpy.path.abspath(path))
+
+    def frame_key(self) -> Hashable | None:
+        return self.scene.frame_current
+
+    def payload(self, key: Hashable) -> protocol.Buffer:
+        assert isinstance(key, int)
+        return self.files.encoded(key - self.scene.frame_start)
+
+
+class CameraRenderSource:
+    """The scene camera's render at a small size, through a temporary PNG (Render Result pixels are
+    not readable from Python). Blocks for one render per new frame: use a fast engine for live."""
+
+    def __init__(self, scene: bpy.types.Scene, size: int) -> None:
+        if scene.camera is None:
+            raise DriverError(f"scene {scene.name!r} has no camera")
+        self.scene = scene
+        self.size = size
+
+    def frame_key(self) -> Hashable | None:
+        return self.scene.frame_current
+
+    def payload(self, key: Hashable) -> protocol.Buffer:
+        assert isinstance(key, int)
+        scene, render = self.scene, self.scene.render
+        saved = (render.filepath, render.resolution_x, render.resolution_y, render.resolution_percentage,
+                 render.image_settings.file_format, render.image_settings.color_mode, scene.frame_current)
+        with tempfile.TemporaryDirectory(prefix="megalive-camera-") as folder:
+            path = Path(folder) / "driver.png"
+            try:
+                if scene.frame_current != key:
+                    scene.frame_set(key)
+                render.filepath = str(path)
+                render.resolution_x = render.resolution_y = self.size
+                render.resolution_percentage = 100
+                render.image_settings.file_format = "PNG"
+                render.image_settings.color_mode = "RGB"
+                bpy.ops.render.render(write_still=True, scene=scene.name)
+                data = path.read_bytes()
+            except (RuntimeError, OSError) as error:
+                raise DriverError(f"camera render failed: {error}") from None
+            finally:
+                (render.filepath, render.resolution_x, render.resolution_y, render.resolution_percentage,
+                 render.image_settings.file_format, render.image_settings.color_mode, frame) = saved
+                if scene.frame_current != frame:
+                    scene.frame_set(frame)
+        return protocol.EncodedBuffer(codec="png", data=memoryview(data))
+
+
+def make_driver_source(scene: bpy.types.Scene) -> DriverSource:
+    settings = scene.megalive
+    if settings.driver_kind == "IMAGE_SEQUENCE":
+        if not settings.sequence_path:
+            raise DriverError("choose an image sequence folder")
+        return ImageSequenceSource(scene, settings.sequence_path)
+    if settings.driver_kind == "CAMERA":
+        return CameraRenderSource(scene, settings.camera_driver_size)
+    raise DriverError(f"unknown driver source {settings.driver_kind!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Output image
+
+
+def output_image(name: str, width: int, height: int) -> bpy.types.Image:
+    """The reused float RGBA image, created or resized to width×height (materials keep pointing at it)."""
+    image = bpy.data.images.get(name)
+    if image is None:
+        image = bpy.data.images.new(name, width, height, alpha=True, float_buffer=True)
+        # The texture's values are sRGB-encoded 8-bit; tag them so rather than as linear.
+        image.colorspace_settings.name = "sRGB"
+    elif tuple(image.size) != (width, height):
+        image.scale(width, height)
+    return image
+
+
+def write_texture(texture: client_module.Texture) -> None:
+    """Write the newest texture into the output image: one foreach_set + update, no allocation."""
+    buffer = texture.buffer
+    if not isinstance(buffer, protocol.RawBuffer):
+        return  # the live session asks for rgba8; anything else is not ours to show
+    rgba = buffer.array()  # H×W×4 uint8, top row first
+    height, width = rgba.shape[:2]
+    image = output_image(runtime.image_name, width, height)
+    runtime.pixel_buffer = pixels.texture_to_blender_pixels(rgba, out=runtime.pixel_buffer)
+    image.pixels.foreach_set(runtime.pixel_buffer)
+    image.update()
+
+
+def live_tick() -> float | None:
+    """The bpy.app.timers callback: bounded, non-blocking work; None unregisters it."""
+    controller = runtime.controller
+    if controller is None:
+        return None
+    began = time.perf_counter()
+    phase = controller.phase
+    texture = controller.tick(runtime.source)
+    if texture is not None:
+        write_texture(texture)
+        runtime.write_seconds.append(time.perf_counter() - began)
+    if texture is not None or controller.phase != phase:
+        _redraw_sidebar()
+    return TICK_INTERVAL_S
+
+
+def _redraw_sidebar() -> None:
+    window_manager = bpy.context.window_manager
+    if window_manager is None:
+        return
+    for window in window_manager.windows:
+        for area in window.screen.areas:
+            if area.type == "VIEW_3D":
+                area.tag_redraw()
+
+
+def ensure_timer() -> None:
+    if not bpy.app.timers.is_registered(live_tick):
+        bpy.app.timers.register(live_tick, first_interval=0.0)
+
+
+def shutdown(message: str = "") -> None:
+    """Stop the live loop: timer off, session and socket closed. Safe to call any time."""
+    if bpy.app.timers.is_registered(live_tick):
+        bpy.app.timers.unregister(live_tick)
+    controller, runtime.controller = runtime.controller, None
+    if controller is not None:
+        controller.close()
+    runtime.source = None
+    runtime.pixel_buffer = None
+    runtime.message = message
+
+
+def _load_thumbnails(avatars: list[client_module.AvatarEntry]) -> None:
+    import bpy.utils.previews
+
+    if runtime.previews is not None:
+        bpy.utils.previews.remove(runtime.previews)
+    runtime.previews = bpy.utils.previews.new()
+    runtime.thumbnail_icons.clear()
+    for avatar in avatars:
+        if avatar.thumbnail is None:
+            continue  # no thumbnail: the panel shows the name only
+        rgb = avatar.thumbnail.array()
+        preview = runtime.previews.new(f"avatar-{avatar.id}")
+        preview.image_size = (rgb.shape[1], rgb.shape[0])
+        preview.image_pixels_float.foreach_set(pixels.texture_to_blender_pixels(np.ascontiguousarray(rgb)))
+        runtime.thumbnail_icons[avatar.id] = preview.icon_id
+
+
+# ------------------------------------------------------------------------------------------------
+# Preferences and scene settings
+
+
+class MEGALIVE_AddonPreferences(bpy.types.AddonPreferences):
+    bl_idname = ADDON_ID
+
+    server_address: bpy.props.StringProperty(name="Server", default=client_module.DEFAULT_ADDRESS,
+                                             description="ZeroMQ address of the MegaLive server (megalive serve --bind)")
+    timeout_s: bpy.props.FloatProperty(name="Timeout", default=2.0, min=0.1, max=30.0, unit="TIME_ABSOLUTE",
+                                       description="Longest wait for the server in Connect, Live and Bake (seconds)")
+    max_in_flight: bpy.props.IntProperty(name="In-flight frames", default=2, min=1, max=8,
+                                         description="Driver frames sent before their textures come back")
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        layout.prop(self, "server_address")
+        row = layout.row()
+        row.prop(self, "timeout_s")
+        row.prop(self, "max_in_flight")
+
+
+class MEGALIVE_SceneSettings(bpy.types.PropertyGroup):
+    avatar_id: bpy.props.IntProperty(name="Avatar", default=0, min=0, description="Avatar id on the server")
+    driver_kind: bpy.props.EnumProperty(
+        name="Driver",
+        items=[("IMAGE_SEQUENCE", "Image Sequence", "A folder of PNG/JPEG frames; scene frame start = first file"),
+               ("CAMERA", "Camera Render", "The scene camera's render (one render per frame; use Workbench/EEVEE)")],
+        default="IMAGE_SEQUENCE",
+    )
+    sequence_path: bpy.props.StringProperty(name="Frames", subtype="DIR_PATH", description="Folder of driver frames")
+    camera_driver_size: bpy.props.IntProperty(name="Render Size", default=256, min=16, max=2048,
+                                              description="Square size of the camera render sent as driver")
+    image_name: bpy.props.StringProperty(name="Image", default="MegaLive", description="Output image (reused, float RGBA)")
+    output_width: bpy.props.IntProperty(name="Width", default=0, min=0, max=4096, description="0: the model's resolution")
+    output_height: bpy.props.IntProperty(name="Height", default=0, min=0, max=4096, description="0: the model's resolution")
+    target_object: bpy.props.PointerProperty(name="Target", type=bpy.types.Object, description="Object showing the texture")
+    bake_dir: bpy.props.StringProperty(name="Bake Folder", subtype="DIR_PATH",
+                                       description="Where baked frames go; empty: //megalive_bake/<image> next to the .blend")
+
+    def output_size(self) -> tuple[int, int] | None:
+        """(height, width) for the session, or None for the model's own resolution."""
+        if self.output_width and self.output_height:
+            return (self.output_height, self.output_width)
+        return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Operators
+
+
+class MEGALIVE_OT_connect(bpy.types.Operator):
+    """Connect to the MegaLive server and list its avatars"""
+
+    bl_idname = "megalive.connect"
+    bl_label = "Connect"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        shutdown()
+        controller = LiveController(config=live_config(context))
+        if not controller.connect():
+            message = controller.status
+            controller.close()
+            runtime.message = message
+            self.report({"ERROR"}, message)
+            return {"CANCELLED"}
+        runtime.controller = controller
+        _load_thumbnails(controller.avatars)
+        ensure_timer()
+        self.report({"INFO"}, controller.status)
+        return {"FINISHED"}
+
+
+class MEGALIVE_OT_disconnect(bpy.types.Operator):
+    """Stop live updates and disconnect from the server"""
+
+    bl_idname = "megalive.disconnect"
+    bl_label = "Disconnect"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        shutdown("Disconnected")
+        return {"FINISHED"}
+
+
+class MEGALIVE_OT_pick_avatar(bpy.types.Operator):
+    """Drive this avatar"""
+
+    bl_idname = "megalive.pick_avatar"
+    bl_label = "Pick Avatar"
+    bl_options = {"INTERNAL"}
+
+    avatar_id: bpy.props.IntProperty(min=0)
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        context.scene.megalive.avatar_id = self.avatar_id
+        return {"FINISHED"}
+
+
+class MEGALIVE_OT_live(bpy.types.Operator):
+    """Start or stop live textures from the driver source"""
+
+    bl_idname = "megalive.live"
+    bl_label = "Live"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        controller = runtime.controller
+        if controller is None:
+            self.report({"ERROR"}, "connect to a server first")
+            return {"CANCELLED"}
+        if controller.is_live:
+            controller.stop_live()
+            runtime.source = None
+            return {"FINISHED"}
+        settings = context.scene.megalive
+        try:
+            source = make_driver_source(context.scene)
+        except DriverError as error:
+            runtime.message = str(error)
+            self.report({"ERROR"}, f"driver: {error}")
+            return {"CANCELLED"}
+        if not controller.start_live(avatar=settings.avatar_id, size=settings.output_size()):
+            self.report({"ERROR"}, controller.status)
+            return {"CANCELLED"}
+        runtime.source = source
+        runtime.image_name = settings.image_name
+        ensure_timer()
+        return {"FINISHED"}
+
+
+def _ensure_material(obj: bpy.types.Object, image: bpy.types.Image) -> bpy.types.ShaderNodeTexImage:
+    """The object's MegaLive material (emission of the image, transparent where alpha is 0)."""
+    material = next((slot.material for slot in obj.material_slots
+                     if slot.material is not None and slot.material.node_tree is not None
+                     and MATERIAL_NODE_NAME in slot.material.node_tree.nodes), None)
+    if material is None:
+        material = bpy.data.materials.new(f"MegaLive {image.name}")
+        if material.node_tree is None:  # Blender < 5.0 creates materials without nodes
+            material.use_nodes = True
+        nodes, links = material.node_tree.nodes, material.node_tree.links
+        nodes.clear()
+        texture = nodes.new("ShaderNodeTexImage")
+        texture.name = MATERIAL_NODE_NAME
+        emission = nodes.new("ShaderNodeEmission")
+        transparent = nodes.new("ShaderNodeBsdfTransparent")
+        mix = nodes.new("ShaderNodeMixShader")
+        output = nodes.new("ShaderNodeOutputMaterial")
+        links.new(texture.outputs["Color"], emission.inputs["Color"])
+        links.new(texture.outputs["Alpha"], mix.inputs["Fac"])
+        links.new(transparent.outputs["BSDF"], mix.inputs[1])
+        links.new(emission.outputs["Emission"], mix.inputs[2])
+        links.new(mix.outputs["Shader"], output.inputs["Surface"])
+        obj.data.materials.append(material)
+    node = material.node_tree.nodes[MATERIAL_NODE_NAME]
+    node.image = image
+    return node
+
+
+class MEGALIVE_OT_create_plane(bpy.types.Operator):
+    """Add a plane showing the output image (emission material) and make it the target"""
+
+    bl_idname = "megalive.create_plane"
+    bl_label = "Create Plane"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        settings = context.scene.megalive
+        size = settings.output_size() or (256, 256)
+        image = output_image(settings.image_name, size[1], size[0])
+        mesh = bpy.data.meshes.new("MegaLive Plane")
+        aspect = size[1] / size[0]
+        mesh.from_pydata([(-aspect, -1, 0), (aspect, -1, 0), (aspect, 1, 0), (-aspect, 1, 0)], [], [(0, 1, 2, 3)])
+        uv = mesh.uv_layers.new(name="UVMap")
+        for loop, coordinate in zip(uv.data, ((0, 0), (1, 0), (1, 1), (0, 1))):
+            loop.uv = coordinate
+        obj = bpy.data.objects.new("MegaLive Plane", mesh)
+        obj.rotation_euler = (np.pi / 2, 0.0, 0.0)  # stand up, facing -Y like a front camera
+        context.scene.collection.objects.link(obj)
+        _ensure_material(obj, image)
+        settings.target_object = obj
+        return {"FINISHED"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Bake
+
+
+@dataclass
+class BakeJob:
+    """Renders scene frames through the server one at a time and writes PNGs (atomically)."""
+
+    scene: bpy.types.Scene
+    source: DriverSource
+    client: client_module.AvatarClient
+    session: int
+    folder: Path
+    prefix: str
+    frames: list[int]
+    timeout_s: float
+    written: list[Path] = field(default_factory=list)
+
+    def step(self) -> None:
+        frame = self.frames[len(self.written)]
+        texture = render_one_frame(self.client, self.session, self.source.payload(frame), timeout_s=self.timeout_s)
+        rgba = texture.array()
+        self.written.append(pixels.write_png_atomically(self.folder / bake_frame_name(self.prefix, frame), rgba))
+
+    @property
+    def done(self) -> bool:
+        return len(self.written) == len(self.frames)
+
+
+def bake_folder(scene: bpy.types.Scene) -> Path:
+    settings = scene.megalive
+    chosen = settings.bake_dir or f"//megalive_bake/{bpy.path.clean_name(settings.image_name)}"
+    path = bpy.path.abspath(chosen)
+    if path.startswith("//"):
+        raise BakeError("save the .blend first, or choose a bake folder")
+    return Path(path)
+
+
+def start_bake(context: bpy.types.Context) -> BakeJob:
+    """Validate everything and open the bake's own session (blocking, bounded by the timeout)."""
+    scene = context.scene
+    settings = scene.megalive
+    source = make_driver_source(scene)
+    folder = bake_folder(scene)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".megalive-write-test-"):
+            pass
+    except OSError as error:
+        raise BakeError(f"cannot write to {folder}: {error.strerror or error}") from None
+    config = live_config(context)
+    client = client_module.AvatarClient(address=config.server, name="megalive-blender-bake", timeout_s=config.timeout_s,
+                                        max_in_flight=1)
+    try:
+        client.hello()
+        session = client.open(avatar=settings.avatar_id, driver="image", size=settings.output_size(),
+                              output_format="rgba8", crop="none")
+    except client_module.ServerGoneError as error:
+        client.close()
+        raise BakeError(f"cannot reach {config.server}: {error}") from None
+    except zmq.ZMQError as error:  # a malformed address
+        client.close()
+        raise BakeError(f"bad server address {config.server!r}: {error}") from None
+    except client_module.ServerError as error:
+        client.close()
+        raise BakeError(f"the server refused the bake: {error.message}") from None
+    frames = list(range(scene.frame_start, scene.frame_end + 1, max(1, scene.frame_step)))
+    return BakeJob(scene=scene, source=source, client=client, session=session, folder=folder,
+                   prefix=bpy.path.clean_name(settings.image_name), frames=frames, timeout_s=config.timeout_s)
+
+
+def finish_bake(context: bpy.types.Context, job: BakeJob) -> str:
+    """Close the bake's session; wire the frames written (even of a cancelled bake) into the material."""
+    job.client.close()
+    if not job.written:
+        return "no frames written"
+    first_frame = job.frames[0]
+    sequence = bpy.data.images.load(str(job.written[0]), check_existing=False)
+    sequence.name = f"{job.prefix} (baked)"
+    sequence.source = "SEQUENCE"
+    target = context.scene.megalive.target_object
+    if target is not None and target.type == "MESH":
+        node = _ensure_material(target, sequence)
+        # file number = scene frame - frame_start + 1 + offset; files are numbered by scene frame
+        node.image_user.frame_start = first_frame
+        node.image_user.frame_offset = first_frame - 1
+        node.image_user.frame_duration = len(job.written)
+        node.image_user.use_auto_refresh = True
+    return f"{len(job.written)} frame(s) in {job.folder}"
+
+
+class MEGALIVE_OT_bake(bpy.types.Operator):
+    """Render every frame of the scene range through the server into a PNG sequence (Esc cancels)"""
+
+    bl_idname = "megalive.bake"
+    bl_label = "Bake"
+
+    _job: BakeJob | None = None
+    _timer: object | None = None
+
+    def _begin(self, context: bpy.types.Context) -> bool:
+        runtime.bake_cancel = False
+        try:
+            self._job = start_bake(context)
+        except (BakeError, DriverError) as error:
+            runtime.message = f"Bake: {error}"
+            self.report({"ERROR"}, f"Bake: {error}")
+            return False
+        context.window_manager.progress_begin(0, len(self._job.frames))
+        return True
+
+    def _end(self, context: bpy.types.Context, error: Exception | None) -> set[str]:
+        job = self._job
+        assert job is not None
+        self._job = None
+        context.window_manager.progress_end()
+        summary = finish_bake(context, job)
+        if error is not None:
+            runtime.message = f"Bake stopped: {error} ({summary})"
+            self.report({"ERROR"}, runtime.message)
+            return {"CANCELLED"}
+        if runtime.bake_cancel or not job.done:
+            runtime.message = f"Bake cancelled: {summary}"
+            self.report({"WARNING"}, runtime.message)
+            return {"CANCELLED"}
+        runtime.message = f"Baked {summary}"
+        self.report({"INFO"}, runtime.message)
+        return {"FINISHED"}
+
+    def _step(self, context: bpy.types.Context) -> Exception | None:
+        job = self._job
+        assert job is not None
+        try:
+            job.step()
+        except (BakeError, DriverError) as error:
+            return error
+        except OSError as error:
+            return BakeError(f"cannot write a frame: {error.strerror or error}")
+        context.window_manager.progress_update(len(job.written))
+        return None
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        """Synchronous bake (scripts, headless): stops at the first error or when bake_cancel is set."""
+        if not self._begin(context):
+            return {"CANCELLED"}
+        error = None
+        while self._job is not None and not self._job.done and not runtime.bake_cancel:
+            if (error := self._step(context)) is not None:
+                break
+        return self._end(context, error)
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        if context.window is None:
+            return self.execute(context)
+        if not self._begin(context):
+            return {"CANCELLED"}
+        self._timer = context.window_manager.event_timer_add(0.0, window=context.window)
+        context.window_manager.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        if event.type == "ESC":
+            runtime.bake_cancel = True
+        if event.type != "TIMER" and not runtime.bake_cancel:
+            return {"PASS_THROUGH"}
+        job = self._job
+        assert job is not None
+        error = None if runtime.bake_cancel else self._step(context)
+        context.workspace.status_text_set(f"MegaLive bake: {len(job.written)}/{len(job.frames)} (Esc cancels)")
+        if error is None and not job.done and not runtime.bake_cancel:
+            return {"RUNNING_MODAL"}
+        context.window_manager.event_timer_remove(self._timer)
+        context.workspace.status_text_set(None)
+        return self._end(context, error)
+
+
+class MEGALIVE_OT_bake_cancel(bpy.types.Operator):
+    """Cancel the running bake after the current frame (frames already written are kept)"""
+
+    bl_idname = "megalive.bake_cancel"
+    bl_label = "Cancel Bake"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        runtime.bake_cancel = True
+        return {"FINISHED"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Panel
+
+
+class MEGALIVE_PT_panel(bpy.types.Panel):
+    bl_label = "MegaLive"
+    bl_idname = "MEGALIVE_PT_panel"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "MegaLive"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        settings = context.scene.megalive
+        controller = runtime.controller
+        row = layout.row()
+        if controller is None:
+            row.operator(MEGALIVE_OT_connect.bl_idname, icon="LINKED")
+        else:
+            row.operator(MEGALIVE_OT_disconnect.bl_idname, icon="UNLINKED")
+        layout.label(text=status_line())
+
+        if controller is not None and controller.avatars:
+            box = layout.box()
+            box.label(text="Avatar")
+            grid = box.grid_flow(columns=3, even_columns=True)
+            for avatar in controller.avatars:
+                icon = runtime.thumbnail_icons.get(avatar.id, 0)
+                op = grid.operator(MEGALIVE_OT_pick_avatar.bl_idname, text=avatar.name, icon_value=icon,
+                                   depress=avatar.id == settings.avatar_id)
+                op.avatar_id = avatar.id
+
+        box = layout.box()
+        box.prop(settings, "driver_kind")
+        if settings.driver_kind == "IMAGE_SEQUENCE":
+            box.prop(settings, "sequence_path")
+        else:
+            box.prop(settings, "camera_driver_size")
+
+        box = layout.box()
+        box.prop(settings, "image_name")
+        row = box.row(align=True)
+        row.prop(settings, "output_width")
+        row.prop(settings, "output_height")
+        row = box.row(align=True)
+        row.prop(settings, "target_object")
+        row.operator(MEGALIVE_OT_create_plane.bl_idname, text="", icon="MESH_PLANE")
+
+        live = controller is not None and controller.is_live
+        layout.operator(MEGALIVE_OT_live.bl_idname, text="Stop Live" if live else "Go Live", icon="PLAY", depress=live)
+        if controller is not None and live:
+            layout.label(text=controller.figures.summary())
+
+        box = layout.box()
+        box.prop(settings, "bake_dir")
+        row = box.row(align=True)
+        row.operator(MEGALIVE_OT_bake.bl_idname, icon="RENDER_ANIMATION")
+        row.operator(MEGALIVE_OT_bake_cancel.bl_idname, text="", icon="CANCEL")
+
+
+# ------------------------------------------------------------------------------------------------
+# Registration
+
+
+@persistent
+def on_load_pre(*_args: object) -> None:
+    """A new .blend is about to load: the old scene's image and settings go away, so stop streaming."""
+    shutdown()
+
+
+CLASSES: tuple[type, ...] = (
+    MEGALIVE_AddonPreferences,
+    MEGALIVE_SceneSettings,
+    MEGALIVE_OT_connect,
+    MEGALIVE_OT_disconnect,
+    MEGALIVE_OT_pick_avatar,
+    MEGALIVE_OT_live,
+    MEGALIVE_OT_create_plane,
+    MEGALIVE_OT_bake,
+    MEGALIVE_OT_bake_cancel,
+    MEGALIVE_PT_panel,
+)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.megalive = bpy.props.PointerProperty(type=MEGALIVE_SceneSettings)
+    if on_load_pre not in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.append(on_load_pre)
+
+
+def unregister() -> None:
+    import bpy.utils.previews
+
+    shutdown()
+    if on_load_pre in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(on_load_pre)
+    if runtime.previews is not None:
+        bpy.utils.previews.remove(runtime.previews)
+        runtime.previews = None
+        runtime.thumbnail_icons.clear()
+    del bpy.types.Scene.megalive
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

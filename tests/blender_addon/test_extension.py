@@ -1,0 +1,263 @@
+"""The built extension inside the `bpy` module: install the zip, connect to a real server on
+loopback, stream live textures through the timer function, bake, survive a server restart, refuse
+bad input with a message, and unregister cleanly. Timers do not fire headless: the tests call the
+timer function themselves."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import bpy
+import numpy as np
+import pytest
+from PIL import Image
+
+from server.addon import build_addon
+from server.client import AvatarClient, Texture
+from server.engine import Engine
+from server.protocol import EncodedBuffer
+from server.service import AvatarService, ServiceConfig
+from tests.conftest import free_tcp_port
+
+MODULE = "bl_ext.user_default.megalive"
+FRAMES = 5
+
+
+@pytest.fixture(scope="module")
+def addon(tmp_path_factory: pytest.TempPathFactory, offline_wheels: Path) -> Iterator[ModuleType]:
+    zip_path = build_addon(out_dir=tmp_path_factory.mktemp("dist"), offline_wheels_dir=offline_wheels)
+    result = bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo="user_default", enable_on_install=True)
+    assert result == {"FINISHED"} and MODULE in bpy.context.preferences.addons
+    ui = sys.modules[f"{MODULE}.ui"]
+    assert ui.client_module.__name__ == f"{MODULE}.vendor.client"  # the zip's copy, not the repository's
+    yield ui
+    if MODULE in bpy.context.preferences.addons:
+        bpy.ops.preferences.addon_disable(module=MODULE)
+
+
+@pytest.fixture(scope="module")
+def engine(contract_model_path: Path) -> Engine:
+    return Engine(model_path=contract_model_path, max_batch=4)
+
+
+@pytest.fixture(scope="module")
+def address() -> str:
+    return f"tcp://127.0.0.1:{free_tcp_port()}"
+
+
+@pytest.fixture
+def server(engine: Engine, address: str) -> Iterator[AvatarService]:
+    service = AvatarService(engine=engine, config=ServiceConfig(bind=address))
+    service.start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def driver_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("driver")
+    rng = np.random.default_rng(5)
+    for i in range(FRAMES):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"take_{i:04d}.png")
+    return folder
+
+
+@pytest.fixture
+def scene(addon: ModuleType, address: str, driver_folder: Path, tmp_path: Path) -> Iterator[bpy.types.Scene]:
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    prefs.server_address, prefs.timeout_s, prefs.max_in_flight = address, 1.0, 2
+    scene = bpy.context.scene
+    scene.frame_start, scene.frame_end, scene.frame_step = 1, FRAMES, 1
+    scene.frame_set(1)
+    settings = scene.megalive
+    settings.driver_kind, settings.sequence_path, settings.avatar_id = "IMAGE_SEQUENCE", str(driver_folder), 1
+    settings.image_name, settings.output_width, settings.output_height = "MegaLive", 0, 0
+    settings.bake_dir = str(tmp_path / "bake")
+    settings.target_object = None
+    yield scene
+    addon.shutdown()
+
+
+def server_texture(address: str, driver_file: Path, avatar: int) -> np.ndarray:
+    """What the server renders for this driver file (a separate client, the same bytes)."""
+    with AvatarClient(address=address, timeout_s=5.0) as client:
+        session = client.open(avatar=avatar)
+        seq = client.send_frame(session, EncodedBuffer(codec="png", data=memoryview(driver_file.read_bytes())))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for event in client.poll(timeout_ms=50):
+                if isinstance(event, Texture) and event.seq == seq:
+                    return event.buffer.array().copy()
+    raise AssertionError("no texture from the server")
+
+
+def image_as_texture(image: bpy.types.Image) -> np.ndarray:
+    width, height = image.size
+    flat = np.empty(width * height * 4, dtype=np.float32)
+    image.pixels.foreach_get(flat)
+    return flat.reshape(height, width, 4)[::-1]  # Blender rows are bottom-up
+
+
+def tick_until(ui: ModuleType, condition, *, timeout_s: float = 10.0) -> list[float]:
+    """Call the timer function like Blender would, until condition(); returns each tick's duration."""
+    durations = []
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"condition not met; status: {ui.status_line()}"
+        began = time.perf_counter()
+        assert ui.live_tick() == ui.TICK_INTERVAL_S
+        durations.append(time.perf_counter() - began)
+        time.sleep(0.005)
+    return durations
+
+
+def test_live_texture_equals_the_servers_and_survives_a_restart(addon: ModuleType, server: AvatarService, engine: Engine,
+                                                                  scene: bpy.types.Scene, address: str, driver_folder: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    assert bpy.ops.megalive.connect() == {"FINISHED"}
+    controller = addon.runtime.controller
+    assert [a.name for a in controller.avatars] == ["ada", "bo", "cy"]
+    assert bpy.app.timers.is_registered(addon.live_tick)
+    assert bpy.ops.megalive.live() == {"FINISHED"}
+    scene.frame_set(3)  # third file of the sequence
+    tick_until(addon, lambda: controller.figures.textures >= 1)
+    image = bpy.data.images["MegaLive"]
+    assert tuple(image.size) == (32, 32) and image.is_float
+    expected = server_texture(address, driver_folder / "take_0002.png", avatar=1) / 255.0
+    assert np.abs(image_as_texture(image) - expected).max() <= 1.0 / 255.0 + 1e-6
+
+    # Structural: nothing that waits for a reply may run on the main thread once live.
+    main = threading.main_thread()
+    for name in ("hello", "reconnect", "open", "avatars", "stats", "_request", "_request_connected"):
+        original = getattr(controller.client, name)
+
+        def guarded(*args, _original=original, _name=name, **kwargs):
+            assert threading.current_thread() is not main, f"{_name} called from the timer on the main thread"
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(controller.client, name, guarded)
+
+    server.stop()
+    durations = tick_until(addon, lambda: controller.phase in ("gone", "reconnecting"), timeout_s=15)
+    assert addon.status_line().startswith(("Server gone", "Reconnecting"))
+    keep_ticking_until = time.monotonic() + 1.5  # through back-off and a reconnect attempt against no server
+    durations += tick_until(addon, lambda: time.monotonic() >= keep_ticking_until)
+    assert max(durations) < 0.5 and sum(durations) / len(durations) < 0.05, (max(durations), sum(durations) / len(durations))
+
+    restarted = AvatarService(engine=engine, config=ServiceConfig(bind=address))
+    restarted.start()
+    try:
+        textures = controller.figures.textures
+        tick_until(addon, lambda: controller.phase == "live" and controller.figures.textures > textures, timeout_s=20)
+        assert controller.figures.reconnects >= 1 and addon.status_line().startswith("Live")
+    finally:
+        addon.shutdown()
+        restarted.stop()
+
+
+def test_bake_writes_the_servers_frames_and_wires_the_material(addon: ModuleType, server: AvatarService,
+                                                                 scene: bpy.types.Scene, address: str, driver_folder: Path,
+                                                                 tmp_path: Path) -> None:
+    assert bpy.ops.megalive.create_plane() == {"FINISHED"}
+    target = scene.megalive.target_object
+    assert bpy.ops.megalive.bake() == {"FINISHED"}
+    written = sorted((tmp_path / "bake").iterdir())
+    assert [p.name for p in written] == [f"MegaLive_{f:06d}.png" for f in range(1, FRAMES + 1)]
+    for frame, path in enumerate(written):
+        with Image.open(path) as baked:
+            assert baked.mode == "RGBA"
+            expected = server_texture(address, driver_folder / f"take_{frame:04d}.png", avatar=1)
+            assert np.abs(np.asarray(baked).astype(int) - expected.astype(int)).max() <= 1
+    node = target.active_material.node_tree.nodes[addon.MATERIAL_NODE_NAME]
+    assert node.image.source == "SEQUENCE" and node.image_user.frame_duration == FRAMES
+    assert node.image_user.frame_start == 1 and node.image_user.frame_offset == 0
+
+
+def test_a_cancelled_bake_keeps_the_frames_written(addon: ModuleType, server: AvatarService, scene: bpy.types.Scene,
+                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original_step = addon.BakeJob.step
+
+    def step_then_cancel_after_two(job) -> None:
+        original_step(job)
+        if len(job.written) == 2:
+            addon.runtime.bake_cancel = True  # what Esc or the Cancel button does
+
+    monkeypatch.setattr(addon.BakeJob, "step", step_then_cancel_after_two)
+    assert bpy.ops.megalive.bake() == {"CANCELLED"}
+    assert sorted(p.name for p in (tmp_path / "bake").iterdir()) == ["MegaLive_000001.png", "MegaLive_000002.png"]
+    assert "cancelled" in addon.status_line()
+
+
+def expect_error(operator, match: str) -> None:
+    began = time.monotonic()
+    with pytest.raises(RuntimeError, match=match) as raised:
+        operator()
+    assert "Traceback" not in str(raised.value)
+    assert time.monotonic() - began < 5
+
+
+def test_bad_input_gets_a_message_not_a_traceback(addon: ModuleType, server: AvatarService, scene: bpy.types.Scene,
+                                                  address: str, driver_folder: Path, tmp_path: Path) -> None:
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    settings = scene.megalive
+    for wrong in (f"tcp://127.0.0.1:{free_tcp_port()}", "not an address"):
+        prefs.server_address = wrong
+        expect_error(bpy.ops.megalive.connect, "cannot reach|bad server address")
+        assert addon.status_line().startswith(("cannot reach", "bad server address", "Disconnected"))
+        assert addon.runtime.controller is None
+    prefs.server_address = address
+
+    assert bpy.ops.megalive.connect() == {"FINISHED"}
+    settings.avatar_id = 7  # e.g. saved in a .blend against another model
+    expect_error(bpy.ops.megalive.live, "does not exist")
+    assert "does not exist" in addon.status_line()
+    expect_error(bpy.ops.megalive.bake, "does not exist")
+    settings.avatar_id = 0
+
+    settings.sequence_path = str(tmp_path / "no-such-take")
+    expect_error(bpy.ops.megalive.live, "no such folder")
+    expect_error(bpy.ops.megalive.bake, "no such folder")
+
+    broken = tmp_path / "broken-take"
+    broken.mkdir()
+    for i in range(FRAMES):
+        source = driver_folder / f"take_{i:04d}.png"
+        (broken / source.name).write_bytes(source.read_bytes() if i != 2 else b"not a png at all")
+    settings.sequence_path = str(broken)
+    expect_error(bpy.ops.megalive.bake, "Bake stopped")
+    assert sorted(p.name for p in (tmp_path / "bake").iterdir()) == ["MegaLive_000001.png", "MegaLive_000002.png"]
+    assert bpy.ops.megalive.live() == {"FINISHED"}
+    scene.frame_set(3)
+    controller = addon.runtime.controller
+    tick_until(addon, lambda: controller.figures.frame_errors >= 1)
+    assert "frame error" in addon.status_line()
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    settings.sequence_path = str(driver_folder)
+    settings.bake_dir = str(blocker / "bake")
+    expect_error(bpy.ops.megalive.bake, "cannot write")
+    assert blocker.read_text() == "not a folder"
+
+
+def test_file_load_and_unregister_stop_everything(addon: ModuleType, server: AvatarService, scene: bpy.types.Scene) -> None:
+    assert bpy.ops.megalive.connect() == {"FINISHED"}
+    assert bpy.ops.megalive.live() == {"FINISHED"}
+    controller = addon.runtime.controller
+    tick_until(addon, lambda: controller.figures.textures >= 1)
+    bpy.ops.wm.read_homefile(use_empty=True)  # runs load_pre
+    assert addon.runtime.controller is None and not controller.client.connected
+    assert not bpy.app.timers.is_registered(addon.live_tick)
+
+    assert bpy.ops.megalive.connect() == {"FINISHED"}
+    controller = addon.runtime.controller
+    assert bpy.ops.preferences.addon_disable(module=MODULE) == {"FINISHED"}
+    assert not bpy.app.timers.is_registered(addon.live_tick)
+    assert not controller.client.connected and addon.runtime.controller is None
+    assert addon.on_load_pre not in bpy.app.handlers.load_pre
+    assert not hasattr(bpy.types.Scene, "megalive")
