@@ -62,11 +62,213 @@ def _contract_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_synth(commands: argparse._SubParsersAction) -> None:
+    synth = commands.add_parser(
+        "synth",
+        help="render a paired SyntheticHeads dataset (driver identity + avatar doing the same motion)",
+        description="Render driver/avatar pairs with SyntheticHeads: frames with alpha masks, 68 landmarks and the exact "
+        "parameters, plus contact_sheet.png (avatars × expressions). Written under a temporary name, renamed when complete.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    synth.add_argument("out", type=Path, metavar="OUT", help="new dataset folder (must not exist)")
+    synth.add_argument("--resolution", type=int, default=256, metavar="PX", help="square resolution [32-1024]")
+    synth.add_argument("--avatars", type=int, default=8, metavar="N", help="avatar identities [1-64]")
+    synth.add_argument("--drivers", type=int, default=200, metavar="N", help="driver identities (never avatars) [1-100000]")
+    synth.add_argument("--pairs", type=int, default=8000, metavar="N", help="motions, each rendered for one driver and one avatar")
+    synth.add_argument("--seed", type=int, default=0, metavar="N", help="seed of identities, motions and pairing")
+    synth.add_argument("--batch", type=int, default=16, metavar="N", help="frames rendered per batch")
+    synth.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    synth.set_defaults(run=_synth)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from models.data.paired import DatasetError, SynthConfig, write_paired_dataset
+    from models.export import current_command
+
+    problems = [message for bad, message in (
+        (not 32 <= args.resolution <= 1024, "--resolution must be in [32, 1024]"),
+        (not 1 <= args.avatars <= 64, "--avatars must be in [1, 64]"),
+        (not 1 <= args.drivers <= 100_000, "--drivers must be in [1, 100000]"),
+        (args.pairs < 1, "--pairs must be at least 1"),
+        (args.batch < 1, "--batch must be at least 1"),
+    ) if bad]
+    if problems:
+        print(f"megalive-train synth: {problems[0]}", file=sys.stderr)
+        return 2
+    config = SynthConfig(resolution=args.resolution, num_avatars=args.avatars, num_driver_identities=args.drivers,
+                         num_motions=args.pairs, seed=args.seed, batch_size=args.batch)
+    if args.dry_run:
+        print(json.dumps({"config": asdict(config), "out": str(args.out)}, indent=2))
+        return 0
+    try:
+        out = write_paired_dataset(args.out, config, command=current_command())
+    except DatasetError as error:
+        print(f"megalive-train synth: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {config.num_motions} pairs at {config.resolution}×{config.resolution} to {out} (look at {out / 'contact_sheet.png'})")
+    return 0
+
+
+def _add_student(commands: argparse._SubParsersAction) -> None:
+    student = commands.add_parser(
+        "student",
+        help="train the real-time student in cross-driving mode",
+        description="Train the MegaPortraits student on a paired dataset (megalive-train synth). Resumes from RUN/checkpoint.pt "
+        "when it exists. Losses: L1 + SSIM + mask (+ perceptual only with local VGG19 weights, not supported yet).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    student.add_argument("--data", type=Path, required=True, metavar="DIR", help="paired dataset folder")
+    student.add_argument("--run", dest="run_dir", type=Path, required=True, metavar="DIR", help="run folder (config, checkpoint, log, samples)")
+    student.add_argument("--preset", default="cpu256", metavar="NAME", help="student preset (tiny, cpu256)")
+    student.add_argument("--target", default="renderer", metavar="SRC", help="target source: renderer (ground truth) | teacher")
+    student.add_argument("--steps", type=int, default=3000, metavar="N", help="optimiser steps in total (resume counts on)")
+    student.add_argument("--batch", type=int, default=8, metavar="N", help="pairs per step")
+    student.add_argument("--lr", type=float, default=1e-3, metavar="LR", help="initial learning rate (cosine to 1e-5)")
+    student.add_argument("--jitter", type=float, default=0.3, metavar="X", help="driver colour jitter strength [0-1]")
+    student.add_argument("--warp", type=float, default=0.04, metavar="X", help="driver affine warp strength [0-0.2]")
+    student.add_argument("--seed", type=int, default=0, metavar="N", help="seed of weights, sampling and augmentation")
+    student.add_argument("--workers", type=int, default=1, metavar="N", help="data loader processes")
+    student.add_argument("--checkpoint-every", type=int, default=200, metavar="N", help="steps between checkpoints")
+    student.add_argument("--vgg-weights", default=None, metavar="PATH", help="local VGG19 weights for a perceptual loss")
+    student.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    student.set_defaults(run=_student)
+
+
+def _student(args: argparse.Namespace) -> int:
+    from models.data.paired import DatasetError
+    from models.export import current_command
+    from models.megaportraits.student import student_config
+    from models.megaportraits.train_student import StudentTrainConfig, TrainingError, check_config, train_student
+
+    config = StudentTrainConfig(
+        data=str(args.data), run_dir=str(args.run_dir), preset=args.preset, target=args.target, steps=args.steps,
+        batch_size=args.batch, learning_rate=args.lr, colour_jitter=args.jitter, warp=args.warp, seed=args.seed,
+        workers=args.workers, checkpoint_every=args.checkpoint_every, vgg_weights=args.vgg_weights, command=current_command(),
+    )
+    try:
+        check_config(config)
+        model_config = student_config(config.preset, num_avatars=1)
+        if args.dry_run:
+            print(json.dumps({"train": asdict(config), "model (avatars from the dataset)": asdict(model_config)}, indent=2))
+            return 0
+        summary = train_student(config)
+    except (TrainingError, DatasetError, ValueError) as error:
+        print(f"megalive-train student: {error}", file=sys.stderr)
+        return 2
+    print(f"trained to step {summary.steps} in {summary.run_dir}; last losses {summary.final_losses}; "
+          f"{summary.samples_per_second:.1f} samples/s")
+    return 0
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser(
+        "export",
+        help="export a student checkpoint to ONNX (opset 20) + JSON sidecar, parity-checked",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    export.add_argument("--checkpoint", type=Path, required=True, metavar="PATH", help="RUN/checkpoint.pt")
+    export.add_argument("--out", type=Path, required=True, metavar="PATH", help="output .onnx (sidecar .json and thumbnails beside it)")
+    export.add_argument("--preset", default=None, metavar="NAME", help="refuse unless the checkpoint has this preset")
+    export.add_argument("--dry-run", action="store_true", help="check the checkpoint and print what would be written")
+    export.set_defaults(run=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from models.data.paired import DatasetError, read_meta
+    from models.export import current_command, export_avatar_model
+    from models.megaportraits.train_student import TrainingError, load_checkpoint, student_from_checkpoint
+
+    try:
+        checkpoint = load_checkpoint(args.checkpoint)
+        model = student_from_checkpoint(checkpoint, expect_preset=args.preset)
+        train = checkpoint["train_config"]
+        meta = read_meta(Path(train["data"]))
+    except (TrainingError, DatasetError) as error:
+        print(f"megalive-train export: {error}", file=sys.stderr)
+        return 2
+    resolution = model.config.resolution
+    if args.dry_run:
+        print(json.dumps({"out": str(args.out), "resolution": resolution, "avatars": checkpoint["avatar_names"],
+                          "step": int(checkpoint["step"])}, indent=2))
+        return 0
+    neutral = np.load(meta.root / "neutral_rgba.npy", allow_pickle=False)  # A×H×W×4
+    thumbnails = np.stack([np.asarray(Image.fromarray(frame[:, :, :3]).resize((96, 96), Image.BILINEAR)) for frame in neutral])
+    command = " && ".join([meta.command, train["command"], current_command()])
+    report = export_avatar_model(model, out_path=args.out, resolution=(resolution, resolution),
+                                 avatar_names=checkpoint["avatar_names"], command=command,
+                                 config={"student": checkpoint["model_config"], "train": train, "step": int(checkpoint["step"])},
+                                 thumbnails=thumbnails)
+    print(f"wrote {report.model_path} ({report.onnx_bytes / 1e6:.1f} MB), {report.sidecar_path}; "
+          f"ONNX Runtime vs PyTorch max abs error {report.max_abs_error:.2e}")
+    return 0
+
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser(
+        "eval",
+        help="PSNR/SSIM of an exported avatar model on held-out drivers and motions, beside two baselines",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    evaluate.add_argument("--model", type=Path, required=True, metavar="PATH", help="exported .onnx (with sidecar)")
+    evaluate.add_argument("--data", type=Path, required=True, metavar="DIR", help="the training dataset (for its avatars)")
+    evaluate.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for eval.json and contact_sheet.png")
+    evaluate.add_argument("--clips", type=int, default=8, metavar="N", help="held-out clips (one new driver identity each)")
+    evaluate.add_argument("--frames", type=int, default=25, metavar="N", help="frames per clip")
+    evaluate.set_defaults(run=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from models.data.paired import DatasetError
+    from models.evaluation import EvalConfig, evaluate, write_report
+
+    config = EvalConfig(model=str(args.model), data=str(args.data), clips=args.clips, frames_per_clip=args.frames)
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        report = evaluate(config, sheet_path=args.out / "contact_sheet.png")
+    except (DatasetError, ValueError, OSError) as error:
+        print(f"megalive-train eval: {error}", file=sys.stderr)
+        return 2
+    write_report(report, config, args.out / "eval.json")
+    print(report.table())
+    return 0
+
+
+def _add_demo_clip(commands: argparse._SubParsersAction) -> None:
+    clip = commands.add_parser(
+        "demo-clip",
+        help="render the demo's driver clip (identities that are not avatars) as an MP4",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    clip.add_argument("--out", type=Path, required=True, metavar="PATH", help="output .mp4")
+    clip.add_argument("--resolution", type=int, default=256, metavar="PX", help="square resolution")
+    clip.add_argument("--identities", type=int, default=2, metavar="N", help="driver identities, one after the other")
+    clip.add_argument("--seconds", type=float, default=4.0, metavar="S", help="seconds per identity")
+    clip.add_argument("--seed", type=int, default=7, metavar="N", help="seed of identities and motion")
+    clip.set_defaults(run=_demo_clip)
+
+
+def _demo_clip(args: argparse.Namespace) -> int:
+    from models.data.demo_clip import render_driver_clip
+
+    frames = render_driver_clip(args.out, resolution=args.resolution, seconds_per_identity=args.seconds,
+                                identities=args.identities, seed=args.seed)
+    print(f"wrote {args.out} ({frames} frames, {args.out.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megalive-train", description="MegaLive model factory: data, training, distillation, export.")
     parser.add_argument("--version", action="version", version=f"megalive-train {_version()}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_contract_model(commands)
+    _add_synth(commands)
+    _add_student(commands)
+    _add_export(commands)
+    _add_eval(commands)
+    _add_demo_clip(commands)
     return parser
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from server import __version__
+from server.addon import add_addon_commands
 from unreal_bridge.cli import add_livelink_commands, add_unreal_commands
 
 
@@ -103,6 +104,45 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="stream a driver clip through a local server to every avatar and write a video",
+        description="Start a server on loopback with the model, stream the driver clip to every avatar, write out/demo.mp4 "
+        "(each row: the driver and the avatars it drives) and out/demo.png, and print the speed achieved.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    demo.add_argument("--model", type=Path, default=None, metavar="PATH", help="avatar model .onnx; default: the shipped model")
+    demo.add_argument("--clip", type=Path, default=None, metavar="PATH", help="driver video or folder of frames; default: the shipped clip")
+    demo.add_argument("--out", type=Path, default=Path("out"), metavar="DIR", help="folder for demo.mp4 and demo.png")
+    demo.add_argument("--pacing", default="every", metavar="MODE", help="every: render every frame | realtime: offer frames at the clip's rate, latest wins")
+    demo.add_argument("--avatars", type=int, default=8, metavar="N", help="most avatars to drive [1-64]")
+    demo.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
+    demo.set_defaults(run=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from server.bench import default_model_path
+    from server.demo import DEFAULT_CLIP, DemoConfig, DemoError, run_demo
+    from server.engine import ModelError
+
+    model = args.model or default_model_path()
+    if model is None:
+        print("megalive demo: no shipped default model found and no --model given", file=sys.stderr)
+        return 2
+    config = DemoConfig(model=model, clip=args.clip or DEFAULT_CLIP, out_dir=args.out, pacing=args.pacing, max_avatars=args.avatars)
+    if args.dry_run:
+        print(json.dumps(asdict(config), indent=2, default=str))
+        return 0
+    try:
+        report = run_demo(config)
+    except (DemoError, ModelError) as error:
+        print(f"megalive demo: {error}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0
+
+
 def _add_avatars(commands: argparse._SubParsersAction) -> None:
     avatars = commands.add_parser("avatars", help="list the avatars of a running server",
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -135,8 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_bench(commands)
     _add_avatars(commands)
+    _add_demo(commands)
     add_livelink_commands(commands)
     add_unreal_commands(commands)
+    add_addon_commands(commands)
     return parser
 
 

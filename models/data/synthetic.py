@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Self
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -89,6 +90,18 @@ class _TensorBatch:
             for f in dataclasses.fields(cls)
         }
         return cls(**joined)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Field name -> numpy array (for np.savez: plain arrays, no pickle)."""
+        return {f.name: getattr(self, f.name).detach().cpu().numpy() for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> Self:
+        """The inverse of to_arrays; a missing or extra field raises KeyError."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(arrays) != names:
+            raise KeyError(f"{cls.__name__} fields differ: missing {sorted(names - set(arrays))}, extra {sorted(set(arrays) - names)}")
+        return cls(**{name: torch.as_tensor(arrays[name]) for name in names})
 
     def as_vector(self) -> Tensor:
         """All parameters flattened per sample: B×D (D fixed per class)."""

@@ -1,0 +1,233 @@
+"""Train the real-time student in cross-driving mode (DESIGN §4.3).
+
+Each step: a driver frame of an identity that is not an avatar (colour-jittered and mildly warped so
+its identity cannot leak through), the avatar index, and the target: that avatar doing the driver's
+motion. The target source is pluggable: `renderer` (SyntheticHeads ground truth, rendered into a
+paired dataset by `megalive-train synth`) now; `teacher` (a MegaPortraits checkpoint) with the
+teacher issue. Losses: L1 + (1 - SSIM) on rgb, L1 on the alpha mask, and a perceptual term only when
+a local VGG19 weights file is given (absent otherwise, and the run's config says so).
+
+A run folder holds config.json (the resolved config and the exact command), checkpoint.pt (model,
+optimiser, scheduler, step, RNG states; tensors only, loaded with weights_only=True), log.jsonl
+(one line per logged step) and samples.png. Checkpoints are written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch_msssim import ssim
+from torch.utils.data import DataLoader, RandomSampler
+from tqdm import tqdm
+
+from models.data.paired import PairedHeads, save_png
+from models.data.synthetic import contact_sheet
+from models.megaportraits.student import Student, StudentConfig, student_config
+
+TARGET_SOURCES = ("renderer", "teacher")
+
+
+class TrainingError(Exception):
+    """A training run that cannot start or resume; one line for the user."""
+
+
+@dataclass(frozen=True)
+class StudentTrainConfig:
+    data: str
+    run_dir: str
+    preset: str = "cpu256"
+    target: str = "renderer"
+    steps: int = 3000
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    final_learning_rate: float = 1e-5
+    l1_weight: float = 1.0
+    ssim_weight: float = 1.0
+    mask_weight: float = 1.0
+    perceptual_weight: float = 0.0
+    vgg_weights: str | None = None
+    colour_jitter: float = 0.3
+    warp: float = 0.04
+    seed: int = 0
+    log_every: int = 25
+    checkpoint_every: int = 200
+    workers: int = 1
+    command: str = ""
+    perceptual: str = field(default="absent: no local VGG19 weights file given")
+
+
+def check_config(config: StudentTrainConfig) -> None:
+    if config.target not in TARGET_SOURCES:
+        raise TrainingError(f"unknown target source {config.target!r} (known: {', '.join(TARGET_SOURCES)})")
+    if config.target == "teacher":
+        raise TrainingError("target 'teacher' needs a MegaPortraits teacher checkpoint, which arrives with the teacher issue; use 'renderer'")
+    if config.vgg_weights is not None:
+        raise TrainingError("a perceptual VGG19 backbone is not supported yet; drop --vgg-weights (the run records it as absent)")
+    if config.steps < 1 or config.batch_size < 1:
+        raise TrainingError("--steps and --batch must be at least 1")
+
+
+def augment_drivers(driver: torch.Tensor, *, jitter: float, warp: float, generator: torch.Generator) -> torch.Tensor:
+    """Colour jitter (brightness, contrast, saturation, per-channel gain) and a mild random affine warp.
+
+    B×3×H×W in [0,1] -> same. Strong colour changes stop skin/hair/background colours leaking from the
+    driver; the small anisotropic scale/shift stops face proportions leaking, while the motion stays."""
+    batch = driver.shape[0]
+
+    def uniform(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator) * 2 - 1  # in [-1, 1]
+
+    grey = driver.mean(dim=1, keepdim=True)  # B×1×H×W
+    saturation = 1 + jitter * uniform(batch, 1, 1, 1)
+    out = grey + (driver - grey) * saturation
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - mean) * (1 + jitter * uniform(batch, 1, 1, 1)) + mean  # contrast
+    out = out * (1 + jitter * uniform(batch, 3, 1, 1)) + 0.5 * jitter * uniform(batch, 1, 1, 1)  # gains, brightness
+    if warp > 0:
+        theta = torch.zeros(batch, 2, 3)
+        theta[:, 0, 0] = 1 + warp * uniform(batch)
+        theta[:, 1, 1] = 1 + warp * uniform(batch)
+        theta[:, :, 2] = 0.5 * warp * uniform(batch, 2)
+        grid = F.affine_grid(theta, list(out.shape), align_corners=False)
+        out = F.grid_sample(out, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.clamp(0, 1)
+
+
+@dataclass(frozen=True)
+class StudentLosses:
+    total: torch.Tensor
+    l1: torch.Tensor
+    ssim: torch.Tensor
+    mask: torch.Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        return {name: float(getattr(self, name).detach()) for name in ("total", "l1", "ssim", "mask")}
+
+
+def student_losses(rgb: torch.Tensor, alpha: torch.Tensor, target_rgb: torch.Tensor, target_alpha: torch.Tensor,
+                   config: StudentTrainConfig) -> StudentLosses:
+    l1 = F.l1_loss(rgb, target_rgb)
+    structural = 1 - ssim(rgb, target_rgb, data_range=1.0, size_average=True)
+    mask = F.l1_loss(alpha, target_alpha)
+    total = config.l1_weight * l1 + config.ssim_weight * structural + config.mask_weight * mask
+    return StudentLosses(total=total, l1=l1, ssim=structural, mask=mask)
+
+
+def _save_atomic(payload: dict[str, Any], path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, temporary)
+    temporary.replace(path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's tensors and plain values (weights_only: no code runs on load)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise TrainingError(f"checkpoint not found: {path}") from None
+    except (RuntimeError, ValueError, OSError, EOFError, pickle.UnpicklingError) as error:
+        raise TrainingError(f"checkpoint {path} is unreadable: {str(error).splitlines()[0]}") from None
+
+
+def student_from_checkpoint(checkpoint: dict[str, Any], *, expect_preset: str | None = None) -> Student:
+    """Rebuild the student from the config saved in the checkpoint; refuse a preset mismatch."""
+    model_config = checkpoint.get("model_config")
+    if not isinstance(model_config, dict):
+        raise TrainingError("checkpoint has no model_config: not a student checkpoint")
+    preset = checkpoint.get("train_config", {}).get("preset")
+    if expect_preset is not None and preset != expect_preset:
+        raise TrainingError(f"checkpoint was trained with preset {preset!r}, not {expect_preset!r}")
+    try:
+        config = StudentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in model_config.items()})
+        model = Student(config=config)
+        model.load_state_dict(checkpoint["model"])
+    except (TypeError, KeyError, RuntimeError) as error:
+        raise TrainingError(f"checkpoint does not match the student it describes: {str(error).splitlines()[0]}") from None
+    return model
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    run_dir: Path
+    steps: int
+    final_losses: dict[str, float]
+    samples_per_second: float
+
+
+def train_student(config: StudentTrainConfig, *, progress: bool = True) -> TrainSummary:
+    check_config(config)
+    dataset = PairedHeads(root=Path(config.data))
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = run_dir / "checkpoint.pt"
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    model_config = student_config(config.preset, num_avatars=dataset.meta.num_avatars)
+    if model_config.resolution != dataset.meta.resolution:
+        raise TrainingError(f"preset {config.preset!r} is {model_config.resolution} px but the dataset is {dataset.meta.resolution} px")
+    model = Student(config=model_config)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.999))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.steps, eta_min=config.final_learning_rate)
+    step = 0
+    if checkpoint_path.exists():
+        checkpoint = load_checkpoint(checkpoint_path)
+        saved = checkpoint.get("train_config", {})
+        if saved.get("preset") != config.preset or saved.get("data") != config.data:
+            raise TrainingError(f"{checkpoint_path} belongs to another run (preset {saved.get('preset')!r}, data {saved.get('data')!r}); "
+                                "use a new --run folder")
+        model = student_from_checkpoint(checkpoint)
+        optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.999))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.steps, eta_min=config.final_learning_rate)
+        optimiser.load_state_dict(checkpoint["optimiser"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        step = int(checkpoint["step"])
+        torch.set_rng_state(checkpoint["rng_torch"])
+    (run_dir / "config.json").write_text(json.dumps({"train": asdict(config), "model": asdict(model_config),
+                                                     "dataset": {"root": config.data, "command": dataset.meta.command,
+                                                                 "avatar_names": list(dataset.meta.avatar_names)}}, indent=2) + "\n")
+    generator = torch.Generator().manual_seed(config.seed * 7919 + step)
+    sampler = RandomSampler(dataset, replacement=True, num_samples=10**9, generator=generator)
+    loader = iter(DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+                             persistent_workers=config.workers > 0))
+    augment_generator = torch.Generator().manual_seed(config.seed * 104729 + step)
+    model.train()
+    losses: StudentLosses | None = None
+    began, first_step = time.perf_counter(), step
+    with tqdm(total=config.steps, initial=step, desc="student", unit="step", disable=not progress) as bar, \
+            open(run_dir / "log.jsonl", "a", encoding="utf-8") as log:
+        while step < config.steps:
+            driver, target_rgb, target_alpha, avatar = next(loader)
+            driver = augment_drivers(driver, jitter=config.colour_jitter, warp=config.warp, generator=augment_generator)
+            rgb, alpha = model(driver, avatar)
+            losses = student_losses(rgb, alpha, target_rgb, target_alpha, config)
+            optimiser.zero_grad(set_to_none=True)
+            losses.total.backward()
+            optimiser.step()
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.steps:
+                floats = losses.as_floats()
+                bar.set_postfix(loss=f"{floats['total']:.4f}", l1=f"{floats['l1']:.4f}")
+                log.write(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], **floats}) + "\n")
+                log.flush()
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                _save_atomic({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
+                              "step": step, "rng_torch": torch.get_rng_state(), "model_config": asdict(model_config),
+                              "train_config": asdict(config), "avatar_names": list(dataset.meta.avatar_names)}, checkpoint_path)
+                with torch.no_grad():
+                    tiles = torch.stack([driver[:4], rgb[:4].detach(), target_rgb[:4]], dim=1).flatten(0, 1)  # 4×3 tiles
+                save_png(contact_sheet(tiles, columns=3), run_dir / "samples.png")
+    elapsed = time.perf_counter() - began
+    rate = (step - first_step) * config.batch_size / elapsed if elapsed > 0 and step > first_step else math.nan
+    return TrainSummary(run_dir=run_dir, steps=step, final_losses=losses.as_floats() if losses else {}, samples_per_second=rate)

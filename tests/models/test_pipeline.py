@@ -1,0 +1,145 @@
+"""The model factory end to end on tiny sizes: synth -> student -> export -> eval -> demo, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.data.paired import DatasetError, PairedHeads, SynthConfig, write_paired_dataset
+from models.megaportraits.train_student import StudentTrainConfig, TrainingError, train_student
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def train_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "models.cli", *args], capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "synth"
+    write_paired_dataset(out, SynthConfig(resolution=64, num_avatars=3, num_driver_identities=6, num_motions=48, batch_size=16),
+                         command="tests: write_paired_dataset", progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "student"
+    train_student(StudentTrainConfig(data=str(tiny_dataset), run_dir=str(run), preset="tiny", steps=100, batch_size=8,
+                                     learning_rate=3e-3, log_every=10, checkpoint_every=50, workers=0, command="tests"),
+                  progress=False)
+    return run
+
+
+def test_synth_writes_frames_masks_landmarks_parameters_and_a_sheet(tiny_dataset: Path) -> None:
+    names = {p.name for p in tiny_dataset.iterdir()}
+    assert {"meta.json", "avatars.npz", "drivers.npz", "motions.npz", "pairs.npz", "driver_rgba.npy", "target_rgba.npy",
+            "driver_landmarks.npy", "target_landmarks.npy", "neutral_rgba.npy", "contact_sheet.png"} <= names
+    data = PairedHeads(root=tiny_dataset)
+    driver, target_rgb, target_alpha, avatar = data[5]
+    assert driver.shape == (3, 64, 64) and target_rgb.shape == (3, 64, 64) and target_alpha.shape == (1, 64, 64)
+    assert 0 <= avatar < 3 and 0.05 < float(target_alpha.mean()) < 0.95
+    assert not any(p.name.startswith(".") for p in tiny_dataset.parent.iterdir())  # no staging folder left
+
+
+def test_synth_cli_refuses_bad_arguments_and_an_existing_folder(tiny_dataset: Path, tmp_path: Path) -> None:
+    for args, message in ((["--avatars", "0"], "--avatars"), (["--resolution", "8"], "--resolution")):
+        result = train_cli("synth", str(tmp_path / "x"), *args)
+        assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    existing = train_cli("synth", str(tiny_dataset), "--pairs", "2", "--resolution", "32")
+    assert existing.returncode == 2 and "exists already" in existing.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_training_lowers_the_loss_and_writes_a_checkpoint(tiny_run: Path, tiny_dataset: Path) -> None:
+    import torch
+
+    from models.megaportraits.student import Student, student_config
+    from models.megaportraits.train_student import load_checkpoint, student_from_checkpoint, student_losses
+
+    data = PairedHeads(root=tiny_dataset)
+    items = [data[i] for i in range(len(data))]
+    driver, target_rgb, target_alpha = (torch.stack([item[k] for item in items]) for k in range(3))
+    avatar = torch.tensor([item[3] for item in items])
+    config = StudentTrainConfig(data=str(tiny_dataset), run_dir="")
+    torch.manual_seed(0)  # the trainer's seed: the same initial weights
+    before = Student(config=student_config("tiny", num_avatars=3))
+    trained = student_from_checkpoint(load_checkpoint(tiny_run / "checkpoint.pt"))
+    with torch.no_grad():
+        loss_before = float(student_losses(*before(driver, avatar), target_rgb, target_alpha, config).total)
+        loss_after = float(student_losses(*trained(driver, avatar), target_rgb, target_alpha, config).total)
+    assert loss_after < 0.9 * loss_before, (loss_before, loss_after)
+    assert json.loads((tiny_run / "log.jsonl").read_text().splitlines()[-1])["step"] == 100
+    assert (tiny_run / "samples.png").is_file()
+    assert json.loads((tiny_run / "config.json").read_text())["train"]["perceptual"].startswith("absent")
+
+
+def test_training_resumes_from_its_checkpoint(tiny_dataset: Path, tmp_path: Path) -> None:
+    config = StudentTrainConfig(data=str(tiny_dataset), run_dir=str(tmp_path / "r"), preset="tiny", steps=10, batch_size=4,
+                                log_every=5, checkpoint_every=10, workers=0)
+    train_student(config, progress=False)
+    summary = train_student(StudentTrainConfig(**{**config.__dict__, "steps": 15}), progress=False)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert summary.steps == 15 and steps == [5, 10, 15]
+
+
+def test_student_cli_one_line_errors(tiny_dataset: Path, tmp_path: Path) -> None:
+    cases = [
+        (["--data", str(tmp_path / "missing"), "--run", str(tmp_path / "r1")], "not found"),
+        (["--data", str(tiny_dataset), "--run", str(tmp_path / "r2"), "--preset", "huge"], "unknown preset"),
+        (["--data", str(tiny_dataset), "--run", str(tmp_path / "r3"), "--target", "teacher"], "teacher"),
+        (["--data", str(tiny_dataset), "--run", str(tmp_path / "r4"), "--preset", "cpu256"], "dataset is 64 px"),
+    ]
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "meta.json").write_text("{broken")
+    cases.append((["--data", str(corrupt), "--run", str(tmp_path / "r5")], "unreadable"))
+    for args, message in cases:
+        result = train_cli("student", *args, "--steps", "1", "--workers", "0")
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_export_eval_and_demo_on_the_tiny_student(tiny_run: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    model = tmp_path / "tiny.onnx"
+    exported = train_cli("export", "--checkpoint", str(tiny_run / "checkpoint.pt"), "--out", str(model))
+    assert exported.returncode == 0, exported.stderr
+    sidecar = json.loads(model.with_suffix(".json").read_text())
+    assert sidecar["parity_max_abs_error"] < 1e-4 and sidecar["avatars"] == ["Ada", "Basil", "Cleo"]
+    assert "write_paired_dataset" in sidecar["command"] and "export" in sidecar["command"]
+    assert np.load(model.with_name(sidecar["thumbnails"])).shape == (3, 96, 96, 3)
+
+    mismatch = train_cli("export", "--checkpoint", str(tiny_run / "checkpoint.pt"), "--out", str(tmp_path / "m.onnx"), "--preset", "cpu256")
+    assert mismatch.returncode == 2 and "preset 'tiny'" in mismatch.stderr and not (tmp_path / "m.onnx").exists()
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    unreadable = train_cli("export", "--checkpoint", str(garbage), "--out", str(tmp_path / "g.onnx"))
+    assert unreadable.returncode == 2 and "unreadable" in unreadable.stderr
+
+    evaluated = train_cli("eval", "--model", str(model), "--data", str(tiny_dataset), "--out", str(tmp_path / "eval"),
+                          "--clips", "2", "--frames", "8")
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["pairs"] == 16
+    for name in ("model_output", "neutral_baseline", "driver_baseline"):
+        assert 0 < report[name]["psnr"] < 100 and -1 <= report[name]["ssim"] <= 1
+    assert (tmp_path / "eval" / "contact_sheet.png").is_file()
+
+    from models.data.demo_clip import render_driver_clip
+    from server.demo import DemoConfig, run_demo
+
+    clip = tmp_path / "clip.mp4"
+    assert render_driver_clip(clip, resolution=64, seconds_per_identity=0.4, identities=2) == 20
+    demo = run_demo(DemoConfig(model=model, clip=clip, out_dir=tmp_path / "out"), progress=False)
+    assert demo.textures == 20 * 3 and demo.dropped == 0
+    assert demo.video.stat().st_size > 0 and demo.still.is_file()
+    from server.demo import read_clip
+
+    frames, fps = read_clip(demo.video)
+    assert len(frames) == 20 and frames[0].shape == (64, 64 * 4, 3) and fps == 25.0
