@@ -223,3 +223,46 @@ def test_tick_never_blocks_reports_server_gone_and_reconnects_after_backoff(
     assert any(thread != main_thread for _, thread in client.blocking_calls)  # reconnects ran on the worker
     # ... and, generously (shared machines), ticks were cheap on average.
     assert sum(durations) / len(durations) < 0.05
+
+
+@pytest.mark.usefixtures("restore_unreal")
+def test_a_video_file_drives_the_live_texture(service: AvatarService, engine: Engine, tmp_path: Path) -> None:
+    import imageio_ffmpeg
+
+    # A 2-frame-per-colour clip of flat colours: lossy video keeps flat colours within a few levels.
+    colours = [(200, 40, 40), (40, 200, 40)]
+    video = tmp_path / "take.mp4"
+    writer = imageio_ffmpeg.write_frames(str(video), (32, 32), fps=10, codec="libx264", pix_fmt_out="yuv444p",
+                                         quality=10, macro_block_size=1, ffmpeg_log_level="error")
+    writer.send(None)
+    for colour in colours:
+        for _ in range(5):
+            writer.send(np.full((32, 32, 3), colour, np.uint8))
+    writer.close()
+
+    from unreal_bridge.editor.live_texture import VideoFileSource
+
+    source = VideoFileSource(path=video)
+    deadline = time.monotonic() + 10
+    while source.current() is None:
+        assert time.monotonic() < deadline and source.error is None, source.error
+        time.sleep(0.01)
+    index, frame = source.current()
+    pixels = frame.array()
+    assert pixels.shape == (32, 32, 3) and source.fps == 10.0
+    assert min(np.abs(pixels.reshape(-1, 3).mean(0) - np.array(c)).max() for c in colours) < 8
+    source.close()
+
+    fake = fake_unreal.install(native=True)
+    host = host_with(fake)
+    report = host.start(server=service.bound_address, avatar=0, driver="video", video_path=str(video))
+    assert "MegaLive: connected" in report and "video" in report
+    tick_until(fake, lambda: fake.created_textures and fake.created_textures[0].updates >= 1)
+    host.stop()
+
+
+def test_video_source_refuses_a_missing_file(tmp_path: Path) -> None:
+    from unreal_bridge.editor.live_texture import VideoFileSource
+
+    with pytest.raises(ValueError, match="not found"):
+        VideoFileSource(path=tmp_path / "none.mp4")

@@ -96,6 +96,74 @@ class ImageSequenceSource:
         self._cache.clear()
 
 
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
+
+
+class VideoFileSource:
+    """Driver frames decoded from a video file on a background thread, looped at the file's frame rate.
+
+    Decoding uses the ffmpeg that the `imageio-ffmpeg` wheel bundles (install it into Unreal's Python
+    beside pyzmq and msgpack). The tick only picks up the newest decoded frame: ``current()`` never
+    waits for the decoder."""
+
+    driver_kind = "image"
+
+    def __init__(self, *, path: str | os.PathLike[str], clock: Callable[[], float] = time.monotonic) -> None:
+        try:
+            import imageio_ffmpeg
+        except ImportError:
+            raise ValueError("reading video files needs the imageio-ffmpeg package in this Python "
+                             "(pip install imageio-ffmpeg), or convert the video to an image sequence") from None
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ValueError(f"video file not found: {self.path}")
+        self._imageio_ffmpeg = imageio_ffmpeg
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._newest: tuple[int, protocol.RawBuffer] | None = None
+        self._stop = threading.Event()
+        self.error: str | None = None
+        self.fps = 0.0
+        self._thread = threading.Thread(target=self._decode_forever, name="megalive-video", daemon=True)
+        self._thread.start()
+
+    def _decode_forever(self) -> None:
+        index = 0
+        while not self._stop.is_set():
+            try:
+                frames = self._imageio_ffmpeg.read_frames(str(self.path))
+                meta = next(frames)
+                width, height = meta["size"]
+                self.fps = float(meta.get("fps") or 25.0)
+                began = self._clock()
+                for number, raw in enumerate(frames):
+                    if self._stop.is_set():
+                        break
+                    buffer = protocol.raw_buffer_from_bytes(raw, dtype="|u1", shape=(height, width, 3))
+                    with self._lock:
+                        self._newest = (index, buffer)
+                    index += 1
+                    # Pace at the file's rate so the avatar moves in real time, not as fast as ffmpeg decodes.
+                    delay = began + (number + 1) / self.fps - self._clock()
+                    if delay > 0:
+                        self._stop.wait(delay)
+                frames.close()
+            except (RuntimeError, OSError, StopIteration, ValueError) as error:
+                self.error = f"cannot read {self.path}: {error}"
+                return
+
+    def current(self) -> tuple[object, protocol.Buffer] | None:
+        with self._lock:
+            return self._newest
+
+    def describe(self) -> str:
+        return f"video {self.path} at {self.fps:g} fps" + (f" ({self.error})" if self.error else "")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+
+
 class LiveLinkFaceSource:
     """Driver frames from Live Link Face received in the editor itself (ARKit sessions)."""
 

@@ -22,10 +22,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import unreal
 
-from .live_texture import DriverSource, ImageSequenceSource, LiveLinkFaceSource, LiveTextureConfig, LiveTextureController
+from .live_texture import (
+    VIDEO_SUFFIXES,
+    DriverSource,
+    ImageSequenceSource,
+    LiveLinkFaceSource,
+    LiveTextureConfig,
+    LiveTextureController,
+    VideoFileSource,
+)
 from .png import encode_png
 
 NATIVE_LIBRARY = "MegaLiveTextureLibrary"  # UMegaLiveTextureLibrary in MegaLiveTexture/Source
@@ -151,16 +160,20 @@ _active: UnrealLiveTexture | None = None
 def start(server: str = "tcp://127.0.0.1:5555", avatar: int = 0, driver: str = "video", video_path: str | None = None,
           material_parameter: str = "AvatarTexture", subject: str | None = None, fps: float = 30.0,
           timeout_s: float = 1.0) -> str:
-    """Connect and start updating the live texture. ``driver``: "video" (an image-sequence folder or one
-    image at ``video_path``) or "arkit" (Live Link Face received in the editor on UDP 11111)."""
+    """Connect and start updating the live texture. ``driver``: "video" (a video file — needs
+    imageio-ffmpeg in Unreal's Python — or an image-sequence folder, or one image at ``video_path``)
+    or "arkit" (Live Link Face received in the editor on UDP 11111)."""
     global _active
     if _active is not None:
         stop()
     source: DriverSource
     if driver in ("video", "image"):
         if video_path is None:
-            raise ValueError("driver 'video' needs video_path: a folder of PNG/JPEG frames or one image")
-        source = ImageSequenceSource(path=video_path, fps=fps)
+            raise ValueError("driver 'video' needs video_path: a video file, a folder of PNG/JPEG frames or one image")
+        if Path(video_path).suffix.lower() in VIDEO_SUFFIXES:
+            source = VideoFileSource(path=video_path)
+        else:
+            source = ImageSequenceSource(path=video_path, fps=fps)
     elif driver == "arkit":
         source = LiveLinkFaceSource(subject=subject)
     else:
