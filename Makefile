@@ -1,11 +1,14 @@
-# MegaLive — `make test` runs the suite, `make demo` (later) the main job. Both create .venv.
+# MegaLive — `make demo` is the main job, `make test` the suite. Both create .venv when missing.
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 TORCH  := torch==2.13.0
+STUDENT_STEPS ?= 5000
 
-.PHONY: test install-dev bench clean
+BIN    := $(VENV)/bin
+
+.PHONY: demo test install install-dev bench default-model clean
 
 # torch first, so pip takes the local CPU build instead of a CUDA one from the registry.
 $(VENV)/.installed-dev: pyproject.toml
@@ -17,6 +20,19 @@ $(VENV)/.installed-dev: pyproject.toml
 
 install-dev: $(VENV)/.installed-dev
 
+# The runtime alone (no torch): what `make demo` needs.
+$(VENV)/.installed-runtime: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+install: $(VENV)/.installed-runtime
+
+# Streams the shipped driver clip through a local server to the 8 shipped avatars: out/demo.mp4, out/demo.png.
+demo: install
+	$(BIN)/megalive demo --out out
+
 test: install-dev
 	$(PY) -m pytest -q
 
@@ -24,6 +40,15 @@ test: install-dev
 bench: install-dev
 	$(VENV)/bin/megalive-train contract-model --out runs/contract.onnx --resolution 256
 	$(VENV)/bin/megalive bench --model runs/contract.onnx --seconds 10 --json runs/bench.json
+
+# The shipped default model, exactly as it was made (README: "The default model"). Hours on 2 CPU cores.
+default-model: install-dev
+	rm -rf runs/synth-256 runs/student-cpu256
+	$(BIN)/megalive-train synth runs/synth-256 --resolution 256 --avatars 8 --drivers 200 --pairs 8000
+	$(BIN)/megalive-train student --data runs/synth-256 --run runs/student-cpu256 --preset cpu256 --steps $(STUDENT_STEPS) --batch 8
+	$(BIN)/megalive-train export --checkpoint runs/student-cpu256/checkpoint.pt --out assets/default/student.onnx --preset cpu256
+	$(BIN)/megalive-train demo-clip --out assets/default/driver.mp4 --resolution 256
+	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --out assets/default/eval
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.blocks import conv_multiply_accumulates
+
 SIDECAR_FORMAT = "megalive-avatar-model"  # must match server/engine.py (models never imports server)
 SIDECAR_FORMAT_VERSION = 1
 OPSET = 20  # 5-D GridSample needs opset 20
@@ -85,6 +87,7 @@ def export_avatar_model(
             dynamo=False,
         )
         max_abs_error = _parity(module, temporary, driver, avatar)
+        gflops_per_frame = 2 * conv_multiply_accumulates(module, driver[:1], avatar[:1]) / 1e9
         os.replace(temporary, out_path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -106,6 +109,7 @@ def export_avatar_model(
         "config": dict(config),
         "config_hash": config_hash(config),
         "parity_max_abs_error": max_abs_error,
+        "gflops_per_frame": gflops_per_frame,  # convolutions and linear layers, 2 FLOPs per multiply-accumulate
         "thumbnails": None,
     }
     if thumbnails is not None:

@@ -78,6 +78,8 @@ class BenchReport:
     providers: tuple[str, ...]
     raw_fps: float
     raw_batch4_fps: float  # the engine's own ceiling for batching: what 4 sessions could gain at most
+    gflops_per_frame: float | None
+    matmul_peak_gflops: float
     streams: tuple[StreamFigures, ...]
 
     def stream(self, sessions: int) -> StreamFigures:
@@ -92,6 +94,9 @@ class BenchReport:
             "providers": list(self.providers),
             "raw_engine_fps": self.raw_fps,
             "raw_engine_fps_batch4": self.raw_batch4_fps,
+            "gflops_per_frame": self.gflops_per_frame,
+            "achieved_gflops": self.gflops_per_frame * self.raw_fps if self.gflops_per_frame else None,
+            "matmul_peak_gflops": self.matmul_peak_gflops,
             "end_to_end_fps": single.fps,
             "end_to_end_over_raw": single.fps / self.raw_fps,
             "round_trip_p50_ms": single.percentile_ms(50),
@@ -105,6 +110,10 @@ class BenchReport:
         rows = [
             ("raw engine FPS (batch 1)", f"{self.raw_fps:.1f}"),
             ("raw engine FPS (batch 4; × vs batch 1)", f"{self.raw_batch4_fps:.1f} (×{self.raw_batch4_fps / self.raw_fps:.2f})"),
+            ("fp32 matmul peak of this box (GFLOP/s)", f"{self.matmul_peak_gflops:.0f}"),
+            ("model GFLOP/frame; achieved GFLOP/s at batch 1 (% of peak)",
+             f"{self.gflops_per_frame:.2f}; {figures['achieved_gflops']:.1f} ({100 * figures['achieved_gflops'] / self.matmul_peak_gflops:.0f} %)"
+             if self.gflops_per_frame else "unknown (no gflops_per_frame in the sidecar)"),
             ("end-to-end FPS (1 session, loopback)", f"{figures['end_to_end_fps']:.1f}"),
             ("end-to-end / raw", f"{figures['end_to_end_over_raw']:.2f}"),
             ("round trip p50 / p99 (ms)", f"{figures['round_trip_p50_ms']:.1f} / {figures['round_trip_p99_ms']:.1f}"),
@@ -140,6 +149,20 @@ class PhaseProgress:
 def _driver_frames(resolution: tuple[int, int], count: int = 8) -> list[np.ndarray]:
     generator = np.random.default_rng(0)
     return [generator.integers(0, 256, (*resolution, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def measure_matmul_peak_gflops(size: int = 1024, seconds: float = 2.0) -> float:
+    """The box's fp32 matrix-multiply rate through numpy's BLAS (all cores): the best of repeated runs."""
+    generator = np.random.default_rng(0)
+    a = generator.random((size, size), dtype=np.float32)
+    b = generator.random((size, size), dtype=np.float32)
+    best = 0.0
+    began = time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        start = time.perf_counter()
+        np.matmul(a, b)
+        best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 def measure_raw_fps(engine: Engine, seconds: float, *, batch: int = 1) -> float:
@@ -183,8 +206,8 @@ def stop_server(process: subprocess.Popen) -> None:
 def measure_stream(address: str, *, sessions: int, seconds: float, window: int, resolution: tuple[int, int]) -> StreamFigures:
     drivers = _driver_frames(resolution)
     with AvatarClient(address=address, max_in_flight=window, timeout_s=10.0, name="megalive-bench") as client:
-        client.hello()
-        handles = [client.open(avatar=i) for i in range(sessions)]
+        avatars = client.hello().models[0]["avatars"]
+        handles = [client.open(avatar=i % avatars) for i in range(sessions)]
         engine_before = client.stats()["engine"]
         latencies: list[float] = []
         frames = dropped = sent = 0
@@ -220,6 +243,7 @@ def measure_stream(address: str, *, sessions: int, seconds: float, window: int, 
 
 def run_bench(config: BenchConfig) -> BenchReport:
     engine = Engine(model_path=config.model_path, intra_op_threads=config.threads, max_batch=4)
+    matmul_peak = measure_matmul_peak_gflops()
     raw_fps = measure_raw_fps(engine, config.seconds)
     raw_batch4_fps = measure_raw_fps(engine, config.seconds, batch=4)
     card, providers = engine.card, tuple(engine.providers)
@@ -233,4 +257,5 @@ def run_bench(config: BenchConfig) -> BenchReport:
     finally:
         stop_server(process)
     return BenchReport(machine=machine_description(), model=card.name, resolution=card.resolution, providers=providers,
-                       raw_fps=raw_fps, raw_batch4_fps=raw_batch4_fps, streams=streams)
+                       raw_fps=raw_fps, raw_batch4_fps=raw_batch4_fps, gflops_per_frame=card.gflops_per_frame,
+                       matmul_peak_gflops=matmul_peak, streams=streams)

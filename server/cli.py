@@ -22,7 +22,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         description="Serve an avatar model (ONNX + JSON sidecar) to MegaLive clients. Stops cleanly on Ctrl-C or SIGTERM.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    serve.add_argument("--model", type=Path, required=True, metavar="PATH", help="avatar model .onnx (its .json sidecar beside it)")
+    serve.add_argument("--model", type=Path, default=None, metavar="PATH", help="avatar model .onnx (its .json sidecar beside it); default: the shipped model")
     serve.add_argument("--bind", default="tcp://127.0.0.1:5555", metavar="ADDR", help="ZeroMQ address; loopback only (CURVE keys come later)")
     serve.add_argument("--max-batch", type=int, default=8, metavar="N", help="most frames of different sessions in one engine call [1-64]")
     serve.add_argument("--max-sessions", type=int, default=64, metavar="N", help="sessions held at once; more get a 'busy' error")
@@ -37,8 +37,15 @@ def _serve(args: argparse.Namespace) -> int:
     from server.engine import Engine, ModelError, load_model_card
     from server.service import AvatarService, BindRefused, ServiceConfig, check_bind_address
 
+    from server.bench import default_model_path
+
     if not 1 <= args.max_batch <= 64:
-        raise SystemExit("megalive serve: --max-batch must be between 1 and 64")
+        print("megalive serve: --max-batch must be between 1 and 64", file=sys.stderr)
+        return 2
+    args.model = args.model or default_model_path()
+    if args.model is None:
+        print("megalive serve: no --model given and no shipped default model found", file=sys.stderr)
+        return 2
     config = ServiceConfig(bind=args.bind, max_batch=args.max_batch, max_sessions=args.max_sessions, session_idle_s=args.idle_timeout)
     providers = [p for p in args.providers.split(",") if p] or None
     try:

@@ -45,6 +45,7 @@ class ModelCard:
     command: str
     config_hash: str
     thumbnails_path: Path | None
+    gflops_per_frame: float | None  # from the exporter's layer count; None for models without it
 
     @property
     def num_avatars(self) -> int:
@@ -89,6 +90,7 @@ def load_model_card(model_path: str | Path) -> ModelCard:
         command=str(card.get("command", "")),
         config_hash=str(card.get("config_hash", "")),
         thumbnails_path=(model_path.parent / thumbnails) if thumbnails else None,
+        gflops_per_frame=float(card["gflops_per_frame"]) if isinstance(card.get("gflops_per_frame"), (int, float)) else None,
     )
 
 
