@@ -1,8 +1,9 @@
 """The bpy layer: preferences, scene settings, operators, the N-panel, the live timer and the bake.
 
-Kept thin: connection logic is in ``live.py``, pixel conversion and PNG writing in ``pixels.py``.
-Everything here runs on Blender's main thread; the only other thread (the reconnect worker in
-``live.py``) never touches bpy data.
+Kept thin: the connection is the shared controller (``server/live.py``, reached through ``wire.live``),
+Blender's bpy-free bits are in ``live.py``, pixel conversion and PNG writing in ``pixels.py``.
+Everything here runs on Blender's main thread; the only other thread (the controller's reconnect
+worker) never touches bpy data.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import zmq
 from bpy.app.handlers import persistent
 
 from . import pixels
-from .live import (BakeError, DriverError, DriverSource, ImageSequenceFiles, LiveConfig, LiveController,
-                   bake_frame_name, render_one_frame)
+from .live import CLIENT_NAME, BakeError, bake_frame_name, sequence_index
+from .live import status_line as controller_status_line
 from .wire import client as client_module
+from .wire import live as shared_live  # the controller both hosts ship (server/live.py)
 from .wire import protocol
 
 ADDON_ID = __package__  # "bl_ext.<repository>.megalive" when installed as an extension
@@ -37,8 +39,8 @@ MATERIAL_NODE_NAME = "MegaLive Texture"
 
 @dataclass
 class Runtime:
-    controller: LiveController | None = None
-    source: DriverSource | None = None
+    controller: shared_live.LiveController | None = None
+    source: shared_live.DriverSource | None = None
     image_name: str = ""
     pixel_buffer: np.ndarray | None = None  # reused H*W*4 float32 for Image.pixels.foreach_set
     message: str = ""  # last message for the panel when there is no controller to ask
@@ -56,18 +58,19 @@ def preferences(context: bpy.types.Context) -> "MEGALIVE_AddonPreferences | None
     return None if addon is None else addon.preferences
 
 
-def live_config(context: bpy.types.Context) -> LiveConfig:
+def live_config(context: bpy.types.Context) -> shared_live.LiveConfig:
     prefs = preferences(context)
     if prefs is None:
-        return LiveConfig()
-    return LiveConfig(server=prefs.server_address, timeout_s=prefs.timeout_s, max_in_flight=prefs.max_in_flight)
+        return shared_live.LiveConfig(client_name=CLIENT_NAME)
+    return shared_live.LiveConfig(server=prefs.server_address, client_name=CLIENT_NAME, timeout_s=prefs.timeout_s,
+                      max_in_flight=prefs.max_in_flight)
 
 
 def status_line() -> str:
     controller = runtime.controller
     if controller is None:
         return runtime.message or "Disconnected"
-    return controller.status
+    return controller_status_line(controller)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -79,14 +82,14 @@ class ImageSequenceSource:
 
     def __init__(self, scene: bpy.types.Scene, path: str) -> None:
         self.scene = scene
-        self.files = ImageSequenceFiles(bpy.path.abspath(path))
+        self.files = shared_live.ImageSequenceFiles(bpy.path.abspath(path))
 
     def frame_key(self) -> Hashable | None:
         return self.scene.frame_current
 
     def payload(self, key: Hashable) -> protocol.Buffer:
         assert isinstance(key, int)
-        return self.files.encoded(key - self.scene.frame_start)
+        return self.files.encoded(sequence_index(key, frame_start=self.scene.frame_start))
 
 
 class CameraRenderSource:
@@ -95,7 +98,7 @@ class CameraRenderSource:
 
     def __init__(self, scene: bpy.types.Scene, size: int) -> None:
         if scene.camera is None:
-            raise DriverError(f"scene {scene.name!r} has no camera")
+            raise shared_live.DriverError(f"scene {scene.name!r} has no camera")
         self.scene = scene
         self.size = size
 
@@ -120,7 +123,7 @@ class CameraRenderSource:
                 bpy.ops.render.render(write_still=True, scene=scene.name)
                 data = path.read_bytes()
             except (RuntimeError, OSError) as error:
-                raise DriverError(f"camera render failed: {error}") from None
+                raise shared_live.DriverError(f"camera render failed: {error}") from None
             finally:
                 (render.filepath, render.resolution_x, render.resolution_y, render.resolution_percentage,
                  render.image_settings.file_format, render.image_settings.color_mode, frame) = saved
@@ -129,15 +132,15 @@ class CameraRenderSource:
         return protocol.EncodedBuffer(codec="png", data=memoryview(data))
 
 
-def make_driver_source(scene: bpy.types.Scene) -> DriverSource:
+def make_driver_source(scene: bpy.types.Scene) -> shared_live.DriverSource:
     settings = scene.megalive
     if settings.driver_kind == "IMAGE_SEQUENCE":
         if not settings.sequence_path:
-            raise DriverError("choose an image sequence folder")
+            raise shared_live.DriverError("choose an image sequence folder")
         return ImageSequenceSource(scene, settings.sequence_path)
     if settings.driver_kind == "CAMERA":
         return CameraRenderSource(scene, settings.camera_driver_size)
-    raise DriverError(f"unknown driver source {settings.driver_kind!r}")
+    raise shared_live.DriverError(f"unknown driver source {settings.driver_kind!r}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -288,9 +291,9 @@ class MEGALIVE_OT_connect(bpy.types.Operator):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         shutdown()
-        controller = LiveController(config=live_config(context))
+        controller = shared_live.LiveController(config=live_config(context))
         if not controller.connect():
-            message = controller.status
+            message = controller_status_line(controller)
             controller.close()
             runtime.message = message
             self.report({"ERROR"}, message)
@@ -298,7 +301,7 @@ class MEGALIVE_OT_connect(bpy.types.Operator):
         runtime.controller = controller
         _load_thumbnails(controller.avatars)
         ensure_timer()
-        self.report({"INFO"}, controller.status)
+        self.report({"INFO"}, controller_status_line(controller))
         return {"FINISHED"}
 
 
@@ -345,12 +348,12 @@ class MEGALIVE_OT_live(bpy.types.Operator):
         settings = context.scene.megalive
         try:
             source = make_driver_source(context.scene)
-        except DriverError as error:
+        except shared_live.DriverError as error:
             runtime.message = str(error)
             self.report({"ERROR"}, f"driver: {error}")
             return {"CANCELLED"}
         if not controller.start_live(avatar=settings.avatar_id, size=settings.output_size()):
-            self.report({"ERROR"}, controller.status)
+            self.report({"ERROR"}, controller_status_line(controller))
             return {"CANCELLED"}
         runtime.source = source
         runtime.image_name = settings.image_name
@@ -420,7 +423,7 @@ class BakeJob:
     """Renders scene frames through the server one at a time and writes PNGs (atomically)."""
 
     scene: bpy.types.Scene
-    source: DriverSource
+    source: shared_live.DriverSource
     client: client_module.AvatarClient
     session: int
     folder: Path
@@ -431,7 +434,8 @@ class BakeJob:
 
     def step(self) -> None:
         frame = self.frames[len(self.written)]
-        texture = render_one_frame(self.client, self.session, self.source.payload(frame), timeout_s=self.timeout_s)
+        texture = shared_live.render_one_frame(self.client, self.session, self.source.payload(frame),
+                                               timeout_s=self.timeout_s)
         rgba = texture.array()
         self.written.append(pixels.write_png_atomically(self.folder / bake_frame_name(self.prefix, frame), rgba))
 
@@ -515,7 +519,7 @@ class MEGALIVE_OT_bake(bpy.types.Operator):
         runtime.bake_cancel = False
         try:
             self._job = start_bake(context)
-        except (BakeError, DriverError) as error:
+        except (BakeError, shared_live.RenderError, shared_live.DriverError) as error:
             runtime.message = f"Bake: {error}"
             self.report({"ERROR"}, f"Bake: {error}")
             return False
@@ -545,7 +549,7 @@ class MEGALIVE_OT_bake(bpy.types.Operator):
         assert job is not None
         try:
             job.step()
-        except (BakeError, DriverError) as error:
+        except (BakeError, shared_live.RenderError, shared_live.DriverError) as error:
             return error
         except OSError as error:
             return BakeError(f"cannot write a frame: {error.strerror or error}")

@@ -1,8 +1,8 @@
 """`megalive addon build`: the Blender extension zip (DESIGN §7).
 
 The zip holds ``blender_addon/`` (no tests, no caches), byte-identical copies of
-``server/protocol.py`` and ``server/client.py`` under ``vendor/`` (one source of truth stays in
-``server/``), and cp311 wheels of pyzmq and msgpack for every platform Blender ships on. The
+``server/protocol.py``, ``server/client.py`` and ``server/live.py`` under ``vendor/`` (one source of
+truth stays in ``server/``), and cp311 wheels of pyzmq and msgpack for every platform Blender ships on. The
 manifest's ``wheels`` and ``platforms`` lists are written from the wheels actually gathered.
 
 Wheels come from ``pip download`` (pinned to the versions installed here, so the zip runs the
@@ -34,7 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ADDON_SOURCE_DIR = REPO_ROOT / "blender_addon"
 SERVER_DIR = Path(__file__).resolve().parent
 MANIFEST_NAME = "blender_manifest.toml"
-VENDORED_FILES = ("protocol.py", "client.py")
+VENDORED_FILES = ("protocol.py", "client.py", "live.py")
 WHEEL_PACKAGES = ("pyzmq", "msgpack")  # distribution names, as pip and wheel file names spell them
 
 # Blender platform -> the pip --platform tag that fetches a cp311 wheel for it. macOS wheels of
@@ -182,7 +182,7 @@ def build_addon(*, out_dir: str | os.PathLike[str], offline_wheels_dir: str | os
         shutil.copytree(ADDON_SOURCE_DIR, package, ignore=SKIPPED_NAMES)
         vendor = package / "vendor"
         vendor.mkdir()
-        (vendor / "__init__.py").write_text('"""Copies of server/protocol.py and server/client.py made by '
+        (vendor / "__init__.py").write_text('"""Copies of server/protocol.py, server/client.py and server/live.py made by '
                                             '`megalive addon build`; do not edit."""\n', encoding="utf-8")
         for name in VENDORED_FILES:
             shutil.copyfile(SERVER_DIR / name, vendor / name)
@@ -214,7 +214,7 @@ def add_addon_commands(subparsers: argparse._SubParsersAction) -> None:
     build = commands.add_parser(
         "build",
         help="build the Blender extension zip (Edit ▸ Preferences ▸ Get Extensions ▸ Install from Disk)",
-        description="Build megalive-<version>.zip: blender_addon/, copies of server/protocol.py and server/client.py, "
+        description="Build megalive-<version>.zip: blender_addon/, copies of server/protocol.py, client.py and live.py, "
         "and cp311 pyzmq/msgpack wheels for Linux x64, Windows x64, macOS arm64 and x64.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

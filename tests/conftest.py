@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny contract model exported once per test session, and running services."""
+"""Shared fixtures: a tiny contract model exported once per test session, an engine on it, and addresses."""
 
 from __future__ import annotations
 
@@ -32,3 +32,16 @@ def free_tcp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@pytest.fixture
+def engine(contract_model_path: Path):
+    """An Engine on the contract model (test modules that need other options define their own)."""
+    from server.engine import Engine
+
+    return Engine(model_path=contract_model_path)
+
+
+@pytest.fixture
+def address() -> str:
+    return f"tcp://127.0.0.1:{free_tcp_port()}"  # a fixed port, so a test's server can come back on it

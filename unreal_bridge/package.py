@@ -3,8 +3,9 @@
 Output layout (``out_dir``):
 
     megalive_bridge/            this folder's Python (no tests, no caches), importable in UE
-        vendor/protocol.py      byte-identical copies of server/protocol.py and server/client.py
-        vendor/client.py        (one source of truth stays in server/)
+        vendor/protocol.py      byte-identical copies of server/protocol.py, server/client.py
+        vendor/client.py        and server/live.py (one source of truth stays in server/)
+        vendor/live.py
     MegaLiveTexture/            the optional C++ helper plugin, for <Project>/Plugins/
 
 Each part is built under a temporary name and renamed into place, so an interrupted build never
@@ -22,7 +23,7 @@ BRIDGE_DIR = Path(__file__).resolve().parent
 SERVER_DIR = BRIDGE_DIR.parent / "server"
 PACKAGE_NAME = "megalive_bridge"
 PLUGIN_NAME = "MegaLiveTexture"
-VENDORED_FILES = ("protocol.py", "client.py")
+VENDORED_FILES = ("protocol.py", "client.py", "live.py")
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".mypy_cache", "*.partial",
                                   "Binaries", "Intermediate")
 
@@ -47,7 +48,7 @@ def _replace_dir(staged: Path, final: Path) -> None:
 
 
 def build_unreal_bridge(out_dir: str | Path) -> UnrealPackage:
-    """Copy the bridge (+ vendored protocol/client) and the C++ plugin into ``out_dir``."""
+    """Copy the bridge (+ vendored protocol/client/live) and the C++ plugin into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".megalive-package-", dir=out_dir) as staging_root:
@@ -56,7 +57,7 @@ def build_unreal_bridge(out_dir: str | Path) -> UnrealPackage:
         shutil.copytree(BRIDGE_DIR, python_package, ignore=_ignore_with_plugin)
         vendor = python_package / "vendor"
         vendor.mkdir()
-        (vendor / "__init__.py").write_text('"""Copies of server/protocol.py and server/client.py made by '
+        (vendor / "__init__.py").write_text('"""Copies of server/protocol.py, server/client.py and server/live.py made by '
                                             '`megalive unreal package`; do not edit."""\n', encoding="utf-8")
         for name in VENDORED_FILES:
             shutil.copyfile(SERVER_DIR / name, vendor / name)

@@ -35,6 +35,7 @@ def addon(tmp_path_factory: pytest.TempPathFactory, offline_wheels: Path) -> Ite
     assert result == {"FINISHED"} and MODULE in bpy.context.preferences.addons
     ui = sys.modules[f"{MODULE}.ui"]
     assert ui.client_module.__name__ == f"{MODULE}.vendor.client"  # the zip's copy, not the repository's
+    assert ui.shared_live.__name__ == f"{MODULE}.vendor.live" and ui.shared_live.client_module is ui.client_module
     yield ui
     if MODULE in bpy.context.preferences.addons:
         bpy.ops.preferences.addon_disable(module=MODULE)

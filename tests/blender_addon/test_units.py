@@ -1,4 +1,4 @@
-"""bpy-free parts: pixel conversion, the PNG writer, wheel/platform bookkeeping and the zip build."""
+"""bpy-free parts: pixel conversion, bake file names, the PNG writer, wheel/platform bookkeeping and the zip build."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from blender_addon import pixels
-from blender_addon.live import DriverError, ImageSequenceFiles
+from blender_addon.live import bake_frame_name, sequence_index
 from server.addon import AddonBuildError, blender_platforms_of_wheel, build_addon, gather_wheels, render_manifest
 
 
@@ -78,7 +78,7 @@ def test_offline_build_vendors_the_client_and_lists_its_wheels(tmp_path: Path, o
     with zipfile.ZipFile(zip_path) as archive:
         names = set(archive.namelist())
         manifest = tomllib.loads(archive.read("blender_manifest.toml").decode())
-        for name in ("protocol.py", "client.py"):
+        for name in ("protocol.py", "client.py", "live.py"):
             assert archive.read(f"vendor/{name}") == (repo / "server" / name).read_bytes()
     assert {"__init__.py", "ui.py", "live.py", "pixels.py", "wire.py"} <= names
     assert not any("__pycache__" in n or n.startswith("tests") for n in names)
@@ -88,12 +88,6 @@ def test_offline_build_vendors_the_client_and_lists_its_wheels(tmp_path: Path, o
         build_addon(out_dir=tmp_path / "none", offline_wheels_dir=tmp_path / "empty-does-not-exist")
 
 
-def test_image_sequence_files(tmp_path: Path) -> None:
-    with pytest.raises(DriverError):
-        ImageSequenceFiles(tmp_path / "nope")
-    with pytest.raises(DriverError):
-        ImageSequenceFiles(tmp_path)
-    for i in range(3):
-        (tmp_path / f"f{i}.png").write_bytes(bytes([i]))
-    files = ImageSequenceFiles(tmp_path / "f1.png")
-    assert len(files) == 3 and bytes(files.encoded(4).data) == b"\x01" and files.encoded(0).codec == "png"
+def test_bake_frame_names_and_sequence_index() -> None:
+    assert bake_frame_name("MegaLive", 7) == "MegaLive_000007.png"
+    assert sequence_index(3, frame_start=1) == 2

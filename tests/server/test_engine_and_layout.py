@@ -105,3 +105,12 @@ def test_contract_model_command_and_bench_print_a_table(tmp_path: Path) -> None:
     assert report["raw_engine_fps"] > 0 and report["throughput"]["4"]["fps"] > 0
     bad = run_cli("models.cli", "contract-model", "--out", str(tmp_path / "x.onnx"), "--resolution", "30")
     assert bad.returncode == 2 and "multiple of 4" in bad.stderr
+
+
+def test_live_controller_needs_only_the_stdlib_zmq_and_its_siblings() -> None:
+    """server/live.py ships beside protocol.py and client.py: no numpy, torch or models may come with it."""
+    probe = ("import sys; sys.modules['numpy'] = None; import server.live; "
+             "bad = [m for m in ('torch', 'models', 'numpy') if sys.modules.get(m) is not None]; "
+             "print(server.live.LiveController.__name__, bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "LiveController []", result.stdout + result.stderr

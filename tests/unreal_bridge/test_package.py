@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def test_vendor_copies_are_byte_identical_and_nothing_extra_is_shipped(tmp_path: Path) -> None:
     package = build_unreal_bridge(tmp_path / "out")
     vendor = package.python_package / "vendor"
-    for name in ("protocol.py", "client.py"):
+    for name in ("protocol.py", "client.py", "live.py"):
         assert (vendor / name).read_bytes() == (REPO_ROOT / "server" / name).read_bytes()
     assert (package.python_package / "editor" / "unreal_host.py").is_file()
     assert (package.plugin / "MegaLiveTexture.uplugin").is_file()
@@ -47,8 +47,11 @@ def test_packaged_editor_module_imports_the_vendored_client_without_the_reposito
         fake_unreal.install(native=False)
         from megalive_bridge.editor import unreal_host
         from megalive_bridge import client_shim
-        from megalive_bridge.editor.live_texture import LiveTextureConfig, LiveTextureController, ImageSequenceSource
+        from megalive_bridge.editor.live_texture import ImageSequenceSource
+        from megalive_bridge.client_shim import live
         assert client_shim.CLIENT_ORIGIN == "vendored", client_shim.client.__name__
+        assert live.__name__ == "megalive_bridge.vendor.live" and live.client_module is client_shim.client, live.__name__
+        assert live.LiveController and live.LiveConfig
         assert client_shim.client.__file__.startswith({str(tmp_path / "out")!r})
         print("ok", client_shim.client.__name__, unreal_host.NATIVE_LIBRARY)
     """)

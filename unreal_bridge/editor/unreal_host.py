@@ -26,18 +26,16 @@ from pathlib import Path
 
 import unreal
 
-from .live_texture import (
-    VIDEO_SUFFIXES,
-    DriverSource,
-    ImageSequenceSource,
-    LiveLinkFaceSource,
-    LiveTextureConfig,
-    LiveTextureController,
-    VideoFileSource,
-)
+from ..client_shim import live
+from .live_texture import VIDEO_SUFFIXES, EditorDriverSource, ImageSequenceSource, LiveLinkFaceSource, VideoFileSource
 from .png import encode_png
 
 NATIVE_LIBRARY = "MegaLiveTextureLibrary"  # UMegaLiveTextureLibrary in MegaLiveTexture/Source
+CLIENT_NAME = "megalive-unreal"
+
+# The controller's phases as status() has always shown them ("connected" = a live session).
+PHASE_LABELS = {"disconnected": "idle", "connected": "connected (no session)", "live": "connected",
+                "gone": "server gone", "reconnecting": "reconnecting", "refused": "refused"}
 
 
 @dataclass(frozen=True)
@@ -97,10 +95,14 @@ def _selected_material_instance() -> object | None:
 
 
 class UnrealLiveTexture:
-    """Wires a LiveTextureController to Slate's post-tick and to a texture on the selected actor."""
+    """Wires the shared LiveController and a driver source to Slate's post-tick and to a texture on the
+    selected actor."""
 
-    def __init__(self, *, controller: LiveTextureController, host_config: HostConfig) -> None:
+    def __init__(self, *, controller: live.LiveController, source: EditorDriverSource, avatar: int,
+                 host_config: HostConfig) -> None:
         self.controller = controller
+        self.source = source
+        self.avatar = avatar
         self.host_config = host_config
         self.pixels = _NativePixels() if hasattr(unreal, NATIVE_LIBRARY) else _ImportedPixels(max_fps=host_config.fallback_max_fps)
         self.material = _selected_material_instance()
@@ -108,21 +110,33 @@ class UnrealLiveTexture:
         self.last_error = ""
         self._tick_handle: object | None = None
 
+    @property
+    def state(self) -> str:
+        """The controller's phase in this host's words: "connected", "server gone: <why>", "stopped", ..."""
+        controller = self.controller
+        if controller.closed:
+            return "stopped"
+        label = PHASE_LABELS[controller.phase]
+        return f"{label}: {controller.detail}" if controller.phase in ("gone", "refused") else label
+
     def start(self) -> str:
-        state = self.controller.connect()  # may block up to the timeout: this is a user command
+        # hello + open may block up to the timeout (this is a user command); an absent server is retried
+        # in the background from the tick.
+        self.controller.connect_and_start_live(avatar=self.avatar, driver=self.source.driver_kind)
         self._tick_handle = unreal.register_slate_post_tick_callback(self._on_tick)
-        return state
+        return self.state
 
     def stop(self) -> None:
         if self._tick_handle is not None:
             unreal.unregister_slate_post_tick_callback(self._tick_handle)
             self._tick_handle = None
-        self.controller.close()
+        # Wait long enough for a running reconnect attempt (hello + reopen) to end, as before.
+        self.controller.close(wait_s=2 * self.controller.config.timeout_s + 1.0)
+        self.source.close()
 
     def _on_tick(self, delta_seconds: float) -> None:
         try:
-            self.controller.tick()
-            texture = self.controller.take_texture()
+            texture = self.controller.tick(self.source)
             if texture is None:
                 return
             height, width = texture.buffer.shape[:2]
@@ -138,12 +152,12 @@ class UnrealLiveTexture:
                 unreal.log_error(f"MegaLive: {message}")
 
     def status(self) -> str:
-        counters = self.controller.counters
+        counters = self.controller.figures
         material = "no material instance on the selection" if self.material is None else \
             f"bound to parameter '{self.host_config.material_parameter}'"
         lines = [
-            f"MegaLive: {self.controller.state}",
-            f"  server {self.controller.config.server}, avatar {self.controller.config.avatar}, driver {self.controller.source.describe()}",
+            f"MegaLive: {self.state}",
+            f"  server {self.controller.config.server}, avatar {self.avatar}, driver {self.source.describe()}",
             f"  pixel path: {self.pixels.name}",
             f"  material: {material}",
             f"  sent {counters.sent}, textures {counters.textures}, shown {self.frames_shown}, dropped {counters.dropped}, "
@@ -166,7 +180,7 @@ def start(server: str = "tcp://127.0.0.1:5555", avatar: int = 0, driver: str = "
     global _active
     if _active is not None:
         stop()
-    source: DriverSource
+    source: EditorDriverSource
     if driver in ("video", "image"):
         if video_path is None:
             raise ValueError("driver 'video' needs video_path: a video file, a folder of PNG/JPEG frames or one image")
@@ -178,8 +192,9 @@ def start(server: str = "tcp://127.0.0.1:5555", avatar: int = 0, driver: str = "
         source = LiveLinkFaceSource(subject=subject)
     else:
         raise ValueError(f"driver must be 'video' or 'arkit', got {driver!r}")
-    controller = LiveTextureController(config=LiveTextureConfig(server=server, avatar=avatar, timeout_s=timeout_s), source=source)
-    _active = UnrealLiveTexture(controller=controller, host_config=HostConfig(material_parameter=material_parameter))
+    controller = live.LiveController(config=live.LiveConfig(server=server, client_name=CLIENT_NAME, timeout_s=timeout_s))
+    _active = UnrealLiveTexture(controller=controller, source=source, avatar=avatar,
+                                host_config=HostConfig(material_parameter=material_parameter))
     _active.start()
     report = _active.status()
     unreal.log(report)

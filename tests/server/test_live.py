@@ -1,0 +1,181 @@
+"""The shared live controller (server/live.py) that the Blender extension and the Unreal bridge both
+ship: its tick never blocks, a gone server is noticed and reconnected after back-off, and the
+image-sequence reader both hosts use."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Hashable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from server import protocol
+from server.client import AvatarClient
+from server.engine import Engine
+from server.live import DriverError, ImageSequenceFiles, LiveConfig, LiveController
+from server.service import AvatarService, ServiceConfig
+
+
+class LoopedFiles:
+    """A DriverSource over ImageSequenceFiles, one file per ``fps`` tick of the wall clock."""
+
+    def __init__(self, folder: Path, *, fps: float) -> None:
+        self.files = ImageSequenceFiles(folder)
+        self.fps = fps
+        self._start = time.monotonic()
+
+    def frame_key(self) -> Hashable | None:
+        return int((time.monotonic() - self._start) * self.fps) % len(self.files)
+
+    def payload(self, key: Hashable) -> protocol.Buffer:
+        assert isinstance(key, int)
+        return self.files.encoded(key)
+
+
+class SpyClient(AvatarClient):
+    """Records every call that can block (a request/reply round trip, or a wait) and its thread."""
+
+    BLOCKING = ("hello", "open", "reconnect", "avatars", "stats", "close_session", "_request", "_request_connected", "_reopen")
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.blocking_calls: list[tuple[str, int]] = []
+        self.waits: list[tuple[str, float, int]] = []
+        for name in self.BLOCKING:
+            setattr(self, name, self._recorded(name, getattr(self, name)))
+
+    def _recorded(self, name: str, method: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.blocking_calls.append((name, threading.get_ident()))
+            return method(*args, **kwargs)
+        return call
+
+    def poll(self, timeout_ms: int = 0) -> list:
+        self.waits.append(("poll", timeout_ms, threading.get_ident()))
+        return super().poll(timeout_ms)
+
+    def _send(self, header: dict[str, Any], buffers: tuple, *, wait_s: float, raise_gone: bool = True) -> bool:
+        self.waits.append(("send", wait_s, threading.get_ident()))
+        return super()._send(header, buffers, wait_s=wait_s, raise_gone=raise_gone)
+
+
+def test_tick_never_blocks_reports_server_gone_and_reconnects_after_backoff(
+        engine: Engine, address: str, tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for index in range(3):
+        Image.fromarray(np.full((32, 32, 3), 40 * index, np.uint8)).save(frames / f"{index:03d}.png")
+    config = LiveConfig(server=address, timeout_s=0.3, reconnect_delay_s=0.05, max_reconnect_delay_s=0.2)
+    client = SpyClient(address=address, timeout_s=config.timeout_s, max_in_flight=2)
+    controller = LiveController(config=config, client=client)
+    source = LoopedFiles(frames, fps=30)
+    main_thread = threading.get_ident()
+    textures: list[Any] = []
+
+    def tick_until_state(predicate: Any, timeout_s: float = 10.0) -> list[float]:
+        durations = []
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            assert time.monotonic() < deadline, f"stuck in phase {controller.phase!r} ({controller.detail})"
+            began = time.perf_counter()
+            texture = controller.tick(source)
+            durations.append(time.perf_counter() - began)
+            if texture is not None:
+                textures.append(texture)
+            time.sleep(0.002)
+        return durations
+
+    first = AvatarService(engine=engine, config=ServiceConfig(bind=address))
+    first.start()
+    try:
+        assert controller.connect_and_start_live(avatar=0) and controller.phase == "live"
+        client.blocking_calls.clear()
+        client.waits.clear()
+        tick_until_state(lambda: bool(textures))
+    finally:
+        first.stop()
+
+    durations = tick_until_state(lambda: controller.phase == "gone")
+    assert controller.detail
+    durations += tick_until_state(lambda: controller.phase == "reconnecting")  # after the back-off, on a worker
+    for _ in range(20):  # the server is still gone: ticks stay cheap while attempts fail in the background
+        began = time.perf_counter()
+        controller.tick(source)
+        durations.append(time.perf_counter() - began)
+        time.sleep(0.01)
+    assert controller.phase in ("reconnecting", "gone")
+
+    second = AvatarService(engine=engine, config=ServiceConfig(bind=address))
+    second.start()
+    try:
+        durations += tick_until_state(lambda: controller.phase == "live")
+        textures.clear()
+        durations += tick_until_state(lambda: bool(textures))
+        assert controller.figures.reconnects >= 1
+    finally:
+        controller.close()
+        second.stop()
+
+    # Structural: no round trip and no waiting ever ran on the tick's thread ...
+    assert [name for name, thread in client.blocking_calls if thread == main_thread] == []
+    assert {wait for _, wait, thread in client.waits if thread == main_thread} <= {0, 0.0}
+    assert any(thread != main_thread for _, thread in client.blocking_calls)  # reconnects ran on the worker
+    # ... and, generously (shared machines), ticks were cheap on average.
+    assert sum(durations) / len(durations) < 0.05
+
+
+def test_a_server_absent_at_start_is_waited_for_in_the_background(engine: Engine, address: str, tmp_path: Path) -> None:
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(tmp_path / "still.png")
+    config = LiveConfig(server=address, timeout_s=0.3, reconnect_delay_s=0.05, max_reconnect_delay_s=0.2)
+    controller = LiveController(config=config)
+    source = LoopedFiles(tmp_path, fps=30)
+    assert not controller.connect_and_start_live(avatar=1)
+    assert controller.phase == "gone" and controller.is_live
+    service = AvatarService(engine=engine, config=ServiceConfig(bind=address))
+    service.start()
+    try:
+        deadline = time.monotonic() + 10
+        texture = None
+        while texture is None:
+            assert time.monotonic() < deadline, f"stuck in phase {controller.phase!r} ({controller.detail})"
+            texture = controller.tick(source)
+            time.sleep(0.005)
+        assert controller.phase == "live" and texture.buffer.shape[:2] == (32, 32)
+    finally:
+        controller.close()
+        service.stop()
+    assert controller.closed and not controller.client.connected
+
+
+def test_a_refused_open_is_terminal(engine: Engine, address: str) -> None:
+    service = AvatarService(engine=engine, config=ServiceConfig(bind=address))
+    service.start()
+    try:
+        controller = LiveController(config=LiveConfig(server=address, timeout_s=1.0))
+        assert not controller.connect_and_start_live(avatar=0, driver="arkit")
+        assert controller.phase == "refused" and "arkit" in controller.detail and not controller.is_live
+        assert controller.tick(None) is None and controller.phase == "refused"
+        controller.close()
+    finally:
+        service.stop()
+
+
+def test_image_sequence_files(tmp_path: Path) -> None:
+    with pytest.raises(DriverError):
+        ImageSequenceFiles(tmp_path / "nope")
+    with pytest.raises(DriverError):
+        ImageSequenceFiles(tmp_path)
+    for i in range(3):
+        (tmp_path / f"f{i}.png").write_bytes(bytes([i]))
+    files = ImageSequenceFiles(tmp_path / "f1.png")
+    assert len(files) == 3 and bytes(files.encoded(4).data) == b"\x01" and files.encoded(0).codec == "png"
+    alone = ImageSequenceFiles(tmp_path / "f1.png", file_means_its_folder=False)
+    assert len(alone) == 1 and bytes(alone.encoded(5).data) == b"\x01"
+    (tmp_path / "take.mp4").write_bytes(b"")
+    with pytest.raises(DriverError, match="neither"):
+        ImageSequenceFiles(tmp_path / "take.mp4", file_means_its_folder=False)
