@@ -48,7 +48,8 @@ default-model: install-dev
 	$(BIN)/megalive-train student --data runs/synth-256 --run runs/student-cpu256 --preset cpu256 --steps $(STUDENT_STEPS) --batch 8
 	$(BIN)/megalive-train export --checkpoint runs/student-cpu256/checkpoint.pt --out assets/default/student.onnx --preset cpu256
 	$(BIN)/megalive-train demo-clip --out assets/default/driver.mp4 --resolution 256
-	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --out assets/default/eval
+	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --out assets/default/eval --motions clips
+	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --out assets/default/eval --motions random
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

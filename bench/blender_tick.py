@@ -12,7 +12,6 @@ the end-to-end textures per second. Figures only; nothing passes or fails.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -21,21 +20,15 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def isolate_blender_home() -> None:
-    """Blender writes preferences and extensions under HOME: keep the user's own untouched."""
-    home = tempfile.mkdtemp(prefix="megalive-bench-home-")
-    os.environ["HOME"] = home
-    for name in ("CONFIG", "SCRIPTS", "EXTENSIONS", "DATAFILES", "RESOURCES"):
-        os.environ[f"BLENDER_USER_{name}"] = os.path.join(home, name.lower())
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", type=Path, help="avatar models (.onnx with sidecar)")
     parser.add_argument("--seconds", type=float, default=12.0, help="measured seconds per model (after 2 s warm-up)")
     args = parser.parse_args()
-    isolate_blender_home()
     sys.path.insert(0, str(REPO_ROOT))
+    # First: the test helpers point HOME and Blender's user folders at a temporary place before bpy
+    # is imported, so the user's own Blender preferences and extensions stay untouched.
+    from tests.blender_addon.conftest import repack_installed_wheel
 
     import bpy
     import numpy as np
@@ -44,7 +37,6 @@ def main() -> int:
     from server.addon import build_addon
     from server.engine import Engine
     from server.service import AvatarService, ServiceConfig
-    from tests.blender_addon.conftest import repack_installed_wheel
 
     wheels = Path(tempfile.mkdtemp())
     for distribution in ("pyzmq", "msgpack"):

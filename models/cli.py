@@ -214,9 +214,10 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--model", type=Path, required=True, metavar="PATH", help="exported .onnx (with sidecar)")
     evaluate.add_argument("--data", type=Path, required=True, metavar="DIR", help="the training dataset (for its avatars)")
-    evaluate.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for eval.json and contact_sheet.png")
+    evaluate.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for eval-<motions>.json and contact-sheet-<motions>.png")
     evaluate.add_argument("--clips", type=int, default=8, metavar="N", help="held-out clips (one new driver identity each)")
     evaluate.add_argument("--frames", type=int, default=25, metavar="N", help="frames per clip")
+    evaluate.add_argument("--motions", default="clips", metavar="SET", help="clips: smooth held-out performances | random: independent held-out poses")
     evaluate.set_defaults(run=_eval)
 
 
@@ -224,14 +225,14 @@ def _eval(args: argparse.Namespace) -> int:
     from models.data.paired import DatasetError
     from models.evaluation import EvalConfig, evaluate, write_report
 
-    config = EvalConfig(model=str(args.model), data=str(args.data), clips=args.clips, frames_per_clip=args.frames)
+    config = EvalConfig(model=str(args.model), data=str(args.data), clips=args.clips, frames_per_clip=args.frames, motions=args.motions)
     args.out.mkdir(parents=True, exist_ok=True)
     try:
-        report = evaluate(config, sheet_path=args.out / "contact_sheet.png")
+        report = evaluate(config, sheet_path=args.out / f"contact-sheet-{config.motions}.png")
     except (DatasetError, ValueError, OSError) as error:
         print(f"megalive-train eval: {error}", file=sys.stderr)
         return 2
-    write_report(report, config, args.out / "eval.json")
+    write_report(report, config, args.out / f"eval-{config.motions}.json")
     print(report.table())
     return 0
 

@@ -18,7 +18,7 @@ from pytorch_msssim import ssim
 from tqdm import tqdm
 
 from models.data.paired import load_identities, read_meta, save_png
-from models.data.synthetic import Motion, SyntheticHeads, contact_sheet, neutral_motion, sample_clip, sample_identities
+from models.data.synthetic import Motion, SyntheticHeads, contact_sheet, neutral_motion, sample_clip, sample_identities, sample_motions
 
 HELD_OUT_SEED = 424242  # never used by `synth`, whose streams are seed*1000 + {1, 2, 3}
 
@@ -31,6 +31,7 @@ class EvalConfig:
     frames_per_clip: int = 25
     seed: int = HELD_OUT_SEED
     batch_size: int = 8
+    motions: str = "clips"  # clips: smooth performances (sample_clip); random: independent poses and expressions (sample_motions)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class QualityFigures:
 @dataclass(frozen=True)
 class EvalReport:
     model: str
+    motions: str
     pairs: int
     resolution: int
     model_output: QualityFigures
@@ -51,7 +53,7 @@ class EvalReport:
     def table(self) -> str:
         rows = [("model output", self.model_output), ("baseline: avatar's neutral frame", self.neutral_baseline),
                 ("baseline: driver frame", self.driver_baseline)]
-        lines = [f"{self.pairs} held-out pairs at {self.resolution}×{self.resolution} ({self.model})",
+        lines = [f"{self.pairs} held-out pairs ({self.motions} motions, new driver identities) at {self.resolution}×{self.resolution} ({self.model})",
                  f"  {'':<34} {'PSNR dB':>8} {'SSIM':>7}"]
         lines += [f"  {name:<34} {figures.psnr:>8.2f} {figures.ssim:>7.4f}" for name, figures in rows]
         return "\n".join(lines)
@@ -78,8 +80,16 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1.0 / mse)  # per image, data range 1
 
 
+MOTION_SETS = ("clips", "random")
+
+
 def held_out_motions(config: EvalConfig) -> Motion:
+    """Motions from a seed no training stream uses: smooth clips, or independent random poses/expressions."""
     generator = torch.Generator().manual_seed(config.seed)
+    if config.motions == "random":
+        return sample_motions(config.clips * config.frames_per_clip, generator=generator)
+    if config.motions != "clips":
+        raise ValueError(f"unknown motion set {config.motions!r} (known: {', '.join(MOTION_SETS)})")
     return Motion.cat([sample_clip(config.frames_per_clip, generator=generator) for _ in range(config.clips)])
 
 
@@ -109,14 +119,14 @@ def evaluate(config: EvalConfig, *, sheet_path: Path | None = None, progress: bo
             output = model(driver, avatar_of[batch])
             for name, guess in (("model", output), ("neutral", neutral[avatar_of[batch]]), ("driver", driver)):
                 scores[name].append(torch.stack([_psnr(guess, truth), ssim(guess, truth, data_range=1.0, size_average=False)], dim=1))
-            if start % (config.frames_per_clip * 2) == 0 and len(sheet_rows) < 6 * 4:
+            if (start // config.batch_size) % max(1, count // config.batch_size // 6) == 0 and len(sheet_rows) < 6 * 4:
                 sheet_rows += [driver[0], output[0].clamp(0, 1), truth[0], neutral[avatar_of[start]]]
             bar.update(batch.stop - batch.start)
     figures = {name: torch.cat(values).mean(dim=0) for name, values in scores.items()}  # PSNR, SSIM per name
     if sheet_path is not None:
         save_png(contact_sheet(torch.stack(sheet_rows), columns=4), sheet_path)
     return EvalReport(
-        model=str(config.model), pairs=count, resolution=model.resolution,
+        model=str(config.model), motions=config.motions, pairs=count, resolution=model.resolution,
         model_output=QualityFigures(psnr=float(figures["model"][0]), ssim=float(figures["model"][1])),
         neutral_baseline=QualityFigures(psnr=float(figures["neutral"][0]), ssim=float(figures["neutral"][1])),
         driver_baseline=QualityFigures(psnr=float(figures["driver"][0]), ssim=float(figures["driver"][1])),

@@ -50,6 +50,7 @@ def current_command() -> str:
 def _atomic_target(path: Path) -> Path:
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(descriptor)
+    os.chmod(temporary, 0o644)  # mkstemp makes it private; a model is ordinary shared data
     return Path(temporary)
 
 

@@ -125,11 +125,11 @@ def test_export_eval_and_demo_on_the_tiny_student(tiny_run: Path, tiny_dataset: 
     evaluated = train_cli("eval", "--model", str(model), "--data", str(tiny_dataset), "--out", str(tmp_path / "eval"),
                           "--clips", "2", "--frames", "8")
     assert evaluated.returncode == 0, evaluated.stderr
-    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    report = json.loads((tmp_path / "eval" / "eval-clips.json").read_text())
     assert report["pairs"] == 16
     for name in ("model_output", "neutral_baseline", "driver_baseline"):
         assert 0 < report[name]["psnr"] < 100 and -1 <= report[name]["ssim"] <= 1
-    assert (tmp_path / "eval" / "contact_sheet.png").is_file()
+    assert (tmp_path / "eval" / "contact-sheet-clips.png").is_file()
 
     from models.data.demo_clip import render_driver_clip
     from server.demo import DemoConfig, run_demo
