@@ -67,17 +67,6 @@ class DownBlock(ResBlock):
         super().__init__(in_channels=in_channels, out_channels=out_channels, stride=2)
 
 
-class UpBlock(nn.Module):
-    """Nearest ×2 upsampling then conv-norm-act (B×C×H×W -> B×C'×2H×2W)."""
-
-    def __init__(self, *, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.conv = ConvNormAct(in_channels=in_channels, out_channels=out_channels)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(resize(x, factor=2, mode="nearest"))
-
-
 class IdentityHidden(nn.Module):
     """The hidden map SPADE's scale and shift are read from: ReLU(conv3×3(condition)).
 
