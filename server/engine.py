@@ -142,13 +142,17 @@ class Engine:
         options.intra_op_num_threads = intra_op_threads  # 0: ORT picks (all physical cores)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         chosen = choose_providers(providers)
-        try:
-            self.session = ort.InferenceSession(str(self.card.model_path), sess_options=options, providers=chosen)
-        except Exception as error:  # ORT raises its own exception types from C++; re-raise as one line
-            if chosen != ["CPUExecutionProvider"] and providers is None:
-                self.session = ort.InferenceSession(str(self.card.model_path), sess_options=options, providers=["CPUExecutionProvider"])
-            else:
-                raise ModelError(f"cannot load {self.card.model_path}: {str(error).splitlines()[0]}") from None
+        # A GPU provider that fails to start (missing CUDA libraries, say) falls back to the CPU,
+        # unless the user named the providers.
+        attempts = [chosen] if providers is not None or chosen == ["CPUExecutionProvider"] else [chosen, ["CPUExecutionProvider"]]
+        for attempt in attempts:
+            try:
+                self.session = ort.InferenceSession(str(self.card.model_path), sess_options=options, providers=attempt)
+                break
+            except Exception as error:  # ORT raises its own exception types from C++; re-raised as one line
+                failure = str(error).splitlines()[0] if str(error) else type(error).__name__
+        else:
+            raise ModelError(f"cannot load {self.card.model_path}: {failure}")
         self._check_contract()
         self.counters = EngineCounters()
         if warmup:

@@ -114,3 +114,12 @@ def test_live_controller_needs_only_the_stdlib_zmq_and_its_siblings() -> None:
              "print(server.live.LiveController.__name__, bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "LiveController []", result.stdout + result.stderr
+
+
+def test_a_corrupt_model_file_is_a_one_line_model_error(contract_model_path: Path, tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"not an onnx model")
+    corrupt.with_suffix(".json").write_text(contract_model_path.with_suffix(".json").read_text())
+    with pytest.raises(ModelError, match="cannot load") as raised:
+        Engine(model_path=corrupt)
+    assert "\n" not in str(raised.value)
