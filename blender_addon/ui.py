@@ -21,7 +21,7 @@ import numpy as np
 import zmq
 from bpy.app.handlers import persistent
 
-from . import pixels
+from . import movie, pixels
 from .live import CLIENT_NAME, BakeError, bake_frame_name, sequence_index
 from .live import status_line as controller_status_line
 from .wire import client as client_module
@@ -132,8 +132,37 @@ class CameraRenderSource:
         return protocol.EncodedBuffer(codec="png", data=memoryview(data))
 
 
+def movie_driver_source(scene: bpy.types.Scene) -> movie.MovieSource:
+    """The chosen MovieClip's file (its frame_start / frame_offset), else the movie file from scene frame_start.
+
+    Decoded by our own ffmpeg (bpy cannot give a movie's pixels per frame headless); clamped at both ends."""
+    settings = scene.megalive
+    clip = settings.movie_clip
+    if clip is not None:
+        if clip.source != "MOVIE":
+            raise shared_live.DriverError(f"clip {clip.name!r} is an image sequence: use the Image Sequence driver")
+        path, frame_start, offset = bpy.path.abspath(clip.filepath, library=clip.library), clip.frame_start, clip.frame_offset
+    elif settings.movie_path:
+        path, frame_start, offset = bpy.path.abspath(settings.movie_path), scene.frame_start, 0
+    else:
+        raise shared_live.DriverError("choose a movie clip or a movie file")
+    if not movie.imageio_ffmpeg_available():
+        raise shared_live.DriverError(movie.INSTALL_HINT)
+    frames = movie.MovieFrames(path)
+    return movie.MovieSource(frames, current_frame=lambda: scene.frame_current, frame_start=frame_start, offset=offset)
+
+
+def close_source(source: shared_live.DriverSource | None) -> None:
+    """Stop what a source runs in the background (the movie decoder); others have nothing to stop."""
+    close = getattr(source, "close", None)
+    if close is not None:
+        close()
+
+
 def make_driver_source(scene: bpy.types.Scene) -> shared_live.DriverSource:
     settings = scene.megalive
+    if settings.driver_kind == "MOVIE_CLIP":
+        return movie_driver_source(scene)
     if settings.driver_kind == "IMAGE_SEQUENCE":
         if not settings.sequence_path:
             raise shared_live.DriverError("choose an image sequence folder")
@@ -210,6 +239,7 @@ def shutdown(message: str = "") -> None:
     controller, runtime.controller = runtime.controller, None
     if controller is not None:
         controller.close()
+    close_source(runtime.source)
     runtime.source = None
     runtime.pixel_buffer = None
     runtime.message = message
@@ -259,10 +289,16 @@ class MEGALIVE_SceneSettings(bpy.types.PropertyGroup):
     driver_kind: bpy.props.EnumProperty(
         name="Driver",
         items=[("IMAGE_SEQUENCE", "Image Sequence", "A folder of PNG/JPEG frames; scene frame start = first file"),
+               ("MOVIE_CLIP", "Movie Clip", "A movie clip (or movie file): its first frame at the clip's start frame, "
+                "held before and after; decoded with imageio-ffmpeg"),
                ("CAMERA", "Camera Render", "The scene camera's render (one render per frame; use Workbench/EEVEE)")],
         default="IMAGE_SEQUENCE",
     )
     sequence_path: bpy.props.StringProperty(name="Frames", subtype="DIR_PATH", description="Folder of driver frames")
+    movie_clip: bpy.props.PointerProperty(name="Clip", type=bpy.types.MovieClip,
+                                          description="Movie clip driving the avatar (its Start Frame maps to its first frame)")
+    movie_path: bpy.props.StringProperty(name="Movie", subtype="FILE_PATH",
+                                         description="Movie file used when no clip is chosen; starts at the scene start")
     camera_driver_size: bpy.props.IntProperty(name="Render Size", default=256, min=16, max=2048,
                                               description="Square size of the camera render sent as driver")
     image_name: bpy.props.StringProperty(name="Image", default="MegaLive", description="Output image (reused, float RGBA)")
@@ -343,6 +379,7 @@ class MEGALIVE_OT_live(bpy.types.Operator):
             return {"CANCELLED"}
         if controller.is_live:
             controller.stop_live()
+            close_source(runtime.source)
             runtime.source = None
             return {"FINISHED"}
         settings = context.scene.megalive
@@ -353,8 +390,10 @@ class MEGALIVE_OT_live(bpy.types.Operator):
             self.report({"ERROR"}, f"driver: {error}")
             return {"CANCELLED"}
         if not controller.start_live(avatar=settings.avatar_id, size=settings.output_size()):
+            close_source(source)
             self.report({"ERROR"}, controller_status_line(controller))
             return {"CANCELLED"}
+        runtime.message = ""
         runtime.source = source
         runtime.image_name = settings.image_name
         ensure_timer()
@@ -458,6 +497,16 @@ def start_bake(context: bpy.types.Context) -> BakeJob:
     scene = context.scene
     settings = scene.megalive
     source = make_driver_source(scene)
+    try:
+        return _open_bake(context, source)
+    except BaseException:
+        close_source(source)
+        raise
+
+
+def _open_bake(context: bpy.types.Context, source: shared_live.DriverSource) -> BakeJob:
+    scene = context.scene
+    settings = scene.megalive
     folder = bake_folder(scene)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -489,6 +538,7 @@ def start_bake(context: bpy.types.Context) -> BakeJob:
 def finish_bake(context: bpy.types.Context, job: BakeJob) -> str:
     """Close the bake's session; wire the frames written (even of a cancelled bake) into the material."""
     job.client.close()
+    close_source(job.source)
     if not job.written:
         return "no frames written"
     first_frame = job.frames[0]
@@ -623,6 +673,8 @@ class MEGALIVE_PT_panel(bpy.types.Panel):
         else:
             row.operator(MEGALIVE_OT_disconnect.bl_idname, icon="UNLINKED")
         layout.label(text=status_line())
+        if controller is not None and runtime.message:  # e.g. why Live or Bake could not start
+            layout.label(text=runtime.message, icon="INFO")
 
         if controller is not None and controller.avatars:
             box = layout.box()
@@ -638,6 +690,13 @@ class MEGALIVE_PT_panel(bpy.types.Panel):
         box.prop(settings, "driver_kind")
         if settings.driver_kind == "IMAGE_SEQUENCE":
             box.prop(settings, "sequence_path")
+        elif settings.driver_kind == "MOVIE_CLIP":
+            box.prop(settings, "movie_clip")
+            if settings.movie_clip is None:
+                box.prop(settings, "movie_path")
+            if not movie.imageio_ffmpeg_available():
+                box.label(text="Needs imageio-ffmpeg (ships in the extension zip; or pip install it", icon="ERROR")
+                box.label(text="into Blender's Python)")
         else:
             box.prop(settings, "camera_driver_size")
 

@@ -2,7 +2,8 @@
 
 The zip holds ``blender_addon/`` (no tests, no caches), byte-identical copies of
 ``server/protocol.py``, ``server/client.py`` and ``server/live.py`` under ``vendor/`` (one source of
-truth stays in ``server/``), and cp311 wheels of pyzmq and msgpack for every platform Blender ships on. The
+truth stays in ``server/``), and cp311 wheels of pyzmq and msgpack, plus the py3 wheels of imageio-ffmpeg
+(pure Python + a bundled ffmpeg per platform, for the movie clip driver), for every platform Blender ships on. The
 manifest's ``wheels`` and ``platforms`` lists are written from the wheels actually gathered.
 
 Wheels come from ``pip download`` (pinned to the versions installed here, so the zip runs the
@@ -35,15 +36,16 @@ ADDON_SOURCE_DIR = REPO_ROOT / "blender_addon"
 SERVER_DIR = Path(__file__).resolve().parent
 MANIFEST_NAME = "blender_manifest.toml"
 VENDORED_FILES = ("protocol.py", "client.py", "live.py")
-WHEEL_PACKAGES = ("pyzmq", "msgpack")  # distribution names, as pip and wheel file names spell them
+WHEEL_PACKAGES = ("pyzmq", "msgpack", "imageio-ffmpeg")  # distribution names, as pip and wheel file names spell them
 
-# Blender platform -> the pip --platform tag that fetches a cp311 wheel for it. macOS wheels of
-# pyzmq are universal2, so the arm64 and x64 downloads may resolve to the same file.
-PIP_PLATFORMS: dict[str, str] = {
-    "linux-x64": "manylinux_2_28_x86_64",
-    "windows-x64": "win_amd64",
-    "macos-arm64": "macosx_11_0_arm64",
-    "macos-x64": "macosx_10_15_x86_64",
+# Blender platform -> the pip --platform tags that fetch a wheel for it. macOS wheels of pyzmq are
+# universal2, so the arm64 and x64 downloads may resolve to the same file; imageio-ffmpeg's arm64
+# wheel (its bundled ffmpeg) is tagged macOS 12, hence the second arm64 tag.
+PIP_PLATFORMS: dict[str, tuple[str, ...]] = {
+    "linux-x64": ("manylinux_2_28_x86_64",),
+    "windows-x64": ("win_amd64",),
+    "macos-arm64": ("macosx_11_0_arm64", "macosx_12_0_arm64"),
+    "macos-x64": ("macosx_10_15_x86_64",),
 }
 SKIPPED_NAMES = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", "vendor", "wheels", "*.zip",
                                        "*.partial")
@@ -68,9 +70,10 @@ class GatheredWheels:
 
 
 def blender_platforms_of_wheel(filename: str) -> set[str]:
-    """Blender platforms a cp311 wheel runs on, read from its platform tag(s); empty when not cp311."""
+    """Blender platforms a cp311 (or py3, e.g. imageio-ffmpeg's) wheel runs on, read from its platform tag(s);
+    empty when it is neither."""
     parts = filename[: -len(".whl")].split("-")
-    if len(parts) not in (5, 6) or "cp311" not in parts[-3].split("."):
+    if len(parts) not in (5, 6) or not {"cp311", "py3"} & set(parts[-3].split(".")):
         return set()
     platforms: set[str] = set()
     for tag in parts[-1].split("."):  # compressed tag sets: manylinux2014_x86_64.manylinux_2_17_x86_64
@@ -120,10 +123,11 @@ def _pinned_requirements() -> list[str]:
 def download_wheels(destination: Path, *, python_version: str) -> list[Path]:
     """pip download the cp311 binary wheels for every Blender platform (needs the package index)."""
     abi = "cp" + python_version.replace(".", "")
-    for blender_platform, pip_platform in PIP_PLATFORMS.items():
+    for blender_platform, pip_platforms in PIP_PLATFORMS.items():
+        platform_options = [option for tag in pip_platforms for option in ("--platform", tag)]
         command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
                    "--only-binary=:all:", "--no-deps", "--python-version", python_version, "--implementation", "cp",
-                   "--abi", abi, "--platform", pip_platform, "--dest", str(destination), *_pinned_requirements()]
+                   "--abi", abi, *platform_options, "--dest", str(destination), *_pinned_requirements()]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise AddonBuildError(f"pip download for {blender_platform} failed (use --offline DIR with wheels "
@@ -169,7 +173,7 @@ def build_addon(*, out_dir: str | os.PathLike[str], offline_wheels_dir: str | os
             wheel_files = download_wheels(download_dir, python_version=config.python_version)
         gathered = gather_wheels(wheel_files)
         if not gathered.platforms:
-            raise AddonBuildError(f"no platform has cp311 wheels of both {' and '.join(WHEEL_PACKAGES)} "
+            raise AddonBuildError(f"no platform has wheels of all of {', '.join(WHEEL_PACKAGES)} "
                                   f"(found: {[p.name for p in wheel_files]})")
         if gathered.missing:
             if config.offline_wheels_dir is None:
@@ -196,8 +200,9 @@ def build_addon(*, out_dir: str | os.PathLike[str], offline_wheels_dir: str | os
         partial = config.out_dir / (final.name + ".partial")
         with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for path in sorted(package.rglob("*")):
-                if path.is_file():
-                    archive.write(path, path.relative_to(package).as_posix())
+                if path.is_file():  # wheels are zips already: stored, not compressed again
+                    archive.write(path, path.relative_to(package).as_posix(),
+                                  compress_type=zipfile.ZIP_STORED if path.suffix == ".whl" else None)
         os.replace(partial, final)
     return final
 
@@ -215,7 +220,7 @@ def add_addon_commands(subparsers: argparse._SubParsersAction) -> None:
         "build",
         help="build the Blender extension zip (Edit ▸ Preferences ▸ Get Extensions ▸ Install from Disk)",
         description="Build megalive-<version>.zip: blender_addon/, copies of server/protocol.py, client.py and live.py, "
-        "and cp311 pyzmq/msgpack wheels for Linux x64, Windows x64, macOS arm64 and x64.",
+        "and cp311 pyzmq/msgpack and imageio-ffmpeg wheels for Linux x64, Windows x64, macOS arm64 and x64.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     build.add_argument("--out", type=Path, default=Path("dist"), metavar="DIR", help="folder the zip is written to")

@@ -20,8 +20,9 @@ from PIL import Image
 from server.addon import build_addon
 from server.client import AvatarClient, Texture
 from server.engine import Engine
-from server.protocol import EncodedBuffer
+from server.protocol import Buffer, EncodedBuffer, raw_buffer_from_bytes
 from server.service import AvatarService, ServiceConfig
+from tests.blender_addon.conftest import write_test_movie
 from tests.conftest import free_tcp_port
 
 MODULE = "bl_ext.user_default.megalive"
@@ -86,9 +87,14 @@ def scene(addon: ModuleType, address: str, driver_folder: Path, tmp_path: Path) 
 
 def server_texture(address: str, driver_file: Path, avatar: int) -> np.ndarray:
     """What the server renders for this driver file (a separate client, the same bytes)."""
+    return server_texture_of(address, EncodedBuffer(codec="png", data=memoryview(driver_file.read_bytes())), avatar)
+
+
+def server_texture_of(address: str, payload: Buffer, avatar: int) -> np.ndarray:
+    """What the server renders for this driver frame (a separate client)."""
     with AvatarClient(address=address, timeout_s=5.0) as client:
         session = client.open(avatar=avatar)
-        seq = client.send_frame(session, EncodedBuffer(codec="png", data=memoryview(driver_file.read_bytes())))
+        seq = client.send_frame(session, payload)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             for event in client.poll(timeout_ms=50):
@@ -244,6 +250,86 @@ def test_bad_input_gets_a_message_not_a_traceback(addon: ModuleType, server: Ava
     settings.bake_dir = str(blocker / "bake")
     expect_error(bpy.ops.megalive.bake, "cannot write")
     assert blocker.read_text() == "not a folder"
+
+
+MOVIE_FRAMES = 8
+
+
+@pytest.fixture(scope="module")
+def movie_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_test_movie(tmp_path_factory.mktemp("movie") / "take.mp4", frames=MOVIE_FRAMES)
+
+
+def decoded_frame(movie_file: Path, index: int) -> Buffer:
+    """Frame ``index`` of the movie as ffmpeg decodes it (RGB24), as the driver frame the server gets."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(movie_file))
+    meta = next(reader)
+    frames = [bytes(frame) for frame in reader]
+    width, height = meta["size"]
+    return raw_buffer_from_bytes(frames[index], dtype="|u1", shape=(height, width, 3))
+
+
+def test_movie_clip_drives_live_and_bake(addon: ModuleType, server: AvatarService, scene: bpy.types.Scene,
+                                         address: str, movie_file: Path, tmp_path: Path) -> None:
+    clip = bpy.data.movieclips.load(str(movie_file))
+    clip.frame_start = 3  # scene frame 3 shows the clip's first frame
+    settings = scene.megalive
+    settings.driver_kind, settings.movie_clip, settings.avatar_id = "MOVIE_CLIP", clip, 2
+    try:
+        assert bpy.ops.megalive.connect() == {"FINISHED"}
+        scene.frame_set(7)  # clip frame 5: index 4
+        assert bpy.ops.megalive.live() == {"FINISHED"}
+        controller = addon.runtime.controller
+        durations = tick_until(addon, lambda: controller.figures.textures >= 1)
+        assert max(durations) < 0.25  # decoding happens on the decoder thread, never in the tick
+        expected = server_texture_of(address, decoded_frame(movie_file, 4), avatar=2) / 255.0
+        assert np.abs(image_as_texture(bpy.data.images["MegaLive"]) - expected).max() <= 1.0 / 255.0 + 1e-6
+        source = addon.runtime.source
+        assert bpy.ops.megalive.live() == {"FINISHED"}  # stop: the decoder thread ends
+        assert addon.runtime.source is None and not source.frames._thread.is_alive()
+
+        scene.frame_start, scene.frame_end = 6, 8  # clip indices 3, 4, 5
+        assert bpy.ops.megalive.bake() == {"FINISHED"}
+        written = sorted((tmp_path / "bake").iterdir())
+        assert [p.name for p in written] == [f"MegaLive_{f:06d}.png" for f in (6, 7, 8)]
+        for index, path in zip((3, 4, 5), written):
+            with Image.open(path) as baked:
+                expected = server_texture_of(address, decoded_frame(movie_file, index), avatar=2)
+                assert np.abs(np.asarray(baked).astype(int) - expected.astype(int)).max() <= 1
+
+        broken = tmp_path / "broken.mp4"
+        broken.write_bytes(movie_file.read_bytes())
+        broken_clip = bpy.data.movieclips.load(str(broken))
+        broken.write_bytes(b"not a movie at all" * 64)
+        settings.movie_clip = broken_clip
+        settings.bake_dir = str(tmp_path / "bake-broken")
+        expect_error(bpy.ops.megalive.live, "cannot read movie broken.mp4")
+        assert "cannot read movie broken.mp4" in addon.runtime.message  # the panel shows it
+        expect_error(bpy.ops.megalive.bake, "cannot read movie broken.mp4")
+        assert not (tmp_path / "bake-broken").exists()
+        assert addon.runtime.controller.phase == "connected"
+        settings.movie_clip = clip  # still usable
+        assert bpy.ops.megalive.live() == {"FINISHED"}
+        tick_until(addon, lambda: addon.runtime.controller.figures.textures >= 1)
+    finally:
+        settings.driver_kind, settings.movie_clip = "IMAGE_SEQUENCE", None
+        addon.shutdown()
+
+
+def test_the_zip_ships_an_ffmpeg_that_runs(addon: ModuleType) -> None:
+    """Blender installs the zip's imageio-ffmpeg wheel without Unix modes; the movie module restores the execute bit.
+    (In this process the venv's imageio_ffmpeg comes first on sys.path, so the installed copy is checked directly.)"""
+    import subprocess
+    from types import SimpleNamespace
+
+    installed = [Path(p) / "imageio_ffmpeg" for p in sys.path if "extensions" in p and (Path(p) / "imageio_ffmpeg").is_dir()]
+    assert installed, "the extension's wheels did not install imageio-ffmpeg"
+    movie = sys.modules[f"{MODULE}.movie"]
+    movie._make_bundled_ffmpeg_executable(SimpleNamespace(__file__=str(installed[0] / "__init__.py")))
+    (exe,) = (installed[0] / "binaries").glob("ffmpeg-*")
+    assert subprocess.run([str(exe), "-version"], capture_output=True, timeout=10).returncode == 0
 
 
 def test_file_load_and_unregister_stop_everything(addon: ModuleType, server: AvatarService, scene: bpy.types.Scene) -> None:

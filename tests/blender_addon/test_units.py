@@ -43,6 +43,10 @@ def test_png_writer_round_trips_through_pillow_and_is_atomic(tmp_path: Path) -> 
     ("msgpack-1.2.4-cp311-cp311-macosx_11_0_arm64.whl", {"macos-arm64"}),
     ("msgpack-1.2.4-cp311-cp311-win_amd64.whl", {"windows-x64"}),
     ("msgpack-1.2.4-cp312-cp312-win_amd64.whl", set()),
+    ("imageio_ffmpeg-0.6.0-py3-none-manylinux2014_x86_64.whl", {"linux-x64"}),
+    ("imageio_ffmpeg-0.6.0-py3-none-macosx_10_9_intel.macosx_10_9_x86_64.whl", {"macos-x64"}),
+    ("imageio_ffmpeg-0.6.0-py3-none-win_amd64.whl", {"windows-x64"}),
+    ("imageio_ffmpeg-0.6.0-py3-none-any.whl", set()),  # no ffmpeg inside: useless to the movie driver
 ])
 def test_wheel_platforms(name: str, platforms: set[str]) -> None:
     assert blender_platforms_of_wheel(name) == platforms
@@ -51,10 +55,15 @@ def test_wheel_platforms(name: str, platforms: set[str]) -> None:
 def test_gathered_wheels_cover_all_platforms_or_say_what_is_missing() -> None:
     names = ["pyzmq-27.3.0-cp311-cp311-manylinux_2_28_x86_64.whl", "pyzmq-27.3.0-cp311-cp311-win_amd64.whl",
              "pyzmq-27.3.0-cp311-cp311-macosx_10_15_universal2.whl", "msgpack-1.2.4-cp311-cp311-manylinux2014_x86_64.whl",
-             "msgpack-1.2.4-cp311-cp311-win_amd64.whl", "msgpack-1.2.4-cp311-cp311-macosx_11_0_arm64.whl"]
+             "msgpack-1.2.4-cp311-cp311-win_amd64.whl", "msgpack-1.2.4-cp311-cp311-macosx_11_0_arm64.whl",
+             "imageio_ffmpeg-0.6.0-py3-none-manylinux2014_x86_64.whl", "imageio_ffmpeg-0.6.0-py3-none-win_amd64.whl",
+             "imageio_ffmpeg-0.6.0-py3-none-macosx_11_0_arm64.whl",
+             "imageio_ffmpeg-0.6.0-py3-none-macosx_10_9_intel.macosx_10_9_x86_64.whl",
+             "imageio_ffmpeg-0.6.0-py3-none-any.whl"]
     gathered = gather_wheels([Path(n) for n in names])
     assert gathered.platforms == ("linux-x64", "macos-arm64", "windows-x64")
     assert gathered.missing == {"msgpack": ("macos-x64",)}
+    assert sum(p.name.startswith("imageio_ffmpeg") for p in gathered.files) == 4  # one per platform, not the -any one
 
 
 def test_manifest_lists_are_rewritten_and_stay_valid_toml() -> None:
@@ -80,7 +89,8 @@ def test_offline_build_vendors_the_client_and_lists_its_wheels(tmp_path: Path, o
         manifest = tomllib.loads(archive.read("blender_manifest.toml").decode())
         for name in ("protocol.py", "client.py", "live.py"):
             assert archive.read(f"vendor/{name}") == (repo / "server" / name).read_bytes()
-    assert {"__init__.py", "ui.py", "live.py", "pixels.py", "wire.py"} <= names
+    assert {"__init__.py", "ui.py", "live.py", "pixels.py", "wire.py", "movie.py"} <= names
+    assert any(n.startswith("wheels/imageio_ffmpeg-") for n in names)  # the movie clip driver's ffmpeg
     assert not any("__pycache__" in n or n.startswith("tests") for n in names)
     assert sorted(w.removeprefix("./") for w in manifest["wheels"]) == sorted(n for n in names if n.endswith(".whl"))
     assert manifest["platforms"] == ["linux-x64"]
