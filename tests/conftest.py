@@ -45,3 +45,34 @@ def engine(contract_model_path: Path):
 @pytest.fixture
 def address() -> str:
     return f"tcp://127.0.0.1:{free_tcp_port()}"  # a fixed port, so a test's server can come back on it
+
+
+@pytest.fixture
+def future_protocol_server():
+    """A stand-in peer that answers every request in protocol v2 (a server newer than this client).
+
+    Yields its address. Not a fake of our server: a minimal other-version peer, to test what a
+    client says when the versions differ."""
+    import threading
+
+    import msgpack
+    import zmq
+
+    peer_socket = zmq.Context.instance().socket(zmq.ROUTER)
+    peer_socket.setsockopt(zmq.LINGER, 0)
+    port = peer_socket.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+
+    def answer_in_v2() -> None:
+        while not stop.is_set():
+            if peer_socket.poll(50):
+                peer, header = peer_socket.recv_multipart()[:2]
+                request = msgpack.unpackb(header)
+                peer_socket.send_multipart([peer, msgpack.packb({"v": 2, "op": "hello", "id": request.get("id")})])
+
+    thread = threading.Thread(target=answer_in_v2, daemon=True)
+    thread.start()
+    yield f"tcp://127.0.0.1:{port}"
+    stop.set()
+    thread.join()
+    peer_socket.close()

@@ -204,9 +204,13 @@ def expect_error(operator, match: str) -> None:
 
 
 def test_bad_input_gets_a_message_not_a_traceback(addon: ModuleType, server: AvatarService, scene: bpy.types.Scene,
-                                                  address: str, driver_folder: Path, tmp_path: Path) -> None:
+                                                  address: str, driver_folder: Path, tmp_path: Path,
+                                                  future_protocol_server: str) -> None:
     prefs = bpy.context.preferences.addons[MODULE].preferences
     settings = scene.megalive
+    prefs.server_address = future_protocol_server
+    expect_error(bpy.ops.megalive.connect, "another protocol")
+    assert "another protocol" in addon.status_line()
     for wrong in (f"tcp://127.0.0.1:{free_tcp_port()}", "not an address"):
         prefs.server_address = wrong
         expect_error(bpy.ops.megalive.connect, "cannot reach|bad server address")
@@ -342,3 +346,25 @@ def test_file_load_and_unregister_stop_everything(addon: ModuleType, server: Ava
     assert not controller.client.connected and addon.runtime.controller is None
     assert addon.on_load_pre not in bpy.app.handlers.load_pre
     assert not hasattr(bpy.types.Scene, "megalive")
+
+
+def test_the_shipped_models_thumbnails_become_panel_icons(addon: ModuleType, scene: bpy.types.Scene) -> None:
+    shipped = Path(__file__).resolve().parents[2] / "assets" / "default" / "student.onnx"
+    service = AvatarService(engine=Engine(model_path=shipped, max_batch=1), config=ServiceConfig(bind="tcp://127.0.0.1:*"))
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    prefs.server_address = service.start()
+    try:
+        assert bpy.ops.megalive.connect() == {"FINISHED"}
+        assert sorted(addon.runtime.thumbnail_icons) == list(range(8))
+        # Headless Blender allocates no icon ids (no UI draws), so check the previews' pixels instead.
+        thumbnails = np.load(shipped.with_suffix(".thumbs.npy"))  # 8×96×96×3 uint8
+        for avatar in range(8):
+            preview = addon.runtime.previews[f"avatar-{avatar}"]
+            assert tuple(preview.image_size) == (96, 96)
+            stored = np.empty(96 * 96 * 4, np.float32)
+            preview.image_pixels_float.foreach_get(stored)
+            rgb = stored.reshape(96, 96, 4)[::-1, :, :3] * 255  # Blender rows are bottom-up
+            assert np.abs(rgb - thumbnails[avatar]).max() <= 1.0
+    finally:
+        addon.shutdown()
+        service.stop()
