@@ -330,24 +330,6 @@ def test_the_zip_ships_an_ffmpeg_that_runs(addon: ModuleType) -> None:
     assert subprocess.run([str(exe), "-version"], capture_output=True, timeout=10).returncode == 0
 
 
-def test_file_load_and_unregister_stop_everything(addon: ModuleType, server: AvatarService, scene: bpy.types.Scene) -> None:
-    assert bpy.ops.megalive.connect() == {"FINISHED"}
-    assert bpy.ops.megalive.live() == {"FINISHED"}
-    controller = addon.runtime.controller
-    tick_until(addon, lambda: controller.figures.textures >= 1)
-    bpy.ops.wm.read_homefile(use_empty=True)  # runs load_pre
-    assert addon.runtime.controller is None and not controller.client.connected
-    assert not bpy.app.timers.is_registered(addon.live_tick)
-
-    assert bpy.ops.megalive.connect() == {"FINISHED"}
-    controller = addon.runtime.controller
-    assert bpy.ops.preferences.addon_disable(module=MODULE) == {"FINISHED"}
-    assert not bpy.app.timers.is_registered(addon.live_tick)
-    assert not controller.client.connected and addon.runtime.controller is None
-    assert addon.on_load_pre not in bpy.app.handlers.load_pre
-    assert not hasattr(bpy.types.Scene, "megalive")
-
-
 def test_the_shipped_models_thumbnails_become_panel_icons(addon: ModuleType, scene: bpy.types.Scene) -> None:
     shipped = Path(__file__).resolve().parents[2] / "assets" / "default" / "student.onnx"
     service = AvatarService(engine=Engine(model_path=shipped, max_batch=1), config=ServiceConfig(bind="tcp://127.0.0.1:*"))
@@ -368,3 +350,22 @@ def test_the_shipped_models_thumbnails_become_panel_icons(addon: ModuleType, sce
     finally:
         addon.shutdown()
         service.stop()
+
+
+def test_file_load_and_unregister_stop_everything(addon: ModuleType, server: AvatarService, scene: bpy.types.Scene) -> None:
+    assert bpy.ops.megalive.connect() == {"FINISHED"}
+    assert bpy.ops.megalive.live() == {"FINISHED"}
+    controller = addon.runtime.controller
+    tick_until(addon, lambda: controller.figures.textures >= 1)
+    bpy.ops.wm.read_homefile(use_empty=True)  # runs load_pre
+    assert addon.runtime.controller is None and not controller.client.connected
+    assert not bpy.app.timers.is_registered(addon.live_tick)
+
+    assert bpy.ops.megalive.connect() == {"FINISHED"}
+    controller = addon.runtime.controller
+    assert bpy.ops.preferences.addon_disable(module=MODULE) == {"FINISHED"}
+    assert not bpy.app.timers.is_registered(addon.live_tick)
+    assert not controller.client.connected and addon.runtime.controller is None
+    assert addon.on_load_pre not in bpy.app.handlers.load_pre
+    assert not hasattr(bpy.types.Scene, "megalive")
+
