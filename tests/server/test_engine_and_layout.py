@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_import_server_does_not_load_torch_or_models() -> None:
-    probe = ("import sys, server, server.protocol, server.client, server.engine, server.service, server.imaging, "
+    probe = ("import sys, server, server.protocol, server.client, server.engine, server.service, server.imaging, server.one_euro, "
              "server.bench, server.cli; bad = [m for m in ('torch', 'models') if m in sys.modules]; print(bad); "
              "sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
