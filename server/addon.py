@@ -29,13 +29,13 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from server.vendor import write_vendor_package
+
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ADDON_SOURCE_DIR = REPO_ROOT / "blender_addon"
-SERVER_DIR = Path(__file__).resolve().parent
 MANIFEST_NAME = "blender_manifest.toml"
-VENDORED_FILES = ("protocol.py", "client.py", "live.py")
 WHEEL_PACKAGES = ("pyzmq", "msgpack", "imageio-ffmpeg")  # distribution names, as pip and wheel file names spell them
 
 # Blender platform -> the pip --platform tags that fetch a wheel for it. macOS wheels of pyzmq are
@@ -184,12 +184,7 @@ def build_addon(*, out_dir: str | os.PathLike[str], offline_wheels_dir: str | os
 
         package = staging / "megalive"
         shutil.copytree(ADDON_SOURCE_DIR, package, ignore=SKIPPED_NAMES)
-        vendor = package / "vendor"
-        vendor.mkdir()
-        (vendor / "__init__.py").write_text('"""Copies of server/protocol.py, server/client.py and server/live.py made by '
-                                            '`megalive addon build`; do not edit."""\n', encoding="utf-8")
-        for name in VENDORED_FILES:
-            shutil.copyfile(SERVER_DIR / name, vendor / name)
+        write_vendor_package(package, made_by="megalive addon build")
         (package / "wheels").mkdir()
         for wheel in gathered.files:
             shutil.copyfile(wheel, package / "wheels" / wheel.name)

@@ -19,11 +19,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.vendor import VENDORED_FILES, write_vendor_package
+
 BRIDGE_DIR = Path(__file__).resolve().parent
-SERVER_DIR = BRIDGE_DIR.parent / "server"
 PACKAGE_NAME = "megalive_bridge"
 PLUGIN_NAME = "MegaLiveTexture"
-VENDORED_FILES = ("protocol.py", "client.py", "live.py")
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".mypy_cache", "*.partial",
                                   "Binaries", "Intermediate")
 
@@ -55,12 +55,7 @@ def build_unreal_bridge(out_dir: str | Path) -> UnrealPackage:
         staging = Path(staging_root)
         python_package = staging / PACKAGE_NAME
         shutil.copytree(BRIDGE_DIR, python_package, ignore=_ignore_with_plugin)
-        vendor = python_package / "vendor"
-        vendor.mkdir()
-        (vendor / "__init__.py").write_text('"""Copies of server/protocol.py, server/client.py and server/live.py made by '
-                                            '`megalive unreal package`; do not edit."""\n', encoding="utf-8")
-        for name in VENDORED_FILES:
-            shutil.copyfile(SERVER_DIR / name, vendor / name)
+        write_vendor_package(python_package, made_by="megalive unreal package")
         plugin = staging / PLUGIN_NAME
         shutil.copytree(BRIDGE_DIR / PLUGIN_NAME, plugin, ignore=_IGNORED)
         _replace_dir(python_package, out_dir / PACKAGE_NAME)
