@@ -66,7 +66,7 @@ class SynthConfig:
     resolution: int = 256
     num_avatars: int = 8
     num_driver_identities: int = 200
-    num_motions: int = 12_000
+    num_motions: int = 8_000
     seed: int = 0
     batch_size: int = 16
 

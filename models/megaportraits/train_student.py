@@ -19,7 +19,7 @@ import math
 import pickle
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,6 @@ class StudentTrainConfig:
     l1_weight: float = 1.0
     ssim_weight: float = 1.0
     mask_weight: float = 1.0
-    perceptual_weight: float = 0.0
     vgg_weights: str | None = None
     colour_jitter: float = 0.3
     warp: float = 0.04
@@ -63,7 +62,7 @@ class StudentTrainConfig:
     checkpoint_every: int = 200
     workers: int = 1
     command: str = ""
-    perceptual: str = field(default="absent: no local VGG19 weights file given")
+    perceptual: str = "absent: no local VGG19 weights file given"  # recorded in config.json: which loss networks ran
 
 
 def check_config(config: StudentTrainConfig) -> None:
