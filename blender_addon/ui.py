@@ -8,7 +8,6 @@ worker) never touches bpy data.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections import deque
@@ -494,9 +493,7 @@ def bake_folder(scene: bpy.types.Scene) -> Path:
 
 def start_bake(context: bpy.types.Context) -> BakeJob:
     """Validate everything and open the bake's own session (blocking, bounded by the timeout)."""
-    scene = context.scene
-    settings = scene.megalive
-    source = make_driver_source(scene)
+    source = make_driver_source(context.scene)
     try:
         return _open_bake(context, source)
     except BaseException:

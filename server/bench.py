@@ -26,13 +26,6 @@ from server.client import AvatarClient, Texture
 from server.engine import Engine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO_ROOT / "assets" / "default" / "student.onnx"
-
-
-def default_model_path() -> Path | None:
-    return DEFAULT_MODEL if DEFAULT_MODEL.is_file() else None
-
-
 def machine_description() -> str:
     model = platform.processor() or platform.machine()
     try:

@@ -34,22 +34,17 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from server.engine import Engine, ModelError, load_model_card
+    from server.engine import Engine, ModelError, load_model_card, model_or_shipped
     from server.service import AvatarService, BindRefused, ServiceConfig, check_bind_address
-
-    from server.bench import default_model_path
 
     if not 1 <= args.max_batch <= 64:
         print("megalive serve: --max-batch must be between 1 and 64", file=sys.stderr)
-        return 2
-    args.model = args.model or default_model_path()
-    if args.model is None:
-        print("megalive serve: no --model given and no shipped default model found", file=sys.stderr)
         return 2
     config = ServiceConfig(bind=args.bind, max_batch=args.max_batch, max_sessions=args.max_sessions, session_idle_s=args.idle_timeout)
     providers = [p for p in args.providers.split(",") if p] or None
     try:
         check_bind_address(config.bind)
+        args.model = model_or_shipped(args.model)
         card = load_model_card(args.model)
         if args.dry_run:
             print(json.dumps({"service": asdict(config), "model": {**asdict(card), "model_path": str(card.model_path),
@@ -92,16 +87,11 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from server.bench import BenchConfig, default_model_path, run_bench
-    from server.engine import ModelError
+    from server.bench import BenchConfig, run_bench
+    from server.engine import ModelError, model_or_shipped
 
-    model = args.model or default_model_path()
-    if model is None:
-        print("megalive bench: no model given and no shipped default model found; pass --model PATH "
-              "(a test model: megalive-train contract-model --out contract.onnx)", file=sys.stderr)
-        return 2
     try:
-        report = run_bench(BenchConfig(model_path=model, seconds=args.seconds, window=args.window, threads=args.threads))
+        report = run_bench(BenchConfig(model_path=model_or_shipped(args.model), seconds=args.seconds, window=args.window, threads=args.threads))
     except ModelError as error:
         print(f"megalive bench: {error}", file=sys.stderr)
         return 2
@@ -129,13 +119,13 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from server.bench import default_model_path
     from server.demo import DEFAULT_CLIP, DemoConfig, DemoError, run_demo
-    from server.engine import ModelError
+    from server.engine import ModelError, model_or_shipped
 
-    model = args.model or default_model_path()
-    if model is None:
-        print("megalive demo: no shipped default model found and no --model given", file=sys.stderr)
+    try:
+        model = model_or_shipped(args.model)
+    except ModelError as error:
+        print(f"megalive demo: {error}", file=sys.stderr)
         return 2
     config = DemoConfig(model=model, clip=args.clip or DEFAULT_CLIP, out_dir=args.out, pacing=args.pacing, max_avatars=args.avatars)
     if args.dry_run:

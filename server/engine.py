@@ -29,6 +29,10 @@ SIDECAR_FORMAT_VERSION = 1
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
+# The model the repository ships (made by `make default-model`); serve, bench and demo default to it.
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default" / "student.onnx"
+
+
 class ModelError(Exception):
     """A model or sidecar that cannot be served; the message is one line for the user."""
 
@@ -50,6 +54,15 @@ class ModelCard:
     @property
     def num_avatars(self) -> int:
         return len(self.avatar_names)
+
+
+def model_or_shipped(model_path: Path | None) -> Path:
+    """The given model, or the shipped one; ModelError when neither is there."""
+    if model_path is not None:
+        return model_path
+    if not SHIPPED_MODEL.is_file():
+        raise ModelError(f"no --model given and the shipped model {SHIPPED_MODEL} is missing")
+    return SHIPPED_MODEL
 
 
 def sidecar_path(model_path: Path) -> Path:

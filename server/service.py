@@ -108,7 +108,6 @@ class Session:
     opened_at: float
     last_seen: float
     counters: SessionCounters = field(default_factory=SessionCounters)
-    closed: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -168,6 +167,14 @@ class AvatarService:
         self._worker: threading.Thread | None = None
         self.bound_address: str | None = None
         self._thumbnails = engine.thumbnails()
+        self._handlers = {
+            "hello": self._on_hello,
+            "avatars": self._on_avatars,
+            "open": self._on_open,
+            "close": self._on_close,
+            "stats": self._on_stats,
+            "enroll": self._on_enroll,
+        }  # `frame` is handled first, apart: it also needs the raw frames
 
     # -------------------------------------------------------------------------------- lifecycle
 
@@ -284,14 +291,7 @@ class AvatarService:
             if request.op == "frame":
                 self._on_frame(router, peer, request, tuple(message))
                 return
-            handler = {
-                "hello": self._on_hello,
-                "avatars": self._on_avatars,
-                "open": self._on_open,
-                "close": self._on_close,
-                "stats": self._on_stats,
-                "enroll": self._on_enroll,
-            }.get(request.op)
+            handler = self._handlers.get(request.op)
             if handler is None:
                 raise ProtocolError("bad_request", f"{request.op!r} is a reply, not a request", request_id=request.request_id)
             handler(router, peer, request)
@@ -440,7 +440,6 @@ class AvatarService:
     # -------------------------------------------------------------------------------- sessions
 
     def _close_session(self, session: Session) -> None:
-        session.closed = True
         self.sessions.pop(session.session_id, None)
         with self._pending_cv:
             self._pending.pop(session.session_id, None)

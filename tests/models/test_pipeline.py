@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.data.paired import DatasetError, PairedHeads, SynthConfig, write_paired_dataset
-from models.megaportraits.train_student import StudentTrainConfig, TrainingError, train_student
+from models.data.paired import PairedHeads, SynthConfig, write_paired_dataset
+from models.megaportraits.train_student import StudentTrainConfig, train_student
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
