@@ -4,7 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 TORCH  := torch==2.13.0
-STUDENT_STEPS ?= 5000
+STUDENT_STEPS ?= 4000
+ADAPTER_STEPS ?= 1200
 
 BIN    := $(VENV)/bin
 
@@ -43,13 +44,18 @@ bench: install-dev
 
 # The shipped default model, exactly as it was made (README: "The default model"). Hours on 2 CPU cores.
 default-model: install-dev
-	rm -rf runs/synth-256 runs/student-cpu256
+	rm -rf runs/synth-256 runs/student-cpu256 runs/adapter-arkit runs/adapter-landmarks
 	$(BIN)/megalive-train synth runs/synth-256 --resolution 256 --avatars 8 --drivers 200 --pairs 8000
 	$(BIN)/megalive-train student --data runs/synth-256 --run runs/student-cpu256 --preset cpu256 --steps $(STUDENT_STEPS) --batch 8
-	$(BIN)/megalive-train export --checkpoint runs/student-cpu256/checkpoint.pt --out assets/default/student.onnx --preset cpu256
+	$(BIN)/megalive-train adapter --kind arkit --student runs/student-cpu256/checkpoint.pt --data runs/synth-256 --run runs/adapter-arkit --steps $(ADAPTER_STEPS)
+	$(BIN)/megalive-train adapter --kind landmarks --student runs/student-cpu256/checkpoint.pt --data runs/synth-256 --run runs/adapter-landmarks --steps $(ADAPTER_STEPS)
+	$(BIN)/megalive-train export --checkpoint runs/student-cpu256/checkpoint.pt --out assets/default/student.onnx --preset cpu256 \
+		--adapter runs/adapter-arkit/checkpoint.pt --adapter runs/adapter-landmarks/checkpoint.pt
 	$(BIN)/megalive-train demo-clip --out assets/default/driver.mp4 --resolution 256
 	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --out assets/default/eval --motions clips
 	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --out assets/default/eval --motions random
+	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --out assets/default/eval --motions clips --driver arkit
+	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --out assets/default/eval --motions clips --driver landmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -3,7 +3,8 @@
 The controller itself is ``server/live.py`` (shipped in the zip as ``vendor/live.py``, reached
 through ``wire.live``): the bpy layer (``ui.py``) drives it from a bpy timer, supplies driver frames
 through a ``DriverSource`` keyed by scene frame, and writes the texture ``tick()`` returns into an
-Image. This module holds what only Blender needs: the panel's labels and the bake's file names.
+Image. This module holds what only Blender needs: the panel's labels, the bake's file names, which
+wire driver kind a panel driver opens, and whether it asks the server to stabilise.
 """
 
 from __future__ import annotations
@@ -11,6 +12,21 @@ from __future__ import annotations
 from .wire import live
 
 CLIENT_NAME = "megalive-blender"
+
+# The panel's driver sources -> the session's driver kind on the wire (protocol.DRIVER_KINDS).
+DRIVER_WIRE_KINDS = {"IMAGE_SEQUENCE": "image", "MOVIE_CLIP": "image", "CAMERA": "image", "SHAPE_KEYS": "arkit"}
+
+
+def wire_driver_kind(driver_kind: str) -> str:
+    """The `open` request's driver for a panel driver source ("SHAPE_KEYS" -> "arkit", the rest "image")."""
+    return DRIVER_WIRE_KINDS.get(driver_kind, "image")
+
+
+def session_stabilise(wire_kind: str, stabilise: bool) -> bool | None:
+    """The `open` request's ``stabilise``: capture sessions (arkit) with the box unticked switch the
+    server's One-Euro filters off (False); otherwise None, the server's defaults."""
+    return False if wire_kind != "image" and not stabilise else None
+
 
 # The controller's phases as the panel shows them.
 PHASE_LABELS = {"disconnected": "Disconnected", "connected": "Connected", "live": "Live",

@@ -1,7 +1,8 @@
 """The bpy layer: preferences, scene settings, operators, the N-panel, the live timer and the bake.
 
 Kept thin: the connection is the shared controller (``server/live.py``, reached through ``wire.live``),
-Blender's bpy-free bits are in ``live.py``, pixel conversion and PNG writing in ``pixels.py``.
+Blender's bpy-free bits are in ``live.py``, pixel conversion and PNG writing in ``pixels.py``, the
+shape-key driver's name matching and head angles in ``shape_keys.py``.
 Everything here runs on Blender's main thread; the only other thread (the controller's reconnect
 worker) never touches bpy data.
 """
@@ -20,8 +21,9 @@ import numpy as np
 import zmq
 from bpy.app.handlers import persistent
 
-from . import movie, pixels
-from .live import CLIENT_NAME, BakeError, bake_frame_name, sequence_index
+from . import movie, pixels, shape_keys
+from .live import (CLIENT_NAME, BakeError, bake_frame_name, sequence_index, session_stabilise,
+                   wire_driver_kind)
 from .live import status_line as controller_status_line
 from .wire import client as client_module
 from .wire import live as shared_live  # the controller both hosts ship (server/live.py)
@@ -131,6 +133,103 @@ class CameraRenderSource:
         return protocol.EncodedBuffer(codec="png", data=memoryview(data))
 
 
+class ShapeKeySource:
+    """The "Shape keys (ARKit names)" driver: an `arkit` frame from the shape-key values of a mesh
+    (ARKit names, see shape_keys.py) and the rotation of a head bone or object, at the current frame.
+
+    Reads the scene's settings on every call, so a new mesh, head or prefix applies while live. Live
+    keys are (scene frame, the 61 curves' bytes): scrubbing or editing a value makes a new frame, and
+    ``payload`` only wraps the bytes. The bake passes plain scene frames: ``payload`` then moves the
+    scene to that frame (animation, drivers and constraints evaluated by Blender) and ``close``
+    moves it back."""
+
+    def __init__(self, scene: bpy.types.Scene) -> None:
+        self.scene = scene
+        self._curves = np.zeros(shape_keys.NUM_CURVES, dtype=np.float32)  # reused by read()
+        self._restore_frame: int | None = None
+        settings = scene.megalive
+        names, _ = shape_key_values(settings.shape_key_object)
+        if not shape_keys.match_names(names, prefix=settings.shape_key_prefix):
+            raise shared_live.DriverError(
+                f"no shape key of {settings.shape_key_object.name!r} has an ARKit name (e.g. jawOpen, eyeBlinkLeft)")
+        self.read()  # a missing head bone is an error now, at Go Live or Bake
+
+    def read(self) -> np.ndarray:
+        """The 61 curves now (a reused array)."""
+        return self._read()[1]
+
+    def _read(self) -> tuple[int, np.ndarray]:
+        try:
+            scene = self.scene
+            settings = scene.megalive
+            names, values = shape_key_values(settings.shape_key_object)
+            head = shape_keys.head_angles(head_rotation(settings.head_object, settings.head_bone))
+            prefix, frame = settings.shape_key_prefix, scene.frame_current
+        except ReferenceError:  # deleted (or replaced by undo) since the last call: a message, never a dead timer
+            raise shared_live.DriverError("the scene, shape-key mesh or head object is gone; choose it again") from None
+        return frame, shape_keys.arkit_curves(names, values, head=head, prefix=prefix, out=self._curves)
+
+    def frame_key(self) -> Hashable | None:
+        frame, curves = self._read()
+        return (frame, curves.tobytes())
+
+    def payload(self, key: Hashable) -> protocol.Buffer:
+        if isinstance(key, tuple):  # live: the key holds the curves read by frame_key
+            return protocol.raw_buffer_from_bytes(key[1], dtype="<f4", shape=(shape_keys.NUM_CURVES,))
+        assert isinstance(key, int)  # the bake: a scene frame
+        scene = self.scene
+        if self._restore_frame is None:
+            self._restore_frame = scene.frame_current
+        if scene.frame_current != key:
+            scene.frame_set(key)
+        return shape_keys.curves_buffer(self.read())
+
+    def close(self) -> None:
+        frame, self._restore_frame = self._restore_frame, None
+        if frame is not None and self.scene.frame_current != frame:
+            self.scene.frame_set(frame)
+
+
+def shape_key_values(obj: bpy.types.Object | None) -> tuple[tuple[str, ...], np.ndarray]:
+    """Names and values of a mesh's shape keys (muted keys read 0, the reference key has no name)."""
+    if obj is None:
+        raise shared_live.DriverError("choose a mesh with shape keys named after ARKit blendshapes")
+    key = obj.data.shape_keys if obj.type == "MESH" else None
+    if key is None:
+        raise shared_live.DriverError(f"{obj.name!r} is not a mesh with shape keys")
+    if not key.use_relative:
+        raise shared_live.DriverError(f"the shape keys of {obj.name!r} are absolute; the driver reads relative shape keys")
+    blocks = key.key_blocks
+    count = len(blocks)
+    values = np.empty(count, dtype=np.float32)
+    blocks.foreach_get("value", values)
+    muted = np.empty(count, dtype=bool)
+    blocks.foreach_get("mute", muted)
+    values[muted] = 0.0
+    reference = key.reference_key
+    names = tuple("" if block == reference else block.name for block in blocks)  # the Basis drives nothing
+    return names, values
+
+
+def head_rotation(head: bpy.types.Object | None, bone: str) -> np.ndarray:
+    """The head's 3×3 rotation away from its neutral pose, in Blender axes (shape_keys.head_angles).
+
+    A bone: its pose in armature space (parents and constraints included) relative to its rest
+    pose, D = pose · rest⁻¹ (the armature object's own transform is not part of it). An object (or
+    an armature with no bone chosen): its own rotation (its Rotation fields); zero rotation is the
+    neutral pose. No head: no rotation."""
+    if head is None:
+        return np.eye(3)
+    if head.type == "ARMATURE" and bone:
+        pose_bone = head.pose.bones.get(bone)
+        if pose_bone is None:
+            raise shared_live.DriverError(f"armature {head.name!r} has no bone {bone!r}")
+        posed = pose_bone.matrix.to_3x3().normalized()
+        rest = pose_bone.bone.matrix_local.to_3x3().normalized()
+        return np.array(posed @ rest.transposed())
+    return np.array(head.matrix_basis.to_3x3().normalized())
+
+
 def movie_driver_source(scene: bpy.types.Scene) -> movie.MovieSource:
     """The chosen MovieClip's file (its frame_start / frame_offset), else the movie file from scene frame_start.
 
@@ -168,6 +267,8 @@ def make_driver_source(scene: bpy.types.Scene) -> shared_live.DriverSource:
         return ImageSequenceSource(scene, settings.sequence_path)
     if settings.driver_kind == "CAMERA":
         return CameraRenderSource(scene, settings.camera_driver_size)
+    if settings.driver_kind == "SHAPE_KEYS":
+        return ShapeKeySource(scene)
     raise shared_live.DriverError(f"unknown driver source {settings.driver_kind!r}")
 
 
@@ -283,6 +384,10 @@ class MEGALIVE_AddonPreferences(bpy.types.AddonPreferences):
         row.prop(self, "max_in_flight")
 
 
+def _is_shape_key_mesh(_settings: bpy.types.PropertyGroup, obj: bpy.types.Object) -> bool:
+    return obj.type == "MESH" and obj.data.shape_keys is not None
+
+
 class MEGALIVE_SceneSettings(bpy.types.PropertyGroup):
     avatar_id: bpy.props.IntProperty(name="Avatar", default=0, min=0, description="Avatar id on the server")
     driver_kind: bpy.props.EnumProperty(
@@ -290,7 +395,9 @@ class MEGALIVE_SceneSettings(bpy.types.PropertyGroup):
         items=[("IMAGE_SEQUENCE", "Image Sequence", "A folder of PNG/JPEG frames; scene frame start = first file"),
                ("MOVIE_CLIP", "Movie Clip", "A movie clip (or movie file): its first frame at the clip's start frame, "
                 "held before and after; decoded with imageio-ffmpeg"),
-               ("CAMERA", "Camera Render", "The scene camera's render (one render per frame; use Workbench/EEVEE)")],
+               ("CAMERA", "Camera Render", "The scene camera's render (one render per frame; use Workbench/EEVEE)"),
+               ("SHAPE_KEYS", "Shape Keys (ARKit names)", "A mesh's shape keys named after the 52 ARKit blendshapes "
+                "and a head bone's or object's rotation, sent as ARKit curves (needs a model with an arkit driver)")],
         default="IMAGE_SEQUENCE",
     )
     sequence_path: bpy.props.StringProperty(name="Frames", subtype="DIR_PATH", description="Folder of driver frames")
@@ -298,6 +405,21 @@ class MEGALIVE_SceneSettings(bpy.types.PropertyGroup):
                                           description="Movie clip driving the avatar (its Start Frame maps to its first frame)")
     movie_path: bpy.props.StringProperty(name="Movie", subtype="FILE_PATH",
                                          description="Movie file used when no clip is chosen; starts at the scene start")
+    shape_key_object: bpy.props.PointerProperty(name="Shape Keys", type=bpy.types.Object, poll=_is_shape_key_mesh,
+                                                description="Mesh whose shape keys named after ARKit blendshapes "
+                                                "(jawOpen, eyeBlinkLeft, ...) drive the avatar")
+    shape_key_prefix: bpy.props.StringProperty(name="Key Prefix", default="",
+                                               description="Optional prefix of this mesh's shape-key names (e.g. "
+                                               "'Head'); keys like 'ARKit_jawOpen' match without it")
+    head_object: bpy.props.PointerProperty(name="Head", type=bpy.types.Object,
+                                           description="Object (or armature, with a bone) whose rotation is the head "
+                                           "yaw/pitch/roll; the head faces -Y, +Z up. Empty: no head rotation")
+    head_bone: bpy.props.StringProperty(name="Bone", default="",
+                                        description="Head bone of the armature: its pose rotation relative to its rest "
+                                        "pose is the head rotation. Empty: the armature object's rotation")
+    stabilise: bpy.props.BoolProperty(name="Stabilise", default=True,
+                                      description="The server's One-Euro smoothing of the curves (for noisy capture); "
+                                      "off: every frame exactly as sent")
     camera_driver_size: bpy.props.IntProperty(name="Render Size", default=256, min=16, max=2048,
                                               description="Square size of the camera render sent as driver")
     image_name: bpy.props.StringProperty(name="Image", default="MegaLive", description="Output image (reused, float RGBA)")
@@ -388,7 +510,9 @@ class MEGALIVE_OT_live(bpy.types.Operator):
             runtime.message = str(error)
             self.report({"ERROR"}, f"driver: {error}")
             return {"CANCELLED"}
-        if not controller.start_live(avatar=settings.avatar_id, size=settings.output_size()):
+        driver = wire_driver_kind(settings.driver_kind)
+        if not controller.start_live(avatar=settings.avatar_id, size=settings.output_size(), driver=driver,
+                                     stabilise=session_stabilise(driver, settings.stabilise)):
             close_source(source)
             self.report({"ERROR"}, controller_status_line(controller))
             return {"CANCELLED"}
@@ -468,12 +592,15 @@ class BakeJob:
     prefix: str
     frames: list[int]
     timeout_s: float
+    scene_time: bool = False  # stamp frames with their scene time (capture sessions: the server's filter follows the timeline)
     written: list[Path] = field(default_factory=list)
 
     def step(self) -> None:
         frame = self.frames[len(self.written)]
-        texture = shared_live.render_one_frame(self.client, self.session, self.source.payload(frame),
-                                               timeout_s=self.timeout_s)
+        render = self.scene.render
+        timestamp = frame * render.fps_base / render.fps if self.scene_time else None
+        texture = shared_live.render_one_frame(self.client, self.session, self.source.payload(frame), timeout_s=self.timeout_s,
+                                               timestamp=timestamp)
         rgba = texture.array()
         self.written.append(pixels.write_png_atomically(self.folder / bake_frame_name(self.prefix, frame), rgba))
 
@@ -514,10 +641,11 @@ def _open_bake(context: bpy.types.Context, source: shared_live.DriverSource) -> 
     config = live_config(context)
     client = client_module.AvatarClient(address=config.server, name="megalive-blender-bake", timeout_s=config.timeout_s,
                                         max_in_flight=1)
+    driver = wire_driver_kind(settings.driver_kind)
     try:
         client.hello()
-        session = client.open(avatar=settings.avatar_id, driver="image", size=settings.output_size(),
-                              output_format="rgba8", crop="none")
+        session = client.open(avatar=settings.avatar_id, driver=driver, size=settings.output_size(),
+                              output_format="rgba8", crop="none", stabilise=session_stabilise(driver, settings.stabilise))
     except client_module.ServerGoneError as error:
         client.close()
         raise BakeError(f"cannot reach {config.server}: {error}") from None
@@ -529,7 +657,8 @@ def _open_bake(context: bpy.types.Context, source: shared_live.DriverSource) -> 
         raise BakeError(f"the server refused the bake: {error.message}") from None
     frames = list(range(scene.frame_start, scene.frame_end + 1, max(1, scene.frame_step)))
     return BakeJob(scene=scene, source=source, client=client, session=session, folder=folder,
-                   prefix=bpy.path.clean_name(settings.image_name), frames=frames, timeout_s=config.timeout_s)
+                   prefix=bpy.path.clean_name(settings.image_name), frames=frames, timeout_s=config.timeout_s,
+                   scene_time=driver != "image")
 
 
 def finish_bake(context: bpy.types.Context, job: BakeJob) -> str:
@@ -694,6 +823,8 @@ class MEGALIVE_PT_panel(bpy.types.Panel):
             if not movie.imageio_ffmpeg_available():
                 box.label(text="Needs imageio-ffmpeg (ships in the extension zip; or pip install it", icon="ERROR")
                 box.label(text="into Blender's Python)")
+        elif settings.driver_kind == "SHAPE_KEYS":
+            _draw_shape_key_settings(box, settings)
         else:
             box.prop(settings, "camera_driver_size")
 
@@ -716,6 +847,22 @@ class MEGALIVE_PT_panel(bpy.types.Panel):
         row = box.row(align=True)
         row.operator(MEGALIVE_OT_bake.bl_idname, icon="RENDER_ANIMATION")
         row.operator(MEGALIVE_OT_bake_cancel.bl_idname, text="", icon="CANCEL")
+
+
+def _draw_shape_key_settings(box: bpy.types.UILayout, settings: MEGALIVE_SceneSettings) -> None:
+    box.prop(settings, "shape_key_object")
+    box.prop(settings, "shape_key_prefix")
+    mesh = settings.shape_key_object
+    if mesh is not None and mesh.type == "MESH" and mesh.data.shape_keys is not None:
+        names = tuple(block.name for block in mesh.data.shape_keys.key_blocks[1:])  # not the Basis
+        matched = len(shape_keys.match_names(names, prefix=settings.shape_key_prefix))
+        box.label(text=f"{matched} of {shape_keys.NUM_BLENDSHAPES} ARKit shapes matched",
+                  icon="CHECKMARK" if matched else "ERROR")
+    box.prop(settings, "head_object")
+    head = settings.head_object
+    if head is not None and head.type == "ARMATURE":
+        box.prop_search(settings, "head_bone", head.data, "bones")
+    box.prop(settings, "stabilise")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -169,6 +169,8 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--checkpoint", type=Path, required=True, metavar="PATH", help="RUN/checkpoint.pt")
     export.add_argument("--out", type=Path, required=True, metavar="PATH", help="output .onnx (sidecar .json and thumbnails beside it)")
     export.add_argument("--preset", default=None, metavar="NAME", help="refuse unless the checkpoint has this preset")
+    export.add_argument("--adapter", dest="adapters", type=Path, action="append", default=[], metavar="PATH",
+                        help="an adapter RUN/checkpoint.pt trained against this student (repeat: arkit, landmarks)")
     export.add_argument("--dry-run", action="store_true", help="check the checkpoint and print what would be written")
     export.set_defaults(run=_export)
 
@@ -178,7 +180,9 @@ def _export(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from models.data.paired import DatasetError, read_meta
-    from models.export import current_command, export_avatar_model
+    from models.export import ExtraDriver, current_command, export_avatar_model
+    from models.megaportraits.adapters import ADAPTER_INPUTS, AdaptedStudent
+    from models.megaportraits.train_adapter import adapter_from_checkpoint, file_digest
     from models.megaportraits.train_student import TrainingError, load_checkpoint, student_from_checkpoint
 
     try:
@@ -186,23 +190,147 @@ def _export(args: argparse.Namespace) -> int:
         model = student_from_checkpoint(checkpoint, expect_preset=args.preset)
         train = checkpoint["train_config"]
         meta = read_meta(Path(train["data"]))
+        student_digest = file_digest(args.checkpoint)
+        extras, commands = [], []
+        for path in args.adapters:
+            adapter_checkpoint = load_checkpoint(path)
+            adapter = adapter_from_checkpoint(adapter_checkpoint)
+            if adapter_checkpoint.get("student_digest") != student_digest:
+                raise TrainingError(f"{path} was trained against another student than {args.checkpoint}; retrain it with --student {args.checkpoint}")
+            kind = adapter.config.kind
+            if any(extra.kind == kind for extra in extras):
+                raise TrainingError(f"two {kind} adapters given; pass one per kind")
+            input_name, input_shape = ADAPTER_INPUTS[kind]
+            adapter_train = adapter_checkpoint["train_config"]
+            extras.append(ExtraDriver(kind=kind, module=AdaptedStudent(student=model, adapter=adapter), input_name=input_name,
+                                      input_shape=input_shape, config={"train": adapter_train, "step": int(adapter_checkpoint["step"])}))
+            commands.append(adapter_train.get("command", ""))
     except (TrainingError, DatasetError) as error:
         print(f"megalive-train export: {error}", file=sys.stderr)
         return 2
     resolution = model.config.resolution
     if args.dry_run:
         print(json.dumps({"out": str(args.out), "resolution": resolution, "avatars": checkpoint["avatar_names"],
-                          "step": int(checkpoint["step"])}, indent=2))
+                          "step": int(checkpoint["step"]), "drivers": ["image", *(extra.kind for extra in extras)]}, indent=2))
         return 0
     neutral = np.load(meta.root / "neutral_rgba.npy", allow_pickle=False)  # A×H×W×4
     thumbnails = np.stack([np.asarray(Image.fromarray(frame[:, :, :3]).resize((96, 96), Image.BILINEAR)) for frame in neutral])
-    command = " && ".join([meta.command, train["command"], current_command()])
+    command = " && ".join([meta.command, train["command"], *commands, current_command()])
     report = export_avatar_model(model, out_path=args.out, resolution=(resolution, resolution),
                                  avatar_names=checkpoint["avatar_names"], command=command,
                                  config={"student": checkpoint["model_config"], "train": train, "step": int(checkpoint["step"])},
-                                 thumbnails=thumbnails)
-    print(f"wrote {report.model_path} ({report.onnx_bytes / 1e6:.1f} MB), {report.sidecar_path}; "
-          f"ONNX Runtime vs PyTorch max abs error {report.max_abs_error:.2e}")
+                                 extra_drivers=extras, thumbnails=thumbnails)
+    print(f"wrote {report.model_path} ({report.onnx_bytes / 1e6:.1f} MB) with drivers {', '.join(['image', *(e.kind for e in extras)])}, "
+          f"{report.sidecar_path}; ONNX Runtime vs PyTorch max abs error {report.max_abs_error:.2e}")
+    return 0
+
+
+def _add_adapter(commands: argparse._SubParsersAction) -> None:
+    adapter = commands.add_parser(
+        "adapter",
+        help="train a driver adapter (ARKit curves or landmarks -> the student's driving code) for a trained student",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    adapter.add_argument("--kind", required=True, metavar="KIND", help="arkit | landmarks")
+    adapter.add_argument("--student", type=Path, required=True, metavar="PATH", help="the student's RUN/checkpoint.pt (kept frozen)")
+    adapter.add_argument("--data", type=Path, required=True, metavar="DIR", help="paired dataset folder (the student's)")
+    adapter.add_argument("--run", dest="run_dir", type=Path, required=True, metavar="DIR", help="run folder (config, checkpoint, log, samples)")
+    adapter.add_argument("--steps", type=int, default=1500, metavar="N", help="optimiser steps in total (resume counts on)")
+    adapter.add_argument("--batch", type=int, default=8, metavar="N", help="pairs per step")
+    adapter.add_argument("--lr", type=float, default=1e-3, metavar="LR", help="initial learning rate (cosine to 1e-5)")
+    adapter.add_argument("--seed", type=int, default=0, metavar="N", help="seed of weights, sampling and noise")
+    adapter.add_argument("--workers", type=int, default=1, metavar="N", help="data loader processes")
+    adapter.add_argument("--checkpoint-every", type=int, default=200, metavar="N", help="steps between checkpoints")
+    adapter.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    adapter.set_defaults(run=_adapter)
+
+
+def _adapter(args: argparse.Namespace) -> int:
+    from models.data.paired import DatasetError
+    from models.export import current_command
+    from models.megaportraits.train_adapter import AdapterTrainConfig, check_adapter_config, train_adapter
+    from models.megaportraits.train_student import TrainingError
+
+    config = AdapterTrainConfig(kind=args.kind, student=str(args.student), data=str(args.data), run_dir=str(args.run_dir),
+                                steps=args.steps, batch_size=args.batch, learning_rate=args.lr, seed=args.seed,
+                                workers=args.workers, checkpoint_every=args.checkpoint_every, command=current_command())
+    try:
+        check_adapter_config(config)
+        if args.dry_run:
+            print(json.dumps({"train": asdict(config)}, indent=2))
+            return 0
+        summary = train_adapter(config)
+    except (TrainingError, DatasetError, ValueError) as error:
+        print(f"megalive-train adapter: {error}", file=sys.stderr)
+        return 2
+    print(f"trained the {config.kind} adapter to step {summary.steps} in {summary.run_dir}; last losses {summary.final_losses}; "
+          f"{summary.samples_per_second:.1f} samples/s")
+    return 0
+
+
+def _add_base(commands: argparse._SubParsersAction) -> None:
+    base = commands.add_parser(
+        "base",
+        help="train the MegaPortraits base model (the teacher), plain or under torchrun (DDP)",
+        description="Train the MegaPortraits base model on self- and cross-reenactment pairs. One process, or "
+        "`torchrun --nproc_per_node=N -m models.cli base ...` (DDP: gloo on CPU, nccl on GPU; --batch is per process). "
+        "Resumes exactly from RUN/checkpoint.pt when it exists. Perceptual losses run only with local weights files.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    base.add_argument("--preset", default="cpu128", metavar="NAME", help="model preset: tiny (64 px, tests), cpu128, paper256, paper512")
+    base.add_argument("--data", default="synthetic", metavar="SRC", help="synthetic (SyntheticHeads, on the fly) | a prepared video folder")
+    base.add_argument("--run", "--run-dir", dest="run_dir", type=Path, required=True, metavar="DIR",
+                      help="run folder (config, checkpoint, log, samples, tensorboard); under torchrun write --run-dir "
+                      "(torchrun's parser reads --run as its own --run-path)")
+    base.add_argument("--steps", type=int, default=20_000, metavar="N", help="optimiser steps in total (resume counts on)")
+    base.add_argument("--batch", type=int, default=2, metavar="N", help="samples per process and step (each: a self- and a cross-pair)")
+    base.add_argument("--lr", type=float, default=2e-4, metavar="LR", help="initial learning rate of both networks (cosine to 1e-6)")
+    base.add_argument("--jitter", type=float, default=0.5, metavar="X", help="driver colour jitter strength [0-1]")
+    base.add_argument("--warp", type=float, default=0.06, metavar="X", help="driver thin-plate-spline displacement [0-0.2]")
+    base.add_argument("--identities", type=int, default=1000, metavar="N", help="synthetic identity pool [2-]")
+    base.add_argument("--seed", type=int, default=0, metavar="N", help="seed of weights, data order and augmentation")
+    base.add_argument("--workers", type=int, default=1, metavar="N", help="data loader processes per training process")
+    base.add_argument("--checkpoint-every", type=int, default=500, metavar="N", help="steps between checkpoints (and samples.png)")
+    base.add_argument("--log-every", type=int, default=25, metavar="N", help="steps between log lines and TensorBoard scalars")
+    base.add_argument("--vgg-weights", default=None, metavar="PATH", help="local VGG19 `features` state dict (perceptual λ=20)")
+    base.add_argument("--face-weights", default=None, metavar="PATH", help="local VGG-Face state dict (perceptual λ=4)")
+    base.add_argument("--gaze-weights", default=None, metavar="PATH", help="local gaze network state dict (perceptual λ=5)")
+    base.add_argument("--init", default=None, metavar="PATH", help="start from this base checkpoint's weights (same preset)")
+    base.add_argument("--device", default="auto", metavar="DEV", help="auto | cpu | cuda (under torchrun: one GPU per process)")
+    base.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bfloat16, else float16 with scaling)")
+    base.add_argument("--stop-at", type=int, default=None, metavar="N", help="end this invocation at step N (the schedule still spans --steps)")
+    base.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    base.set_defaults(run=_base)
+
+
+def _base(args: argparse.Namespace) -> int:
+    from models.export import current_command
+    from models.megaportraits.base import base_config
+    from models.megaportraits.train_base import (BaseTrainConfig, check_config, resolve_device, resolved_config, train_base,
+                                                 training_data, world_size_from_environment)
+    from models.megaportraits.train_student import TrainingError
+
+    config = BaseTrainConfig(
+        run_dir=str(args.run_dir), preset=args.preset, data=args.data, steps=args.steps, batch_size=args.batch, learning_rate=args.lr,
+        colour_jitter=args.jitter, warp=args.warp, identities=args.identities, seed=args.seed, workers=args.workers,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, vgg_weights=args.vgg_weights, face_weights=args.face_weights,
+        gaze_weights=args.gaze_weights, init=args.init, device=args.device, amp=args.amp, command=current_command(),
+    )
+    try:
+        check_config(config)
+        if args.dry_run:
+            device = resolve_device(config)
+            data = training_data(config, resolution=base_config(config.preset).resolution).describe()
+            print(json.dumps(resolved_config(config, world_size=world_size_from_environment(), device=device, data=data), indent=2))
+            return 0
+        summary = train_base(config, stop_at=args.stop_at)
+    except (TrainingError, ValueError) as error:
+        print(f"megalive-train base: {error}", file=sys.stderr)
+        return 2
+    if summary.rank == 0:
+        agreement = "" if summary.world_size == 1 else ("; all processes agree" if summary.replicas_agree else "; PROCESSES DIFFER")
+        print(f"trained the base model to step {summary.steps} in {summary.run_dir} on {summary.world_size} process(es); "
+              f"last losses {summary.final_losses}; {summary.samples_per_second:.2f} samples/s; weights {summary.weights_digest}{agreement}")
     return 0
 
 
@@ -214,10 +342,13 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--model", type=Path, required=True, metavar="PATH", help="exported .onnx (with sidecar)")
     evaluate.add_argument("--data", type=Path, required=True, metavar="DIR", help="the training dataset (for its avatars)")
-    evaluate.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for eval-<motions>.json and contact-sheet-<motions>.png")
+    evaluate.add_argument("--out", type=Path, required=True, metavar="DIR",
+                          help="folder for eval-<motions>[-<driver>].json and contact-sheet-<motions>[-<driver>].png")
     evaluate.add_argument("--clips", type=int, default=8, metavar="N", help="held-out clips (one new driver identity each)")
     evaluate.add_argument("--frames", type=int, default=25, metavar="N", help="frames per clip")
     evaluate.add_argument("--motions", default="clips", metavar="SET", help="clips: smooth held-out performances | random: independent held-out poses")
+    evaluate.add_argument("--driver", default="image", metavar="KIND",
+                          help="image: the driver's render | arkit: its exact motion as ARKit curves | landmarks: its 68 landmarks")
     evaluate.set_defaults(run=_eval)
 
 
@@ -225,14 +356,15 @@ def _eval(args: argparse.Namespace) -> int:
     from models.data.paired import DatasetError
     from models.evaluation import EvalConfig, evaluate, write_report
 
-    config = EvalConfig(model=str(args.model), data=str(args.data), clips=args.clips, frames_per_clip=args.frames, motions=args.motions)
+    config = EvalConfig(model=str(args.model), data=str(args.data), clips=args.clips, frames_per_clip=args.frames, motions=args.motions,
+                        driver=args.driver)
     args.out.mkdir(parents=True, exist_ok=True)
     try:
-        report = evaluate(config, sheet_path=args.out / f"contact-sheet-{config.motions}.png")
+        report = evaluate(config, sheet_path=args.out / f"contact-sheet-{config.name}.png")
     except (DatasetError, ValueError, OSError) as error:
         print(f"megalive-train eval: {error}", file=sys.stderr)
         return 2
-    write_report(report, config, args.out / f"eval-{config.motions}.json")
+    write_report(report, config, args.out / f"eval-{config.name}.json")
     print(report.table())
     return 0
 
@@ -267,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_contract_model(commands)
     _add_synth(commands)
     _add_student(commands)
+    _add_adapter(commands)
+    _add_base(commands)
     _add_export(commands)
     _add_eval(commands)
     _add_demo_clip(commands)

@@ -32,6 +32,12 @@ class EvalConfig:
     seed: int = HELD_OUT_SEED
     batch_size: int = 8
     motions: str = "clips"  # clips: smooth performances (sample_clip); random: independent poses and expressions (sample_motions)
+    driver: str = "image"  # image: the driver's render; arkit: its exact motion as curves; landmarks: its 68 landmarks
+
+    @property
+    def name(self) -> str:
+        """eval-<motions>[-<driver>]: the file stem of this evaluation's report and contact sheet."""
+        return self.motions if self.driver == "image" else f"{self.motions}-{self.driver}"
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ class QualityFigures:
 class EvalReport:
     model: str
     motions: str
+    driver: str
     pairs: int
     resolution: int
     model_output: QualityFigures
@@ -53,25 +60,33 @@ class EvalReport:
     def table(self) -> str:
         rows = [("model output", self.model_output), ("baseline: avatar's neutral frame", self.neutral_baseline),
                 ("baseline: driver frame", self.driver_baseline)]
-        lines = [f"{self.pairs} held-out pairs ({self.motions} motions, new driver identities) at {self.resolution}×{self.resolution} ({self.model})",
+        lines = [f"{self.pairs} held-out pairs ({self.motions} motions, new driver identities, driven by {self.driver}) "
+                 f"at {self.resolution}×{self.resolution} ({self.model})",
                  f"  {'':<34} {'PSNR dB':>8} {'SSIM':>7}"]
         lines += [f"  {name:<34} {figures.psnr:>8.2f} {figures.ssim:>7.4f}" for name, figures in rows]
         return "\n".join(lines)
 
 
 class OnnxAvatarModel:
-    """An exported avatar model run with ONNX Runtime CPU (the artefact the server ships)."""
+    """An exported avatar model run with ONNX Runtime CPU (the artefact the server ships), through
+    the graph of one driver kind: image (``driver``), arkit (``curves``) or landmarks."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, driver: str = "image") -> None:
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         sidecar = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
         self.resolution = int(sidecar["resolution"][0])
         self.avatar_names = tuple(sidecar["avatars"])
+        self.input_name, graph = "driver", path
+        if driver != "image":
+            adapter = (sidecar.get("adapters") or {}).get(driver)
+            if adapter is None:
+                raise ValueError(f"{path} has no {driver!r} driver (it has {sidecar.get('drivers', ['image'])})")
+            self.input_name, graph = adapter["input"]["name"], path.parent / adapter["model_file"]
+        self.session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
 
-    def __call__(self, driver: torch.Tensor, avatar: torch.Tensor) -> torch.Tensor:
-        rgb, _ = self.session.run(["rgb", "alpha"], {"driver": driver.numpy(), "avatar": avatar.numpy()})
+    def __call__(self, signal: torch.Tensor, avatar: torch.Tensor) -> torch.Tensor:
+        rgb, _ = self.session.run(["rgb", "alpha"], {self.input_name: signal.numpy(), "avatar": avatar.numpy()})
         return torch.from_numpy(rgb)
 
 
@@ -81,6 +96,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 MOTION_SETS = ("clips", "random")
+DRIVER_KINDS = ("image", "arkit", "landmarks")
 
 
 def held_out_motions(config: EvalConfig) -> Motion:
@@ -94,7 +110,9 @@ def held_out_motions(config: EvalConfig) -> Motion:
 
 
 def evaluate(config: EvalConfig, *, sheet_path: Path | None = None, progress: bool = True) -> EvalReport:
-    model = OnnxAvatarModel(Path(config.model))
+    if config.driver not in DRIVER_KINDS:
+        raise ValueError(f"unknown driver {config.driver!r} (known: {', '.join(DRIVER_KINDS)})")
+    model = OnnxAvatarModel(Path(config.model), driver=config.driver)
     meta = read_meta(Path(config.data))
     avatars = load_identities(meta.root / "avatars.npz")
     if len(avatars) != len(model.avatar_names):
@@ -114,9 +132,16 @@ def evaluate(config: EvalConfig, *, sheet_path: Path | None = None, progress: bo
         for start in range(0, count, config.batch_size):
             batch = slice(start, min(start + config.batch_size, count))
             motion = motions[batch]
-            driver = heads.render(drivers[driver_of[batch]], motion).rgb
+            driver_render = heads.render(drivers[driver_of[batch]], motion)
+            driver = driver_render.rgb
             truth = heads.render(avatars[avatar_of[batch]], motion).rgb
-            output = model(driver, avatar_of[batch])
+            if config.driver == "arkit":  # what a capture app would send: curves, no head translation or scale
+                signal = motion.arkit_curves().float()
+            elif config.driver == "landmarks":  # the driver's 68 landmarks in crop units
+                signal = (driver_render.landmarks / model.resolution).float()
+            else:
+                signal = driver
+            output = model(signal, avatar_of[batch])
             for name, guess in (("model", output), ("neutral", neutral[avatar_of[batch]]), ("driver", driver)):
                 scores[name].append(torch.stack([_psnr(guess, truth), ssim(guess, truth, data_range=1.0, size_average=False)], dim=1))
             if (start // config.batch_size) % max(1, count // config.batch_size // 6) == 0 and len(sheet_rows) < 6 * 4:
@@ -126,7 +151,7 @@ def evaluate(config: EvalConfig, *, sheet_path: Path | None = None, progress: bo
     if sheet_path is not None:
         save_png(contact_sheet(torch.stack(sheet_rows), columns=4), sheet_path)
     return EvalReport(
-        model=str(config.model), motions=config.motions, pairs=count, resolution=model.resolution,
+        model=str(config.model), motions=config.motions, driver=config.driver, pairs=count, resolution=model.resolution,
         model_output=QualityFigures(psnr=float(figures["model"][0]), ssim=float(figures["model"][1])),
         neutral_baseline=QualityFigures(psnr=float(figures["neutral"][0]), ssim=float(figures["neutral"][1])),
         driver_baseline=QualityFigures(psnr=float(figures["driver"][0]), ssim=float(figures["driver"][1])),

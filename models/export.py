@@ -54,6 +54,44 @@ def _atomic_target(path: Path) -> Path:
     return Path(temporary)
 
 
+@dataclass(frozen=True)
+class ExtraDriver:
+    """A further driver kind of the same avatars: its own graph, module(signal, avatar) -> (rgb, alpha)."""
+
+    kind: str  # "arkit" | "landmarks"
+    module: nn.Module
+    input_name: str  # "curves" | "landmarks"
+    input_shape: tuple[int, ...]  # per sample, e.g. (61,) or (68, 2)
+    config: Mapping[str, Any]  # recorded in the sidecar (the adapter's resolved training config)
+
+
+def extra_driver_path(model_path: Path, kind: str) -> Path:
+    """student.onnx -> student.arkit.onnx: the graphs of one model sit side by side."""
+    return model_path.with_name(f"{model_path.stem}.{kind}.onnx")
+
+
+def _export_graph(module: nn.Module, inputs: dict[str, torch.Tensor], out_path: Path) -> float:
+    """Write one graph (inputs..., outputs rgb, alpha; batch axis dynamic) atomically; returns its parity error."""
+    batch_axis = {0: "batch"}
+    temporary = _atomic_target(out_path)
+    try:
+        torch.onnx.export(
+            module,
+            tuple(inputs.values()),
+            str(temporary),
+            input_names=list(inputs),
+            output_names=["rgb", "alpha"],
+            dynamic_axes={name: batch_axis for name in [*inputs, "rgb", "alpha"]},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+        max_abs_error = _parity(module, temporary, inputs)
+        os.replace(temporary, out_path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return max_abs_error
+
+
 def export_avatar_model(
     module: nn.Module,
     *,
@@ -62,11 +100,12 @@ def export_avatar_model(
     avatar_names: Sequence[str],
     command: str,
     config: Mapping[str, Any],
-    drivers: Sequence[str] = ("image",),
+    extra_drivers: Sequence[ExtraDriver] = (),
     thumbnails: np.ndarray | None = None,
     parity_batch: int = 2,
 ) -> ExportReport:
-    """module(driver B×3×H×W, avatar B) -> (rgb B×3×H×W, alpha B×1×H×W); writes OUT.onnx + OUT.json."""
+    """module(driver B×3×H×W, avatar B) -> (rgb B×3×H×W, alpha B×1×H×W); writes OUT.onnx + OUT.json,
+    and OUT.<kind>.onnx for every extra driver kind."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval()
@@ -74,24 +113,21 @@ def export_avatar_model(
     generator = torch.Generator().manual_seed(0)
     driver = torch.rand(parity_batch, 3, height, width, generator=generator)
     avatar = torch.arange(parity_batch, dtype=torch.int64) % len(avatar_names)
-    batch_axis = {0: "batch"}
-    temporary = _atomic_target(out_path)
-    try:
-        torch.onnx.export(
-            module,
-            (driver, avatar),
-            str(temporary),
-            input_names=["driver", "avatar"],
-            output_names=["rgb", "alpha"],
-            dynamic_axes={"driver": batch_axis, "avatar": batch_axis, "rgb": batch_axis, "alpha": batch_axis},
-            opset_version=OPSET,
-            dynamo=False,
-        )
-        max_abs_error = _parity(module, temporary, driver, avatar)
-        gflops_per_frame = 2 * conv_multiply_accumulates(module, driver[:1], avatar[:1]) / 1e9
-        os.replace(temporary, out_path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    max_abs_error = _export_graph(module, {"driver": driver, "avatar": avatar}, out_path)
+    gflops_per_frame = 2 * conv_multiply_accumulates(module, driver[:1], avatar[:1]) / 1e9
+    adapters: dict[str, Any] = {}
+    for extra in extra_drivers:
+        signal = torch.rand(parity_batch, *extra.input_shape, generator=generator)
+        path = extra_driver_path(out_path, extra.kind)
+        error = _export_graph(extra.module.eval(), {extra.input_name: signal, "avatar": avatar}, path)
+        max_abs_error = max(max_abs_error, error)
+        adapters[extra.kind] = {
+            "model_file": path.name,
+            "input": {"name": extra.input_name, "dtype": "float32", "shape": ["B", *extra.input_shape]},
+            "parity_max_abs_error": error,
+            "gflops_per_frame": 2 * conv_multiply_accumulates(extra.module, signal[:1], avatar[:1]) / 1e9,
+            "config": dict(extra.config),
+        }
 
     sidecar: dict[str, Any] = {
         "format": SIDECAR_FORMAT,
@@ -100,7 +136,8 @@ def export_avatar_model(
         "model_file": out_path.name,
         "resolution": [height, width],
         "avatars": list(avatar_names),
-        "drivers": list(drivers),
+        "drivers": ["image", *adapters],
+        "adapters": adapters,  # driver kind -> its graph beside this one (same avatars, same outputs)
         "inputs": {"driver": {"dtype": "float32", "shape": ["B", 3, height, width], "range": [0, 1]},
                    "avatar": {"dtype": "int64", "shape": ["B"]}},
         "outputs": {"rgb": {"dtype": "float32", "shape": ["B", 3, height, width], "range": [0, 1]},
@@ -127,11 +164,11 @@ def export_avatar_model(
     return ExportReport(model_path=out_path, sidecar_path=sidecar_path, max_abs_error=max_abs_error, onnx_bytes=out_path.stat().st_size)
 
 
-def _parity(module: nn.Module, onnx_path: Path, driver: torch.Tensor, avatar: torch.Tensor) -> float:
+def _parity(module: nn.Module, onnx_path: Path, inputs: dict[str, torch.Tensor]) -> float:
     import onnxruntime as ort
 
     with torch.no_grad():
-        expected = [t.numpy() for t in module(driver, avatar)]
+        expected = [t.numpy() for t in module(*inputs.values())]
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    actual = session.run(["rgb", "alpha"], {"driver": driver.numpy(), "avatar": avatar.numpy()})
+    actual = session.run(["rgb", "alpha"], {name: tensor.numpy() for name, tensor in inputs.items()})
     return float(max(np.abs(a - e).max() for a, e in zip(actual, expected)))

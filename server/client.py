@@ -69,6 +69,8 @@ class Texture:
     timings: dict[str, float]
     sent_at: float
     received_at: float
+    face_found: bool | None = None  # crop "auto": False when no face was found and the last crop was reused
+    landmarks: list[list[float]] | None = None  # crop "auto" with landmarks=True: 68 [x, y] in [0, 1] over the crop
 
     @property
     def round_trip_ms(self) -> float:
@@ -267,7 +269,10 @@ class AvatarClient:
         sent_at = state.in_flight.pop(reply.request_id, time.monotonic())
         if reply.op == "texture" and reply.buffers:
             timings = reply.get("timings") or {}
-            self._events.append(Texture(session=handle, seq=seq, buffer=reply.buffers[0], timings=timings, sent_at=sent_at, received_at=time.monotonic()))
+            face_found, landmarks = reply.get("face_found"), reply.get("landmarks")
+            self._events.append(Texture(session=handle, seq=seq, buffer=reply.buffers[0], timings=timings, sent_at=sent_at,
+                                        received_at=time.monotonic(), face_found=face_found if isinstance(face_found, bool) else None,
+                                        landmarks=landmarks if isinstance(landmarks, list) else None))
         elif reply.op == "dropped":
             self._events.append(FrameDropped(session=handle, seq=seq))
         elif reply.op == "error":
@@ -324,11 +329,21 @@ class AvatarClient:
         return entries
 
     def open(self, *, avatar: int, driver: str = "image", size: tuple[int, int] | None = None,
-             output_format: str = "rgba8", crop: str = "none") -> int:
-        """Open a session; returns a client-side handle that stays valid across reconnects."""
+             output_format: str = "rgba8", crop: str = "none", landmarks: bool = False,
+             stabilise: bool | dict[str, Any] | None = None) -> int:
+        """Open a session; returns a client-side handle that stays valid across reconnects.
+
+        ``driver``: image | arkit | landmarks. ``crop="auto"``: the server finds and aligns the face in
+        full image frames (``landmarks=True`` returns the 68 points it found with each texture).
+        ``stabilise``: the server's One-Euro filters: None = server defaults, False = off, or a map
+        ``{"pose"|"expression"|"box": {"min_cutoff_hz": .., "beta": ..} | False}``."""
         fields: dict[str, Any] = {"op": "open", "avatar": avatar, "driver": driver, "format": output_format, "crop": crop}
         if size is not None:
             fields["size"] = [int(size[0]), int(size[1])]
+        if landmarks:
+            fields["landmarks"] = True
+        if stabilise is not None:
+            fields["filter"] = stabilise
         reply = self._request(fields)
         handle = self._next_handle
         self._next_handle += 1
@@ -364,11 +379,13 @@ class AvatarClient:
     def can_send(self, session: int) -> bool:
         return self.in_flight(session) < self.max_in_flight
 
-    def send_frame(self, session: int, image: Any, *, timestamp: float | None = None) -> int | None:
+    def send_frame(self, session: int, image: Any, *, timestamp: float | None = None, names: list[str] | None = None) -> int | None:
         """Send a driver frame without blocking. Returns its seq, or None when the window is full.
 
-        ``image``: a numpy H×W×3/4 uint8 (or float32 in [0,1]) array, or a Buffer. A numpy array
-        above 64 KiB is sent zero-copy: do not modify it until its reply arrives."""
+        ``image``: for image sessions a numpy H×W×3/4 uint8 (or float32 in [0,1]) array, or a Buffer;
+        for arkit sessions float32 curves (61 in Live Link Face order, or any with ``names``); for
+        landmarks sessions float32 N×2 points in [0, 1]. A numpy array above 64 KiB is sent
+        zero-copy: do not modify it until its reply arrives."""
         state = self._sessions[session]
         self._ensure_connected()
         if state.needs_reopen:
@@ -378,8 +395,10 @@ class AvatarClient:
         buffer = image if isinstance(image, (RawBuffer, EncodedBuffer)) else protocol.raw_buffer_from_array(image)
         request_id = self._new_request_id()
         seq = state.next_seq
-        header = {"op": "frame", "id": request_id, "session": state.server_id, "seq": seq,
-                  "t": time.time() if timestamp is None else timestamp}
+        header: dict[str, Any] = {"op": "frame", "id": request_id, "session": state.server_id, "seq": seq,
+                                  "t": time.time() if timestamp is None else timestamp}
+        if names is not None:
+            header["names"] = list(names)
         self._send(header, (buffer,), wait_s=0.0)
         state.next_seq += 1
         state.in_flight[request_id] = time.monotonic()

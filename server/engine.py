@@ -8,7 +8,12 @@ Contract for avatar models (written by `megalive-train export`, read here):
              alpha   float32  B×1×H×W  in [0,1]
 
 The sidecar sits beside the model as ``<model stem>.json`` and names the resolution, the avatars,
-the driver kinds the model accepts and the exact command that produced it.
+the driver kinds the model accepts and the exact command that produced it. A model with driver
+adapters (DESIGN §4.5) has one more graph per capture kind beside it, ``<stem>.<kind>.onnx``, with
+the same avatar input and outputs and the capture signal in place of ``driver``:
+
+    arkit      curves     float32  B×61     Live Link Face order (server/protocol.py)
+    landmarks  landmarks  float32  B×68×2   iBUG order, x/y in [0, 1] over the crop
 """
 
 from __future__ import annotations
@@ -38,6 +43,16 @@ class ModelError(Exception):
 
 
 @dataclass(frozen=True)
+class AdapterGraph:
+    """A further driver kind's graph, as the sidecar names it."""
+
+    kind: str
+    model_path: Path
+    input_name: str
+    input_shape: tuple[int, ...]  # per sample
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """What the sidecar says about a model."""
 
@@ -50,6 +65,7 @@ class ModelCard:
     config_hash: str
     thumbnails_path: Path | None
     gflops_per_frame: float | None  # from the exporter's layer count; None for models without it
+    adapters: tuple[AdapterGraph, ...] = ()
 
     @property
     def num_avatars(self) -> int:
@@ -93,6 +109,21 @@ def load_model_card(model_path: str | Path) -> ModelCard:
         raise ModelError(f"{card_path}: missing or malformed field ({error})") from None
     if not avatars:
         raise ModelError(f"{card_path}: the model has no avatars")
+    adapters = []
+    for kind, entry in (card.get("adapters") or {}).items():
+        try:
+            adapter = AdapterGraph(kind=str(kind), model_path=model_path.parent / str(entry["model_file"]),
+                                   input_name=str(entry["input"]["name"]), input_shape=tuple(int(n) for n in entry["input"]["shape"][1:]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelError(f"{card_path}: malformed adapters.{kind} ({error})") from None
+        if kind not in drivers:
+            raise ModelError(f"{card_path}: adapters.{kind} is not among the drivers {list(drivers)}")
+        if not adapter.model_path.is_file():
+            raise ModelError(f"{card_path}: the {kind} graph {adapter.model_path.name} is missing beside the model")
+        adapters.append(adapter)
+    missing = [kind for kind in drivers if kind != "image" and kind not in {a.kind for a in adapters}]
+    if missing:
+        raise ModelError(f"{card_path}: drivers {missing} have no graph under adapters")
     thumbnails = card.get("thumbnails")
     return ModelCard(
         model_path=model_path,
@@ -104,6 +135,7 @@ def load_model_card(model_path: str | Path) -> ModelCard:
         config_hash=str(card.get("config_hash", "")),
         thumbnails_path=(model_path.parent / thumbnails) if thumbnails else None,
         gflops_per_frame=float(card["gflops_per_frame"]) if isinstance(card.get("gflops_per_frame"), (int, float)) else None,
+        adapters=tuple(adapters),
     )
 
 
@@ -158,18 +190,30 @@ class Engine:
         # A GPU provider that fails to start (missing CUDA libraries, say) falls back to the CPU,
         # unless the user named the providers.
         attempts = [chosen] if providers is not None or chosen == ["CPUExecutionProvider"] else [chosen, ["CPUExecutionProvider"]]
-        for attempt in attempts:
-            try:
-                self.session = ort.InferenceSession(str(self.card.model_path), sess_options=options, providers=attempt)
-                break
-            except Exception as error:  # ORT raises its own exception types from C++; re-raised as one line
-                failure = str(error).splitlines()[0] if str(error) else type(error).__name__
-        else:
-            raise ModelError(f"cannot load {self.card.model_path}: {failure}")
+        self.session = self._open_graph(self.card.model_path, options, attempts)
         self._check_contract()
+        # One more ONNX Runtime session per capture kind, on the providers the main graph started with.
+        self._signal_graphs = {
+            adapter.kind: (self._open_graph(adapter.model_path, options, [self.session.get_providers()]), adapter)
+            for adapter in self.card.adapters
+        }
         self.counters = EngineCounters()
         if warmup:
             self.warm_up()
+
+    @staticmethod
+    def _open_graph(path: Path, options: ort.SessionOptions, attempts: list[list[str]]) -> ort.InferenceSession:
+        failure = ""
+        for attempt in attempts:
+            try:
+                return ort.InferenceSession(str(path), sess_options=options, providers=attempt)
+            except Exception as error:  # ORT raises its own exception types from C++; re-raised as one line
+                failure = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelError(f"cannot load {path}: {failure}")
+
+    @property
+    def drivers(self) -> tuple[str, ...]:
+        return self.card.drivers
 
     @property
     def providers(self) -> list[str]:
@@ -192,21 +236,32 @@ class Engine:
             raise ModelError(f"driver input shape {shape} disagrees with the sidecar resolution {self.card.resolution}")
 
     def warm_up(self) -> None:
-        """Run once at batch 1 and at max batch so the first real frames do not pay allocation costs."""
+        """Run every graph once at batch 1 and at max batch so the first real frames do not pay allocation costs."""
         for batch in sorted({1, self.max_batch}):
-            self.run(np.zeros((batch, 3, *self.resolution), np.float32), np.zeros(batch, np.int64))
+            avatars = np.zeros(batch, np.int64)
+            self.run(np.zeros((batch, 3, *self.resolution), np.float32), avatars)
+            for kind, (_, adapter) in self._signal_graphs.items():
+                self.run(np.full((batch, *adapter.input_shape), 0.5, np.float32), avatars, kind=kind)
         self.counters = EngineCounters()
 
-    def run(self, driver: np.ndarray, avatar: np.ndarray) -> EngineOutput:
-        """driver B×3×H×W float32 in [0,1], avatar B int64 -> rgb B×3×H×W, alpha B×1×H×W."""
-        if driver.ndim != 4 or driver.shape[1:] != (3, *self.resolution) or avatar.shape != driver.shape[:1]:
-            raise ValueError(f"engine input shapes {driver.shape} / {avatar.shape} do not match {self.resolution}")
+    def run(self, driver: np.ndarray, avatar: np.ndarray, *, kind: str = "image") -> EngineOutput:
+        """driver: B×3×H×W float32 in [0,1] (kind image) or the capture signal B×… of the kind's graph;
+        avatar: B int64 -> rgb B×3×H×W, alpha B×1×H×W."""
+        if kind == "image":
+            session, input_name, sample_shape = self.session, "driver", (3, *self.resolution)
+        elif kind in self._signal_graphs:
+            session, adapter = self._signal_graphs[kind]
+            input_name, sample_shape = adapter.input_name, adapter.input_shape
+        else:
+            raise ValueError(f"this model has no {kind!r} driver (it has {list(self.card.drivers)})")
+        if driver.shape[1:] != sample_shape or avatar.shape != driver.shape[:1]:
+            raise ValueError(f"engine input shapes {driver.shape} / {avatar.shape} do not match {kind} input {sample_shape}")
         rgbs, alphas = [], []
         for start in range(0, len(driver), self.max_batch):
             began = time.perf_counter()
-            rgb, alpha = self.session.run(
+            rgb, alpha = session.run(
                 ["rgb", "alpha"],
-                {"driver": driver[start : start + self.max_batch], "avatar": avatar[start : start + self.max_batch]},
+                {input_name: driver[start : start + self.max_batch], "avatar": avatar[start : start + self.max_batch]},
             )
             self.counters.infer_seconds += time.perf_counter() - began
             self.counters.runs += 1

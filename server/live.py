@@ -146,6 +146,7 @@ class SessionRequest:
     avatar: int
     driver: str = "image"
     size: tuple[int, int] | None = None  # (height, width); None: the model's resolution
+    stabilise: bool | None = None  # the server's One-Euro filters: None = its defaults, False = off
 
 
 class LiveController:
@@ -217,7 +218,8 @@ class LiveController:
         self._set("live" if self._session is not None else "connected", f"{info.server}, {len(self.avatars)} avatars")
         return True
 
-    def start_live(self, *, avatar: int, size: tuple[int, int] | None = None, driver: str = "image") -> bool:
+    def start_live(self, *, avatar: int, size: tuple[int, int] | None = None, driver: str = "image",
+                   stabilise: bool | None = None) -> bool:
         """Open the live session after ``connect`` (blocking, at most the client timeout).
 
         False (and a detail) when it fails; a refused open leaves the controller connected, to pick again."""
@@ -227,7 +229,7 @@ class LiveController:
         if self._session is not None:
             self.stop_live()
         try:
-            self._session = self._open(SessionRequest(avatar=avatar, driver=driver, size=size))
+            self._session = self._open(SessionRequest(avatar=avatar, driver=driver, size=size, stabilise=stabilise))
         except client_module.ServerGoneError as error:
             self._server_gone(str(error))
             self._session = None
@@ -238,7 +240,8 @@ class LiveController:
         self._went_live("")
         return True
 
-    def connect_and_start_live(self, *, avatar: int, size: tuple[int, int] | None = None, driver: str = "image") -> bool:
+    def connect_and_start_live(self, *, avatar: int, size: tuple[int, int] | None = None, driver: str = "image",
+                               stabilise: bool | None = None) -> bool:
         """hello + open in one user command (blocking, at most the client timeout).
 
         A server that cannot be reached yet is retried in the background like a lost one; a refusal
@@ -246,7 +249,7 @@ class LiveController:
         if self._phase != "disconnected" or self.worker_running:
             self._detail = "already connected"
             return False
-        request = SessionRequest(avatar=avatar, driver=driver, size=size)
+        request = SessionRequest(avatar=avatar, driver=driver, size=size, stabilise=stabilise)
         self._pending_open = request
         try:
             self.client.hello()
@@ -349,7 +352,7 @@ class LiveController:
 
     def _open(self, request: SessionRequest) -> int:
         return self.client.open(avatar=request.avatar, driver=request.driver, size=request.size,
-                                output_format="rgba8", crop="none")
+                                output_format="rgba8", crop="none", stabilise=request.stabilise)
 
     def _start_worker(self) -> None:
         self._phase = "reconnecting"
@@ -425,10 +428,13 @@ class RenderError(RuntimeError):
 
 
 def render_one_frame(client: client_module.AvatarClient, session: int, payload: protocol.Buffer, *,
-                     timeout_s: float) -> protocol.RawBuffer:
-    """Send one driver frame and wait (at most timeout_s) for its rgba8 texture."""
+                     timeout_s: float, timestamp: float | None = None) -> protocol.RawBuffer:
+    """Send one driver frame and wait (at most timeout_s) for its rgba8 texture.
+
+    ``timestamp``: the frame's capture time in seconds (a bake passes its scene time, so the server's
+    filters see the animation's timing, not the bake's speed); None: now."""
     try:
-        seq = client.send_frame(session, payload)
+        seq = client.send_frame(session, payload, timestamp=timestamp)
         if seq is None:
             raise RenderError("the in-flight window is full (a previous frame is still unanswered)")
         deadline = time.monotonic() + timeout_s

@@ -42,6 +42,11 @@ class OneEuroFilter:
         self._speed: np.ndarray | None = None
         self._time: float | None = None
 
+    @property
+    def last(self) -> np.ndarray | None:
+        """The last filtered value (None before the first sample)."""
+        return None if self._value is None else self._value.copy()
+
     def reset(self) -> None:
         self._value = self._speed = self._time = None
 

@@ -41,6 +41,35 @@ ERROR_CODES = (
 )
 
 DRIVER_KINDS = ("image", "landmarks", "arkit")
+
+# An `arkit` frame is one float32 buffer of these 61 values in this order (Live Link Face's packet
+# order): the 52 ARKit blendshapes in [0, 1], then head and eye rotations in radians.
+ARKIT_BLENDSHAPES: tuple[str, ...] = (
+    "eyeBlinkLeft", "eyeLookDownLeft", "eyeLookInLeft", "eyeLookOutLeft", "eyeLookUpLeft",
+    "eyeSquintLeft", "eyeWideLeft",
+    "eyeBlinkRight", "eyeLookDownRight", "eyeLookInRight", "eyeLookOutRight", "eyeLookUpRight",
+    "eyeSquintRight", "eyeWideRight",
+    "jawForward", "jawLeft", "jawRight", "jawOpen",
+    "mouthClose", "mouthFunnel", "mouthPucker", "mouthLeft", "mouthRight",
+    "mouthSmileLeft", "mouthSmileRight", "mouthFrownLeft", "mouthFrownRight",
+    "mouthDimpleLeft", "mouthDimpleRight", "mouthStretchLeft", "mouthStretchRight",
+    "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper",
+    "mouthPressLeft", "mouthPressRight", "mouthLowerDownLeft", "mouthLowerDownRight",
+    "mouthUpperUpLeft", "mouthUpperUpRight",
+    "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
+    "cheekPuff", "cheekSquintLeft", "cheekSquintRight",
+    "noseSneerLeft", "noseSneerRight",
+    "tongueOut",
+)  # fmt: skip
+ARKIT_ROTATIONS: tuple[str, ...] = (
+    "headYaw", "headPitch", "headRoll",
+    "leftEyeYaw", "leftEyePitch", "leftEyeRoll",
+    "rightEyeYaw", "rightEyePitch", "rightEyeRoll",
+)  # fmt: skip
+ARKIT_CURVES: tuple[str, ...] = ARKIT_BLENDSHAPES + ARKIT_ROTATIONS  # 61
+# A `landmarks` frame is one float32 buffer N×2 (or N×3, z ignored) with N = 68 (iBUG order) or 478
+# (mediapipe face mesh): x right, y down, in [0, 1] over the aligned driver crop.
+LANDMARK_COUNTS = (68, 478)
 OUTPUT_FORMATS = ("rgba8", "rgb8", "jpeg")
 CROP_MODES = ("auto", "none")
 CODECS = ("jpeg", "png")

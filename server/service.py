@@ -13,6 +13,8 @@ only shared state and sits behind a condition variable. Receiving never waits on
 
 from __future__ import annotations
 
+import collections
+import importlib.util
 import ipaddress
 import itertools
 import logging
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from server import __version__, imaging
+from server import __version__, capture, drivers, imaging
 from server.engine import Engine
 from server.protocol import (
     CODECS,
@@ -108,6 +110,10 @@ class Session:
     opened_at: float
     last_seen: float
     counters: SessionCounters = field(default_factory=SessionCounters)
+    # Worker-thread state (only the worker touches these after `open`):
+    stabiliser: drivers.SignalStabiliser | None = None  # arkit / landmarks sessions
+    cropper: capture.FaceCropper | None = None  # image sessions with crop "auto"
+    return_landmarks: bool = False  # crop "auto": send the 68 landmarks found with each texture
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -134,6 +140,12 @@ class FrameJob:
     driver: Buffer
     frames: tuple[zmq.Frame, ...]  # keeps the zero-copy receive buffers alive
     received_at: float
+    curve_names: Any = None  # an arkit frame's optional names list (checked by the worker)
+
+    @property
+    def signal_time_s(self) -> float:
+        """When the capture was taken, for the One-Euro filters: the client's stamp, else arrival."""
+        return self.client_time if self.client_time is not None else self.received_at
 
 
 @dataclass
@@ -167,6 +179,8 @@ class AvatarService:
         self._worker: threading.Thread | None = None
         self.bound_address: str | None = None
         self._thumbnails = engine.thumbnails()
+        self._retired_croppers: collections.deque[capture.FaceCropper] = collections.deque()  # closed by the worker
+        self._can_crop = importlib.util.find_spec("mediapipe") is not None
         self._handlers = {
             "hello": self._on_hello,
             "avatars": self._on_avatars,
@@ -322,7 +336,7 @@ class AvatarService:
             "capabilities": {
                 "drivers": list(card.drivers),
                 "formats": list(OUTPUT_FORMATS),
-                "crops": ["none"],
+                "crops": ["none", "auto"] if self._can_crop else ["none"],
                 "codecs": list(CODECS),
                 "enroll": False,
             },
@@ -350,6 +364,7 @@ class AvatarService:
         output_format = request.get("format", "rgba8")
         crop = request.get("crop", "none")
         size = request.get("size", list(self.engine.resolution))
+        return_landmarks = request.get("landmarks", False)
         if driver not in DRIVER_KINDS:
             raise ProtocolError("bad_request", f"driver {driver!r} not one of {list(DRIVER_KINDS)}", request_id=rid)
         if driver not in self.engine.card.drivers:
@@ -358,8 +373,11 @@ class AvatarService:
             raise ProtocolError("bad_request", f"format {output_format!r} not one of {list(OUTPUT_FORMATS)}", request_id=rid)
         if crop not in CROP_MODES:
             raise ProtocolError("bad_request", f"crop {crop!r} not one of {list(CROP_MODES)}", request_id=rid)
-        if crop != "none":
-            raise ProtocolError("bad_request", "crop 'auto' is not available on this server yet; send aligned face crops with crop 'none'", request_id=rid)
+        if crop == "auto" and driver != "image":
+            raise ProtocolError("bad_request", f"crop 'auto' is for image drivers; {driver} frames are not pictures", request_id=rid)
+        if not isinstance(return_landmarks, bool) or (return_landmarks and crop != "auto"):
+            raise ProtocolError("bad_request", "landmarks: true needs crop 'auto' (the server finds them while cropping)", request_id=rid)
+        filter_config = drivers.filter_config_from_request(request.get("filter"), kind=driver, request_id=rid)
         if (
             not isinstance(size, list)
             or len(size) != 2
@@ -372,6 +390,12 @@ class AvatarService:
             raise ProtocolError("unknown_avatar", f"avatar {avatar} does not exist (this model has {self.engine.card.num_avatars})", request_id=rid)
         if len(self.sessions) >= self.config.max_sessions:
             raise ProtocolError("busy", f"the server holds its maximum of {self.config.max_sessions} sessions", request_id=rid)
+        cropper = None
+        if crop == "auto":
+            try:
+                cropper = capture.FaceCropper(config=capture.CropConfig(output_size=self.engine.resolution[0], box_filter=filter_config.box))
+            except capture.CaptureUnavailable as error:
+                raise ProtocolError("bad_request", f"crop 'auto' is unavailable on this server: {error}", request_id=rid) from None
         now = time.monotonic()
         session = Session(
             session_id=next(self._session_ids),
@@ -383,6 +407,9 @@ class AvatarService:
             crop=crop,
             opened_at=now,
             last_seen=now,
+            stabiliser=drivers.SignalStabiliser(kind=driver, config=filter_config) if driver != "image" else None,
+            cropper=cropper,
+            return_landmarks=return_landmarks,
         )
         self.sessions[session.session_id] = session
         self._reply(router, peer, {"op": "open", "id": rid, "session": session.session_id, "size": size, "format": output_format})
@@ -427,6 +454,7 @@ class AvatarService:
             driver=request.buffers[0],
             frames=frames,
             received_at=time.perf_counter(),
+            curve_names=request.get("names"),
         )
         with self._pending_cv:
             superseded = self._pending.get(session.session_id)
@@ -443,6 +471,12 @@ class AvatarService:
         self.sessions.pop(session.session_id, None)
         with self._pending_cv:
             self._pending.pop(session.session_id, None)
+        if session.cropper is not None:
+            self._retired_croppers.append(session.cropper)  # the worker may be cropping with it right now
+
+    def _close_retired_croppers(self) -> None:
+        while self._retired_croppers:
+            self._retired_croppers.popleft().close()
 
     def _close_sessions_of(self, peer: bytes) -> None:
         for session in [s for s in self.sessions.values() if s.peer == peer]:
@@ -473,6 +507,7 @@ class AvatarService:
         claimed: list[FrameJob] = []
         try:
             while not self._stop.is_set():
+                self._close_retired_croppers()
                 jobs = claimed or self._take_batch(wait=True)
                 replies = self._render(jobs) if jobs else []
                 # Claim the next frames before the clients hear back: a client answered now sends a
@@ -482,42 +517,75 @@ class AvatarService:
                     results.send_multipart([peer, *frames], copy=False)
         finally:
             results.close(linger=0)
+            for session in list(self.sessions.values()):
+                if session.cropper is not None:
+                    self._retired_croppers.append(session.cropper)
+            self._close_retired_croppers()
+
+    def _prepare(self, job: FrameJob) -> tuple[np.ndarray, dict[str, Any]]:
+        """A job's engine input (one sample) and the extra reply fields; ProtocolError for a bad frame."""
+        session, rid = job.session, job.request_id
+        if session.driver == "arkit":
+            curves = drivers.arkit_curves(job.driver, job.curve_names, request_id=rid)
+            return session.stabiliser(curves, job.signal_time_s), {}
+        if session.driver == "landmarks":
+            return session.stabiliser(drivers.landmarks_68(job.driver, request_id=rid), job.signal_time_s), {}
+        image = imaging.decode_driver_image(job.driver, request_id=rid)
+        if session.cropper is None:
+            return imaging.resize_rgb(image, self.engine.resolution), {}
+        crop_began = time.perf_counter()
+        try:
+            cropped = session.cropper(np.ascontiguousarray(image), job.signal_time_s)
+        except capture.NoFaceError:
+            raise ProtocolError("bad_request", "no face found in the frame (crop 'auto'); nothing to reuse yet", request_id=rid) from None
+        extra: dict[str, Any] = {"face_found": cropped.face_found, "crop_ms": 1000.0 * (time.perf_counter() - crop_began)}
+        if session.return_landmarks:
+            extra["landmarks"] = cropped.landmarks.round(5).tolist()  # 68 [x, y] in [0, 1] over the crop
+        return imaging.resize_rgb(cropped.image, self.engine.resolution), extra
 
     def _render(self, jobs: list[FrameJob]) -> list[tuple[bytes, list]]:
-        """Decode, batch, infer and encode; returns (peer, reply frames) per job. Never raises."""
+        """Decode, batch (one engine call per driver kind), infer and encode; (peer, reply frames) per job. Never raises."""
         replies: list[tuple[bytes, list]] = []
         began = time.perf_counter()
-        images, good = [], []
+        by_kind: dict[str, list[tuple[FrameJob, np.ndarray, dict[str, Any]]]] = {}
         for job in jobs:
             try:
-                images.append(imaging.resize_rgb(imaging.decode_driver_image(job.driver, request_id=job.request_id), self.engine.resolution))
-                good.append(job)
+                sample, extra = self._prepare(job)
+                by_kind.setdefault(job.session.driver, []).append((job, sample, extra))
             except ProtocolError as error:
                 job.session.counters.bad_frames += 1
                 self.counters.bad_frames += 1
                 replies.append((job.session.peer, error_frames(error.code, error.message, request_id=job.request_id)))
-        if not good:
-            return replies
         decoded = time.perf_counter()
+        for kind, prepared in by_kind.items():
+            replies += self._infer_and_encode(kind, prepared, began=began, decoded=decoded, batch_jobs=len(jobs))
+        return replies
+
+    def _infer_and_encode(self, kind: str, prepared: list[tuple[FrameJob, np.ndarray, dict[str, Any]]], *, began: float, decoded: float,
+                          batch_jobs: int) -> list[tuple[bytes, list]]:
+        good = [job for job, _, _ in prepared]
+        samples = [sample for _, sample, _ in prepared]
+        batch = imaging.to_engine_batch(samples) if kind == "image" else np.stack(samples).astype(np.float32)
+        infer_began = time.perf_counter()
         try:
-            output = self.engine.run(imaging.to_engine_batch(images), np.array([job.session.avatar for job in good], np.int64))
+            output = self.engine.run(batch, np.array([job.session.avatar for job in good], np.int64), kind=kind)
         except Exception as error:  # the engine is C++; one bad batch must not kill the worker
             log.exception("engine failed")
             for job in good:
                 job.session.counters.bad_frames += 1
-                replies.append((job.session.peer, error_frames("internal", f"engine failed: {error}", request_id=job.request_id)))
-            return replies
+            return [(job.session.peer, error_frames("internal", f"engine failed: {error}", request_id=job.request_id)) for job in good]
         inferred = time.perf_counter()
         pixels = imaging.to_texture_pixels(output.rgb, output.alpha)  # B×H×W×4 uint8, one pass for the batch
-        for index, job in enumerate(good):
+        replies = []
+        for index, (job, _, extra) in enumerate(prepared):
             session = job.session
             encode_began = time.perf_counter()
             buffer = imaging.encode_texture(pixels[index], output_format=session.output_format, size=session.size)
             session.counters.rendered += 1
             timings = {
-                "decode": 1000.0 * (decoded - began) / len(jobs),
-                "crop": 0.0,
-                "infer": 1000.0 * (inferred - decoded),
+                "decode": 1000.0 * (decoded - began) / batch_jobs,
+                "crop": extra.pop("crop_ms", 0.0),
+                "infer": 1000.0 * (inferred - infer_began),
                 "encode": 1000.0 * (time.perf_counter() - encode_began),
                 "queue": 1000.0 * (began - job.received_at),
                 "batch": len(good),
@@ -530,6 +598,7 @@ class AvatarService:
                 "t": job.client_time,
                 "timings": timings,
                 "alpha": session.output_format == "rgba8",
+                **extra,
             }
             replies.append((session.peer, encode(header, (buffer,))))
         return replies

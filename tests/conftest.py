@@ -76,3 +76,27 @@ def future_protocol_server():
     stop.set()
     thread.join()
     peer_socket.close()
+
+
+@pytest.fixture(scope="session")
+def multi_driver_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 64×64, 3-avatar untrained student with untrained arkit and landmarks adapters, exported together
+    (tests what the server does with the three driver kinds, not looks)."""
+    import torch
+
+    from models.export import ExtraDriver, export_avatar_model
+    from models.megaportraits.adapters import ADAPTER_INPUTS, ADAPTER_KINDS, AdaptedStudent, DriverAdapter, adapter_config
+    from models.megaportraits.student import Student, student_config
+
+    torch.manual_seed(0)
+    student = Student(config=student_config("tiny", num_avatars=3))
+    extras = [
+        ExtraDriver(kind=kind, module=AdaptedStudent(student=student, adapter=DriverAdapter(config=adapter_config(kind, student=student.config))),
+                    input_name=ADAPTER_INPUTS[kind][0], input_shape=ADAPTER_INPUTS[kind][1], config={"kind": kind})
+        for kind in ADAPTER_KINDS
+    ]
+    out = tmp_path_factory.mktemp("models") / "student.onnx"
+    report = export_avatar_model(student, out_path=out, resolution=(64, 64), avatar_names=["ada", "bo", "cy"],
+                                 command="tests/conftest.py multi_driver_model_path", config={"preset": "tiny"}, extra_drivers=extras)
+    assert report.max_abs_error < 1e-4
+    return out

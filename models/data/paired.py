@@ -25,6 +25,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -249,3 +250,38 @@ class PairedHeads(Dataset):
         driver = torch.from_numpy(np.array(self.driver_rgba[index, :, :, :3])).permute(2, 0, 1).float().div(255)  # H×W×3 -> 3×H×W
         target = torch.from_numpy(np.array(self.target_rgba[index])).permute(2, 0, 1).float().div(255)  # H×W×4 -> 4×H×W
         return driver, target[:3], target[3:], int(self.avatar_index[index])
+
+
+class SignalPair(NamedTuple):
+    """One pair with the driver's capture signals (what `megalive-train adapter` reads)."""
+
+    driver: torch.Tensor  # 3×H×W in [0, 1]
+    target_rgb: torch.Tensor  # 3×H×W
+    target_alpha: torch.Tensor  # 1×H×W
+    avatar: int
+    curves: torch.Tensor  # 61: the exact motion as ARKit wire curves (Motion.arkit_curves)
+    framing: torch.Tensor  # 3: tx, ty, scale offset (Motion.framing)
+    landmarks: torch.Tensor  # 68×2: the driver's landmarks, x/y in [0, 1] over the frame
+
+
+class PairedSignals(PairedHeads):
+    """PairedHeads plus, per pair, the motion as ARKit curves and the driver's landmarks."""
+
+    def __init__(self, *, root: Path) -> None:
+        super().__init__(root=root)
+        count = self.meta.num_pairs
+        try:
+            with np.load(self.meta.root / "motions.npz", allow_pickle=False) as arrays:
+                motions = Motion.from_arrays({name: arrays[name] for name in arrays.files})
+        except (OSError, ValueError, KeyError) as error:
+            raise DatasetError(f"{self.meta.root / 'motions.npz'} is missing or corrupt: {error}") from None
+        if len(motions) != count:
+            raise DatasetError(f"{self.meta.root / 'motions.npz'} holds {len(motions)} motions for {count} pairs")
+        self.curves = motions.arkit_curves().float()  # M×61
+        self.framing = motions.framing().float()  # M×3
+        self.driver_landmarks = _load_array(self.meta.root / "driver_landmarks.npy", shape=(count, 68, 2), dtype=np.float32)
+
+    def __getitem__(self, index: int) -> SignalPair:  # type: ignore[override]
+        driver, target_rgb, target_alpha, avatar = super().__getitem__(index)
+        landmarks = torch.from_numpy(np.array(self.driver_landmarks[index])) / self.meta.resolution  # pixels -> [0, 1]
+        return SignalPair(driver, target_rgb, target_alpha, avatar, self.curves[index], self.framing[index], landmarks)

@@ -59,6 +59,16 @@ MODELLED_BLENDSHAPES: tuple[str, ...] = tuple(
 )
 
 NUM_LANDMARKS = 68
+
+# Performance capture speaks in Live Link Face's 61 curves: the 52 blendshapes, then head and eye
+# rotations in radians (the wire protocol's `arkit` frame; server/protocol.py, which models never
+# imports, holds the same list and a test checks they agree).
+ARKIT_ROTATIONS: tuple[str, ...] = (
+    "headYaw", "headPitch", "headRoll",
+    "leftEyeYaw", "leftEyePitch", "leftEyeRoll",
+    "rightEyeYaw", "rightEyePitch", "rightEyeRoll",
+)  # fmt: skip
+ARKIT_CURVES: tuple[str, ...] = ARKIT_BLENDSHAPES + ARKIT_ROTATIONS  # 61
 DEFAULT_SCALE = 0.68  # skull half-height in image half-heights
 
 
@@ -191,6 +201,18 @@ class Motion(_TensorBatch):
             if value is not None:
                 out = dataclasses.replace(out, **{name: torch.full_like(getattr(out, name), value)})
         return out
+
+
+    def arkit_curves(self) -> Tensor:
+        """The motion as the 61 wire curves: B×61. Eye rotations are zero: the renderer's gaze is the
+        eyeLook* blendshapes. Translation and scale have no ARKit curve (see ``framing``)."""
+        rotations = torch.zeros(len(self), len(ARKIT_ROTATIONS), dtype=self.expression.dtype)
+        rotations[:, 0], rotations[:, 1], rotations[:, 2] = self.yaw, self.pitch, self.roll
+        return torch.cat([self.expression, rotations], dim=1)  # B×52 + B×9
+
+    def framing(self) -> Tensor:
+        """B×3: head translation and scale offset (tx, ty, scale - DEFAULT_SCALE), which ARKit lacks."""
+        return torch.stack([self.tx, self.ty, self.scale - DEFAULT_SCALE], dim=1)
 
 
 @dataclass(frozen=True)

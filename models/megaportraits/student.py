@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.blocks import ConvNormAct, DownBlock, IdentityHidden, ResBlock, SPADEResBlock, resize
+from models.blocks import ConvNormAct, DownBlock, IdentityHidden, ResBlock, SPADEResBlock, group_count, resize
 
 MAX_IDENTITY_SIZE = 64
+LEAKY_SLOPE = 0.2  # before the output head, as in SPADE-GAN's generator
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,10 @@ class IdentityDecoder(nn.Module):
                 SPADEResBlock(channels=channels, hidden_channels=config.spade_hidden_channels, upsample_factor=factor)
                 for _ in range(count)
             ))  # fmt: skip
+        # Normalise and leaky-ReLU before the head: the last stage ends in a sum (residual or skip),
+        # and a plain ReLU there died in training (measured: 13 of 16 channels of the first shipped
+        # model were never positive), which left a blurry average face.
+        self.head_norm = nn.GroupNorm(group_count(decoder_channels[-1]), decoder_channels[-1])
         # rgb + alpha at full resolution: 3×3 conv to 4·2·2 channels at H/2, then pixel shuffle
         # (cheaper on CPU than upsampling the features and convolving at H).
         self.head = nn.Conv2d(decoder_channels[-1], 4 * 2 * 2, 3, padding=1)
@@ -182,7 +187,7 @@ class IdentityDecoder(nn.Module):
             hidden_map = hidden(condition)  # B×C_hidden×min(S,r)×min(S,r)
             for block in blocks:
                 x = block(x, hidden_map)
-        logits = self.head(F.relu(x))  # B×16×H/2×W/2
+        logits = self.head(F.leaky_relu(self.head_norm(x), LEAKY_SLOPE))  # B×16×H/2×W/2
         return F.pixel_shuffle(logits, 2)  # B×(4·2·2)×H/2×W/2 -> B×4×H×W
 
 
@@ -217,8 +222,12 @@ class Student(nn.Module):
 
     def forward(self, driver: Tensor, avatar: Tensor) -> StudentOutput:
         """driver: B×3×H×W in [0, 1]; avatar: B int64 indices into the identity tensors."""
+        return self.decode(self.encoder(driver), avatar)
+
+    def decode(self, driving_code: list[Tensor], avatar: Tensor) -> StudentOutput:
+        """The identity decoder on a driving code: the encoder's features (finest first) or a driver adapter's."""
         identity = self.identity[avatar]  # N×C_id×S×S -> B×C_id×S×S
-        logits = self.decoder(self.encoder(driver), identity)  # B×4×H×W
+        logits = self.decoder(driving_code, identity)  # B×4×H×W
         rgb_logits, alpha_logits = logits.split([3, 1], dim=1)  # -> B×3×H×W, B×1×H×W
         return StudentOutput(rgb=torch.sigmoid(rgb_logits), alpha=torch.sigmoid(alpha_logits))
 

@@ -21,12 +21,12 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
 from pytorch_msssim import ssim
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
 from models.data.paired import PairedHeads, save_png
@@ -112,8 +112,16 @@ class StudentLosses:
         return {name: float(getattr(self, name).detach()) for name in ("total", "l1", "ssim", "mask")}
 
 
+class LossWeights(Protocol):
+    """The weights student_losses reads (the student's and the adapters' training configs have them)."""
+
+    l1_weight: float
+    ssim_weight: float
+    mask_weight: float
+
+
 def student_losses(rgb: torch.Tensor, alpha: torch.Tensor, target_rgb: torch.Tensor, target_alpha: torch.Tensor,
-                   config: StudentTrainConfig) -> StudentLosses:
+                   config: LossWeights) -> StudentLosses:
     l1 = F.l1_loss(rgb, target_rgb)
     structural = 1 - ssim(rgb, target_rgb, data_range=1.0, size_average=True)
     mask = F.l1_loss(alpha, target_alpha)
@@ -121,7 +129,7 @@ def student_losses(rgb: torch.Tensor, alpha: torch.Tensor, target_rgb: torch.Ten
     return StudentLosses(total=total, l1=l1, ssim=structural, mask=mask)
 
 
-def _save_atomic(payload: dict[str, Any], path: Path) -> None:
+def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     torch.save(payload, temporary)
     temporary.replace(path)
@@ -162,6 +170,20 @@ class TrainSummary:
     samples_per_second: float
 
 
+def adam_with_cosine(parameters: Iterable[torch.nn.Parameter], *, learning_rate: float, final_learning_rate: float,
+                     steps: int) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.CosineAnnealingLR]:
+    """Adam (0.9, 0.999) and a cosine schedule from learning_rate to final_learning_rate over steps."""
+    optimiser = torch.optim.Adam(parameters, lr=learning_rate, betas=(0.9, 0.999))
+    return optimiser, torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps, eta_min=final_learning_rate)
+
+
+def endless_batches(dataset: Dataset, *, batch_size: int, workers: int, seed: int, step: int) -> Iterator[Any]:
+    """Batches drawn with replacement, forever; seeded by (seed, step) so a resumed run draws anew."""
+    generator = torch.Generator().manual_seed(seed * 7919 + step)
+    sampler = RandomSampler(dataset, replacement=True, num_samples=10**9, generator=generator)
+    return iter(DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, persistent_workers=workers > 0))
+
+
 def train_student(config: StudentTrainConfig, *, progress: bool = True) -> TrainSummary:
     check_config(config)
     dataset = PairedHeads(root=Path(config.data))
@@ -174,8 +196,8 @@ def train_student(config: StudentTrainConfig, *, progress: bool = True) -> Train
     if model_config.resolution != dataset.meta.resolution:
         raise TrainingError(f"preset {config.preset!r} is {model_config.resolution} px but the dataset is {dataset.meta.resolution} px")
     model = Student(config=model_config)
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.999))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.steps, eta_min=config.final_learning_rate)
+    schedule = {"learning_rate": config.learning_rate, "final_learning_rate": config.final_learning_rate, "steps": config.steps}
+    optimiser, scheduler = adam_with_cosine(model.parameters(), **schedule)
     step = 0
     if checkpoint_path.exists():
         checkpoint = load_checkpoint(checkpoint_path)
@@ -184,8 +206,7 @@ def train_student(config: StudentTrainConfig, *, progress: bool = True) -> Train
             raise TrainingError(f"{checkpoint_path} belongs to another run (preset {saved.get('preset')!r}, data {saved.get('data')!r}); "
                                 "use a new --run folder")
         model = student_from_checkpoint(checkpoint)
-        optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.999))
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.steps, eta_min=config.final_learning_rate)
+        optimiser, scheduler = adam_with_cosine(model.parameters(), **schedule)
         optimiser.load_state_dict(checkpoint["optimiser"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         step = int(checkpoint["step"])
@@ -193,10 +214,7 @@ def train_student(config: StudentTrainConfig, *, progress: bool = True) -> Train
     (run_dir / "config.json").write_text(json.dumps({"train": asdict(config), "model": asdict(model_config),
                                                      "dataset": {"root": config.data, "command": dataset.meta.command,
                                                                  "avatar_names": list(dataset.meta.avatar_names)}}, indent=2) + "\n")
-    generator = torch.Generator().manual_seed(config.seed * 7919 + step)
-    sampler = RandomSampler(dataset, replacement=True, num_samples=10**9, generator=generator)
-    loader = iter(DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-                             persistent_workers=config.workers > 0))
+    loader = endless_batches(dataset, batch_size=config.batch_size, workers=config.workers, seed=config.seed, step=step)
     augment_generator = torch.Generator().manual_seed(config.seed * 104729 + step)
     model.train()
     losses: StudentLosses | None = None
@@ -220,7 +238,7 @@ def train_student(config: StudentTrainConfig, *, progress: bool = True) -> Train
                 log.write(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], **floats}) + "\n")
                 log.flush()
             if step % config.checkpoint_every == 0 or step == config.steps:
-                _save_atomic({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
+                save_checkpoint({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
                               "step": step, "rng_torch": torch.get_rng_state(), "model_config": asdict(model_config),
                               "train_config": asdict(config), "avatar_names": list(dataset.meta.avatar_names)}, checkpoint_path)
                 with torch.no_grad():

@@ -22,6 +22,7 @@ from server.client import AvatarClient, Texture
 from server.engine import Engine
 from server.protocol import Buffer, EncodedBuffer, raw_buffer_from_bytes
 from server.service import AvatarService, ServiceConfig
+from tests.blender_addon.bpy_helpers import image_as_texture, tick_until
 from tests.blender_addon.conftest import write_test_movie
 from tests.conftest import free_tcp_port
 
@@ -101,22 +102,6 @@ def server_texture_of(address: str, payload: Buffer, avatar: int) -> np.ndarray:
                 if isinstance(event, Texture) and event.seq == seq:
                     return event.buffer.array().copy()
     raise AssertionError("no texture from the server")
-
-
-def image_as_texture(image: bpy.types.Image) -> np.ndarray:
-    width, height = image.size
-    flat = np.empty(width * height * 4, dtype=np.float32)
-    image.pixels.foreach_get(flat)
-    return flat.reshape(height, width, 4)[::-1]  # Blender rows are bottom-up
-
-
-def tick_until(ui: ModuleType, condition, *, timeout_s: float = 10.0) -> None:
-    """Call the timer function like Blender would, until condition()."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"condition not met; status: {ui.status_line()}"
-        assert ui.live_tick() == ui.TICK_INTERVAL_S
-        time.sleep(0.005)
 
 
 def test_live_texture_equals_the_servers_and_survives_a_restart(addon: ModuleType, server: AvatarService, engine: Engine,

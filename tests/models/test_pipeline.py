@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from models.data.paired import PairedHeads, SynthConfig, write_paired_dataset
+from models.data.paired import PairedHeads
 from models.megaportraits.train_student import StudentTrainConfig, train_student
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -18,23 +17,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def train_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "models.cli", *args], capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "synth"
-    write_paired_dataset(out, SynthConfig(resolution=64, num_avatars=3, num_driver_identities=6, num_motions=48, batch_size=16),
-                         command="tests: write_paired_dataset", progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("runs") / "student"
-    train_student(StudentTrainConfig(data=str(tiny_dataset), run_dir=str(run), preset="tiny", steps=100, batch_size=8,
-                                     learning_rate=3e-3, log_every=10, checkpoint_every=50, workers=0, command="tests"),
-                  progress=False)
-    return run
 
 
 def test_synth_writes_frames_masks_landmarks_parameters_and_a_sheet(tiny_dataset: Path) -> None:

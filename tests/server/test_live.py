@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server import protocol
+from server import imaging, protocol
 from server.client import AvatarClient
 from server.engine import Engine
 from server.live import DriverError, ImageSequenceFiles, LiveConfig, LiveController
@@ -172,3 +172,43 @@ def test_image_sequence_files(tmp_path: Path) -> None:
     (tmp_path / "take.mp4").write_bytes(b"")
     with pytest.raises(DriverError, match="neither"):
         ImageSequenceFiles(tmp_path / "take.mp4", file_means_its_folder=False)
+
+
+def test_the_live_session_opens_with_the_stabilise_choice(multi_driver_model_path: Path) -> None:
+    """start_live(stabilise=False) reaches the server: an arkit session renders its curves unfiltered."""
+    engine = Engine(model_path=multi_driver_model_path)
+    service = AvatarService(engine=engine, config=ServiceConfig(bind="tcp://127.0.0.1:*"))
+    service.start()
+    controller = LiveController(config=LiveConfig(server=service.bound_address))
+    try:
+        assert controller.connect() and controller.start_live(avatar=2, driver="arkit", stabilise=False)
+        curves = [np.zeros(len(protocol.ARKIT_CURVES), np.float32), np.zeros(len(protocol.ARKIT_CURVES), np.float32)]
+        curves[1][17] = 1.0  # jawOpen: a step that a filter would soften
+        textures = []
+        for step, frame in enumerate(curves):
+            texture = None
+            deadline = time.monotonic() + 10
+            source = CurvesSource(step, frame)
+            while texture is None:
+                assert time.monotonic() < deadline, controller.detail
+                texture = controller.tick(source)
+                time.sleep(0.01)
+            textures.append(texture.buffer.array())
+        expected = engine.run(curves[1][None], np.array([2]), kind="arkit")
+        np.testing.assert_array_equal(textures[1], imaging.to_texture_pixels(expected.rgb, expected.alpha)[0])
+    finally:
+        controller.close()
+        service.stop()
+
+
+class CurvesSource:
+    """A DriverSource of one fixed ARKit frame."""
+
+    def __init__(self, key: int, curves: np.ndarray) -> None:
+        self.key, self.curves = key, curves
+
+    def frame_key(self) -> int:
+        return self.key
+
+    def payload(self, key: Hashable) -> protocol.Buffer:
+        return protocol.raw_buffer_from_array(self.curves)

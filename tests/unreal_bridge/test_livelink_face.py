@@ -695,3 +695,10 @@ def test_replay_over_udp_reaches_the_receiver(tmp_path: Path) -> None:
         assert replay_take(path, address=(LOOPBACK, receiver.port), speed=math.inf) == 20
         poll_until(receiver, lambda: receiver.stats().received == 20)
         assert receiver.latest("replayed").time.frame == 19
+
+
+def test_curve_names_are_the_wire_protocols() -> None:
+    """The receiver keeps its own copy (it imports the standard library only); the order must be the protocol's."""
+    from server import protocol
+
+    assert CURVE_NAMES == protocol.ARKIT_CURVES

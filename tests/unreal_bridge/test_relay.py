@@ -136,3 +136,34 @@ def test_relay_loop_forwards_new_frames_records_the_take_and_stops_on_request(se
     assert result == [0]
     assert "forwarded" in out.getvalue() and "stopped after forwarding" in out.getvalue()
     assert len(list(read_take(tmp_path / "take.llf"))) >= 1
+
+
+def test_relay_drives_an_avatar_model_with_an_arkit_input(multi_driver_model_path: Path) -> None:
+    """Live Link Face packets in, textures rendered by the model's ARKit graph out (no errors)."""
+    import socket
+    import threading
+
+    arkit_service = AvatarService(engine=Engine(model_path=multi_driver_model_path), config=ServiceConfig(bind="tcp://127.0.0.1:*"))
+    arkit_service.start()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out, err, stop = io.StringIO(), io.StringIO(), threading.Event()
+    result: list[int] = []
+    config = RelayConfig(server=arkit_service.bound_address, avatar=1, listen="127.0.0.1", port=port, progress_interval_s=0.2)
+    relay = threading.Thread(target=lambda: result.append(run_relay(config, stop=stop, out=out, err=err)))
+    relay.start()
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        deadline = time.monotonic() + 20
+        while not any(line.startswith("forwarded") and "rendered 0 " not in line for line in out.getvalue().splitlines()):
+            assert time.monotonic() < deadline, (out.getvalue(), err.getvalue())
+            sender.sendto(encode_packet(face_frame(offset=(time.monotonic() % 1) * 0.1)), ("127.0.0.1", port))  # curves stay in [0, 1]
+            time.sleep(0.02)
+    finally:
+        sender.close()
+        stop.set()
+        relay.join(timeout=10)
+        arkit_service.stop()
+    assert result == [0] and err.getvalue() == ""
+    assert "arkit session open" in out.getvalue() and "errors 0" in out.getvalue()
