@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 TORCH  := torch==2.13.0
 STUDENT_STEPS ?= 4000
-ADAPTER_STEPS ?= 1200
+ADAPTER_STEPS ?= 800
 
 BIN    := $(VENV)/bin
 

@@ -324,7 +324,7 @@ def _base(args: argparse.Namespace) -> int:
             print(json.dumps(resolved_config(config, world_size=world_size_from_environment(), device=device, data=data), indent=2))
             return 0
         summary = train_base(config, stop_at=args.stop_at)
-    except (TrainingError, ValueError) as error:
+    except (TrainingError, ValueError, OSError) as error:
         print(f"megalive-train base: {error}", file=sys.stderr)
         return 2
     if summary.rank == 0:

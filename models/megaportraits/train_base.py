@@ -1,0 +1,629 @@
+"""Train the MegaPortraits base model (the teacher, DESIGN.md §4.1): one trainer for CPU and GPU.
+
+Plain (one process) or under ``torchrun --nproc_per_node=N`` (DistributedDataParallel: gloo on CPU,
+nccl on CUDA, one process per GPU). Each rank draws its own shard with a DistributedSampler (set_epoch
+per epoch); rank 0 alone logs, writes TensorBoard and checkpoints.
+
+One step, per batch element (a ReenactmentSample): the source s, its clip's driver d and another
+video's driver d*; both drivers are augmented (thin-plate-spline warp, strong colour jitter), then
+
+    x_{s→d}  = G(s, aug(d))   target d                      (self-reenactment)
+    x_{s→d*} = G(s, aug(d*))  target: s's identity in d*'s motion (SyntheticHeads has it)
+
+Generator loss (λ from DESIGN.md §4.1 via ``LossWeights``; the reconstruction and mask terms are this
+project's: without local perceptual weights the L1 is what ties the output to its target):
+
+    λ_l1 · L1 on the foreground + λ_mask · L1(alpha, mask) + perceptual (only networks with weights files)
+    + λ_adv · hinge + λ_fm · feature matching (multi-scale PatchGAN on foreground-masked images)
+    + λ_cycle · contrastive loss on E_mtn's z: z(x_{s→d}) pulled to z(d), pushed from the other drivers
+
+then one discriminator step (hinge). AdamW (0.5, 0.999), weight decay 1e-2, cosine learning rate
+2e-4 -> 1e-6 for both networks. Mixed precision (``amp``) only on CUDA: bfloat16 where supported,
+else float16 with a gradient scaler.
+
+A run folder holds config.json (the resolved config: training, model, discriminator, losses with which
+perceptual networks ran, data, processes), checkpoint.pt (unwrapped generator and discriminator,
+both optimisers and schedulers, gradient scaler, step, and the resolved config; tensors only, written
+under a temporary name then renamed, loaded with weights_only=True), log.jsonl, samples.png and
+tensorboard/ (scalars and image grids).
+
+Exact resume: weights, optimisers, schedulers and step come from the checkpoint; the data order is a
+function of (seed, epoch, rank) and each step's randomness (dropout, augmentation) is seeded from
+(seed, rank, step), so a resumed run continues exactly as the uninterrupted one (same number of
+processes; a different number is refused). Exactly means bit for bit on the CPU with the same number of
+threads (OMP_NUM_THREADS changes the order of float sums); on a GPU, up to CUDA's nondeterministic
+kernels (grid_sample's backward adds atomically). ``stop_at`` ends a run early at a step, as an interruption
+would, while the schedule still spans ``steps``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from models.data.paired import save_png
+from models.data.synthetic import contact_sheet
+from models.data.synthetic_pairs import ReenactmentSample, SyntheticPairs, SyntheticPairsConfig, derived_seed
+from models.losses import (
+    DiscriminatorConfig,
+    LossConfig,
+    LossWeights,
+    MultiScaleDiscriminator,
+    PerceptualLoss,
+    WeightsFileError,
+    cycle_contrastive_loss,
+    feature_matching_loss,
+    foreground,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+    masked_l1,
+    other_drivers,
+)
+from models.megaportraits.appearance import Appearance
+from models.megaportraits.augment import DriverAugmentation
+from models.megaportraits.base import BASE_PRESETS, BaseConfig, BaseModel, base_config
+from models.megaportraits.motion import Motion
+from models.megaportraits.train_student import TrainingError, load_checkpoint, save_checkpoint
+
+CHECKPOINT_KIND = "megaportraits-base"
+DEVICES = ("auto", "cpu", "cuda")
+
+# Multi-scale PatchGAN per preset (this project's widths; the paper's published code uses pix2pixHD's).
+DISCRIMINATOR_PRESETS: dict[str, DiscriminatorConfig] = {
+    "tiny": DiscriminatorConfig(scales=2, channels=(16, 32, 64)),
+    "cpu128": DiscriminatorConfig(scales=2, channels=(32, 64, 128, 256)),
+    "paper256": DiscriminatorConfig(scales=2, channels=(64, 128, 256, 512)),
+    "paper512": DiscriminatorConfig(scales=2, channels=(64, 128, 256, 512)),
+}
+
+
+@dataclass(frozen=True)
+class BaseTrainConfig:
+    run_dir: str
+    preset: str = "cpu128"
+    data: str = "synthetic"  # "synthetic" (SyntheticHeads, rendered on the fly) or a folder from `megalive-train prepare`
+    steps: int = 20_000  # optimiser steps in total (the cosine schedule spans them)
+    batch_size: int = 2  # samples per process and step (each: one self- and one cross-reenactment)
+    learning_rate: float = 2e-4
+    final_learning_rate: float = 1e-6
+    weight_decay: float = 1e-2
+    l1_weight: float = 10.0  # foreground L1 of rgb (this project's term)
+    mask_weight: float = 10.0  # L1 of the alpha mask (this project's term)
+    vgg_weights: str | None = None  # local VGG19 ``features`` state dict; None: the VGG19 term is absent
+    face_weights: str | None = None  # local VGG-Face state dict; None: absent
+    gaze_weights: str | None = None  # local gaze network state dict; None: absent
+    colour_jitter: float = 0.5  # driver colour jitter strength [0-1]
+    warp: float = 0.06  # driver thin-plate-spline displacement [0-0.2]
+    identities: int = 1000  # synthetic identity pool
+    seed: int = 0
+    workers: int = 1  # DataLoader processes per rank
+    log_every: int = 25
+    checkpoint_every: int = 500
+    amp: bool = False  # mixed precision (CUDA only)
+    device: str = "auto"  # auto | cpu | cuda
+    init: str | None = None  # start from this checkpoint's weights (same preset), with fresh optimisers
+    command: str = ""
+
+    @property
+    def loss_config(self) -> LossConfig:
+        return LossConfig(weights=LossWeights(), vgg19_file=self.vgg_weights, face_recognition_file=self.face_weights,
+                          gaze_file=self.gaze_weights)
+
+    @property
+    def augmentation(self) -> DriverAugmentation:
+        return DriverAugmentation(colour=self.colour_jitter, warp=self.warp)
+
+
+# Fields that define what a run computes: a resumed run must have the same ones.
+RUN_DEFINING_FIELDS = ("preset", "data", "steps", "batch_size", "learning_rate", "final_learning_rate", "weight_decay", "l1_weight",
+                       "mask_weight", "vgg_weights", "face_weights", "gaze_weights", "colour_jitter", "warp", "identities", "seed")
+
+
+def check_config(config: BaseTrainConfig) -> None:
+    """Cheap checks, before anything is built or written; raises TrainingError (one line)."""
+    if config.preset not in BASE_PRESETS:
+        raise TrainingError(f"unknown preset {config.preset!r} (known: {', '.join(BASE_PRESETS)})")
+    problems = [message for bad, message in (
+        (config.steps < 1, "--steps must be at least 1"),
+        (config.batch_size < 1, "--batch must be at least 1"),
+        (not config.learning_rate > 0, "--lr must be positive"),
+        (config.workers < 0, "--workers must be 0 or more"),
+        (config.log_every < 1 or config.checkpoint_every < 1, "--log-every and --checkpoint-every must be at least 1"),
+        (config.identities < 2, "--identities must be at least 2 (cross drivers come from another identity)"),
+        (config.device not in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
+    ) if bad]  # fmt: skip
+    if problems:
+        raise TrainingError(problems[0])
+    try:
+        config.augmentation
+    except ValueError as error:
+        raise TrainingError(f"driver augmentation: {error}") from None
+    _check_data(config.data)
+    for option, path in (("--vgg-weights", config.vgg_weights), ("--face-weights", config.face_weights),
+                         ("--gaze-weights", config.gaze_weights), ("--init", config.init)):
+        if path is not None and not Path(path).is_file():
+            raise TrainingError(f"{option} {path}: no such file")
+    if config.amp and resolve_device(config).type != "cuda":
+        raise TrainingError("--amp needs a CUDA device; this run is on the CPU")
+
+
+def _check_data(data: str) -> None:
+    if data == "synthetic":
+        return
+    if Path(data).is_dir():
+        raise TrainingError(f"--data {data}: training on prepared video folders (megalive-train prepare) is not built yet; "
+                            "use --data synthetic")
+    raise TrainingError(f"--data {data}: not 'synthetic' and no such folder")
+
+
+def training_data(config: BaseTrainConfig, *, resolution: int) -> SyntheticPairs:
+    """The data source named by ``config.data`` (pluggable by name; a prepared video folder comes later)."""
+    _check_data(config.data)
+    return SyntheticPairs(config=SyntheticPairsConfig(resolution=resolution, identities=config.identities, seed=config.seed))
+
+
+def resolve_device(config: BaseTrainConfig, *, local_rank: int = 0) -> torch.device:
+    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise TrainingError("--device cuda: no CUDA device is available")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def world_size_from_environment() -> int:
+    """torchrun's WORLD_SIZE (1 in a plain run)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def resolved_config(config: BaseTrainConfig, *, world_size: int, device: torch.device, data: dict[str, object]) -> dict[str, object]:
+    """Everything that defines the run, as saved in config.json and in every checkpoint."""
+    amp = {None: "off", torch.bfloat16: "bfloat16", torch.float16: "float16 with gradient scaling"}[amp_dtype(config, device)]
+    losses = config.loss_config
+    return {
+        "train": asdict(config),
+        "model": asdict(base_config(config.preset)),
+        "discriminator": asdict(DISCRIMINATOR_PRESETS[config.preset]),
+        "losses": {"weights": asdict(losses.weights), "l1": config.l1_weight, "mask": config.mask_weight,
+                   "cycle": {"scale": losses.cycle_scale, "margin": losses.cycle_margin}, "perceptual": losses.describe()},
+        "augmentation": asdict(config.augmentation),
+        "data": data,
+        "processes": {"world_size": world_size, "device": str(device), "backend": _backend(device) if world_size > 1 else "none",
+                      "samples_per_step": config.batch_size * world_size, "amp": amp},
+    }
+
+
+def amp_dtype(config: BaseTrainConfig, device: torch.device) -> torch.dtype | None:
+    """Mixed precision's dtype (None: full precision): bfloat16 where the GPU has it, else float16."""
+    if not config.amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _backend(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+
+
+def _tuples(config: dict[str, Any]) -> dict[str, Any]:
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in config.items()}
+
+
+def check_base_checkpoint(checkpoint: dict[str, Any], *, path: Path, preset: str, role: str) -> None:
+    """Refuse a checkpoint that is not a base model of ``preset`` (one line, naming ``role``: resume or --init)."""
+    if checkpoint.get("kind") != CHECKPOINT_KIND or not isinstance(checkpoint.get("model_config"), dict):
+        raise TrainingError(f"{role} {path} is not a MegaPortraits base-model checkpoint")
+    saved = checkpoint.get("train_config", {}).get("preset")
+    if saved != preset:
+        raise TrainingError(f"{role} {path} holds a base model of preset {saved!r}, not {preset!r}")
+    if _tuples(checkpoint["model_config"]) != asdict(base_config(preset)):
+        raise TrainingError(f"{role} {path}: its model config differs from preset {preset!r} (the preset changed since)")
+
+
+def base_model_from_checkpoint(checkpoint: dict[str, Any], *, path: Path, expect_preset: str | None = None) -> BaseModel:
+    """The generator saved in a checkpoint, rebuilt from the config saved beside it."""
+    preset = checkpoint.get("train_config", {}).get("preset") if expect_preset is None else expect_preset
+    check_base_checkpoint(checkpoint, path=path, preset=str(preset), role="checkpoint")
+    model = BaseModel(config=BaseConfig(**_tuples(checkpoint["model_config"])))
+    _load_state(model, checkpoint, "generator", path=path)
+    return model
+
+
+def _load_state(module: nn.Module, checkpoint: dict[str, Any], key: str, *, path: Path) -> None:
+    try:
+        module.load_state_dict(checkpoint[key])
+    except (KeyError, RuntimeError) as error:
+        raise TrainingError(f"{path}: its {key} does not match the model it describes: {str(error).strip().splitlines()[0]}") from None
+
+
+def state_digest(*states: dict[str, Tensor]) -> str:
+    """A short SHA-256 of state dicts' names and exact tensor bytes: equal digests, equal weights."""
+    digest = hashlib.sha256()
+    for state in states:
+        for name in sorted(state):
+            tensor = state[name].detach().cpu().contiguous().reshape(-1)
+            digest.update(name.encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+# -- distributed ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Processes:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _start_processes(config: BaseTrainConfig) -> Processes:
+    world_size = world_size_from_environment()
+    if world_size == 1:
+        return Processes(rank=0, world_size=1, device=resolve_device(config))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(config, local_rank=local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=_backend(device), init_method="env://")
+    return Processes(rank=dist.get_rank(), world_size=world_size, device=device)
+
+
+def _mean_over_processes(values: dict[str, float], processes: Processes) -> dict[str, float]:
+    if processes.world_size == 1:
+        return values
+    stacked = torch.tensor(list(values.values()), dtype=torch.float64, device=processes.device)
+    dist.all_reduce(stacked)
+    return dict(zip(values, (stacked / processes.world_size).tolist(), strict=True))
+
+
+def _gather_strings(value: str, processes: Processes) -> list[str]:
+    if processes.world_size == 1:
+        return [value]
+    gathered: list[Any] = [None] * processes.world_size
+    dist.all_gather_object(gathered, value)
+    return [str(item) for item in gathered]
+
+
+# -- the step ---------------------------------------------------------------------------------------
+
+
+class ReenactmentOutput(NamedTuple):
+    rgb: Tensor  # 2B×3×H×W: x_{s→d} then x_{s→d*}
+    alpha: Tensor  # 2B×1×H×W
+    driver_expression: Tensor  # 2B×Z: z of aug(d) then of aug(d*)
+    output_expression: Tensor  # 2B×Z: z of the two outputs
+
+
+class ReenactmentPass(nn.Module):
+    """The generator's whole forward of one step, as one module (so that DDP sees one forward): the
+    source encoded once and driven by both drivers in one batch, and E_mtn of the outputs."""
+
+    def __init__(self, *, model: BaseModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, source: Tensor, driver: Tensor, cross_driver: Tensor) -> ReenactmentOutput:
+        """source, driver, cross_driver: B×3×H×W in [0, 1]."""
+        batch = source.shape[0]
+        appearance = self.model.encode_appearance(source)  # v_s B×C×D×S×S, e_s B×E×k×k
+        motions = self.model.encode_motion(torch.cat([source, driver, cross_driver]))  # 3B rows: s, d, d*
+        source_motion = Motion(*(part[:batch] for part in motions))
+        driver_motion = Motion(*(part[batch:] for part in motions))  # 2B rows: d, d*
+
+        def twice(tensor: Tensor) -> Tensor:  # B×… -> 2B×…
+            return torch.cat([tensor, tensor])
+
+        output = self.model.render(Appearance(volume=twice(appearance.volume), descriptor=twice(appearance.descriptor)),
+                                   source_motion=Motion(*(twice(part) for part in source_motion)), driver_motion=driver_motion)
+        output_motion = self.model.encode_motion(output.rgb)
+        return ReenactmentOutput(rgb=output.rgb, alpha=output.alpha, driver_expression=driver_motion.expression,
+                                 output_expression=output_motion.expression)
+
+
+LOSS_NAMES = ("generator", "l1", "mask", "perceptual", "adversarial", "feature_matching", "cycle", "discriminator")
+
+
+def _split_discriminator(output: Any, half: int) -> tuple[list[Tensor], list[Tensor], list[list[Tensor]], list[list[Tensor]]]:
+    """A discriminator pass over cat[real, fake] -> real logits, fake logits, real features, fake features."""
+    real_logits = [logits[:half] for logits in output.logits]
+    fake_logits = [logits[half:] for logits in output.logits]
+    real_features = [[feature[:half] for feature in scale] for scale in output.features]
+    fake_features = [[feature[half:] for feature in scale] for scale in output.features]
+    return real_logits, fake_logits, real_features, fake_features
+
+
+def _batches(dataset: Dataset, *, batch_size: int, processes: Processes, seed: int, workers: int, start_step: int) -> Iterator[Any]:
+    """This rank's batches from ``start_step`` on, forever: epoch e is DistributedSampler's shard for
+    set_epoch(e), so a resumed run skips exactly the batches already seen (without rendering them)."""
+    sampler = DistributedSampler(dataset, num_replicas=processes.world_size, rank=processes.rank, shuffle=True, seed=seed, drop_last=True)
+    per_epoch = len(sampler) // batch_size
+    if per_epoch < 1:
+        raise TrainingError(f"an epoch of {len(dataset)} samples holds no batch of {batch_size} per process")
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        sampler.set_epoch(epoch)
+        indices = list(sampler)[skip * batch_size : per_epoch * batch_size]
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers, drop_last=True,
+                            pin_memory=processes.device.type == "cuda")
+        yield from loader
+        epoch, skip = epoch + 1, 0
+
+
+def _seed_step(seed: int, rank: int, step: int) -> torch.Generator:
+    """Seed torch (CPU and CUDA), numpy and python for this rank's step; return the augmentation generator."""
+    value = derived_seed(seed, "step", rank, step)
+    torch.manual_seed(value)
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    return torch.Generator().manual_seed(derived_seed(seed, "augment", rank, step))
+
+
+def _adamw_with_cosine(module: nn.Module, config: BaseTrainConfig) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.CosineAnnealingLR]:
+    optimiser = torch.optim.AdamW(module.parameters(), lr=config.learning_rate, betas=(0.5, 0.999), weight_decay=config.weight_decay)
+    return optimiser, torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.steps, eta_min=config.final_learning_rate)
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop log lines past ``step`` (written after the checkpoint a run resumes from) and any torn line."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and entry.get("step", 0) <= step:
+            kept.append(line)
+    path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+
+def _summary_writer(run_dir: Path, *, purge_step: int | None) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        tqdm.write("TensorBoard is not installed (pip install tensorboard): scalars go to log.jsonl only")
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
+
+
+def _on_white(rgb: Tensor, alpha: Tensor) -> Tensor:
+    return rgb * alpha + (1 - alpha)
+
+
+def _sample_sheet(batch: ReenactmentSample, drivers: Tensor, output: ReenactmentOutput, rows: int = 4) -> Tensor:
+    """Per sample one row: source, aug(d), output, target | aug(d*), output, target (outputs and targets on white)."""
+    count = min(rows, batch.source.shape[0])
+    half = batch.source.shape[0]
+    rgb, alpha = output.rgb.detach().float(), output.alpha.detach().float()
+    columns = [batch.source, drivers[:half], _on_white(rgb[:half], alpha[:half]), _on_white(batch.driver, batch.driver_alpha),
+               drivers[half:], _on_white(rgb[half:], alpha[half:]), _on_white(batch.cross_target, batch.cross_target_alpha)]
+    tiles = torch.stack([column[:count].detach().float().cpu() for column in columns], dim=1).flatten(0, 1)  # count×7 tiles
+    return contact_sheet(tiles, columns=len(columns))
+
+
+@dataclass(frozen=True)
+class BaseTrainSummary:
+    run_dir: Path
+    steps: int
+    final_losses: dict[str, float]
+    samples_per_second: float  # all processes together
+    world_size: int
+    rank: int  # of the process that returns this (0 in a plain run)
+    weights_digest: str  # state_digest of the generator and discriminator
+    replicas_agree: bool  # every process ended with the same weights
+
+
+def train_base(config: BaseTrainConfig, *, progress: bool = True, stop_at: int | None = None) -> BaseTrainSummary:
+    """Train (or resume) the run in ``config.run_dir``; under torchrun every process calls this."""
+    check_config(config)
+    processes = _start_processes(config)
+    try:
+        return _train(config, processes, progress=progress, stop_at=stop_at)
+    finally:
+        if processes.world_size > 1:
+            dist.destroy_process_group()
+
+
+def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, stop_at: int | None) -> BaseTrainSummary:
+    device, run_dir = processes.device, Path(config.run_dir)
+    checkpoint_path = run_dir / "checkpoint.pt"
+    model_config, discriminator_config = base_config(config.preset), DISCRIMINATOR_PRESETS[config.preset]
+    last_step = config.steps if stop_at is None else max(0, min(stop_at, config.steps))
+
+    # Everything that can refuse the run comes before anything is written.
+    try:
+        perceptual = PerceptualLoss(config=config.loss_config).to(device)
+    except WeightsFileError as error:
+        raise TrainingError(str(error)) from None
+    checkpoint: dict[str, Any] | None = None
+    if checkpoint_path.exists():
+        checkpoint = load_checkpoint(checkpoint_path)
+        check_base_checkpoint(checkpoint, path=checkpoint_path, preset=config.preset, role="resume: the run's checkpoint")
+        saved = checkpoint.get("train_config", {})
+        changed = [name for name in RUN_DEFINING_FIELDS if saved.get(name) != getattr(config, name)]
+        if changed:
+            raise TrainingError(f"{checkpoint_path} belongs to a run with another {changed[0]} ({saved.get(changed[0])!r}, "
+                                f"not {getattr(config, changed[0])!r}); use a new --run folder (and --init {checkpoint_path})")
+        if checkpoint.get("world_size") != processes.world_size:
+            raise TrainingError(f"{checkpoint_path} was trained on {checkpoint.get('world_size')} processes, not {processes.world_size}: "
+                                "resume with the same number (or a new --run folder with --init)")
+    initial: dict[str, Any] | None = None
+    if checkpoint is None and config.init is not None:
+        initial = load_checkpoint(Path(config.init))
+        check_base_checkpoint(initial, path=Path(config.init), preset=config.preset, role="--init")
+    dataset = training_data(config, resolution=model_config.resolution)
+
+    torch.manual_seed(config.seed)  # the same initial weights in every process
+    model = BaseModel(config=model_config).to(device)
+    discriminator = MultiScaleDiscriminator(config=discriminator_config).to(device)
+    source = checkpoint if checkpoint is not None else initial
+    if source is not None:
+        where = checkpoint_path if checkpoint is not None else Path(str(config.init))
+        _load_state(model, source, "generator", path=where)
+        _load_state(discriminator, source, "discriminator", path=where)
+    optimiser_g, scheduler_g = _adamw_with_cosine(model, config)
+    optimiser_d, scheduler_d = _adamw_with_cosine(discriminator, config)
+    resolved = resolved_config(config, world_size=processes.world_size, device=device, data=dataset.describe())
+    precision = amp_dtype(config, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision is torch.float16)
+    step = 0
+    if checkpoint is not None:
+        optimiser_g.load_state_dict(checkpoint["optimiser_generator"])
+        optimiser_d.load_state_dict(checkpoint["optimiser_discriminator"])
+        scheduler_g.load_state_dict(checkpoint["scheduler_generator"])
+        scheduler_d.load_state_dict(checkpoint["scheduler_discriminator"])
+        if scaler.is_enabled() and checkpoint.get("grad_scaler"):
+            scaler.load_state_dict(checkpoint["grad_scaler"])
+        step = int(checkpoint["step"])
+
+    reenact: nn.Module = ReenactmentPass(model=model)
+    judge: nn.Module = discriminator
+    if processes.world_size > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        # No buffers to sync per forward: GroupNorm, no BatchNorm; spectral norm's vectors follow the (equal) weights.
+        reenact = DistributedDataParallel(reenact, device_ids=device_ids, forward_sync_buffers=False)
+        judge = DistributedDataParallel(discriminator, device_ids=device_ids, forward_sync_buffers=False)
+
+    if processes.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
+        if step == 0:
+            (run_dir / "log.jsonl").write_text("", encoding="utf-8")
+        else:
+            _trim_log(run_dir / "log.jsonl", step)
+    writer = _summary_writer(run_dir, purge_step=step if step > 0 else None) if processes.main else None
+    log = open(run_dir / "log.jsonl", "a", encoding="utf-8") if processes.main else None  # noqa: SIM115 - closed below
+    if log is not None:
+        log.write(json.dumps({"event": "start", "step": step, "world_size": processes.world_size, "device": str(device),
+                              "resumed": checkpoint is not None, "init": config.init if initial is not None else None}) + "\n")
+        log.flush()
+
+    weights, loss_config, augment = config.loss_config.weights, config.loss_config, config.augmentation
+    autocast = torch.autocast(device_type=device.type, dtype=precision, enabled=precision is not None)
+    model.train()
+    discriminator.train()
+    losses: dict[str, float] = {}
+    began, first_step = time.perf_counter(), step
+    batches = _batches(dataset, batch_size=config.batch_size, processes=processes, seed=config.seed, workers=config.workers,
+                       start_step=step)
+    bar = tqdm(total=config.steps, initial=step, desc=f"base {config.preset}", unit="step", disable=not (progress and processes.main))
+    with contextlib.closing(batches), bar, contextlib.ExitStack() as cleanup:
+        if log is not None:
+            cleanup.enter_context(log)
+        if writer is not None:
+            cleanup.callback(writer.close)
+        while step < last_step:
+            batch = ReenactmentSample(*(tensor.to(device, non_blocking=True) for tensor in next(batches)))
+            generator = _seed_step(config.seed, processes.rank, step)
+            half = batch.source.shape[0]
+            drivers = augment(torch.cat([batch.driver, batch.cross_driver]), generator=generator)  # 2B: aug(d), aug(d*)
+            targets = torch.cat([batch.driver, batch.cross_target])
+            masks = torch.cat([batch.driver_alpha, batch.cross_target_alpha])
+            real = foreground(targets, masks)
+
+            # Generator step (the discriminator frozen and called unwrapped: no DDP bookkeeping for it here).
+            discriminator.requires_grad_(False)
+            with autocast:
+                output = reenact(batch.source, drivers[:half], drivers[half:])
+                rgb = output.rgb.float()
+                l1 = masked_l1(rgb, targets, masks)
+                mask_loss = F.l1_loss(output.alpha.float(), masks)
+                perceptual_loss = perceptual(rgb, targets, mask=masks).total
+                judged = discriminator(torch.cat([real, foreground(rgb, masks)]))
+                _, fake_logits, real_features, fake_features = _split_discriminator(judged, 2 * half)
+                adversarial = hinge_generator_loss([logits.float() for logits in fake_logits])
+                matching = feature_matching_loss(real_features, fake_features).float()
+                driver_z = output.driver_expression.float()
+                cycle = cycle_contrastive_loss(output.output_expression.float(), driver_z, other_drivers(driver_z),
+                                               scale=loss_config.cycle_scale, margin=loss_config.cycle_margin)
+                total = (config.l1_weight * l1 + config.mask_weight * mask_loss + perceptual_loss + weights.adversarial * adversarial
+                         + weights.feature_matching * matching + weights.cycle * cycle)
+            optimiser_g.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.step(optimiser_g)
+            discriminator.requires_grad_(True)
+
+            # Discriminator step.
+            with autocast:
+                judged = judge(torch.cat([real, foreground(rgb.detach(), masks)]))
+                real_logits, fake_logits, _, _ = _split_discriminator(judged, 2 * half)
+                discriminator_loss = hinge_discriminator_loss([x.float() for x in real_logits], [x.float() for x in fake_logits])
+            optimiser_d.zero_grad(set_to_none=True)
+            scaler.scale(discriminator_loss).backward()
+            scaler.step(optimiser_d)
+            scaler.update()
+            scheduler_g.step()
+            scheduler_d.step()
+            step += 1
+            bar.update(1)
+
+            if step % config.log_every == 0 or step == last_step:
+                values = [total, l1, mask_loss, perceptual_loss, adversarial, matching, cycle, discriminator_loss]
+                losses = _mean_over_processes({name: float(value.detach()) for name, value in zip(LOSS_NAMES, values, strict=True)},
+                                              processes)
+                elapsed = time.perf_counter() - began
+                rate = (step - first_step) * config.batch_size * processes.world_size / elapsed if elapsed > 0 else math.nan
+                if processes.main:
+                    bar.set_postfix(loss=f"{losses['generator']:.4f}", l1=f"{losses['l1']:.4f}", d=f"{losses['discriminator']:.3f}")
+                    learning_rate = scheduler_g.get_last_lr()[0]
+                    assert log is not None
+                    log.write(json.dumps({"step": step, "lr": learning_rate, **losses, "samples_per_second": rate}) + "\n")
+                    log.flush()
+                    if writer is not None:
+                        for name, value in losses.items():
+                            writer.add_scalar(f"loss/{name}", value, step)
+                        writer.add_scalar("train/learning_rate", learning_rate, step)
+                        writer.add_scalar("train/samples_per_second", rate, step)
+            if processes.main and (step % config.checkpoint_every == 0 or step == last_step):
+                save_checkpoint({
+                    "kind": CHECKPOINT_KIND, "generator": model.state_dict(), "discriminator": discriminator.state_dict(),
+                    "optimiser_generator": optimiser_g.state_dict(), "optimiser_discriminator": optimiser_d.state_dict(),
+                    "scheduler_generator": scheduler_g.state_dict(), "scheduler_discriminator": scheduler_d.state_dict(),
+                    "grad_scaler": scaler.state_dict(), "step": step, "world_size": processes.world_size,
+                    "model_config": asdict(model_config), "discriminator_config": asdict(discriminator_config),
+                    "train_config": asdict(config), "resolved_config": resolved,
+                    "rng": "derived per step: torch, numpy and python seeded from (seed, rank, step)",
+                }, checkpoint_path)  # fmt: skip
+                sheet = _sample_sheet(batch, drivers, output)
+                save_png(sheet, run_dir / "samples.png")
+                if writer is not None:
+                    writer.add_image("samples", sheet, step)
+                    writer.flush()
+
+        digest = state_digest(model.state_dict(), discriminator.state_dict())
+        digests = _gather_strings(digest, processes)
+        agree = len(set(digests)) == 1
+        if log is not None:
+            log.write(json.dumps({"event": "end", "step": step, "weights_digest": digest, "process_digests": digests,
+                                  "replicas_agree": agree}) + "\n")
+        if processes.main and not agree:
+            tqdm.write(f"warning: the processes ended with different weights ({', '.join(digests)}); the checkpoint holds rank 0's")
+    elapsed = time.perf_counter() - began
+    rate = (step - first_step) * config.batch_size * processes.world_size / elapsed if elapsed > 0 and step > first_step else math.nan
+    return BaseTrainSummary(run_dir=run_dir, steps=step, final_losses=losses, samples_per_second=rate, world_size=processes.world_size,
+                            rank=processes.rank, weights_digest=digest, replicas_agree=agree)

@@ -1,0 +1,210 @@
+"""`megalive-train base`: driver augmentation, synthetic training pairs, single-process and torchrun
+(DDP, gloo) training on the tiny preset, exact resume, and refusals of bad input with one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.cli import main
+from models.data.synthetic import Motion
+from models.data.synthetic_pairs import SyntheticPairs, SyntheticPairsConfig
+from models.megaportraits.augment import DriverAugmentation, colour_jitter, thin_plate_spline_grids
+from models.megaportraits.train_base import BaseTrainConfig, state_digest, train_base
+from models.megaportraits.train_student import load_checkpoint
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TINY = dict(preset="tiny", steps=2, batch_size=1, identities=8, workers=0, log_every=1, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one thread (and leave the other core alone); restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def _step_losses(run: Path, step: int) -> dict[str, float]:
+    (line,) = [entry for entry in _log(run) if entry.get("step") == step and "event" not in entry]
+    return {key: value for key, value in line.items() if key != "samples_per_second"}
+
+
+def _checkpoint_digest(path: Path) -> str:
+    checkpoint = load_checkpoint(path)
+    return state_digest(checkpoint["generator"], checkpoint["discriminator"])
+
+
+# -- augmentation and data --------------------------------------------------------------------------
+
+
+def test_driver_augmentation_is_seeded_and_vanishes_at_zero_strength() -> None:
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    augment = DriverAugmentation(colour=0.8, warp=0.1)
+    first = augment(images, generator=torch.Generator().manual_seed(1))
+    again = augment(images, generator=torch.Generator().manual_seed(1))
+    other = augment(images, generator=torch.Generator().manual_seed(2))
+    assert first.shape == images.shape and 0 <= first.min() and first.max() <= 1
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    # Zero displacement: the spline reproduces the identity sampling grid; zero jitter leaves colours alone.
+    grids = thin_plate_spline_grids(2, height=8, width=12, strength=0.0, points_per_side=3, generator=torch.Generator())
+    identity = F.affine_grid(torch.eye(2, 3).expand(2, 2, 3), [2, 3, 8, 12], align_corners=False)
+    assert torch.allclose(grids, identity, atol=1e-5)
+    assert torch.equal(colour_jitter(images, strength=0.0, generator=torch.Generator()), images)
+    with pytest.raises(ValueError, match="warp strength"):
+        DriverAugmentation(warp=0.5)
+
+
+def test_synthetic_pairs_are_a_function_of_seed_and_index() -> None:
+    config = SyntheticPairsConfig(resolution=32, identities=5, clips_per_identity=2, frames_per_clip=8, length=10, seed=3)
+    dataset, again = SyntheticPairs(config=config), SyntheticPairs(config=config)
+    sample = dataset[4]
+    assert all(torch.equal(a, b) for a, b in zip(sample, again[4], strict=True))
+    assert not torch.equal(sample.source, dataset[5].source)
+    assert sample.source.shape == (3, 32, 32) and sample.driver_alpha.shape == (1, 32, 32)
+    identity, clip, source_frame, driver_frame, other, other_clip, cross_frame = dataset.draw(4)
+    assert other != identity and source_frame != driver_frame
+    # The cross target is the source's identity performing the cross driver's motion.
+    motion = dataset.clip(other, other_clip)[cross_frame]
+    expected = dataset.heads.render(dataset.identities[[identity]], motion)
+    assert torch.allclose(sample.cross_target, expected.rgb[0], atol=1e-5)
+    driver = dataset.heads.render(dataset.identities[[other]], motion)
+    assert torch.allclose(sample.cross_driver, driver.rgb[0], atol=1e-5)
+    assert isinstance(motion, Motion) and len(dataset) == 10
+
+
+# -- one process ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The same 2-step tiny run twice: straight through, and stopped after step 1 then resumed."""
+    straight, resumed = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("resumed")
+    train_base(BaseTrainConfig(run_dir=str(straight), **TINY), progress=False)
+    stopped = train_base(BaseTrainConfig(run_dir=str(resumed), **TINY), progress=False, stop_at=1)
+    assert stopped.steps == 1 and load_checkpoint(resumed / "checkpoint.pt")["step"] == 1
+    train_base(BaseTrainConfig(run_dir=str(resumed), **TINY), progress=False)
+    return straight, resumed
+
+
+def test_a_run_writes_its_resolved_config_checkpoint_log_samples_and_tensorboard(tiny_runs: tuple[Path, Path]) -> None:
+    run, _ = tiny_runs
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["preset"] == "tiny" and config["model"]["resolution"] == 64
+    assert config["losses"]["weights"]["feature_matching"] == 40 and config["losses"]["weights"]["cycle"] == 2
+    assert config["losses"]["perceptual"]["vgg19"].startswith("absent")
+    assert config["processes"] == {"world_size": 1, "device": "cpu", "backend": "none", "samples_per_step": 1, "amp": "off"}
+    assert config["data"]["source"] == "synthetic"
+    checkpoint = load_checkpoint(run / "checkpoint.pt")
+    assert checkpoint["kind"] == "megaportraits-base" and checkpoint["step"] == 2
+    assert json.loads(json.dumps(checkpoint["resolved_config"])) == config
+    assert set(checkpoint) >= {"generator", "discriminator", "optimiser_generator", "optimiser_discriminator", "scheduler_generator",
+                               "scheduler_discriminator", "model_config", "train_config"}
+    assert not any(key.startswith("module.") for key in checkpoint["generator"])  # saved unwrapped
+    log = _log(run)
+    assert [entry["step"] for entry in log if "event" not in entry] == [1, 2]
+    assert all(entry["generator"] == entry["generator"] for entry in log if "event" not in entry)  # finite, not NaN
+    assert log[-1]["event"] == "end" and log[-1]["replicas_agree"]
+    assert (run / "samples.png").stat().st_size > 0
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_continues_exactly_as_the_uninterrupted_run(tiny_runs: tuple[Path, Path]) -> None:
+    straight, resumed = tiny_runs
+    assert _step_losses(resumed, 2) == _step_losses(straight, 2)
+    assert _checkpoint_digest(resumed / "checkpoint.pt") == _checkpoint_digest(straight / "checkpoint.pt")
+    starts = [entry for entry in _log(resumed) if entry.get("event") == "start"]
+    assert [(entry["step"], entry["resumed"]) for entry in starts] == [(0, False), (1, True)]
+
+
+# -- torchrun ---------------------------------------------------------------------------------------
+
+
+def _torchrun(run: Path, *options: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "models.cli", "base",
+               "--run-dir", str(run), "--preset", "tiny", "--steps", "2", "--batch", "1", "--identities", "8", "--workers", "0",
+               "--log-every", "1", *options]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_torchrun_two_processes_end_with_equal_weights_and_resume_exactly(tmp_path: Path) -> None:
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    result = _torchrun(straight)
+    assert result.stdout.count("trained the base model") == 1  # rank 0 reports
+    end = _log(straight)[-1]
+    assert end["event"] == "end" and len(end["process_digests"]) == 2
+    assert end["process_digests"][0] == end["process_digests"][1] == _checkpoint_digest(straight / "checkpoint.pt")
+    assert json.loads((straight / "config.json").read_text())["processes"]["backend"] == "gloo"
+
+    _torchrun(resumed, "--stop-at", "1")
+    _torchrun(resumed)
+    assert _step_losses(resumed, 2) == _step_losses(straight, 2)
+    assert _log(resumed)[-1]["process_digests"] == end["process_digests"]
+
+
+# -- bad input --------------------------------------------------------------------------------------
+
+
+def _refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert main(["base", *argv]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("megalive-train base: ") and error.count("\n") == 1, error
+    return error
+
+
+def test_a_checkpoint_of_another_preset_is_refused_and_nothing_is_overwritten(
+        tiny_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    straight, _ = tiny_runs
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(straight / "checkpoint.pt", run / "checkpoint.pt")
+    before = (run / "checkpoint.pt").read_bytes()
+    error = _refused(capsys, "--run", str(run), "--preset", "cpu128", "--steps", "2")
+    assert "'tiny'" in error and "'cpu128'" in error
+    assert (run / "checkpoint.pt").read_bytes() == before and sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]
+
+    error = _refused(capsys, "--run", str(tmp_path / "fresh"), "--preset", "cpu128", "--init", str(straight / "checkpoint.pt"))
+    assert "--init" in error and "'tiny'" in error and not (tmp_path / "fresh").exists()
+    # The same preset starts from the checkpoint's weights (here: stops before the first step).
+    start = train_base(BaseTrainConfig(run_dir=str(tmp_path / "init"), init=str(straight / "checkpoint.pt"), **TINY), progress=False,
+                       stop_at=0)
+    assert start.steps == 0 and start.weights_digest == _checkpoint_digest(straight / "checkpoint.pt")
+
+
+def test_perceptual_weights_with_wrong_shapes_are_refused_before_anything_is_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    weights = tmp_path / "vgg19.pt"
+    torch.save({"features.0.weight": torch.zeros(8, 3, 3, 3), "features.0.bias": torch.zeros(8)}, weights)
+    run = tmp_path / "run"
+    error = _refused(capsys, "--run", str(run), "--preset", "tiny", "--vgg-weights", str(weights))
+    assert str(weights) in error and "features.0.weight" in error and "(8, 3, 3, 3)" in error
+    assert not run.exists()
+
+
+def test_other_bad_input_gets_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "not built yet" in _refused(capsys, "--run", str(tmp_path / "run"), "--data", str(tmp_path))
+    assert "--amp" in _refused(capsys, "--run", str(tmp_path / "run"), "--amp", "--device", "cpu")
+    assert "unknown preset" in _refused(capsys, "--run", str(tmp_path / "run"), "--preset", "huge")
+    assert not (tmp_path / "run").exists()
+
+
+def test_dry_run_prints_the_resolved_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["base", "--run", str(tmp_path / "run"), "--preset", "tiny", "--dry-run"]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["model"]["resolution"] == 64 and resolved["train"]["batch_size"] == 2
+    assert set(resolved["losses"]["perceptual"]) == {"vgg19", "face_recognition", "gaze"}
+    assert not (tmp_path / "run").exists()
