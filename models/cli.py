@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
@@ -334,6 +335,65 @@ def _base(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_prepare(commands: argparse._SubParsersAction) -> None:
+    prepare = commands.add_parser(
+        "prepare",
+        help="crop faces from a folder of real videos (or frame folders) for training: crops, 68 landmarks, masks",
+        description="Find the face in every frame with mediapipe's bundled face mesh, crop a square box smoothed over "
+        "the whole video (framed like SyntheticHeads), map 68 landmarks from the 478 and segment the foreground. "
+        "Videos that cannot be read or show no face are listed in DST/meta.json and skipped; the rest is prepared. "
+        "Written under a temporary name, renamed when complete. Layout: models/data/prepare.py.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    prepare.add_argument("src", type=Path, metavar="SRC", help="folder of videos (.mp4 .mov .mkv .avi .webm .m4v) and/or frame folders")
+    prepare.add_argument("dst", type=Path, metavar="DST", help="new dataset folder (must not exist)")
+    prepare.add_argument("--resolution", type=int, default=256, metavar="PX", help="side of the square crops [32-1024]")
+    prepare.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N", help="processes, one video each [1-64]")
+    prepare.add_argument("--min-face-fraction", type=float, default=0.5, metavar="X",
+                         help="skip a video whose face is found in fewer of its frames [0-1]")
+    prepare.add_argument("--every", type=int, default=1, metavar="K", help="keep every K-th frame [1-]")
+    prepare.add_argument("--smoothing", type=float, default=0.5, metavar="S", help="seconds spanned by the box-track smoothing [0-10]")
+    prepare.add_argument("--dry-run", action="store_true", help="print the resolved config and the inputs found, write nothing")
+    prepare.set_defaults(run=_prepare)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    import shlex
+
+    from models.data.prepare import PrepareConfig, PrepareError, discover_inputs, prepare_videos
+
+    problems = [message for bad, message in (
+        (not 32 <= args.resolution <= 1024, "--resolution must be in [32, 1024]"),
+        (not 1 <= args.workers <= 64, "--workers must be in [1, 64]"),
+        (not 0 <= args.min_face_fraction <= 1, "--min-face-fraction must be in [0, 1]"),
+        (args.every < 1, "--every must be at least 1"),
+        (not 0 <= args.smoothing <= 10, "--smoothing must be in [0, 10] seconds"),
+    ) if bad]
+    if problems:
+        print(f"megalive-train prepare: {problems[0]}", file=sys.stderr)
+        return 2
+    config = PrepareConfig(resolution=args.resolution, min_face_fraction=args.min_face_fraction, every=args.every,
+                           smoothing_seconds=args.smoothing)
+    try:
+        if args.dst.exists():
+            raise PrepareError(f"{args.dst} exists already; choose a new folder (nothing was overwritten)")
+        if args.dry_run:
+            inputs = discover_inputs(args.src)
+            print(json.dumps({"config": asdict(config), "workers": args.workers, "src": str(args.src), "dst": str(args.dst),
+                              "inputs": [f"{video.source} ({video.kind}) -> videos/{video.name}" for video in inputs]}, indent=2))
+            return 0
+        # models.export.current_command, written out: importing that module loads torch, which preparing never needs.
+        command = shlex.join([Path(sys.argv[0]).name if sys.argv else "python", *sys.argv[1:]])
+        report = prepare_videos(args.src, args.dst, config=config, workers=args.workers, command=command)
+    except (PrepareError, ValueError, OSError) as error:
+        print(f"megalive-train prepare: {error}", file=sys.stderr)
+        return 2
+    print(f"prepared {len(report.videos)} video(s), {report.frames} frames at {config.resolution}×{config.resolution}, "
+          f"into {report.root} (look at {report.root / 'preview.png'}); skipped {len(report.skipped)}"
+          + "".join(f"\n  skipped {video.source}: {video.reason}" for video in report.skipped))
+    return 0
+
+
 def _add_eval(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "eval",
@@ -401,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_student(commands)
     _add_adapter(commands)
     _add_base(commands)
+    _add_prepare(commands)
     _add_export(commands)
     _add_eval(commands)
     _add_demo_clip(commands)

@@ -1,0 +1,590 @@
+"""`megalive-train prepare SRC DST`: real videos -> aligned face crops, landmarks and masks (DESIGN.md §5).
+
+Input. SRC is searched recursively (hidden entries skipped). Every video file (.mp4 .mov .mkv .avi .webm .m4v,
+decoded by imageio-ffmpeg's bundled ffmpeg) is one video; every folder that directly holds PNG/JPEG images is one
+video too, its frames in natural order (frame2 before frame10), all of one size. VoxCeleb-style trees
+(SRC/person/video/clip.mp4) are welcome: the first path component under SRC is taken as the person, so cross
+drivers can come from another person (a file or frame folder right under SRC is its own person).
+
+Per video (one worker process each; mediapipe's graphs are made inside the worker, per video, because the face
+mesh tracks across the frames of one stream):
+
+1. Decode every frame; mediapipe's face mesh (legacy ``mp.solutions.face_mesh``, bundled in the 0.10.21 wheel,
+   478 points) finds the face; ``MEDIAPIPE_TO_IBUG68`` picks the 68 iBUG landmarks. The square box that carries
+   them onto ``CANONICAL_IBUG68`` by a least-squares scale + shift (no rotation: head roll is motion the model must
+   see) frames the face the way SyntheticHeads frames its heads.
+2. Frames where no face is found take their box and landmarks by linear interpolation from the nearest frames
+   that have one (held at the ends) and are marked in ``face_found``.
+3. The box track (cx, cy, side) is smoothed over the whole video, non-causally: a Savitzky-Golay fit (a local
+   quadratic over ``smoothing_seconds``), which removes the mesh's pixel jitter without the lag a causal filter
+   (the server's One-Euro) must accept, and without flattening real head motion as a moving average would.
+4. Decode again, crop each frame with its smoothed box (bilinear, antialiased when shrinking, edge-replicated
+   where the box leaves the frame), and run mediapipe's selfie segmentation on the crop (the general 256×256
+   model: a head-and-shoulders crop is what it was made for) for the foreground mask.
+
+Decoding twice instead of holding the video: a minute of 1080p is 9 GB of RGB; a second decode costs far less
+than the mesh.
+
+Output layout of DST (written under a temporary name beside it and renamed when complete, so a crash or Ctrl-C
+never leaves a half-written dataset under the final name; DST must not exist):
+
+    meta.json                     format, version, resolution, the producing command, the config, the prepared
+                                  videos (name, source, person, frames, source size, fps, face fraction) and the
+                                  skipped ones ({source, reason}: unreadable, empty, no video stream, too few
+                                  frames, no face in enough frames, frames of mixed sizes, ...)
+    preview.png                   a few crops per video with the mask (background dimmed) and the 68 landmarks
+    videos/<name>/frames.npy      N×S×S×3 uint8   RGB crops
+    videos/<name>/masks.npy       N×S×S   uint8   foreground probability × 255 (selfie segmentation of the crop)
+    videos/<name>/landmarks.npy   N×68×2  float32 iBUG order, x right / y down in crop units ([0, 1] over the crop)
+    videos/<name>/boxes.npy       N×3     float32 smoothed box (centre x, centre y, side) in source pixels
+    videos/<name>/face_found.npy  N       bool    False: box and landmarks interpolated from neighbouring frames
+
+Frames as one uint8 .npy per video rather than PNGs: a training sample needs two random frames of one video and
+one of another; a memory-mapped array gives any frame without decoding, and its pages are shared by every
+DataLoader worker. The price is disk: S=256 costs 192 KiB a frame (4.8 MB per second of 25 fps video); ``every``
+keeps every k-th frame.
+
+A bad input never stops the run: each is listed in meta.json's ``skipped`` with a one-line reason, and the rest
+is prepared. Only when nothing at all could be prepared is it an error (and nothing is written).
+
+This module needs numpy, Pillow, imageio-ffmpeg, tqdm and mediapipe (imported in the workers), not torch: workers
+start fast under spawn.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+PREPARED_FORMAT = "megalive-video-crops"
+PREPARED_VERSION = 1
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+VIDEO_FILES = ("frames.npy", "masks.npy", "landmarks.npy", "boxes.npy", "face_found.npy")
+
+# The 68-point table and the canonical framing are the server's (server/capture.py), duplicated as data because
+# models never imports server (DESIGN.md §1). tests/models/test_prepare.py asserts both copies are equal: edit
+# them together.
+#
+# Indices into mediapipe's face mesh (478 points with iris; the first 468 without) for the 68 iBUG points, in iBUG
+# order; "left"/"right" are image left/right of an unmirrored frame.
+MEDIAPIPE_TO_IBUG68: tuple[int, ...] = (
+    # jaw 0-16: image left -> chin 8 -> image right
+    127, 234, 132, 58, 172, 150, 149, 148, 152, 377, 378, 379, 397, 288, 361, 454, 356,
+    # brows 17-21 (image left, outer -> inner), 22-26 (inner -> outer)
+    70, 63, 105, 66, 107, 336, 296, 334, 293, 300,
+    # nose bridge 27-30 (30 = tip), nostril base 31-35 (image left -> right)
+    168, 197, 5, 1, 75, 97, 2, 326, 305,
+    # eyes: 36 outer, 37-38 upper lid, 39 inner, 40-41 lower lid; 42 inner .. 45 outer .. 47
+    33, 160, 158, 133, 153, 144, 362, 385, 387, 263, 373, 380,
+    # mouth: outer 48 (left corner) .. 54 (right corner) along the top, back along the bottom;
+    # inner 60 .. 64 along the top, back along the bottom
+    61, 39, 37, 0, 267, 269, 291, 405, 314, 17, 84, 181,
+    78, 82, 13, 312, 308, 317, 14, 87,
+)  # fmt: skip
+
+# Where the 68 landmarks of a neutral, frontal, centred SyntheticHeads head fall over the square crop: x right,
+# y down, in [0, 1] (the mean over 2048 random identities; see server/capture.py for how it was made).
+CANONICAL_IBUG68: np.ndarray = np.array(
+    [
+        # jaw 0-16: image left -> chin 8 -> image right
+        [0.2401, 0.4691], [0.2415, 0.5404], [0.2568, 0.6090], [0.2840, 0.6721], [0.3189, 0.7275],
+        [0.3574, 0.7730], [0.3951, 0.8068], [0.4264, 0.8276], [0.5000, 0.8346], [0.5736, 0.8276],
+        [0.6049, 0.8068], [0.6426, 0.7730], [0.6811, 0.7275], [0.7160, 0.6721], [0.7432, 0.6090],
+        [0.7585, 0.5404], [0.7599, 0.4691],
+        # brows 17-26
+        [0.3180, 0.3964], [0.3520, 0.3909], [0.3861, 0.3891], [0.4201, 0.3909], [0.4542, 0.3964],
+        [0.5458, 0.3964], [0.5799, 0.3909], [0.6139, 0.3891], [0.6480, 0.3909], [0.6820, 0.3964],
+        # nose bridge 27-30, nostril base 31-35
+        [0.5000, 0.4589], [0.5000, 0.4940], [0.5000, 0.5291], [0.5000, 0.5643], [0.4693, 0.5796],
+        [0.4846, 0.5830], [0.5000, 0.5864], [0.5154, 0.5830], [0.5307, 0.5796],
+        # eyes 36-41 (image left), 42-47
+        [0.3326, 0.4564], [0.3705, 0.4295], [0.4084, 0.4264], [0.4464, 0.4614], [0.4084, 0.4767],
+        [0.3705, 0.4751], [0.5536, 0.4614], [0.5916, 0.4264], [0.6295, 0.4295], [0.6674, 0.4564],
+        [0.6295, 0.4751], [0.5916, 0.4767],
+        # mouth: outer 48-59, inner 60-67
+        [0.4306, 0.6564], [0.4537, 0.6433], [0.4769, 0.6411], [0.5000, 0.6460], [0.5231, 0.6411],
+        [0.5463, 0.6433], [0.5694, 0.6564], [0.5463, 0.6731], [0.5231, 0.6760], [0.5000, 0.6768],
+        [0.4769, 0.6760], [0.4537, 0.6731], [0.4341, 0.6564], [0.4653, 0.6564], [0.5000, 0.6564],
+        [0.5347, 0.6564], [0.5659, 0.6564], [0.5347, 0.6564], [0.5000, 0.6564], [0.4653, 0.6564],
+    ],
+    dtype=np.float32,
+)  # fmt: skip
+CANONICAL_IBUG68.flags.writeable = False
+
+
+class PrepareError(Exception):
+    """Preparation cannot start or produced nothing; one line for the user (nothing was written)."""
+
+
+class _Skip(Exception):
+    """This one input cannot be prepared; the message is the reason listed in meta.json."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrepareConfig:
+    resolution: int = 256  # S: side of the square crops in pixels
+    min_face_fraction: float = 0.5  # a video whose face is found in fewer of its frames is skipped
+    every: int = 1  # keep every k-th frame (thins 50/60 fps video and saves disk)
+    smoothing_seconds: float = 0.5  # span of the Savitzky-Golay fit of the box track (0: no smoothing)
+    frame_folder_fps: float = 25.0  # frame rate assumed for frame folders (it only sets the smoothing span)
+    min_detection_confidence: float = 0.5  # mediapipe face mesh
+    min_tracking_confidence: float = 0.5
+
+    def __post_init__(self) -> None:
+        problems = [message for bad, message in (
+            (not 32 <= self.resolution <= 1024, f"resolution must be in [32, 1024], got {self.resolution}"),
+            (not 0.0 <= self.min_face_fraction <= 1.0, f"min_face_fraction must be in [0, 1], got {self.min_face_fraction}"),
+            (self.every < 1, f"every must be at least 1, got {self.every}"),
+            (not 0.0 <= self.smoothing_seconds <= 10.0, f"smoothing_seconds must be in [0, 10], got {self.smoothing_seconds}"),
+            (not self.frame_folder_fps > 0, f"frame_folder_fps must be positive, got {self.frame_folder_fps}"),
+            (not 0.0 <= self.min_detection_confidence <= 1.0, "min_detection_confidence must be in [0, 1]"),
+            (not 0.0 <= self.min_tracking_confidence <= 1.0, "min_tracking_confidence must be in [0, 1]"),
+        ) if bad]  # fmt: skip
+        if problems:
+            raise ValueError(problems[0])
+
+
+@dataclass(frozen=True)
+class VideoInput:
+    """One input: a video file or a folder of frames."""
+
+    path: Path  # absolute
+    source: str  # path relative to SRC ("." for SRC itself), as listed in meta.json
+    kind: Literal["video", "frames"]
+    name: str  # its folder under DST/videos
+    person: str  # first path component under SRC (cross drivers prefer another person)
+
+
+@dataclass(frozen=True)
+class PreparedVideo:
+    name: str
+    source: str
+    person: str
+    frames: int
+    source_size: tuple[int, int]  # width, height of the source frames
+    fps: float  # of the kept frames
+    face_fraction: float  # share of the kept frames where the mesh found a face
+
+
+@dataclass(frozen=True)
+class SkippedVideo:
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PrepareReport:
+    root: Path
+    videos: tuple[PreparedVideo, ...]
+    skipped: tuple[SkippedVideo, ...]
+
+    @property
+    def frames(self) -> int:
+        return sum(video.frames for video in self.videos)
+
+
+# -- discovery ----------------------------------------------------------------------------------------------------
+
+
+def _natural_key(name: str) -> list[int | str]:
+    """frame2 before frame10."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def discover_inputs(src: Path) -> list[VideoInput]:
+    """The videos and frame folders under ``src``, in a stable order, with unique output names."""
+    src = Path(src)
+    if not src.is_dir():
+        raise PrepareError(f"{src}: no such folder")
+    found: list[tuple[Path, Literal["video", "frames"]]] = []
+    for folder, subfolders, files in os.walk(src):
+        subfolders[:] = sorted((name for name in subfolders if not name.startswith(".")), key=_natural_key)
+        visible = [name for name in files if not name.startswith(".")]
+        found += [(Path(folder) / name, "video") for name in sorted(visible, key=_natural_key)
+                  if name.lower().endswith(VIDEO_SUFFIXES)]
+        if any(name.lower().endswith(IMAGE_SUFFIXES) for name in visible):
+            found.append((Path(folder), "frames"))
+    inputs, used = [], set()
+    for path, kind in found:
+        relative = path.relative_to(src)
+        parts = relative.parts
+        stem = (*parts[:-1], Path(parts[-1]).stem if kind == "video" else parts[-1]) if parts else (src.resolve().name,)
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", "__".join(stem)).strip("._") or "video"
+        unique, counter = name, 1
+        while unique in used:  # clip.mp4 beside clip.mov, or clip.mp4 beside a folder clip/
+            counter += 1
+            unique = f"{name}-{counter}"
+        used.add(unique)
+        person = parts[0] if len(parts) > 1 else unique
+        inputs.append(VideoInput(path=path.resolve(), source=relative.as_posix(), kind=kind, name=unique, person=person))
+    return inputs
+
+
+# -- decoding -----------------------------------------------------------------------------------------------------
+
+
+def _ffmpeg_reason(error: Exception) -> str:
+    """The telling line of an imageio-ffmpeg error (whose message carries ffmpeg's whole stderr)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = " ".join(lines)
+    if "does not contain any stream" in text:
+        return "no video stream"
+    for line in reversed(lines):
+        if "Error opening input:" in line or "Invalid data" in line or "error" in line.lower():
+            return "unreadable: " + re.sub(r"^\[[^\]]*\]\s*", "", line)
+    return "unreadable: " + (lines[0] if lines else type(error).__name__)
+
+
+def _open_video(path: Path) -> tuple[float, Iterator[np.ndarray]]:
+    """The fps and the frames (H×W×3 uint8 RGB) of a video file; _Skip when ffmpeg cannot open it."""
+    import imageio_ffmpeg
+
+    if path.stat().st_size == 0:
+        raise _Skip("empty file (0 bytes)")
+    reader = imageio_ffmpeg.read_frames(str(path))
+    try:
+        meta = next(reader)
+    except (OSError, RuntimeError, StopIteration) as error:
+        reader.close()
+        raise _Skip(_ffmpeg_reason(error)) from None
+    fps = float(meta.get("fps") or 0.0)
+    width, height = (int(value) for value in meta["size"])
+
+    def frames() -> Iterator[np.ndarray]:
+        try:
+            for raw in reader:
+                if len(raw) != width * height * 3:
+                    raise _Skip(f"decoded a frame of {len(raw)} bytes, expected {width}×{height}×3")
+                yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)  # bytes -> H×W×3
+        except (OSError, RuntimeError) as error:
+            raise _Skip(_ffmpeg_reason(error)) from None
+        finally:
+            reader.close()
+
+    return (fps if math.isfinite(fps) and fps > 0 else 25.0), frames()
+
+
+def _image_frames(folder: Path) -> Iterator[np.ndarray]:
+    names = sorted((name for name in os.listdir(folder)
+                    if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")), key=_natural_key)
+    size: tuple[int, int] | None = None
+    for name in names:
+        try:
+            with Image.open(folder / name) as image:
+                frame = np.asarray(image.convert("RGB"))
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise _Skip(f"unreadable image {name}: {error}") from None
+        if size is None:
+            size = frame.shape[1], frame.shape[0]
+        elif (frame.shape[1], frame.shape[0]) != size:
+            raise _Skip(f"frames of mixed sizes ({size[0]}×{size[1]}, then {frame.shape[1]}×{frame.shape[0]} at {name})")
+        yield frame
+
+
+def _open(video: VideoInput, config: PrepareConfig) -> tuple[float, Iterator[np.ndarray]]:
+    """The frame rate after thinning and the kept frames (H×W×3 uint8 RGB) of an input; _Skip on unreadable or
+    inconsistent data (raised here or while iterating)."""
+    if video.kind == "frames":
+        fps, frames = config.frame_folder_fps, _image_frames(video.path)
+    else:
+        fps, frames = _open_video(video.path)
+    return fps / config.every, (frame for index, frame in enumerate(frames) if index % config.every == 0)
+
+
+# -- geometry -----------------------------------------------------------------------------------------------------
+
+
+def crop_box_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
+    """The box (centre x, centre y, side) in source pixels that frames 68×2 pixel landmarks like SyntheticHeads:
+    the least-squares scale + shift (no rotation) carrying them onto ``CANONICAL_IBUG68``."""
+    points = np.asarray(landmarks, dtype=np.float64)  # 68×2
+    canonical = CANONICAL_IBUG68.astype(np.float64)
+    points_centred = points - points.mean(axis=0)
+    canonical_centred = canonical - canonical.mean(axis=0)
+    # min Σ|scale·p + shift − c|²  ->  scale = <p̃, c̃> / |p̃|²  (crop units per source pixel)
+    scale = float((points_centred * canonical_centred).sum() / max(float((points_centred**2).sum()), 1e-12))
+    if not scale > 1e-9:
+        raise ValueError("landmarks are degenerate or mirrored: no box frames them")
+    side = 1.0 / scale
+    centre = points.mean(axis=0) + (0.5 - canonical.mean(axis=0)) * side
+    return np.array([centre[0], centre[1], side])
+
+
+def smooth_over_time(values: np.ndarray, *, window: int, order: int = 2) -> np.ndarray:
+    """Savitzky-Golay smoothing of an N×C track: each row replaced by the value at its own time of the
+    least-squares polynomial (degree ``order``) through the ``window`` rows around it. Near the ends the window
+    slides inwards rather than shrinking, so the ends are fitted, not clamped."""
+    values = np.asarray(values, dtype=np.float64)
+    count = values.shape[0]
+    window = min(window, count if count % 2 else count - 1)  # odd, at most N
+    if window <= order:
+        return values.copy()
+    half = window // 2
+    weights: dict[int, np.ndarray] = {}  # offset of the row within its window -> the window's weights
+    smoothed = np.empty_like(values)
+    for row in range(count):
+        start = min(max(row - half, 0), count - window)
+        offset = row - start
+        if offset not in weights:
+            design = np.vander(np.arange(window) - offset, order + 1, increasing=True)  # W×(order+1)
+            weights[offset] = np.linalg.pinv(design)[0]  # the fitted constant term: the value at this row
+        smoothed[row] = weights[offset] @ values[start : start + window]  # W @ W×C -> C
+    return smoothed
+
+
+def crop_square(frame: np.ndarray, box: np.ndarray, *, size: int) -> np.ndarray:
+    """The square ``box`` (centre x, centre y, side; pixel i spans [i, i+1)) of an H×W×3 uint8 frame, resampled
+    bilinearly to size×size×3; where the box leaves the frame the border pixels are replicated."""
+    centre_x, centre_y, side = (float(value) for value in box)
+    reduce_factor = max(1, int(side / size / 2))  # shrink big boxes by an integer box filter first (antialiasing)
+    if reduce_factor > 1:
+        frame = np.asarray(Image.fromarray(frame).reduce(reduce_factor))
+        centre_x, centre_y, side = centre_x / reduce_factor, centre_y / reduce_factor, side / reduce_factor
+    height, width = frame.shape[:2]
+    left, top = centre_x - side / 2, centre_y - side / 2
+    margin = math.ceil(side / size) + 2  # the filter's reach, and rounding
+    x0, y0 = math.floor(left) - margin, math.floor(top) - margin
+    x1, y1 = math.ceil(left + side) + margin, math.ceil(top + side) + margin
+    # Clamped indices replicate the edge; this gathers the (padded) region in one step.
+    rows = np.clip(np.arange(y0, y1), 0, height - 1)
+    columns = np.clip(np.arange(x0, x1), 0, width - 1)
+    region = frame[rows[:, None], columns[None, :]]  # (y1-y0)×(x1-x0)×3
+    crop = Image.fromarray(region).resize((size, size), Image.Resampling.BILINEAR,
+                                          box=(left - x0, top - y0, left - x0 + side, top - y0 + side))
+    return np.asarray(crop)
+
+
+def _interpolate_missing(values: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """N×... values with the rows where ``found`` is False replaced by linear interpolation over time between the
+    nearest found rows (held constant beyond the first and last)."""
+    flat = values.reshape(values.shape[0], -1)  # N×... -> N×C
+    known = np.flatnonzero(found)
+    everywhere = np.arange(values.shape[0])
+    filled = np.stack([np.interp(everywhere, known, flat[known, column]) for column in range(flat.shape[1])], axis=1)
+    return filled.reshape(values.shape)  # N×C -> N×...
+
+
+# -- one video (runs in a worker) ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Job:
+    video: VideoInput
+    out_dir: Path  # DST's staging folder / videos / name
+    config: PrepareConfig
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    prepared: PreparedVideo | None
+    skipped: SkippedVideo | None
+
+
+class _Graph(Protocol):
+    """The part of mediapipe's legacy solutions (FaceMesh, SelfieSegmentation) used here."""
+
+    def process(self, image: np.ndarray) -> Any: ...
+
+
+def _face_landmarks(mesh: _Graph, frame: np.ndarray) -> np.ndarray | None:
+    """The 68 iBUG landmarks (68×2 source pixels) of the face in ``frame``, or None."""
+    results = mesh.process(np.ascontiguousarray(frame))
+    faces = getattr(results, "multi_face_landmarks", None)
+    if not faces:
+        return None
+    height, width = frame.shape[:2]
+    points = np.array([(point.x, point.y) for point in faces[0].landmark])  # 478×2 in [0, 1]
+    return (points[list(MEDIAPIPE_TO_IBUG68)] * (width, height)).astype(np.float64)  # 478×2 -> 68×2 pixels
+
+
+def _track_faces(video: VideoInput, config: PrepareConfig) -> tuple[np.ndarray, np.ndarray, tuple[int, int], float]:
+    """Pass 1: landmarks (N×68×2 source pixels, NaN where no face), found (N bool), the frame size and the kept
+    frames' rate."""
+    fps, frames = _open(video, config)  # an unreadable file fails here, before mediapipe is loaded
+    import mediapipe
+
+    landmarks, size = [], (0, 0)
+    with mediapipe.solutions.face_mesh.FaceMesh(
+        static_image_mode=False,  # video: tracks the face from frame to frame, detects again when lost
+        max_num_faces=1,
+        refine_landmarks=True,  # 478 points (iris), the indices MEDIAPIPE_TO_IBUG68 was measured on
+        min_detection_confidence=config.min_detection_confidence,
+        min_tracking_confidence=config.min_tracking_confidence,
+    ) as mesh:
+        for frame in frames:
+            size = frame.shape[1], frame.shape[0]
+            points = _face_landmarks(mesh, frame)
+            landmarks.append(np.full((68, 2), np.nan) if points is None else points)
+    if not landmarks:
+        raise _Skip("no frames decoded")
+    stacked = np.stack(landmarks)  # N×68×2
+    return stacked, ~np.isnan(stacked).any(axis=(1, 2)), size, fps
+
+
+def _prepare_one(job: _Job) -> _Outcome:
+    """Prepare one input into job.out_dir; a bad input comes back as a SkippedVideo (its folder removed)."""
+    video, config = job.video, job.config
+    try:
+        return _Outcome(prepared=_prepare_into(video, job.out_dir, config), skipped=None)
+    except _Skip as reason:
+        shutil.rmtree(job.out_dir, ignore_errors=True)
+        return _Outcome(prepared=None, skipped=SkippedVideo(source=video.source, reason=str(reason)))
+
+
+def _prepare_into(video: VideoInput, out_dir: Path, config: PrepareConfig) -> PreparedVideo:
+    landmarks_px, found, size, fps = _track_faces(video, config)
+    raw_boxes = np.zeros((len(found), 3))  # N×3; rows without a face are filled in below
+    for index in np.flatnonzero(found):
+        try:
+            raw_boxes[index] = crop_box_from_landmarks(landmarks_px[index])
+        except ValueError:  # a degenerate mesh (all points on a line) frames nothing: treat it as no face
+            found[index] = False
+    count, with_face = len(found), int(found.sum())
+    if count < 2:
+        raise _Skip(f"only {count} frame (a source/driver pair needs 2)")
+    if with_face == 0:
+        raise _Skip(f"no face found in any of {count} frames")
+    fraction = with_face / count
+    if with_face < 2 or fraction < config.min_face_fraction:
+        raise _Skip(f"a face in only {with_face} of {count} frames ({fraction:.0%}; the minimum is "
+                    f"{config.min_face_fraction:.0%})")
+
+    landmarks_px = _interpolate_missing(np.nan_to_num(landmarks_px), found)  # N×68×2
+    boxes = _interpolate_missing(raw_boxes, found)
+    window = 2 * round(config.smoothing_seconds * fps / 2) + 1  # odd, about smoothing_seconds long
+    boxes = smooth_over_time(boxes, window=window)
+    boxes[:, 2] = np.maximum(boxes[:, 2], 1.0)  # a fit never turns a box inside out
+    origins = boxes[:, None, :2] - boxes[:, None, 2:] / 2  # N×1×2
+    landmarks = ((landmarks_px - origins) / boxes[:, None, 2:]).astype(np.float32)  # N×68×2 in crop units
+
+    out_dir.mkdir(parents=True)
+    resolution = config.resolution
+    frames = np.lib.format.open_memmap(out_dir / "frames.npy", mode="w+", dtype=np.uint8,
+                                       shape=(count, resolution, resolution, 3))
+    masks = np.lib.format.open_memmap(out_dir / "masks.npy", mode="w+", dtype=np.uint8, shape=(count, resolution, resolution))
+    written = 0
+    import mediapipe
+
+    # Made per video, like the mesh, so nothing carries over from one video into the next.
+    with mediapipe.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as segmentation:
+        for index, frame in enumerate(_open(video, config)[1]):  # pass 2: crop and segment
+            if index >= count:
+                raise _Skip(f"decoded {count} frames the first time and more the second")
+            crop = crop_square(frame, boxes[index], size=resolution)
+            mask = segmentation.process(np.ascontiguousarray(crop)).segmentation_mask  # S×S float32 in [0, 1]
+            frames[index] = crop
+            masks[index] = np.clip(np.asarray(mask) * 255 + 0.5, 0, 255).astype(np.uint8)
+            written = index + 1
+    if written != count:
+        raise _Skip(f"decoded {count} frames the first time and {written} the second")
+    frames.flush()
+    masks.flush()
+    del frames, masks  # unmap before the folder may be renamed
+    np.save(out_dir / "landmarks.npy", landmarks, allow_pickle=False)
+    np.save(out_dir / "boxes.npy", boxes.astype(np.float32), allow_pickle=False)
+    np.save(out_dir / "face_found.npy", found, allow_pickle=False)
+    return PreparedVideo(name=video.name, source=video.source, person=video.person, frames=count, source_size=size,
+                         fps=round(fps, 3), face_fraction=round(fraction, 4))
+
+
+# -- the whole folder ---------------------------------------------------------------------------------------------
+
+
+def prepare_videos(src: Path, dst: Path, *, config: PrepareConfig = PrepareConfig(), workers: int = 1,
+                   command: str = "", progress: bool = True) -> PrepareReport:
+    """Prepare every video and frame folder under ``src`` into the new folder ``dst`` (layout: module docstring).
+
+    ``workers`` processes (spawned; 1: in this process) each take one video at a time. Raises PrepareError when
+    ``src`` is missing or holds no inputs, ``dst`` exists, or no input could be prepared; in each case nothing is
+    left behind.
+    """
+    src, dst = Path(src), Path(dst)
+    if workers < 1:
+        raise PrepareError(f"workers must be at least 1, got {workers}")
+    if dst.exists():
+        raise PrepareError(f"{dst} exists already; choose a new folder (nothing was overwritten)")
+    inputs = discover_inputs(src)
+    if not inputs:
+        raise PrepareError(f"{src}: no videos ({' '.join(VIDEO_SUFFIXES)}) or folders of PNG/JPEG frames found")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a dataset is ordinary data
+    try:
+        jobs = [_Job(video=video, out_dir=staging / "videos" / video.name, config=config) for video in inputs]
+        outcomes = _run_jobs(jobs, workers=workers, progress=progress)
+        prepared = sorted((o.prepared for o in outcomes if o.prepared is not None), key=lambda video: video.name)
+        skipped = sorted((o.skipped for o in outcomes if o.skipped is not None), key=lambda video: video.source)
+        if not prepared:
+            first = skipped[0]
+            raise PrepareError(f"no video could be prepared: all {len(skipped)} skipped (e.g. {first.source}: {first.reason})")
+        meta = {
+            "format": PREPARED_FORMAT,
+            "version": PREPARED_VERSION,
+            "resolution": config.resolution,
+            "command": command,
+            "source": str(src),
+            "config": asdict(config),
+            "videos": [asdict(video) for video in prepared],
+            "skipped": [asdict(video) for video in skipped],
+        }
+        _write_preview(staging, prepared, path=staging / "preview.png")
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        staging.rename(dst)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return PrepareReport(root=dst, videos=tuple(prepared), skipped=tuple(skipped))
+
+
+def _run_jobs(jobs: list[_Job], *, workers: int, progress: bool) -> list[_Outcome]:
+    outcomes: list[_Outcome] = []
+    with tqdm(total=len(jobs), desc="preparing videos", unit="video", disable=not progress) as bar:
+        def record(outcome: _Outcome) -> None:
+            outcomes.append(outcome)
+            bar.update(1)
+            bar.set_postfix(skipped=sum(o.skipped is not None for o in outcomes))
+
+        if workers == 1:
+            for job in jobs:
+                record(_prepare_one(job))
+        else:
+            # spawn: mediapipe's graphs and threads do not survive fork; each worker imports this module afresh.
+            context = multiprocessing.get_context("spawn")
+            with context.Pool(processes=min(workers, len(jobs))) as pool:
+                for outcome in pool.imap_unordered(_prepare_one, jobs):
+                    record(outcome)
+    return outcomes
+
+
+def _write_preview(root: Path, videos: list[PreparedVideo], *, path: Path, rows: int = 8, columns: int = 4) -> None:
+    """Up to ``rows`` videos × ``columns`` evenly spaced frames: background dimmed by the mask, landmarks in red."""
+    tiles = []
+    for video in videos[:rows]:
+        folder = root / "videos" / video.name
+        frames = np.load(folder / "frames.npy", mmap_mode="r")  # N×S×S×3
+        masks = np.load(folder / "masks.npy", mmap_mode="r")  # N×S×S
+        landmarks = np.load(folder / "landmarks.npy")  # N×68×2
+        size = frames.shape[1]
+        row = []
+        for index in np.linspace(0, video.frames - 1, columns).round().astype(int):
+            alpha = masks[index, :, :, None].astype(np.float32) / 255  # S×S -> S×S×1
+            tile = (np.asarray(frames[index], dtype=np.float32) * (0.3 + 0.7 * alpha)).astype(np.uint8)
+            points = np.clip((landmarks[index] * size).astype(int), 0, size - 1)  # 68×2 pixels
+            tile[points[:, 1], points[:, 0]] = (255, 0, 0)
+            row.append(tile)
+        tiles.append(np.concatenate(row, axis=1))  # columns × S×S×3 -> S×(columns·S)×3
+    Image.fromarray(np.concatenate(tiles, axis=0)).save(path, format="PNG")  # rows × S×(c·S)×3 -> (r·S)×(c·S)×3
