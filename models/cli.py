@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
@@ -358,8 +359,6 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    import shlex
-
     from models.data.prepare import PrepareConfig, PrepareError, discover_inputs, prepare_videos
 
     problems = [message for bad, message in (
@@ -382,9 +381,7 @@ def _prepare(args: argparse.Namespace) -> int:
             print(json.dumps({"config": asdict(config), "workers": args.workers, "src": str(args.src), "dst": str(args.dst),
                               "inputs": [f"{video.source} ({video.kind}) -> videos/{video.name}" for video in inputs]}, indent=2))
             return 0
-        # models.export.current_command, written out: importing that module loads torch, which preparing never needs.
-        command = shlex.join([Path(sys.argv[0]).name if sys.argv else "python", *sys.argv[1:]])
-        report = prepare_videos(args.src, args.dst, config=config, workers=args.workers, command=command)
+        report = prepare_videos(args.src, args.dst, config=config, workers=args.workers, command=args.invocation)
     except (PrepareError, ValueError, OSError) as error:
         print(f"megalive-train prepare: {error}", file=sys.stderr)
         return 2
@@ -471,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The command as typed (also when main() is called with an argv, as tests do); without importing
+    # models.export, whose current_command would load torch for commands that never need it.
+    args.invocation = shlex.join(["megalive-train", *(sys.argv[1:] if argv is None else argv)])
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
