@@ -25,7 +25,6 @@ Shapes for the cpu256 student (encoder channels 16, 32, 64, 96):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -85,11 +84,6 @@ def arkit_features(curves: Tensor, framing: Tensor | None = None) -> Tensor:
 def landmark_features(landmarks: Tensor) -> Tensor:
     """B×68×2 in [0, 1] -> B×136 centred on the crop."""
     return (landmarks - 0.5).flatten(1)  # B×68×2 -> B×136
-
-
-def landmarks_in_crop(landmarks_px: Tensor, *, resolution: int) -> Tensor:
-    """B×68×2 pixel coordinates (the renderer's) -> [0, 1] over the crop."""
-    return landmarks_px / resolution
 
 
 class DriverAdapter(nn.Module):
@@ -165,6 +159,3 @@ def pyramid_distance(predicted: list[Tensor], target: list[Tensor]) -> Tensor:
     terms = [F.l1_loss(p, t) / t.abs().mean().clamp_min(1e-6) for p, t in zip(predicted, target)]
     return torch.stack(terms).mean()
 
-
-def parameter_count(module: nn.Module) -> int:
-    return sum(math.prod(parameter.shape) for parameter in module.parameters())
