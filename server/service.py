@@ -18,6 +18,7 @@ import importlib.util
 import ipaddress
 import itertools
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -450,7 +451,8 @@ class AvatarService:
             session=session,
             request_id=request.request_id,
             seq=seq,
-            client_time=client_time if isinstance(client_time, (int, float)) else None,
+            # A stamp that is not a finite number is ignored: the filters then use the arrival time.
+            client_time=float(client_time) if isinstance(client_time, (int, float)) and math.isfinite(client_time) else None,
             driver=request.buffers[0],
             frames=frames,
             received_at=time.perf_counter(),
@@ -538,6 +540,9 @@ class AvatarService:
             cropped = session.cropper(np.ascontiguousarray(image), job.signal_time_s)
         except capture.NoFaceError:
             raise ProtocolError("bad_request", "no face found in the frame (crop 'auto'); nothing to reuse yet", request_id=rid) from None
+        except Exception as error:  # mediapipe is C++ underneath; one bad frame must not kill the worker
+            log.exception("face crop failed")
+            raise ProtocolError("internal", f"face crop failed: {error}", request_id=rid) from None
         extra: dict[str, Any] = {"face_found": cropped.face_found, "crop_ms": 1000.0 * (time.perf_counter() - crop_began)}
         if session.return_landmarks:
             extra["landmarks"] = cropped.landmarks.round(5).tolist()  # 68 [x, y] in [0, 1] over the crop

@@ -194,7 +194,7 @@ def test_a_client_that_vanishes_mid_stream_loses_its_sessions_only(service: Avat
     for i in range(50):
         leaver.send_frame(leaving_session, driver_frame(i))
     leaver._socket.close(linger=0)  # vanish without a word: no close op, replies still coming
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # generous: the server notices through its heartbeat, later on a loaded box
     while time.monotonic() < deadline:
         render_one(good, good_session, driver_frame(5))
         stats = good.stats()
