@@ -261,3 +261,16 @@ def test_auto_crop_finds_the_face_returns_landmarks_and_reuses_the_last_box(serv
         assert isinstance(lost, Texture) and lost.face_found is False  # flagged, and the session goes on
         assert isinstance(render(client, session, webcam_frame(), timestamp=0.3), Texture)
 
+
+
+def test_a_nonsense_client_stamp_does_not_reach_the_filters(service: AvatarService, engine: Engine) -> None:
+    """The filters run on the client's capture time; a NaN or infinite stamp falls back to arrival time."""
+    curves = neutral_curves()
+    with AvatarClient(address=service.bound_address) as client:
+        session = client.open(avatar=0, driver="arkit")
+        for stamp in (math.nan, math.inf, 1.0):
+            texture = render(client, session, curves, timestamp=stamp)
+            assert isinstance(texture, Texture)
+    # A constant signal filters to itself; a NaN stamp inside the filter would have made it NaN for good.
+    expected = engine.run(curves[None], np.array([0]), kind="arkit")
+    np.testing.assert_array_equal(texture.buffer.array(), imaging.to_texture_pixels(expected.rgb, expected.alpha)[0])
