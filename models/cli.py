@@ -280,7 +280,7 @@ def _add_base(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     base.add_argument("--preset", default="cpu128", metavar="NAME", help="model preset: tiny (64 px, tests), cpu128, paper256, paper512")
-    base.add_argument("--data", default="synthetic", metavar="SRC", help="synthetic (SyntheticHeads, on the fly) | a prepared video folder")
+    base.add_argument("--data", default="synthetic", metavar="SRC", help="synthetic (SyntheticHeads, on the fly) | a `megalive-train prepare` folder (real video, resized to the preset)")
     base.add_argument("--run", "--run-dir", dest="run_dir", type=Path, required=True, metavar="DIR",
                       help="run folder (config, checkpoint, log, samples, tensorboard); under torchrun write --run-dir "
                       "(torchrun's parser reads --run as its own --run-path)")

@@ -4,11 +4,17 @@ Plain (one process) or under ``torchrun --nproc_per_node=N`` (DistributedDataPar
 nccl on CUDA, one process per GPU). Each rank draws its own shard with a DistributedSampler (set_epoch
 per epoch); rank 0 alone logs, writes TensorBoard and checkpoints.
 
-One step, per batch element (a ReenactmentSample): the source s, its clip's driver d and another
-video's driver d*; both drivers are augmented (thin-plate-spline warp, strong colour jitter), then
+One step, per batch element (a ReenactmentSample from SyntheticPairs, or a VideoSample from a prepared
+video folder): the source s, its clip's driver d and another video's driver d*; both drivers are augmented
+(thin-plate-spline warp, strong colour jitter), then
 
     x_{s→d}  = G(s, aug(d))   target d                      (self-reenactment)
-    x_{s→d*} = G(s, aug(d*))  target: s's identity in d*'s motion (SyntheticHeads has it)
+    x_{s→d*} = G(s, aug(d*))  target: s's identity in d*'s motion (SyntheticHeads has it; real video has not)
+
+Per element, ``cross_valid`` (VideoSample's field; 1 for a ReenactmentSample) weights the cross half's
+target terms: L1, mask, perceptual and feature matching, and whether the discriminator sees its target as
+real (models/data/video_folder.py). The terms that need no target stay for every element: the generator's
+hinge on both outputs and the cycle/contrastive loss.
 
 Generator loss (λ from DESIGN.md §4.1 via ``LossWeights``; the reconstruction and mask terms are this
 project's: without local perceptual weights the L1 is what ties the output to its target):
@@ -59,9 +65,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from models.data.paired import save_png
+from models.data.paired import DatasetError, save_png
 from models.data.synthetic import contact_sheet
 from models.data.synthetic_pairs import ReenactmentSample, SyntheticPairs, SyntheticPairsConfig, derived_seed
+from models.data.video_folder import VideoFolder
 from models.losses import (
     DiscriminatorConfig,
     LossConfig,
@@ -70,9 +77,7 @@ from models.losses import (
     PerceptualLoss,
     WeightsFileError,
     cycle_contrastive_loss,
-    feature_matching_loss,
     foreground,
-    hinge_discriminator_loss,
     hinge_generator_loss,
     masked_l1,
     other_drivers,
@@ -156,7 +161,8 @@ def check_config(config: BaseTrainConfig) -> None:
         config.augmentation
     except ValueError as error:
         raise TrainingError(f"driver augmentation: {error}") from None
-    _check_data(config.data)
+    if config.data != "synthetic":
+        training_data(config, resolution=base_config(config.preset).resolution)  # reads meta.json, maps the arrays: cheap
     for option, path in (("--vgg-weights", config.vgg_weights), ("--face-weights", config.face_weights),
                          ("--gaze-weights", config.gaze_weights), ("--init", config.init)):
         if path is not None and not Path(path).is_file():
@@ -165,19 +171,15 @@ def check_config(config: BaseTrainConfig) -> None:
         raise TrainingError("--amp needs a CUDA device; this run is on the CPU")
 
 
-def _check_data(data: str) -> None:
-    if data == "synthetic":
-        return
-    if Path(data).is_dir():
-        raise TrainingError(f"--data {data}: training on prepared video folders (megalive-train prepare) is not built yet; "
-                            "use --data synthetic")
-    raise TrainingError(f"--data {data}: not 'synthetic' and no such folder")
-
-
-def training_data(config: BaseTrainConfig, *, resolution: int) -> SyntheticPairs:
-    """The data source named by ``config.data`` (pluggable by name; a prepared video folder comes later)."""
-    _check_data(config.data)
-    return SyntheticPairs(config=SyntheticPairsConfig(resolution=resolution, identities=config.identities, seed=config.seed))
+def training_data(config: BaseTrainConfig, *, resolution: int) -> SyntheticPairs | VideoFolder:
+    """The data source named by ``config.data``: "synthetic", or a `megalive-train prepare` folder (resized to
+    ``resolution``); a missing or corrupt folder raises TrainingError (one line)."""
+    if config.data == "synthetic":
+        return SyntheticPairs(config=SyntheticPairsConfig(resolution=resolution, identities=config.identities, seed=config.seed))
+    try:
+        return VideoFolder(config.data, resolution=resolution, seed=config.seed)
+    except DatasetError as error:
+        raise TrainingError(" ".join(str(error).split())) from None
 
 
 def resolve_device(config: BaseTrainConfig, *, local_rank: int = 0) -> torch.device:
@@ -354,6 +356,39 @@ def _split_discriminator(output: Any, half: int) -> tuple[list[Tensor], list[Ten
     real_features = [[feature[:half] for feature in scale] for scale in output.features]
     fake_features = [[feature[half:] for feature in scale] for scale in output.features]
     return real_logits, fake_logits, real_features, fake_features
+
+
+def _on_device(batch: Any, device: torch.device) -> tuple[ReenactmentSample, Tensor]:
+    """A collated ReenactmentSample or VideoSample -> (the six shared fields on ``device``, cross_valid B float)."""
+    sample = ReenactmentSample(*(tensor.to(device, non_blocking=True) for tensor in batch[: len(ReenactmentSample._fields)]))
+    valid = getattr(batch, "cross_valid", None)
+    if valid is None:  # SyntheticPairs: every cross target is real
+        return sample, sample.source.new_ones(sample.source.shape[0])
+    return sample, valid.to(device, non_blocking=True).float().reshape(-1)
+
+
+def _weighted_mean(per_sample: Tensor, weight: Tensor) -> Tensor:
+    """Σ w·x / Σ w over the batch (x: per-sample values, N; w: N)."""
+    return (per_sample * weight).sum() / weight.sum().clamp_min(1e-8)
+
+
+def _per_sample_l1(a: Tensor, b: Tensor) -> Tensor:
+    """N×… -> N: mean |a - b| per sample."""
+    return (a - b).abs().flatten(1).mean(dim=1)
+
+
+def _weighted_feature_matching(real: list[list[Tensor]], fake: list[list[Tensor]], weight: Tensor) -> Tensor:
+    """feature_matching_loss with each sample's L1 weighted by ``weight`` (N): mean over layers and scales."""
+    terms = [_weighted_mean(_per_sample_l1(f, r.detach()), weight)
+             for real_scale, fake_scale in zip(real, fake, strict=True) for r, f in zip(real_scale, fake_scale, strict=True)]
+    return torch.stack(terms).mean()
+
+
+def _weighted_hinge_discriminator(real_logits: list[Tensor], fake_logits: list[Tensor], weight: Tensor) -> Tensor:
+    """hinge_discriminator_loss with the real side weighted per sample (weight 0: not shown as real)."""
+    per_scale = [_weighted_mean(F.relu(1 - real).flatten(1).mean(dim=1), weight) + F.relu(1 + fake).mean()
+                 for real, fake in zip(real_logits, fake_logits, strict=True)]
+    return torch.stack(per_scale).mean()
 
 
 def _batches(dataset: Dataset, *, batch_size: int, processes: Processes, seed: int, workers: int, start_step: int) -> Iterator[Any]:
@@ -538,26 +573,32 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
         if writer is not None:
             cleanup.callback(writer.close)
         while step < last_step:
-            batch = ReenactmentSample(*(tensor.to(device, non_blocking=True) for tensor in next(batches)))
+            batch, cross_valid = _on_device(next(batches), device)
             generator = _seed_step(config.seed, processes.rank, step)
             half = batch.source.shape[0]
             drivers = augment(torch.cat([batch.driver, batch.cross_driver]), generator=generator)  # 2B: aug(d), aug(d*)
             targets = torch.cat([batch.driver, batch.cross_target])
             masks = torch.cat([batch.driver_alpha, batch.cross_target_alpha])
-            real = foreground(targets, masks)
+            valid = torch.cat([torch.ones_like(cross_valid), cross_valid])  # 2B: self always, cross where it has a target
+            weighted_masks = masks * valid.view(-1, 1, 1, 1)  # a target-less element drops out of L1 and perceptual
+            real = foreground(targets, masks)  # zeros where there is no target: never shown as real (weighted out below)
 
             # Generator step (the discriminator frozen and called unwrapped: no DDP bookkeeping for it here).
             discriminator.requires_grad_(False)
             with autocast:
                 output = reenact(batch.source, drivers[:half], drivers[half:])
                 rgb = output.rgb.float()
-                l1 = masked_l1(rgb, targets, masks)
-                mask_loss = F.l1_loss(output.alpha.float(), masks)
-                perceptual_loss = perceptual(rgb, targets, mask=masks).total
-                judged = discriminator(torch.cat([real, foreground(rgb, masks)]))
+                # Fakes are masked by the target's mask, or by their own (detached) alpha where there is no target.
+                fake_masks = weighted_masks + (1 - valid).view(-1, 1, 1, 1) * output.alpha.detach().float()
+                l1 = masked_l1(rgb, targets, weighted_masks)
+                mask_loss = _weighted_mean(_per_sample_l1(output.alpha.float(), masks), valid)
+                # Target-less elements are zero on both sides (feature L1 exactly 0): rescale the batch mean to theirs.
+                perceptual_loss = perceptual(rgb, targets, mask=weighted_masks).total * (valid.numel() / valid.sum().clamp_min(1e-8))
+                judged = discriminator(torch.cat([real, foreground(rgb, fake_masks)]))
                 _, fake_logits, real_features, fake_features = _split_discriminator(judged, 2 * half)
                 adversarial = hinge_generator_loss([logits.float() for logits in fake_logits])
-                matching = feature_matching_loss(real_features, fake_features).float()
+                matching = _weighted_feature_matching([[f.float() for f in s] for s in real_features],
+                                                      [[f.float() for f in s] for s in fake_features], valid)
                 driver_z = output.driver_expression.float()
                 cycle = cycle_contrastive_loss(output.output_expression.float(), driver_z, other_drivers(driver_z),
                                                scale=loss_config.cycle_scale, margin=loss_config.cycle_margin)
@@ -570,9 +611,10 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
 
             # Discriminator step.
             with autocast:
-                judged = judge(torch.cat([real, foreground(rgb.detach(), masks)]))
+                judged = judge(torch.cat([real, foreground(rgb.detach(), fake_masks)]))
                 real_logits, fake_logits, _, _ = _split_discriminator(judged, 2 * half)
-                discriminator_loss = hinge_discriminator_loss([x.float() for x in real_logits], [x.float() for x in fake_logits])
+                discriminator_loss = _weighted_hinge_discriminator([x.float() for x in real_logits], [x.float() for x in fake_logits],
+                                                                   valid)
             optimiser_d.zero_grad(set_to_none=True)
             scaler.scale(discriminator_loss).backward()
             scaler.step(optimiser_d)

@@ -4,8 +4,6 @@ table and canonical framing kept equal to the server's copy."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import pickle
 import re
@@ -30,14 +28,7 @@ from models.data.prepare import (
     smooth_over_time,
 )
 from models.data.video_folder import VideoFolder
-
-RESOLUTION = 64
-FRAMES = 12
-# (canvas width, height, scale): the MP4 as a webcam frame; the frame folder larger, with the photo scaled to match,
-# so the two inputs differ in resolution. Faces stay about 100 px wide (smaller ones are missed now and then).
-MP4_CANVAS = (640, 480, 1.0)
-FOLDER_CANVAS = (800, 600, 1.25)
-OFFSET = (96.0, 128.0)  # where the photo's corner sits in the canvas at rest, in canvas pixels at scale 1
+from tests.models.conftest import FOLDER_CANVAS, FRAMES, MP4_CANVAS, OFFSET, RESOLUTION, poses
 
 
 def test_landmark_table_and_canonical_framing_equal_the_servers() -> None:
@@ -68,55 +59,9 @@ def test_crop_square_samples_the_box_and_replicates_edges() -> None:
     assert outside.min() == 200
 
 
-def _place(photo: np.ndarray, *, canvas: tuple[int, int, float], scale: float, shift: tuple[float, float]) -> np.ndarray:
-    """The photo scaled and moved into a grey canvas: canvas = base·(scale·photo + OFFSET + shift)."""
-    width, height, base = canvas
-    total = base * scale
-    offset_x, offset_y = base * (OFFSET[0] + shift[0]), base * (OFFSET[1] + shift[1])
-    inverse = (1 / total, 0.0, -offset_x / total, 0.0, 1 / total, -offset_y / total)  # canvas -> photo
-    image = Image.fromarray(photo).transform((width, height), Image.Transform.AFFINE, inverse,
-                                             resample=Image.Resampling.BILINEAR, fillcolor=(120, 120, 120))
-    return np.asarray(image)
-
-
-def _poses() -> list[tuple[float, tuple[float, float]]]:
-    return [(1.0 + 0.01 * k, (3.0 * k, -2.0 * k)) for k in range(FRAMES)]  # drifts right and up, zooms in slightly
-
-
-def _write_mp4(path: Path, frames: list[np.ndarray], *, fps: int = 10) -> None:
-    import imageio_ffmpeg
-
-    height, width = frames[0].shape[:2]
-    writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, quality=8)
-    writer.send(None)  # start ffmpeg
-    for frame in frames:
-        writer.send(np.ascontiguousarray(frame).tobytes())
-    writer.close()
-
-
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str]:
-    """SRC with two good inputs and bad ones, prepared once through the CLI: (DST, exit code, stdout)."""
-    pytest.importorskip("mediapipe")
-    pytest.importorskip("imageio_ffmpeg")
-    photo = pytest.importorskip("skimage.data").astronaut()  # 512×512×3, one frontal face
-    src = tmp_path_factory.mktemp("videos")
-    _write_mp4(src / "astronaut.mp4", [_place(photo, canvas=MP4_CANVAS, scale=s, shift=d) for s, d in _poses()])
-    (src / "astronaut_frames").mkdir()
-    for index, (scale, shift) in enumerate(_poses()):
-        Image.fromarray(_place(photo, canvas=FOLDER_CANVAS, scale=scale, shift=shift)).save(src / "astronaut_frames" / f"frame{index}.png")
-    (src / "broken.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
-    (src / "empty.mp4").write_bytes(b"")
-    _write_mp4(src / "grey.mp4", [np.full((240, 320, 3), 128, dtype=np.uint8)] * 6)  # no face anywhere
-    (src / "mixed_sizes").mkdir()
-    Image.new("RGB", (64, 48), (90, 90, 90)).save(src / "mixed_sizes" / "0.png")
-    Image.new("RGB", (48, 64), (90, 90, 90)).save(src / "mixed_sizes" / "1.png")
-    (src / "notes.txt").write_text("not a video\n")
-    dst = tmp_path_factory.mktemp("prepared") / "faces"
-    out = io.StringIO()  # a module fixture cannot use capsys
-    with contextlib.redirect_stdout(out):
-        code = main(["prepare", str(src), str(dst), "--resolution", str(RESOLUTION), "--workers", "1"])
-    return dst, code, out.getvalue()
+def prepared(prepared_videos: tuple[Path, int, str]) -> tuple[Path, int, str]:
+    return prepared_videos
 
 
 def test_prepare_finds_the_face_in_every_frame_of_both_inputs(prepared: tuple[Path, int, str]) -> None:
@@ -147,9 +92,9 @@ def test_prepare_finds_the_face_in_every_frame_of_both_inputs(prepared: tuple[Pa
         assert all(masks[f, top[f]:bottom[f], left[f]:right[f]].mean() > 128 for f in range(FRAMES))
         # The box follows the known motion with no lag (non-causal smoothing): each frame's box is the first
         # frame's moved and scaled as the photo was, within two source pixels.
-        (scale_0, shift_0), base = _poses()[0], canvas[2]
+        (scale_0, shift_0), base = poses()[0], canvas[2]
         centre_in_photo = (boxes[0, :2] / base - np.add(OFFSET, shift_0)) / scale_0
-        for box, (scale, shift) in zip(boxes, _poses(), strict=True):
+        for box, (scale, shift) in zip(boxes, poses(), strict=True):
             np.testing.assert_allclose(box[:2], base * (centre_in_photo * scale + np.add(OFFSET, shift)), atol=2.0)
             assert abs(box[2] / (boxes[0, 2] * scale / scale_0) - 1) < 0.03
     assert (dst / "preview.png").is_file()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -129,6 +130,22 @@ def test_resume_continues_exactly_as_the_uninterrupted_run(tiny_runs: tuple[Path
     assert [(entry["step"], entry["resumed"]) for entry in starts] == [(0, False), (1, True)]
 
 
+def test_a_prepared_video_folder_trains_with_its_cross_targets_weighted_out(
+        prepared_videos: tuple[Path, int, str], tmp_path: Path) -> None:
+    folder, code, _ = prepared_videos
+    assert code == 0
+    run = tmp_path / "video"
+    summary = train_base(BaseTrainConfig(run_dir=str(run), data=str(folder), **TINY), progress=False)
+    assert summary.steps == 2 and load_checkpoint(run / "checkpoint.pt")["step"] == 2
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["data"] == str(folder)
+    assert config["data"]["source"] == "video" and config["data"]["root"] == str(folder) and config["data"]["resolution"] == 64
+    steps = [entry for entry in _log(run) if "event" not in entry]
+    assert [entry["step"] for entry in steps] == [1, 2]
+    assert all(math.isfinite(value) for entry in steps for value in entry.values())
+    assert (run / "samples.png").stat().st_size > 0
+
+
 # -- torchrun ---------------------------------------------------------------------------------------
 
 
@@ -196,7 +213,8 @@ def test_perceptual_weights_with_wrong_shapes_are_refused_before_anything_is_wri
 
 
 def test_other_bad_input_gets_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert "not built yet" in _refused(capsys, "--run", str(tmp_path / "run"), "--data", str(tmp_path))
+    assert "prepared video folder not found" in _refused(capsys, "--run", str(tmp_path / "run"), "--data", str(tmp_path / "nowhere"))
+    assert "no meta.json" in _refused(capsys, "--run", str(tmp_path / "run"), "--data", str(tmp_path))
     assert "--amp" in _refused(capsys, "--run", str(tmp_path / "run"), "--amp", "--device", "cpu")
     assert "unknown preset" in _refused(capsys, "--run", str(tmp_path / "run"), "--preset", "huge")
     assert not (tmp_path / "run").exists()
