@@ -187,19 +187,28 @@ class DatasetMeta:
     command: str
 
 
-def read_meta(root: Path) -> DatasetMeta:
-    root = Path(root)
+def read_format_meta(root: Path, *, data_format: str, version: int, what: str, made_by: str) -> dict:
+    """A data folder's meta.json, checked for its format and version; DatasetError (one line) otherwise.
+
+    what: the folder's kind in messages ("dataset folder"); made_by: the command that makes one."""
     meta_path = root / "meta.json"
     if not root.is_dir():
-        raise DatasetError(f"dataset folder not found: {root}")
+        raise DatasetError(f"{what} not found: {root}")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DatasetError(f"{root} is not a dataset: no meta.json (make one with `megalive-train synth`)") from None
+        raise DatasetError(f"{root} is not a {what}: no meta.json (make one with `{made_by}`)") from None
     except (OSError, ValueError) as error:
         raise DatasetError(f"{meta_path} is unreadable: {error}") from None
-    if not isinstance(meta, dict) or meta.get("format") != DATASET_FORMAT or meta.get("version") != DATASET_VERSION:
-        raise DatasetError(f"{root} is not a {DATASET_FORMAT} v{DATASET_VERSION} dataset")
+    if not isinstance(meta, dict) or meta.get("format") != data_format or meta.get("version") != version:
+        raise DatasetError(f"{root} is not a {data_format} v{version} {what} (made by `{made_by}`)")
+    return meta
+
+
+def read_meta(root: Path) -> DatasetMeta:
+    root = Path(root)
+    meta_path = root / "meta.json"
+    meta = read_format_meta(root, data_format=DATASET_FORMAT, version=DATASET_VERSION, what="dataset folder", made_by="megalive-train synth")
     try:
         return DatasetMeta(root=root, resolution=int(meta["resolution"]), num_avatars=int(meta["num_avatars"]),
                            num_pairs=int(meta["num_pairs"]), avatar_names=tuple(meta["avatar_names"]),
@@ -208,11 +217,14 @@ def read_meta(root: Path) -> DatasetMeta:
         raise DatasetError(f"{meta_path}: missing or malformed field ({error})") from None
 
 
-def _load_array(path: Path, *, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+def load_checked_array(path: Path, *, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """A memory-mapped .npy of exactly this shape and dtype; DatasetError (one line) otherwise."""
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise DatasetError(f"{path} is missing (make the folder again)") from None
     except (OSError, ValueError) as error:
-        raise DatasetError(f"{path} is missing or corrupt: {error}") from None
+        raise DatasetError(f"{path} is corrupt or truncated: {error}") from None
     if array.shape != shape or array.dtype != dtype:
         raise DatasetError(f"{path} has shape {array.shape} {array.dtype}, expected {shape} {np.dtype(dtype)}")
     return array
@@ -232,9 +244,9 @@ class PairedHeads(Dataset):
     def __init__(self, *, root: Path) -> None:
         self.meta = read_meta(root)
         count, size = self.meta.num_pairs, self.meta.resolution
-        self.driver_rgba = _load_array(self.meta.root / "driver_rgba.npy", shape=(count, size, size, 4), dtype=np.uint8)
-        self.target_rgba = _load_array(self.meta.root / "target_rgba.npy", shape=(count, size, size, 4), dtype=np.uint8)
-        self.neutral_rgba = _load_array(self.meta.root / "neutral_rgba.npy", shape=(self.meta.num_avatars, size, size, 4), dtype=np.uint8)
+        self.driver_rgba = load_checked_array(self.meta.root / "driver_rgba.npy", shape=(count, size, size, 4), dtype=np.uint8)
+        self.target_rgba = load_checked_array(self.meta.root / "target_rgba.npy", shape=(count, size, size, 4), dtype=np.uint8)
+        self.neutral_rgba = load_checked_array(self.meta.root / "neutral_rgba.npy", shape=(self.meta.num_avatars, size, size, 4), dtype=np.uint8)
         try:
             with np.load(self.meta.root / "pairs.npz", allow_pickle=False) as pairs:
                 self.avatar_index = pairs["avatar_index"].astype(np.int64)
@@ -279,7 +291,7 @@ class PairedSignals(PairedHeads):
             raise DatasetError(f"{self.meta.root / 'motions.npz'} holds {len(motions)} motions for {count} pairs")
         self.curves = motions.arkit_curves().float()  # M×61
         self.framing = motions.framing().float()  # M×3
-        self.driver_landmarks = _load_array(self.meta.root / "driver_landmarks.npy", shape=(count, 68, 2), dtype=np.float32)
+        self.driver_landmarks = load_checked_array(self.meta.root / "driver_landmarks.npy", shape=(count, 68, 2), dtype=np.float32)
 
     def __getitem__(self, index: int) -> SignalPair:  # type: ignore[override]
         driver, target_rgb, target_alpha, avatar = super().__getitem__(index)

@@ -30,7 +30,6 @@ dataset pickles without them, so spawned workers reopen their own.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from models.data.paired import DatasetError
+from models.data.paired import DatasetError, load_checked_array, read_format_meta
 from models.data.prepare import PREPARED_FORMAT, PREPARED_VERSION
 from models.data.synthetic_pairs import derived_seed
 
@@ -78,18 +77,8 @@ class VideoInfo(NamedTuple):
 
 
 def _read_meta(root: Path) -> dict[str, Any]:
-    if not root.is_dir():
-        raise DatasetError(f"prepared video folder not found: {root}")
-    meta_path = root / "meta.json"
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DatasetError(f"{root} is not a prepared video folder: no meta.json (make one with `megalive-train prepare`)") from None
-    except (OSError, ValueError) as error:
-        raise DatasetError(f"{meta_path} is unreadable: {error}") from None
-    if not isinstance(meta, dict) or meta.get("format") != PREPARED_FORMAT or meta.get("version") != PREPARED_VERSION:
-        raise DatasetError(f"{root} is not a {PREPARED_FORMAT} v{PREPARED_VERSION} folder (made by `megalive-train prepare`)")
-    return meta
+    return read_format_meta(root, data_format=PREPARED_FORMAT, version=PREPARED_VERSION, what="prepared video folder",
+                            made_by="megalive-train prepare")
 
 
 def open_arrays(folder: Path, *, frames: int, resolution: int) -> PreparedArrays:
@@ -101,19 +90,8 @@ def open_arrays(folder: Path, *, frames: int, resolution: int) -> PreparedArrays
         "boxes": ((frames, 3), np.float32),
         "face_found": ((frames,), np.bool_),
     }
-    arrays = {}
-    for name, (shape, dtype) in expected.items():
-        path = folder / f"{name}.npy"
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except FileNotFoundError:
-            raise DatasetError(f"{path} is missing (prepare the folder again)") from None
-        except (OSError, ValueError) as error:
-            raise DatasetError(f"{path} is corrupt or truncated: {error}") from None
-        if array.shape != shape or array.dtype != dtype:
-            raise DatasetError(f"{path} has shape {array.shape} {array.dtype}, expected {shape} {np.dtype(dtype)}")
-        arrays[name] = array
-    return PreparedArrays(**arrays)
+    return PreparedArrays(**{name: load_checked_array(folder / f"{name}.npy", shape=shape, dtype=dtype)
+                             for name, (shape, dtype) in expected.items()})
 
 
 class VideoFolder(Dataset[VideoSample]):

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+from server.addon import build_addon
+
+ADDON_MODULE = "bl_ext.user_default.megalive"  # where Blender installs the extension zip
 
 
 def image_as_texture(image: Any) -> np.ndarray:
@@ -25,3 +31,13 @@ def tick_until(ui: ModuleType, condition: Callable[[], bool], *, timeout_s: floa
         assert time.monotonic() < deadline, f"condition not met; status: {ui.status_line()}"
         assert ui.live_tick() == ui.TICK_INTERVAL_S
         time.sleep(0.005)
+
+
+def install_addon(out_dir: Path, offline_wheels: Path) -> ModuleType:
+    """Build the extension zip, install and enable it in the headless Blender; returns its ui module."""
+    import bpy
+
+    zip_path = build_addon(out_dir=out_dir, offline_wheels_dir=offline_wheels)
+    result = bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo="user_default", enable_on_install=True)
+    assert result == {"FINISHED"} and ADDON_MODULE in bpy.context.preferences.addons
+    return sys.modules[f"{ADDON_MODULE}.ui"]

@@ -17,25 +17,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.addon import build_addon
 from server.client import AvatarClient, Texture
 from server.engine import Engine
 from server.protocol import Buffer, EncodedBuffer, raw_buffer_from_bytes
 from server.service import AvatarService, ServiceConfig
-from tests.blender_addon.bpy_helpers import image_as_texture, tick_until
+from tests.blender_addon.bpy_helpers import ADDON_MODULE, image_as_texture, install_addon, tick_until
 from tests.blender_addon.conftest import write_test_movie
 from tests.conftest import free_tcp_port
 
-MODULE = "bl_ext.user_default.megalive"
+MODULE = ADDON_MODULE
 FRAMES = 5
 
 
 @pytest.fixture(scope="module")
 def addon(tmp_path_factory: pytest.TempPathFactory, offline_wheels: Path) -> Iterator[ModuleType]:
-    zip_path = build_addon(out_dir=tmp_path_factory.mktemp("dist"), offline_wheels_dir=offline_wheels)
-    result = bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo="user_default", enable_on_install=True)
-    assert result == {"FINISHED"} and MODULE in bpy.context.preferences.addons
-    ui = sys.modules[f"{MODULE}.ui"]
+    ui = install_addon(tmp_path_factory.mktemp("dist"), offline_wheels)
     assert ui.client_module.__name__ == f"{MODULE}.vendor.client"  # the zip's copy, not the repository's
     assert ui.shared_live.__name__ == f"{MODULE}.vendor.live" and ui.shared_live.client_module is ui.client_module
     yield ui

@@ -9,7 +9,6 @@ test) and leaves it enabled at the end, so it never disables the add-on under an
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -22,13 +21,12 @@ from PIL import Image
 from blender_addon import shape_keys
 from blender_addon.live import session_stabilise, wire_driver_kind
 from server import imaging
-from server.addon import build_addon
 from server.engine import Engine
 from server.protocol import ARKIT_CURVES, RawBuffer
 from server.service import AvatarService, ServiceConfig
-from tests.blender_addon.bpy_helpers import image_as_texture, tick_until
+from tests.blender_addon.bpy_helpers import ADDON_MODULE, image_as_texture, install_addon, tick_until
 
-MODULE = "bl_ext.user_default.megalive"
+MODULE = ADDON_MODULE
 AVATAR = 2
 
 
@@ -134,10 +132,7 @@ def test_capture_sessions_open_as_arkit_with_the_stabilise_choice() -> None:
 
 @pytest.fixture(scope="module")
 def addon(tmp_path_factory: pytest.TempPathFactory, offline_wheels: Path) -> Iterator[ModuleType]:
-    zip_path = build_addon(out_dir=tmp_path_factory.mktemp("dist"), offline_wheels_dir=offline_wheels)
-    result = bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo="user_default", enable_on_install=True)
-    assert result == {"FINISHED"} and MODULE in bpy.context.preferences.addons
-    ui = sys.modules[f"{MODULE}.ui"]
+    ui = install_addon(tmp_path_factory.mktemp("dist"), offline_wheels)
     assert ui.shape_keys.protocol.__name__ == f"{MODULE}.vendor.protocol"  # the zip's protocol copy
     yield ui
     ui.shutdown()  # the add-on stays enabled (see the module docstring)
