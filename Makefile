@@ -6,10 +6,11 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 TORCH  := torch==2.13.0
 STUDENT_STEPS ?= 4000
 ADAPTER_STEPS ?= 800
+TEACHER_STEPS ?= 4000
 
 BIN    := $(VENV)/bin
 
-.PHONY: demo test install install-dev bench default-model clean
+.PHONY: demo test install install-dev bench default-model teacher-cpu clean
 
 # torch first, so pip takes the local CPU build instead of a CUDA one from the registry.
 $(VENV)/.installed-dev: pyproject.toml
@@ -56,6 +57,18 @@ default-model: install-dev
 	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --out assets/default/eval --motions random
 	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --out assets/default/eval --motions clips --driver arkit
 	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --out assets/default/eval --motions clips --driver landmarks
+
+# The CPU recipe of the teacher (README: "The teacher on two CPU cores"): the cpu128 base model on SyntheticHeads pairs
+# (about 1.5 hours on the 2-core box), the benchmark's parameter regressor, then the benchmark: the teacher on held-out
+# identities, and teacher beside the default student on the student's avatars (runs/synth-256, made as in default-model).
+teacher-cpu: install-dev
+	rm -rf runs/teacher-cpu128 runs/regressor
+	$(BIN)/megalive-train base --preset cpu128 --steps $(TEACHER_STEPS) --batch 2 --run runs/teacher-cpu128 --checkpoint-every 250
+	$(BIN)/megalive-train regressor --out runs/regressor/regressor.pt
+	$(BIN)/megalive-train eval --model runs/teacher-cpu128/checkpoint.pt --regressor runs/regressor/regressor.pt --sources 16 --out docs/teacher-cpu128/held-out
+	test -f runs/synth-256/avatars.npz || $(BIN)/megalive-train synth runs/synth-256 --resolution 256 --avatars 8 --drivers 200 --pairs 8000
+	$(BIN)/megalive-train eval --model runs/teacher-cpu128/checkpoint.pt --data runs/synth-256 --regressor runs/regressor/regressor.pt --out docs/teacher-cpu128/avatars
+	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --regressor runs/regressor/regressor.pt --out docs/teacher-cpu128/student-avatars
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -108,9 +108,12 @@ def test_export_eval_and_demo_on_the_tiny_student(tiny_run: Path, tiny_dataset: 
                           "--clips", "2", "--frames", "8")
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads((tmp_path / "eval" / "eval-clips.json").read_text())
-    assert report["pairs"] == 16
-    for name in ("model_output", "neutral_baseline", "driver_baseline"):
-        assert 0 < report[name]["psnr"] < 100 and -1 <= report[name]["ssim"] <= 1
+    assert report["pairs"] == 16 and report["model_kind"] == "student" and report["regressor"] is None
+    for section, names in (("cross", ("model_output", "source_copy", "driver_copy")), ("self_reenactment", ("model_output", "source_copy"))):
+        for name in names:
+            figures = report[section][name]
+            assert 0 < figures["psnr"] < 100 and -1 <= figures["ssim"] <= 1 and 0 < figures["foreground_psnr"] < 100
+            assert figures["rotation_error_deg"] is None  # no regressor: absent, not made up
     assert (tmp_path / "eval" / "contact-sheet-clips.png").is_file()
 
     from models.data.demo_clip import render_driver_clip

@@ -1,0 +1,257 @@
+"""A small parameter regressor: from a SyntheticHeads-style image, the renderer's own parameters back.
+
+`megalive-train eval` measures motion and identity with it (the benchmark's stand-in for a pose
+estimator and a face-recognition network, which we cannot load here): a model output's predicted
+pose and ARKit controls against the driver's true ones, and its predicted identity against the
+avatar's true one. It is trained on renders (`megalive-train regressor`) and reads every image
+composited on white by its own mask (the foreground), downsampled to ``RegressorConfig.resolution``,
+because the teacher does not model the background. A random blur during training keeps it usable on
+soft model outputs; its error on the ground-truth renders themselves (the floor) is reported beside
+every figure it makes.
+
+Targets, per image:
+    pose        yaw, pitch, roll (radians)
+    expression  the 52 ARKit controls in [0, 1]
+    identity    IDENTITY_FIELDS (face shape, features and colours; not light, clothes or background),
+                standardised by the identity prior's mean and spread, so errors are in standard deviations
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from models.blocks import ConvNormAct, DownBlock
+from models.data.synthetic import NUM_BLENDSHAPES, Identity, Motion, SyntheticHeads, sample_clip, sample_identities, sample_motions
+from models.data.synthetic_pairs import derived_seed
+from models.megaportraits.train_student import TrainingError, adam_with_cosine, load_checkpoint, save_checkpoint
+
+CHECKPOINT_KIND = "megaportraits-parameter-regressor"
+
+# The face and hair: what a face-recognition network would call identity (light, clothes and background are not).
+IDENTITY_FIELDS = ("head_width", "head_height", "head_depth", "chin_length", "jaw_taper", "eye_spacing", "eye_height", "eye_width",
+                   "eye_opening", "eye_tilt", "iris_size", "brow_height", "brow_thickness", "brow_arch", "nose_length", "nose_width",
+                   "nose_prominence", "mouth_height", "mouth_width", "upper_lip", "lower_lip", "skin_rgb", "lip_rgb", "iris_rgb",
+                   "hair_rgb", "hair_amount", "hairline", "hair_volume", "hair_length")
+
+
+def identity_features(identity: Identity) -> Tensor:
+    """IDENTITY_FIELDS of a batch of identities, flattened: B×F (F = 37)."""
+    return torch.cat([getattr(identity, name).reshape(len(identity), -1).float() for name in IDENTITY_FIELDS], dim=1)
+
+
+def on_white(rgb: Tensor, alpha: Tensor) -> Tensor:
+    """The foreground composited on white: B×3×H×W, B×1×H×W -> B×3×H×W."""
+    return rgb * alpha + (1 - alpha)
+
+
+@dataclass(frozen=True)
+class RegressorConfig:
+    resolution: int = 64  # input side; images are area-resized to it
+    stem: int = 24  # a stride-2 conv: 64 -> 32 px
+    channels: tuple[int, ...] = (32, 64, 128, 160)  # a stride-2 ResBlock each: 32 -> 2 px
+    hidden: int = 256
+
+
+@dataclass(frozen=True)
+class RegressorTrainConfig:
+    out: str  # checkpoint path
+    renders: int = 8000  # training images, rendered once at render_resolution
+    render_resolution: int = 128
+    steps: int = 1500
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    max_blur: float = 1.5  # Gaussian blur sigma, in regressor pixels, drawn per image from [0, max_blur]
+    seed: int = 7  # its identities and motions: neither the teacher's training pool nor the benchmark's held-out seed
+    held_out: int = 256  # fresh renders its own error is measured on, after training
+    command: str = ""
+
+
+class RegressedParameters(NamedTuple):
+    pose: Tensor  # B×3: yaw, pitch, roll in radians
+    expression: Tensor  # B×52: ARKit controls
+    identity: Tensor  # B×F: standardised IDENTITY_FIELDS
+
+
+class ParameterRegressor(nn.Module):
+    def __init__(self, *, config: RegressorConfig, identity_mean: Tensor, identity_std: Tensor) -> None:
+        super().__init__()
+        self.config = config
+        self.register_buffer("identity_mean", identity_mean.clone().float())  # F
+        self.register_buffer("identity_std", identity_std.clone().float())  # F
+        widths = (config.stem, *config.channels)
+        self.stem = ConvNormAct(in_channels=3, out_channels=config.stem, stride=2)
+        self.trunk = nn.Sequential(*(DownBlock(in_channels=a, out_channels=b) for a, b in zip(widths[:-1], widths[1:], strict=True)))
+        features = config.channels[-1]
+        self.hidden = nn.Sequential(nn.Linear(features, config.hidden), nn.ReLU())
+        self.pose_head = nn.Linear(config.hidden, 3)
+        self.expression_head = nn.Linear(config.hidden, NUM_BLENDSHAPES)
+        self.identity_head = nn.Linear(config.hidden, identity_mean.numel())
+
+    def standardise(self, identity: Identity) -> Tensor:
+        """True identities as the identity head's targets: B×F standardised features."""
+        return (identity_features(identity).to(self.identity_mean.device) - self.identity_mean) / self.identity_std
+
+    def prepare(self, foreground: Tensor) -> Tensor:
+        """B×3×H×W foreground on white at any size -> B×3×r×r, area-resized (no aliasing from large outputs)."""
+        size = self.config.resolution
+        if foreground.shape[-1] == size and foreground.shape[-2] == size:
+            return foreground
+        if foreground.shape[-1] > size:
+            return F.adaptive_avg_pool2d(foreground, size)
+        return F.interpolate(foreground, size=(size, size), mode="bilinear", align_corners=False)
+
+    def forward(self, foreground: Tensor) -> RegressedParameters:
+        """foreground: B×3×H×W in [0, 1], composited on white."""
+        x = self.prepare(foreground) * 2 - 1
+        x = self.trunk(self.stem(x))  # B×C×2×2
+        hidden = self.hidden(x.mean(dim=(2, 3)))  # B×hidden
+        return RegressedParameters(pose=self.pose_head(hidden), expression=self.expression_head(hidden),
+                                   identity=self.identity_head(hidden))
+
+
+@dataclass(frozen=True)
+class ParameterErrors:
+    rotation_deg: float  # mean |yaw, pitch, roll error| in degrees
+    expression: float  # mean |ARKit control error| (controls in [0, 1])
+    identity: float  # mean |standardised identity feature error| (in standard deviations of the identity prior)
+
+
+def parameter_errors(predicted: RegressedParameters, motion: Motion, identity_targets: Tensor) -> Tensor:
+    """Per-image errors, B×3 (rotation degrees, expression, identity), against the true motion and standardised identity."""
+    true_pose = torch.stack([motion.yaw, motion.pitch, motion.roll], dim=1).to(predicted.pose)
+    rotation = (predicted.pose - true_pose).abs().mean(dim=1) * (180 / math.pi)
+    expression = (predicted.expression - motion.expression.to(predicted.expression)).abs().mean(dim=1)
+    identity = (predicted.identity - identity_targets.to(predicted.identity)).abs().mean(dim=1)
+    return torch.stack([rotation, expression, identity], dim=1)
+
+
+def errors_from_means(means: Tensor) -> ParameterErrors:
+    """A 3-vector of mean errors (parameter_errors' columns) -> ParameterErrors."""
+    return ParameterErrors(rotation_deg=float(means[0]), expression=float(means[1]), identity=float(means[2]))
+
+
+def identity_prior(seed: int, count: int = 4096) -> tuple[Tensor, Tensor]:
+    """Mean and spread of identity_features under the identity prior (a spread of 0, e.g. a constant, becomes 1)."""
+    features = identity_features(sample_identities(count, generator=torch.Generator().manual_seed(derived_seed(seed, "prior"))))
+    std = features.std(dim=0)
+    return features.mean(dim=0), torch.where(std > 1e-6, std, torch.ones_like(std))
+
+
+def _blur(images: Tensor, sigma: Tensor) -> Tensor:
+    """A Gaussian blur per image (sigma: B, in pixels; 0 leaves the image as it is)."""
+    radius = 3
+    taps = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    kernel = torch.exp(-0.5 * (taps.view(1, -1) / sigma.clamp_min(1e-3).view(-1, 1)) ** 2)  # B×7
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)
+    batch, channels, height, width = images.shape
+    x = F.pad(images.reshape(1, batch * channels, height, width), (radius, radius, radius, radius), mode="replicate")
+    weight = kernel.repeat_interleave(channels, dim=0)  # (B·3)×7
+    x = F.conv2d(x, weight.view(-1, 1, 1, 2 * radius + 1), groups=batch * channels)  # horizontal
+    x = F.conv2d(x, weight.view(-1, 1, 2 * radius + 1, 1), groups=batch * channels)  # vertical
+    return x.reshape(batch, channels, height, width)
+
+
+class RegressorTrainingSet(NamedTuple):
+    images: Tensor  # N×3×r×r foreground on white
+    motion: Motion  # N
+    identity: Identity  # N
+
+
+def render_training_set(config: RegressorTrainConfig, regressor: RegressorConfig, *, progress: bool) -> RegressorTrainingSet:
+    """Random identities, half in independent random motions and half in clip frames, rendered once and
+    stored at the regressor's size."""
+    generator = torch.Generator().manual_seed(derived_seed(config.seed, "renders"))
+    count = config.renders
+    identities = sample_identities(count, generator=generator)
+    clip_frames = count - count // 2
+    clips = [sample_clip(64, generator=generator) for _ in range(math.ceil(clip_frames / 64))]
+    motion = Motion.cat([sample_motions(count // 2, generator=generator), Motion.cat(clips)[:clip_frames]])
+    heads = SyntheticHeads(resolution=config.render_resolution)
+    images = torch.empty(count, 3, regressor.resolution, regressor.resolution)
+    batch = 64
+    with torch.inference_mode(), tqdm(total=count, desc="rendering", unit="image", disable=not progress) as bar:
+        for start in range(0, count, batch):
+            part = slice(start, min(start + batch, count))
+            render = heads.render(identities[part], motion[part])
+            images[part] = F.adaptive_avg_pool2d(on_white(render.rgb, render.alpha), regressor.resolution)
+            bar.update(part.stop - part.start)
+    return RegressorTrainingSet(images=images, motion=motion, identity=identities)
+
+
+@dataclass(frozen=True)
+class RegressorSummary:
+    path: Path
+    steps: int
+    final_loss: float
+    seconds: float
+    held_out: ParameterErrors  # on renders of identities and motions it never saw (no blur)
+
+
+def train_regressor(config: RegressorTrainConfig, *, regressor_config: RegressorConfig | None = None,
+                    progress: bool = True) -> RegressorSummary:
+    regressor_config = regressor_config or RegressorConfig()
+    if config.renders < config.batch_size or config.steps < 1 or config.batch_size < 1:
+        raise TrainingError("the regressor needs --steps ≥ 1, --batch ≥ 1 and --renders ≥ --batch")
+    began = time.perf_counter()
+    torch.manual_seed(derived_seed(config.seed, "weights"))
+    mean, std = identity_prior(config.seed)
+    model = ParameterRegressor(config=regressor_config, identity_mean=mean, identity_std=std)
+    data = render_training_set(config, regressor_config, progress=progress)
+    identity_targets = model.standardise(data.identity)
+    optimiser, scheduler = adam_with_cosine(model.parameters(), learning_rate=config.learning_rate,
+                                            final_learning_rate=config.learning_rate / 100, steps=config.steps)
+    generator = torch.Generator().manual_seed(derived_seed(config.seed, "batches"))
+    loss = torch.tensor(math.nan)
+    model.train()
+    for _ in tqdm(range(config.steps), desc="regressor", unit="step", disable=not progress):
+        index = torch.randint(config.renders, (config.batch_size,), generator=generator)
+        sigma = torch.rand(config.batch_size, generator=generator) * config.max_blur
+        images = _blur(data.images[index], sigma)
+        predicted = model(images)
+        motion = data.motion[index]
+        true_pose = torch.stack([motion.yaw, motion.pitch, motion.roll], dim=1)
+        loss = (F.smooth_l1_loss(predicted.pose * 4, true_pose * 4) + F.smooth_l1_loss(predicted.expression * 4, motion.expression * 4)
+                + F.smooth_l1_loss(predicted.identity, identity_targets[index]))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        scheduler.step()
+    model.eval()
+    held_out = held_out_errors(model, seed=derived_seed(config.seed, "held-out"), resolution=config.render_resolution,
+                               count=config.held_out)
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({"kind": CHECKPOINT_KIND, "model": model.state_dict(), "model_config": asdict(regressor_config),
+                     "train_config": asdict(config), "held_out": asdict(held_out)}, out)
+    return RegressorSummary(path=out, steps=config.steps, final_loss=float(loss.detach()), seconds=time.perf_counter() - began, held_out=held_out)
+
+
+def held_out_errors(model: ParameterRegressor, *, seed: int, resolution: int, count: int = 256) -> ParameterErrors:
+    """The regressor's mean errors on fresh renders (random identities and motions from ``seed``)."""
+    generator = torch.Generator().manual_seed(seed)
+    identity, motion = sample_identities(count, generator=generator), sample_motions(count, generator=generator)
+    with torch.inference_mode():
+        render = SyntheticHeads(resolution=resolution).render(identity, motion)
+        errors = parameter_errors(model(on_white(render.rgb, render.alpha)), motion, model.standardise(identity))
+    return errors_from_means(errors.mean(dim=0))
+
+
+def load_regressor(path: Path) -> ParameterRegressor:
+    """A trained regressor from its checkpoint; anything else raises TrainingError (one line)."""
+    checkpoint: dict[str, Any] = load_checkpoint(Path(path))
+    if checkpoint.get("kind") != CHECKPOINT_KIND:
+        raise TrainingError(f"{path} is not a parameter-regressor checkpoint (made by `megalive-train regressor`)")
+    config = RegressorConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in checkpoint["model_config"].items()})
+    state = checkpoint["model"]
+    model = ParameterRegressor(config=config, identity_mean=state["identity_mean"], identity_std=state["identity_std"])
+    model.load_state_dict(state)
+    return model.eval()

@@ -1,0 +1,155 @@
+"""The reenactment benchmark (`megalive-train eval`) and its parameter regressor (`megalive-train regressor`):
+the scoring arithmetic checked with copy models, a teacher checkpoint evaluated end to end, refusals in one line."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.cli import main
+from models.data.synthetic import SyntheticHeads, neutral_motion, sample_identities, sample_motions
+from models.evaluation import AvatarOutput, EvalConfig, evaluate
+from models.megaportraits.train_base import BaseTrainConfig, train_base
+from models.parameter_regressor import (
+    IDENTITY_FIELDS,
+    RegressedParameters,
+    RegressorTrainConfig,
+    _blur,
+    identity_features,
+    load_regressor,
+    parameter_errors,
+    train_regressor,
+)
+
+RESOLUTION = 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def regressor(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny regressor trained for 120 steps, and the same one untrained (0 learning rate)."""
+    folder = tmp_path_factory.mktemp("regressor")
+    small = dict(renders=256, render_resolution=RESOLUTION, batch_size=32, held_out=64)
+    train_regressor(RegressorTrainConfig(out=str(folder / "trained.pt"), steps=120, **small), progress=False)
+    train_regressor(RegressorTrainConfig(out=str(folder / "untrained.pt"), steps=1, learning_rate=0.0, **small), progress=False)
+    return folder / "trained.pt", folder / "untrained.pt"
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("teacher")
+    train_base(BaseTrainConfig(run_dir=str(run), preset="tiny", steps=2, batch_size=1, identities=8, workers=0, log_every=1,
+                               checkpoint_every=2), progress=False)
+    return run / "checkpoint.pt"
+
+
+def test_parameter_errors_are_zero_at_the_truth_and_in_degrees_and_prior_units() -> None:
+    generator = torch.Generator().manual_seed(0)
+    motion = sample_motions(4, generator=generator)
+    identity = torch.randn(4, len(identity_features(sample_identities(1, generator=generator))[0]))
+    truth = RegressedParameters(pose=torch.stack([motion.yaw, motion.pitch, motion.roll], dim=1), expression=motion.expression.clone(),
+                                identity=identity.clone())
+    assert parameter_errors(truth, motion, identity).abs().max() == 0
+    off = RegressedParameters(pose=truth.pose + torch.tensor([math.radians(3.0), 0.0, 0.0]), expression=truth.expression + 0.1,
+                              identity=identity + 0.5)
+    errors = parameter_errors(off, motion, identity)  # 3° on one of three angles; 0.1 on every control; 0.5 σ on every feature
+    assert torch.allclose(errors, torch.tensor([[1.0, 0.1, 0.5]]).expand(4, 3), atol=1e-4)
+    assert len(IDENTITY_FIELDS) == 29 and identity.shape[1] == 37  # 21 shape values, 4 colours × 3, 4 hair values
+
+
+def test_blur_keeps_an_image_at_sigma_zero_and_softens_it_otherwise() -> None:
+    image = torch.rand(2, 3, 16, 16)
+    kept = _blur(image, torch.zeros(2))
+    assert torch.allclose(kept, image, atol=1e-5)
+    blurred = _blur(image, torch.tensor([0.0, 1.5]))
+    assert torch.allclose(blurred[0], image[0], atol=1e-5) and blurred[1].std() < 0.7 * image[1].std()
+
+
+def test_the_regressor_learns_and_its_checkpoint_round_trips(regressor: tuple[Path, Path], tmp_path: Path) -> None:
+    trained_path, untrained_path = regressor
+    trained, untrained = torch.load(trained_path, weights_only=True), torch.load(untrained_path, weights_only=True)
+    assert trained["held_out"]["expression"] < 0.8 * untrained["held_out"]["expression"]
+    model = load_regressor(trained_path)
+    generator = torch.Generator().manual_seed(1)
+    identity = sample_identities(2, generator=generator)
+    render = SyntheticHeads(resolution=128).render(identity, neutral_motion(2))
+    predicted = model(render.rgb)  # any size in: area-resized to its 64 px
+    assert predicted.pose.shape == (2, 3) and predicted.expression.shape == (2, 52) and predicted.identity.shape == (2, 37)
+    assert model.standardise(identity).shape == (2, 37)
+    other = tmp_path / "other.pt"
+    torch.save({"kind": "something-else"}, other)
+    with pytest.raises(Exception, match="not a parameter-regressor checkpoint"):
+        load_regressor(other)
+
+
+class _CopyModel:
+    """Outputs a copy of the source image (its avatar's neutral frame) or of the driving image:
+    the benchmark must score them exactly as its own baselines."""
+
+    kind, draws_background, resolution = "student", True, RESOLUTION
+
+    def __init__(self, copy: str) -> None:
+        self.copy = copy
+
+    def set_sources(self, sources: torch.Tensor) -> None:
+        self.sources = sources
+
+    def __call__(self, signal: torch.Tensor, avatar: torch.Tensor) -> AvatarOutput:
+        rgb = self.sources[avatar] if self.copy == "source" else signal
+        return AvatarOutput(rgb=rgb, alpha=torch.ones_like(rgb[:, :1]))
+
+
+def test_copy_models_score_as_the_baselines(tiny_dataset: Path) -> None:
+    config = EvalConfig(model="copy", data=str(tiny_dataset), clips=2, frames_per_clip=4)
+    source = evaluate(config, model=_CopyModel("source"), progress=False)
+    assert source.cross.model_output.psnr == pytest.approx(source.cross.source_copy.psnr)
+    assert source.self_reenactment.model_output.ssim == pytest.approx(source.self_reenactment.source_copy.ssim)
+    driver = evaluate(config, model=_CopyModel("driver"), progress=False)
+    assert driver.cross.model_output.psnr == pytest.approx(driver.cross.driver_copy.psnr)
+    assert driver.self_reenactment.model_output.psnr == pytest.approx(100.0)  # the self driver is the target
+    assert driver.cross.source_copy == source.cross.source_copy  # the same pairs for every model
+
+
+def test_a_teacher_checkpoint_is_benchmarked_on_held_out_identities(teacher: Path, regressor: tuple[Path, Path],
+                                                                    tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(teacher), "--regressor", str(regressor[0]), "--out", str(out), "--clips", "2",
+                 "--frames", "3", "--sources", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "teacher" in printed and "cross: driver copy" in printed
+    report = json.loads((out / "eval-clips.json").read_text())
+    assert report["model_kind"] == "teacher" and report["resolution"] == RESOLUTION and report["sources"] == "2 held-out identities"
+    output = report["cross"]["model_output"]
+    assert output["psnr"] is None and 0 < output["foreground_psnr"] < 100  # no background: foreground figures only
+    for figures in (output, report["cross"]["source_copy"], report["cross"]["driver_copy"], report["ground_truth"]):
+        assert all(math.isfinite(figures[key]) and figures[key] >= 0 for key in ("rotation_error_deg", "expression_error", "identity_error"))
+    assert report["cross"]["source_copy"]["psnr"] is not None
+    assert (out / "contact-sheet-clips.png").is_file()
+
+
+def test_bad_benchmark_input_gets_one_line(teacher: Path, multi_driver_model_path: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    def refused(*argv: str) -> str:
+        assert main(["eval", *argv, "--out", str(tmp_path / "eval"), "--clips", "1", "--frames", "2"]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith("megalive-train eval: ") and "\n" not in error
+        return error
+
+    assert "images only" in refused("--model", str(teacher), "--driver", "arkit")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    assert "unreadable" in refused("--model", str(garbage))
+    assert "expected an exported student" in refused("--model", str(tmp_path / "model.bin"))
+    assert "not a parameter-regressor" in refused("--model", str(teacher), "--regressor", str(teacher))
+    assert "locked to its avatars" in refused("--model", str(multi_driver_model_path))
