@@ -69,6 +69,7 @@ teacher-cpu: install-dev
 	test -f runs/synth-256/avatars.npz || $(BIN)/megalive-train synth runs/synth-256 --resolution 256 --avatars 8 --drivers 200 --pairs 8000
 	$(BIN)/megalive-train eval --model runs/teacher-cpu128/checkpoint.pt --data runs/synth-256 --regressor runs/regressor/regressor.pt --out docs/teacher-cpu128/avatars
 	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --regressor runs/regressor/regressor.pt --out docs/teacher-cpu128/student-avatars
+	$(BIN)/megalive-train eval-table docs/teacher-cpu128/avatars/eval-clips.json docs/teacher-cpu128/student-avatars/eval-clips.json --out docs/teacher-cpu128/side-by-side.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -481,6 +481,33 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval_table(commands: argparse._SubParsersAction) -> None:
+    table = commands.add_parser(
+        "eval-table",
+        help="one Markdown table of several `eval` reports of the same pairs: teacher and student side by side",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    table.add_argument("reports", type=Path, nargs="+", metavar="EVAL.json", help="reports written by `megalive-train eval`")
+    table.add_argument("--out", type=Path, default=None, metavar="PATH", help="also write the table to this .md file")
+    table.set_defaults(run=_eval_table)
+
+
+def _eval_table(args: argparse.Namespace) -> int:
+    from models.evaluation import side_by_side_table
+
+    try:
+        text = side_by_side_table([json.loads(path.read_text(encoding="utf-8")) for path in args.reports])
+        if args.out is not None:
+            temporary = args.out.with_name(f".{args.out.name}.tmp")
+            temporary.write_text(text + "\n", encoding="utf-8")
+            temporary.replace(args.out)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"megalive-train eval-table: {error}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
 def _add_demo_clip(commands: argparse._SubParsersAction) -> None:
     clip = commands.add_parser(
         "demo-clip",
@@ -517,6 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(commands)
     _add_regressor(commands)
     _add_eval(commands)
+    _add_eval_table(commands)
     _add_demo_clip(commands)
     return parser
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from pytorch_msssim import ssim
@@ -343,3 +343,44 @@ def write_report(report: EvalReport, config: EvalConfig, path: Path) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(json.dumps({"config": asdict(config), **asdict(report)}, indent=2) + "\n", encoding="utf-8")
     temporary.replace(path)
+
+
+# -- side by side ---------------------------------------------------------------------------------
+
+# (report key, column title, decimals)
+TABLE_COLUMNS = (("psnr", "PSNR", 2), ("ssim", "SSIM", 4), ("foreground_psnr", "fg PSNR", 2), ("foreground_ssim", "fg SSIM", 4),
+                 ("rotation_error_deg", "rotation err °", 2), ("expression_error", "ARKit err", 4), ("identity_error", "identity err σ", 3))
+_PAIRING = ("motions", "driver", "pairs", "sources")  # reports that differ in any of these (or the seed) scored other pairs
+
+
+def _cells(figures: dict[str, Any] | None) -> list[str]:
+    if figures is None:
+        return ["—"] * len(TABLE_COLUMNS)
+    return ["—" if figures.get(key) is None else f"{figures[key]:.{digits}f}" for key, _, digits in TABLE_COLUMNS]
+
+
+def side_by_side_table(reports: list[dict[str, Any]]) -> str:
+    """One Markdown table from eval reports (as written by write_report) of the same pairs: each model's cross-
+    and self-reenactment output, then the baselines once per resolution (images are scored at the model's
+    resolution). "—": a figure that does not exist (no full frame for a model without background, no regressor).
+    Reports of different pairs raise ValueError."""
+    first = reports[0]
+    for report in reports[1:]:
+        differs = [key for key in _PAIRING if report[key] != first[key]]
+        if differs or report["config"]["seed"] != first["config"]["seed"]:
+            raise ValueError(f"{report['model']} was evaluated on other pairs than {first['model']} ({', '.join(differs) or 'seed'})")
+    header = ["", "px", *(title for _, title, _ in TABLE_COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for report in reports:
+        name = f"{report['model_kind']} ({Path(report['model']).name})"
+        lines.append("| " + " | ".join([f"cross: {name}", str(report["resolution"]), *_cells(report["cross"]["model_output"])]) + " |")
+        lines.append("| " + " | ".join([f"self: {name}", str(report["resolution"]), *_cells(report["self_reenactment"]["model_output"])]) + " |")
+    for report in reports:  # each resolution's baselines (images are scored at the model's resolution)
+        if any(other["resolution"] == report["resolution"] for other in reports[: reports.index(report)]):
+            continue
+        px = str(report["resolution"])
+        lines.append("| " + " | ".join(["baseline: source copy", px, *_cells(report["cross"]["source_copy"])]) + " |")
+        lines.append("| " + " | ".join(["baseline: driver copy (cross)", px, *_cells(report["cross"]["driver_copy"])]) + " |")
+        if report.get("ground_truth") is not None:
+            lines.append("| " + " | ".join(["ground truth (regressor floor)", px, *_cells(report["ground_truth"])]) + " |")
+    return "\n".join(lines)

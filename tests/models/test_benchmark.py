@@ -137,6 +137,21 @@ def test_a_teacher_checkpoint_is_benchmarked_on_held_out_identities(teacher: Pat
     assert report["cross"]["source_copy"]["psnr"] is not None
     assert (out / "contact-sheet-clips.png").is_file()
 
+    # Side by side with a second evaluation of the same pairs; a report of other pairs is refused.
+    again = tmp_path / "again"
+    assert main(["eval", "--model", str(teacher), "--out", str(again), "--clips", "2", "--frames", "3", "--sources", "2"]) == 0
+    capsys.readouterr()
+    assert main(["eval-table", str(out / "eval-clips.json"), str(again / "eval-clips.json"), "--out", str(tmp_path / "t.md")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == (tmp_path / "t.md").read_text().strip().splitlines()
+    assert len(lines) == 2 + 4 + 3 and lines[2].startswith("| cross: teacher (checkpoint.pt) | 64 | — | — |")
+    assert lines[-1].startswith("| ground truth (regressor floor) | 64 |")
+    other = tmp_path / "other"
+    assert main(["eval", "--model", str(teacher), "--out", str(other), "--clips", "1", "--frames", "3", "--sources", "2"]) == 0
+    capsys.readouterr()
+    assert main(["eval-table", str(out / "eval-clips.json"), str(other / "eval-clips.json")]) == 2
+    assert "other pairs" in capsys.readouterr().err
+
 
 def test_bad_benchmark_input_gets_one_line(teacher: Path, multi_driver_model_path: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
