@@ -31,6 +31,15 @@ def resize(x: Tensor, *, factor: int, mode: str) -> Tensor:
     return F.interpolate(x, scale_factor=float(factor), mode=mode, align_corners=False)
 
 
+def resize_square(image: Tensor, size: int) -> Tensor:
+    """B×C×H×W -> B×C×size×size: area-averaged when shrinking (no aliasing), bilinear when growing."""
+    if image.shape[-2:] == (size, size):
+        return image
+    if image.shape[-1] > size:
+        return F.adaptive_avg_pool2d(image, size)
+    return F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
+
+
 class ConvNormAct(nn.Module):
     """conv k×k (optionally strided) -> GroupNorm -> ReLU."""
 

@@ -122,7 +122,9 @@ def _add_student(commands: argparse._SubParsersAction) -> None:
     student.add_argument("--data", type=Path, required=True, metavar="DIR", help="paired dataset folder")
     student.add_argument("--run", dest="run_dir", type=Path, required=True, metavar="DIR", help="run folder (config, checkpoint, log, samples)")
     student.add_argument("--preset", default="cpu256", metavar="NAME", help="student preset (tiny, cpu256)")
-    student.add_argument("--target", default="renderer", metavar="SRC", help="target source: renderer (ground truth) | teacher")
+    student.add_argument("--target", default="renderer", metavar="SRC",
+                         help="target source: renderer (ground truth) | teacher (distillation from --teacher)")
+    student.add_argument("--teacher", default=None, metavar="PATH", help="`megalive-train base` RUN/checkpoint.pt whose outputs are the targets")
     student.add_argument("--steps", type=int, default=3000, metavar="N", help="optimiser steps in total (resume counts on)")
     student.add_argument("--batch", type=int, default=8, metavar="N", help="pairs per step")
     student.add_argument("--lr", type=float, default=1e-3, metavar="LR", help="initial learning rate (cosine to 1e-5)")
@@ -145,7 +147,8 @@ def _student(args: argparse.Namespace) -> int:
     config = StudentTrainConfig(
         data=str(args.data), run_dir=str(args.run_dir), preset=args.preset, target=args.target, steps=args.steps,
         batch_size=args.batch, learning_rate=args.lr, colour_jitter=args.jitter, warp=args.warp, seed=args.seed,
-        workers=args.workers, checkpoint_every=args.checkpoint_every, vgg_weights=args.vgg_weights, command=current_command(),
+        workers=args.workers, checkpoint_every=args.checkpoint_every, vgg_weights=args.vgg_weights, teacher=args.teacher,
+        command=current_command(),
     )
     try:
         check_config(config)

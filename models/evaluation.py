@@ -177,31 +177,26 @@ class OnnxAvatarModel:
 
 
 class TeacherAvatarModel:
-    """A base-model checkpoint in PyTorch: each source encoded once (v_s, e_s and its own motion), then
-    driven by driver images."""
+    """A base-model checkpoint in PyTorch (models/megaportraits/distill.py: each source encoded once,
+    then driven by driver images)."""
 
     kind = "teacher"
     draws_background = False  # trained on the foreground only (train_base.py)
 
     def __init__(self, path: Path, *, driver: str = "image") -> None:
-        from models.megaportraits.train_base import base_model_from_checkpoint
-        from models.megaportraits.train_student import load_checkpoint
+        from models.megaportraits.distill import TeacherAvatars
 
         if driver != "image":
             raise ValueError(f"the teacher is driven by images only, not {driver!r}")
-        self.model = base_model_from_checkpoint(load_checkpoint(path), path=path).eval()
-        self.resolution = self.model.config.resolution
+        self.avatars = TeacherAvatars.from_checkpoint(path)
+        self.resolution = self.avatars.resolution
 
     def set_sources(self, sources: Tensor) -> None:
-        with torch.inference_mode():
-            self.appearance = self.model.encode_appearance(sources)
-            self.source_motion = self.model.encode_motion(sources)
+        self.avatars.set_sources(sources)
 
     def __call__(self, signal: Tensor, avatar: Tensor) -> AvatarOutput:
-        appearance = type(self.appearance)(*(part[avatar] for part in self.appearance))
-        source_motion = type(self.source_motion)(*(part[avatar] for part in self.source_motion))
-        output = self.model.render(appearance, source_motion=source_motion, driver_motion=self.model.encode_motion(signal))
-        return AvatarOutput(rgb=output.rgb, alpha=output.alpha)
+        rgb, alpha = self.avatars(signal, avatar)
+        return AvatarOutput(rgb=rgb, alpha=alpha)
 
 
 def load_avatar_model(path: Path, *, driver: str) -> AvatarModel:

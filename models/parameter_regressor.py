@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from models.blocks import ConvNormAct, DownBlock
+from models.blocks import ConvNormAct, DownBlock, resize_square
 from models.data.synthetic import NUM_BLENDSHAPES, Identity, Motion, SyntheticHeads, sample_clip, sample_identities, sample_motions
 from models.data.synthetic_pairs import derived_seed
 from models.megaportraits.train_student import TrainingError, adam_with_cosine, load_checkpoint, save_checkpoint
@@ -102,12 +102,7 @@ class ParameterRegressor(nn.Module):
 
     def prepare(self, foreground: Tensor) -> Tensor:
         """B×3×H×W foreground on white at any size -> B×3×r×r, area-resized (no aliasing from large outputs)."""
-        size = self.config.resolution
-        if foreground.shape[-1] == size and foreground.shape[-2] == size:
-            return foreground
-        if foreground.shape[-1] > size:
-            return F.adaptive_avg_pool2d(foreground, size)
-        return F.interpolate(foreground, size=(size, size), mode="bilinear", align_corners=False)
+        return resize_square(foreground, self.config.resolution)
 
     def forward(self, foreground: Tensor) -> RegressedParameters:
         """foreground: B×3×H×W in [0, 1], composited on white."""
@@ -182,7 +177,7 @@ def render_training_set(config: RegressorTrainConfig, regressor: RegressorConfig
         for start in range(0, count, batch):
             part = slice(start, min(start + batch, count))
             render = heads.render(identities[part], motion[part])
-            images[part] = F.adaptive_avg_pool2d(on_white(render.rgb, render.alpha), regressor.resolution)
+            images[part] = resize_square(on_white(render.rgb, render.alpha), regressor.resolution)
             bar.update(part.stop - part.start)
     return RegressorTrainingSet(images=images, motion=motion, identity=identities)
 

@@ -3,8 +3,9 @@
 Each step: a driver frame of an identity that is not an avatar (colour-jittered and mildly warped so
 its identity cannot leak through), the avatar index, and the target: that avatar doing the driver's
 motion. The target source is pluggable: `renderer` (SyntheticHeads ground truth, rendered into a
-paired dataset by `megalive-train synth`) now; `teacher` (a MegaPortraits checkpoint) with the
-teacher issue. Losses: L1 + (1 - SSIM) on rgb, L1 on the alpha mask, and a perceptual term only when
+paired dataset by `megalive-train synth`) or `teacher` (distillation: a frozen MegaPortraits base
+model's reenactment of the avatar's neutral frame by the clean driver, over the avatar's background
+plate; models/megaportraits/distill.py). Losses: L1 + (1 - SSIM) on rgb, L1 on the alpha mask, and a perceptual term only when
 a local VGG19 weights file is given (absent otherwise, and the run's config says so).
 
 A run folder holds config.json (the resolved config and the exact command), checkpoint.pt (model,
@@ -21,7 +22,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -29,9 +30,12 @@ from pytorch_msssim import ssim
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
-from models.data.paired import PairedHeads, save_png
+from models.data.paired import PairedHeads, load_identities, save_png
 from models.data.synthetic import contact_sheet
 from models.megaportraits.student import Student, StudentConfig, student_config
+
+if TYPE_CHECKING:
+    from models.megaportraits.distill import TeacherTargets
 
 TARGET_SOURCES = ("renderer", "teacher")
 
@@ -54,6 +58,7 @@ class StudentTrainConfig:
     ssim_weight: float = 1.0
     mask_weight: float = 1.0
     vgg_weights: str | None = None
+    teacher: str | None = None  # base-model checkpoint (with target "teacher")
     colour_jitter: float = 0.3
     warp: float = 0.04
     seed: int = 0
@@ -67,8 +72,12 @@ class StudentTrainConfig:
 def check_config(config: StudentTrainConfig) -> None:
     if config.target not in TARGET_SOURCES:
         raise TrainingError(f"unknown target source {config.target!r} (known: {', '.join(TARGET_SOURCES)})")
-    if config.target == "teacher":
-        raise TrainingError("target 'teacher' needs a MegaPortraits teacher checkpoint, which arrives with the teacher issue; use 'renderer'")
+    if config.target == "teacher" and config.teacher is None:
+        raise TrainingError("--target teacher needs --teacher RUN/checkpoint.pt (a `megalive-train base` checkpoint)")
+    if config.target == "renderer" and config.teacher is not None:
+        raise TrainingError("--teacher is only used with --target teacher")
+    if config.teacher is not None and not Path(config.teacher).is_file():
+        raise TrainingError(f"--teacher {config.teacher}: no such file")
     if config.vgg_weights is not None:
         raise TrainingError("a perceptual VGG19 backbone is not supported yet; drop --vgg-weights (the run records it as absent)")
     if config.steps < 1 or config.batch_size < 1:
@@ -184,6 +193,15 @@ def endless_batches(dataset: Dataset, *, batch_size: int, workers: int, seed: in
     return iter(DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, persistent_workers=workers > 0))
 
 
+def teacher_targets(path: Path, dataset: PairedHeads) -> TeacherTargets:
+    """The distillation targets for ``dataset``'s avatars from a base-model checkpoint."""
+    from models.megaportraits.distill import TeacherAvatars, TeacherTargets
+
+    avatars = load_identities(dataset.meta.root / "avatars.npz")
+    return TeacherTargets(teacher=TeacherAvatars.from_checkpoint(path), avatars=avatars, resolution=dataset.meta.resolution,
+                          checkpoint=path)
+
+
 def train_student(config: StudentTrainConfig, *, progress: bool = True) -> TrainSummary:
     check_config(config)
     dataset = PairedHeads(root=Path(config.data))
@@ -202,18 +220,22 @@ def train_student(config: StudentTrainConfig, *, progress: bool = True) -> Train
     if checkpoint_path.exists():
         checkpoint = load_checkpoint(checkpoint_path)
         saved = checkpoint.get("train_config", {})
-        if saved.get("preset") != config.preset or saved.get("data") != config.data:
-            raise TrainingError(f"{checkpoint_path} belongs to another run (preset {saved.get('preset')!r}, data {saved.get('data')!r}); "
-                                "use a new --run folder")
+        if any(saved.get(name, default) != getattr(config, name)
+               for name, default in (("preset", None), ("data", None), ("target", "renderer"), ("teacher", None))):
+            raise TrainingError(f"{checkpoint_path} belongs to another run (preset {saved.get('preset')!r}, data {saved.get('data')!r}, "
+                                f"target {saved.get('target', 'renderer')!r}); use a new --run folder")
         model = student_from_checkpoint(checkpoint)
         optimiser, scheduler = adam_with_cosine(model.parameters(), **schedule)
         optimiser.load_state_dict(checkpoint["optimiser"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         step = int(checkpoint["step"])
         torch.set_rng_state(checkpoint["rng_torch"])
+    teacher = None if config.teacher is None else teacher_targets(Path(config.teacher), dataset)
     (run_dir / "config.json").write_text(json.dumps({"train": asdict(config), "model": asdict(model_config),
                                                      "dataset": {"root": config.data, "command": dataset.meta.command,
-                                                                 "avatar_names": list(dataset.meta.avatar_names)}}, indent=2) + "\n")
+                                                                 "avatar_names": list(dataset.meta.avatar_names)},
+                                                     "targets": "renderer ground truth" if teacher is None else teacher.describe()},
+                                                    indent=2) + "\n")
     loader = endless_batches(dataset, batch_size=config.batch_size, workers=config.workers, seed=config.seed, step=step)
     augment_generator = torch.Generator().manual_seed(config.seed * 104729 + step)
     model.train()
@@ -223,6 +245,8 @@ def train_student(config: StudentTrainConfig, *, progress: bool = True) -> Train
             open(run_dir / "log.jsonl", "a", encoding="utf-8") as log:
         while step < config.steps:
             driver, target_rgb, target_alpha, avatar = next(loader)
+            if teacher is not None:  # distillation: the teacher reenacts the clean driver
+                target_rgb, target_alpha = teacher(driver, avatar)
             driver = augment_drivers(driver, jitter=config.colour_jitter, warp=config.warp, generator=augment_generator)
             rgb, alpha = model(driver, avatar)
             losses = student_losses(rgb, alpha, target_rgb, target_alpha, config)

@@ -41,6 +41,36 @@ def tiny_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return run
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks run fastest on one thread (and leave the other core alone); restored afterwards.
+    Modules use it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny (64 px) base-model checkpoint after 2 training steps: for plumbing, not looks."""
+    import torch
+
+    from models.megaportraits.train_base import BaseTrainConfig, train_base
+
+    run = tmp_path_factory.mktemp("teacher")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_base(BaseTrainConfig(run_dir=str(run), preset="tiny", steps=2, batch_size=1, identities=8, workers=0, log_every=1,
+                                   checkpoint_every=2), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return run / "checkpoint.pt"
+
+
 def _place(photo: np.ndarray, *, canvas: tuple[int, int, float], scale: float, shift: tuple[float, float]) -> np.ndarray:
     """The photo scaled and moved into a grey canvas: canvas = base·(scale·photo + OFFSET + shift)."""
     width, height, base = canvas

@@ -13,7 +13,6 @@ import torch
 from models.cli import main
 from models.data.synthetic import SyntheticHeads, neutral_motion, sample_identities, sample_motions
 from models.evaluation import AvatarOutput, EvalConfig, evaluate
-from models.megaportraits.train_base import BaseTrainConfig, train_base
 from models.parameter_regressor import (
     IDENTITY_FIELDS,
     RegressedParameters,
@@ -28,12 +27,7 @@ from models.parameter_regressor import (
 RESOLUTION = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +38,6 @@ def regressor(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     train_regressor(RegressorTrainConfig(out=str(folder / "trained.pt"), steps=120, **small), progress=False)
     train_regressor(RegressorTrainConfig(out=str(folder / "untrained.pt"), steps=1, learning_rate=0.0, **small), progress=False)
     return folder / "trained.pt", folder / "untrained.pt"
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("teacher")
-    train_base(BaseTrainConfig(run_dir=str(run), preset="tiny", steps=2, batch_size=1, identities=8, workers=0, log_every=1,
-                               checkpoint_every=2), progress=False)
-    return run / "checkpoint.pt"
 
 
 def test_parameter_errors_are_zero_at_the_truth_and_in_degrees_and_prior_units() -> None:

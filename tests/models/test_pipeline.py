@@ -75,7 +75,8 @@ def test_student_cli_one_line_errors(tiny_dataset: Path, tmp_path: Path) -> None
     cases = [
         (["--data", str(tmp_path / "missing"), "--run", str(tmp_path / "r1")], "not found"),
         (["--data", str(tiny_dataset), "--run", str(tmp_path / "r2"), "--preset", "huge"], "unknown preset"),
-        (["--data", str(tiny_dataset), "--run", str(tmp_path / "r3"), "--target", "teacher"], "teacher"),
+        (["--data", str(tiny_dataset), "--run", str(tmp_path / "r3"), "--target", "teacher"], "needs --teacher"),
+        (["--data", str(tiny_dataset), "--run", str(tmp_path / "r6"), "--teacher", str(tmp_path / "t.pt")], "only used with --target teacher"),
         (["--data", str(tiny_dataset), "--run", str(tmp_path / "r4"), "--preset", "cpu256"], "dataset is 64 px"),
     ]
     corrupt = tmp_path / "corrupt"

@@ -25,13 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(preset="tiny", steps=2, batch_size=1, identities=8, workers=0, log_every=1, checkpoint_every=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread (and leave the other core alone); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _log(run: Path) -> list[dict]:
