@@ -349,7 +349,7 @@ def _add_regressor(commands: argparse._SubParsersAction) -> None:
     )
     regressor.add_argument("--out", type=Path, required=True, metavar="PATH", help="checkpoint to write (.pt)")
     regressor.add_argument("--renders", type=int, default=6000, metavar="N", help="training images, rendered once at 128 px")
-    regressor.add_argument("--steps", type=int, default=1200, metavar="N", help="optimiser steps")
+    regressor.add_argument("--steps", type=int, default=3000, metavar="N", help="optimiser steps")
     regressor.add_argument("--batch", type=int, default=64, metavar="N", help="images per step")
     regressor.add_argument("--lr", type=float, default=2e-3, metavar="LR", help="initial learning rate (cosine to 1/100 of it)")
     regressor.add_argument("--seed", type=int, default=7, metavar="N", help="seed of identities, motions, weights and batches")

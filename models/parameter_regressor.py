@@ -66,10 +66,10 @@ class RegressorTrainConfig:
     out: str  # checkpoint path
     renders: int = 8000  # training images, rendered once at render_resolution
     render_resolution: int = 128
-    steps: int = 1500
+    steps: int = 3000
     batch_size: int = 64
     learning_rate: float = 2e-3
-    max_blur: float = 1.5  # Gaussian blur sigma, in regressor pixels, drawn per image from [0, max_blur]
+    max_blur: float = 0.75  # Gaussian blur sigma, in regressor pixels, drawn per image from [0, max_blur]
     seed: int = 7  # its identities and motions: neither the teacher's training pool nor the benchmark's held-out seed
     held_out: int = 256  # fresh renders its own error is measured on, after training
     command: str = ""
