@@ -59,13 +59,14 @@ default-model: install-dev
 	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --out assets/default/eval --motions clips --driver landmarks
 
 # The CPU recipe of the teacher (README: "The teacher on two CPU cores"): the cpu128 base model on SyntheticHeads pairs
-# (about 1.5 hours on the 2-core box), the benchmark's parameter regressor, then the benchmark: the teacher on held-out
+# (about 1 h 45 min on the 2-core box), the benchmark's parameter regressor, then the benchmark: the teacher on held-out
 # identities, and teacher beside the default student on the student's avatars (runs/synth-256, made as in default-model).
 teacher-cpu: install-dev
 	rm -rf runs/teacher-cpu128 runs/regressor
 	$(BIN)/megalive-train base --preset cpu128 --steps $(TEACHER_STEPS) --batch 2 --run runs/teacher-cpu128 --checkpoint-every 250
 	$(BIN)/megalive-train regressor --out runs/regressor/regressor.pt
 	$(BIN)/megalive-train eval --model runs/teacher-cpu128/checkpoint.pt --regressor runs/regressor/regressor.pt --sources 16 --out docs/teacher-cpu128/held-out
+	$(BIN)/megalive-train eval --model runs/teacher-cpu128/checkpoint.pt --regressor runs/regressor/regressor.pt --sources 16 --out docs/teacher-cpu128/held-out --motions random
 	test -f runs/synth-256/avatars.npz || $(BIN)/megalive-train synth runs/synth-256 --resolution 256 --avatars 8 --drivers 200 --pairs 8000
 	$(BIN)/megalive-train eval --model runs/teacher-cpu128/checkpoint.pt --data runs/synth-256 --regressor runs/regressor/regressor.pt --out docs/teacher-cpu128/avatars
 	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --regressor runs/regressor/regressor.pt --out docs/teacher-cpu128/student-avatars
