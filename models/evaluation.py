@@ -249,11 +249,12 @@ class _Scorer:
         self.values: dict[str, list[Tensor]] = {}
 
     def add(self, name: str, guess: AvatarOutput, truth: AvatarOutput, *, motion: Motion, identity_targets: Tensor | None) -> None:
+        """identity_targets: the avatars' standardised identities (None exactly when there is no regressor)."""
         guess_rgb = guess.rgb.clamp(0, 1)
         guess_fg, truth_fg = on_white(guess_rgb, guess.alpha.clamp(0, 1)), on_white(truth.rgb, truth.alpha)
         columns = [_psnr(guess_rgb, truth.rgb), ssim(guess_rgb, truth.rgb, data_range=1.0, size_average=False),
                    _psnr(guess_fg, truth_fg), ssim(guess_fg, truth_fg, data_range=1.0, size_average=False)]
-        if self.regressor is not None and identity_targets is not None:
+        if self.regressor is not None:
             columns += list(parameter_errors(self.regressor(guess_fg), motion, identity_targets).unbind(dim=1))
         self.values.setdefault(name, []).append(torch.stack(columns, dim=1))
 

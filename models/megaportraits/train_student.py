@@ -22,7 +22,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
+from typing import Any, Iterable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -32,10 +32,8 @@ from tqdm import tqdm
 
 from models.data.paired import PairedHeads, load_identities, save_png
 from models.data.synthetic import contact_sheet
+from models.megaportraits.distill import TeacherAvatars, TeacherTargets
 from models.megaportraits.student import Student, StudentConfig, student_config
-
-if TYPE_CHECKING:
-    from models.megaportraits.distill import TeacherTargets
 
 TARGET_SOURCES = ("renderer", "teacher")
 
@@ -195,8 +193,6 @@ def endless_batches(dataset: Dataset, *, batch_size: int, workers: int, seed: in
 
 def teacher_targets(path: Path, dataset: PairedHeads) -> TeacherTargets:
     """The distillation targets for ``dataset``'s avatars from a base-model checkpoint."""
-    from models.megaportraits.distill import TeacherAvatars, TeacherTargets
-
     avatars = load_identities(dataset.meta.root / "avatars.npz")
     return TeacherTargets(teacher=TeacherAvatars.from_checkpoint(path), avatars=avatars, resolution=dataset.meta.resolution,
                           checkpoint=path)

@@ -13,6 +13,7 @@ import torch
 from models.cli import main
 from models.data.synthetic import SyntheticHeads, neutral_motion, sample_identities, sample_motions
 from models.evaluation import AvatarOutput, EvalConfig, evaluate
+from models.megaportraits.train_student import TrainingError
 from models.parameter_regressor import (
     IDENTITY_FIELDS,
     RegressedParameters,
@@ -75,7 +76,7 @@ def test_the_regressor_learns_and_its_checkpoint_round_trips(regressor: tuple[Pa
     assert model.standardise(identity).shape == (2, 37)
     other = tmp_path / "other.pt"
     torch.save({"kind": "something-else"}, other)
-    with pytest.raises(Exception, match="not a parameter-regressor checkpoint"):
+    with pytest.raises(TrainingError, match="not a parameter-regressor checkpoint"):
         load_regressor(other)
 
 
