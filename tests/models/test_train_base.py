@@ -167,7 +167,6 @@ def test_torchrun_two_processes_end_with_equal_weights_and_resume_exactly(tmp_pa
     assert _log(resumed)[-1]["process_digests"] == end["process_digests"]
 
 
-
 def test_a_torchrun_worker_ends_without_finalisation_and_keeps_its_status_and_output() -> None:
     # The exit path that keeps gloo's surviving worker threads from aborting a finished run (see models.cli).
     script = ("import sys\nfrom models.cli import _end_process\nassert _end_process(3, distributed=False) == 3\n"
@@ -175,6 +174,7 @@ def test_a_torchrun_worker_ends_without_finalisation_and_keeps_its_status_and_ou
               "print('last words', end='')\nprint('on stderr', end='', file=sys.stderr)\n_end_process(4, distributed=True)\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
     assert (result.returncode, result.stdout, result.stderr) == (4, "last words", "on stderr")
+
 
 # -- bad input --------------------------------------------------------------------------------------
 
