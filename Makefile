@@ -10,7 +10,7 @@ TEACHER_STEPS ?= 4000
 
 BIN    := $(VENV)/bin
 
-.PHONY: demo test install install-dev bench default-model teacher-cpu clean
+.PHONY: demo test install install-dev bench bench-hardening default-model teacher-cpu clean
 
 # torch first, so pip takes the local CPU build instead of a CUDA one from the registry.
 $(VENV)/.installed-dev: pyproject.toml
@@ -42,6 +42,10 @@ test: install-dev
 bench: install-dev
 	$(VENV)/bin/megalive-train contract-model --out runs/contract.onnx --resolution 256
 	$(VENV)/bin/megalive bench --model runs/contract.onnx --seconds 10 --json runs/bench.json
+
+# The README's hardening figures: 8 streaming clients, 2 clients that never read, a bomb stream, CURVE's cost (about 4 min).
+bench-hardening: install-dev
+	$(PY) bench/server_hardening.py --json runs/hardening.json
 
 # The shipped default model, exactly as it was made (README: "The default model"). Hours on 2 CPU cores.
 default-model: install-dev

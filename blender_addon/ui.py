@@ -64,7 +64,14 @@ def live_config(context: bpy.types.Context) -> shared_live.LiveConfig:
     if prefs is None:
         return shared_live.LiveConfig(client_name=CLIENT_NAME)
     return shared_live.LiveConfig(server=prefs.server_address, client_name=CLIENT_NAME, timeout_s=prefs.timeout_s,
-                      max_in_flight=prefs.max_in_flight)
+                                  max_in_flight=prefs.max_in_flight,
+                                  server_public_key=_key_path(prefs.server_public_key),
+                                  client_secret_key=_key_path(prefs.client_secret_key))
+
+
+def _key_path(path: str) -> str:
+    """A key file preference as a file system path ("//" is the .blend's folder); empty stays empty (no CURVE)."""
+    return bpy.path.abspath(path) if path.strip() else ""
 
 
 def status_line() -> str:
@@ -375,10 +382,19 @@ class MEGALIVE_AddonPreferences(bpy.types.AddonPreferences):
                                        description="Longest wait for the server in Connect, Live and Bake (seconds)")
     max_in_flight: bpy.props.IntProperty(name="In-flight frames", default=2, min=1, max=8,
                                          description="Driver frames sent before their textures come back")
+    # CURVE, for a server on another machine (megalive keys makes the files); both empty: plain loopback TCP.
+    server_public_key: bpy.props.StringProperty(name="Server Public Key", subtype="FILE_PATH", default="",
+                                                description="The server's public key file (NAME.key) for an encrypted "
+                                                "connection to a remote server. Empty: no CURVE")
+    client_secret_key: bpy.props.StringProperty(name="Client Secret Key", subtype="FILE_PATH", default="",
+                                                description="This machine's secret key file (NAME.key_secret); its "
+                                                "NAME.key must be in the server's allow folder. Empty: no CURVE")
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
         layout.prop(self, "server_address")
+        layout.prop(self, "server_public_key")
+        layout.prop(self, "client_secret_key")
         row = layout.row()
         row.prop(self, "timeout_s")
         row.prop(self, "max_in_flight")
@@ -639,8 +655,10 @@ def _open_bake(context: bpy.types.Context, source: shared_live.DriverSource) -> 
     except OSError as error:
         raise BakeError(f"cannot write to {folder}: {error.strerror or error}") from None
     config = live_config(context)
-    client = client_module.AvatarClient(address=config.server, name="megalive-blender-bake", timeout_s=config.timeout_s,
-                                        max_in_flight=1)
+    try:
+        client = shared_live.new_client(config, name="megalive-blender-bake", max_in_flight=1)
+    except client_module.CurveKeyError as error:
+        raise BakeError(str(error)) from None
     driver = wire_driver_kind(settings.driver_kind)
     try:
         client.hello()

@@ -69,7 +69,8 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
         "synth",
         help="render a paired SyntheticHeads dataset (driver identity + avatar doing the same motion)",
         description="Render driver/avatar pairs with SyntheticHeads: frames with alpha masks, 68 landmarks and the exact "
-        "parameters, plus contact_sheet.png (avatars × expressions). Written under a temporary name, renamed when complete.",
+        "parameters, plus contact_sheet.png (avatars × expressions). Written under a temporary name, renamed when complete; "
+        "a re-run removes the partial folder a killed run left.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     synth.add_argument("out", type=Path, metavar="OUT", help="new dataset folder (must not exist)")
@@ -83,8 +84,15 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
     synth.set_defaults(run=_synth)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # the shell's status for a signalled process
+
+
 def _synth(args: argparse.Namespace) -> int:
-    from models.data.paired import DatasetError, SynthConfig, write_paired_dataset
+    import signal
+    import threading
+
+    from models.data.paired import DatasetError, SynthConfig, remove_stale_partials, write_paired_dataset
     from models.export import current_command
 
     problems = [message for bad, message in (
@@ -102,11 +110,21 @@ def _synth(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps({"config": asdict(config), "out": str(args.out)}, indent=2))
         return 0
+    # `kill` and schedulers' time limits send SIGTERM, which would end the process without unwinding: as an exception
+    # it removes the partial folder like Ctrl-C does. SIGKILL cannot be caught; the next run removes what it leaves.
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers can only be set there
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main_thread else None
     try:
+        if not args.out.exists():
+            for folder in remove_stale_partials(args.out):
+                print(f"removed {folder}, the partial folder of an interrupted synth of {args.out}")
         out = write_paired_dataset(args.out, config, command=current_command())
     except DatasetError as error:
         print(f"megalive-train synth: {error}", file=sys.stderr)
         return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
     print(f"wrote {config.num_motions} pairs at {config.resolution}×{config.resolution} to {out} (look at {out / 'contact_sheet.png'})")
     return 0
 

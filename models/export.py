@@ -1,8 +1,11 @@
 """Export an avatar network to ONNX (opset 20) with its JSON sidecar, checked against PyTorch.
 
 The sidecar is the model card the runtime reads (server/engine.py): resolution, avatar names, the
-driver kinds, the exact producing command and a hash of the training config. Both files are written
-to temporary names and renamed into place, so a crash never leaves a half-written model behind.
+driver kinds, the exact producing command, a hash of the training config and the SHA-256 of every graph
+it names. Every file is written to a temporary name beside its final one; only when all are written are
+they renamed into place, the sidecar last. A crash never leaves a half-written file under a final name,
+and one between the renames leaves new graphs beside the old sidecar, whose digests the server checks:
+it refuses that pair instead of serving a model with another model's card.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -70,26 +73,31 @@ def extra_driver_path(model_path: Path, kind: str) -> Path:
     return model_path.with_name(f"{model_path.stem}.{kind}.onnx")
 
 
+def _flush_to_disk(path: Path) -> None:
+    with open(path, "r+b") as handle:  # writable: Windows refuses to fsync a read-only handle
+        os.fsync(handle.fileno())
+
+
+def file_sha256(path: Path) -> str:
+    """The full hex SHA-256 of a file, as the sidecar records it for each graph."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def _export_graph(module: nn.Module, inputs: dict[str, torch.Tensor], out_path: Path) -> float:
-    """Write one graph (inputs..., outputs rgb, alpha; batch axis dynamic) atomically; returns its parity error."""
+    """Write one graph (inputs..., outputs rgb, alpha; batch axis dynamic) to out_path; returns its parity error."""
     batch_axis = {0: "batch"}
-    temporary = _atomic_target(out_path)
-    try:
-        torch.onnx.export(
-            module,
-            tuple(inputs.values()),
-            str(temporary),
-            input_names=list(inputs),
-            output_names=["rgb", "alpha"],
-            dynamic_axes={name: batch_axis for name in [*inputs, "rgb", "alpha"]},
-            opset_version=OPSET,
-            dynamo=False,
-        )
-        max_abs_error = _parity(module, temporary, inputs)
-        os.replace(temporary, out_path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return max_abs_error
+    torch.onnx.export(
+        module,
+        tuple(inputs.values()),
+        str(out_path),
+        input_names=list(inputs),
+        output_names=["rgb", "alpha"],
+        dynamic_axes={name: batch_axis for name in [*inputs, "rgb", "alpha"]},
+        opset_version=OPSET,
+        dynamo=False,
+    )
+    return _parity(module, out_path, inputs)
 
 
 def export_avatar_model(
@@ -107,22 +115,67 @@ def export_avatar_model(
     """module(driver B×3×H×W, avatar B) -> (rgb B×3×H×W, alpha B×1×H×W); writes OUT.onnx + OUT.json,
     and OUT.<kind>.onnx for every extra driver kind."""
     out_path = Path(out_path)
+    kinds = [extra.kind for extra in extra_drivers]
+    if len(set(kinds)) != len(kinds):
+        raise ValueError(f"extra driver kinds {kinds} repeat; one graph per kind")
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    # Final path -> its temporary beside it. Insertion order is rename order: graphs, thumbnails, sidecar last.
+    staged: dict[Path, Path] = {}
+
+    def stage(final: Path) -> Path:
+        staged[final] = _atomic_target(final)
+        return staged[final]
+
+    try:
+        max_abs_error = _write_staged(module, out_path=out_path, resolution=resolution, avatar_names=avatar_names,
+                                      command=command, config=config, extra_drivers=extra_drivers, thumbnails=thumbnails,
+                                      parity_batch=parity_batch, stage=stage)
+        for temporary in staged.values():
+            _flush_to_disk(temporary)  # a power cut after a rename must find the bytes, not an empty file
+        # Nothing is renamed until everything is written and checked. The sidecar goes last: until it lands, the old
+        # sidecar's digests make the server refuse the new graphs, so a kill between renames never serves a mixed pair.
+        for final, temporary in staged.items():
+            os.replace(temporary, final)
+    finally:
+        for temporary in staged.values():
+            temporary.unlink(missing_ok=True)  # renamed ones are gone already; the rest are leftovers of a failure
+    return ExportReport(model_path=out_path, sidecar_path=out_path.with_suffix(".json"), max_abs_error=max_abs_error,
+                        onnx_bytes=out_path.stat().st_size)
+
+
+def _write_staged(
+    module: nn.Module,
+    *,
+    out_path: Path,
+    resolution: tuple[int, int],
+    avatar_names: Sequence[str],
+    command: str,
+    config: Mapping[str, Any],
+    extra_drivers: Sequence[ExtraDriver],
+    thumbnails: np.ndarray | None,
+    parity_batch: int,
+    stage: Callable[[Path], Path],
+) -> float:
+    """Write every file of the export to the temporary that stage(final path) gives (renames are the caller's);
+    returns the largest parity error of its graphs."""
     module = module.eval()
     height, width = resolution
     generator = torch.Generator().manual_seed(0)
     driver = torch.rand(parity_batch, 3, height, width, generator=generator)
     avatar = torch.arange(parity_batch, dtype=torch.int64) % len(avatar_names)
-    max_abs_error = _export_graph(module, {"driver": driver, "avatar": avatar}, out_path)
+    model_temporary = stage(out_path)
+    max_abs_error = _export_graph(module, {"driver": driver, "avatar": avatar}, model_temporary)
     gflops_per_frame = 2 * conv_multiply_accumulates(module, driver[:1], avatar[:1]) / 1e9
     adapters: dict[str, Any] = {}
     for extra in extra_drivers:
         signal = torch.rand(parity_batch, *extra.input_shape, generator=generator)
         path = extra_driver_path(out_path, extra.kind)
-        error = _export_graph(extra.module.eval(), {extra.input_name: signal, "avatar": avatar}, path)
+        temporary = stage(path)
+        error = _export_graph(extra.module.eval(), {extra.input_name: signal, "avatar": avatar}, temporary)
         max_abs_error = max(max_abs_error, error)
         adapters[extra.kind] = {
             "model_file": path.name,
+            "model_sha256": file_sha256(temporary),  # renaming keeps the bytes: this is the final file's digest
             "input": {"name": extra.input_name, "dtype": "float32", "shape": ["B", *extra.input_shape]},
             "parity_max_abs_error": error,
             "gflops_per_frame": 2 * conv_multiply_accumulates(extra.module, signal[:1], avatar[:1]) / 1e9,
@@ -134,6 +187,7 @@ def export_avatar_model(
         "format_version": SIDECAR_FORMAT_VERSION,
         "name": out_path.stem,
         "model_file": out_path.name,
+        "model_sha256": file_sha256(model_temporary),
         "resolution": [height, width],
         "avatars": list(avatar_names),
         "drivers": ["image", *adapters],
@@ -152,16 +206,11 @@ def export_avatar_model(
     }
     if thumbnails is not None:
         thumbnails_path = out_path.with_suffix(".thumbs.npy")
-        temporary = _atomic_target(thumbnails_path)
-        with open(temporary, "wb") as handle:
+        with open(stage(thumbnails_path), "wb") as handle:
             np.save(handle, np.ascontiguousarray(thumbnails, dtype=np.uint8), allow_pickle=False)
-        os.replace(temporary, thumbnails_path)
         sidecar["thumbnails"] = thumbnails_path.name
-    sidecar_path = out_path.with_suffix(".json")
-    temporary = _atomic_target(sidecar_path)
-    temporary.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, sidecar_path)
-    return ExportReport(model_path=out_path, sidecar_path=sidecar_path, max_abs_error=max_abs_error, onnx_bytes=out_path.stat().st_size)
+    stage(out_path.with_suffix(".json")).write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    return max_abs_error
 
 
 def _parity(module: nn.Module, onnx_path: Path, inputs: dict[str, torch.Tensor]) -> float:

@@ -173,14 +173,14 @@ def measure_raw_fps(engine: Engine, seconds: float, *, batch: int = 1) -> float:
     return runs * batch / (time.perf_counter() - began)
 
 
-def start_server(model_path: Path, *, threads: int) -> tuple[subprocess.Popen, str]:
-    """A real `megalive serve` on an ephemeral loopback port; returns the process and its address."""
+def start_server(model_path: Path, *, threads: int = 0, options: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """A real `megalive serve` (with extra `options`) on an ephemeral loopback port; returns the process and its address."""
     command = [sys.executable, "-m", "server.cli", "serve", "--model", str(model_path), "--bind", "tcp://127.0.0.1:*",
-               "--threads", str(threads)]
+               "--threads", str(threads), *options]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     assert process.stdout is not None
     line = process.stdout.readline()
-    match = re.search(r" on (tcp://\S+)$", line.strip())
+    match = re.search(r" on (tcp://\S+)", line.strip())
     if not match:
         process.kill()
         raise RuntimeError(f"server did not start: {line.strip()} {process.stderr.read().strip() if process.stderr else ''}")

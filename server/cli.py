@@ -9,23 +9,34 @@ import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from server import __version__
 from server.addon import add_addon_commands
 from unreal_bridge.cli import add_livelink_commands, add_unreal_commands
+
+if TYPE_CHECKING:
+    from server.service import ServiceConfig
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser(
         "serve",
         help="serve an avatar model over ZeroMQ",
-        description="Serve an avatar model (ONNX + JSON sidecar) to MegaLive clients. Stops cleanly on Ctrl-C or SIGTERM.",
+        description="Serve an avatar model (ONNX + JSON sidecar) to MegaLive clients. Stops cleanly on Ctrl-C or SIGTERM. "
+        "Exit status: 0 stopped, 1 the service failed, 2 bad options or an address that cannot be bound.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     serve.add_argument("--model", type=Path, default=None, metavar="PATH", help="avatar model .onnx (its .json sidecar beside it); default: the shipped model")
-    serve.add_argument("--bind", default="tcp://127.0.0.1:5555", metavar="ADDR", help="ZeroMQ address; loopback only (CURVE keys come later)")
+    serve.add_argument("--bind", default="tcp://127.0.0.1:5555", metavar="ADDR",
+                       help="ZeroMQ address: loopback, ipc:// in a private folder, or any host with --curve-secret and --allow")
+    serve.add_argument("--curve-secret", type=Path, default=None, metavar="FILE", help="the server's CURVE .key_secret file (megalive keys new)")
+    serve.add_argument("--allow", type=Path, default=None, metavar="DIR", help="folder of allowed clients' CURVE public .key files")
     serve.add_argument("--max-batch", type=int, default=8, metavar="N", help="most frames of different sessions in one engine call [1-64]")
-    serve.add_argument("--max-sessions", type=int, default=64, metavar="N", help="sessions held at once; more get a 'busy' error")
+    serve.add_argument("--max-sessions", type=int, default=64, metavar="N", help="sessions held at once; more get a 'busy' error [1-1024]")
+    serve.add_argument("--max-sessions-per-client", type=int, default=16, metavar="N", help="sessions one connection may hold [1-1024]")
+    serve.add_argument("--max-output", type=int, default=2048, metavar="SIDE",
+                       help="largest output texture, as the side of a square of the same pixel count [16-4096]")
     serve.add_argument("--idle-timeout", type=float, default=120.0, metavar="S", help="close a session after this many seconds without a message")
     serve.add_argument("--providers", default="", metavar="LIST", help="comma-separated ONNX Runtime providers; empty: best available")
     serve.add_argument("--threads", type=int, default=0, metavar="N", help="ONNX Runtime intra-op threads; 0: one per core")
@@ -33,26 +44,47 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.set_defaults(run=_serve)
 
 
+def _serve_config(args: argparse.Namespace) -> "ServiceConfig":
+    """The service configuration from `serve`'s options; ValueError (one line) for a bad one."""
+    from server.keys import load_server_keys
+    from server.service import ServiceConfig, check_bind_address
+
+    ranges = {"--max-batch": (args.max_batch, 1, 64), "--max-sessions": (args.max_sessions, 1, 1024),
+              "--max-sessions-per-client": (args.max_sessions_per_client, 1, 1024), "--max-output": (args.max_output, 16, 4096)}
+    for option, (value, low, high) in ranges.items():
+        if not low <= value <= high:
+            raise ValueError(f"{option} must be between {low} and {high}")
+    if not args.idle_timeout > 0:
+        raise ValueError("--idle-timeout must be a positive number of seconds")
+    if (args.curve_secret is None) != (args.allow is None):
+        raise ValueError("--curve-secret and --allow go together")
+    curve = None if args.curve_secret is None else load_server_keys(secret_file=args.curve_secret, allow_dir=args.allow)
+    config = ServiceConfig(bind=args.bind, max_batch=args.max_batch, max_sessions=args.max_sessions,
+                           max_sessions_per_client=args.max_sessions_per_client, max_output_pixels=args.max_output**2,
+                           session_idle_s=args.idle_timeout, curve=curve)
+    check_bind_address(config.bind, curve=curve is not None)
+    return config
+
+
 def _serve(args: argparse.Namespace) -> int:
     from server.engine import Engine, ModelError, load_model_card, model_or_shipped
-    from server.service import AvatarService, BindRefused, ServiceConfig, check_bind_address
+    from server.service import AvatarService
 
-    if not 1 <= args.max_batch <= 64:
-        print("megalive serve: --max-batch must be between 1 and 64", file=sys.stderr)
-        return 2
-    config = ServiceConfig(bind=args.bind, max_batch=args.max_batch, max_sessions=args.max_sessions, session_idle_s=args.idle_timeout)
     providers = [p for p in args.providers.split(",") if p] or None
     try:
-        check_bind_address(config.bind)
+        config = _serve_config(args)
         args.model = model_or_shipped(args.model)
         card = load_model_card(args.model)
         if args.dry_run:
-            print(json.dumps({"service": asdict(config), "model": {**asdict(card), "model_path": str(card.model_path),
+            shown = {**asdict(config), "curve": None if config.curve is None else {"public": config.curve.public.decode(),
+                                                                                   "allow_dir": str(config.curve.allow_dir)}}
+            print(json.dumps({"service": shown, "model": {**asdict(card), "model_path": str(card.model_path),
                               "thumbnails_path": str(card.thumbnails_path)}, "providers": providers}, indent=2, default=str))
             return 0
         engine = Engine(model_path=args.model, providers=providers, intra_op_threads=args.threads, max_batch=config.max_batch)
         service = AvatarService(engine=engine, config=config)
-    except (ModelError, BindRefused) as error:
+        address = service.start()
+    except (ModelError, ValueError) as error:  # BindRefused and KeyFileError are ValueErrors with one-line messages
         print(f"megalive serve: {error}", file=sys.stderr)
         return 2
 
@@ -61,12 +93,42 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    address = service.start()
     print(f"megalive {__version__}: serving {card.name} ({len(card.avatar_names)} avatars, "
-          f"{card.resolution[0]}×{card.resolution[1]}, {', '.join(engine.providers)}) on {address}", flush=True)
+          f"{card.resolution[0]}×{card.resolution[1]}, {', '.join(engine.providers)}) on {address}"
+          f"{' with CURVE' if config.curve else ''}", flush=True)
     while service.is_running():
         service.wait(0.5)
+    if service.failure is not None:
+        print(f"megalive serve: the service failed: {service.failure}", file=sys.stderr, flush=True)
+        return 1
     print("megalive: stopped", flush=True)
+    return 0
+
+
+def _add_keys(commands: argparse._SubParsersAction) -> None:
+    keys = commands.add_parser(
+        "keys",
+        help="make CURVE keypairs for remote clients and servers",
+        description="Remote clients reach a server only over CURVE. Make a keypair for the server and one per client; "
+        "copy each client's public NAME.key into the server's --allow folder and give clients the server's public key.",
+    )
+    actions = keys.add_subparsers(title="actions", metavar="ACTION")
+    new = actions.add_parser("new", help="write NAME.key (public) and NAME.key_secret (secret, mode 0600) into DIR",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    new.add_argument("dir", type=Path, metavar="DIR", help="folder for the two files (made, mode 0700, when missing)")
+    new.add_argument("--name", default="megalive", metavar="NAME", help="file name stem, e.g. server or the client's host name")
+    new.set_defaults(run=_keys_new)
+
+
+def _keys_new(args: argparse.Namespace) -> int:
+    from server.keys import KeyFileError, new_keypair
+
+    try:
+        public, secret = new_keypair(args.dir, args.name)
+    except KeyFileError as error:
+        print(f"megalive keys: {error}", file=sys.stderr)
+        return 2
+    print(f"public key {public} (hand it out)\nsecret key {secret} (keep it; mode 0600)")
     return 0
 
 
@@ -170,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_serve(commands)
+    _add_keys(commands)
     _add_bench(commands)
     _add_avatars(commands)
     _add_demo(commands)

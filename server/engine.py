@@ -8,9 +8,12 @@ Contract for avatar models (written by `megalive-train export`, read here):
              alpha   float32  B×1×H×W  in [0,1]
 
 The sidecar sits beside the model as ``<model stem>.json`` and names the resolution, the avatars,
-the driver kinds the model accepts and the exact command that produced it. A model with driver
-adapters (DESIGN §4.5) has one more graph per capture kind beside it, ``<stem>.<kind>.onnx``, with
-the same avatar input and outputs and the capture signal in place of ``driver``:
+the driver kinds the model accepts, the exact command that produced it and (``model_sha256``, in the
+card and in each adapter entry) the SHA-256 of every graph it names. Export renames the graphs into
+place before the sidecar, so a crash in between leaves new graphs beside the old sidecar: the digests
+make the loader refuse that pair. Sidecars without digests (older exports) load unchecked. A model
+with driver adapters (DESIGN §4.5) has one more graph per capture kind beside it, ``<stem>.<kind>.onnx``,
+with the same avatar input and outputs and the capture signal in place of ``driver``:
 
     arkit      curves     float32  B×61     Live Link Face order (server/protocol.py)
     landmarks  landmarks  float32  B×68×2   iBUG order, x/y in [0, 1] over the crop
@@ -18,6 +21,7 @@ the same avatar input and outputs and the capture signal in place of ``driver``:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -85,6 +89,23 @@ def sidecar_path(model_path: Path) -> Path:
     return model_path.with_suffix(".json")
 
 
+def _check_graph_digest(graph: Path, expected: object, card_path: Path) -> None:
+    """Refuse a graph whose bytes are not the ones its sidecar was written with (an export killed between its
+    renames, or files copied from two exports). No digest recorded: nothing to check."""
+    if expected is None:
+        return
+    if not isinstance(expected, str) or len(expected) != 64:
+        raise ModelError(f"{card_path}: malformed model_sha256 for {graph.name} (expected 64 hex digits)")
+    try:
+        with open(graph, "rb") as handle:
+            actual = hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError as error:
+        raise ModelError(f"cannot read {graph}: {error}") from None
+    if actual != expected.lower():
+        raise ModelError(f"{graph} does not match its sidecar {card_path.name} (SHA-256 differs: an interrupted export or "
+                         "files from two exports); re-run megalive-train export")
+
+
 def load_model_card(model_path: str | Path) -> ModelCard:
     """Read and check the sidecar of a model file. Raises ModelError with a one-line reason."""
     model_path = Path(model_path)
@@ -109,6 +130,7 @@ def load_model_card(model_path: str | Path) -> ModelCard:
         raise ModelError(f"{card_path}: missing or malformed field ({error})") from None
     if not avatars:
         raise ModelError(f"{card_path}: the model has no avatars")
+    _check_graph_digest(model_path, card.get("model_sha256"), card_path)
     adapters = []
     for kind, entry in (card.get("adapters") or {}).items():
         try:
@@ -120,6 +142,7 @@ def load_model_card(model_path: str | Path) -> ModelCard:
             raise ModelError(f"{card_path}: adapters.{kind} is not among the drivers {list(drivers)}")
         if not adapter.model_path.is_file():
             raise ModelError(f"{card_path}: the {kind} graph {adapter.model_path.name} is missing beside the model")
+        _check_graph_digest(adapter.model_path, entry.get("model_sha256"), card_path)
         adapters.append(adapter)
     missing = [kind for kind in drivers if kind != "image" and kind not in {a.kind for a in adapters}]
     if missing:

@@ -6,6 +6,7 @@ Pillow does the codecs and resampling (C code, no torch); numpy does the layout 
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -13,19 +14,41 @@ from PIL import Image
 from server.protocol import Buffer, EncodedBuffer, ProtocolError, raw_buffer_from_array
 
 
-def decode_driver_image(buffer: Buffer, *, request_id: int | None = None) -> np.ndarray:
-    """A driver frame from the wire as H×W×3 uint8 (RGB). Accepts u8 RGB/RGBA/grey, f32 in [0,1], jpeg, png."""
+# The one Pillow format each wire codec may be: a BMP, TIFF, GIF, WEBP... sent as "png" is refused, not decoded.
+_PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG"}
+
+
+def decode_driver_image(buffer: Buffer, *, max_pixels: int, request_id: int | None = None) -> np.ndarray:
+    """A driver frame from the wire as H×W×3 uint8 (RGB). Accepts u8 RGB/RGBA/grey, f32 in [0,1], jpeg, png.
+
+    An encoded image's size is read from its header before anything is decoded: above ``max_pixels``
+    it is refused (``too_large``), so a small file that declares a huge image costs nothing. Any
+    failure to decode is this frame's ``bad_request``, whatever the decoder raised."""
     if isinstance(buffer, EncodedBuffer):
         try:
-            with Image.open(io.BytesIO(buffer.data)) as image:
+            with warnings.catch_warnings():
+                # Pillow warns about large declared sizes as it opens; the pixel limit below decides instead.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(buffer.data), formats=[_PIL_FORMATS[buffer.codec]])
+            with image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ProtocolError("too_large", f"{buffer.codec} image of {width}×{height} exceeds this server's "
+                                        f"{max_pixels} pixels", request_id=request_id)
                 return np.asarray(image.convert("RGB"))
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise ProtocolError("bad_request", f"cannot decode {buffer.codec} driver image: {error}", request_id=request_id) from None
+        except ProtocolError:
+            raise
+        except Exception as error:  # Pillow raises OSError, ValueError, SyntaxError, struct.error, ... on broken files
+            raise ProtocolError("bad_request", f"cannot decode {buffer.codec} driver image: {type(error).__name__}: {error}",
+                                request_id=request_id) from None
     array = buffer.array()
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or min(array.shape[:2]) < 1:
         raise ProtocolError("bad_request", f"driver image must be H×W×{{1,3,4}}, got shape {list(buffer.shape)}", request_id=request_id)
+    if array.shape[0] * array.shape[1] > max_pixels:
+        raise ProtocolError("too_large", f"driver image of {array.shape[1]}×{array.shape[0]} exceeds this server's {max_pixels} pixels",
+                            request_id=request_id)
     if array.dtype == np.float32:
         if not np.isfinite(array).all():
             raise ProtocolError("bad_request", "driver image holds NaN or infinite values", request_id=request_id)

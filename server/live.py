@@ -14,7 +14,7 @@ worker never touches host data: it owns only the client.
 
 Phases (``phase``; hosts map them to their own labels): "disconnected", "connected" (hello done, not
 live), "live", "gone" (server gone, waiting to retry), "reconnecting" (worker running), "refused" (the
-server said no, e.g. unknown avatar; terminal).
+server said no, e.g. unknown avatar, or a CURVE key file cannot be used; terminal).
 """
 
 from __future__ import annotations
@@ -113,6 +113,29 @@ class LiveConfig:
     max_reconnect_delay_s: float = 5.0
     resend_still_s: float = 1.0  # resend an unchanged frame this often: an unanswered frame is how a gone server shows
     figures_window: int = 30  # textures the fps / latency figures average over
+    # CURVE, for a server on another host: pyzmq certificate files (``megalive keys``); both empty = plain TCP.
+    server_public_key: str = ""  # the server's NAME.key
+    client_secret_key: str = ""  # this client's NAME.key_secret (its public half must be on the server's allow-list)
+
+
+def curve_keys(config: LiveConfig) -> client_module.CurveClientKeys | None:
+    """The CURVE keys ``config`` names, or None when it names none. Raises client.CurveKeyError (one line)."""
+    server_key, client_key = config.server_public_key.strip(), config.client_secret_key.strip()
+    if not server_key and not client_key:
+        return None
+    if not server_key:
+        raise client_module.CurveKeyError("CURVE needs the server's public key file too (its NAME.key)")
+    if not client_key:
+        raise client_module.CurveKeyError("CURVE needs this client's secret key file too (its NAME.key_secret)")
+    return client_module.load_curve_client_keys(server_public_key=server_key, client_secret_key=client_key)
+
+
+def new_client(config: LiveConfig, *, name: str | None = None, max_in_flight: int | None = None) -> client_module.AvatarClient:
+    """A client for ``config``'s server (with its CURVE keys). Raises client.CurveKeyError for a bad key file."""
+    return client_module.AvatarClient(address=config.server, name=config.client_name if name is None else name,
+                                      timeout_s=config.timeout_s,
+                                      max_in_flight=config.max_in_flight if max_in_flight is None else max_in_flight,
+                                      curve=curve_keys(config))
 
 
 @dataclass
@@ -153,8 +176,15 @@ class LiveController:
     def __init__(self, *, config: LiveConfig, client: client_module.AvatarClient | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
-        self.client = client or client_module.AvatarClient(address=config.server, name=config.client_name,
-                                                           timeout_s=config.timeout_s, max_in_flight=config.max_in_flight)
+        self._key_error = ""  # a CURVE key file that cannot be used: every connect says so, none is tried
+        if client is None:
+            try:
+                client = new_client(config)
+            except client_module.CurveKeyError as error:
+                self._key_error = str(error)
+                client = client_module.AvatarClient(address=config.server, name=config.client_name,
+                                                    timeout_s=config.timeout_s, max_in_flight=config.max_in_flight)
+        self.client = client
         self.figures = LiveFigures(received_at=deque(maxlen=config.figures_window),
                                    round_trip_ms=deque(maxlen=config.figures_window))
         self.avatars: list[client_module.AvatarEntry] = []
@@ -171,6 +201,8 @@ class LiveController:
         self._worker_error: BaseException | None = None
         self._worker_session: int | None = None
         self._closed = False
+        if self._key_error:
+            self._set("refused", self._key_error)
 
     # ------------------------------------------------------------------------------ state
 
@@ -202,6 +234,9 @@ class LiveController:
         """hello + avatars, waiting at most the client timeout. False (and a detail) when it fails."""
         if self.worker_running:
             self._detail = "a reconnect attempt is still running"
+            return False
+        if self._key_error:
+            self._set("refused", self._key_error)
             return False
         try:
             info = self.client.hello()
@@ -246,6 +281,9 @@ class LiveController:
 
         A server that cannot be reached yet is retried in the background like a lost one; a refusal
         (hello or open) is terminal. False when not live yet."""
+        if self._key_error:
+            self._set("refused", self._key_error)
+            return False
         if self._phase != "disconnected" or self.worker_running:
             self._detail = "already connected"
             return False
@@ -326,6 +364,8 @@ class LiveController:
                     self.figures.dropped += 1
                 else:
                     self.figures.frame_errors += 1
+                    if event.code == client_module.SERVER_GONE:
+                        continue  # a frame lost with the connection: the phase already said the server was gone
                     if event.code == "unknown_session":
                         # The server restarted behind the same address: a send now would reopen (a blocking
                         # round trip), so hand the reopen to the background worker instead.

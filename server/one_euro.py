@@ -28,6 +28,11 @@ class OneEuroConfig:
             raise ValueError("One-Euro cutoffs must be > 0 and beta ≥ 0")
 
 
+# Steps of the filter clock below this are treated as this: 1/dt must stay finite (a step of 5e-324 s
+# made alpha 0 and the speed infinite, and the filter NaN for good).
+MIN_STEP_S = 1e-4
+
+
 def _alpha(cutoff_hz: np.ndarray | float, dt: float) -> np.ndarray | float:
     tau = 1.0 / (2.0 * math.pi * cutoff_hz)
     return 1.0 / (1.0 + tau / dt)
@@ -61,11 +66,47 @@ class OneEuroFilter:
         if sample.shape != self._value.shape:
             raise ValueError(f"sample shape {sample.shape} differs from the filter's {self._value.shape}")
         dt = timestamp_s - self._time
-        if dt <= 0:  # a repeated or out-of-order timestamp: nothing new to filter
+        if not dt > 0:  # a repeated, out-of-order or non-finite timestamp: nothing new to filter
             return self._value.copy()
+        dt = max(dt, MIN_STEP_S)
         speed = (sample - self._value) / dt
-        self._speed = self._speed + _alpha(self.config.derivative_cutoff_hz, dt) * (speed - self._speed)
-        cutoff = self.config.min_cutoff_hz + self.config.beta * np.abs(self._speed)
-        self._value = self._value + _alpha(cutoff, dt) * (sample - self._value)
-        self._time = timestamp_s
+        new_speed = self._speed + _alpha(self.config.derivative_cutoff_hz, dt) * (speed - self._speed)
+        cutoff = self.config.min_cutoff_hz + self.config.beta * np.abs(new_speed)
+        new_value = self._value + _alpha(cutoff, dt) * (sample - self._value)
+        if not (np.isfinite(new_value).all() and np.isfinite(new_speed).all()):
+            # Overflow from extreme inputs: start again from this sample rather than carry NaN forward.
+            self._value, self._speed, self._time = sample.copy(), np.zeros_like(sample), timestamp_s
+            return sample.copy()
+        self._value, self._speed, self._time = new_value, new_speed, timestamp_s
         return self._value.copy()
+
+
+class SignalClock:
+    """A strictly increasing clock for a session's filters, from client stamps that may repeat, run
+    backwards, jump or be absurd.
+
+    Each step is the client's own step when it lies in [min_step_s, max_step_s] (capture time is what
+    the filters should see), else the arrival-time step clamped to that range. So no stamp a client
+    sends can stall the filters or make a step too small or large for them."""
+
+    def __init__(self, *, min_step_s: float = 1e-3, max_step_s: float = 1.0) -> None:
+        self.min_step_s = min_step_s
+        self.max_step_s = max_step_s
+        self._now = 0.0
+        self._last_client: float | None = None
+        self._last_arrival: float | None = None
+
+    def __call__(self, client_s: float | None, arrival_s: float) -> float:
+        """The filter time of a frame stamped ``client_s`` (None: no stamp) that arrived at ``arrival_s``."""
+        client = client_s if client_s is not None and math.isfinite(client_s) else None
+        if self._last_arrival is not None:
+            step = None
+            if client is not None and self._last_client is not None:
+                client_step = client - self._last_client
+                if self.min_step_s <= client_step <= self.max_step_s:
+                    step = client_step
+            if step is None:
+                step = min(max(arrival_s - self._last_arrival, self.min_step_s), self.max_step_s)
+            self._now += step
+        self._last_client, self._last_arrival = client, arrival_s
+        return self._now

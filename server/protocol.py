@@ -103,12 +103,20 @@ class Limits:
     max_str_bytes: int = 4096
 
     @property
-    def max_message_bytes(self) -> int:
-        """ZeroMQ's MAXMSGSIZE: the transport drops a peer that sends a bigger frame.
+    def max_frame_bytes(self) -> int:
+        """ZeroMQ's MAXMSGSIZE, which libzmq applies to each frame as its length arrives: a peer that
+        announces a bigger frame is disconnected before any of it is buffered."""
+        return max(self.max_buffer_bytes, self.max_header_bytes)
 
-        It sits above ``max_buffer_bytes`` so that an oversized-but-sane frame still reaches the
-        protocol layer and gets a ``too_large`` reply instead of a silent disconnect."""
-        return 2 * self.max_buffer_bytes + self.max_header_bytes
+    @property
+    def max_parts(self) -> int:
+        """Frames in one message: the header and its buffers."""
+        return 1 + self.max_buffers
+
+    @property
+    def max_message_bytes(self) -> int:
+        """All frames of one message together (the header and every buffer at its limit)."""
+        return self.max_header_bytes + self.max_buffers * self.max_buffer_bytes
 
 
 DEFAULT_LIMITS = Limits()
@@ -237,7 +245,8 @@ def unpack_header(raw: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> d
 
 
 def _check_raw(dtype: Any, shape: Any, nbytes: int, limits: Limits, request_id: int | None = None) -> tuple[int, ...]:
-    if dtype not in DTYPE_ITEMSIZE:
+    # isinstance first: a list or map is unhashable, and `in` on a dict would raise TypeError.
+    if not isinstance(dtype, str) or dtype not in DTYPE_ITEMSIZE:
         raise ProtocolError("bad_request", f"dtype {dtype!r} not allowed (allowed: {sorted(DTYPE_ITEMSIZE)})", request_id=request_id)
     if (
         not isinstance(shape, list)
@@ -285,7 +294,7 @@ def decode(frames: Sequence[bytes | memoryview], limits: Limits = DEFAULT_LIMITS
         if not isinstance(descriptor, dict):
             raise ProtocolError("bad_request", "buffer descriptor must be a map", request_id=request_id)
         if "codec" in descriptor:
-            if descriptor["codec"] not in CODECS:
+            if not isinstance(descriptor["codec"], str) or descriptor["codec"] not in CODECS:
                 raise ProtocolError("bad_request", f"codec {descriptor['codec']!r} not supported", request_id=request_id)
             buffers.append(EncodedBuffer(codec=descriptor["codec"], data=data))
         else:

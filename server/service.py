@@ -1,34 +1,49 @@
-"""The ZeroMQ avatar service: a ROUTER loop, sessions, latest-wins frames, a batching worker.
+"""The ZeroMQ avatar service: a ROUTER loop, sessions, latest-wins frames, a supervised batching worker.
 
 Threads and sockets:
 
-    main thread   ROUTER (clients)  <- requests;  -> replies (its own and the worker's, forwarded)
-                  PAIR   (inproc)   <- the worker's finished replies
-    worker thread PAIR   (inproc)   -> finished replies
+    main thread   ROUTER  (clients)   <- requests, read frame by frame;  -> replies (its own and the worker's)
+                  PULL    (inproc)    <- the worker's finished replies
+                  PAIR    (monitor)   <- the ROUTER's connection events: a vanished client's sessions close at once
+    worker thread PUSH    (inproc)    -> finished replies
                   takes the newest pending frame of every session, batches them into one engine call
 
 ZeroMQ sockets are not thread-safe, so each socket belongs to one thread; the pending table is the
 only shared state and sits behind a condition variable. Receiving never waits on the model.
+
+Nothing a client sends may stop the service or starve another client (DESIGN §3): every failure a
+message causes becomes an `error` reply or a counted drop; the worker is restarted if it ever dies;
+replies queued for a client that does not read, sessions per client, decoded pixels, output size and
+message sizes are bounded, and the bounds are announced in `hello`.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
+import hmac
 import importlib.util
 import ipaddress
 import itertools
 import logging
 import math
+import os
+import secrets
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from server import __version__, capture, drivers, imaging
 from server.engine import Engine
+from server.keys import CurveServerKeys
+from server.one_euro import SignalClock
 from server.protocol import (
     CODECS,
     CROP_MODES,
@@ -52,20 +67,46 @@ log = logging.getLogger("megalive.server")
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 _WORKER_ENDPOINT = "inproc://megalive-worker-{}"
+_MONITOR_EVENTS = (
+    zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 
 
 class BindRefused(ValueError):
-    """A bind address the service will not use (non-loopback without CURVE keys)."""
+    """A bind address the service will not use, or could not bind; the message is one line."""
 
 
-def check_bind_address(address: str) -> None:
-    """Loopback, ipc and inproc only: CURVE encryption (needed for other hosts) is not built yet."""
-    if address.startswith(("ipc://", "inproc://")):
+def _check_ipc_path(address: str) -> None:
+    """ipc:// sockets are files: in a folder others can write, another local user can squat or replace them."""
+    path = address[len("ipc://") :]
+    if path.startswith("@"):
+        raise BindRefused(f"refusing {address}: abstract ipc sockets are open to every local user; use ipc:///PRIVATE/FOLDER/NAME")
+    folder = Path(path).parent
+    try:
+        info = folder.stat()
+    except OSError:
+        raise BindRefused(f"refusing {address}: folder {folder} does not exist") from None
+    if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise BindRefused(
+            f"refusing {address}: {folder} is not a private folder of this user (others could replace the socket); "
+            "use a folder with mode 700, e.g. under $XDG_RUNTIME_DIR"
+        )
+
+
+def check_bind_address(address: str, *, curve: bool = False) -> None:
+    """Loopback, private ipc and inproc; any other host only with CURVE keys (frames would travel in clear)."""
+    if address.startswith("inproc://"):
+        return
+    if address.startswith("ipc://"):
+        _check_ipc_path(address)
         return
     if not address.startswith("tcp://"):
         raise BindRefused(f"unsupported bind address {address!r}: use tcp://127.0.0.1:PORT")
     host = address[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
+    if curve or host == "localhost":
         return
     try:
         if ipaddress.ip_address(host).is_loopback:
@@ -73,8 +114,8 @@ def check_bind_address(address: str) -> None:
     except ValueError:
         pass
     raise BindRefused(
-        f"refusing to bind {address}: only loopback addresses are allowed until CURVE keys are supported "
-        "(frames would travel unencrypted); use tcp://127.0.0.1:PORT"
+        f"refusing to bind {address} without CURVE keys (frames would travel unencrypted): "
+        "pass --curve-secret FILE --allow DIR, or bind tcp://127.0.0.1:PORT"
     )
 
 
@@ -82,12 +123,33 @@ def check_bind_address(address: str) -> None:
 class ServiceConfig:
     bind: str = DEFAULT_BIND
     max_sessions: int = 64
+    max_sessions_per_client: int = 16
+    max_crop_sessions: int = 16  # each holds a face tracker (tens of MB) while it streams
     session_idle_s: float = 120.0  # a session with no message for this long is closed
+    crop_idle_s: float = 10.0  # a crop session's face tracker is released after this long without frames
     max_batch: int = 8
     limits: Limits = DEFAULT_LIMITS
+    max_image_pixels: int = 4096 * 2304  # a 4K (3840×2160) webcam frame fits; decoded size is read from the header first
+    max_output_pixels: int = 2048 * 2048
+    queued_replies_per_client: int = 8  # ZeroMQ's send high-water mark (messages)
+    backlog_bytes_per_client: int = 1024 * 1024  # small replies held beyond it, for clients that read in bursts
     linger_ms: int = 0  # replies to clients that left are not worth waiting for at shutdown
-    send_hwm: int = 256
-    receive_hwm: int = 64
+    receive_hwm: int = 16
+    # Messages one connection may send per second (a token bucket with a burst of one second's worth): our
+    # clients send a few hundred at most; a flood beyond it is read and let go unparsed, and counted.
+    max_messages_per_s: float = 5000.0
+    max_engine_restarts: int = 5  # within engine_restart_window_s; one more and the service stops with a failure
+    engine_restart_window_s: float = 60.0
+    curve: CurveServerKeys | None = None
+
+    @property
+    def max_reply_bytes(self) -> int:
+        return 4 * self.max_output_pixels + self.limits.max_header_bytes
+
+    @property
+    def max_queued_reply_bytes(self) -> int:
+        """The most reply bytes the server keeps for one client (beyond the kernel's socket buffer)."""
+        return self.queued_replies_per_client * self.max_reply_bytes + self.backlog_bytes_per_client
 
 
 @dataclass
@@ -99,9 +161,13 @@ class SessionCounters:
     bad_frames: int = 0  # frames the worker could not decode (worker thread; kept apart so no lock is needed)
 
 
+_COUNTER_NAMES = ("received", "rendered", "dropped", "errors")
+
+
 @dataclass
 class Session:
     session_id: int
+    token: str  # returned by `open`; `frame` and `close` must carry it
     peer: bytes  # ROUTER identity of the client that opened it
     avatar: int
     driver: str
@@ -111,9 +177,10 @@ class Session:
     opened_at: float
     last_seen: float
     counters: SessionCounters = field(default_factory=SessionCounters)
+    clock: SignalClock = field(default_factory=SignalClock)  # main thread: the filters' time
     # Worker-thread state (only the worker touches these after `open`):
     stabiliser: drivers.SignalStabiliser | None = None  # arkit / landmarks sessions
-    cropper: capture.FaceCropper | None = None  # image sessions with crop "auto"
+    crop_config: capture.CropConfig | None = None  # image sessions with crop "auto"; the worker makes the cropper
     return_landmarks: bool = False  # crop "auto": send the 68 landmarks found with each texture
 
     def as_dict(self) -> dict[str, Any]:
@@ -123,6 +190,11 @@ class Session:
             "driver": self.driver,
             "size": list(self.size),
             "format": self.output_format,
+            **self.counter_values(),
+        }
+
+    def counter_values(self) -> dict[str, int]:
+        return {
             "received": self.counters.received,
             "rendered": self.counters.rendered,
             "dropped": self.counters.dropped,
@@ -138,36 +210,81 @@ class FrameJob:
     request_id: int
     seq: int
     client_time: float | None
+    signal_time_s: float  # the session's filter clock at this frame (server/one_euro.SignalClock)
     driver: Buffer
     frames: tuple[zmq.Frame, ...]  # keeps the zero-copy receive buffers alive
     received_at: float
     curve_names: Any = None  # an arkit frame's optional names list (checked by the worker)
 
-    @property
-    def signal_time_s(self) -> float:
-        """When the capture was taken, for the One-Euro filters: the client's stamp, else arrival."""
-        return self.client_time if self.client_time is not None else self.received_at
-
 
 @dataclass
 class ServerCounters:
     rejected: int = 0  # requests answered with an error reply (main thread)
+    internal_errors: int = 0  # requests whose handling failed unexpectedly (answered `internal`)
     bad_frames: int = 0  # frames whose pixels could not be decoded (worker thread; its own counter, no lock)
+    oversized: int = 0  # messages over the part or byte limit, discarded part by part as they were read
+    shed_messages: int = 0  # messages over their connection's max_messages_per_s, let go unparsed and unanswered
     unroutable: int = 0  # replies to clients that had gone
-    reaped_sessions: int = 0
+    reply_overflow: int = 0  # replies not queued for a client that does not read (textures sent as `dropped` instead)
+    reaped_sessions: int = 0  # closed after session_idle_s without a message
+    disconnected_sessions: int = 0  # closed because their client's connection ended
+    engine_restarts: int = 0
+    curve_refused: int = 0  # CURVE handshakes refused (a key not in the allow folder, or a bad handshake)
 
     def as_dict(self) -> dict[str, int]:
-        return {"rejected": self.rejected, "bad_frames": self.bad_frames, "unroutable": self.unroutable, "reaped_sessions": self.reaped_sessions}
+        return dict(vars(self))
+
+
+@dataclass
+class _Incoming:
+    """One message off the ROUTER: the sender, the frames kept, and whether it broke the part/byte limits."""
+
+    peer: bytes
+    frames: list[zmq.Frame]
+    oversized: bool = False
+    shed: bool = False  # over its connection's message rate: let go unparsed
+
+
+_SMALL_REPLY_BYTES = 64 * 1024  # replies above this (textures) are never held back: they become `dropped`
+
+
+@dataclass
+class _Backlog:
+    """Small replies to one client, waiting for room in ZeroMQ's queue for it."""
+
+    replies: collections.deque[list] = field(default_factory=collections.deque)
+    nbytes: int = 0
+
+
+def _as_dropped(frames: list) -> list | None:
+    """A texture reply's `dropped` stand-in (same id, session, seq); None for any other large reply."""
+    try:
+        header = unpack_header(frames[0].buffer if isinstance(frames[0], zmq.Frame) else frames[0])
+    except ProtocolError:
+        return None
+    if header.get("op") != "texture":
+        return None
+    return encode({"op": "dropped", "id": header.get("id"), "session": header.get("session"), "seq": header.get("seq")})
+
+
+@dataclass
+class _MessageBudget:
+    """A connection's token bucket of messages."""
+
+    tokens: float
+    refilled_at: float
 
 
 class AvatarService:
     """Serve one engine over ZeroMQ. ``run()`` blocks until ``stop()``; ``start()`` runs it on a thread."""
 
     def __init__(self, *, engine: Engine, config: ServiceConfig = ServiceConfig(), context: zmq.Context | None = None) -> None:
-        check_bind_address(config.bind)
+        check_bind_address(config.bind, curve=config.curve is not None)
         self.engine = engine
         self.config = config
-        self.context = context or zmq.Context.instance()
+        # The ZAP authenticator is one per context: a CURVE service gets a context of its own.
+        self._own_context = context is None and config.curve is not None
+        self.context = context or (zmq.Context() if self._own_context else zmq.Context.instance())
         self.counters = ServerCounters()
         self.sessions: dict[int, Session] = {}
         self._session_ids = itertools.count(1)
@@ -178,9 +295,21 @@ class AvatarService:
         self._endpoint = _WORKER_ENDPOINT.format(id(self))
         self._thread: threading.Thread | None = None
         self._worker: threading.Thread | None = None
+        self._worker_failure: str | None = None
+        self._restart_times: collections.deque[float] = collections.deque()
         self.bound_address: str | None = None
+        self.bind_error: str | None = None
+        self.failure: str | None = None  # set when the service loop itself failed: `megalive serve` exits non-zero
         self._thumbnails = engine.thumbnails()
-        self._retired_croppers: collections.deque[capture.FaceCropper] = collections.deque()  # closed by the worker
+        # Face trackers belong to the worker thread; the main thread only queues the ids of closed sessions.
+        self._croppers: dict[int, tuple[capture.FaceCropper, float]] = {}  # session id -> (cropper, last used)
+        self._retired_sessions: collections.deque[int] = collections.deque()
+        self._peer_fds: dict[bytes, int] = {}  # ROUTER identity -> its connection's socket (for disconnect events)
+        self._backlogs: dict[bytes, _Backlog] = {}  # ROUTER identity -> replies waiting for room in ZeroMQ's queue
+        self._budgets: dict[bytes, _MessageBudget] = {}  # ROUTER identity -> its message budget
+        self._peer_keys: dict[bytes, str] = {}  # ROUTER identity -> its CURVE public key (Z85), under CURVE
+        self._allow_mtime: float | None = None
+        self._auth: Any = None
         self._can_crop = importlib.util.find_spec("mediapipe") is not None
         self._handlers = {
             "hello": self._on_hello,
@@ -194,13 +323,15 @@ class AvatarService:
     # -------------------------------------------------------------------------------- lifecycle
 
     def start(self) -> str:
-        """Run the service on a background thread; returns the bound address once it listens."""
+        """Run the service on a background thread; returns the bound address once it listens.
+
+        Raises BindRefused (one line) when the address cannot be bound."""
         self._thread = threading.Thread(target=self.run, name="megalive-service", daemon=True)
         self._thread.start()
         if not self._ready.wait(10.0):
             raise RuntimeError("service did not start")
         if self.bound_address is None:
-            raise RuntimeError("service failed to bind")
+            raise BindRefused(self.bind_error or f"cannot bind {self.config.bind}")
         return self.bound_address
 
     def stop(self, timeout_s: float = 5.0) -> None:
@@ -218,47 +349,91 @@ class AvatarService:
         if self._thread is not None:
             self._thread.join(timeout_s)
 
+    @property
+    def engine_alive(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
+
+    def _configure_router(self, router: zmq.Socket) -> None:
+        router.setsockopt(zmq.LINGER, self.config.linger_ms)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a vanished client raises instead of vanishing
+        router.setsockopt(zmq.MAXMSGSIZE, self.config.limits.max_frame_bytes)  # checked per frame as its length arrives
+        router.setsockopt(zmq.SNDHWM, self.config.queued_replies_per_client)
+        router.setsockopt(zmq.RCVHWM, self.config.receive_hwm)  # bounds what a flood can queue in memory
+        router.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        if "[" in self.config.bind:
+            router.setsockopt(zmq.IPV6, 1)  # tcp://[::1]:PORT
+        curve = self.config.curve
+        if curve is not None:
+            from zmq.auth.thread import ThreadAuthenticator
+
+            self._auth = ThreadAuthenticator(self.context, log=logging.getLogger("megalive.auth"))
+            self._auth.start()
+            self._auth.configure_curve(domain="*", location=str(curve.allow_dir))
+            self._allow_mtime = curve.allow_dir.stat().st_mtime
+            router.curve_secretkey = curve.secret
+            router.curve_publickey = curve.public
+            router.curve_server = True
+
+    def _bind(self, router: zmq.Socket) -> bool:
+        try:
+            router.bind(self.config.bind)
+        except zmq.ZMQError as error:
+            if error.errno == errno.EADDRINUSE:
+                port = self.config.bind.rsplit(":", 1)[-1]
+                self.bind_error = f"cannot bind {self.config.bind}: port {port} is already in use (another megalive serve?)"
+            else:
+                self.bind_error = f"cannot bind {self.config.bind}: {error}"
+            log.debug("%s", self.bind_error)
+            return False
+        self.bound_address = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        return True
+
     def run(self) -> None:
         router = self.context.socket(zmq.ROUTER)
-        results = self.context.socket(zmq.PAIR)
+        results = self.context.socket(zmq.PULL)
+        monitor: zmq.Socket | None = None
         try:
-            router.setsockopt(zmq.LINGER, self.config.linger_ms)
-            router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a vanished client raises instead of vanishing
-            router.setsockopt(zmq.MAXMSGSIZE, self.config.limits.max_message_bytes)
-            router.setsockopt(zmq.SNDHWM, self.config.send_hwm)
-            router.setsockopt(zmq.RCVHWM, self.config.receive_hwm)  # bounds what a flood can queue in memory
-            router.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-            router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
             results.setsockopt(zmq.LINGER, 0)
             results.bind(self._endpoint)
-            try:
-                router.bind(self.config.bind)
-            except zmq.ZMQError as error:
-                log.error("cannot bind %s: %s", self.config.bind, error)
-                self._ready.set()
-                raise
-            self.bound_address = router.getsockopt_string(zmq.LAST_ENDPOINT)
-            self._worker = threading.Thread(target=self._work, name="megalive-engine", daemon=True)
-            self._worker.start()
+            self._configure_router(router)
+            monitor = router.get_monitor_socket(_MONITOR_EVENTS)
+            if not self._bind(router):
+                return
+            self._start_worker()
             self._ready.set()
-            log.info("serving %s on %s", self.engine.card.name, self.bound_address)
-            self._loop(router, results)
+            log.info("serving %s on %s%s", self.engine.card.name, self.bound_address, " (CURVE)" if self.config.curve else "")
+            self._loop(router, results, monitor)
+        except Exception as error:  # the loop itself broke (not a client's message): serve exits non-zero
+            log.exception("service loop failed")
+            self.failure = f"{type(error).__name__}: {error}"
         finally:
+            self._ready.set()
             self._stop.set()
             with self._pending_cv:
                 self._pending_cv.notify_all()
             if self._worker is not None:
-                self._worker.join(5.0)
+                self._worker.join(1.0)
+            if monitor is not None:
+                router.disable_monitor()
+                monitor.close(linger=0)
             router.close(linger=self.config.linger_ms)
             results.close(linger=0)
+            if self._auth is not None:
+                self._auth.stop()
+            if self._own_context:
+                self.context.term()
 
-    def _loop(self, router: zmq.Socket, results: zmq.Socket) -> None:
+    def _loop(self, router: zmq.Socket, results: zmq.Socket, monitor: zmq.Socket) -> None:
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(results, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         next_reap = time.monotonic() + 1.0
         while not self._stop.is_set():
             ready = dict(poller.poll(100))
+            if monitor in ready:
+                self._on_monitor_events(monitor)
             if results in ready:
                 # Forward everything the worker finished, without blocking.
                 while True:
@@ -267,29 +442,170 @@ class AvatarService:
                     except zmq.Again:
                         break
                     self._send(router, reply[0].bytes, reply[1:])
+            if self._backlogs:
+                self._flush_backlogs(router)
             if router in ready:
                 for _ in range(256):  # bounded, so results are forwarded even under a flood
-                    try:
-                        message = router.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
+                    incoming = self._receive(router)
+                    if incoming is None:
                         break
-                    self._handle(router, message)
+                    self._handle(router, incoming)
+            if not self.engine_alive and not self._stop.is_set():
+                self._restart_worker()
             if time.monotonic() >= next_reap:
                 self._reap_idle_sessions()
+                self._reload_allow_list()
                 next_reap = time.monotonic() + 1.0
+
+    def _receive(self, router: zmq.Socket) -> _Incoming | None:
+        """One message, read frame by frame: frames past the part or byte limit are let go as they are
+        read, never gathered (libzmq delivers a message whole, but each frame is bounded by MAXMSGSIZE)."""
+        try:
+            identity = router.recv(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return None
+        incoming = _Incoming(peer=identity.bytes, frames=[], shed=not self._spend_message(identity.bytes))
+        limits = self.config.limits
+        total = 0
+        while router.getsockopt(zmq.RCVMORE):
+            frame = router.recv(copy=False)
+            total += len(frame.buffer)
+            if incoming.oversized or incoming.shed:
+                continue
+            if len(incoming.frames) >= limits.max_parts or total > limits.max_message_bytes:
+                incoming.oversized = True
+                del incoming.frames[1:]  # keep the header only, to answer with its request id
+                continue
+            incoming.frames.append(frame)
+        if incoming.frames and incoming.peer not in self._peer_fds:
+            first = incoming.frames[0]
+            try:
+                self._peer_fds[incoming.peer] = int(first.get(zmq.SRCFD))
+            except zmq.ZMQError:
+                pass
+            if self.config.curve is not None:
+                # pyzmq's authenticator names a CURVE client by its public key (Z85): proof of who is talking.
+                self._peer_keys[incoming.peer] = str(first.get("User-Id"))
+        return incoming
+
+    def _spend_message(self, peer: bytes) -> bool:
+        """Take one message from the connection's bucket; False when it is empty."""
+        now = time.monotonic()
+        rate = self.config.max_messages_per_s
+        budget = self._budgets.get(peer)
+        if budget is None:
+            budget = self._budgets[peer] = _MessageBudget(tokens=rate, refilled_at=now)
+        budget.tokens = min(rate, budget.tokens + (now - budget.refilled_at) * rate)
+        budget.refilled_at = now
+        if budget.tokens < 1.0:
+            return False
+        budget.tokens -= 1.0
+        return True
+
+    def _on_monitor_events(self, monitor: zmq.Socket) -> None:
+        while True:
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                fd = int(event["value"])
+                for peer in [peer for peer, peer_fd in self._peer_fds.items() if peer_fd == fd]:
+                    del self._peer_fds[peer]
+                    self._peer_keys.pop(peer, None)
+                    self._budgets.pop(peer, None)
+                    self._backlogs.pop(peer, None)
+                    self.counters.disconnected_sessions += self._close_sessions_of(peer)
+            else:
+                self.counters.curve_refused += 1
+
+    def _reload_allow_list(self) -> None:
+        """Keys the operator adds to (or removes from) the allow folder take effect within a second."""
+        curve = self.config.curve
+        if curve is None or self._auth is None:
+            return
+        try:
+            mtime = curve.allow_dir.stat().st_mtime
+        except OSError:
+            return
+        if mtime != self._allow_mtime:
+            self._allow_mtime = mtime
+            self._auth.configure_curve(domain="*", location=str(curve.allow_dir))
+            log.info("allow folder %s reloaded: %d keys", curve.allow_dir, curve.allowed_keys())
+
+    # -------------------------------------------------------------------------------- worker supervision
+
+    def _start_worker(self) -> None:
+        self._worker = threading.Thread(target=self._work, name="megalive-engine", daemon=True)
+        self._worker.start()
+
+    def _restart_worker(self) -> None:
+        """The engine thread died (a bug, never a client's frame): log it, count it, start a new one.
+
+        Too many deaths in the window stop the service with a failure, so a supervisor restarts the process."""
+        now = time.monotonic()
+        self._restart_times.append(now)
+        while self._restart_times and self._restart_times[0] < now - self.config.engine_restart_window_s:
+            self._restart_times.popleft()
+        reason = self._worker_failure or "no reason recorded"
+        if len(self._restart_times) > self.config.max_engine_restarts:
+            raise RuntimeError(f"the engine thread died {len(self._restart_times)} times in "
+                               f"{self.config.engine_restart_window_s:.0f} s; last: {reason}")
+        self.counters.engine_restarts += 1
+        log.error("engine thread died (%s); restarting it (%d so far)", reason, self.counters.engine_restarts)
+        self._start_worker()
 
     # -------------------------------------------------------------------------------- replies
 
     def _send(self, router: zmq.Socket, peer: bytes, frames: list) -> None:
-        try:
-            router.send_multipart([peer, *frames], zmq.NOBLOCK, copy=False)
-        except zmq.ZMQError as error:
-            if error.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
-                raise
-            # The client is gone (or not reading at all): close its sessions rather than render for nobody.
-            self.counters.unroutable += 1
-            if error.errno == zmq.EHOSTUNREACH:
-                self._close_sessions_of(peer)
+        """Send a reply, or hold it in the client's small backlog when ZeroMQ's queue for it is full.
+
+        A texture that does not fit becomes a `dropped` reply (so the frame still ends in exactly one
+        event), and the backlog holds small replies only, up to backlog_bytes_per_client: a client
+        that does not read costs queued_replies_per_client replies plus that, never more."""
+        backlog = self._backlogs.get(peer)
+        if backlog is None:
+            try:
+                router.send_multipart([peer, *frames], zmq.NOBLOCK, copy=False)
+                return
+            except zmq.ZMQError as error:
+                if error.errno != zmq.EAGAIN:
+                    self._unroutable(peer, error)
+                    return
+            backlog = self._backlogs[peer] = _Backlog()
+        if sum(len(frame) for frame in frames) > _SMALL_REPLY_BYTES:
+            self.counters.reply_overflow += 1
+            frames = _as_dropped(frames)
+            if frames is None:
+                return
+        size = sum(len(frame) for frame in frames)
+        if backlog.nbytes + size > self.config.backlog_bytes_per_client:
+            self.counters.reply_overflow += 1
+            return
+        backlog.replies.append(frames)
+        backlog.nbytes += size
+
+    def _flush_backlogs(self, router: zmq.Socket) -> None:
+        for peer in list(self._backlogs):
+            backlog = self._backlogs[peer]
+            while backlog.replies:
+                try:
+                    router.send_multipart([peer, *backlog.replies[0]], zmq.NOBLOCK, copy=False)
+                except zmq.ZMQError as error:
+                    if error.errno != zmq.EAGAIN:
+                        self._unroutable(peer, error)
+                    break
+                backlog.nbytes -= sum(len(frame) for frame in backlog.replies.popleft())
+            if not backlog.replies and peer in self._backlogs:
+                del self._backlogs[peer]
+
+    def _unroutable(self, peer: bytes, error: zmq.ZMQError) -> None:
+        if error.errno != zmq.EHOSTUNREACH:
+            raise error
+        # The client is gone: close its sessions rather than render for nobody.
+        self.counters.unroutable += 1
+        self._backlogs.pop(peer, None)
+        self._close_sessions_of(peer)
 
     def _reply(self, router: zmq.Socket, peer: bytes, header: dict[str, Any], buffers: tuple[Buffer, ...] = ()) -> None:
         self._send(router, peer, encode(header, buffers))
@@ -299,23 +615,40 @@ class AvatarService:
 
     # -------------------------------------------------------------------------------- requests
 
-    def _handle(self, router: zmq.Socket, message: list[zmq.Frame]) -> None:
-        peer = message[0].bytes
+    def _handle(self, router: zmq.Socket, incoming: _Incoming) -> None:
+        peer = incoming.peer
+        if incoming.shed:
+            self.counters.shed_messages += 1
+            return
         try:
-            request = decode([frame.buffer for frame in message[1:]], self.config.limits)
+            if incoming.oversized:
+                self.counters.oversized += 1
+                raise ProtocolError("too_large", f"a message holds at most {self.config.limits.max_parts} frames and "
+                                    f"{self.config.limits.max_message_bytes} bytes", request_id=_header_field(incoming.frames, "id"))
+            request = decode([frame.buffer for frame in incoming.frames], self.config.limits)
             if request.op == "frame":
-                self._on_frame(router, peer, request, tuple(message))
+                self._on_frame(router, peer, request, tuple(incoming.frames))
                 return
             handler = self._handlers.get(request.op)
             if handler is None:
                 raise ProtocolError("bad_request", f"{request.op!r} is a reply, not a request", request_id=request.request_id)
             handler(router, peer, request)
         except ProtocolError as error:
-            self.counters.rejected += 1
-            session = self.sessions.get(_session_field(message))
-            if session is not None and session.peer == peer:
-                session.counters.errors += 1
+            self._count_refusal(peer, incoming)
             self._error(router, peer, error)
+        except Exception as error:  # a client's bytes found a bug: answer `internal`, never end the loop
+            log.exception("request failed")
+            self.counters.internal_errors += 1
+            self._count_refusal(peer, incoming)
+            request_id = _header_field(incoming.frames, "id")
+            self._send(router, peer, error_frames("internal", f"the server failed on this request: {type(error).__name__}",
+                                                  request_id=request_id))
+
+    def _count_refusal(self, peer: bytes, incoming: _Incoming) -> None:
+        self.counters.rejected += 1
+        session = self.sessions.get(_header_field(incoming.frames, "session"))  # type: ignore[arg-type]
+        if session is not None and session.peer == peer:
+            session.counters.errors += 1
 
     def _on_hello(self, router: zmq.Socket, peer: bytes, request: Message) -> None:
         versions = request.get("versions", [PROTOCOL_VERSION])
@@ -340,13 +673,32 @@ class AvatarService:
                 "crops": ["none", "auto"] if self._can_crop else ["none"],
                 "codecs": list(CODECS),
                 "enroll": False,
+                "curve": self.config.curve is not None,
             },
-            "limits": {
-                "max_buffer_bytes": self.config.limits.max_buffer_bytes,
-                "max_sessions": self.config.max_sessions,
-                "max_batch": self.config.max_batch,
-            },
+            "limits": self.announced_limits(),
+            "engine": self._engine_state(),
         })
+
+    def announced_limits(self) -> dict[str, int]:
+        """Every bound the server enforces, as `hello` announces them."""
+        config, limits = self.config, self.config.limits
+        return {
+            "max_header_bytes": limits.max_header_bytes,
+            "max_buffer_bytes": limits.max_buffer_bytes,
+            "max_buffers": limits.max_buffers,
+            "max_message_bytes": limits.max_message_bytes,
+            "max_image_pixels": config.max_image_pixels,
+            "max_output_pixels": config.max_output_pixels,
+            "max_sessions": config.max_sessions,
+            "max_sessions_per_client": config.max_sessions_per_client,
+            "max_crop_sessions": config.max_crop_sessions,
+            "max_queued_reply_bytes": config.max_queued_reply_bytes,
+            "max_batch": config.max_batch,
+            "max_messages_per_s": int(config.max_messages_per_s),
+        }
+
+    def _engine_state(self) -> dict[str, Any]:
+        return {"alive": self.engine_alive, "restarts": self.counters.engine_restarts, "last_failure": self._worker_failure}
 
     def _on_avatars(self, router: zmq.Socket, peer: bytes, request: Message) -> None:
         entries, buffers = [], []
@@ -385,21 +737,28 @@ class AvatarService:
             or not all(isinstance(n, int) and not isinstance(n, bool) and 16 <= n <= 4096 for n in size)
         ):
             raise ProtocolError("bad_request", f"size must be [height, width] between 16 and 4096, got {size!r}", request_id=rid)
-        if size[0] * size[1] * 4 > self.config.limits.max_buffer_bytes:
-            raise ProtocolError("too_large", f"output size {size} exceeds the buffer limit", request_id=rid)
+        if size[0] * size[1] > self.config.max_output_pixels:
+            raise ProtocolError("too_large", f"output size {size[0]}×{size[1]} exceeds this server's {self.config.max_output_pixels} pixels",
+                                request_id=rid)
         if not 0 <= avatar < self.engine.card.num_avatars:
             raise ProtocolError("unknown_avatar", f"avatar {avatar} does not exist (this model has {self.engine.card.num_avatars})", request_id=rid)
         if len(self.sessions) >= self.config.max_sessions:
             raise ProtocolError("busy", f"the server holds its maximum of {self.config.max_sessions} sessions", request_id=rid)
-        cropper = None
+        if sum(s.peer == peer for s in self.sessions.values()) >= self.config.max_sessions_per_client:
+            raise ProtocolError("busy", f"this client holds its maximum of {self.config.max_sessions_per_client} sessions", request_id=rid)
+        crop_config = None
         if crop == "auto":
-            try:
-                cropper = capture.FaceCropper(config=capture.CropConfig(output_size=self.engine.resolution[0], box_filter=filter_config.box))
-            except capture.CaptureUnavailable as error:
-                raise ProtocolError("bad_request", f"crop 'auto' is unavailable on this server: {error}", request_id=rid) from None
+            if not self._can_crop:
+                raise ProtocolError("bad_request", "crop 'auto' is unavailable on this server: mediapipe is not installed "
+                                    "(pip install 'megalive[capture]')", request_id=rid)
+            if sum(s.crop == "auto" for s in self.sessions.values()) >= self.config.max_crop_sessions:
+                raise ProtocolError("busy", f"the server holds its maximum of {self.config.max_crop_sessions} crop 'auto' sessions",
+                                    request_id=rid)
+            crop_config = capture.CropConfig(output_size=self.engine.resolution[0], box_filter=filter_config.box)
         now = time.monotonic()
         session = Session(
             session_id=next(self._session_ids),
+            token=secrets.token_hex(16),
             peer=peer,
             avatar=avatar,
             driver=driver,
@@ -409,17 +768,26 @@ class AvatarService:
             opened_at=now,
             last_seen=now,
             stabiliser=drivers.SignalStabiliser(kind=driver, config=filter_config) if driver != "image" else None,
-            cropper=cropper,
+            crop_config=crop_config,
             return_landmarks=return_landmarks,
         )
         self.sessions[session.session_id] = session
-        self._reply(router, peer, {"op": "open", "id": rid, "session": session.session_id, "size": size, "format": output_format})
+        self._reply(router, peer, {"op": "open", "id": rid, "session": session.session_id, "token": session.token,
+                                   "size": size, "format": output_format})
 
     def _owned_session(self, peer: bytes, request: Message) -> Session:
+        """The request's session, when this connection opened it and the request carries its token."""
         session_id = require(request, "session", int)
+        token = request.get("token")
         session = self.sessions.get(session_id)
-        if session is None or session.peer != peer:
-            raise ProtocolError("unknown_session", f"no session {session_id} (closed, expired, or the server restarted)", request_id=request.request_id)
+        if (
+            session is None
+            or session.peer != peer
+            or not isinstance(token, str)
+            or not hmac.compare_digest(token.encode("utf-8", "replace"), session.token.encode())
+        ):
+            raise ProtocolError("unknown_session", f"no session {session_id} of this client (closed, expired, or the server restarted)",
+                                request_id=request.request_id)
         session.last_seen = time.monotonic()
         return session
 
@@ -429,11 +797,15 @@ class AvatarService:
         self._reply(router, peer, {"op": "close", "id": request.request_id, "session": session.session_id, "ok": True})
 
     def _on_stats(self, router: zmq.Socket, peer: bytes, request: Message) -> None:
+        own = [s for s in self.sessions.values() if s.peer == peer]
+        others = [s.counter_values() for s in self.sessions.values() if s.peer != peer]
         self._reply(router, peer, {
             "op": "stats",
             "id": request.request_id,
-            "sessions": [s.as_dict() for s in self.sessions.values()],
-            "engine": self.engine.counters.as_dict(),
+            "client": {"curve_key": self._peer_keys.get(peer)},
+            "sessions": [s.as_dict() for s in own],  # a client sees its own sessions ...
+            "other_clients": {"sessions": len(others), **{name: sum(v[name] for v in others) for name in _COUNTER_NAMES}},  # ... and totals
+            "engine": {**self.engine.counters.as_dict(), **self._engine_state()},
             "server": self.counters.as_dict(),
         })
 
@@ -443,19 +815,22 @@ class AvatarService:
     def _on_frame(self, router: zmq.Socket, peer: bytes, request: Message, frames: tuple[zmq.Frame, ...]) -> None:
         session = self._owned_session(peer, request)
         seq = require(request, "seq", int)
-        client_time = request.get("t")
         if len(request.buffers) != 1:
             raise ProtocolError("bad_request", "a frame carries exactly one driver buffer", request_id=request.request_id)
+        stamp = request.get("t")
+        # A stamp that is not a finite number is ignored; the session clock never lets a stamp stall or poison a filter.
+        client_time = float(stamp) if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and math.isfinite(stamp) else None
+        received_at = time.perf_counter()
         session.counters.received += 1
         job = FrameJob(
             session=session,
             request_id=request.request_id,
             seq=seq,
-            # A stamp that is not a finite number is ignored: the filters then use the arrival time.
-            client_time=float(client_time) if isinstance(client_time, (int, float)) and math.isfinite(client_time) else None,
+            client_time=client_time,
+            signal_time_s=session.clock(client_time, received_at),
             driver=request.buffers[0],
             frames=frames,
-            received_at=time.perf_counter(),
+            received_at=received_at,
             curve_names=request.get("names"),
         )
         with self._pending_cv:
@@ -473,16 +848,15 @@ class AvatarService:
         self.sessions.pop(session.session_id, None)
         with self._pending_cv:
             self._pending.pop(session.session_id, None)
-        if session.cropper is not None:
-            self._retired_croppers.append(session.cropper)  # the worker may be cropping with it right now
+            self._pending_cv.notify()  # wakes the worker, which releases the session's face tracker
+        if session.crop == "auto":
+            self._retired_sessions.append(session.session_id)
 
-    def _close_retired_croppers(self) -> None:
-        while self._retired_croppers:
-            self._retired_croppers.popleft().close()
-
-    def _close_sessions_of(self, peer: bytes) -> None:
-        for session in [s for s in self.sessions.values() if s.peer == peer]:
+    def _close_sessions_of(self, peer: bytes) -> int:
+        closing = [s for s in self.sessions.values() if s.peer == peer]
+        for session in closing:
             self._close_session(session)
+        return len(closing)
 
     def _reap_idle_sessions(self) -> None:
         deadline = time.monotonic() - self.config.session_idle_s
@@ -492,37 +866,70 @@ class AvatarService:
 
     # -------------------------------------------------------------------------------- worker
 
+    def _tidy_croppers(self) -> None:
+        """Worker thread: free the face trackers of closed sessions, and of crop sessions idle for crop_idle_s."""
+        while self._retired_sessions:
+            entry = self._croppers.pop(self._retired_sessions.popleft(), None)
+            if entry is not None:
+                entry[0].close()
+        idle_before = time.monotonic() - self.config.crop_idle_s
+        for session_id in [sid for sid, (_, used) in self._croppers.items() if used < idle_before]:
+            self._croppers.pop(session_id)[0].close()
+
+    def _close_croppers(self) -> None:
+        while self._croppers:
+            self._croppers.popitem()[1][0].close()
+
     def _take_batch(self, *, wait: bool) -> list[FrameJob]:
         """Claim the oldest pending frames (one per session, at most max_batch); wait for one if asked."""
-        with self._pending_cv:
-            while wait and not self._pending and not self._stop.is_set():
+        while True:
+            with self._pending_cv:
+                if self._pending or not wait or self._stop.is_set():
+                    jobs = sorted(self._pending.values(), key=lambda job: job.received_at)[: self.config.max_batch]
+                    for job in jobs:
+                        del self._pending[job.session.session_id]
+                    return jobs
                 self._pending_cv.wait(0.1)
-            jobs = sorted(self._pending.values(), key=lambda job: job.received_at)[: self.config.max_batch]
-            for job in jobs:
-                del self._pending[job.session.session_id]
-        return jobs
+            self._tidy_croppers()  # outside the lock: closing a tracker must not hold up receiving
 
     def _work(self) -> None:
-        results = self.context.socket(zmq.PAIR)
+        results = self.context.socket(zmq.PUSH)
         results.setsockopt(zmq.LINGER, 0)
         results.connect(self._endpoint)
-        claimed: list[FrameJob] = []
+        self._close_croppers()  # a tracker left by a worker that died may be mid-frame: start afresh
+        in_hand: list[FrameJob] = []
         try:
             while not self._stop.is_set():
-                self._close_retired_croppers()
-                jobs = claimed or self._take_batch(wait=True)
-                replies = self._render(jobs) if jobs else []
+                self._tidy_croppers()
+                in_hand = in_hand or self._take_batch(wait=True)
+                replies = self._render(in_hand) if in_hand else []
                 # Claim the next frames before the clients hear back: a client answered now sends a
                 # new frame at once, and it must queue behind the claimed one, not supersede it.
-                claimed = self._take_batch(wait=False)
+                in_hand = self._take_batch(wait=False)
                 for peer, frames in replies:
                     results.send_multipart([peer, *frames], copy=False)
+        except Exception as error:  # a bug of ours: the supervisor (main thread) restarts the worker
+            self._worker_failure = f"{type(error).__name__}: {error}"
+            log.exception("engine thread failed")
+            for job in in_hand:  # each claimed frame still ends in exactly one reply
+                results.send_multipart([job.session.peer, *error_frames("internal", "the engine thread failed; it is being restarted",
+                                                                        request_id=job.request_id)], copy=False)
         finally:
-            results.close(linger=0)
-            for session in list(self.sessions.values()):
-                if session.cropper is not None:
-                    self._retired_croppers.append(session.cropper)
-            self._close_retired_croppers()
+            results.close(linger=0 if self._stop.is_set() else 1000)
+            if self._stop.is_set():
+                self._close_croppers()
+
+    def _cropper_for(self, session: Session) -> capture.FaceCropper:
+        """Worker thread: the session's face tracker, made at its first frame (or again after an idle release)."""
+        entry = self._croppers.get(session.session_id)
+        cropper = entry[0] if entry is not None else None
+        if cropper is None:
+            if session.session_id not in self.sessions:  # closed while its frame waited: make no tracker for it
+                raise ProtocolError("unknown_session", f"session {session.session_id} was closed", request_id=None)
+            assert session.crop_config is not None
+            cropper = capture.FaceCropper(config=session.crop_config)
+        self._croppers[session.session_id] = (cropper, time.monotonic())
+        return cropper
 
     def _prepare(self, job: FrameJob) -> tuple[np.ndarray, dict[str, Any]]:
         """A job's engine input (one sample) and the extra reply fields; ProtocolError for a bad frame."""
@@ -532,24 +939,23 @@ class AvatarService:
             return session.stabiliser(curves, job.signal_time_s), {}
         if session.driver == "landmarks":
             return session.stabiliser(drivers.landmarks_68(job.driver, request_id=rid), job.signal_time_s), {}
-        image = imaging.decode_driver_image(job.driver, request_id=rid)
-        if session.cropper is None:
+        image = imaging.decode_driver_image(job.driver, max_pixels=self.config.max_image_pixels, request_id=rid)
+        if session.crop_config is None:
             return imaging.resize_rgb(image, self.engine.resolution), {}
         crop_began = time.perf_counter()
         try:
-            cropped = session.cropper(np.ascontiguousarray(image), job.signal_time_s)
+            cropped = self._cropper_for(session)(np.ascontiguousarray(image), job.signal_time_s)
         except capture.NoFaceError:
             raise ProtocolError("bad_request", "no face found in the frame (crop 'auto'); nothing to reuse yet", request_id=rid) from None
-        except Exception as error:  # mediapipe is C++ underneath; one bad frame must not kill the worker
-            log.exception("face crop failed")
-            raise ProtocolError("internal", f"face crop failed: {error}", request_id=rid) from None
+        except capture.CaptureUnavailable as error:
+            raise ProtocolError("bad_request", f"crop 'auto' is unavailable on this server: {error}", request_id=rid) from None
         extra: dict[str, Any] = {"face_found": cropped.face_found, "crop_ms": 1000.0 * (time.perf_counter() - crop_began)}
         if session.return_landmarks:
             extra["landmarks"] = cropped.landmarks.round(5).tolist()  # 68 [x, y] in [0, 1] over the crop
         return imaging.resize_rgb(cropped.image, self.engine.resolution), extra
 
     def _render(self, jobs: list[FrameJob]) -> list[tuple[bytes, list]]:
-        """Decode, batch (one engine call per driver kind), infer and encode; (peer, reply frames) per job. Never raises."""
+        """Decode, batch (one engine call per driver kind), infer and encode; (peer, reply frames) per job."""
         replies: list[tuple[bytes, list]] = []
         began = time.perf_counter()
         by_kind: dict[str, list[tuple[FrameJob, np.ndarray, dict[str, Any]]]] = {}
@@ -557,10 +963,15 @@ class AvatarService:
             try:
                 sample, extra = self._prepare(job)
                 by_kind.setdefault(job.session.driver, []).append((job, sample, extra))
-            except ProtocolError as error:
+            except Exception as error:  # any failure a frame causes is that frame's error, never the worker's end
+                if isinstance(error, ProtocolError):
+                    code, message = error.code, error.message
+                else:
+                    log.exception("preparing a frame failed")
+                    code, message = "internal", f"the server could not prepare this frame: {type(error).__name__}: {error}"
                 job.session.counters.bad_frames += 1
                 self.counters.bad_frames += 1
-                replies.append((job.session.peer, error_frames(error.code, error.message, request_id=job.request_id)))
+                replies.append((job.session.peer, error_frames(code, message, request_id=job.request_id)))
         decoded = time.perf_counter()
         for kind, prepared in by_kind.items():
             replies += self._infer_and_encode(kind, prepared, began=began, decoded=decoded, batch_jobs=len(jobs))
@@ -609,11 +1020,11 @@ class AvatarService:
         return replies
 
 
-def _session_field(message: list[zmq.Frame]) -> int | None:
-    """Best-effort session id of a message that failed validation (for per-session error counts)."""
+def _header_field(frames: list[zmq.Frame], key: str) -> int | None:
+    """Best-effort integer field of a message that failed validation (its request id, its session)."""
     try:
-        header = unpack_header(message[1].buffer) if len(message) > 1 else {}
+        header = unpack_header(frames[0].buffer) if frames else {}
     except ProtocolError:
         return None
-    session = header.get("session")
-    return session if isinstance(session, int) else None
+    value = header.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

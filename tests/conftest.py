@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-import socket
 from pathlib import Path
 
 import pytest
@@ -29,26 +27,6 @@ def contract_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def free_tcp_port() -> int:
-    """A loopback TCP port that is free now, chosen BELOW the kernel's ephemeral range: a port handed
-    out by the kernel (bind to 0) can be taken again as the local end of any outgoing connection
-    (a client reconnecting in the background) before the test's server binds it."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768  # Linux's default lower bound
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(10_000, max(10_001, low))
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free loopback port below the ephemeral range")
-
-
 @pytest.fixture
 def engine(contract_model_path: Path):
     """An Engine on the contract model (test modules that need other options define their own)."""
@@ -58,8 +36,10 @@ def engine(contract_model_path: Path):
 
 
 @pytest.fixture
-def address() -> str:
-    return f"tcp://127.0.0.1:{free_tcp_port()}"  # a fixed port, so a test's server can come back on it
+def address(tmp_path: Path) -> str:
+    """An address a test's server can leave and come back on. An ipc socket in the test's own private
+    folder: no other process can take it in between, as another could take a TCP port."""
+    return f"ipc://{tmp_path}/megalive.sock"
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 
-from .livelink_face import DEFAULT_PORT
+from .livelink_face import DEFAULT_BIND_ADDRESS, DEFAULT_PORT, DEFAULT_TAKE_MAX_BYTES, TAKE_MAGIC
 
 _Subparsers = argparse._SubParsersAction  # argparse has no public name for it
 
@@ -43,6 +43,17 @@ def _positive_speed(text: str) -> float:
     return speed
 
 
+def _megabytes(text: str) -> float:
+    try:
+        megabytes = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in MB, got {text!r}") from None
+    # The take header alone is len(TAKE_MAGIC) bytes; NaN and inf fail this test too.
+    if not len(TAKE_MAGIC) <= megabytes * 1e6 < float(1 << 62):
+        raise argparse.ArgumentTypeError(f"size must be at least {len(TAKE_MAGIC) / 1e6:g} MB (a take's header), got {text!r}")
+    return megabytes
+
+
 def add_livelink_commands(subparsers: _Subparsers) -> None:
     """Register `livelink relay` and `livelink replay` on a `megalive` subparsers object."""
     livelink = subparsers.add_parser("livelink", help="Live Link Face relay and take replay",
@@ -58,12 +69,22 @@ def add_livelink_commands(subparsers: _Subparsers) -> None:
     relay.add_argument("--server", default="tcp://127.0.0.1:5555", metavar="ADDR", help="MegaLive server address")
     relay.add_argument("--avatar", type=int, default=0, metavar="ID", help="avatar id (see `megalive avatars`)")
     relay.add_argument("--subject", default=None, metavar="NAME", help="Live Link subject to forward; none: the newest of any")
-    relay.add_argument("--listen", default="0.0.0.0", metavar="IP", help="UDP address to receive on (phone sends here)")
+    relay.add_argument("--listen", default=DEFAULT_BIND_ADDRESS, metavar="ADDR",
+                       help="UDP address to receive on; loopback takes only this machine's packets (e.g. a replay): "
+                       "a phone on the LAN needs --listen 0.0.0.0 (or this machine's LAN address)")
     relay.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N", help="UDP port of Live Link Face [0-65535; 0: any]")
     relay.add_argument("--size", type=_size, default=None, metavar="HxW", help="output texture size; none: the model's")
     relay.add_argument("--timeout", type=float, default=2.0, metavar="S", help="seconds to wait for the server")
     relay.add_argument("--window", type=int, default=2, metavar="N", help="frames in flight [1-8]")
-    relay.add_argument("--record", type=Path, default=None, metavar="FILE", help="also record the raw packets as a take")
+    relay.add_argument("--record", type=Path, default=None, metavar="FILE",
+                       help="also record the raw packets as a take (written as FILE.partial, renamed to FILE when finished)")
+    relay.add_argument("--record-max-mb", type=_megabytes, default=DEFAULT_TAKE_MAX_BYTES / 1e6, metavar="MB",
+                       help="size cap of the take in MB (10^6 bytes): reaching it finishes the take, says so once and "
+                       "relaying goes on")
+    relay.add_argument("--server-key", type=Path, default=None, metavar="FILE",
+                       help="CURVE encryption for a remote server: the server's public key file (with --client-key)")
+    relay.add_argument("--client-key", type=Path, default=None, metavar="FILE",
+                       help="CURVE encryption: this client's secret key file (with --server-key)")
     relay.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds; none: run until stopped")
     relay.add_argument("--dry-run", action="store_true", help="print the resolved options and exit")
     relay.set_defaults(run=_relay)
@@ -107,6 +128,7 @@ def _relay(args: argparse.Namespace) -> int:
         raise SystemExit("megalive livelink relay: --port must be between 0 and 65535")
     config = RelayConfig(server=args.server, avatar=args.avatar, subject=args.subject, listen=args.listen, port=args.port,
                          output_size=args.size, timeout_s=args.timeout, max_in_flight=args.window, record=args.record,
+                         record_max_bytes=int(args.record_max_mb * 1e6), server_key=args.server_key, client_key=args.client_key,
                          duration_s=args.duration)
     if args.dry_run:
         print(json.dumps(asdict(config), indent=2, default=str))

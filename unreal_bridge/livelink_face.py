@@ -43,11 +43,13 @@ Take file format (``megalive livelink replay FILE``)
 ``b"MEGALIVE-LLF-TAKE 1\\n"`` followed by records, each: f64 receive time in seconds since the
 recording started, u32 packet length, then the raw packet bytes (all big-endian). Records are
 appended as they arrive, so the file can be written incrementally; :class:`TakeWriter` writes to
-``NAME.partial`` and renames it to ``NAME`` only when closed cleanly.
+``NAME.partial`` and renames it to ``NAME`` only when closed cleanly. A take is capped in size
+(``DEFAULT_TAKE_MAX_BYTES`` unless told otherwise): a UDP flood must not fill the disk.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import socket
@@ -63,7 +65,9 @@ from typing import BinaryIO, Literal
 __all__ = [
     "ARKIT_BLENDSHAPES",
     "CURVE_NAMES",
+    "DEFAULT_BIND_ADDRESS",
     "DEFAULT_PORT",
+    "DEFAULT_TAKE_MAX_BYTES",
     "MAX_STRING_BYTES",
     "PACKET_ERROR_REASONS",
     "PacketErrorReason",
@@ -75,6 +79,7 @@ __all__ = [
     "FrameTime",
     "LiveLinkFaceReceiver",
     "PacketError",
+    "PortInUseError",
     "ReceiverStats",
     "TakeWriter",
     "encode_packet",
@@ -85,6 +90,9 @@ __all__ = [
 
 PACKET_VERSION = 6
 DEFAULT_PORT = 11111
+# Loopback unless asked: a receiver on every interface takes packets from anyone on the network.
+# A phone on the LAN needs the LAN address or 0.0.0.0, given explicitly.
+DEFAULT_BIND_ADDRESS = "127.0.0.1"
 
 ARKIT_BLENDSHAPES: tuple[str, ...] = (
     "eyeBlinkLeft", "eyeLookDownLeft", "eyeLookInLeft", "eyeLookOutLeft", "eyeLookUpLeft",
@@ -328,6 +336,22 @@ class ReceiverStats:
     subjects: int  # subjects currently held
 
 
+class PortInUseError(OSError):
+    """The UDP port is already bound by another receiver (a second relay, the editor, the app)."""
+
+    def __init__(self, *, address: str, port: int) -> None:
+        super().__init__(f"UDP port {port} is already in use on {address} "
+                         "(another relay, the editor bridge, or Unreal's own Live Link source?)")
+        self.errno = errno.EADDRINUSE
+        self.address = address
+        self.port = port
+
+
+def _is_address_in_use(error: OSError) -> bool:
+    # Windows reports WSAEADDRINUSE (10048) in winerror; errno may hold either value.
+    return error.errno in (errno.EADDRINUSE, 10048) or getattr(error, "winerror", None) == 10048
+
+
 class LiveLinkFaceReceiver:
     """Non-blocking Live Link Face UDP receiver that keeps the newest frame per subject.
 
@@ -340,7 +364,7 @@ class LiveLinkFaceReceiver:
     def __init__(
         self,
         *,
-        bind_address: str = "0.0.0.0",
+        bind_address: str = DEFAULT_BIND_ADDRESS,
         port: int = DEFAULT_PORT,
         max_packets_per_poll: int = 1024,
         max_subjects: int = 64,
@@ -348,6 +372,9 @@ class LiveLinkFaceReceiver:
         on_datagram: Callable[[bytes], object] | None = None,
     ) -> None:
         """Bind a UDP socket (``port=0`` picks a free port; read it back from ``.port``).
+
+        Binds loopback by default; pass ``bind_address="0.0.0.0"`` (or a LAN address) for a phone.
+        A port another socket holds raises :class:`PortInUseError` instead of sharing it.
 
         ``max_subjects`` bounds the subject table: packets from further subjects are dropped and
         counted. ``on_datagram`` sees every raw datagram, good or malformed, before parsing (e.g.
@@ -363,16 +390,20 @@ class LiveLinkFaceReceiver:
         family = socket.AF_INET6 if ":" in bind_address else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            # On Windows SO_REUSEADDR lets another process steal the port; elsewhere it only
-            # allows a quick restart of the relay on the same port.
-            if sys.platform != "win32":
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # No SO_REUSEADDR / SO_REUSEPORT: on UDP they let a second receiver bind the same port
+            # and one of the two then silently gets nothing. UDP has no TIME_WAIT, so a restarted
+            # relay rebinds at once without them. Windows lets a SO_REUSEADDR socket steal a port
+            # unless the holder claims it exclusively.
+            if sys.platform == "win32" and hasattr(socket, "SO_EXCLUSIVEADDRUSE"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
             # A modest buffer absorbs bursts between polls (a phone sends ~60 x 300 B/s).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
             sock.bind((bind_address, port))
             sock.setblocking(False)
-        except OSError:
+        except OSError as error:
             sock.close()
+            if _is_address_in_use(error):
+                raise PortInUseError(address=bind_address, port=port) from error
             raise
         self._socket: socket.socket | None = sock
         self.bind_address: str = bind_address
@@ -492,6 +523,8 @@ class LiveLinkFaceReceiver:
 
 TAKE_MAGIC = b"MEGALIVE-LLF-TAKE 1\n"
 _RECORD_HEADER = struct.Struct(">dI")  # receive time (s since start), packet length
+# A phone sends ~60 x 320 B/s of records (about 70 MB an hour); a flood fills this in seconds, not the disk.
+DEFAULT_TAKE_MAX_BYTES = 256_000_000
 
 
 def _partial_path(path: Path) -> Path:
@@ -499,27 +532,51 @@ def _partial_path(path: Path) -> Path:
 
 
 class TakeWriter:
-    """Appends received packets to a take file.
+    """Appends received packets to a take file of at most ``max_bytes`` bytes.
 
     Records go to ``NAME.partial`` as they arrive (flushed per record, so a crash loses at most
     the record being written); ``close()`` fsyncs and renames it to ``NAME``. Leaving a ``with``
     block by an exception keeps the ``.partial`` file, which :func:`read_take` can still replay.
+    An existing ``NAME.partial`` (an earlier interrupted take) is never overwritten: opening
+    raises FileExistsError. Once a record would take the file past ``max_bytes``, ``write()``
+    returns False for it and every later packet (``full`` is set, ``refused`` counts them); the
+    take stays a complete prefix of what arrived.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.monotonic
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_bytes: int = DEFAULT_TAKE_MAX_BYTES,
     ) -> None:
+        if max_bytes < len(TAKE_MAGIC):
+            raise ValueError(f"max_bytes must be at least {len(TAKE_MAGIC)} (the take header)")
         self.path = Path(path)
         self.partial_path = _partial_path(self.path)
+        self.max_bytes = max_bytes
         self._clock = clock
-        self._file: BinaryIO | None = open(self.partial_path, "wb")
+        try:
+            # "x": never truncate what an interrupted recording left behind.
+            self._file: BinaryIO | None = open(self.partial_path, "xb")
+        except FileExistsError:
+            raise FileExistsError(
+                errno.EEXIST, "an interrupted take is there; replay, rename or delete it first",
+                os.fspath(self.partial_path),
+            ) from None
         self._file.write(TAKE_MAGIC)
         self._file.flush()
         self._start = clock()
         self.records = 0
+        self.bytes_written = len(TAKE_MAGIC)
+        self.full = False  # the cap was reached: nothing more is written
+        self.refused = 0  # packets not written because of the cap
 
-    def write(self, packet: bytes, received_at: float | None = None) -> None:
-        """Append one packet; ``received_at`` is seconds since start (default: the clock)."""
+    def write(self, packet: bytes, received_at: float | None = None) -> bool:
+        """Append one packet; ``received_at`` is seconds since start (default: the clock).
+
+        Returns False (and writes nothing) once the take has reached ``max_bytes``.
+        """
         if self._file is None:
             raise ValueError("take writer is closed")
         if len(packet) > _MAX_DATAGRAM:
@@ -527,9 +584,20 @@ class TakeWriter:
         at = self._clock() - self._start if received_at is None else float(received_at)
         if not math.isfinite(at):
             raise ValueError(f"receive time {at} is not finite")
+        size = _RECORD_HEADER.size + len(packet)
+        if self.full or self.bytes_written + size > self.max_bytes:
+            self.full = True  # later, smaller packets are refused too: no gaps inside a take
+            self.refused += 1
+            return False
         self._file.write(_RECORD_HEADER.pack(at, len(packet)) + bytes(packet))
         self._file.flush()
         self.records += 1
+        self.bytes_written += size
+        return True
+
+    @property
+    def closed(self) -> bool:
+        return self._file is None
 
     def close(self) -> Path:
         """Finish the take: fsync, rename NAME.partial -> NAME; returns the final path."""
@@ -548,6 +616,12 @@ class TakeWriter:
         if self._file is not None:
             file, self._file = self._file, None
             file.close()
+
+    def discard(self) -> None:
+        """Stop writing and delete NAME.partial: for a take that never got going (no session)."""
+        if self._file is not None:
+            self.abandon()
+            self.partial_path.unlink(missing_ok=True)
 
     def __enter__(self) -> TakeWriter:
         return self

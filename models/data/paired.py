@@ -14,24 +14,34 @@
     neutral_rgba.npy        A×H×W×4 uint8   each avatar with the neutral motion (thumbnails, baseline)
     contact_sheet.png       avatars × expressions, for a person to look at
 
-The folder is written under a temporary name and renamed when complete, so a crash never leaves a
-half-written dataset under the final name.
+The folder is written under a temporary name (``.OUT.partial-XXXX`` beside it) and renamed when complete,
+so a crash never leaves a half-written dataset under the final name. A failure removes the partial folder;
+a kill cannot, so the next synth of the same OUT removes what a killed one left. A running synth holds an
+advisory lock on its partial folder, which tells a killed run's folder from a live one's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so every partial folder counts as a killed run's
+    fcntl = None  # type: ignore[assignment]
 
 from models.data.synthetic import (
     Identity,
@@ -109,18 +119,66 @@ def save_png(image: torch.Tensor, path: Path) -> None:
     temporary.replace(path)
 
 
+def _partial_prefix(out_dir: Path) -> str:
+    return f".{out_dir.name}.partial-"
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[bool]:
+    """Try to hold an exclusive advisory lock on folder while inside; yields False when another process holds it.
+    The lock goes with the process: a killed synth's partial folder is free to take, a running one's is not."""
+    if fcntl is None:
+        yield True
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def remove_stale_partials(out_dir: Path) -> tuple[Path, ...]:
+    """Remove the partial folders that killed synths of out_dir left beside it; returns them. DatasetError when a
+    synth of the same out_dir is running now."""
+    out_dir = Path(out_dir)
+    removed = []
+    for folder in sorted(out_dir.parent.glob(glob.escape(_partial_prefix(out_dir)) + "*")):
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            with _folder_lock(folder) as free:
+                if not free:
+                    raise DatasetError(f"another synth is writing {out_dir} now ({folder.name} is in use); wait for it or choose "
+                                       "another folder")
+                shutil.rmtree(folder)
+        except FileNotFoundError:
+            continue  # gone meanwhile: a synth that just finished renamed it
+        except OSError as error:
+            raise DatasetError(f"cannot remove {folder}, left by an interrupted synth: {error}") from None
+        removed.append(folder)
+    return tuple(removed)
+
+
 def write_paired_dataset(out_dir: Path, config: SynthConfig, *, command: str, progress: bool = True) -> Path:
-    """Render and write a paired dataset to out_dir (which must not exist yet)."""
+    """Render and write a paired dataset to out_dir (which must not exist yet); first removes what killed synths of
+    out_dir left (remove_stale_partials)."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise DatasetError(f"{out_dir} exists already; choose a new folder (nothing was overwritten)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; a dataset is ordinary data
+    remove_stale_partials(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=_partial_prefix(out_dir), dir=out_dir.parent))
     try:
-        _write_into(staging, config, command=command, progress=progress)
-        staging.rename(out_dir)
-    except BaseException:
+        with _folder_lock(staging):  # held until renamed or removed, so a concurrent synth leaves this folder alone
+            staging.chmod(0o755)  # mkdtemp makes it private; a dataset is ordinary data
+            _write_into(staging, config, command=command, progress=progress)
+            staging.rename(out_dir)
+    except BaseException:  # KeyboardInterrupt and SystemExit (the CLI's SIGTERM) too: no partial folder left behind
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir

@@ -23,7 +23,7 @@ from server.protocol import Buffer, EncodedBuffer, raw_buffer_from_bytes
 from server.service import AvatarService, ServiceConfig
 from tests.blender_addon.bpy_helpers import ADDON_MODULE, image_as_texture, install_addon, tick_until
 from tests.blender_addon.conftest import write_test_movie
-from tests.conftest import free_tcp_port
+from tests.server.test_client import curve_service, make_curve_files
 
 MODULE = ADDON_MODULE
 FRAMES = 5
@@ -45,8 +45,10 @@ def engine(contract_model_path: Path) -> Engine:
 
 
 @pytest.fixture(scope="module")
-def address() -> str:
-    return f"tcp://127.0.0.1:{free_tcp_port()}"
+def address(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Each test's server comes back on this address: an ipc socket in a private folder, which no other
+    process can take in between (a TCP port chosen first and bound later could be, and once was)."""
+    return f"ipc://{tmp_path_factory.mktemp('server')}/megalive.sock"
 
 
 @pytest.fixture
@@ -192,7 +194,7 @@ def test_bad_input_gets_a_message_not_a_traceback(addon: ModuleType, server: Ava
     prefs.server_address = future_protocol_server
     expect_error(bpy.ops.megalive.connect, "another protocol")
     assert "another protocol" in addon.status_line()
-    for wrong in (f"tcp://127.0.0.1:{free_tcp_port()}", "not an address"):
+    for wrong in (f"ipc://{tmp_path}/nobody-listens.sock", "not an address"):
         prefs.server_address = wrong
         expect_error(bpy.ops.megalive.connect, "cannot reach|bad server address")
         assert addon.status_line().startswith(("cannot reach", "bad server address", "Disconnected"))
@@ -333,6 +335,39 @@ def test_the_shipped_models_thumbnails_become_panel_icons(addon: ModuleType, sce
         service.stop()
 
 
+def test_curve_key_preferences_reach_live_and_bake_and_a_bad_key_file_is_a_message(
+        addon: ModuleType, engine: Engine, scene: bpy.types.Scene, tmp_path: Path) -> None:
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    for name, label in (("server_public_key", "Server Public Key"), ("client_secret_key", "Client Secret Key")):
+        rna = prefs.bl_rna.properties[name]
+        assert rna.name == label and rna.subtype == "FILE_PATH" and getattr(prefs, name) == ""  # empty: no CURVE
+    files = make_curve_files(tmp_path / "keys")
+    service = curve_service(engine, files)
+    prefs.server_address = service.start()
+    try:
+        prefs.server_public_key, prefs.client_secret_key = str(files.server_public), str(tmp_path / "nowhere.key_secret")
+        expect_error(bpy.ops.megalive.connect, "nowhere.key_secret: no such file")
+        assert "nowhere.key_secret: no such file" in addon.status_line() and addon.runtime.controller is None
+        expect_error(bpy.ops.megalive.bake, "nowhere.key_secret: no such file")
+
+        prefs.client_secret_key = str(files.client_secret)
+        assert bpy.ops.megalive.connect() == {"FINISHED"}
+        controller = addon.runtime.controller
+        assert controller.client.curve is not None and [a.name for a in controller.avatars] == ["ada", "bo", "cy"]
+        assert bpy.ops.megalive.live() == {"FINISHED"}
+        tick_until(addon, lambda: controller.figures.textures >= 1)
+        assert bpy.ops.megalive.bake() == {"FINISHED"}  # the bake's own client uses the keys too
+        assert len(list((tmp_path / "bake").iterdir())) == FRAMES
+        addon.shutdown()
+
+        prefs.server_public_key = prefs.client_secret_key = ""
+        expect_error(bpy.ops.megalive.connect, "require(s)? CURVE")
+    finally:
+        prefs.server_public_key = prefs.client_secret_key = ""
+        addon.shutdown()
+        service.stop()
+
+
 def test_file_load_and_unregister_stop_everything(addon: ModuleType, server: AvatarService, scene: bpy.types.Scene) -> None:
     assert bpy.ops.megalive.connect() == {"FINISHED"}
     assert bpy.ops.megalive.live() == {"FINISHED"}
@@ -349,4 +384,5 @@ def test_file_load_and_unregister_stop_everything(addon: ModuleType, server: Ava
     assert not controller.client.connected and addon.runtime.controller is None
     assert addon.on_load_pre not in bpy.app.handlers.load_pre
     assert not hasattr(bpy.types.Scene, "megalive")
+
 

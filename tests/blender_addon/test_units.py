@@ -100,3 +100,28 @@ def test_offline_build_vendors_the_client_and_lists_its_wheels(tmp_path: Path, o
 def test_bake_frame_names_and_sequence_index() -> None:
     assert bake_frame_name("MegaLive", 7) == "MegaLive_000007.png"
     assert sequence_index(3, frame_start=1) == 2
+
+
+
+def test_the_vendored_runtime_imports_only_what_the_hosts_have() -> None:
+    """protocol.py, client.py and live.py go into the zip and the Unreal package as they are: at module level they may
+    import the standard library, pyzmq (zmq.auth and zmq.utils are part of it), msgpack and each other, nothing else.
+    (Line by line, not with ast: in the whole suite's process ast.parse hits CPython 3.11's AST recursion-depth bug.)"""
+    import re
+    import sys
+
+    from server.vendor import SERVER_DIR, VENDORED_FILES
+
+    allowed = set(sys.stdlib_module_names) | {"zmq", "msgpack", "__future__"}
+    siblings = {name.removesuffix(".py") for name in VENDORED_FILES}
+    for name in VENDORED_FILES:
+        for line in (SERVER_DIR / name).read_text(encoding="utf-8").splitlines():
+            if match := re.match(r"from (\.*)(\w*)[\w.]* import (.+)", line):
+                dots, module, names = match.groups()
+                if dots:
+                    imported = {module} if module else {n.strip().split(" ")[0] for n in names.split(",")}
+                    assert imported <= siblings, (name, line)
+                else:
+                    assert module in allowed, (name, line)
+            elif match := re.match(r"import (.+)", line):
+                assert {n.strip().split(".")[0].split(" ")[0] for n in match.group(1).split(",")} <= allowed, (name, line)

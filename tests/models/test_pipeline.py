@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from models.data.paired import PairedHeads
 from models.megaportraits.train_student import StudentTrainConfig, train_student
@@ -37,6 +41,77 @@ def test_synth_cli_refuses_bad_arguments_and_an_existing_folder(tiny_dataset: Pa
     existing = train_cli("synth", str(tiny_dataset), "--pairs", "2", "--resolution", "32")
     assert existing.returncode == 2 and "exists already" in existing.stderr
     assert not (tmp_path / "x").exists()
+
+
+TINY_SYNTH = ("--resolution", "32", "--avatars", "1", "--drivers", "1", "--pairs", "2", "--batch", "2")
+
+
+def test_synth_rerun_removes_the_partial_folder_a_killed_run_left(tmp_path: Path) -> None:
+    stale = tmp_path / ".fresh.partial-k1lled"  # what a SIGKILLed synth of `fresh` leaves
+    stale.mkdir()
+    (stale / "driver_rgba.npy").write_bytes(bytes(4096))
+    other = tmp_path / ".other.partial-k1lled"  # another target's: not this run's to remove
+    other.mkdir()
+    result = train_cli("synth", str(tmp_path / "fresh"), *TINY_SYNTH)
+    assert result.returncode == 0, result.stderr
+    said = [line for line in result.stdout.splitlines() if "partial folder" in line]
+    assert len(said) == 1 and stale.name in said[0] and "interrupted" in said[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "fresh"]
+    assert json.loads((tmp_path / "fresh" / "meta.json").read_text())["num_pairs"] == 2
+
+
+def test_synth_leaves_the_partial_folder_of_a_running_synth_alone(tmp_path: Path) -> None:
+    fcntl = pytest.importorskip("fcntl")
+    from models.data.paired import DatasetError, SynthConfig, remove_stale_partials, write_paired_dataset
+
+    live = tmp_path / ".busy.partial-running"
+    live.mkdir()
+    descriptor = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running synth holds its partial folder
+        with pytest.raises(DatasetError, match="another synth is writing"):
+            config = SynthConfig(resolution=32, num_avatars=1, num_driver_identities=1, num_motions=2)
+            write_paired_dataset(tmp_path / "busy", config, command="test", progress=False)
+        assert [p.name for p in tmp_path.iterdir()] == [live.name]
+    finally:
+        os.close(descriptor)
+    assert remove_stale_partials(tmp_path / "busy") == (live,) and not live.exists()  # its synth gone: stale now
+
+
+def test_an_interrupted_synth_removes_its_partial_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import models.data.paired as paired
+
+    def interrupt(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(paired, "write_contact_sheet", interrupt)  # late in the run: the big arrays are written
+    with pytest.raises(KeyboardInterrupt):
+        paired.write_paired_dataset(tmp_path / "out", paired.SynthConfig(resolution=32, num_avatars=1, num_driver_identities=1,
+                                                                         num_motions=2), command="test", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_terminated_synth_removes_its_partial_folder(tmp_path: Path) -> None:
+    """SIGTERM (kill, a scheduler's time limit) mid-render unwinds like Ctrl-C instead of leaving the partial folder."""
+    command = [sys.executable, "-m", "models.cli", "synth", str(tmp_path / "big"), "--resolution", "32", "--avatars", "1",
+               "--drivers", "1", "--pairs", "50000"]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        started = False  # the big arrays are open: rendering has begun
+        while not started and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            started = bool(list(tmp_path.glob(".big.partial-*/driver_rgba.npy")))
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        time.sleep(0.5)  # rendering now
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_training_lowers_the_loss_and_writes_a_checkpoint(tiny_run: Path, tiny_dataset: Path) -> None:

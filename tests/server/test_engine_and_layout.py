@@ -119,7 +119,22 @@ def test_live_controller_needs_only_the_stdlib_zmq_and_its_siblings() -> None:
 def test_a_corrupt_model_file_is_a_one_line_model_error(contract_model_path: Path, tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"not an onnx model")
-    corrupt.with_suffix(".json").write_text(contract_model_path.with_suffix(".json").read_text())
+    sidecar = json.loads(contract_model_path.with_suffix(".json").read_text())
+    corrupt.with_suffix(".json").write_text(json.dumps(sidecar))
+    with pytest.raises(ModelError, match="re-run megalive-train export") as refused:  # the digest catches it first
+        Engine(model_path=corrupt)
+    del sidecar["model_sha256"]  # an older sidecar: no digest, so ONNX Runtime is the one to refuse
+    corrupt.with_suffix(".json").write_text(json.dumps(sidecar))
     with pytest.raises(ModelError, match="cannot load") as raised:
         Engine(model_path=corrupt)
-    assert "\n" not in str(raised.value)
+    assert "\n" not in str(raised.value) and "\n" not in str(refused.value)
+
+
+def test_the_shipped_sidecar_without_digests_still_loads() -> None:
+    """assets/default/student.json predates graph digests; it must keep loading as it is."""
+    from server.engine import SHIPPED_MODEL
+
+    sidecar = json.loads(SHIPPED_MODEL.with_suffix(".json").read_text())
+    assert "model_sha256" not in sidecar and not any("model_sha256" in entry for entry in sidecar["adapters"].values())
+    card = load_model_card(SHIPPED_MODEL)
+    assert card.drivers == ("image", "arkit", "landmarks") and len(card.adapters) == 2

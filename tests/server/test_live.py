@@ -15,10 +15,11 @@ import pytest
 from PIL import Image
 
 from server import imaging, protocol
-from server.client import AvatarClient
+from server.client import SERVER_GONE, AvatarClient
 from server.engine import Engine
 from server.live import DriverError, ImageSequenceFiles, LiveConfig, LiveController
 from server.service import AvatarService, ServiceConfig
+from tests.server.test_client import FakeServer, curve_service, make_curve_files
 
 
 class LoopedFiles:
@@ -111,6 +112,8 @@ def test_tick_never_blocks_reports_server_gone_and_reconnects_after_backoff(
         textures.clear()
         tick_until_state(lambda: bool(textures))
         assert controller.figures.reconnects >= 1
+        # Frames lost with the first server ended as server_gone errors: counted, not shown as the detail.
+        assert SERVER_GONE not in controller.detail
     finally:
         controller.close()
         second.stop()
@@ -202,7 +205,7 @@ def test_the_live_session_opens_with_the_stabilise_choice(multi_driver_model_pat
 
 
 class CurvesSource:
-    """A DriverSource of one fixed ARKit frame."""
+    """A DriverSource of one fixed frame (ARKit curves, or any array)."""
 
     def __init__(self, key: int, curves: np.ndarray) -> None:
         self.key, self.curves = key, curves
@@ -212,3 +215,71 @@ class CurvesSource:
 
     def payload(self, key: Hashable) -> protocol.Buffer:
         return protocol.raw_buffer_from_array(self.curves)
+
+
+def test_a_bad_curve_key_file_is_one_line_in_the_status_not_a_traceback(tmp_path: Path) -> None:
+    files = make_curve_files(tmp_path / "keys")
+    missing = tmp_path / "keys" / "nowhere.key"
+    for config, says in [
+        (LiveConfig(server_public_key=str(missing), client_secret_key=str(files.client_secret)), f"{missing}: no such file"),
+        (LiveConfig(server_public_key=str(files.server_public), client_secret_key=str(files.client_public)), "holds no secret key"),
+        (LiveConfig(client_secret_key=str(files.client_secret)), "needs the server's public key file too"),
+    ]:
+        controller = LiveController(config=LiveConfig(**{**vars(config), "timeout_s": 0.3}))
+        assert controller.phase == "refused" and says in controller.detail and len(controller.detail.splitlines()) == 1
+        assert not controller.connect() and not controller.connect_and_start_live(avatar=0)
+        assert controller.phase == "refused" and says in controller.detail
+        assert controller.tick(None) is None and not controller.client.connected  # nothing was tried
+        controller.close()
+
+
+def test_live_textures_over_curve(engine: Engine, tmp_path: Path) -> None:
+    files = make_curve_files(tmp_path / "keys")
+    service = curve_service(engine, files)
+    service.start()
+    config = LiveConfig(server=service.bound_address, server_public_key=str(files.server_public),
+                        client_secret_key=str(files.client_secret))
+    controller = LiveController(config=config)
+    try:
+        assert controller.client.curve is not None
+        assert controller.connect_and_start_live(avatar=0), controller.detail
+        texture = None
+        deadline = time.monotonic() + 10
+        while texture is None:
+            assert time.monotonic() < deadline, controller.detail
+            texture = controller.tick(CurvesSource(0, np.full((32, 32, 3), 7, np.uint8)))  # any fixed frame
+            time.sleep(0.005)
+        assert texture.buffer.shape == (32, 32, 4)
+    finally:
+        controller.close()
+        service.stop()
+
+    # The same keys against a server that does not allow this client: the status says why, in one line.
+    stranger = LiveConfig(server=config.server, server_public_key=config.server_public_key,
+                          client_secret_key=str(files.stranger_secret), timeout_s=2.0)
+    service = curve_service(engine, files, bind=config.server)
+    service.start()
+    controller = LiveController(config=stranger)
+    try:
+        assert not controller.connect()
+        assert "refused this client's CURVE key" in controller.detail and len(controller.detail.splitlines()) == 1
+    finally:
+        controller.close()
+        service.stop()
+
+
+def test_a_server_whose_engine_drops_every_frame_shows_as_gone() -> None:
+    with FakeServer(frames="dropped") as fake:
+        controller = LiveController(config=LiveConfig(server=fake.address, timeout_s=0.3, reconnect_delay_s=5.0))
+        source = CurvesSource(0, np.full((32, 32, 3), 7, np.uint8))  # any fixed frame
+        try:
+            assert controller.connect_and_start_live(avatar=0)
+            deadline = time.monotonic() + 10
+            while controller.phase == "live":
+                assert time.monotonic() < deadline, controller.detail
+                assert controller.tick(source) is None
+                time.sleep(0.005)
+            assert controller.phase == "gone" and "drops every frame" in controller.detail
+            assert controller.figures.dropped >= 1 and controller.figures.textures == 0
+        finally:
+            controller.close()

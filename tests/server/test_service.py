@@ -19,7 +19,6 @@ from server import imaging, protocol
 from server.client import AvatarClient, FrameDropped, FrameError, ServerError, ServerGoneError, Texture
 from server.engine import Engine
 from server.service import AvatarService, BindRefused, ServiceConfig, check_bind_address
-from tests.conftest import free_tcp_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMALL_LIMITS = protocol.Limits(max_buffer_bytes=64 * 1024)
@@ -147,8 +146,7 @@ def test_bad_inputs_get_error_replies_while_other_sessions_keep_streaming(servic
     bad = raw_dealer(service.bound_address)
     opened = exchange(bad, [packed(op="open", avatar=0)])
     bad_session = opened.header["session"]
-    frame_header = {"op": "frame", "session": bad_session, "seq": 0}
-    too_big = 100 * 1024  # above the service's 64 KiB buffer limit, below ZeroMQ's MAXMSGSIZE
+    frame_header = {"op": "frame", "session": bad_session, "token": opened.header["token"], "seq": 0}
     cases = {
         "garbage bytes": ([b"\x00\xff garbage \xc1"], "bad_request", None),
         "header not a map": ([msgpack.packb("just a string")], "bad_request", None),
@@ -164,7 +162,7 @@ def test_bad_inputs_get_error_replies_while_other_sessions_keep_streaming(servic
         "driver the model lacks": ([packed(op="open", avatar=0, driver="arkit")], "bad_request", 9),
         "size disagrees with shape": ([packed(**frame_header, buffers=[{"dtype": "|u1", "shape": [32, 32, 3]}]), b"x" * 100], "bad_request", 9),
         "dtype outside allow-list": ([packed(**frame_header, buffers=[{"dtype": "<i8", "shape": [4]}]), b"x" * 32], "bad_request", 9),
-        "frame above the size limit": ([packed(**frame_header, buffers=[{"dtype": "|u1", "shape": [too_big]}]), b"x" * too_big], "too_large", 9),
+        "output above the size limit": ([packed(op="open", avatar=0, size=[4096, 4096])], "too_large", 9),
         "driver of the wrong rank": ([packed(**frame_header, buffers=[{"dtype": "|u1", "shape": [7]}]), b"x" * 7], "bad_request", 9),
         "undecodable jpeg": ([packed(**frame_header, buffers=[{"codec": "jpeg"}]), b"not a jpeg"], "bad_request", 9),
         "NaN pixels": ([packed(**frame_header, buffers=[{"dtype": "<f4", "shape": [2, 2, 3]}]), np.full(12, np.nan, np.float32).tobytes()], "bad_request", 9),
@@ -175,20 +173,32 @@ def test_bad_inputs_get_error_replies_while_other_sessions_keep_streaming(servic
         assert reply.op == "error" and reply.header["code"] == code, f"{name}: {reply.header}"
         assert reply.header["id"] == request_id, name
         assert render_one(good, good_session, driver_frame(3)).buffer.array().shape == (32, 32, 4), name
-    # A message above ZeroMQ's MAXMSGSIZE disconnects that peer; the server itself carries on.
-    bad.send_multipart([packed(**frame_header, buffers=[{"dtype": "|u1", "shape": [1]}]), b"x" * (SMALL_LIMITS.max_message_bytes + 1)])
-    assert render_one(good, good_session, driver_frame(4)).buffer.array().shape == (32, 32, 4)
     stats = good.stats()
     assert stats["server"]["rejected"] + stats["server"]["bad_frames"] >= len(cases)
-    bad_counters = next(s for s in stats["sessions"] if s["session"] == bad_session)
+    assert [s["session"] for s in stats["sessions"]] == [good_session_id(good)]  # the good client sees its own only
+    assert stats["other_clients"]["sessions"] == 1 and stats["other_clients"]["errors"] >= 6
+    bad_stats = exchange(bad, [packed(op="stats")])
+    bad_counters = next(s for s in bad_stats.header["sessions"] if s["session"] == bad_session)
     assert bad_counters["errors"] >= 6
+    # A frame above ZeroMQ's MAXMSGSIZE (the buffer limit) disconnects that peer, whose sessions close; the server carries on.
+    bad.send_multipart([packed(**frame_header, buffers=[{"dtype": "|u1", "shape": [1]}]), b"x" * (SMALL_LIMITS.max_frame_bytes + 1)])
+    assert render_one(good, good_session, driver_frame(4)).buffer.array().shape == (32, 32, 4)
+    deadline = time.monotonic() + 10
+    while good.stats()["other_clients"]["sessions"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert good.stats()["server"]["disconnected_sessions"] == 1
     bad.close()
     good.close()
 
 
+def good_session_id(client: AvatarClient) -> int:
+    (state,) = client._sessions.values()
+    return state.server_id
+
+
 def test_a_client_that_vanishes_mid_stream_loses_its_sessions_only(engine: Engine) -> None:
-    """A vanished client's sessions close when a reply to it cannot be routed, or, when every reply
-    went out before it vanished, when they idle out; the other client's session goes on."""
+    """A vanished client's sessions close when its connection ends, or when a reply to it cannot be
+    routed, or when they idle out; the other client's session goes on."""
     service = AvatarService(engine=engine, config=ServiceConfig(bind="tcp://127.0.0.1:*", limits=SMALL_LIMITS, max_batch=4,
                                                                 session_idle_s=2.0))
     service.start()
@@ -207,7 +217,8 @@ def test_a_client_that_vanishes_mid_stream_loses_its_sessions_only(engine: Engin
             if len(stats["sessions"]) == 1:
                 break
         assert [s["avatar"] for s in stats["sessions"]] == [0]
-        assert stats["server"]["unroutable"] + stats["server"]["reaped_sessions"] >= 1
+        server = stats["server"]
+        assert server["unroutable"] + server["reaped_sessions"] + server["disconnected_sessions"] >= 1
         good.close()
     finally:
         service.stop()
@@ -224,8 +235,7 @@ def test_session_belongs_to_the_client_that_opened_it(service: AvatarService) ->
     owner.close()
 
 
-def test_client_reports_a_missing_server_and_reconnects_when_it_returns(engine: Engine) -> None:
-    address = f"tcp://127.0.0.1:{free_tcp_port()}"
+def test_client_reports_a_missing_server_and_reconnects_when_it_returns(engine: Engine, address: str) -> None:
     client = AvatarClient(address=address, timeout_s=0.5)
     with pytest.raises(ServerGoneError):  # the timeout ends the wait (pytest-timeout catches a hang)
         client.hello()
@@ -270,7 +280,7 @@ def test_non_loopback_binds_are_refused(address: str) -> None:
         check_bind_address(address)
 
 
-@pytest.mark.parametrize("address", ["tcp://127.0.0.1:5555", "tcp://localhost:1", "tcp://[::1]:5555", "tcp://127.0.0.1:*", "ipc:///tmp/x"])
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1:5555", "tcp://localhost:1", "tcp://[::1]:5555", "tcp://127.0.0.1:*", "inproc://megalive"])
 def test_loopback_binds_are_allowed(address: str) -> None:
     check_bind_address(address)
 

@@ -17,6 +17,7 @@ from PIL import Image
 from server import imaging
 from server.engine import Engine
 from server.service import AvatarService, ServiceConfig
+from tests.server.test_client import curve_service, make_curve_files
 from tests.unreal_bridge import fake_unreal
 from unreal_bridge.editor.png import encode_png
 
@@ -165,3 +166,31 @@ def test_video_source_refuses_a_missing_file(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="not found"):
         VideoFileSource(path=tmp_path / "none.mp4")
+
+
+@pytest.mark.usefixtures("restore_unreal")
+def test_curve_keys_reach_the_server_and_a_bad_key_file_is_said_in_the_report(
+        engine: Engine, driver_image: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    files = make_curve_files(tmp_path / "keys")
+    service = curve_service(engine, files)
+    service.start()
+    try:
+        fake = fake_unreal.install(native=True)
+        host = host_with(fake)
+        report = host.start(server=service.bound_address, avatar=1, video_path=str(driver_image[0]),
+                            server_public_key=str(files.server_public), client_secret_key=str(files.client_secret))
+        assert "MegaLive: connected" in report and "(CURVE)" in report
+        tick_until(fake, lambda: fake.created_textures and fake.created_textures[0].updates >= 1)
+        assert_close(fake.created_textures[0].pixels, expected_texture(engine, driver_image[1], avatar=1))
+        host.stop()
+
+        missing = tmp_path / "keys" / "editor.key_secret"
+        report = host.start(server=service.bound_address, avatar=1, video_path=str(driver_image[0]),
+                            server_public_key=str(files.server_public), client_secret_key=str(missing))
+        assert f"MegaLive: refused: client secret key {missing}: no such file" in report.splitlines()
+        for _ in range(3):
+            fake.fire_tick()  # the tick of a refused start does nothing, and raises nothing
+        assert host._active.last_error == "" and not host._active.controller.client.connected
+        host.stop()
+    finally:
+        service.stop()

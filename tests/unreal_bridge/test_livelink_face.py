@@ -405,6 +405,34 @@ def test_receiver_binds_an_ephemeral_port_and_closes() -> None:
     receiver.close()  # idempotent
 
 
+def test_receiver_binds_loopback_by_default() -> None:
+    """Every interface is opt-in (a phone on the LAN): by default nobody else on the network can send curves."""
+    with LiveLinkFaceReceiver(port=0) as receiver:
+        assert receiver.bind_address == LOOPBACK
+        with socket.socket(fileno=socket.dup(receiver.fileno())) as view:
+            assert view.getsockname() == (LOOPBACK, receiver.port)
+
+
+@pytest.mark.parametrize("second_address", [LOOPBACK, "0.0.0.0"])
+def test_a_second_receiver_on_a_port_fails_at_once(sender: socket.socket, second_address: str) -> None:
+    """No SO_REUSEADDR: two receivers used to share a port and one of them silently got nothing."""
+    import errno
+
+    from unreal_bridge.livelink_face import PortInUseError
+
+    with LiveLinkFaceReceiver(bind_address=LOOPBACK, port=0) as first:
+        with pytest.raises(PortInUseError) as error:
+            LiveLinkFaceReceiver(bind_address=second_address, port=first.port)
+        assert isinstance(error.value, OSError) and error.value.errno == errno.EADDRINUSE
+        assert error.value.port == first.port
+        assert str(error.value).startswith(f"UDP port {first.port} is already in use")
+        assert "\n" not in str(error.value)
+        sender.sendto(make_packet("face", 7), (LOOPBACK, first.port))
+        poll_until(first, lambda: first.latest("face") is not None)  # the first one keeps receiving
+    with LiveLinkFaceReceiver(bind_address=LOOPBACK, port=first.port) as again:  # free once closed
+        assert again.port == first.port
+
+
 def test_receiver_rejects_bad_limits() -> None:
     with pytest.raises(ValueError):
         LiveLinkFaceReceiver(bind_address=LOOPBACK, port=0, max_packets_per_poll=0)
@@ -601,6 +629,60 @@ def test_take_interrupted_by_an_exception_stays_partial(tmp_path: Path) -> None:
             raise RuntimeError("crash")
     assert not path.exists()
     assert list(read_take(writer.partial_path)) == [(0.0, b"kept")]
+
+
+def test_take_writer_stops_at_its_size_cap(tmp_path: Path) -> None:
+    """A flood cannot fill the disk: past max_bytes nothing is written, later packets are refused
+    (even ones that would still fit, so the take has no gaps) and counted."""
+    path = tmp_path / "take.llf"
+    packet = make_packet("face", 1)
+    record_size = 12 + len(packet)
+    cap = len(TAKE_MAGIC) + 3 * record_size + 11
+    writer = TakeWriter(path, max_bytes=cap)
+    assert writer.max_bytes == cap and not writer.full
+    assert [writer.write(packet, 0.1 * index) for index in range(5)] == [True, True, True, False, False]
+    assert writer.write(b"", 1.0) is False  # 12 bytes would fit; still refused once full
+    assert writer.full and writer.records == 3 and writer.refused == 3
+    assert writer.bytes_written == len(TAKE_MAGIC) + 3 * record_size == writer.partial_path.stat().st_size
+    writer.close()
+    assert path.stat().st_size <= cap
+    assert list(read_take(path, strict=True)) == [(0.1 * index, packet) for index in range(3)]
+
+
+def test_take_writer_has_a_default_cap_and_rejects_a_cap_below_its_header(tmp_path: Path) -> None:
+    from unreal_bridge.livelink_face import DEFAULT_TAKE_MAX_BYTES
+
+    with TakeWriter(tmp_path / "a.llf") as writer:
+        assert writer.max_bytes == DEFAULT_TAKE_MAX_BYTES == 256_000_000
+    with pytest.raises(ValueError, match="max_bytes"):
+        TakeWriter(tmp_path / "b.llf", max_bytes=len(TAKE_MAGIC) - 1)
+    assert not (tmp_path / "b.llf.partial").exists()
+    with TakeWriter(tmp_path / "c.llf", max_bytes=len(TAKE_MAGIC)) as writer:
+        assert writer.write(b"", 0.0) is False
+    assert list(read_take(tmp_path / "c.llf", strict=True)) == []
+
+
+def test_take_writer_never_overwrites_an_interrupted_take(tmp_path: Path) -> None:
+    """A crashed recording leaves NAME.partial; a new recording to NAME must not truncate it."""
+    path = tmp_path / "take.llf"
+    with pytest.raises(RuntimeError):
+        with TakeWriter(path) as crashed:
+            crashed.write(b"precious", 0.0)
+            raise RuntimeError("crash")
+    before = crashed.partial_path.read_bytes()
+    with pytest.raises(FileExistsError, match="interrupted take"):
+        TakeWriter(path)
+    assert crashed.partial_path.read_bytes() == before
+    assert list(read_take(crashed.partial_path)) == [(0.0, b"precious")]
+
+
+def test_take_writer_discard_removes_the_partial_file(tmp_path: Path) -> None:
+    writer = TakeWriter(tmp_path / "take.llf")
+    writer.discard()
+    assert list(tmp_path.iterdir()) == [] and writer.closed
+    writer.discard()  # idempotent
+    with pytest.raises(ValueError):
+        writer.write(b"late", 0.0)
 
 
 def test_truncated_take_replays_complete_records(tmp_path: Path) -> None:

@@ -147,7 +147,7 @@ class LiveLinkFaceSource:
 
     driver_kind = "arkit"
 
-    def __init__(self, *, subject: str | None = None, port: int | None = None, bind_address: str = "0.0.0.0") -> None:
+    def __init__(self, *, subject: str | None = None, port: int | None = None, bind_address: str = "127.0.0.1") -> None:
         from ..livelink_face import DEFAULT_PORT, LiveLinkFaceReceiver
 
         self.subject = subject

@@ -6,6 +6,9 @@ Console use (Output Log, Python mode), after copying the package into <Project>/
     megalive.start(server="tcp://127.0.0.1:5555", avatar=0, driver="video", video_path="D:/frames")
     megalive.status()
     megalive.stop()
+    # a server on another machine, over CURVE (key files from `megalive keys`):
+    megalive.start(server="tcp://stage-gpu:5555", video_path="D:/frames",
+                   server_public_key="D:/keys/server.key", client_secret_key="D:/keys/editor.key_secret")
 
 Select an actor whose mesh uses a Material Instance (Constant) with a texture parameter named
 ``material_parameter`` before ``start``; the live texture is bound to it.
@@ -157,7 +160,8 @@ class UnrealLiveTexture:
             f"bound to parameter '{self.host_config.material_parameter}'"
         lines = [
             f"MegaLive: {self.state}",
-            f"  server {self.controller.config.server}, avatar {self.avatar}, driver {self.source.describe()}",
+            f"  server {self.controller.config.server}{' (CURVE)' if self.controller.client.curve else ''}, "
+            f"avatar {self.avatar}, driver {self.source.describe()}",
             f"  pixel path: {self.pixels.name}",
             f"  material: {material}",
             f"  sent {counters.sent}, textures {counters.textures}, shown {self.frames_shown}, dropped {counters.dropped}, "
@@ -173,10 +177,15 @@ _active: UnrealLiveTexture | None = None
 
 def start(server: str = "tcp://127.0.0.1:5555", avatar: int = 0, driver: str = "video", video_path: str | None = None,
           material_parameter: str = "AvatarTexture", subject: str | None = None, fps: float = 30.0,
-          timeout_s: float = 1.0) -> str:
+          timeout_s: float = 1.0, server_public_key: str = "", client_secret_key: str = "", listen: str = "127.0.0.1") -> str:
     """Connect and start updating the live texture. ``driver``: "video" (a video file — needs
     imageio-ffmpeg in Unreal's Python — or an image-sequence folder, or one image at ``video_path``)
-    or "arkit" (Live Link Face received in the editor on UDP 11111)."""
+    or "arkit" (Live Link Face received in the editor on UDP 11111, on ``listen``: this machine only
+    by default; "0.0.0.0" for a phone on the LAN).
+
+    A server on another machine is reached over CURVE: ``server_public_key`` is its NAME.key file,
+    ``client_secret_key`` this machine's NAME.key_secret (``megalive keys``); both empty: plain TCP.
+    A key file that cannot be used is said in the report (state "refused"), nothing is connected."""
     global _active
     if _active is not None:
         stop()
@@ -189,10 +198,12 @@ def start(server: str = "tcp://127.0.0.1:5555", avatar: int = 0, driver: str = "
         else:
             source = ImageSequenceSource(path=video_path, fps=fps)
     elif driver == "arkit":
-        source = LiveLinkFaceSource(subject=subject)
+        source = LiveLinkFaceSource(subject=subject, bind_address=listen)
     else:
         raise ValueError(f"driver must be 'video' or 'arkit', got {driver!r}")
-    controller = live.LiveController(config=live.LiveConfig(server=server, client_name=CLIENT_NAME, timeout_s=timeout_s))
+    config = live.LiveConfig(server=server, client_name=CLIENT_NAME, timeout_s=timeout_s,
+                             server_public_key=server_public_key, client_secret_key=client_secret_key)
+    controller = live.LiveController(config=config)
     _active = UnrealLiveTexture(controller=controller, source=source, avatar=avatar,
                                 host_config=HostConfig(material_parameter=material_parameter))
     _active.start()
