@@ -10,7 +10,7 @@ TEACHER_STEPS ?= 4000
 
 BIN    := $(VENV)/bin
 
-.PHONY: demo test install install-dev bench bench-hardening default-model teacher-cpu clean
+.PHONY: demo test lint install install-dev bench bench-hardening default-model teacher-cpu clean
 
 # torch first, so pip takes the local CPU build instead of a CUDA one from the registry.
 $(VENV)/.installed-dev: pyproject.toml
@@ -37,6 +37,16 @@ demo: install
 
 test: install-dev
 	$(PY) -m pytest -q
+
+# ruff's checks and its formatter (pyproject.toml [tool.ruff]), pinned with its checksum.
+$(VENV)/.installed-lint: requirements-lint.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --require-hashes -r requirements-lint.txt
+	touch $@
+
+lint: $(VENV)/.installed-lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The README's runtime figures: the contract model at 256×256, then the bench (figures also in runs/bench.json).
 bench: install-dev

@@ -26,9 +26,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=12.0, help="measured seconds per model (after 2 s warm-up)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO_ROOT))
-    # First: the test helpers point HOME and Blender's user folders at a temporary place before bpy
-    # is imported, so the user's own Blender preferences and extensions stay untouched.
-    from tests.blender_addon.conftest import repack_installed_wheel
+    # First: HOME and Blender's user folders point at a temporary place before bpy is imported, so the
+    # user's own Blender preferences and extensions stay untouched.
+    from server.addon import private_blender_home, repack_installed_wheel
+
+    private_blender_home()
 
     import bpy
     import numpy as np
@@ -85,11 +87,14 @@ def main() -> int:
             image.pixels.foreach_set(pixels)
             image.update()
         write_ms = (time.perf_counter() - start) / 20 * 1000
-        print(f"{model.name} {resolution}×{resolution}: tick with a texture write mean {ticks_ms.mean():.2f} ms, "
-              f"median {np.median(ticks_ms):.2f} ms, p95 {np.percentile(ticks_ms, 95):.2f} ms (n={len(ticks_ms)}); "
-              f"uint8→float+flip {convert_ms:.2f} ms, foreach_set+update {write_ms:.2f} ms; "
-              f"live loop {textures_per_second:.1f} textures/s, round trip {controller.figures.latency_ms:.0f} ms, "
-              f"dropped {controller.figures.dropped}", flush=True)
+        print(
+            f"{model.name} {resolution}×{resolution}: tick with a texture write mean {ticks_ms.mean():.2f} ms, "
+            f"median {np.median(ticks_ms):.2f} ms, p95 {np.percentile(ticks_ms, 95):.2f} ms (n={len(ticks_ms)}); "
+            f"uint8→float+flip {convert_ms:.2f} ms, foreach_set+update {write_ms:.2f} ms; "
+            f"live loop {textures_per_second:.1f} textures/s, round trip {controller.figures.latency_ms:.0f} ms, "
+            f"dropped {controller.figures.dropped}",
+            flush=True,
+        )
         ui.shutdown()
         service.stop()
     return 0

@@ -102,14 +102,15 @@ def half_way_frame(frames: np.ndarray, step_at: int) -> int:
     return len(frames) - step_at
 
 
-def measure(engine: Engine, cases: list[Scenario], kind: str, config: SignalFilterConfig, *, still: int, hold: int,
-            seed: int) -> tuple[float, float]:
+def measure(
+    engine: Engine, cases: list[Scenario], kind: str, config: SignalFilterConfig, *, still: int, hold: int, seed: int
+) -> tuple[float, float]:
     """(mean jitter of a noisy held pose, mean frames to half-way after a clean step)."""
     rng = np.random.default_rng(seed)
     jitters, lags = [], []
     for case in cases:
         held = [noisy(kind, case.signal_a[kind], rng) for _ in range(still)]
-        jitters.append(jitter(render_sequence(engine, kind, held, case.avatar, config)[still // 3:]))  # after the filter settles
+        jitters.append(jitter(render_sequence(engine, kind, held, case.avatar, config)[still // 3 :]))  # after the filter settles
         step = [case.signal_a[kind]] * hold + [case.signal_b[kind]] * hold
         lags.append(half_way_frame(render_sequence(engine, kind, step, case.avatar, config), hold))
     return float(np.mean(jitters)), float(np.mean(lags))
@@ -123,7 +124,9 @@ def main() -> int:
     parser.add_argument("--still", type=int, default=45, help="frames of the held, noisy pose")
     parser.add_argument("--hold", type=int, default=20, help="frames before and after the step")
     parser.add_argument("--sweep", action="store_true", help="measure a grid of (min_cutoff_hz, beta) too")
-    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED + 7, help="seed of the held-out scenarios (choose defaults on one, report on another)")
+    parser.add_argument(
+        "--seed", type=int, default=HELD_OUT_SEED + 7, help="seed of the held-out scenarios (choose defaults on one, report on another)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     engine = Engine(model_path=args.model, max_batch=16)
@@ -148,8 +151,16 @@ def main() -> int:
             meets = "meets ≥3×, ≤1 frame" if cut >= 3 and added <= 1 else ""
             print(f"  {name:<30} {value:>8.3f} {cut:>5.1f}× {added:>19.2f}  {meets}")
         figures[kind] = {"unfiltered": {"jitter": raw_jitter, "frames_to_half_way": raw_lag}, "filters": rows}
-    figures["setup"] = {"seed": args.seed, "cases": args.cases, "still_frames": args.still, "hold_frames": args.hold, "fps": FPS, "noise": NOISE,
-                        "model": str(args.model), "default_filters": {kind: repr(DEFAULT_FILTERS[kind]) for kind in ("arkit", "landmarks")}}
+    figures["setup"] = {
+        "seed": args.seed,
+        "cases": args.cases,
+        "still_frames": args.still,
+        "hold_frames": args.hold,
+        "fps": FPS,
+        "noise": NOISE,
+        "model": str(args.model),
+        "default_filters": {kind: repr(DEFAULT_FILTERS[kind]) for kind in ("arkit", "landmarks")},
+    }
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

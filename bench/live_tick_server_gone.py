@@ -1,4 +1,4 @@
-"""Cost of the shared live controller's tick (server/live.py, what the Blender timer and the Unreal
+"""Cost of the shared live controller's tick (client/live.py, what the Blender timer and the Unreal
 post-tick callback call) while the server is gone: the issue asks for at most 1 ms per tick.
 
 Starts a real server with a model, goes live streaming a changing driver frame, stops the server,
@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from client.live import LiveConfig, LiveController  # noqa: E402
+from client.protocol import raw_buffer_from_array  # noqa: E402
 from server.engine import Engine  # noqa: E402
-from server.live import LiveConfig, LiveController  # noqa: E402
-from server.protocol import raw_buffer_from_array  # noqa: E402
 from server.service import AvatarService, ServiceConfig  # noqa: E402
 
 
@@ -65,8 +65,10 @@ def main() -> int:
         phases.add(controller.phase)
         time.sleep(0.001)
     milliseconds = np.array(ticks) * 1000
-    print(f"server gone: {len(ticks)} ticks, mean {milliseconds.mean():.3f} ms, p99 {np.percentile(milliseconds, 99):.3f} ms, "
-          f"max {milliseconds.max():.3f} ms; phases seen {sorted(phases)}; status: {controller.phase} {controller.detail}")
+    print(
+        f"server gone: {len(ticks)} ticks, mean {milliseconds.mean():.3f} ms, p99 {np.percentile(milliseconds, 99):.3f} ms, "
+        f"max {milliseconds.max():.3f} ms; phases seen {sorted(phases)}; status: {controller.phase} {controller.detail}"
+    )
     controller.close()
     return 0
 

@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import zmq  # noqa: E402
 
-from server import protocol  # noqa: E402
-from server.client import AvatarClient, FrameDropped, FrameError, Texture, load_curve_client_keys  # noqa: E402
+from client import protocol  # noqa: E402
+from client.client import AvatarClient, FrameDropped, FrameError, Texture, load_curve_client_keys  # noqa: E402
 from server.bench import start_server, stop_server  # noqa: E402
 from server.engine import model_or_shipped  # noqa: E402
 from server.keys import new_keypair  # noqa: E402
@@ -156,11 +156,17 @@ def bomb_png(side: int = 13300) -> bytes:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", data)
+        + chunk(b"IEND", b"")
+    )
 
 
-def flood(address: str, payload: protocol.Buffer, stop: threading.Event, *, deaf: bool, size: list[int] | None = None,
-          every_s: float = 0.01) -> int:
+def flood(
+    address: str, payload: protocol.Buffer, stop: threading.Event, *, deaf: bool, size: list[int] | None = None, every_s: float = 0.01
+) -> int:
     """Send frames of `payload` on one session every `every_s` until `stop`; returns how many were sent."""
     socket = raw_peer(address, deaf=deaf)
     session, token = raw_open(socket, **({"size": size} if size else {}))
@@ -168,8 +174,10 @@ def flood(address: str, payload: protocol.Buffer, stop: threading.Event, *, deaf
     try:
         while not stop.is_set():
             try:
-                socket.send_multipart(protocol.encode({"op": "frame", "id": 10 + sent, "session": session, "token": token, "seq": sent},
-                                                      (payload,)), zmq.NOBLOCK)
+                socket.send_multipart(
+                    protocol.encode({"op": "frame", "id": 10 + sent, "session": session, "token": token, "seq": sent}, (payload,)),
+                    zmq.NOBLOCK,
+                )
                 sent += 1
             except zmq.Again:
                 pass  # the server's receive queue for us is full: it reads at its own pace
@@ -207,11 +215,21 @@ def phase_streaming(model: Path, seconds: float, resolution: int) -> dict:
     finally:
         stop_server(process)
     sent, replied = sum(c.sent for c in counts), sum(c.replied for c in counts)
-    return {"clients": 8, "seconds": seconds, "sent": sent, "replied": replied, "textures": sum(c.textures for c in counts),
-            "dropped": sum(c.dropped for c in counts), "errors": sum(c.errors for c in counts), "lost": sent - replied,
-            "total_fps": sum(c.fps for c in counts), "rss_at_5s_mib": sampler.at(5.0), "rss_end_mib": sampler.samples[-1][1],
-            "rss_peak_after_5s_mib": sampler.peak_after(5.0),
-            "rss_growth_after_5s_mib": sampler.peak_after(5.0) - sampler.at(5.0)}
+    return {
+        "clients": 8,
+        "seconds": seconds,
+        "sent": sent,
+        "replied": replied,
+        "textures": sum(c.textures for c in counts),
+        "dropped": sum(c.dropped for c in counts),
+        "errors": sum(c.errors for c in counts),
+        "lost": sent - replied,
+        "total_fps": sum(c.fps for c in counts),
+        "rss_at_5s_mib": sampler.at(5.0),
+        "rss_end_mib": sampler.samples[-1][1],
+        "rss_peak_after_5s_mib": sampler.peak_after(5.0),
+        "rss_growth_after_5s_mib": sampler.peak_after(5.0) - sampler.at(5.0),
+    }
 
 
 def phase_deaf(model: Path, seconds: float, resolution: int) -> dict:
@@ -236,10 +254,18 @@ def phase_deaf(model: Path, seconds: float, resolution: int) -> dict:
     finally:
         stop_server(process)
     bound = 2 * limits["max_queued_reply_bytes"] / MIB
-    return {"clients": 2, "seconds": seconds, "output": f"{side}×{side}", "frames_sent": sent, "rss_before_mib": baseline,
-            "rss_peak_mib": sampler.peak_after(0.0), "rss_growth_peak_mib": sampler.peak_after(0.0) - baseline,
-            "announced_queue_bound_mib_per_client": limits["max_queued_reply_bytes"] / MIB, "bound_two_clients_mib": bound,
-            "replies_dropped_by_the_bound": stats["server"]["reply_overflow"]}
+    return {
+        "clients": 2,
+        "seconds": seconds,
+        "output": f"{side}×{side}",
+        "frames_sent": sent,
+        "rss_before_mib": baseline,
+        "rss_peak_mib": sampler.peak_after(0.0),
+        "rss_growth_peak_mib": sampler.peak_after(0.0) - baseline,
+        "announced_queue_bound_mib_per_client": limits["max_queued_reply_bytes"] / MIB,
+        "bound_two_clients_mib": bound,
+        "replies_dropped_by_the_bound": stats["server"]["reply_overflow"],
+    }
 
 
 # The sink of the control run: a process that takes the bombs in place of the server (answers `open`, reads and
@@ -247,7 +273,7 @@ def phase_deaf(model: Path, seconds: float, resolution: int) -> dict:
 _SINK = """
 import sys, zmq
 sys.path.insert(0, sys.argv[1])
-from server import protocol
+from client import protocol
 router = zmq.Context().socket(zmq.ROUTER)
 router.bind("tcp://127.0.0.1:*")
 print(router.last_endpoint.decode(), flush=True)
@@ -261,8 +287,12 @@ while True:
 
 def _beside_bomber(address: str, bomb_address: str, seconds: float, resolution: int, every_s: float) -> tuple[float, int]:
     """The streaming client's frame rate while a separate attacker process sends bombs to bomb_address."""
-    bomber = subprocess.Popen([sys.executable, __file__, "--bomber", bomb_address, "--short", str(seconds + 2), "--bomb-every", str(every_s)],
-                              stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    bomber = subprocess.Popen(
+        [sys.executable, __file__, "--bomber", bomb_address, "--short", str(seconds + 2), "--bomb-every", str(every_s)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
     time.sleep(1.0)
     fps = stream(address, seconds, resolution).fps
     return fps, int(bomber.communicate(timeout=seconds + 30)[0].strip() or 0)
@@ -282,8 +312,12 @@ def phase_bombs(model: Path, seconds: float, resolution: int) -> dict:
             fps, sent = _beside_bomber(address, address, seconds, resolution, every_s)
             figures[label] = {"bombs_per_s": sent / (seconds + 2), "fps": fps, "ratio": fps / quiet}
         fps, sent = _beside_bomber(address, sink_address, seconds, resolution, 0.0)
-        figures["flat_out_control"] = {"bombs_per_s": sent / (seconds + 2), "fps": fps, "ratio": fps / quiet,
-                                       "note": "the same flood sent to another process: the machine's own limit"}
+        figures["flat_out_control"] = {
+            "bombs_per_s": sent / (seconds + 2),
+            "fps": fps,
+            "ratio": fps / quiet,
+            "note": "the same flood sent to another process: the machine's own limit",
+        }
         with AvatarClient(address=address, timeout_s=10.0) as client:
             stats = client.stats()
         figures["bombs_refused"] = stats["server"]["bad_frames"]
@@ -319,8 +353,11 @@ def phase_curve(model: Path, seconds: float, resolution: int) -> dict:
         finally:
             stop_server(plain)
             stop_server(curve)
-    return {"plain_fps": float(np.mean(plain_fps)), "curve_fps": float(np.mean(curve_fps)),
-            "ratio": float(np.mean(curve_fps) / np.mean(plain_fps))}
+    return {
+        "plain_fps": float(np.mean(plain_fps)),
+        "curve_fps": float(np.mean(curve_fps)),
+        "ratio": float(np.mean(curve_fps) / np.mean(plain_fps)),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,10 +375,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     model = model_or_shipped(args.model)
     resolution = json.loads(model.with_suffix(".json").read_text())["resolution"][0]
-    phases = {"streaming": (phase_streaming, args.long), "deaf": (phase_deaf, args.long), "bombs": (phase_bombs, args.short),
-              "curve": (phase_curve, args.short)}
-    figures: dict = {"machine": f"{platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
-                     "model": str(model)}
+    phases = {
+        "streaming": (phase_streaming, args.long),
+        "deaf": (phase_deaf, args.long),
+        "bombs": (phase_bombs, args.short),
+        "curve": (phase_curve, args.short),
+    }
+    figures: dict = {
+        "machine": f"{platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
+        "model": str(model),
+    }
     for name in args.phases.split(","):
         run, seconds = phases[name]
         print(f"{name} ({seconds:.0f} s) ...", flush=True)

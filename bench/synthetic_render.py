@@ -36,8 +36,10 @@ def main() -> int:
             heads.render(sample_identities(count, generator=generator), sample_motions(count, generator=generator))
             bar.update(count)
     seconds = time.perf_counter() - began
-    print(f"{args.frames} frames at {args.resolution}×{args.resolution} (batch {args.batch}, {torch.get_num_threads()} torch threads, "
-          f"{len(os.sched_getaffinity(0))} cores): {seconds / 60:.2f} min, {args.frames / seconds:.1f} frames/s")
+    print(
+        f"{args.frames} frames at {args.resolution}×{args.resolution} (batch {args.batch}, {torch.get_num_threads()} torch threads, "
+        f"{len(os.sched_getaffinity(0))} cores): {seconds / 60:.2f} min, {args.frames / seconds:.1f} frames/s"
+    )
     return 0
 
 

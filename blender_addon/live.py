@@ -1,6 +1,6 @@
 """The Blender-specific, bpy-free part of the live connection and the bake (tested without Blender).
 
-The controller itself is ``server/live.py`` (shipped in the zip as ``vendor/live.py``, reached
+The controller itself is ``client/live.py`` (shipped in the zip as ``vendor/client/live.py``, reached
 through ``wire.live``): the bpy layer (``ui.py``) drives it from a bpy timer, supplies driver frames
 through a ``DriverSource`` keyed by scene frame, and writes the texture ``tick()`` returns into an
 Image. This module holds what only Blender needs: the panel's labels, the bake's file names, which
@@ -29,8 +29,14 @@ def session_stabilise(wire_kind: str, stabilise: bool) -> bool | None:
 
 
 # The controller's phases as the panel shows them.
-PHASE_LABELS = {"disconnected": "Disconnected", "connected": "Connected", "live": "Live",
-                "gone": "Server gone", "reconnecting": "Reconnecting…", "refused": "Refused"}
+PHASE_LABELS = {
+    "disconnected": "Disconnected",
+    "connected": "Connected",
+    "live": "Live",
+    "gone": "Server gone",
+    "reconnecting": "Reconnecting…",
+    "refused": "Refused",
+}
 
 
 def status_line(controller: live.LiveController) -> str:

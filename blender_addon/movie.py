@@ -24,8 +24,10 @@ from pathlib import Path
 
 from .wire import live, protocol
 
-INSTALL_HINT = ("the movie clip driver needs imageio-ffmpeg in Blender's Python (it ships in the MegaLive "
-                "extension zip; or run Blender's python -m pip install imageio-ffmpeg)")
+INSTALL_HINT = (
+    "the movie clip driver needs imageio-ffmpeg in Blender's Python (it ships in the MegaLive "
+    "extension zip; or run Blender's python -m pip install imageio-ffmpeg)"
+)
 
 # (meta dict, iterator of RGB24 frame bytes) for a movie decoded from frame ``start`` at ``fps``.
 ReaderFactory = Callable[[Path, int, float], tuple[dict, Iterator[bytes]]]
@@ -70,8 +72,14 @@ def imageio_reader(path: Path, start: int, fps: float) -> tuple[dict, Iterator[b
 class MovieFrames:
     """Raw RGB24 frames of one movie file by 0-based index, decoded on a background thread."""
 
-    def __init__(self, path: str | os.PathLike[str], *, max_cached_bytes: int = 256 * 1024 * 1024, lookahead: int = 8,
-                 reader: ReaderFactory = imageio_reader) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_cached_bytes: int = 256 * 1024 * 1024,
+        lookahead: int = 8,
+        reader: ReaderFactory = imageio_reader,
+    ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise live.DriverError(f"movie {self.path}: no such file")
@@ -97,8 +105,7 @@ class MovieFrames:
         self._error: live.DriverError | None = None
         self._stop = False
         self._find_end = False  # a seek went past the end: decode from frame 0, no forward seeks, until the end
-        self._thread = threading.Thread(target=self._run, args=(frames,), name=f"megalive-movie-{self.path.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(frames,), name=f"megalive-movie-{self.path.name}", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------------------ any thread
@@ -139,15 +146,15 @@ class MovieFrames:
     def frame(self, index: int, *, timeout_s: float = 60.0) -> bytes:
         """The frame, waiting for the decoder (user commands only, e.g. a bake)."""
         with self._condition:
-            ok = self._condition.wait_for(lambda: self._stop or self._error is not None
-                                          or self.cached(index) is not None, timeout=timeout_s)
+            ok = self._condition.wait_for(
+                lambda: self._stop or self._error is not None or self.cached(index) is not None, timeout=timeout_s
+            )
             data = None if self._stop else self._cache.get(self.clamp(index))
             if data is not None:
                 return data
             if self._error is not None:
                 raise self._error
-            raise live.DriverError("the movie decoder was closed" if ok else
-                                   f"movie frame {index} not decoded within {timeout_s:.0f} s")
+            raise live.DriverError("the movie decoder was closed" if ok else f"movie frame {index} not decoded within {timeout_s:.0f} s")
 
     def raw_buffer(self, data: bytes) -> protocol.RawBuffer:
         return protocol.raw_buffer_from_bytes(data, dtype="|u1", shape=(self.height, self.width, 3))

@@ -1,7 +1,7 @@
 """The "Shape keys (ARKit names)" driver, bpy-free: shape-key names and values plus a head rotation
 become one `arkit` frame (tested without Blender; ``ui.ShapeKeySource`` only reads Blender's values).
 
-Payload: one raw little-endian float32 buffer of the 61 curves in ``protocol.ARKIT_CURVES`` order
+Payload: one raw little-endian float32 buffer of the 61 curves in ``arkit.ARKIT_CURVES`` order
 (Live Link Face order): the 52 blendshapes clamped to [0, 1] (Blender sliders may go beyond), then
 headYaw, headPitch, headRoll in radians, then the six eye rotations, always 0 (gaze comes through
 the eyeLook* shape keys).
@@ -34,12 +34,12 @@ from functools import lru_cache
 
 import numpy as np
 
-from .wire import protocol
+from .wire import arkit, protocol
 
-BLENDSHAPES: tuple[str, ...] = protocol.ARKIT_BLENDSHAPES
-CURVES: tuple[str, ...] = protocol.ARKIT_CURVES
-NUM_BLENDSHAPES = len(BLENDSHAPES)
-NUM_CURVES = len(CURVES)
+BLENDSHAPES: tuple[str, ...] = arkit.ARKIT_BLENDSHAPES
+CURVES: tuple[str, ...] = arkit.ARKIT_CURVES
+NUM_BLENDSHAPES = arkit.NUM_BLENDSHAPES
+NUM_CURVES = arkit.NUM_CURVES
 HEAD_YAW, HEAD_PITCH, HEAD_ROLL = (CURVES.index(name) for name in ("headYaw", "headPitch", "headRoll"))
 SEPARATORS = "_.:|- "
 
@@ -60,7 +60,7 @@ def match_blendshape(name: str, *, prefix: str = "") -> tuple[int, int] | None:
     if index is not None:
         return index, CASE
     if prefix and folded.startswith(prefix.casefold()):
-        index = _FOLDED.get(folded[len(prefix):])
+        index = _FOLDED.get(folded[len(prefix) :])
         if index is not None:
             return index, USER_PREFIX
     for position in range(len(folded) - 1, 0, -1):  # the last separator: "CC_Base_jawOpen" -> "jawOpen"
@@ -126,10 +126,16 @@ def rotation_from_angles(yaw: float = 0.0, pitch: float = 0.0, roll: float = 0.0
     return axis(1, -roll) @ axis(2, yaw) @ axis(0, -pitch)
 
 
-def arkit_curves(names: Sequence[str], values: Sequence[float] | np.ndarray, *, head: Sequence[float] = (0.0, 0.0, 0.0),
-                 prefix: str = "", out: np.ndarray | None = None) -> np.ndarray:
+def arkit_curves(
+    names: Sequence[str],
+    values: Sequence[float] | np.ndarray,
+    *,
+    head: Sequence[float] = (0.0, 0.0, 0.0),
+    prefix: str = "",
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Shape-key names and values (same order) + (yaw, pitch, roll) -> the 61 curves, float32,
-    ``protocol.ARKIT_CURVES`` order; blendshapes clamped to [0, 1], unknown names ignored, eyes 0."""
+    ``arkit.ARKIT_CURVES`` order; blendshapes clamped to [0, 1], unknown names ignored, eyes 0."""
     values = np.asarray(values, dtype=np.float32).reshape(-1)
     if len(values) != len(names):
         raise ValueError(f"{len(names)} shape-key names but {len(values)} values")

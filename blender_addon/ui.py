@@ -1,6 +1,6 @@
 """The bpy layer: preferences, scene settings, operators, the N-panel, the live timer and the bake.
 
-Kept thin: the connection is the shared controller (``server/live.py``, reached through ``wire.live``),
+Kept thin: the connection is the shared controller (``client/live.py``, reached through ``wire.live``),
 Blender's bpy-free bits are in ``live.py``, pixel conversion and PNG writing in ``pixels.py``, the
 shape-key driver's name matching and head angles in ``shape_keys.py``.
 Everything here runs on Blender's main thread; the only other thread (the controller's reconnect
@@ -22,11 +22,10 @@ import zmq
 from bpy.app.handlers import persistent
 
 from . import movie, pixels, shape_keys
-from .live import (CLIENT_NAME, BakeError, bake_frame_name, sequence_index, session_stabilise,
-                   wire_driver_kind)
+from .live import CLIENT_NAME, BakeError, bake_frame_name, sequence_index, session_stabilise, wire_driver_kind
 from .live import status_line as controller_status_line
 from .wire import client as client_module
-from .wire import live as shared_live  # the controller both hosts ship (server/live.py)
+from .wire import live as shared_live  # the controller both hosts ship (client/live.py)
 from .wire import protocol
 
 ADDON_ID = __package__  # "bl_ext.<repository>.megalive" when installed as an extension
@@ -54,7 +53,7 @@ class Runtime:
 runtime = Runtime()
 
 
-def preferences(context: bpy.types.Context) -> "MEGALIVE_AddonPreferences | None":
+def preferences(context: bpy.types.Context) -> MEGALIVE_AddonPreferences | None:
     addon = context.preferences.addons.get(ADDON_ID)
     return None if addon is None else addon.preferences
 
@@ -63,10 +62,14 @@ def live_config(context: bpy.types.Context) -> shared_live.LiveConfig:
     prefs = preferences(context)
     if prefs is None:
         return shared_live.LiveConfig(client_name=CLIENT_NAME)
-    return shared_live.LiveConfig(server=prefs.server_address, client_name=CLIENT_NAME, timeout_s=prefs.timeout_s,
-                                  max_in_flight=prefs.max_in_flight,
-                                  server_public_key=_key_path(prefs.server_public_key),
-                                  client_secret_key=_key_path(prefs.client_secret_key))
+    return shared_live.LiveConfig(
+        server=prefs.server_address,
+        client_name=CLIENT_NAME,
+        timeout_s=prefs.timeout_s,
+        max_in_flight=prefs.max_in_flight,
+        server_public_key=_key_path(prefs.server_public_key),
+        client_secret_key=_key_path(prefs.client_secret_key),
+    )
 
 
 def _key_path(path: str) -> str:
@@ -116,8 +119,15 @@ class CameraRenderSource:
     def payload(self, key: Hashable) -> protocol.Buffer:
         assert isinstance(key, int)
         scene, render = self.scene, self.scene.render
-        saved = (render.filepath, render.resolution_x, render.resolution_y, render.resolution_percentage,
-                 render.image_settings.file_format, render.image_settings.color_mode, scene.frame_current)
+        saved = (
+            render.filepath,
+            render.resolution_x,
+            render.resolution_y,
+            render.resolution_percentage,
+            render.image_settings.file_format,
+            render.image_settings.color_mode,
+            scene.frame_current,
+        )
         with tempfile.TemporaryDirectory(prefix="megalive-camera-") as folder:
             path = Path(folder) / "driver.png"
             try:
@@ -133,8 +143,15 @@ class CameraRenderSource:
             except (RuntimeError, OSError) as error:
                 raise shared_live.DriverError(f"camera render failed: {error}") from None
             finally:
-                (render.filepath, render.resolution_x, render.resolution_y, render.resolution_percentage,
-                 render.image_settings.file_format, render.image_settings.color_mode, frame) = saved
+                (
+                    render.filepath,
+                    render.resolution_x,
+                    render.resolution_y,
+                    render.resolution_percentage,
+                    render.image_settings.file_format,
+                    render.image_settings.color_mode,
+                    frame,
+                ) = saved
                 if scene.frame_current != frame:
                     scene.frame_set(frame)
         return protocol.EncodedBuffer(codec="png", data=memoryview(data))
@@ -158,7 +175,8 @@ class ShapeKeySource:
         names, _ = shape_key_values(settings.shape_key_object)
         if not shape_keys.match_names(names, prefix=settings.shape_key_prefix):
             raise shared_live.DriverError(
-                f"no shape key of {settings.shape_key_object.name!r} has an ARKit name (e.g. jawOpen, eyeBlinkLeft)")
+                f"no shape key of {settings.shape_key_object.name!r} has an ARKit name (e.g. jawOpen, eyeBlinkLeft)"
+            )
         self.read()  # a missing head bone is an error now, at Go Live or Bake
 
     def read(self) -> np.ndarray:
@@ -376,19 +394,33 @@ def _load_thumbnails(avatars: list[client_module.AvatarEntry]) -> None:
 class MEGALIVE_AddonPreferences(bpy.types.AddonPreferences):
     bl_idname = ADDON_ID
 
-    server_address: bpy.props.StringProperty(name="Server", default=client_module.DEFAULT_ADDRESS,
-                                             description="ZeroMQ address of the MegaLive server (megalive serve --bind)")
-    timeout_s: bpy.props.FloatProperty(name="Timeout", default=2.0, min=0.1, max=30.0, unit="TIME_ABSOLUTE",
-                                       description="Longest wait for the server in Connect, Live and Bake (seconds)")
-    max_in_flight: bpy.props.IntProperty(name="In-flight frames", default=2, min=1, max=8,
-                                         description="Driver frames sent before their textures come back")
+    server_address: bpy.props.StringProperty(
+        name="Server", default=client_module.DEFAULT_ADDRESS, description="ZeroMQ address of the MegaLive server (megalive serve --bind)"
+    )
+    timeout_s: bpy.props.FloatProperty(
+        name="Timeout",
+        default=2.0,
+        min=0.1,
+        max=30.0,
+        unit="TIME_ABSOLUTE",
+        description="Longest wait for the server in Connect, Live and Bake (seconds)",
+    )
+    max_in_flight: bpy.props.IntProperty(
+        name="In-flight frames", default=2, min=1, max=8, description="Driver frames sent before their textures come back"
+    )
     # CURVE, for a server on another machine (megalive keys makes the files); both empty: plain loopback TCP.
-    server_public_key: bpy.props.StringProperty(name="Server Public Key", subtype="FILE_PATH", default="",
-                                                description="The server's public key file (NAME.key) for an encrypted "
-                                                "connection to a remote server. Empty: no CURVE")
-    client_secret_key: bpy.props.StringProperty(name="Client Secret Key", subtype="FILE_PATH", default="",
-                                                description="This machine's secret key file (NAME.key_secret); its "
-                                                "NAME.key must be in the server's allow folder. Empty: no CURVE")
+    server_public_key: bpy.props.StringProperty(
+        name="Server Public Key",
+        subtype="FILE_PATH",
+        default="",
+        description="The server's public key file (NAME.key) for an encrypted connection to a remote server. Empty: no CURVE",
+    )
+    client_secret_key: bpy.props.StringProperty(
+        name="Client Secret Key",
+        subtype="FILE_PATH",
+        default="",
+        description="This machine's secret key file (NAME.key_secret); its NAME.key must be in the server's allow folder. Empty: no CURVE",
+    )
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
@@ -408,42 +440,69 @@ class MEGALIVE_SceneSettings(bpy.types.PropertyGroup):
     avatar_id: bpy.props.IntProperty(name="Avatar", default=0, min=0, description="Avatar id on the server")
     driver_kind: bpy.props.EnumProperty(
         name="Driver",
-        items=[("IMAGE_SEQUENCE", "Image Sequence", "A folder of PNG/JPEG frames; scene frame start = first file"),
-               ("MOVIE_CLIP", "Movie Clip", "A movie clip (or movie file): its first frame at the clip's start frame, "
-                "held before and after; decoded with imageio-ffmpeg"),
-               ("CAMERA", "Camera Render", "The scene camera's render (one render per frame; use Workbench/EEVEE)"),
-               ("SHAPE_KEYS", "Shape Keys (ARKit names)", "A mesh's shape keys named after the 52 ARKit blendshapes "
-                "and a head bone's or object's rotation, sent as ARKit curves (needs a model with an arkit driver)")],
+        items=[
+            ("IMAGE_SEQUENCE", "Image Sequence", "A folder of PNG/JPEG frames; scene frame start = first file"),
+            (
+                "MOVIE_CLIP",
+                "Movie Clip",
+                "A movie clip (or movie file): its first frame at the clip's start frame, "
+                "held before and after; decoded with imageio-ffmpeg",
+            ),
+            ("CAMERA", "Camera Render", "The scene camera's render (one render per frame; use Workbench/EEVEE)"),
+            (
+                "SHAPE_KEYS",
+                "Shape Keys (ARKit names)",
+                "A mesh's shape keys named after the 52 ARKit blendshapes "
+                "and a head bone's or object's rotation, sent as ARKit curves (needs a model with an arkit driver)",
+            ),
+        ],
         default="IMAGE_SEQUENCE",
     )
     sequence_path: bpy.props.StringProperty(name="Frames", subtype="DIR_PATH", description="Folder of driver frames")
-    movie_clip: bpy.props.PointerProperty(name="Clip", type=bpy.types.MovieClip,
-                                          description="Movie clip driving the avatar (its Start Frame maps to its first frame)")
-    movie_path: bpy.props.StringProperty(name="Movie", subtype="FILE_PATH",
-                                         description="Movie file used when no clip is chosen; starts at the scene start")
-    shape_key_object: bpy.props.PointerProperty(name="Shape Keys", type=bpy.types.Object, poll=_is_shape_key_mesh,
-                                                description="Mesh whose shape keys named after ARKit blendshapes "
-                                                "(jawOpen, eyeBlinkLeft, ...) drive the avatar")
-    shape_key_prefix: bpy.props.StringProperty(name="Key Prefix", default="",
-                                               description="Optional prefix of this mesh's shape-key names (e.g. "
-                                               "'Head'); keys like 'ARKit_jawOpen' match without it")
-    head_object: bpy.props.PointerProperty(name="Head", type=bpy.types.Object,
-                                           description="Object (or armature, with a bone) whose rotation is the head "
-                                           "yaw/pitch/roll; the head faces -Y, +Z up. Empty: no head rotation")
-    head_bone: bpy.props.StringProperty(name="Bone", default="",
-                                        description="Head bone of the armature: its pose rotation relative to its rest "
-                                        "pose is the head rotation. Empty: the armature object's rotation")
-    stabilise: bpy.props.BoolProperty(name="Stabilise", default=True,
-                                      description="The server's One-Euro smoothing of the curves (for noisy capture); "
-                                      "off: every frame exactly as sent")
-    camera_driver_size: bpy.props.IntProperty(name="Render Size", default=256, min=16, max=2048,
-                                              description="Square size of the camera render sent as driver")
+    movie_clip: bpy.props.PointerProperty(
+        name="Clip", type=bpy.types.MovieClip, description="Movie clip driving the avatar (its Start Frame maps to its first frame)"
+    )
+    movie_path: bpy.props.StringProperty(
+        name="Movie", subtype="FILE_PATH", description="Movie file used when no clip is chosen; starts at the scene start"
+    )
+    shape_key_object: bpy.props.PointerProperty(
+        name="Shape Keys",
+        type=bpy.types.Object,
+        poll=_is_shape_key_mesh,
+        description="Mesh whose shape keys named after ARKit blendshapes (jawOpen, eyeBlinkLeft, ...) drive the avatar",
+    )
+    shape_key_prefix: bpy.props.StringProperty(
+        name="Key Prefix",
+        default="",
+        description="Optional prefix of this mesh's shape-key names (e.g. 'Head'); keys like 'ARKit_jawOpen' match without it",
+    )
+    head_object: bpy.props.PointerProperty(
+        name="Head",
+        type=bpy.types.Object,
+        description="Object (or armature, with a bone) whose rotation is the head "
+        "yaw/pitch/roll; the head faces -Y, +Z up. Empty: no head rotation",
+    )
+    head_bone: bpy.props.StringProperty(
+        name="Bone",
+        default="",
+        description="Head bone of the armature: its pose rotation relative to its rest "
+        "pose is the head rotation. Empty: the armature object's rotation",
+    )
+    stabilise: bpy.props.BoolProperty(
+        name="Stabilise",
+        default=True,
+        description="The server's One-Euro smoothing of the curves (for noisy capture); off: every frame exactly as sent",
+    )
+    camera_driver_size: bpy.props.IntProperty(
+        name="Render Size", default=256, min=16, max=2048, description="Square size of the camera render sent as driver"
+    )
     image_name: bpy.props.StringProperty(name="Image", default="MegaLive", description="Output image (reused, float RGBA)")
     output_width: bpy.props.IntProperty(name="Width", default=0, min=0, max=4096, description="0: the model's resolution")
     output_height: bpy.props.IntProperty(name="Height", default=0, min=0, max=4096, description="0: the model's resolution")
     target_object: bpy.props.PointerProperty(name="Target", type=bpy.types.Object, description="Object showing the texture")
-    bake_dir: bpy.props.StringProperty(name="Bake Folder", subtype="DIR_PATH",
-                                       description="Where baked frames go; empty: //megalive_bake/<image> next to the .blend")
+    bake_dir: bpy.props.StringProperty(
+        name="Bake Folder", subtype="DIR_PATH", description="Where baked frames go; empty: //megalive_bake/<image> next to the .blend"
+    )
 
     def output_size(self) -> tuple[int, int] | None:
         """(height, width) for the session, or None for the model's own resolution."""
@@ -527,8 +586,9 @@ class MEGALIVE_OT_live(bpy.types.Operator):
             self.report({"ERROR"}, f"driver: {error}")
             return {"CANCELLED"}
         driver = wire_driver_kind(settings.driver_kind)
-        if not controller.start_live(avatar=settings.avatar_id, size=settings.output_size(), driver=driver,
-                                     stabilise=session_stabilise(driver, settings.stabilise)):
+        if not controller.start_live(
+            avatar=settings.avatar_id, size=settings.output_size(), driver=driver, stabilise=session_stabilise(driver, settings.stabilise)
+        ):
             close_source(source)
             self.report({"ERROR"}, controller_status_line(controller))
             return {"CANCELLED"}
@@ -541,9 +601,14 @@ class MEGALIVE_OT_live(bpy.types.Operator):
 
 def _ensure_material(obj: bpy.types.Object, image: bpy.types.Image) -> bpy.types.ShaderNodeTexImage:
     """The object's MegaLive material (emission of the image, transparent where alpha is 0)."""
-    material = next((slot.material for slot in obj.material_slots
-                     if slot.material is not None and slot.material.node_tree is not None
-                     and MATERIAL_NODE_NAME in slot.material.node_tree.nodes), None)
+    material = next(
+        (
+            slot.material
+            for slot in obj.material_slots
+            if slot.material is not None and slot.material.node_tree is not None and MATERIAL_NODE_NAME in slot.material.node_tree.nodes
+        ),
+        None,
+    )
     if material is None:
         material = bpy.data.materials.new(f"MegaLive {image.name}")
         if material.node_tree is None:  # Blender < 5.0 creates materials without nodes
@@ -615,8 +680,9 @@ class BakeJob:
         frame = self.frames[len(self.written)]
         render = self.scene.render
         timestamp = frame * render.fps_base / render.fps if self.scene_time else None
-        texture = shared_live.render_one_frame(self.client, self.session, self.source.payload(frame), timeout_s=self.timeout_s,
-                                               timestamp=timestamp)
+        texture = shared_live.render_one_frame(
+            self.client, self.session, self.source.payload(frame), timeout_s=self.timeout_s, timestamp=timestamp
+        )
         rgba = texture.array()
         self.written.append(pixels.write_png_atomically(self.folder / bake_frame_name(self.prefix, frame), rgba))
 
@@ -662,8 +728,14 @@ def _open_bake(context: bpy.types.Context, source: shared_live.DriverSource) -> 
     driver = wire_driver_kind(settings.driver_kind)
     try:
         client.hello()
-        session = client.open(avatar=settings.avatar_id, driver=driver, size=settings.output_size(),
-                              output_format="rgba8", crop="none", stabilise=session_stabilise(driver, settings.stabilise))
+        session = client.open(
+            avatar=settings.avatar_id,
+            driver=driver,
+            size=settings.output_size(),
+            output_format="rgba8",
+            crop="none",
+            stabilise=session_stabilise(driver, settings.stabilise),
+        )
     except client_module.ServerGoneError as error:
         client.close()
         raise BakeError(f"cannot reach {config.server}: {error}") from None
@@ -674,9 +746,17 @@ def _open_bake(context: bpy.types.Context, source: shared_live.DriverSource) -> 
         client.close()
         raise BakeError(f"the server refused the bake: {error.message}") from None
     frames = list(range(scene.frame_start, scene.frame_end + 1, max(1, scene.frame_step)))
-    return BakeJob(scene=scene, source=source, client=client, session=session, folder=folder,
-                   prefix=bpy.path.clean_name(settings.image_name), frames=frames, timeout_s=config.timeout_s,
-                   scene_time=driver != "image")
+    return BakeJob(
+        scene=scene,
+        source=source,
+        client=client,
+        session=session,
+        folder=folder,
+        prefix=bpy.path.clean_name(settings.image_name),
+        frames=frames,
+        timeout_s=config.timeout_s,
+        scene_time=driver != "image",
+    )
 
 
 def finish_bake(context: bpy.types.Context, job: BakeJob) -> str:
@@ -826,8 +906,9 @@ class MEGALIVE_PT_panel(bpy.types.Panel):
             grid = box.grid_flow(columns=3, even_columns=True)
             for avatar in controller.avatars:
                 icon = runtime.thumbnail_icons.get(avatar.id, 0)
-                op = grid.operator(MEGALIVE_OT_pick_avatar.bl_idname, text=avatar.name, icon_value=icon,
-                                   depress=avatar.id == settings.avatar_id)
+                op = grid.operator(
+                    MEGALIVE_OT_pick_avatar.bl_idname, text=avatar.name, icon_value=icon, depress=avatar.id == settings.avatar_id
+                )
                 op.avatar_id = avatar.id
 
         box = layout.box()
@@ -874,8 +955,7 @@ def _draw_shape_key_settings(box: bpy.types.UILayout, settings: MEGALIVE_SceneSe
     if mesh is not None and mesh.type == "MESH" and mesh.data.shape_keys is not None:
         names = tuple(block.name for block in mesh.data.shape_keys.key_blocks[1:])  # not the Basis
         matched = len(shape_keys.match_names(names, prefix=settings.shape_key_prefix))
-        box.label(text=f"{matched} of {shape_keys.NUM_BLENDSHAPES} ARKit shapes matched",
-                  icon="CHECKMARK" if matched else "ERROR")
+        box.label(text=f"{matched} of {shape_keys.NUM_BLENDSHAPES} ARKit shapes matched", icon="CHECKMARK" if matched else "ERROR")
     box.prop(settings, "head_object")
     head = settings.head_object
     if head is not None and head.type == "ARMATURE":

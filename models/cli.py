@@ -59,8 +59,10 @@ def _contract_model(args: argparse.Namespace) -> int:
         command=current_command(),
         config={"model": "ContractModel", **asdict(config), "seed": args.seed},
     )
-    print(f"wrote {report.model_path} ({report.onnx_bytes / 1e6:.1f} MB) and {report.sidecar_path}; "
-          f"ONNX Runtime vs PyTorch max abs error {report.max_abs_error:.2e}")
+    print(
+        f"wrote {report.model_path} ({report.onnx_bytes / 1e6:.1f} MB) and {report.sidecar_path}; "
+        f"ONNX Runtime vs PyTorch max abs error {report.max_abs_error:.2e}"
+    )
     return 0
 
 
@@ -95,18 +97,28 @@ def _synth(args: argparse.Namespace) -> int:
     from models.data.paired import DatasetError, SynthConfig, remove_stale_partials, write_paired_dataset
     from models.export import current_command
 
-    problems = [message for bad, message in (
-        (not 32 <= args.resolution <= 1024, "--resolution must be in [32, 1024]"),
-        (not 1 <= args.avatars <= 64, "--avatars must be in [1, 64]"),
-        (not 1 <= args.drivers <= 100_000, "--drivers must be in [1, 100000]"),
-        (args.pairs < 1, "--pairs must be at least 1"),
-        (args.batch < 1, "--batch must be at least 1"),
-    ) if bad]
+    problems = [
+        message
+        for bad, message in (
+            (not 32 <= args.resolution <= 1024, "--resolution must be in [32, 1024]"),
+            (not 1 <= args.avatars <= 64, "--avatars must be in [1, 64]"),
+            (not 1 <= args.drivers <= 100_000, "--drivers must be in [1, 100000]"),
+            (args.pairs < 1, "--pairs must be at least 1"),
+            (args.batch < 1, "--batch must be at least 1"),
+        )
+        if bad
+    ]
     if problems:
         print(f"megalive-train synth: {problems[0]}", file=sys.stderr)
         return 2
-    config = SynthConfig(resolution=args.resolution, num_avatars=args.avatars, num_driver_identities=args.drivers,
-                         num_motions=args.pairs, seed=args.seed, batch_size=args.batch)
+    config = SynthConfig(
+        resolution=args.resolution,
+        num_avatars=args.avatars,
+        num_driver_identities=args.drivers,
+        num_motions=args.pairs,
+        seed=args.seed,
+        batch_size=args.batch,
+    )
     if args.dry_run:
         print(json.dumps({"config": asdict(config), "out": str(args.out)}, indent=2))
         return 0
@@ -138,11 +150,16 @@ def _add_student(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     student.add_argument("--data", type=Path, required=True, metavar="DIR", help="paired dataset folder")
-    student.add_argument("--run", dest="run_dir", type=Path, required=True, metavar="DIR", help="run folder (config, checkpoint, log, samples)")
+    student.add_argument(
+        "--run", dest="run_dir", type=Path, required=True, metavar="DIR", help="run folder (config, checkpoint, log, samples)"
+    )
     student.add_argument("--preset", default="cpu256", metavar="NAME", help="student preset (tiny, cpu256)")
-    student.add_argument("--target", default="renderer", metavar="SRC",
-                         help="target source: renderer (ground truth) | teacher (distillation from --teacher)")
-    student.add_argument("--teacher", default=None, metavar="PATH", help="`megalive-train base` RUN/checkpoint.pt whose outputs are the targets")
+    student.add_argument(
+        "--target", default="renderer", metavar="SRC", help="target source: renderer (ground truth) | teacher (distillation from --teacher)"
+    )
+    student.add_argument(
+        "--teacher", default=None, metavar="PATH", help="`megalive-train base` RUN/checkpoint.pt whose outputs are the targets"
+    )
     student.add_argument("--steps", type=int, default=3000, metavar="N", help="optimiser steps in total (resume counts on)")
     student.add_argument("--batch", type=int, default=8, metavar="N", help="pairs per step")
     student.add_argument("--lr", type=float, default=1e-3, metavar="LR", help="initial learning rate (cosine to 1e-5)")
@@ -160,12 +177,24 @@ def _student(args: argparse.Namespace) -> int:
     from models.data.paired import DatasetError
     from models.export import current_command
     from models.megaportraits.student import student_config
-    from models.megaportraits.train_student import StudentTrainConfig, TrainingError, check_config, train_student
+    from models.megaportraits.train_student import StudentTrainConfig, check_config, train_student
+    from models.training.common import TrainingError
 
     config = StudentTrainConfig(
-        data=str(args.data), run_dir=str(args.run_dir), preset=args.preset, target=args.target, steps=args.steps,
-        batch_size=args.batch, learning_rate=args.lr, colour_jitter=args.jitter, warp=args.warp, seed=args.seed,
-        workers=args.workers, checkpoint_every=args.checkpoint_every, vgg_weights=args.vgg_weights, teacher=args.teacher,
+        data=str(args.data),
+        run_dir=str(args.run_dir),
+        preset=args.preset,
+        target=args.target,
+        steps=args.steps,
+        batch_size=args.batch,
+        learning_rate=args.lr,
+        colour_jitter=args.jitter,
+        warp=args.warp,
+        seed=args.seed,
+        workers=args.workers,
+        checkpoint_every=args.checkpoint_every,
+        vgg_weights=args.vgg_weights,
+        teacher=args.teacher,
         command=current_command(),
     )
     try:
@@ -178,8 +207,10 @@ def _student(args: argparse.Namespace) -> int:
     except (TrainingError, DatasetError, ValueError) as error:
         print(f"megalive-train student: {error}", file=sys.stderr)
         return 2
-    print(f"trained to step {summary.steps} in {summary.run_dir}; last losses {summary.final_losses}; "
-          f"{summary.samples_per_second:.1f} samples/s")
+    print(
+        f"trained to step {summary.steps} in {summary.run_dir}; last losses {summary.final_losses}; "
+        f"{summary.samples_per_second:.1f} samples/s"
+    )
     return 0
 
 
@@ -192,8 +223,15 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--checkpoint", type=Path, required=True, metavar="PATH", help="RUN/checkpoint.pt")
     export.add_argument("--out", type=Path, required=True, metavar="PATH", help="output .onnx (sidecar .json and thumbnails beside it)")
     export.add_argument("--preset", default=None, metavar="NAME", help="refuse unless the checkpoint has this preset")
-    export.add_argument("--adapter", dest="adapters", type=Path, action="append", default=[], metavar="PATH",
-                        help="an adapter RUN/checkpoint.pt trained against this student (repeat: arkit, landmarks)")
+    export.add_argument(
+        "--adapter",
+        dest="adapters",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an adapter RUN/checkpoint.pt trained against this student (repeat: arkit, landmarks)",
+    )
     export.add_argument("--dry-run", action="store_true", help="check the checkpoint and print what would be written")
     export.set_defaults(run=_export)
 
@@ -202,11 +240,12 @@ def _export(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
+    from models.checkpoints import adapter_from_checkpoint, load_checkpoint, student_from_checkpoint
     from models.data.paired import DatasetError, read_meta
     from models.export import ExtraDriver, current_command, export_avatar_model
     from models.megaportraits.adapters import ADAPTER_INPUTS, AdaptedStudent
-    from models.megaportraits.train_adapter import adapter_from_checkpoint, file_digest
-    from models.megaportraits.train_student import TrainingError, load_checkpoint, student_from_checkpoint
+    from models.megaportraits.train_adapter import file_digest
+    from models.training.common import TrainingError
 
     try:
         checkpoint = load_checkpoint(args.checkpoint)
@@ -219,32 +258,59 @@ def _export(args: argparse.Namespace) -> int:
             adapter_checkpoint = load_checkpoint(path)
             adapter = adapter_from_checkpoint(adapter_checkpoint)
             if adapter_checkpoint.get("student_digest") != student_digest:
-                raise TrainingError(f"{path} was trained against another student than {args.checkpoint}; retrain it with --student {args.checkpoint}")
+                raise TrainingError(
+                    f"{path} was trained against another student than {args.checkpoint}; retrain it with --student {args.checkpoint}"
+                )
             kind = adapter.config.kind
             if any(extra.kind == kind for extra in extras):
                 raise TrainingError(f"two {kind} adapters given; pass one per kind")
             input_name, input_shape = ADAPTER_INPUTS[kind]
             adapter_train = adapter_checkpoint["train_config"]
-            extras.append(ExtraDriver(kind=kind, module=AdaptedStudent(student=model, adapter=adapter), input_name=input_name,
-                                      input_shape=input_shape, config={"train": adapter_train, "step": int(adapter_checkpoint["step"])}))
+            extras.append(
+                ExtraDriver(
+                    kind=kind,
+                    module=AdaptedStudent(student=model, adapter=adapter),
+                    input_name=input_name,
+                    input_shape=input_shape,
+                    config={"train": adapter_train, "step": int(adapter_checkpoint["step"])},
+                )
+            )
             commands.append(adapter_train.get("command", ""))
     except (TrainingError, DatasetError) as error:
         print(f"megalive-train export: {error}", file=sys.stderr)
         return 2
     resolution = model.config.resolution
     if args.dry_run:
-        print(json.dumps({"out": str(args.out), "resolution": resolution, "avatars": checkpoint["avatar_names"],
-                          "step": int(checkpoint["step"]), "drivers": ["image", *(extra.kind for extra in extras)]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "out": str(args.out),
+                    "resolution": resolution,
+                    "avatars": checkpoint["avatar_names"],
+                    "step": int(checkpoint["step"]),
+                    "drivers": ["image", *(extra.kind for extra in extras)],
+                },
+                indent=2,
+            )
+        )
         return 0
     neutral = np.load(meta.root / "neutral_rgba.npy", allow_pickle=False)  # A×H×W×4
     thumbnails = np.stack([np.asarray(Image.fromarray(frame[:, :, :3]).resize((96, 96), Image.BILINEAR)) for frame in neutral])
     command = " && ".join([meta.command, train["command"], *commands, current_command()])
-    report = export_avatar_model(model, out_path=args.out, resolution=(resolution, resolution),
-                                 avatar_names=checkpoint["avatar_names"], command=command,
-                                 config={"student": checkpoint["model_config"], "train": train, "step": int(checkpoint["step"])},
-                                 extra_drivers=extras, thumbnails=thumbnails)
-    print(f"wrote {report.model_path} ({report.onnx_bytes / 1e6:.1f} MB) with drivers {', '.join(['image', *(e.kind for e in extras)])}, "
-          f"{report.sidecar_path}; ONNX Runtime vs PyTorch max abs error {report.max_abs_error:.2e}")
+    report = export_avatar_model(
+        model,
+        out_path=args.out,
+        resolution=(resolution, resolution),
+        avatar_names=checkpoint["avatar_names"],
+        command=command,
+        config={"student": checkpoint["model_config"], "train": train, "step": int(checkpoint["step"])},
+        extra_drivers=extras,
+        thumbnails=thumbnails,
+    )
+    print(
+        f"wrote {report.model_path} ({report.onnx_bytes / 1e6:.1f} MB) with drivers {', '.join(['image', *(e.kind for e in extras)])}, "
+        f"{report.sidecar_path}; ONNX Runtime vs PyTorch max abs error {report.max_abs_error:.2e}"
+    )
     return 0
 
 
@@ -257,7 +323,9 @@ def _add_adapter(commands: argparse._SubParsersAction) -> None:
     adapter.add_argument("--kind", required=True, metavar="KIND", help="arkit | landmarks")
     adapter.add_argument("--student", type=Path, required=True, metavar="PATH", help="the student's RUN/checkpoint.pt (kept frozen)")
     adapter.add_argument("--data", type=Path, required=True, metavar="DIR", help="paired dataset folder (the student's)")
-    adapter.add_argument("--run", dest="run_dir", type=Path, required=True, metavar="DIR", help="run folder (config, checkpoint, log, samples)")
+    adapter.add_argument(
+        "--run", dest="run_dir", type=Path, required=True, metavar="DIR", help="run folder (config, checkpoint, log, samples)"
+    )
     adapter.add_argument("--steps", type=int, default=1500, metavar="N", help="optimiser steps in total (resume counts on)")
     adapter.add_argument("--batch", type=int, default=8, metavar="N", help="pairs per step")
     adapter.add_argument("--lr", type=float, default=1e-3, metavar="LR", help="initial learning rate (cosine to 1e-5)")
@@ -272,11 +340,21 @@ def _adapter(args: argparse.Namespace) -> int:
     from models.data.paired import DatasetError
     from models.export import current_command
     from models.megaportraits.train_adapter import AdapterTrainConfig, check_adapter_config, train_adapter
-    from models.megaportraits.train_student import TrainingError
+    from models.training.common import TrainingError
 
-    config = AdapterTrainConfig(kind=args.kind, student=str(args.student), data=str(args.data), run_dir=str(args.run_dir),
-                                steps=args.steps, batch_size=args.batch, learning_rate=args.lr, seed=args.seed,
-                                workers=args.workers, checkpoint_every=args.checkpoint_every, command=current_command())
+    config = AdapterTrainConfig(
+        kind=args.kind,
+        student=str(args.student),
+        data=str(args.data),
+        run_dir=str(args.run_dir),
+        steps=args.steps,
+        batch_size=args.batch,
+        learning_rate=args.lr,
+        seed=args.seed,
+        workers=args.workers,
+        checkpoint_every=args.checkpoint_every,
+        command=current_command(),
+    )
     try:
         check_adapter_config(config)
         if args.dry_run:
@@ -286,8 +364,10 @@ def _adapter(args: argparse.Namespace) -> int:
     except (TrainingError, DatasetError, ValueError) as error:
         print(f"megalive-train adapter: {error}", file=sys.stderr)
         return 2
-    print(f"trained the {config.kind} adapter to step {summary.steps} in {summary.run_dir}; last losses {summary.final_losses}; "
-          f"{summary.samples_per_second:.1f} samples/s")
+    print(
+        f"trained the {config.kind} adapter to step {summary.steps} in {summary.run_dir}; last losses {summary.final_losses}; "
+        f"{summary.samples_per_second:.1f} samples/s"
+    )
     return 0
 
 
@@ -301,10 +381,22 @@ def _add_base(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     base.add_argument("--preset", default="cpu128", metavar="NAME", help="model preset: tiny (64 px, tests), cpu128, paper256, paper512")
-    base.add_argument("--data", default="synthetic", metavar="SRC", help="synthetic (SyntheticHeads, on the fly) | a `megalive-train prepare` folder (real video, resized to the preset)")
-    base.add_argument("--run", "--run-dir", dest="run_dir", type=Path, required=True, metavar="DIR",
-                      help="run folder (config, checkpoint, log, samples, tensorboard); under torchrun write --run-dir "
-                      "(torchrun's parser reads --run as its own --run-path)")
+    base.add_argument(
+        "--data",
+        default="synthetic",
+        metavar="SRC",
+        help="synthetic (SyntheticHeads, on the fly) | a `megalive-train prepare` folder (real video, resized to the preset)",
+    )
+    base.add_argument(
+        "--run",
+        "--run-dir",
+        dest="run_dir",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="run folder (config, checkpoint, log, samples, tensorboard); under torchrun write --run-dir "
+        "(torchrun's parser reads --run as its own --run-path)",
+    )
     base.add_argument("--steps", type=int, default=20_000, metavar="N", help="optimiser steps in total (resume counts on)")
     base.add_argument("--batch", type=int, default=2, metavar="N", help="samples per process and step (each: a self- and a cross-pair)")
     base.add_argument("--lr", type=float, default=2e-4, metavar="LR", help="initial learning rate of both networks (cosine to 1e-6)")
@@ -321,7 +413,9 @@ def _add_base(commands: argparse._SubParsersAction) -> None:
     base.add_argument("--init", default=None, metavar="PATH", help="start from this base checkpoint's weights (same preset)")
     base.add_argument("--device", default="auto", metavar="DEV", help="auto | cpu | cuda (under torchrun: one GPU per process)")
     base.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bfloat16, else float16 with scaling)")
-    base.add_argument("--stop-at", type=int, default=None, metavar="N", help="end this invocation at step N (the schedule still spans --steps)")
+    base.add_argument(
+        "--stop-at", type=int, default=None, metavar="N", help="end this invocation at step N (the schedule still spans --steps)"
+    )
     base.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     base.set_defaults(run=_base)
 
@@ -329,15 +423,38 @@ def _add_base(commands: argparse._SubParsersAction) -> None:
 def _base(args: argparse.Namespace) -> int:
     from models.export import current_command
     from models.megaportraits.base import base_config
-    from models.megaportraits.train_base import (BaseTrainConfig, check_config, resolve_device, resolved_config, train_base,
-                                                 training_data, world_size_from_environment)
-    from models.megaportraits.train_student import TrainingError
+    from models.megaportraits.train_base import (
+        BaseTrainConfig,
+        check_config,
+        resolve_device,
+        resolved_config,
+        train_base,
+        training_data,
+        world_size_from_environment,
+    )
+    from models.training.common import TrainingError
 
     config = BaseTrainConfig(
-        run_dir=str(args.run_dir), preset=args.preset, data=args.data, steps=args.steps, batch_size=args.batch, learning_rate=args.lr,
-        colour_jitter=args.jitter, warp=args.warp, identities=args.identities, seed=args.seed, workers=args.workers,
-        checkpoint_every=args.checkpoint_every, log_every=args.log_every, vgg_weights=args.vgg_weights, face_weights=args.face_weights,
-        gaze_weights=args.gaze_weights, init=args.init, device=args.device, amp=args.amp, command=current_command(),
+        run_dir=str(args.run_dir),
+        preset=args.preset,
+        data=args.data,
+        steps=args.steps,
+        batch_size=args.batch,
+        learning_rate=args.lr,
+        colour_jitter=args.jitter,
+        warp=args.warp,
+        identities=args.identities,
+        seed=args.seed,
+        workers=args.workers,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
+        vgg_weights=args.vgg_weights,
+        face_weights=args.face_weights,
+        gaze_weights=args.gaze_weights,
+        init=args.init,
+        device=args.device,
+        amp=args.amp,
+        command=current_command(),
     )
     try:
         check_config(config)
@@ -352,8 +469,10 @@ def _base(args: argparse.Namespace) -> int:
         return _end_process(2, distributed=world_size_from_environment() > 1)
     if summary.rank == 0:
         agreement = "" if summary.world_size == 1 else ("; all processes agree" if summary.replicas_agree else "; PROCESSES DIFFER")
-        print(f"trained the base model to step {summary.steps} in {summary.run_dir} on {summary.world_size} process(es); "
-              f"last losses {summary.final_losses}; {summary.samples_per_second:.2f} samples/s; weights {summary.weights_digest}{agreement}")
+        print(
+            f"trained the base model to step {summary.steps} in {summary.run_dir} on {summary.world_size} process(es); "
+            f"last losses {summary.final_losses}; {summary.samples_per_second:.2f} samples/s; weights {summary.weights_digest}{agreement}"
+        )
     return _end_process(0, distributed=summary.world_size > 1)
 
 
@@ -389,11 +508,18 @@ def _add_regressor(commands: argparse._SubParsersAction) -> None:
 
 def _regressor(args: argparse.Namespace) -> int:
     from models.export import current_command
-    from models.megaportraits.train_student import TrainingError
     from models.parameter_regressor import RegressorConfig, RegressorTrainConfig, train_regressor
+    from models.training.common import TrainingError
 
-    config = RegressorTrainConfig(out=str(args.out), renders=args.renders, steps=args.steps, batch_size=args.batch,
-                                  learning_rate=args.lr, seed=args.seed, command=current_command())
+    config = RegressorTrainConfig(
+        out=str(args.out),
+        renders=args.renders,
+        steps=args.steps,
+        batch_size=args.batch,
+        learning_rate=args.lr,
+        seed=args.seed,
+        command=current_command(),
+    )
     if args.dry_run:
         print(json.dumps({"train": asdict(config), "model": asdict(RegressorConfig())}, indent=2))
         return 0
@@ -403,8 +529,10 @@ def _regressor(args: argparse.Namespace) -> int:
         print(f"megalive-train regressor: {error}", file=sys.stderr)
         return 2
     errors = summary.held_out
-    print(f"trained the parameter regressor ({summary.steps} steps, {summary.seconds / 60:.1f} min) -> {summary.path}; "
-          f"on held-out renders: rotation {errors.rotation_deg:.2f}°, expression {errors.expression:.4f}, identity {errors.identity:.3f} σ")
+    print(
+        f"trained the parameter regressor ({summary.steps} steps, {summary.seconds / 60:.1f} min) -> {summary.path}; "
+        f"on held-out renders: rotation {errors.rotation_deg:.2f}°, expression {errors.expression:.4f}, identity {errors.identity:.3f} σ"
+    )
     return 0
 
 
@@ -422,8 +550,9 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
     prepare.add_argument("dst", type=Path, metavar="DST", help="new dataset folder (must not exist)")
     prepare.add_argument("--resolution", type=int, default=256, metavar="PX", help="side of the square crops [32-1024]")
     prepare.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N", help="processes, one video each [1-64]")
-    prepare.add_argument("--min-face-fraction", type=float, default=0.5, metavar="X",
-                         help="skip a video whose face is found in fewer of its frames [0-1]")
+    prepare.add_argument(
+        "--min-face-fraction", type=float, default=0.5, metavar="X", help="skip a video whose face is found in fewer of its frames [0-1]"
+    )
     prepare.add_argument("--every", type=int, default=1, metavar="K", help="keep every K-th frame [1-]")
     prepare.add_argument("--smoothing", type=float, default=0.5, metavar="S", help="seconds spanned by the box-track smoothing [0-10]")
     prepare.add_argument("--dry-run", action="store_true", help="print the resolved config and the inputs found, write nothing")
@@ -433,61 +562,107 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
 def _prepare(args: argparse.Namespace) -> int:
     from models.data.prepare import PrepareConfig, PrepareError, discover_inputs, prepare_videos
 
-    problems = [message for bad, message in (
-        (not 32 <= args.resolution <= 1024, "--resolution must be in [32, 1024]"),
-        (not 1 <= args.workers <= 64, "--workers must be in [1, 64]"),
-        (not 0 <= args.min_face_fraction <= 1, "--min-face-fraction must be in [0, 1]"),
-        (args.every < 1, "--every must be at least 1"),
-        (not 0 <= args.smoothing <= 10, "--smoothing must be in [0, 10] seconds"),
-    ) if bad]
+    problems = [
+        message
+        for bad, message in (
+            (not 32 <= args.resolution <= 1024, "--resolution must be in [32, 1024]"),
+            (not 1 <= args.workers <= 64, "--workers must be in [1, 64]"),
+            (not 0 <= args.min_face_fraction <= 1, "--min-face-fraction must be in [0, 1]"),
+            (args.every < 1, "--every must be at least 1"),
+            (not 0 <= args.smoothing <= 10, "--smoothing must be in [0, 10] seconds"),
+        )
+        if bad
+    ]
     if problems:
         print(f"megalive-train prepare: {problems[0]}", file=sys.stderr)
         return 2
-    config = PrepareConfig(resolution=args.resolution, min_face_fraction=args.min_face_fraction, every=args.every,
-                           smoothing_seconds=args.smoothing)
+    config = PrepareConfig(
+        resolution=args.resolution, min_face_fraction=args.min_face_fraction, every=args.every, smoothing_seconds=args.smoothing
+    )
     try:
         if args.dst.exists():
             raise PrepareError(f"{args.dst} exists already; choose a new folder (nothing was overwritten)")
         if args.dry_run:
             inputs = discover_inputs(args.src)
-            print(json.dumps({"config": asdict(config), "workers": args.workers, "src": str(args.src), "dst": str(args.dst),
-                              "inputs": [f"{video.source} ({video.kind}) -> videos/{video.name}" for video in inputs]}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "config": asdict(config),
+                        "workers": args.workers,
+                        "src": str(args.src),
+                        "dst": str(args.dst),
+                        "inputs": [f"{video.source} ({video.kind}) -> videos/{video.name}" for video in inputs],
+                    },
+                    indent=2,
+                )
+            )
             return 0
         report = prepare_videos(args.src, args.dst, config=config, workers=args.workers, command=args.invocation)
     except (PrepareError, ValueError, OSError) as error:
         print(f"megalive-train prepare: {error}", file=sys.stderr)
         return 2
-    print(f"prepared {len(report.videos)} video(s), {report.frames} frames at {config.resolution}×{config.resolution}, "
-          f"into {report.root} (look at {report.root / 'preview.png'}); skipped {len(report.skipped)}"
-          + "".join(f"\n  skipped {video.source}: {video.reason}" for video in report.skipped))
+    print(
+        f"prepared {len(report.videos)} video(s), {report.frames} frames at {config.resolution}×{config.resolution}, "
+        f"into {report.root} (look at {report.root / 'preview.png'}); skipped {len(report.skipped)}"
+        + "".join(f"\n  skipped {video.source}: {video.reason}" for video in report.skipped)
+    )
     return 0
 
 
 def _add_eval(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "eval",
-        help="the reenactment benchmark: a student or teacher on held-out drivers and motions, beside source-copy and driver-copy baselines",
+        help="the reenactment benchmark: a student or teacher on held-out drivers and motions, "
+        "beside source-copy and driver-copy baselines",
         description="Cross- and self-reenactment on held-out SyntheticHeads identities and motions against the renderer's ground truth: "
         "PSNR/SSIM (full frame and foreground on white) and, with --regressor, motion and identity errors, each beside the "
         "baselines 'source copy' and 'driver copy' measured in the same run. The same draws for every model, so a student and "
         "a teacher evaluated with the same --data, --motions and --clips sit side by side.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    evaluate.add_argument("--model", type=Path, required=True, metavar="PATH",
-                          help="an exported student (.onnx with sidecar) or a teacher (`megalive-train base` RUN/checkpoint.pt)")
-    evaluate.add_argument("--data", type=Path, default=None, metavar="DIR",
-                          help="the student's training dataset: its avatars are the sources (required for a student; for a teacher, "
-                          "without it the sources are held-out identities)")
-    evaluate.add_argument("--regressor", type=Path, default=None, metavar="PATH",
-                          help="`megalive-train regressor` checkpoint for motion and identity errors (absent without it)")
-    evaluate.add_argument("--out", type=Path, required=True, metavar="DIR",
-                          help="folder for eval-<motions>[-<driver>].json and contact-sheet-<motions>[-<driver>].png")
+    evaluate.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="an exported student (.onnx with sidecar) or a teacher (`megalive-train base` RUN/checkpoint.pt)",
+    )
+    evaluate.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the student's training dataset: its avatars are the sources (required for a student; for a teacher, "
+        "without it the sources are held-out identities)",
+    )
+    evaluate.add_argument(
+        "--regressor",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="`megalive-train regressor` checkpoint for motion and identity errors (absent without it)",
+    )
+    evaluate.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder for eval-<motions>[-<driver>].json and contact-sheet-<motions>[-<driver>].png",
+    )
     evaluate.add_argument("--clips", type=int, default=8, metavar="N", help="held-out clips (one new driver identity each)")
     evaluate.add_argument("--frames", type=int, default=25, metavar="N", help="frames per clip")
-    evaluate.add_argument("--motions", default="clips", metavar="SET", help="clips: smooth held-out performances | random: independent held-out poses")
-    evaluate.add_argument("--driver", default="image", metavar="KIND",
-                          help="image: the driver's render | arkit: its exact motion as ARKit curves | landmarks: its 68 landmarks (student only)")
-    evaluate.add_argument("--sources", type=int, default=8, metavar="N", help="held-out source identities when there is no --data (teacher)")
+    evaluate.add_argument(
+        "--motions", default="clips", metavar="SET", help="clips: smooth held-out performances | random: independent held-out poses"
+    )
+    evaluate.add_argument(
+        "--driver",
+        default="image",
+        metavar="KIND",
+        help="image: the driver's render | arkit: its exact motion as ARKit curves | landmarks: its 68 landmarks (student only)",
+    )
+    evaluate.add_argument(
+        "--sources", type=int, default=8, metavar="N", help="held-out source identities when there is no --data (teacher)"
+    )
     evaluate.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     evaluate.set_defaults(run=_eval)
 
@@ -495,11 +670,18 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from models.data.paired import DatasetError
     from models.evaluation import EvalConfig, evaluate, write_report
-    from models.megaportraits.train_student import TrainingError
+    from models.training.common import TrainingError
 
-    config = EvalConfig(model=str(args.model), data=None if args.data is None else str(args.data),
-                        regressor=None if args.regressor is None else str(args.regressor), clips=args.clips, frames_per_clip=args.frames,
-                        motions=args.motions, driver=args.driver, sources=args.sources)
+    config = EvalConfig(
+        model=str(args.model),
+        data=None if args.data is None else str(args.data),
+        regressor=None if args.regressor is None else str(args.regressor),
+        clips=args.clips,
+        frames_per_clip=args.frames,
+        motions=args.motions,
+        driver=args.driver,
+        sources=args.sources,
+    )
     if args.dry_run:
         print(json.dumps({"eval": asdict(config)}, indent=2))
         return 0
@@ -558,8 +740,9 @@ def _add_demo_clip(commands: argparse._SubParsersAction) -> None:
 def _demo_clip(args: argparse.Namespace) -> int:
     from models.data.demo_clip import render_driver_clip
 
-    frames = render_driver_clip(args.out, resolution=args.resolution, seconds_per_identity=args.seconds,
-                                identities=args.identities, seed=args.seed)
+    frames = render_driver_clip(
+        args.out, resolution=args.resolution, seconds_per_identity=args.seconds, identities=args.identities, seed=args.seed
+    )
     print(f"wrote {args.out} ({frames} frames, {args.out.stat().st_size / 1e6:.2f} MB)")
     return 0
 

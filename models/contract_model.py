@@ -27,14 +27,19 @@ class ContractModel(nn.Module):
         width = config.width
         self.config = config
         self.encode = nn.Sequential(
-            nn.Conv2d(3, width, 4, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(3, width, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1),
+            nn.ReLU(),
         )
         self.avatar_codes = nn.Embedding(config.num_avatars, 2 * width)
         self.decode = nn.Sequential(
-            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1), nn.ReLU(),
-            nn.ConvTranspose2d(width, width, 4, stride=2, padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(width, width, 4, stride=2, padding=1),
+            nn.ReLU(),
             nn.Conv2d(width, 4, 3, padding=1),
         )
 

@@ -40,8 +40,19 @@ from pytorch_msssim import ssim
 from torch import Tensor
 from tqdm import tqdm
 
+from contract.model_card import read_model_card
 from models.data.paired import load_identities, read_meta, save_png
-from models.data.synthetic import HeadRender, Identity, Motion, SyntheticHeads, contact_sheet, neutral_motion, sample_clip, sample_identities, sample_motions
+from models.data.synthetic import (
+    HeadRender,
+    Identity,
+    Motion,
+    SyntheticHeads,
+    contact_sheet,
+    neutral_motion,
+    sample_clip,
+    sample_identities,
+    sample_motions,
+)
 from models.parameter_regressor import ParameterRegressor, load_regressor, on_white, parameter_errors
 
 HELD_OUT_SEED = 424242  # never used by `synth` (streams seed*1000 + {1, 2, 3}) nor by the teacher's SyntheticPairs (hashed seeds)
@@ -108,22 +119,30 @@ class EvalReport:
     regressor: str | None
 
     def rows(self) -> list[tuple[str, Figures]]:
-        rows = [("cross: model output", self.cross.model_output), ("cross: source copy", self.cross.source_copy),
-                ("cross: driver copy", self.cross.driver_copy), ("self: model output", self.self_reenactment.model_output),
-                ("self: source copy", self.self_reenactment.source_copy)]
+        rows = [
+            ("cross: model output", self.cross.model_output),
+            ("cross: source copy", self.cross.source_copy),
+            ("cross: driver copy", self.cross.driver_copy),
+            ("self: model output", self.self_reenactment.model_output),
+            ("self: source copy", self.self_reenactment.source_copy),
+        ]
         return rows + ([("ground truth (regressor floor)", self.ground_truth)] if self.ground_truth is not None else [])
 
     def table(self) -> str:
         def number(value: float | None, digits: int) -> str:
             return "—" if value is None else f"{value:.{digits}f}"
 
-        lines = [f"{self.model_kind} {self.model}: {self.pairs} held-out pairs ({self.motions} motions, new driver identities, "
-                 f"driven by {self.driver}) at {self.resolution}×{self.resolution}; sources: {self.sources}",
-                 f"  {'':<31} {'PSNR':>6} {'SSIM':>6} {'fg PSNR':>8} {'fg SSIM':>8} {'rot °':>6} {'expr':>6} {'id σ':>6}"]
+        lines = [
+            f"{self.model_kind} {self.model}: {self.pairs} held-out pairs ({self.motions} motions, new driver identities, "
+            f"driven by {self.driver}) at {self.resolution}×{self.resolution}; sources: {self.sources}",
+            f"  {'':<31} {'PSNR':>6} {'SSIM':>6} {'fg PSNR':>8} {'fg SSIM':>8} {'rot °':>6} {'expr':>6} {'id σ':>6}",
+        ]
         for name, figures in self.rows():
-            lines.append(f"  {name:<31} {number(figures.psnr, 2):>6} {number(figures.ssim, 4):>6} {number(figures.foreground_psnr, 2):>8} "
-                         f"{number(figures.foreground_ssim, 4):>8} {number(figures.rotation_error_deg, 2):>6} "
-                         f"{number(figures.expression_error, 4):>6} {number(figures.identity_error, 3):>6}")
+            lines.append(
+                f"  {name:<31} {number(figures.psnr, 2):>6} {number(figures.ssim, 4):>6} {number(figures.foreground_psnr, 2):>8} "
+                f"{number(figures.foreground_ssim, 4):>8} {number(figures.rotation_error_deg, 2):>6} "
+                f"{number(figures.expression_error, 4):>6} {number(figures.identity_error, 3):>6}"
+            )
         if self.regressor is None:
             lines.append("  motion and identity errors: absent (no --regressor given)")
         return "\n".join(lines)
@@ -156,15 +175,15 @@ class OnnxAvatarModel:
     def __init__(self, path: Path, *, driver: str = "image") -> None:
         import onnxruntime as ort
 
-        sidecar = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-        self.resolution = int(sidecar["resolution"][0])
-        self.avatar_names = tuple(sidecar["avatars"])
+        card = read_model_card(path)  # checked, digests included; ModelCardError is a ValueError with a one-line message
+        self.resolution = card.resolution[0]
+        self.avatar_names = card.avatar_names
         self.input_name, graph = "driver", path
         if driver != "image":
-            adapter = (sidecar.get("adapters") or {}).get(driver)
+            adapter = card.adapter(driver)
             if adapter is None:
-                raise ValueError(f"{path} has no {driver!r} driver (it has {sidecar.get('drivers', ['image'])})")
-            self.input_name, graph = adapter["input"]["name"], path.parent / adapter["model_file"]
+                raise ValueError(f"{path} has no {driver!r} driver (it has {list(card.drivers)})")
+            self.input_name, graph = adapter.input_name, adapter.model_path
         self.session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
 
     def set_sources(self, sources: Tensor) -> None:
@@ -204,7 +223,7 @@ def load_avatar_model(path: Path, *, driver: str) -> AvatarModel:
     if path.suffix == ".onnx":
         return OnnxAvatarModel(path, driver=driver)
     if path.suffix in (".pt", ".pth"):
-        from models.megaportraits.train_student import TrainingError
+        from models.training.common import TrainingError
 
         try:
             return TeacherAvatarModel(path, driver=driver)
@@ -252,8 +271,12 @@ class _Scorer:
         """identity_targets: the avatars' standardised identities (None exactly when there is no regressor)."""
         guess_rgb = guess.rgb.clamp(0, 1)
         guess_fg, truth_fg = on_white(guess_rgb, guess.alpha.clamp(0, 1)), on_white(truth.rgb, truth.alpha)
-        columns = [_psnr(guess_rgb, truth.rgb), ssim(guess_rgb, truth.rgb, data_range=1.0, size_average=False),
-                   _psnr(guess_fg, truth_fg), ssim(guess_fg, truth_fg, data_range=1.0, size_average=False)]
+        columns = [
+            _psnr(guess_rgb, truth.rgb),
+            ssim(guess_rgb, truth.rgb, data_range=1.0, size_average=False),
+            _psnr(guess_fg, truth_fg),
+            ssim(guess_fg, truth_fg, data_range=1.0, size_average=False),
+        ]
         if self.regressor is not None:
             columns += list(parameter_errors(self.regressor(guess_fg), motion, identity_targets).unbind(dim=1))
         self.values.setdefault(name, []).append(torch.stack(columns, dim=1))
@@ -261,9 +284,15 @@ class _Scorer:
     def figures(self, name: str, *, full_frame: bool) -> Figures:
         means = [float(value) for value in torch.cat(self.values[name]).mean(dim=0)]
         regressed = means[4:] if len(means) > 4 else [None, None, None]
-        return Figures(foreground_psnr=means[2], foreground_ssim=means[3], psnr=means[0] if full_frame else None,
-                       ssim=means[1] if full_frame else None, rotation_error_deg=regressed[0], expression_error=regressed[1],
-                       identity_error=regressed[2])
+        return Figures(
+            foreground_psnr=means[2],
+            foreground_ssim=means[3],
+            psnr=means[0] if full_frame else None,
+            ssim=means[1] if full_frame else None,
+            rotation_error_deg=regressed[0],
+            expression_error=regressed[1],
+            identity_error=regressed[2],
+        )
 
 
 def evaluate(config: EvalConfig, *, sheet_path: Path | None = None, progress: bool = True, model: AvatarModel | None = None) -> EvalReport:
@@ -309,10 +338,18 @@ def evaluate(config: EvalConfig, *, sheet_path: Path | None = None, progress: bo
         save_png(contact_sheet(torch.stack(sheet_rows), columns=5), sheet_path)
     full, source_copy = model.draws_background, scorer.figures("source", full_frame=True)
     return EvalReport(
-        model=str(config.model), model_kind=model.kind, motions=config.motions, driver=config.driver, pairs=count,
-        resolution=model.resolution, sources=sources_text,
-        cross=CrossFigures(model_output=scorer.figures("cross", full_frame=full), source_copy=source_copy,
-                           driver_copy=scorer.figures("driver", full_frame=True)),
+        model=str(config.model),
+        model_kind=model.kind,
+        motions=config.motions,
+        driver=config.driver,
+        pairs=count,
+        resolution=model.resolution,
+        sources=sources_text,
+        cross=CrossFigures(
+            model_output=scorer.figures("cross", full_frame=full),
+            source_copy=source_copy,
+            driver_copy=scorer.figures("driver", full_frame=True),
+        ),
         self_reenactment=SelfFigures(model_output=scorer.figures("self", full_frame=full), source_copy=source_copy),
         ground_truth=scorer.figures("truth", full_frame=True) if regressor is not None else None,
         regressor=config.regressor,
@@ -344,8 +381,15 @@ def write_report(report: EvalReport, config: EvalConfig, path: Path) -> None:
 # -- side by side ---------------------------------------------------------------------------------
 
 # (report key, column title, decimals)
-TABLE_COLUMNS = (("psnr", "PSNR", 2), ("ssim", "SSIM", 4), ("foreground_psnr", "fg PSNR", 2), ("foreground_ssim", "fg SSIM", 4),
-                 ("rotation_error_deg", "rotation err °", 2), ("expression_error", "ARKit err", 4), ("identity_error", "identity err σ", 3))
+TABLE_COLUMNS = (
+    ("psnr", "PSNR", 2),
+    ("ssim", "SSIM", 4),
+    ("foreground_psnr", "fg PSNR", 2),
+    ("foreground_ssim", "fg SSIM", 4),
+    ("rotation_error_deg", "rotation err °", 2),
+    ("expression_error", "ARKit err", 4),
+    ("identity_error", "identity err σ", 3),
+)
 _PAIRING = ("motions", "driver", "pairs", "sources")  # reports that differ in any of these (or the seed) scored other pairs
 
 
@@ -370,7 +414,9 @@ def side_by_side_table(reports: list[dict[str, Any]]) -> str:
     for report in reports:
         name = f"{report['model_kind']} ({Path(report['model']).name})"
         lines.append("| " + " | ".join([f"cross: {name}", str(report["resolution"]), *_cells(report["cross"]["model_output"])]) + " |")
-        lines.append("| " + " | ".join([f"self: {name}", str(report["resolution"]), *_cells(report["self_reenactment"]["model_output"])]) + " |")
+        lines.append(
+            "| " + " | ".join([f"self: {name}", str(report["resolution"]), *_cells(report["self_reenactment"]["model_output"])]) + " |"
+        )
     for report in reports:  # each resolution's baselines (images are scored at the model's resolution)
         if any(other["resolution"] == report["resolution"] for other in reports[: reports.index(report)]):
             continue

@@ -16,18 +16,19 @@ import os
 import shlex
 import sys
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+# The sidecar's schema and the digest it records are contract's: the server and the evaluation read them back.
+from contract.model_card import SIDECAR_FORMAT, SIDECAR_FORMAT_VERSION, file_sha256
 from models.blocks import conv_multiply_accumulates
 
-SIDECAR_FORMAT = "megalive-avatar-model"  # must match server/engine.py (models never imports server)
-SIDECAR_FORMAT_VERSION = 1
 OPSET = 20  # 5-D GridSample needs opset 20
 
 
@@ -78,12 +79,6 @@ def _flush_to_disk(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def file_sha256(path: Path) -> str:
-    """The full hex SHA-256 of a file, as the sidecar records it for each graph."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def _export_graph(module: nn.Module, inputs: dict[str, torch.Tensor], out_path: Path) -> float:
     """Write one graph (inputs..., outputs rgb, alpha; batch axis dynamic) to out_path; returns its parity error."""
     batch_axis = {0: "batch"}
@@ -127,9 +122,18 @@ def export_avatar_model(
         return staged[final]
 
     try:
-        max_abs_error = _write_staged(module, out_path=out_path, resolution=resolution, avatar_names=avatar_names,
-                                      command=command, config=config, extra_drivers=extra_drivers, thumbnails=thumbnails,
-                                      parity_batch=parity_batch, stage=stage)
+        max_abs_error = _write_staged(
+            module,
+            out_path=out_path,
+            resolution=resolution,
+            avatar_names=avatar_names,
+            command=command,
+            config=config,
+            extra_drivers=extra_drivers,
+            thumbnails=thumbnails,
+            parity_batch=parity_batch,
+            stage=stage,
+        )
         for temporary in staged.values():
             _flush_to_disk(temporary)  # a power cut after a rename must find the bytes, not an empty file
         # Nothing is renamed until everything is written and checked. The sidecar goes last: until it lands, the old
@@ -139,8 +143,9 @@ def export_avatar_model(
     finally:
         for temporary in staged.values():
             temporary.unlink(missing_ok=True)  # renamed ones are gone already; the rest are leftovers of a failure
-    return ExportReport(model_path=out_path, sidecar_path=out_path.with_suffix(".json"), max_abs_error=max_abs_error,
-                        onnx_bytes=out_path.stat().st_size)
+    return ExportReport(
+        model_path=out_path, sidecar_path=out_path.with_suffix(".json"), max_abs_error=max_abs_error, onnx_bytes=out_path.stat().st_size
+    )
 
 
 def _write_staged(
@@ -192,10 +197,14 @@ def _write_staged(
         "avatars": list(avatar_names),
         "drivers": ["image", *adapters],
         "adapters": adapters,  # driver kind -> its graph beside this one (same avatars, same outputs)
-        "inputs": {"driver": {"dtype": "float32", "shape": ["B", 3, height, width], "range": [0, 1]},
-                   "avatar": {"dtype": "int64", "shape": ["B"]}},
-        "outputs": {"rgb": {"dtype": "float32", "shape": ["B", 3, height, width], "range": [0, 1]},
-                    "alpha": {"dtype": "float32", "shape": ["B", 1, height, width], "range": [0, 1]}},
+        "inputs": {
+            "driver": {"dtype": "float32", "shape": ["B", 3, height, width], "range": [0, 1]},
+            "avatar": {"dtype": "int64", "shape": ["B"]},
+        },
+        "outputs": {
+            "rgb": {"dtype": "float32", "shape": ["B", 3, height, width], "range": [0, 1]},
+            "alpha": {"dtype": "float32", "shape": ["B", 1, height, width], "range": [0, 1]},
+        },
         "opset": OPSET,
         "command": command,
         "config": dict(config),

@@ -30,17 +30,43 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from models.blocks import ConvNormAct, DownBlock, resize_square
+from models.checkpoints import REGRESSOR_KIND, checkpoint_kind, kind_found, load_checkpoint, save_checkpoint
 from models.data.synthetic import NUM_BLENDSHAPES, Identity, Motion, SyntheticHeads, sample_clip, sample_identities, sample_motions
 from models.data.synthetic_pairs import derived_seed
-from models.megaportraits.train_student import TrainingError, adam_with_cosine, load_checkpoint, save_checkpoint
-
-CHECKPOINT_KIND = "megaportraits-parameter-regressor"
+from models.training.common import TrainingError, adam_with_cosine
 
 # The face and hair: what a face-recognition network would call identity (light, clothes and background are not).
-IDENTITY_FIELDS = ("head_width", "head_height", "head_depth", "chin_length", "jaw_taper", "eye_spacing", "eye_height", "eye_width",
-                   "eye_opening", "eye_tilt", "iris_size", "brow_height", "brow_thickness", "brow_arch", "nose_length", "nose_width",
-                   "nose_prominence", "mouth_height", "mouth_width", "upper_lip", "lower_lip", "skin_rgb", "lip_rgb", "iris_rgb",
-                   "hair_rgb", "hair_amount", "hairline", "hair_volume", "hair_length")
+IDENTITY_FIELDS = (
+    "head_width",
+    "head_height",
+    "head_depth",
+    "chin_length",
+    "jaw_taper",
+    "eye_spacing",
+    "eye_height",
+    "eye_width",
+    "eye_opening",
+    "eye_tilt",
+    "iris_size",
+    "brow_height",
+    "brow_thickness",
+    "brow_arch",
+    "nose_length",
+    "nose_width",
+    "nose_prominence",
+    "mouth_height",
+    "mouth_width",
+    "upper_lip",
+    "lower_lip",
+    "skin_rgb",
+    "lip_rgb",
+    "iris_rgb",
+    "hair_rgb",
+    "hair_amount",
+    "hairline",
+    "hair_volume",
+    "hair_length",
+)
 
 
 def identity_features(identity: Identity) -> Tensor:
@@ -109,8 +135,9 @@ class ParameterRegressor(nn.Module):
         x = self.prepare(foreground) * 2 - 1
         x = self.trunk(self.stem(x))  # B×C×2×2
         hidden = self.hidden(x.mean(dim=(2, 3)))  # B×hidden
-        return RegressedParameters(pose=self.pose_head(hidden), expression=self.expression_head(hidden),
-                                   identity=self.identity_head(hidden))
+        return RegressedParameters(
+            pose=self.pose_head(hidden), expression=self.expression_head(hidden), identity=self.identity_head(hidden)
+        )
 
 
 @dataclass(frozen=True)
@@ -191,8 +218,9 @@ class RegressorSummary:
     held_out: ParameterErrors  # on renders of identities and motions it never saw (no blur)
 
 
-def train_regressor(config: RegressorTrainConfig, *, regressor_config: RegressorConfig | None = None,
-                    progress: bool = True) -> RegressorSummary:
+def train_regressor(
+    config: RegressorTrainConfig, *, regressor_config: RegressorConfig | None = None, progress: bool = True
+) -> RegressorSummary:
     regressor_config = regressor_config or RegressorConfig()
     if config.renders < config.batch_size or config.steps < 1 or config.batch_size < 1:
         raise TrainingError("the regressor needs --steps ≥ 1, --batch ≥ 1 and --renders ≥ --batch")
@@ -202,8 +230,9 @@ def train_regressor(config: RegressorTrainConfig, *, regressor_config: Regressor
     model = ParameterRegressor(config=regressor_config, identity_mean=mean, identity_std=std)
     data = render_training_set(config, regressor_config, progress=progress)
     identity_targets = model.standardise(data.identity)
-    optimiser, scheduler = adam_with_cosine(model.parameters(), learning_rate=config.learning_rate,
-                                            final_learning_rate=config.learning_rate / 100, steps=config.steps)
+    optimiser, scheduler = adam_with_cosine(
+        model.parameters(), learning_rate=config.learning_rate, final_learning_rate=config.learning_rate / 100, steps=config.steps
+    )
     generator = torch.Generator().manual_seed(derived_seed(config.seed, "batches"))
     loss = torch.tensor(math.nan)
     model.train()
@@ -214,20 +243,34 @@ def train_regressor(config: RegressorTrainConfig, *, regressor_config: Regressor
         predicted = model(images)
         motion = data.motion[index]
         true_pose = torch.stack([motion.yaw, motion.pitch, motion.roll], dim=1)
-        loss = (F.smooth_l1_loss(predicted.pose * 4, true_pose * 4) + F.smooth_l1_loss(predicted.expression * 4, motion.expression * 4)
-                + F.smooth_l1_loss(predicted.identity, identity_targets[index]))
+        loss = (
+            F.smooth_l1_loss(predicted.pose * 4, true_pose * 4)
+            + F.smooth_l1_loss(predicted.expression * 4, motion.expression * 4)
+            + F.smooth_l1_loss(predicted.identity, identity_targets[index])
+        )
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         scheduler.step()
     model.eval()
-    held_out = held_out_errors(model, seed=derived_seed(config.seed, "held-out"), resolution=config.render_resolution,
-                               count=config.held_out)
+    held_out = held_out_errors(
+        model, seed=derived_seed(config.seed, "held-out"), resolution=config.render_resolution, count=config.held_out
+    )
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint({"kind": CHECKPOINT_KIND, "model": model.state_dict(), "model_config": asdict(regressor_config),
-                     "train_config": asdict(config), "held_out": asdict(held_out)}, out)
-    return RegressorSummary(path=out, steps=config.steps, final_loss=float(loss.detach()), seconds=time.perf_counter() - began, held_out=held_out)
+    save_checkpoint(
+        {
+            "model": model.state_dict(),
+            "model_config": asdict(regressor_config),
+            "train_config": asdict(config),
+            "held_out": asdict(held_out),
+        },
+        out,
+        kind=REGRESSOR_KIND,
+    )
+    return RegressorSummary(
+        path=out, steps=config.steps, final_loss=float(loss.detach()), seconds=time.perf_counter() - began, held_out=held_out
+    )
 
 
 def held_out_errors(model: ParameterRegressor, *, seed: int, resolution: int, count: int = 256) -> ParameterErrors:
@@ -243,9 +286,13 @@ def held_out_errors(model: ParameterRegressor, *, seed: int, resolution: int, co
 def load_regressor(path: Path) -> ParameterRegressor:
     """A trained regressor from its checkpoint; anything else raises TrainingError (one line)."""
     checkpoint: dict[str, Any] = load_checkpoint(Path(path))
-    if checkpoint.get("kind") != CHECKPOINT_KIND:
-        raise TrainingError(f"{path} is not a parameter-regressor checkpoint (made by `megalive-train regressor`)")
-    config = RegressorConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in checkpoint["model_config"].items()})
+    if checkpoint_kind(checkpoint) != REGRESSOR_KIND:
+        raise TrainingError(
+            f"{path} is not a parameter-regressor checkpoint (made by `megalive-train regressor`): {kind_found(checkpoint)}"
+        )
+    config = RegressorConfig(
+        **{key: tuple(value) if isinstance(value, list) else value for key, value in checkpoint["model_config"].items()}
+    )
     state = checkpoint["model"]
     model = ParameterRegressor(config=config, identity_mean=state["identity_mean"], identity_std=state["identity_std"])
     model.load_state_dict(state)

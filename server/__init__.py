@@ -1,4 +1,5 @@
-"""MegaLive runtime: wire protocol, client, ONNX Runtime engine and ZeroMQ service (no torch here)."""
+"""MegaLive runtime: ONNX Runtime engine, ZeroMQ service, drivers, capture and the `megalive` CLI (no torch here; the
+protocol and client live in client/, the shared vocabulary in contract/)."""
 
 from importlib.metadata import PackageNotFoundError, version
 

@@ -1,8 +1,8 @@
 """`megalive addon build`: the Blender extension zip (DESIGN §7).
 
-The zip holds ``blender_addon/`` (no tests, no caches), byte-identical copies of
-``server/protocol.py``, ``server/client.py`` and ``server/live.py`` under ``vendor/`` (one source of
-truth stays in ``server/``), and cp311 wheels of pyzmq and msgpack, plus the py3 wheels of imageio-ffmpeg
+The zip holds ``blender_addon/`` (no tests, no caches), byte-identical copies of the ``client/`` and
+``contract/`` packages under ``vendor/`` (client/vendor.py lists them; one source of truth stays in the
+repository), and cp311 wheels of pyzmq and msgpack, plus the py3 wheels of imageio-ffmpeg
 (pure Python + a bundled ffmpeg per platform, for the movie clip driver), for every platform Blender ships on. The
 manifest's ``wheels`` and ``platforms`` lists are written from the wheels actually gathered.
 
@@ -29,7 +29,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from server.vendor import write_vendor_package
+from client.vendor import write_vendor_package
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,7 @@ PIP_PLATFORMS: dict[str, tuple[str, ...]] = {
     "macos-arm64": ("macosx_11_0_arm64", "macosx_12_0_arm64"),
     "macos-x64": ("macosx_10_15_x86_64",),
 }
-SKIPPED_NAMES = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", "vendor", "wheels", "*.zip",
-                                       "*.partial")
+SKIPPED_NAMES = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", "vendor", "wheels", "*.zip", "*.partial")
 
 
 class AddonBuildError(RuntimeError):
@@ -67,6 +66,41 @@ class GatheredWheels:
     files: tuple[Path, ...]
     platforms: tuple[str, ...]  # Blender platforms every package has a wheel for
     missing: dict[str, tuple[str, ...]]  # package -> Blender platforms without a wheel
+
+
+def private_blender_home() -> Path:
+    """Point HOME and Blender's user folders at a fresh temporary folder. Call it before `import bpy`
+    (tests, benchmarks): the PyPI bpy module reads and writes the user's config and extensions there."""
+    home = Path(tempfile.mkdtemp(prefix="megalive-blender-home-"))
+    os.environ["HOME"] = str(home)
+    for variable, folder in (
+        ("BLENDER_USER_RESOURCES", "resources"),
+        ("BLENDER_USER_CONFIG", "config"),
+        ("BLENDER_USER_SCRIPTS", "scripts"),
+        ("BLENDER_USER_EXTENSIONS", "extensions"),
+        ("BLENDER_USER_DATAFILES", "datafiles"),
+    ):
+        os.environ[variable] = str(home / folder)
+    return home
+
+
+def repack_installed_wheel(distribution: str, out_dir: Path, *, compresslevel: int | None = None) -> Path:
+    """A wheel file rebuilt from an installed distribution (its RECORD lists every file), so an
+    offline build has real cp311 wheels without any network. Same files, same tag as installed."""
+    dist = importlib.metadata.distribution(distribution)
+    wheel_info = dist.read_text("WHEEL") or ""
+    tag = next(line.split(":", 1)[1].strip() for line in wheel_info.splitlines() if line.startswith("Tag:"))
+    name = dist.metadata["Name"].replace("-", "_")
+    path = out_dir / f"{name}-{dist.version}-{tag}.whl"
+    site_packages = Path(dist.locate_file(""))
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel) as archive:
+        for entry in dist.files or ():
+            relative = entry.as_posix()
+            source = site_packages / entry
+            if relative.startswith("..") or "__pycache__" in relative or not source.is_file():
+                continue  # scripts outside site-packages and byte code are not part of the wheel we need
+            archive.write(source, relative)  # keeps the Unix mode (Blender's installer drops it anyway)
+    return path
 
 
 def blender_platforms_of_wheel(filename: str) -> set[str]:
@@ -104,8 +138,9 @@ def gather_wheels(wheel_files: list[Path]) -> GatheredWheels:
             chosen.append(path)
             coverage[package] |= platforms
     covered = set(PIP_PLATFORMS).intersection(*coverage.values())
-    missing = {package: tuple(sorted(set(PIP_PLATFORMS) - platforms)) for package, platforms in coverage.items()
-               if set(PIP_PLATFORMS) - platforms}
+    missing = {
+        package: tuple(sorted(set(PIP_PLATFORMS) - platforms)) for package, platforms in coverage.items() if set(PIP_PLATFORMS) - platforms
+    }
     return GatheredWheels(files=tuple(chosen), platforms=tuple(sorted(covered)), missing=missing)
 
 
@@ -125,13 +160,32 @@ def download_wheels(destination: Path, *, python_version: str) -> list[Path]:
     abi = "cp" + python_version.replace(".", "")
     for blender_platform, pip_platforms in PIP_PLATFORMS.items():
         platform_options = [option for tag in pip_platforms for option in ("--platform", tag)]
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-                   "--only-binary=:all:", "--no-deps", "--python-version", python_version, "--implementation", "cp",
-                   "--abi", abi, *platform_options, "--dest", str(destination), *_pinned_requirements()]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            "--no-deps",
+            "--python-version",
+            python_version,
+            "--implementation",
+            "cp",
+            "--abi",
+            abi,
+            *platform_options,
+            "--dest",
+            str(destination),
+            *_pinned_requirements(),
+        ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise AddonBuildError(f"pip download for {blender_platform} failed (use --offline DIR with wheels "
-                                  f"already downloaded): {result.stderr.strip()[-800:]}")
+            raise AddonBuildError(
+                f"pip download for {blender_platform} failed (use --offline DIR with wheels "
+                f"already downloaded): {result.stderr.strip()[-800:]}"
+            )
     return sorted(destination.glob("*.whl"))
 
 
@@ -173,14 +227,14 @@ def build_addon(*, out_dir: str | os.PathLike[str], offline_wheels_dir: str | os
             wheel_files = download_wheels(download_dir, python_version=config.python_version)
         gathered = gather_wheels(wheel_files)
         if not gathered.platforms:
-            raise AddonBuildError(f"no platform has wheels of all of {', '.join(WHEEL_PACKAGES)} "
-                                  f"(found: {[p.name for p in wheel_files]})")
+            raise AddonBuildError(f"no platform has wheels of all of {', '.join(WHEEL_PACKAGES)} (found: {[p.name for p in wheel_files]})")
         if gathered.missing:
             if config.offline_wheels_dir is None:
                 raise AddonBuildError(f"wheels missing for {gathered.missing}")
             # Offline builds may target fewer platforms; the manifest then lists only those.
-            log.warning("offline wheels do not cover %s; the extension will install on %s only", gathered.missing,
-                        ", ".join(gathered.platforms))
+            log.warning(
+                "offline wheels do not cover %s; the extension will install on %s only", gathered.missing, ", ".join(gathered.platforms)
+            )
 
         package = staging / "megalive"
         shutil.copytree(ADDON_SOURCE_DIR, package, ignore=SKIPPED_NAMES)
@@ -188,16 +242,16 @@ def build_addon(*, out_dir: str | os.PathLike[str], offline_wheels_dir: str | os
         (package / "wheels").mkdir()
         for wheel in gathered.files:
             shutil.copyfile(wheel, package / "wheels" / wheel.name)
-        manifest = render_manifest(template, wheels=[f"./wheels/{w.name}" for w in gathered.files],
-                                   platforms=list(gathered.platforms))
+        manifest = render_manifest(template, wheels=[f"./wheels/{w.name}" for w in gathered.files], platforms=list(gathered.platforms))
         (package / MANIFEST_NAME).write_text(manifest, encoding="utf-8")
 
         partial = config.out_dir / (final.name + ".partial")
         with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for path in sorted(package.rglob("*")):
                 if path.is_file():  # wheels are zips already: stored, not compressed again
-                    archive.write(path, path.relative_to(package).as_posix(),
-                                  compress_type=zipfile.ZIP_STORED if path.suffix == ".whl" else None)
+                    archive.write(
+                        path, path.relative_to(package).as_posix(), compress_type=zipfile.ZIP_STORED if path.suffix == ".whl" else None
+                    )
         os.replace(partial, final)
     return final
 
@@ -208,19 +262,23 @@ def build_addon(*, out_dir: str | os.PathLike[str], offline_wheels_dir: str | os
 
 def add_addon_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register `addon build` on a `megalive` subparsers object."""
-    addon = subparsers.add_parser("addon", help="build the Blender extension",
-                                  description="Blender extension (4.2+) tools.")
+    addon = subparsers.add_parser("addon", help="build the Blender extension", description="Blender extension (4.2+) tools.")
     commands = addon.add_subparsers(title="addon commands", metavar="COMMAND")
     build = commands.add_parser(
         "build",
         help="build the Blender extension zip (Edit ▸ Preferences ▸ Get Extensions ▸ Install from Disk)",
-        description="Build megalive-<version>.zip: blender_addon/, copies of server/protocol.py, client.py and live.py, "
+        description="Build megalive-<version>.zip: blender_addon/, copies of the client/ and contract/ packages, "
         "and cp311 pyzmq/msgpack and imageio-ffmpeg wheels for Linux x64, Windows x64, macOS arm64 and x64.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     build.add_argument("--out", type=Path, default=Path("dist"), metavar="DIR", help="folder the zip is written to")
-    build.add_argument("--offline", type=Path, default=None, metavar="DIR",
-                       help="take wheels from this folder instead of pip download (may cover fewer platforms)")
+    build.add_argument(
+        "--offline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="take wheels from this folder instead of pip download (may cover fewer platforms)",
+    )
     build.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
     build.set_defaults(run=_build)
 
@@ -228,8 +286,13 @@ def add_addon_commands(subparsers: argparse._SubParsersAction) -> None:
 def _build(args: argparse.Namespace) -> int:
     config = AddonBuildConfig(out_dir=args.out, offline_wheels_dir=args.offline)
     if args.dry_run:
-        print(json.dumps({**asdict(config), "source": str(ADDON_SOURCE_DIR), "packages": _pinned_requirements(),
-                          "platforms": PIP_PLATFORMS}, indent=2, default=str))
+        print(
+            json.dumps(
+                {**asdict(config), "source": str(ADDON_SOURCE_DIR), "packages": _pinned_requirements(), "platforms": PIP_PLATFORMS},
+                indent=2,
+                default=str,
+            )
+        )
         return 0
     try:
         path = build_addon(out_dir=config.out_dir, offline_wheels_dir=config.offline_wheels_dir)

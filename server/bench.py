@@ -22,10 +22,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from server.client import AvatarClient, Texture
+from client.client import AvatarClient, Texture
 from server.engine import Engine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
 def machine_description() -> str:
     model = platform.processor() or platform.machine()
     try:
@@ -94,8 +96,10 @@ class BenchReport:
             "end_to_end_over_raw": single.fps / self.raw_fps,
             "round_trip_p50_ms": single.percentile_ms(50),
             "round_trip_p99_ms": single.percentile_ms(99),
-            "throughput": {str(s.sessions): {"fps": s.fps, "vs_1": s.fps / single.fps, "dropped": s.dropped,
-                                              "mean_batch": s.mean_batch} for s in self.streams},
+            "throughput": {
+                str(s.sessions): {"fps": s.fps, "vs_1": s.fps / single.fps, "dropped": s.dropped, "mean_batch": s.mean_batch}
+                for s in self.streams
+            },
         }
 
     def table(self) -> str:
@@ -104,20 +108,30 @@ class BenchReport:
             ("raw engine FPS (batch 1)", f"{self.raw_fps:.1f}"),
             ("raw engine FPS (batch 4; × vs batch 1)", f"{self.raw_batch4_fps:.1f} (×{self.raw_batch4_fps / self.raw_fps:.2f})"),
             ("fp32 matmul peak of this box (GFLOP/s)", f"{self.matmul_peak_gflops:.0f}"),
-            ("model GFLOP/frame; achieved GFLOP/s at batch 1 (% of peak)",
-             f"{self.gflops_per_frame:.2f}; {figures['achieved_gflops']:.1f} ({100 * figures['achieved_gflops'] / self.matmul_peak_gflops:.0f} %)"
-             if self.gflops_per_frame else "unknown (no gflops_per_frame in the sidecar)"),
+            (
+                "model GFLOP/frame; achieved GFLOP/s at batch 1 (% of peak)",
+                f"{self.gflops_per_frame:.2f}; {figures['achieved_gflops']:.1f} "
+                f"({100 * figures['achieved_gflops'] / self.matmul_peak_gflops:.0f} %)"
+                if self.gflops_per_frame
+                else "unknown (no gflops_per_frame in the sidecar)",
+            ),
             ("end-to-end FPS (1 session, loopback)", f"{figures['end_to_end_fps']:.1f}"),
             ("end-to-end / raw", f"{figures['end_to_end_over_raw']:.2f}"),
             ("round trip p50 / p99 (ms)", f"{figures['round_trip_p50_ms']:.1f} / {figures['round_trip_p99_ms']:.1f}"),
             ("p99 / p50", f"{figures['round_trip_p99_ms'] / figures['round_trip_p50_ms']:.2f}"),
         ]
         for sessions, entry in figures["throughput"].items():
-            rows.append((f"{sessions} session(s): total FPS (× vs 1; mean batch)",
-                         f"{entry['fps']:.1f} (×{entry['vs_1']:.2f}; {entry['mean_batch']:.2f})"))
+            rows.append(
+                (
+                    f"{sessions} session(s): total FPS (× vs 1; mean batch)",
+                    f"{entry['fps']:.1f} (×{entry['vs_1']:.2f}; {entry['mean_batch']:.2f})",
+                )
+            )
         width = max(len(name) for name, _ in rows)
-        header = (f"MegaLive bench — {self.model} {self.resolution[0]}×{self.resolution[1]} on {', '.join(self.providers)}\n"
-                  f"machine: {self.machine}\n")
+        header = (
+            f"MegaLive bench — {self.model} {self.resolution[0]}×{self.resolution[1]} on {', '.join(self.providers)}\n"
+            f"machine: {self.machine}\n"
+        )
         return header + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
 
 
@@ -125,14 +139,20 @@ class PhaseProgress:
     """A progress bar over a timed phase (on stderr; the table goes to stdout)."""
 
     def __init__(self, *, seconds: float, description: str) -> None:
-        self.bar = tqdm(total=round(seconds, 1), desc=description, unit="s", leave=False, mininterval=0.25,
-                        bar_format="{desc}: {bar} {n:.1f}/{total:.1f} s")
+        self.bar = tqdm(
+            total=round(seconds, 1),
+            desc=description,
+            unit="s",
+            leave=False,
+            mininterval=0.25,
+            bar_format="{desc}: {bar} {n:.1f}/{total:.1f} s",
+        )
 
     def show(self, elapsed_s: float) -> None:
         self.bar.n = round(min(elapsed_s, self.bar.total), 1)
         self.bar.update(0)  # redraws at most every mininterval
 
-    def __enter__(self) -> "PhaseProgress":
+    def __enter__(self) -> PhaseProgress:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -175,8 +195,19 @@ def measure_raw_fps(engine: Engine, seconds: float, *, batch: int = 1) -> float:
 
 def start_server(model_path: Path, *, threads: int = 0, options: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     """A real `megalive serve` (with extra `options`) on an ephemeral loopback port; returns the process and its address."""
-    command = [sys.executable, "-m", "server.cli", "serve", "--model", str(model_path), "--bind", "tcp://127.0.0.1:*",
-               "--threads", str(threads), *options]
+    command = [
+        sys.executable,
+        "-m",
+        "megalive",
+        "serve",
+        "--model",
+        str(model_path),
+        "--bind",
+        "tcp://127.0.0.1:*",
+        "--threads",
+        str(threads),
+        *options,
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -230,8 +261,9 @@ def measure_stream(address: str, *, sessions: int, seconds: float, window: int, 
         engine_after = client.stats()["engine"]
     runs = engine_after["runs"] - engine_before["runs"]
     mean_batch = (engine_after["frames"] - engine_before["frames"]) / runs if runs else 0.0
-    return StreamFigures(sessions=sessions, frames=frames, seconds=elapsed, dropped=dropped,
-                         latencies_ms=tuple(latencies), mean_batch=mean_batch)
+    return StreamFigures(
+        sessions=sessions, frames=frames, seconds=elapsed, dropped=dropped, latencies_ms=tuple(latencies), mean_batch=mean_batch
+    )
 
 
 def run_bench(config: BenchConfig) -> BenchReport:
@@ -249,6 +281,14 @@ def run_bench(config: BenchConfig) -> BenchReport:
         )
     finally:
         stop_server(process)
-    return BenchReport(machine=machine_description(), model=card.name, resolution=card.resolution, providers=providers,
-                       raw_fps=raw_fps, raw_batch4_fps=raw_batch4_fps, gflops_per_frame=card.gflops_per_frame,
-                       matmul_peak_gflops=matmul_peak, streams=streams)
+    return BenchReport(
+        machine=machine_description(),
+        model=card.name,
+        resolution=card.resolution,
+        providers=providers,
+        raw_fps=raw_fps,
+        raw_batch4_fps=raw_batch4_fps,
+        gflops_per_frame=card.gflops_per_frame,
+        matmul_peak_gflops=matmul_peak,
+        streams=streams,
+    )

@@ -1,10 +1,10 @@
-"""`megalive`: the runtime command line (serve, bench, avatars)."""
+"""The runtime's commands of `megalive` (serve, keys, bench, avatars, demo); megalive/cli.py assembles them
+with the hosts' commands, so that the server never imports the host packages."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import signal
 import sys
 from dataclasses import asdict
@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from server import __version__
-from server.addon import add_addon_commands
-from unreal_bridge.cli import add_livelink_commands, add_unreal_commands
 
 if TYPE_CHECKING:
     from server.service import ServiceConfig
@@ -27,30 +25,53 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         "Exit status: 0 stopped, 1 the service failed, 2 bad options or an address that cannot be bound.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    serve.add_argument("--model", type=Path, default=None, metavar="PATH", help="avatar model .onnx (its .json sidecar beside it); default: the shipped model")
-    serve.add_argument("--bind", default="tcp://127.0.0.1:5555", metavar="ADDR",
-                       help="ZeroMQ address: loopback, ipc:// in a private folder, or any host with --curve-secret and --allow")
-    serve.add_argument("--curve-secret", type=Path, default=None, metavar="FILE", help="the server's CURVE .key_secret file (megalive keys new)")
+    serve.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="avatar model .onnx (its .json sidecar beside it); default: the shipped model",
+    )
+    serve.add_argument(
+        "--bind",
+        default="tcp://127.0.0.1:5555",
+        metavar="ADDR",
+        help="ZeroMQ address: loopback, ipc:// in a private folder, or any host with --curve-secret and --allow",
+    )
+    serve.add_argument(
+        "--curve-secret", type=Path, default=None, metavar="FILE", help="the server's CURVE .key_secret file (megalive keys new)"
+    )
     serve.add_argument("--allow", type=Path, default=None, metavar="DIR", help="folder of allowed clients' CURVE public .key files")
     serve.add_argument("--max-batch", type=int, default=8, metavar="N", help="most frames of different sessions in one engine call [1-64]")
     serve.add_argument("--max-sessions", type=int, default=64, metavar="N", help="sessions held at once; more get a 'busy' error [1-1024]")
     serve.add_argument("--max-sessions-per-client", type=int, default=16, metavar="N", help="sessions one connection may hold [1-1024]")
-    serve.add_argument("--max-output", type=int, default=2048, metavar="SIDE",
-                       help="largest output texture, as the side of a square of the same pixel count [16-4096]")
-    serve.add_argument("--idle-timeout", type=float, default=120.0, metavar="S", help="close a session after this many seconds without a message")
+    serve.add_argument(
+        "--max-output",
+        type=int,
+        default=2048,
+        metavar="SIDE",
+        help="largest output texture, as the side of a square of the same pixel count [16-4096]",
+    )
+    serve.add_argument(
+        "--idle-timeout", type=float, default=120.0, metavar="S", help="close a session after this many seconds without a message"
+    )
     serve.add_argument("--providers", default="", metavar="LIST", help="comma-separated ONNX Runtime providers; empty: best available")
     serve.add_argument("--threads", type=int, default=0, metavar="N", help="ONNX Runtime intra-op threads; 0: one per core")
     serve.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
     serve.set_defaults(run=_serve)
 
 
-def _serve_config(args: argparse.Namespace) -> "ServiceConfig":
+def _serve_config(args: argparse.Namespace) -> ServiceConfig:
     """The service configuration from `serve`'s options; ValueError (one line) for a bad one."""
     from server.keys import load_server_keys
     from server.service import ServiceConfig, check_bind_address
 
-    ranges = {"--max-batch": (args.max_batch, 1, 64), "--max-sessions": (args.max_sessions, 1, 1024),
-              "--max-sessions-per-client": (args.max_sessions_per_client, 1, 1024), "--max-output": (args.max_output, 16, 4096)}
+    ranges = {
+        "--max-batch": (args.max_batch, 1, 64),
+        "--max-sessions": (args.max_sessions, 1, 1024),
+        "--max-sessions-per-client": (args.max_sessions_per_client, 1, 1024),
+        "--max-output": (args.max_output, 16, 4096),
+    }
     for option, (value, low, high) in ranges.items():
         if not low <= value <= high:
             raise ValueError(f"{option} must be between {low} and {high}")
@@ -59,9 +80,15 @@ def _serve_config(args: argparse.Namespace) -> "ServiceConfig":
     if (args.curve_secret is None) != (args.allow is None):
         raise ValueError("--curve-secret and --allow go together")
     curve = None if args.curve_secret is None else load_server_keys(secret_file=args.curve_secret, allow_dir=args.allow)
-    config = ServiceConfig(bind=args.bind, max_batch=args.max_batch, max_sessions=args.max_sessions,
-                           max_sessions_per_client=args.max_sessions_per_client, max_output_pixels=args.max_output**2,
-                           session_idle_s=args.idle_timeout, curve=curve)
+    config = ServiceConfig(
+        bind=args.bind,
+        max_batch=args.max_batch,
+        max_sessions=args.max_sessions,
+        max_sessions_per_client=args.max_sessions_per_client,
+        max_output_pixels=args.max_output**2,
+        session_idle_s=args.idle_timeout,
+        curve=curve,
+    )
     check_bind_address(config.bind, curve=curve is not None)
     return config
 
@@ -76,10 +103,23 @@ def _serve(args: argparse.Namespace) -> int:
         args.model = model_or_shipped(args.model)
         card = load_model_card(args.model)
         if args.dry_run:
-            shown = {**asdict(config), "curve": None if config.curve is None else {"public": config.curve.public.decode(),
-                                                                                   "allow_dir": str(config.curve.allow_dir)}}
-            print(json.dumps({"service": shown, "model": {**asdict(card), "model_path": str(card.model_path),
-                              "thumbnails_path": str(card.thumbnails_path)}, "providers": providers}, indent=2, default=str))
+            shown = {
+                **asdict(config),
+                "curve": None
+                if config.curve is None
+                else {"public": config.curve.public.decode(), "allow_dir": str(config.curve.allow_dir)},
+            }
+            print(
+                json.dumps(
+                    {
+                        "service": shown,
+                        "model": {**asdict(card), "model_path": str(card.model_path), "thumbnails_path": str(card.thumbnails_path)},
+                        "providers": providers,
+                    },
+                    indent=2,
+                    default=str,
+                )
+            )
             return 0
         engine = Engine(model_path=args.model, providers=providers, intra_op_threads=args.threads, max_batch=config.max_batch)
         service = AvatarService(engine=engine, config=config)
@@ -93,9 +133,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    print(f"megalive {__version__}: serving {card.name} ({len(card.avatar_names)} avatars, "
-          f"{card.resolution[0]}×{card.resolution[1]}, {', '.join(engine.providers)}) on {address}"
-          f"{' with CURVE' if config.curve else ''}", flush=True)
+    print(
+        f"megalive {__version__}: serving {card.name} ({len(card.avatar_names)} avatars, "
+        f"{card.resolution[0]}×{card.resolution[1]}, {', '.join(engine.providers)}) on {address}"
+        f"{' with CURVE' if config.curve else ''}",
+        flush=True,
+    )
     while service.is_running():
         service.wait(0.5)
     if service.failure is not None:
@@ -113,8 +156,11 @@ def _add_keys(commands: argparse._SubParsersAction) -> None:
         "copy each client's public NAME.key into the server's --allow folder and give clients the server's public key.",
     )
     actions = keys.add_subparsers(title="actions", metavar="ACTION")
-    new = actions.add_parser("new", help="write NAME.key (public) and NAME.key_secret (secret, mode 0600) into DIR",
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    new = actions.add_parser(
+        "new",
+        help="write NAME.key (public) and NAME.key_secret (secret, mode 0600) into DIR",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     new.add_argument("dir", type=Path, metavar="DIR", help="folder for the two files (made, mode 0700, when missing)")
     new.add_argument("--name", default="megalive", metavar="NAME", help="file name stem, e.g. server or the client's host name")
     new.set_defaults(run=_keys_new)
@@ -153,7 +199,9 @@ def _bench(args: argparse.Namespace) -> int:
     from server.engine import ModelError, model_or_shipped
 
     try:
-        report = run_bench(BenchConfig(model_path=model_or_shipped(args.model), seconds=args.seconds, window=args.window, threads=args.threads))
+        report = run_bench(
+            BenchConfig(model_path=model_or_shipped(args.model), seconds=args.seconds, window=args.window, threads=args.threads)
+        )
     except ModelError as error:
         print(f"megalive bench: {error}", file=sys.stderr)
         return 2
@@ -174,7 +222,12 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--model", type=Path, default=None, metavar="PATH", help="avatar model .onnx; default: the shipped model")
     demo.add_argument("--clip", type=Path, default=None, metavar="PATH", help="driver video or folder of frames; default: the shipped clip")
     demo.add_argument("--out", type=Path, default=Path("out"), metavar="DIR", help="folder for demo.mp4 and demo.png")
-    demo.add_argument("--pacing", default="every", metavar="MODE", help="every: render every frame | realtime: offer frames at the clip's rate, latest wins")
+    demo.add_argument(
+        "--pacing",
+        default="every",
+        metavar="MODE",
+        help="every: render every frame | realtime: offer frames at the clip's rate, latest wins",
+    )
     demo.add_argument("--avatars", type=int, default=8, metavar="N", help="most avatars to drive [1-64]")
     demo.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
     demo.set_defaults(run=_demo)
@@ -203,15 +256,16 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_avatars(commands: argparse._SubParsersAction) -> None:
-    avatars = commands.add_parser("avatars", help="list the avatars of a running server",
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    avatars = commands.add_parser(
+        "avatars", help="list the avatars of a running server", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     avatars.add_argument("--server", default="tcp://127.0.0.1:5555", metavar="ADDR", help="server address")
     avatars.add_argument("--timeout", type=float, default=2.0, metavar="S", help="seconds to wait for the server")
     avatars.set_defaults(run=_avatars)
 
 
 def _avatars(args: argparse.Namespace) -> int:
-    from server.client import AvatarClient, ServerError, ServerGoneError
+    from client.client import AvatarClient, ServerError, ServerGoneError
 
     try:
         with AvatarClient(address=args.server, timeout_s=args.timeout, name="megalive-cli") as client:
@@ -226,31 +280,10 @@ def _avatars(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="megalive", description="MegaLive runtime: real-time neural head avatars over ZeroMQ.")
-    parser.add_argument("--version", action="version", version=f"megalive {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
+    """The runtime's commands, for the one `megalive` parser (megalive/cli.py)."""
     _add_serve(commands)
     _add_keys(commands)
     _add_bench(commands)
     _add_avatars(commands)
     _add_demo(commands)
-    add_livelink_commands(commands)
-    add_unreal_commands(commands)
-    add_addon_commands(commands)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if not hasattr(args, "run"):
-        parser.print_help()
-        return 2
-    return args.run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

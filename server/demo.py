@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from client.client import AvatarClient, Texture
 from server.bench import REPO_ROOT, start_server, stop_server
-from server.client import AvatarClient, Texture
 from server.engine import load_model_card
 
 DEFAULT_CLIP = REPO_ROOT / "assets" / "default" / "driver.mp4"
@@ -60,10 +60,12 @@ class DemoReport:
 
     def summary(self) -> str:
         p50, p99 = (np.percentile(self.latencies_ms, q) for q in (50, 99)) if self.latencies_ms else (math.nan, math.nan)
-        return (f"{self.clip_frames} clip frames × {self.avatars} avatars in {self.seconds:.1f} s: "
-                f"{self.textures / self.seconds:.1f} textures/s ({self.clip_frames / self.seconds:.1f} clip frames/s), "
-                f"round trip p50 {p50:.1f} ms / p99 {p99:.1f} ms, {self.dropped} dropped\n"
-                f"wrote {self.video} and {self.still}")
+        return (
+            f"{self.clip_frames} clip frames × {self.avatars} avatars in {self.seconds:.1f} s: "
+            f"{self.textures / self.seconds:.1f} textures/s ({self.clip_frames / self.seconds:.1f} clip frames/s), "
+            f"round trip p50 {p50:.1f} ms / p99 {p99:.1f} ms, {self.dropped} dropped\n"
+            f"wrote {self.video} and {self.still}"
+        )
 
 
 def read_clip(path: Path) -> tuple[list[np.ndarray], float]:
@@ -94,7 +96,7 @@ def compose_row_frame(driver: np.ndarray, textures: list[np.ndarray | None], til
     canvas = np.zeros((rows * tile, columns * tile, 3), np.uint8)
     driver_tile = np.asarray(Image.fromarray(driver).resize((tile, tile), Image.BILINEAR))
     for row in range(rows):
-        canvas[row * tile:(row + 1) * tile, :tile] = driver_tile
+        canvas[row * tile : (row + 1) * tile, :tile] = driver_tile
     for index, texture in enumerate(textures):
         if texture is None:
             continue
@@ -102,7 +104,7 @@ def compose_row_frame(driver: np.ndarray, textures: list[np.ndarray | None], til
         rgb = texture[:, :, :3].astype(np.float32)
         alpha = texture[:, :, 3:4].astype(np.float32) / 255.0
         composited = (rgb * alpha + 128.0 * (1 - alpha)).astype(np.uint8)
-        canvas[row * tile:(row + 1) * tile, (column + 1) * tile:(column + 2) * tile] = composited
+        canvas[row * tile : (row + 1) * tile, (column + 1) * tile : (column + 2) * tile] = composited
     return canvas
 
 
@@ -110,8 +112,9 @@ def write_video(frames: list[np.ndarray], path: Path, fps: float) -> None:
     """H.264 MP4 through the ffmpeg that imageio-ffmpeg bundles; temporary name, then rename."""
     height, width = frames[0].shape[:2]
     temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    writer = imageio_ffmpeg.write_frames(str(temporary), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-                                         macro_block_size=2, ffmpeg_log_level="error")
+    writer = imageio_ffmpeg.write_frames(
+        str(temporary), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=2, ffmpeg_log_level="error"
+    )
     writer.send(None)
     for frame in frames:
         writer.send(np.ascontiguousarray(frame))
@@ -152,12 +155,26 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> DemoReport:
     temporary = still.with_name(f".{still.name}.tmp")
     Image.fromarray(video_frames[len(video_frames) // 2]).save(temporary, format="PNG")
     temporary.replace(still)
-    return DemoReport(video=video, still=still, clip_frames=len(frames), avatars=avatars,
-                      textures=sum(len(r) for r in rendered), dropped=dropped, seconds=seconds, latencies_ms=tuple(latencies))
+    return DemoReport(
+        video=video,
+        still=still,
+        clip_frames=len(frames),
+        avatars=avatars,
+        textures=sum(len(r) for r in rendered),
+        dropped=dropped,
+        seconds=seconds,
+        latencies_ms=tuple(latencies),
+    )
 
 
-def _collect(client: AvatarClient, sessions: list[int], frame_of_seq: list[dict[int, int]],
-             rendered: list[dict[int, np.ndarray]], latencies: list[float], timeout_ms: int) -> int:
+def _collect(
+    client: AvatarClient,
+    sessions: list[int],
+    frame_of_seq: list[dict[int, int]],
+    rendered: list[dict[int, np.ndarray]],
+    latencies: list[float],
+    timeout_ms: int,
+) -> int:
     """Poll once; store textures by the clip frame they render; return how many frames were dropped."""
     dropped = 0
     for event in client.poll(timeout_ms=timeout_ms):
@@ -171,8 +188,9 @@ def _collect(client: AvatarClient, sessions: list[int], frame_of_seq: list[dict[
     return dropped
 
 
-def _stream_every(client: AvatarClient, sessions: list[int], frames: list[np.ndarray], fps: float,
-                  progress: bool) -> tuple[list[dict[int, np.ndarray]], list[float], int]:
+def _stream_every(
+    client: AvatarClient, sessions: list[int], frames: list[np.ndarray], fps: float, progress: bool
+) -> tuple[list[dict[int, np.ndarray]], list[float], int]:
     rendered: list[dict[int, np.ndarray]] = [{} for _ in sessions]
     frame_of_seq: list[dict[int, int]] = [{} for _ in sessions]
     latencies: list[float] = []
@@ -190,8 +208,9 @@ def _stream_every(client: AvatarClient, sessions: list[int], frames: list[np.nda
     return rendered, latencies, dropped
 
 
-def _stream_realtime(client: AvatarClient, sessions: list[int], frames: list[np.ndarray], fps: float,
-                     progress: bool) -> tuple[list[dict[int, np.ndarray]], list[float], int]:
+def _stream_realtime(
+    client: AvatarClient, sessions: list[int], frames: list[np.ndarray], fps: float, progress: bool
+) -> tuple[list[dict[int, np.ndarray]], list[float], int]:
     rendered: list[dict[int, np.ndarray]] = [{} for _ in sessions]
     frame_of_seq: list[dict[int, int]] = [{} for _ in sessions]
     latencies: list[float] = []

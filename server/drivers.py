@@ -1,6 +1,6 @@
 """Performance-capture driver frames: validation and temporal stabilisation (DESIGN §2, §4.5).
 
-An `arkit` frame is one float32 buffer of the 61 Live Link Face curves (protocol.ARKIT_CURVES), or
+An `arkit` frame is one float32 buffer of the 61 Live Link Face curves (contract.arkit.ARKIT_CURVES), or
 of fewer values with a ``names`` list in the frame header (any subset of those names; the rest are
 0). A `landmarks` frame is one float32 buffer of N×2 or N×3 points (N = 68 iBUG or 478 mediapipe),
 x right / y down in [0, 1] over the aligned driver crop. Anything else gets a per-frame error
@@ -17,24 +17,17 @@ The defaults come from the jitter and lag measurements in bench/capture_stabilit
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from server.capture import ibug68_from_mediapipe
+from client.protocol import LANDMARK_COUNTS, Buffer, EncodedBuffer, ProtocolError
+from contract.arkit import ARKIT_CURVES, CURVE_INDEX, NUM_BLENDSHAPES
+from contract.landmarks import ibug68_from_mediapipe
 from server.one_euro import OneEuroConfig, OneEuroFilter
-from server.protocol import (
-    ARKIT_BLENDSHAPES,
-    ARKIT_CURVES,
-    LANDMARK_COUNTS,
-    Buffer,
-    EncodedBuffer,
-    ProtocolError,
-)
 
-NUM_BLENDSHAPES = len(ARKIT_BLENDSHAPES)
-CURVE_INDEX = {name: index for index, name in enumerate(ARKIT_CURVES)}
 BLENDSHAPE_TOLERANCE = 1e-3  # capture apps round; a hair outside [0, 1] is noise, more is a broken sender
 MAX_ROTATION_RAD = 2 * math.pi
 # iBUG-68 eye corners: the roll angle of a landmark set is the angle of the line between the eyes.
@@ -70,8 +63,9 @@ def _one_euro_from(fields: Any, default: OneEuroConfig | None, *, channel: str, 
     if fields is False:
         return None
     if not isinstance(fields, Mapping) or not set(fields) <= {"min_cutoff_hz", "beta", "derivative_cutoff_hz"}:
-        raise ProtocolError("bad_request", f"filter.{channel} must be false or a map of min_cutoff_hz, beta, derivative_cutoff_hz",
-                            request_id=request_id)
+        raise ProtocolError(
+            "bad_request", f"filter.{channel} must be false or a map of min_cutoff_hz, beta, derivative_cutoff_hz", request_id=request_id
+        )
     base = default or OneEuroConfig()
     values = {name: fields.get(name, getattr(base, name)) for name in ("min_cutoff_hz", "beta", "derivative_cutoff_hz")}
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values.values()):
@@ -113,8 +107,11 @@ def arkit_curves(buffer: Buffer, names: Any = None, *, request_id: int | None = 
     values = _float_vector(buffer, what="ARKit curves", request_id=request_id).reshape(-1)
     if names is None:
         if values.shape != (len(ARKIT_CURVES),):
-            raise ProtocolError("bad_request", f"an arkit frame carries {len(ARKIT_CURVES)} curves in Live Link Face order "
-                                f"(or a names list), got {values.size} values", request_id=request_id)
+            raise ProtocolError(
+                "bad_request",
+                f"an arkit frame carries {len(ARKIT_CURVES)} curves in Live Link Face order (or a names list), got {values.size} values",
+                request_id=request_id,
+            )
         curves = values.astype(np.float32)
     else:
         if not isinstance(names, list) or len(names) != values.size or not all(isinstance(n, str) for n in names):
@@ -130,8 +127,9 @@ def arkit_curves(buffer: Buffer, names: Any = None, *, request_id: int | None = 
     outside = np.flatnonzero((blendshapes < -BLENDSHAPE_TOLERANCE) | (blendshapes > 1 + BLENDSHAPE_TOLERANCE))
     if outside.size:
         first = int(outside[0])
-        raise ProtocolError("bad_request", f"blendshape {ARKIT_CURVES[first]} = {float(blendshapes[first]):.4g} is outside [0, 1]",
-                            request_id=request_id)
+        raise ProtocolError(
+            "bad_request", f"blendshape {ARKIT_CURVES[first]} = {float(blendshapes[first]):.4g} is outside [0, 1]", request_id=request_id
+        )
     if np.abs(curves[NUM_BLENDSHAPES:]).max(initial=0.0) > MAX_ROTATION_RAD:
         raise ProtocolError("bad_request", "head and eye rotations are radians within ±2π", request_id=request_id)
     np.clip(blendshapes, 0.0, 1.0, out=blendshapes)
@@ -142,8 +140,11 @@ def landmarks_68(buffer: Buffer, *, request_id: int | None = None) -> np.ndarray
     """A `landmarks` frame's payload -> 68×2 float32 iBUG points in [0, 1] crop coordinates, checked."""
     points = _float_vector(buffer, what="landmarks", request_id=request_id)
     if points.ndim != 2 or points.shape[0] not in LANDMARK_COUNTS or points.shape[1] not in (2, 3):
-        raise ProtocolError("bad_request", f"landmarks must be N×2 or N×3 with N in {list(LANDMARK_COUNTS)}, got {list(points.shape)}",
-                            request_id=request_id)
+        raise ProtocolError(
+            "bad_request",
+            f"landmarks must be N×2 or N×3 with N in {list(LANDMARK_COUNTS)}, got {list(points.shape)}",
+            request_id=request_id,
+        )
     if points.shape[0] != 68:
         points = ibug68_from_mediapipe(points)
     points = np.ascontiguousarray(points[:, :2], dtype=np.float32)
@@ -166,7 +167,7 @@ class LandmarkPose:
         return np.array([*self.centre, self.log_scale, self.roll], np.float64)
 
     @staticmethod
-    def from_vector(vector: np.ndarray) -> "LandmarkPose":
+    def from_vector(vector: np.ndarray) -> LandmarkPose:
         return LandmarkPose(centre=vector[:2], log_scale=float(vector[2]), roll=float(vector[3]))
 
 

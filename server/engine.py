@@ -1,4 +1,5 @@
-"""ONNX Runtime engine over an avatar model and its JSON sidecar (the model card).
+"""ONNX Runtime engine over an avatar model and its JSON sidecar (the model card, read and checked by
+contract/model_card.py).
 
 Contract for avatar models (written by `megalive-train export`, read here):
 
@@ -7,32 +8,24 @@ Contract for avatar models (written by `megalive-train export`, read here):
     outputs  rgb     float32  B×3×H×W  in [0,1]
              alpha   float32  B×1×H×W  in [0,1]
 
-The sidecar sits beside the model as ``<model stem>.json`` and names the resolution, the avatars,
-the driver kinds the model accepts, the exact command that produced it and (``model_sha256``, in the
-card and in each adapter entry) the SHA-256 of every graph it names. Export renames the graphs into
-place before the sidecar, so a crash in between leaves new graphs beside the old sidecar: the digests
-make the loader refuse that pair. Sidecars without digests (older exports) load unchecked. A model
-with driver adapters (DESIGN §4.5) has one more graph per capture kind beside it, ``<stem>.<kind>.onnx``,
+A model with driver adapters (DESIGN §4.5) has one more graph per capture kind beside it, ``<stem>.<kind>.onnx``,
 with the same avatar input and outputs and the capture signal in place of ``driver``:
 
-    arkit      curves     float32  B×61     Live Link Face order (server/protocol.py)
+    arkit      curves     float32  B×61     Live Link Face order (contract/arkit.py)
     landmarks  landmarks  float32  B×68×2   iBUG order, x/y in [0, 1] over the crop
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
 
-SIDECAR_FORMAT = "megalive-avatar-model"
-SIDECAR_FORMAT_VERSION = 1
+from contract.model_card import ModelCard, ModelCardError, read_model_card
 
 # Tried in this order; the first that the installed onnxruntime offers and that starts wins.
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -46,36 +39,6 @@ class ModelError(Exception):
     """A model or sidecar that cannot be served; the message is one line for the user."""
 
 
-@dataclass(frozen=True)
-class AdapterGraph:
-    """A further driver kind's graph, as the sidecar names it."""
-
-    kind: str
-    model_path: Path
-    input_name: str
-    input_shape: tuple[int, ...]  # per sample
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """What the sidecar says about a model."""
-
-    model_path: Path
-    name: str
-    resolution: tuple[int, int]  # (H, W)
-    avatar_names: tuple[str, ...]
-    drivers: tuple[str, ...]
-    command: str
-    config_hash: str
-    thumbnails_path: Path | None
-    gflops_per_frame: float | None  # from the exporter's layer count; None for models without it
-    adapters: tuple[AdapterGraph, ...] = ()
-
-    @property
-    def num_avatars(self) -> int:
-        return len(self.avatar_names)
-
-
 def model_or_shipped(model_path: Path | None) -> Path:
     """The given model, or the shipped one; ModelError when neither is there."""
     if model_path is not None:
@@ -85,81 +48,12 @@ def model_or_shipped(model_path: Path | None) -> Path:
     return SHIPPED_MODEL
 
 
-def sidecar_path(model_path: Path) -> Path:
-    return model_path.with_suffix(".json")
-
-
-def _check_graph_digest(graph: Path, expected: object, card_path: Path) -> None:
-    """Refuse a graph whose bytes are not the ones its sidecar was written with (an export killed between its
-    renames, or files copied from two exports). No digest recorded: nothing to check."""
-    if expected is None:
-        return
-    if not isinstance(expected, str) or len(expected) != 64:
-        raise ModelError(f"{card_path}: malformed model_sha256 for {graph.name} (expected 64 hex digits)")
-    try:
-        with open(graph, "rb") as handle:
-            actual = hashlib.file_digest(handle, "sha256").hexdigest()
-    except OSError as error:
-        raise ModelError(f"cannot read {graph}: {error}") from None
-    if actual != expected.lower():
-        raise ModelError(f"{graph} does not match its sidecar {card_path.name} (SHA-256 differs: an interrupted export or "
-                         "files from two exports); re-run megalive-train export")
-
-
 def load_model_card(model_path: str | Path) -> ModelCard:
     """Read and check the sidecar of a model file. Raises ModelError with a one-line reason."""
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise ModelError(f"model file not found: {model_path}")
-    card_path = sidecar_path(model_path)
     try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"model sidecar not found: {card_path} (export writes it next to the model)") from None
-    except (OSError, ValueError) as error:
-        raise ModelError(f"model sidecar {card_path} is unreadable: {error}") from None
-    if not isinstance(card, dict) or card.get("format") != SIDECAR_FORMAT:
-        raise ModelError(f"{card_path} is not a {SIDECAR_FORMAT} sidecar")
-    if card.get("format_version") != SIDECAR_FORMAT_VERSION:
-        raise ModelError(f"{card_path}: sidecar version {card.get('format_version')!r}, this server reads {SIDECAR_FORMAT_VERSION}")
-    try:
-        height, width = (int(n) for n in card["resolution"])
-        avatars = tuple(str(name) for name in card["avatars"])
-        drivers = tuple(str(kind) for kind in card.get("drivers", ["image"]))
-    except (KeyError, TypeError, ValueError) as error:
-        raise ModelError(f"{card_path}: missing or malformed field ({error})") from None
-    if not avatars:
-        raise ModelError(f"{card_path}: the model has no avatars")
-    _check_graph_digest(model_path, card.get("model_sha256"), card_path)
-    adapters = []
-    for kind, entry in (card.get("adapters") or {}).items():
-        try:
-            adapter = AdapterGraph(kind=str(kind), model_path=model_path.parent / str(entry["model_file"]),
-                                   input_name=str(entry["input"]["name"]), input_shape=tuple(int(n) for n in entry["input"]["shape"][1:]))
-        except (KeyError, TypeError, ValueError) as error:
-            raise ModelError(f"{card_path}: malformed adapters.{kind} ({error})") from None
-        if kind not in drivers:
-            raise ModelError(f"{card_path}: adapters.{kind} is not among the drivers {list(drivers)}")
-        if not adapter.model_path.is_file():
-            raise ModelError(f"{card_path}: the {kind} graph {adapter.model_path.name} is missing beside the model")
-        _check_graph_digest(adapter.model_path, entry.get("model_sha256"), card_path)
-        adapters.append(adapter)
-    missing = [kind for kind in drivers if kind != "image" and kind not in {a.kind for a in adapters}]
-    if missing:
-        raise ModelError(f"{card_path}: drivers {missing} have no graph under adapters")
-    thumbnails = card.get("thumbnails")
-    return ModelCard(
-        model_path=model_path,
-        name=str(card.get("name", model_path.stem)),
-        resolution=(height, width),
-        avatar_names=avatars,
-        drivers=drivers,
-        command=str(card.get("command", "")),
-        config_hash=str(card.get("config_hash", "")),
-        thumbnails_path=(model_path.parent / thumbnails) if thumbnails else None,
-        gflops_per_frame=float(card["gflops_per_frame"]) if isinstance(card.get("gflops_per_frame"), (int, float)) else None,
-        adapters=tuple(adapters),
-    )
+        return read_model_card(model_path)
+    except ModelCardError as error:  # the server's callers catch ModelError, for the card as for the graphs
+        raise ModelError(str(error)) from None
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from server.protocol import Buffer, EncodedBuffer, ProtocolError, raw_buffer_from_array
-
+from client.protocol import Buffer, EncodedBuffer, ProtocolError, raw_buffer_from_array
 
 # The one Pillow format each wire codec may be: a BMP, TIFF, GIF, WEBP... sent as "png" is refused, not decoded.
 _PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG"}
@@ -33,22 +32,29 @@ def decode_driver_image(buffer: Buffer, *, max_pixels: int, request_id: int | No
             with image:
                 width, height = image.size
                 if width * height > max_pixels:
-                    raise ProtocolError("too_large", f"{buffer.codec} image of {width}×{height} exceeds this server's "
-                                        f"{max_pixels} pixels", request_id=request_id)
+                    raise ProtocolError(
+                        "too_large",
+                        f"{buffer.codec} image of {width}×{height} exceeds this server's {max_pixels} pixels",
+                        request_id=request_id,
+                    )
                 return np.asarray(image.convert("RGB"))
         except ProtocolError:
             raise
         except Exception as error:  # Pillow raises OSError, ValueError, SyntaxError, struct.error, ... on broken files
-            raise ProtocolError("bad_request", f"cannot decode {buffer.codec} driver image: {type(error).__name__}: {error}",
-                                request_id=request_id) from None
+            raise ProtocolError(
+                "bad_request", f"cannot decode {buffer.codec} driver image: {type(error).__name__}: {error}", request_id=request_id
+            ) from None
     array = buffer.array()
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or min(array.shape[:2]) < 1:
         raise ProtocolError("bad_request", f"driver image must be H×W×{{1,3,4}}, got shape {list(buffer.shape)}", request_id=request_id)
     if array.shape[0] * array.shape[1] > max_pixels:
-        raise ProtocolError("too_large", f"driver image of {array.shape[1]}×{array.shape[0]} exceeds this server's {max_pixels} pixels",
-                            request_id=request_id)
+        raise ProtocolError(
+            "too_large",
+            f"driver image of {array.shape[1]}×{array.shape[0]} exceeds this server's {max_pixels} pixels",
+            request_id=request_id,
+        )
     if array.dtype == np.float32:
         if not np.isfinite(array).all():
             raise ProtocolError("bad_request", "driver image holds NaN or infinite values", request_id=request_id)
@@ -102,4 +108,3 @@ def decode_texture(buffer: Buffer) -> np.ndarray:
         with Image.open(io.BytesIO(buffer.data)) as image:
             return np.asarray(image.convert("RGB"))
     return buffer.array()
-

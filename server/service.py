@@ -40,11 +40,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from server import __version__, capture, drivers, imaging
-from server.engine import Engine
-from server.keys import CurveServerKeys
-from server.one_euro import SignalClock
-from server.protocol import (
+from client.protocol import (
     CODECS,
     CROP_MODES,
     DEFAULT_LIMITS,
@@ -62,16 +58,17 @@ from server.protocol import (
     require,
     unpack_header,
 )
+from server import __version__, capture, drivers, imaging
+from server.engine import Engine
+from server.keys import CurveServerKeys
+from server.one_euro import SignalClock
 
 log = logging.getLogger("megalive.server")
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 _WORKER_ENDPOINT = "inproc://megalive-worker-{}"
 _MONITOR_EVENTS = (
-    zmq.EVENT_DISCONNECTED
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
 
 
@@ -549,8 +546,9 @@ class AvatarService:
             self._restart_times.popleft()
         reason = self._worker_failure or "no reason recorded"
         if len(self._restart_times) > self.config.max_engine_restarts:
-            raise RuntimeError(f"the engine thread died {len(self._restart_times)} times in "
-                               f"{self.config.engine_restart_window_s:.0f} s; last: {reason}")
+            raise RuntimeError(
+                f"the engine thread died {len(self._restart_times)} times in {self.config.engine_restart_window_s:.0f} s; last: {reason}"
+            )
         self.counters.engine_restarts += 1
         log.error("engine thread died (%s); restarting it (%d so far)", reason, self.counters.engine_restarts)
         self._start_worker()
@@ -623,8 +621,11 @@ class AvatarService:
         try:
             if incoming.oversized:
                 self.counters.oversized += 1
-                raise ProtocolError("too_large", f"a message holds at most {self.config.limits.max_parts} frames and "
-                                    f"{self.config.limits.max_message_bytes} bytes", request_id=_header_field(incoming.frames, "id"))
+                raise ProtocolError(
+                    "too_large",
+                    f"a message holds at most {self.config.limits.max_parts} frames and {self.config.limits.max_message_bytes} bytes",
+                    request_id=_header_field(incoming.frames, "id"),
+                )
             request = decode([frame.buffer for frame in incoming.frames], self.config.limits)
             if request.op == "frame":
                 self._on_frame(router, peer, request, tuple(incoming.frames))
@@ -641,8 +642,9 @@ class AvatarService:
             self.counters.internal_errors += 1
             self._count_refusal(peer, incoming)
             request_id = _header_field(incoming.frames, "id")
-            self._send(router, peer, error_frames("internal", f"the server failed on this request: {type(error).__name__}",
-                                                  request_id=request_id))
+            self._send(
+                router, peer, error_frames("internal", f"the server failed on this request: {type(error).__name__}", request_id=request_id)
+            )
 
     def _count_refusal(self, peer: bytes, incoming: _Incoming) -> None:
         self.counters.rejected += 1
@@ -653,31 +655,39 @@ class AvatarService:
     def _on_hello(self, router: zmq.Socket, peer: bytes, request: Message) -> None:
         versions = request.get("versions", [PROTOCOL_VERSION])
         if not isinstance(versions, list) or PROTOCOL_VERSION not in versions:
-            raise ProtocolError("unsupported_version", f"client speaks {versions!r}; this server speaks v{PROTOCOL_VERSION}", request_id=request.request_id)
+            raise ProtocolError(
+                "unsupported_version", f"client speaks {versions!r}; this server speaks v{PROTOCOL_VERSION}", request_id=request.request_id
+            )
         card = self.engine.card
-        self._reply(router, peer, {
-            "op": "hello",
-            "id": request.request_id,
-            "server": f"megalive {__version__}",
-            "protocol": PROTOCOL_VERSION,
-            "models": [{
-                "name": card.name,
-                "resolution": list(card.resolution),
-                "avatars": len(card.avatar_names),
-                "drivers": list(card.drivers),
-                "providers": self.engine.providers,
-            }],
-            "capabilities": {
-                "drivers": list(card.drivers),
-                "formats": list(OUTPUT_FORMATS),
-                "crops": ["none", "auto"] if self._can_crop else ["none"],
-                "codecs": list(CODECS),
-                "enroll": False,
-                "curve": self.config.curve is not None,
+        self._reply(
+            router,
+            peer,
+            {
+                "op": "hello",
+                "id": request.request_id,
+                "server": f"megalive {__version__}",
+                "protocol": PROTOCOL_VERSION,
+                "models": [
+                    {
+                        "name": card.name,
+                        "resolution": list(card.resolution),
+                        "avatars": len(card.avatar_names),
+                        "drivers": list(card.drivers),
+                        "providers": self.engine.providers,
+                    }
+                ],
+                "capabilities": {
+                    "drivers": list(card.drivers),
+                    "formats": list(OUTPUT_FORMATS),
+                    "crops": ["none", "auto"] if self._can_crop else ["none"],
+                    "codecs": list(CODECS),
+                    "enroll": False,
+                    "curve": self.config.curve is not None,
+                },
+                "limits": self.announced_limits(),
+                "engine": self._engine_state(),
             },
-            "limits": self.announced_limits(),
-            "engine": self._engine_state(),
-        })
+        )
 
     def announced_limits(self) -> dict[str, int]:
         """Every bound the server enforces, as `hello` announces them."""
@@ -721,7 +731,9 @@ class AvatarService:
         if driver not in DRIVER_KINDS:
             raise ProtocolError("bad_request", f"driver {driver!r} not one of {list(DRIVER_KINDS)}", request_id=rid)
         if driver not in self.engine.card.drivers:
-            raise ProtocolError("bad_request", f"the loaded model has no {driver!r} input (it accepts {list(self.engine.card.drivers)})", request_id=rid)
+            raise ProtocolError(
+                "bad_request", f"the loaded model has no {driver!r} input (it accepts {list(self.engine.card.drivers)})", request_id=rid
+            )
         if output_format not in OUTPUT_FORMATS:
             raise ProtocolError("bad_request", f"format {output_format!r} not one of {list(OUTPUT_FORMATS)}", request_id=rid)
         if crop not in CROP_MODES:
@@ -738,10 +750,13 @@ class AvatarService:
         ):
             raise ProtocolError("bad_request", f"size must be [height, width] between 16 and 4096, got {size!r}", request_id=rid)
         if size[0] * size[1] > self.config.max_output_pixels:
-            raise ProtocolError("too_large", f"output size {size[0]}×{size[1]} exceeds this server's {self.config.max_output_pixels} pixels",
-                                request_id=rid)
+            raise ProtocolError(
+                "too_large", f"output size {size[0]}×{size[1]} exceeds this server's {self.config.max_output_pixels} pixels", request_id=rid
+            )
         if not 0 <= avatar < self.engine.card.num_avatars:
-            raise ProtocolError("unknown_avatar", f"avatar {avatar} does not exist (this model has {self.engine.card.num_avatars})", request_id=rid)
+            raise ProtocolError(
+                "unknown_avatar", f"avatar {avatar} does not exist (this model has {self.engine.card.num_avatars})", request_id=rid
+            )
         if len(self.sessions) >= self.config.max_sessions:
             raise ProtocolError("busy", f"the server holds its maximum of {self.config.max_sessions} sessions", request_id=rid)
         if sum(s.peer == peer for s in self.sessions.values()) >= self.config.max_sessions_per_client:
@@ -749,11 +764,15 @@ class AvatarService:
         crop_config = None
         if crop == "auto":
             if not self._can_crop:
-                raise ProtocolError("bad_request", "crop 'auto' is unavailable on this server: mediapipe is not installed "
-                                    "(pip install 'megalive[capture]')", request_id=rid)
+                raise ProtocolError(
+                    "bad_request",
+                    "crop 'auto' is unavailable on this server: mediapipe is not installed (pip install 'megalive[capture]')",
+                    request_id=rid,
+                )
             if sum(s.crop == "auto" for s in self.sessions.values()) >= self.config.max_crop_sessions:
-                raise ProtocolError("busy", f"the server holds its maximum of {self.config.max_crop_sessions} crop 'auto' sessions",
-                                    request_id=rid)
+                raise ProtocolError(
+                    "busy", f"the server holds its maximum of {self.config.max_crop_sessions} crop 'auto' sessions", request_id=rid
+                )
             crop_config = capture.CropConfig(output_size=self.engine.resolution[0], box_filter=filter_config.box)
         now = time.monotonic()
         session = Session(
@@ -772,8 +791,11 @@ class AvatarService:
             return_landmarks=return_landmarks,
         )
         self.sessions[session.session_id] = session
-        self._reply(router, peer, {"op": "open", "id": rid, "session": session.session_id, "token": session.token,
-                                   "size": size, "format": output_format})
+        self._reply(
+            router,
+            peer,
+            {"op": "open", "id": rid, "session": session.session_id, "token": session.token, "size": size, "format": output_format},
+        )
 
     def _owned_session(self, peer: bytes, request: Message) -> Session:
         """The request's session, when this connection opened it and the request carries its token."""
@@ -786,8 +808,11 @@ class AvatarService:
             or not isinstance(token, str)
             or not hmac.compare_digest(token.encode("utf-8", "replace"), session.token.encode())
         ):
-            raise ProtocolError("unknown_session", f"no session {session_id} of this client (closed, expired, or the server restarted)",
-                                request_id=request.request_id)
+            raise ProtocolError(
+                "unknown_session",
+                f"no session {session_id} of this client (closed, expired, or the server restarted)",
+                request_id=request.request_id,
+            )
         session.last_seen = time.monotonic()
         return session
 
@@ -799,18 +824,29 @@ class AvatarService:
     def _on_stats(self, router: zmq.Socket, peer: bytes, request: Message) -> None:
         own = [s for s in self.sessions.values() if s.peer == peer]
         others = [s.counter_values() for s in self.sessions.values() if s.peer != peer]
-        self._reply(router, peer, {
-            "op": "stats",
-            "id": request.request_id,
-            "client": {"curve_key": self._peer_keys.get(peer)},
-            "sessions": [s.as_dict() for s in own],  # a client sees its own sessions ...
-            "other_clients": {"sessions": len(others), **{name: sum(v[name] for v in others) for name in _COUNTER_NAMES}},  # ... and totals
-            "engine": {**self.engine.counters.as_dict(), **self._engine_state()},
-            "server": self.counters.as_dict(),
-        })
+        self._reply(
+            router,
+            peer,
+            {
+                "op": "stats",
+                "id": request.request_id,
+                "client": {"curve_key": self._peer_keys.get(peer)},
+                "sessions": [s.as_dict() for s in own],  # a client sees its own sessions ...
+                "other_clients": {
+                    "sessions": len(others),
+                    **{name: sum(v[name] for v in others) for name in _COUNTER_NAMES},
+                },  # ... and totals
+                "engine": {**self.engine.counters.as_dict(), **self._engine_state()},
+                "server": self.counters.as_dict(),
+            },
+        )
 
     def _on_enroll(self, router: zmq.Socket, peer: bytes, request: Message) -> None:
-        raise ProtocolError("bad_request", "enroll is not supported by this server: new avatars are trained with megalive-train", request_id=request.request_id)
+        raise ProtocolError(
+            "bad_request",
+            "enroll is not supported by this server: new avatars are trained with megalive-train",
+            request_id=request.request_id,
+        )
 
     def _on_frame(self, router: zmq.Socket, peer: bytes, request: Message, frames: tuple[zmq.Frame, ...]) -> None:
         session = self._owned_session(peer, request)
@@ -912,8 +948,13 @@ class AvatarService:
             self._worker_failure = f"{type(error).__name__}: {error}"
             log.exception("engine thread failed")
             for job in in_hand:  # each claimed frame still ends in exactly one reply
-                results.send_multipart([job.session.peer, *error_frames("internal", "the engine thread failed; it is being restarted",
-                                                                        request_id=job.request_id)], copy=False)
+                results.send_multipart(
+                    [
+                        job.session.peer,
+                        *error_frames("internal", "the engine thread failed; it is being restarted", request_id=job.request_id),
+                    ],
+                    copy=False,
+                )
         finally:
             results.close(linger=0 if self._stop.is_set() else 1000)
             if self._stop.is_set():
@@ -977,8 +1018,9 @@ class AvatarService:
             replies += self._infer_and_encode(kind, prepared, began=began, decoded=decoded, batch_jobs=len(jobs))
         return replies
 
-    def _infer_and_encode(self, kind: str, prepared: list[tuple[FrameJob, np.ndarray, dict[str, Any]]], *, began: float, decoded: float,
-                          batch_jobs: int) -> list[tuple[bytes, list]]:
+    def _infer_and_encode(
+        self, kind: str, prepared: list[tuple[FrameJob, np.ndarray, dict[str, Any]]], *, began: float, decoded: float, batch_jobs: int
+    ) -> list[tuple[bytes, list]]:
         good = [job for job, _, _ in prepared]
         samples = [sample for _, sample, _ in prepared]
         batch = imaging.to_engine_batch(samples) if kind == "image" else np.stack(samples).astype(np.float32)

@@ -86,12 +86,24 @@ def multi_driver_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     student = Student(config=student_config("tiny", num_avatars=3))
     extras = [
-        ExtraDriver(kind=kind, module=AdaptedStudent(student=student, adapter=DriverAdapter(config=adapter_config(kind, student=student.config))),
-                    input_name=ADAPTER_INPUTS[kind][0], input_shape=ADAPTER_INPUTS[kind][1], config={"kind": kind})
+        ExtraDriver(
+            kind=kind,
+            module=AdaptedStudent(student=student, adapter=DriverAdapter(config=adapter_config(kind, student=student.config))),
+            input_name=ADAPTER_INPUTS[kind][0],
+            input_shape=ADAPTER_INPUTS[kind][1],
+            config={"kind": kind},
+        )
         for kind in ADAPTER_KINDS
     ]
     out = tmp_path_factory.mktemp("models") / "student.onnx"
-    report = export_avatar_model(student, out_path=out, resolution=(64, 64), avatar_names=["ada", "bo", "cy"],
-                                 command="tests/conftest.py multi_driver_model_path", config={"preset": "tiny"}, extra_drivers=extras)
+    report = export_avatar_model(
+        student,
+        out_path=out,
+        resolution=(64, 64),
+        avatar_names=["ada", "bo", "cy"],
+        command="tests/conftest.py multi_driver_model_path",
+        config={"preset": "tiny"},
+        extra_drivers=extras,
+    )
     assert report.max_abs_error < 1e-4
     return out

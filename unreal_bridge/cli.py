@@ -1,8 +1,8 @@
-"""Command-line entries of the Unreal bridge, registered into `megalive` by server/cli.py:
+"""Command-line entries of the Unreal bridge, registered into `megalive` by megalive/cli.py:
 
-    megalive livelink relay   [options]      Live Link Face -> server `arkit` session
-    megalive livelink replay  FILE [options] send a recorded take to a UDP port
-    megalive unreal package   --out DIR      build the folder to copy into an Unreal project
+megalive livelink relay   [options]      Live Link Face -> server `arkit` session
+megalive livelink replay  FILE [options] send a recorded take to a UDP port
+megalive unreal package   --out DIR      build the folder to copy into an Unreal project
 """
 
 from __future__ import annotations
@@ -56,43 +56,67 @@ def _megabytes(text: str) -> float:
 
 def add_livelink_commands(subparsers: _Subparsers) -> None:
     """Register `livelink relay` and `livelink replay` on a `megalive` subparsers object."""
-    livelink = subparsers.add_parser("livelink", help="Live Link Face relay and take replay",
-                                     description="Live Link Face (iPhone ARKit over UDP) tools.")
+    livelink = subparsers.add_parser(
+        "livelink", help="Live Link Face relay and take replay", description="Live Link Face (iPhone ARKit over UDP) tools."
+    )
     commands = livelink.add_subparsers(title="livelink commands", metavar="COMMAND")
 
     relay = commands.add_parser(
-        "relay", help="forward Live Link Face curves to a server arkit session",
+        "relay",
+        help="forward Live Link Face curves to a server arkit session",
         description="Receive Live Link Face on UDP, open an 'arkit' session on the server and forward the newest curves "
         "of a subject as float32[61] frames. Exits non-zero with one line when the server refuses (e.g. the loaded model "
         "has no ARKit input). Stops cleanly on Ctrl-C or SIGTERM.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     relay.add_argument("--server", default="tcp://127.0.0.1:5555", metavar="ADDR", help="MegaLive server address")
     relay.add_argument("--avatar", type=int, default=0, metavar="ID", help="avatar id (see `megalive avatars`)")
     relay.add_argument("--subject", default=None, metavar="NAME", help="Live Link subject to forward; none: the newest of any")
-    relay.add_argument("--listen", default=DEFAULT_BIND_ADDRESS, metavar="ADDR",
-                       help="UDP address to receive on; loopback takes only this machine's packets (e.g. a replay): "
-                       "a phone on the LAN needs --listen 0.0.0.0 (or this machine's LAN address)")
+    relay.add_argument(
+        "--listen",
+        default=DEFAULT_BIND_ADDRESS,
+        metavar="ADDR",
+        help="UDP address to receive on; loopback takes only this machine's packets (e.g. a replay): "
+        "a phone on the LAN needs --listen 0.0.0.0 (or this machine's LAN address)",
+    )
     relay.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N", help="UDP port of Live Link Face [0-65535; 0: any]")
     relay.add_argument("--size", type=_size, default=None, metavar="HxW", help="output texture size; none: the model's")
     relay.add_argument("--timeout", type=float, default=2.0, metavar="S", help="seconds to wait for the server")
     relay.add_argument("--window", type=int, default=2, metavar="N", help="frames in flight [1-8]")
-    relay.add_argument("--record", type=Path, default=None, metavar="FILE",
-                       help="also record the raw packets as a take (written as FILE.partial, renamed to FILE when finished)")
-    relay.add_argument("--record-max-mb", type=_megabytes, default=DEFAULT_TAKE_MAX_BYTES / 1e6, metavar="MB",
-                       help="size cap of the take in MB (10^6 bytes): reaching it finishes the take, says so once and "
-                       "relaying goes on")
-    relay.add_argument("--server-key", type=Path, default=None, metavar="FILE",
-                       help="CURVE encryption for a remote server: the server's public key file (with --client-key)")
-    relay.add_argument("--client-key", type=Path, default=None, metavar="FILE",
-                       help="CURVE encryption: this client's secret key file (with --server-key)")
+    relay.add_argument(
+        "--record",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also record the raw packets as a take (written as FILE.partial, renamed to FILE when finished)",
+    )
+    relay.add_argument(
+        "--record-max-mb",
+        type=_megabytes,
+        default=DEFAULT_TAKE_MAX_BYTES / 1e6,
+        metavar="MB",
+        help="size cap of the take in MB (10^6 bytes): reaching it finishes the take, says so once and relaying goes on",
+    )
+    relay.add_argument(
+        "--server-key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="CURVE encryption for a remote server: the server's public key file (with --client-key)",
+    )
+    relay.add_argument(
+        "--client-key", type=Path, default=None, metavar="FILE", help="CURVE encryption: this client's secret key file (with --server-key)"
+    )
     relay.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds; none: run until stopped")
     relay.add_argument("--dry-run", action="store_true", help="print the resolved options and exit")
     relay.set_defaults(run=_relay)
 
     replay = commands.add_parser(
-        "replay", help="send a recorded take to a UDP port at its recorded timing",
+        "replay",
+        help="send a recorded take to a UDP port at its recorded timing",
         description="Replay a take recorded with `megalive livelink relay --record` as Live Link Face UDP packets.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     replay.add_argument("file", type=Path, metavar="FILE", help="take file")
     replay.add_argument("--to", type=_host_port, default=("127.0.0.1", DEFAULT_PORT), metavar="HOST:PORT", help="where to send")
     replay.add_argument("--speed", type=_positive_speed, default=1.0, metavar="X", help="time scale; 2 = twice as fast, inf = no waiting")
@@ -102,13 +126,14 @@ def add_livelink_commands(subparsers: _Subparsers) -> None:
 
 def add_unreal_commands(subparsers: _Subparsers) -> None:
     """Register `unreal package` on a `megalive` subparsers object."""
-    unreal = subparsers.add_parser("unreal", help="build the Unreal editor bridge",
-                                   description="Unreal Engine editor bridge (UE 5.3-5.6).")
+    unreal = subparsers.add_parser("unreal", help="build the Unreal editor bridge", description="Unreal Engine editor bridge (UE 5.3-5.6).")
     commands = unreal.add_subparsers(title="unreal commands", metavar="COMMAND")
     package = commands.add_parser(
-        "package", help="build the folder to copy into an Unreal project",
-        description="Write megalive_bridge/ (editor Python + vendored protocol/client copies) and the MegaLiveTexture "
-        "C++ plugin into DIR.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "package",
+        help="build the folder to copy into an Unreal project",
+        description="Write megalive_bridge/ (editor Python + vendored client/contract copies) and the MegaLiveTexture C++ plugin into DIR.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     package.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created if missing)")
     package.add_argument("--dry-run", action="store_true", help="print the resolved options and exit")
     package.set_defaults(run=_package)
@@ -126,10 +151,21 @@ def _relay(args: argparse.Namespace) -> int:
         raise SystemExit("megalive livelink relay: --window must be between 1 and 8")
     if not 0 <= args.port <= 65535:
         raise SystemExit("megalive livelink relay: --port must be between 0 and 65535")
-    config = RelayConfig(server=args.server, avatar=args.avatar, subject=args.subject, listen=args.listen, port=args.port,
-                         output_size=args.size, timeout_s=args.timeout, max_in_flight=args.window, record=args.record,
-                         record_max_bytes=int(args.record_max_mb * 1e6), server_key=args.server_key, client_key=args.client_key,
-                         duration_s=args.duration)
+    config = RelayConfig(
+        server=args.server,
+        avatar=args.avatar,
+        subject=args.subject,
+        listen=args.listen,
+        port=args.port,
+        output_size=args.size,
+        timeout_s=args.timeout,
+        max_in_flight=args.window,
+        record=args.record,
+        record_max_bytes=int(args.record_max_mb * 1e6),
+        server_key=args.server_key,
+        client_key=args.client_key,
+        duration_s=args.duration,
+    )
     if args.dry_run:
         print(json.dumps(asdict(config), indent=2, default=str))
         return 0
@@ -172,6 +208,8 @@ def _package(args: argparse.Namespace) -> int:
         _print_options(args)
         return 0
     package = build_unreal_bridge(args.out)
-    print(f"megalive unreal package: wrote {package.python_package} (copy into <Project>/Content/Python/) "
-          f"and {package.plugin} (optional, into <Project>/Plugins/)")
+    print(
+        f"megalive unreal package: wrote {package.python_package} (copy into <Project>/Content/Python/) "
+        f"and {package.plugin} (optional, into <Project>/Plugins/)"
+    )
     return 0

@@ -1,7 +1,7 @@
 """Live Link Face (packet v6): parser, encoder, non-blocking UDP receiver, take files.
 
-Standard library only: this module runs in the standalone relay and inside Unreal's embedded
-Python, so it must import without Unreal, numpy or torch (DESIGN §8).
+Standard library and contract.arkit only: this module runs in the standalone relay and inside Unreal's
+embedded Python, so it must import without Unreal, numpy or torch (DESIGN §8).
 
 Packet v6 (one UDP datagram, big-endian, default port 11111)
 ------------------------------------------------------------
@@ -62,6 +62,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
+try:  # packaged: megalive_bridge/vendor/contract/ (a copy made by `megalive unreal package`)
+    from .vendor.contract import arkit
+except ImportError:  # in the repository: unreal_bridge/ has no vendor folder, contract/ is importable
+    from contract import arkit
+
 __all__ = [
     "ARKIT_BLENDSHAPES",
     "CURVE_NAMES",
@@ -94,29 +99,11 @@ DEFAULT_PORT = 11111
 # A phone on the LAN needs the LAN address or 0.0.0.0, given explicitly.
 DEFAULT_BIND_ADDRESS = "127.0.0.1"
 
-ARKIT_BLENDSHAPES: tuple[str, ...] = (
-    "eyeBlinkLeft", "eyeLookDownLeft", "eyeLookInLeft", "eyeLookOutLeft", "eyeLookUpLeft",
-    "eyeSquintLeft", "eyeWideLeft",
-    "eyeBlinkRight", "eyeLookDownRight", "eyeLookInRight", "eyeLookOutRight", "eyeLookUpRight",
-    "eyeSquintRight", "eyeWideRight",
-    "jawForward", "jawLeft", "jawRight", "jawOpen",
-    "mouthClose", "mouthFunnel", "mouthPucker", "mouthLeft", "mouthRight",
-    "mouthSmileLeft", "mouthSmileRight", "mouthFrownLeft", "mouthFrownRight",
-    "mouthDimpleLeft", "mouthDimpleRight", "mouthStretchLeft", "mouthStretchRight",
-    "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper",
-    "mouthPressLeft", "mouthPressRight", "mouthLowerDownLeft", "mouthLowerDownRight",
-    "mouthUpperUpLeft", "mouthUpperUpRight",
-    "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
-    "cheekPuff", "cheekSquintLeft", "cheekSquintRight",
-    "noseSneerLeft", "noseSneerRight",
-    "tongueOut",
-)
-ROTATION_NAMES: tuple[str, ...] = (
-    "headYaw", "headPitch", "headRoll",
-    "leftEyeYaw", "leftEyePitch", "leftEyeRoll",
-    "rightEyeYaw", "rightEyePitch", "rightEyeRoll",
-)
-CURVE_NAMES: tuple[str, ...] = ARKIT_BLENDSHAPES + ROTATION_NAMES
+# The curve names are contract's (one copy for the protocol, the server, the models and both hosts); the names this
+# module has always exported stay as aliases.
+ARKIT_BLENDSHAPES: tuple[str, ...] = arkit.ARKIT_BLENDSHAPES
+ROTATION_NAMES: tuple[str, ...] = arkit.ARKIT_ROTATIONS
+CURVE_NAMES: tuple[str, ...] = arkit.ARKIT_CURVES
 VALUE_COUNT = len(CURVE_NAMES)  # 61
 assert len(ARKIT_BLENDSHAPES) == 52 and VALUE_COUNT == 61
 
@@ -128,9 +115,7 @@ _U8 = struct.Struct(">B")
 _I32 = struct.Struct(">i")
 _FRAME_TIME = struct.Struct(">ifii")  # frame, sub-frame, rate numerator, rate denominator
 _VALUES = struct.Struct(f">{VALUE_COUNT}f")
-_CURVE_INDEX: Mapping[str, int] = types.MappingProxyType(
-    {name: index for index, name in enumerate(CURVE_NAMES)}
-)
+_CURVE_INDEX: Mapping[str, int] = types.MappingProxyType({name: index for index, name in enumerate(CURVE_NAMES)})
 
 # --------------------------------------------------------------------------------------------
 # Frames
@@ -178,9 +163,7 @@ class FaceFrame:
             raise ValueError(f"FaceFrame needs {VALUE_COUNT} values, got {len(self.values)}")
 
     @classmethod
-    def from_curves(
-        cls, *, device_id: str, subject: str, time: FrameTime, curves: Mapping[str, float]
-    ) -> FaceFrame:
+    def from_curves(cls, *, device_id: str, subject: str, time: FrameTime, curves: Mapping[str, float]) -> FaceFrame:
         """Build a frame from named curves (any ARKit source); missing curves are 0.0."""
         unknown = [name for name in curves if name not in _CURVE_INDEX]
         if unknown:
@@ -201,7 +184,7 @@ class FaceFrame:
     @property
     def rotations(self) -> tuple[float, ...]:
         """The 9 rotations, ROTATION_NAMES order (head, left eye, right eye; yaw/pitch/roll)."""
-        return self.values[len(ARKIT_BLENDSHAPES):]
+        return self.values[len(ARKIT_BLENDSHAPES) :]
 
     @property
     def head_rotation(self) -> tuple[float, float, float]:
@@ -216,7 +199,12 @@ class FaceFrame:
 
 PacketErrorReason = Literal["short", "version", "length", "utf8", "count", "trailing"]
 PACKET_ERROR_REASONS: tuple[PacketErrorReason, ...] = (
-    "short", "version", "length", "utf8", "count", "trailing",
+    "short",
+    "version",
+    "length",
+    "utf8",
+    "count",
+    "trailing",
 )
 
 
@@ -238,11 +226,9 @@ def _read_string(view: memoryview, offset: int, field: str) -> tuple[str, int]:
     if length < 0 or length > MAX_STRING_BYTES:
         raise PacketError("length", f"{field} length {length} outside 0..{MAX_STRING_BYTES}")
     if size - offset < length:
-        raise PacketError(
-            "short", f"{field} claims {length} bytes, {size - offset} left at byte {offset}"
-        )
+        raise PacketError("short", f"{field} claims {length} bytes, {size - offset} left at byte {offset}")
     try:
-        text = str(view[offset: offset + length], "utf-8")
+        text = str(view[offset : offset + length], "utf-8")
     except UnicodeDecodeError as error:
         raise PacketError("utf8", f"{field} is not valid UTF-8 ({error.reason})") from None
     return text, offset + length
@@ -302,16 +288,16 @@ def encode_packet(frame: FaceFrame) -> bytes:
     """
     time_ = frame.time
     try:
-        return b"".join((
-            _U8.pack(PACKET_VERSION),
-            _encode_string(frame.device_id, "device id"),
-            _encode_string(frame.subject, "subject name"),
-            _FRAME_TIME.pack(
-                time_.frame, time_.sub_frame, time_.rate_numerator, time_.rate_denominator
-            ),
-            _U8.pack(VALUE_COUNT),
-            _VALUES.pack(*frame.values),
-        ))
+        return b"".join(
+            (
+                _U8.pack(PACKET_VERSION),
+                _encode_string(frame.device_id, "device id"),
+                _encode_string(frame.subject, "subject name"),
+                _FRAME_TIME.pack(time_.frame, time_.sub_frame, time_.rate_numerator, time_.rate_denominator),
+                _U8.pack(VALUE_COUNT),
+                _VALUES.pack(*frame.values),
+            )
+        )
     except (struct.error, OverflowError) as error:
         raise ValueError(f"frame cannot be encoded: {error}") from None
 
@@ -340,8 +326,9 @@ class PortInUseError(OSError):
     """The UDP port is already bound by another receiver (a second relay, the editor, the app)."""
 
     def __init__(self, *, address: str, port: int) -> None:
-        super().__init__(f"UDP port {port} is already in use on {address} "
-                         "(another relay, the editor bridge, or Unreal's own Live Link source?)")
+        super().__init__(
+            f"UDP port {port} is already in use on {address} (another relay, the editor bridge, or Unreal's own Live Link source?)"
+        )
         self.errno = errno.EADDRINUSE
         self.address = address
         self.port = port
@@ -561,7 +548,8 @@ class TakeWriter:
             self._file: BinaryIO | None = open(self.partial_path, "xb")
         except FileExistsError:
             raise FileExistsError(
-                errno.EEXIST, "an interrupted take is there; replay, rename or delete it first",
+                errno.EEXIST,
+                "an interrupted take is there; replay, rename or delete it first",
                 os.fspath(self.partial_path),
             ) from None
         self._file.write(TAKE_MAGIC)
@@ -633,9 +621,7 @@ class TakeWriter:
             self.abandon()
 
 
-def read_take(
-    path: str | os.PathLike[str], *, strict: bool = False
-) -> Iterator[tuple[float, bytes]]:
+def read_take(path: str | os.PathLike[str], *, strict: bool = False) -> Iterator[tuple[float, bytes]]:
     """Yield (seconds since start, packet bytes) from a take file, in file order.
 
     Raises ValueError on a bad magic line or a corrupt record. A truncated final record (a

@@ -3,9 +3,8 @@
 Output layout (``out_dir``):
 
     megalive_bridge/            this folder's Python (no tests, no caches), importable in UE
-        vendor/protocol.py      byte-identical copies of server/protocol.py, server/client.py
-        vendor/client.py        and server/live.py (one source of truth stays in server/)
-        vendor/live.py
+        vendor/client/          byte-identical copies of the client/ and contract/ packages
+        vendor/contract/        (client/vendor.py lists the files; one source of truth stays in the repository)
     MegaLiveTexture/            the optional C++ helper plugin, for <Project>/Plugins/
 
 Each part is built under a temporary name and renamed into place, so an interrupted build never
@@ -19,13 +18,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.vendor import VENDORED_FILES, write_vendor_package
+from client.vendor import VENDORED_FILES, write_vendor_package
 
 BRIDGE_DIR = Path(__file__).resolve().parent
 PACKAGE_NAME = "megalive_bridge"
 PLUGIN_NAME = "MegaLiveTexture"
-_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".mypy_cache", "*.partial",
-                                  "Binaries", "Intermediate")
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".mypy_cache", "*.partial", "Binaries", "Intermediate")
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,7 @@ def _replace_dir(staged: Path, final: Path) -> None:
 
 
 def build_unreal_bridge(out_dir: str | Path) -> UnrealPackage:
-    """Copy the bridge (+ vendored protocol/client/live) and the C++ plugin into ``out_dir``."""
+    """Copy the bridge (+ vendored client and contract) and the C++ plugin into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".megalive-package-", dir=out_dir) as staging_root:
@@ -61,8 +59,9 @@ def build_unreal_bridge(out_dir: str | Path) -> UnrealPackage:
         _replace_dir(python_package, out_dir / PACKAGE_NAME)
         _replace_dir(plugin, out_dir / PLUGIN_NAME)
     final = out_dir / PACKAGE_NAME
-    return UnrealPackage(python_package=final, plugin=out_dir / PLUGIN_NAME,
-                         vendored=tuple(final / "vendor" / name for name in VENDORED_FILES))
+    return UnrealPackage(
+        python_package=final, plugin=out_dir / PLUGIN_NAME, vendored=tuple(final / "vendor" / name for name in VENDORED_FILES)
+    )
 
 
 def _ignore_with_plugin(directory: str, names: list[str]) -> set[str]:

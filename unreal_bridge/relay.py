@@ -32,8 +32,16 @@ from typing import TextIO
 
 from .client_shim import client as client_module
 from .client_shim import protocol
-from .livelink_face import (DEFAULT_BIND_ADDRESS, DEFAULT_PORT, DEFAULT_TAKE_MAX_BYTES, VALUE_COUNT, FaceFrame, LiveLinkFaceReceiver,
-                            PortInUseError, TakeWriter)
+from .livelink_face import (
+    DEFAULT_BIND_ADDRESS,
+    DEFAULT_PORT,
+    DEFAULT_TAKE_MAX_BYTES,
+    VALUE_COUNT,
+    FaceFrame,
+    LiveLinkFaceReceiver,
+    PortInUseError,
+    TakeWriter,
+)
 
 EXIT_OK = 0
 EXIT_REFUSED = 2  # the server refused the session (no ARKit input, unknown avatar, ...)
@@ -134,8 +142,7 @@ def _start_locally(config: RelayConfig) -> tuple[client_module.CurveClientKeys |
     return curve, receiver, writer
 
 
-def run_relay(config: RelayConfig, *, stop: threading.Event | None = None, out: TextIO | None = None,
-              err: TextIO | None = None) -> int:
+def run_relay(config: RelayConfig, *, stop: threading.Event | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run the relay until ``stop`` is set (or ``duration_s`` passes); returns the exit code."""
     stop = stop or threading.Event()
     out = out or sys.stdout  # looked up per call, so redirected streams are honoured
@@ -149,8 +156,13 @@ def run_relay(config: RelayConfig, *, stop: threading.Event | None = None, out: 
     relaying = False
     client: client_module.AvatarClient | None = None
     try:
-        client = client_module.AvatarClient(address=config.server, name="megalive-livelink-relay", timeout_s=config.timeout_s,
-                                            max_in_flight=config.max_in_flight, curve=curve)
+        client = client_module.AvatarClient(
+            address=config.server,
+            name="megalive-livelink-relay",
+            timeout_s=config.timeout_s,
+            max_in_flight=config.max_in_flight,
+            curve=curve,
+        )
         try:
             info = client.hello()
             session = client.open(avatar=config.avatar, driver="arkit", size=config.output_size)
@@ -159,14 +171,18 @@ def run_relay(config: RelayConfig, *, stop: threading.Event | None = None, out: 
             return EXIT_SERVER_GONE
         except client_module.ServerError as error:
             if _is_missing_arkit_input(error):
-                print(f"megalive livelink relay: the loaded model has no ARKit input: {config.server} refused the 'arkit' session "
-                      f"(server said: {error.message}); serve a model exported with --adapter for arkit, such as the shipped one",
-                      file=err, flush=True)
+                print(
+                    f"megalive livelink relay: the loaded model has no ARKit input: {config.server} refused the 'arkit' session "
+                    f"(server said: {error.message}); serve a model exported with --adapter for arkit, such as the shipped one",
+                    file=err,
+                    flush=True,
+                )
             else:
                 print(f"megalive livelink relay: the server refused the session: {error}", file=err, flush=True)
             return EXIT_REFUSED
-        print(f"megalive livelink relay: {info.server} at {config.server}, avatar {config.avatar}, arkit session open",
-              file=out, flush=True)
+        print(
+            f"megalive livelink relay: {info.server} at {config.server}, avatar {config.avatar}, arkit session open", file=out, flush=True
+        )
         relaying = True
         return _relay_loop(config, client, session, stop, out, err, receiver=receiver, writer=writer)
     finally:
@@ -177,8 +193,17 @@ def run_relay(config: RelayConfig, *, stop: threading.Event | None = None, out: 
             writer.discard()  # nothing was relayed: no empty take left behind
 
 
-def _relay_loop(config: RelayConfig, client: client_module.AvatarClient, session: int, stop: threading.Event,
-                out: TextIO, err: TextIO, *, receiver: LiveLinkFaceReceiver, writer: TakeWriter | None) -> int:
+def _relay_loop(
+    config: RelayConfig,
+    client: client_module.AvatarClient,
+    session: int,
+    stop: threading.Event,
+    out: TextIO,
+    err: TextIO,
+    *,
+    receiver: LiveLinkFaceReceiver,
+    writer: TakeWriter | None,
+) -> int:
     """Relay until stopped; closes ``receiver`` and finishes ``writer``'s take."""
     counters = RelayCounters()
     if writer is not None:
@@ -192,8 +217,12 @@ def _relay_loop(config: RelayConfig, client: client_module.AvatarClient, session
                 return
             counters.unrecorded += 1
             path = writer.close()  # finish it now: the take is complete and safe whatever happens later
-            print(f"megalive livelink relay: recording stopped: the take reached its {cap_mb} MB cap (--record-max-mb); "
-                  f"{writer.records} packets in {path}; still relaying", file=err, flush=True)
+            print(
+                f"megalive livelink relay: recording stopped: the take reached its {cap_mb} MB cap (--record-max-mb); "
+                f"{writer.records} packets in {path}; still relaying",
+                file=err,
+                flush=True,
+            )
 
         receiver.on_datagram = record
     subject = config.subject or "any subject"
@@ -243,8 +272,12 @@ def _relay_loop(config: RelayConfig, client: client_module.AvatarClient, session
             if now - last_report >= config.progress_interval_s:
                 fps = (counters.forwarded - reported_forwarded) / (now - last_report)
                 unrecorded = f"  unrecorded {counters.unrecorded}" if counters.unrecorded else ""
-                print(f"forwarded {counters.forwarded}  {fps:5.1f} fps  rendered {counters.rendered}  dropped {counters.dropped}"
-                      f"  errors {counters.errors}  malformed packets {receiver.stats().malformed}{unrecorded}", file=out, flush=True)
+                print(
+                    f"forwarded {counters.forwarded}  {fps:5.1f} fps  rendered {counters.rendered}  dropped {counters.dropped}"
+                    f"  errors {counters.errors}  malformed packets {receiver.stats().malformed}{unrecorded}",
+                    file=out,
+                    flush=True,
+                )
                 last_report, reported_forwarded = now, counters.forwarded
     finally:
         receiver.close()

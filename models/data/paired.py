@@ -28,9 +28,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -153,8 +154,9 @@ def remove_stale_partials(out_dir: Path) -> tuple[Path, ...]:
         try:
             with _folder_lock(folder) as free:
                 if not free:
-                    raise DatasetError(f"another synth is writing {out_dir} now ({folder.name} is in use); wait for it or choose "
-                                       "another folder")
+                    raise DatasetError(
+                        f"another synth is writing {out_dir} now ({folder.name} is in use); wait for it or choose another folder"
+                    )
                 shutil.rmtree(folder)
         except FileNotFoundError:
             continue  # gone meanwhile: a synth that just finished renamed it
@@ -266,11 +268,19 @@ def read_format_meta(root: Path, *, data_format: str, version: int, what: str, m
 def read_meta(root: Path) -> DatasetMeta:
     root = Path(root)
     meta_path = root / "meta.json"
-    meta = read_format_meta(root, data_format=DATASET_FORMAT, version=DATASET_VERSION, what="dataset folder", made_by="megalive-train synth")
+    meta = read_format_meta(
+        root, data_format=DATASET_FORMAT, version=DATASET_VERSION, what="dataset folder", made_by="megalive-train synth"
+    )
     try:
-        return DatasetMeta(root=root, resolution=int(meta["resolution"]), num_avatars=int(meta["num_avatars"]),
-                           num_pairs=int(meta["num_pairs"]), avatar_names=tuple(meta["avatar_names"]),
-                           seed=int(meta["seed"]), command=str(meta.get("command", "")))
+        return DatasetMeta(
+            root=root,
+            resolution=int(meta["resolution"]),
+            num_avatars=int(meta["num_avatars"]),
+            num_pairs=int(meta["num_pairs"]),
+            avatar_names=tuple(meta["avatar_names"]),
+            seed=int(meta["seed"]),
+            command=str(meta.get("command", "")),
+        )
     except (KeyError, TypeError, ValueError) as error:
         raise DatasetError(f"{meta_path}: missing or malformed field ({error})") from None
 
@@ -304,7 +314,9 @@ class PairedHeads(Dataset):
         count, size = self.meta.num_pairs, self.meta.resolution
         self.driver_rgba = load_checked_array(self.meta.root / "driver_rgba.npy", shape=(count, size, size, 4), dtype=np.uint8)
         self.target_rgba = load_checked_array(self.meta.root / "target_rgba.npy", shape=(count, size, size, 4), dtype=np.uint8)
-        self.neutral_rgba = load_checked_array(self.meta.root / "neutral_rgba.npy", shape=(self.meta.num_avatars, size, size, 4), dtype=np.uint8)
+        self.neutral_rgba = load_checked_array(
+            self.meta.root / "neutral_rgba.npy", shape=(self.meta.num_avatars, size, size, 4), dtype=np.uint8
+        )
         try:
             with np.load(self.meta.root / "pairs.npz", allow_pickle=False) as pairs:
                 self.avatar_index = pairs["avatar_index"].astype(np.int64)

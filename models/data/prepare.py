@@ -11,8 +11,8 @@ mesh tracks across the frames of one stream):
 
 1. Decode every frame; mediapipe's face mesh (legacy ``mp.solutions.face_mesh``, bundled in the 0.10.21 wheel,
    478 points) finds the face; ``MEDIAPIPE_TO_IBUG68`` picks the 68 iBUG landmarks. The square box that carries
-   them onto ``CANONICAL_IBUG68`` by a least-squares scale + shift (no rotation: head roll is motion the model must
-   see) frames the face the way SyntheticHeads frames its heads.
+   them onto the canonical ones (``contract.landmarks``) by a least-squares scale + shift (no rotation: head roll
+   is motion the model must see) frames the face the way SyntheticHeads frames its heads.
 2. Frames where no face is found take their box and landmarks by linear interpolation from the nearest frames
    that have one (held at the ends) and are marked in ``face_found``.
 3. The box track (cx, cy, side) is smoothed over the whole video, non-causally: a Savitzky-Golay fit (a local
@@ -69,61 +69,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+# The 68-point table, the canonical framing and the box fit are the server's too (one copy, in contract/).
+from contract.landmarks import MEDIAPIPE_TO_IBUG68, crop_box_from_landmarks
+
 PREPARED_FORMAT = "megalive-video-crops"
 PREPARED_VERSION = 1
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_FILES = ("frames.npy", "masks.npy", "landmarks.npy", "boxes.npy", "face_found.npy")
-
-# The 68-point table and the canonical framing are the server's (server/capture.py), duplicated as data because
-# models never imports server (DESIGN.md §1). tests/models/test_prepare.py asserts both copies are equal: edit
-# them together.
-#
-# Indices into mediapipe's face mesh (478 points with iris; the first 468 without) for the 68 iBUG points, in iBUG
-# order; "left"/"right" are image left/right of an unmirrored frame.
-MEDIAPIPE_TO_IBUG68: tuple[int, ...] = (
-    # jaw 0-16: image left -> chin 8 -> image right
-    127, 234, 132, 58, 172, 150, 149, 148, 152, 377, 378, 379, 397, 288, 361, 454, 356,
-    # brows 17-21 (image left, outer -> inner), 22-26 (inner -> outer)
-    70, 63, 105, 66, 107, 336, 296, 334, 293, 300,
-    # nose bridge 27-30 (30 = tip), nostril base 31-35 (image left -> right)
-    168, 197, 5, 1, 75, 97, 2, 326, 305,
-    # eyes: 36 outer, 37-38 upper lid, 39 inner, 40-41 lower lid; 42 inner .. 45 outer .. 47
-    33, 160, 158, 133, 153, 144, 362, 385, 387, 263, 373, 380,
-    # mouth: outer 48 (left corner) .. 54 (right corner) along the top, back along the bottom;
-    # inner 60 .. 64 along the top, back along the bottom
-    61, 39, 37, 0, 267, 269, 291, 405, 314, 17, 84, 181,
-    78, 82, 13, 312, 308, 317, 14, 87,
-)  # fmt: skip
-
-# Where the 68 landmarks of a neutral, frontal, centred SyntheticHeads head fall over the square crop: x right,
-# y down, in [0, 1] (the mean over 2048 random identities; see server/capture.py for how it was made).
-CANONICAL_IBUG68: np.ndarray = np.array(
-    [
-        # jaw 0-16: image left -> chin 8 -> image right
-        [0.2401, 0.4691], [0.2415, 0.5404], [0.2568, 0.6090], [0.2840, 0.6721], [0.3189, 0.7275],
-        [0.3574, 0.7730], [0.3951, 0.8068], [0.4264, 0.8276], [0.5000, 0.8346], [0.5736, 0.8276],
-        [0.6049, 0.8068], [0.6426, 0.7730], [0.6811, 0.7275], [0.7160, 0.6721], [0.7432, 0.6090],
-        [0.7585, 0.5404], [0.7599, 0.4691],
-        # brows 17-26
-        [0.3180, 0.3964], [0.3520, 0.3909], [0.3861, 0.3891], [0.4201, 0.3909], [0.4542, 0.3964],
-        [0.5458, 0.3964], [0.5799, 0.3909], [0.6139, 0.3891], [0.6480, 0.3909], [0.6820, 0.3964],
-        # nose bridge 27-30, nostril base 31-35
-        [0.5000, 0.4589], [0.5000, 0.4940], [0.5000, 0.5291], [0.5000, 0.5643], [0.4693, 0.5796],
-        [0.4846, 0.5830], [0.5000, 0.5864], [0.5154, 0.5830], [0.5307, 0.5796],
-        # eyes 36-41 (image left), 42-47
-        [0.3326, 0.4564], [0.3705, 0.4295], [0.4084, 0.4264], [0.4464, 0.4614], [0.4084, 0.4767],
-        [0.3705, 0.4751], [0.5536, 0.4614], [0.5916, 0.4264], [0.6295, 0.4295], [0.6674, 0.4564],
-        [0.6295, 0.4751], [0.5916, 0.4767],
-        # mouth: outer 48-59, inner 60-67
-        [0.4306, 0.6564], [0.4537, 0.6433], [0.4769, 0.6411], [0.5000, 0.6460], [0.5231, 0.6411],
-        [0.5463, 0.6433], [0.5694, 0.6564], [0.5463, 0.6731], [0.5231, 0.6760], [0.5000, 0.6768],
-        [0.4769, 0.6760], [0.4537, 0.6731], [0.4341, 0.6564], [0.4653, 0.6564], [0.5000, 0.6564],
-        [0.5347, 0.6564], [0.5659, 0.6564], [0.5347, 0.6564], [0.5000, 0.6564], [0.4653, 0.6564],
-    ],
-    dtype=np.float32,
-)  # fmt: skip
-CANONICAL_IBUG68.flags.writeable = False
 
 
 class PrepareError(Exception):
@@ -214,8 +167,7 @@ def discover_inputs(src: Path) -> list[VideoInput]:
     for folder, subfolders, files in os.walk(src):
         subfolders[:] = sorted((name for name in subfolders if not name.startswith(".")), key=_natural_key)
         visible = [name for name in files if not name.startswith(".")]
-        found += [(Path(folder) / name, "video") for name in sorted(visible, key=_natural_key)
-                  if name.lower().endswith(VIDEO_SUFFIXES)]
+        found += [(Path(folder) / name, "video") for name in sorted(visible, key=_natural_key) if name.lower().endswith(VIDEO_SUFFIXES)]
         if any(name.lower().endswith(IMAGE_SUFFIXES) for name in visible):
             found.append((Path(folder), "frames"))
     inputs, used = [], set()
@@ -279,8 +231,9 @@ def _open_video(path: Path) -> tuple[float, Iterator[np.ndarray]]:
 
 
 def _image_frames(folder: Path) -> Iterator[np.ndarray]:
-    names = sorted((name for name in os.listdir(folder)
-                    if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")), key=_natural_key)
+    names = sorted(
+        (name for name in os.listdir(folder) if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")), key=_natural_key
+    )
     size: tuple[int, int] | None = None
     for name in names:
         try:
@@ -306,22 +259,6 @@ def _open(video: VideoInput, config: PrepareConfig) -> tuple[float, Iterator[np.
 
 
 # -- geometry -----------------------------------------------------------------------------------------------------
-
-
-def crop_box_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
-    """The box (centre x, centre y, side) in source pixels that frames 68×2 pixel landmarks like SyntheticHeads:
-    the least-squares scale + shift (no rotation) carrying them onto ``CANONICAL_IBUG68``."""
-    points = np.asarray(landmarks, dtype=np.float64)  # 68×2
-    canonical = CANONICAL_IBUG68.astype(np.float64)
-    points_centred = points - points.mean(axis=0)
-    canonical_centred = canonical - canonical.mean(axis=0)
-    # min Σ|scale·p + shift − c|²  ->  scale = <p̃, c̃> / |p̃|²  (crop units per source pixel)
-    scale = float((points_centred * canonical_centred).sum() / max(float((points_centred**2).sum()), 1e-12))
-    if not scale > 1e-9:
-        raise ValueError("landmarks are degenerate or mirrored: no box frames them")
-    side = 1.0 / scale
-    centre = points.mean(axis=0) + (0.5 - canonical.mean(axis=0)) * side
-    return np.array([centre[0], centre[1], side])
 
 
 def smooth_over_time(values: np.ndarray, *, window: int, order: int = 2) -> np.ndarray:
@@ -363,8 +300,9 @@ def crop_square(frame: np.ndarray, box: np.ndarray, *, size: int) -> np.ndarray:
     rows = np.clip(np.arange(y0, y1), 0, height - 1)
     columns = np.clip(np.arange(x0, x1), 0, width - 1)
     region = frame[rows[:, None], columns[None, :]]  # (y1-y0)×(x1-x0)×3
-    crop = Image.fromarray(region).resize((size, size), Image.Resampling.BILINEAR,
-                                          box=(left - x0, top - y0, left - x0 + side, top - y0 + side))
+    crop = Image.fromarray(region).resize(
+        (size, size), Image.Resampling.BILINEAR, box=(left - x0, top - y0, left - x0 + side, top - y0 + side)
+    )
     return np.asarray(crop)
 
 
@@ -460,8 +398,7 @@ def _prepare_into(video: VideoInput, out_dir: Path, config: PrepareConfig) -> Pr
         raise _Skip(f"no face found in any of {count} frames")
     fraction = with_face / count
     if with_face < 2 or fraction < config.min_face_fraction:
-        raise _Skip(f"a face in only {with_face} of {count} frames ({fraction:.0%}; the minimum is "
-                    f"{config.min_face_fraction:.0%})")
+        raise _Skip(f"a face in only {with_face} of {count} frames ({fraction:.0%}; the minimum is {config.min_face_fraction:.0%})")
 
     landmarks_px = _interpolate_missing(np.nan_to_num(landmarks_px), found)  # N×68×2
     boxes = _interpolate_missing(raw_boxes, found)
@@ -473,8 +410,7 @@ def _prepare_into(video: VideoInput, out_dir: Path, config: PrepareConfig) -> Pr
 
     out_dir.mkdir(parents=True)
     resolution = config.resolution
-    frames = np.lib.format.open_memmap(out_dir / "frames.npy", mode="w+", dtype=np.uint8,
-                                       shape=(count, resolution, resolution, 3))
+    frames = np.lib.format.open_memmap(out_dir / "frames.npy", mode="w+", dtype=np.uint8, shape=(count, resolution, resolution, 3))
     masks = np.lib.format.open_memmap(out_dir / "masks.npy", mode="w+", dtype=np.uint8, shape=(count, resolution, resolution))
     written = 0
     import mediapipe
@@ -497,15 +433,23 @@ def _prepare_into(video: VideoInput, out_dir: Path, config: PrepareConfig) -> Pr
     np.save(out_dir / "landmarks.npy", landmarks, allow_pickle=False)
     np.save(out_dir / "boxes.npy", boxes.astype(np.float32), allow_pickle=False)
     np.save(out_dir / "face_found.npy", found, allow_pickle=False)
-    return PreparedVideo(name=video.name, source=video.source, person=video.person, frames=count, source_size=size,
-                         fps=round(fps, 3), face_fraction=round(fraction, 4))
+    return PreparedVideo(
+        name=video.name,
+        source=video.source,
+        person=video.person,
+        frames=count,
+        source_size=size,
+        fps=round(fps, 3),
+        face_fraction=round(fraction, 4),
+    )
 
 
 # -- the whole folder ---------------------------------------------------------------------------------------------
 
 
-def prepare_videos(src: Path, dst: Path, *, config: PrepareConfig = PrepareConfig(), workers: int = 1,
-                   command: str = "", progress: bool = True) -> PrepareReport:
+def prepare_videos(
+    src: Path, dst: Path, *, config: PrepareConfig = PrepareConfig(), workers: int = 1, command: str = "", progress: bool = True
+) -> PrepareReport:
     """Prepare every video and frame folder under ``src`` into the new folder ``dst`` (layout: module docstring).
 
     ``workers`` processes (spawned; 1: in this process) each take one video at a time. Raises PrepareError when
@@ -553,6 +497,7 @@ def prepare_videos(src: Path, dst: Path, *, config: PrepareConfig = PrepareConfi
 def _run_jobs(jobs: list[_Job], *, workers: int, progress: bool) -> list[_Outcome]:
     outcomes: list[_Outcome] = []
     with tqdm(total=len(jobs), desc="preparing videos", unit="video", disable=not progress) as bar:
+
         def record(outcome: _Outcome) -> None:
             outcomes.append(outcome)
             bar.update(1)

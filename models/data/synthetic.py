@@ -33,42 +33,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# ARKit blendshapes in Live Link Face order; Motion.expression is B×52 in this order.
-ARKIT_BLENDSHAPES: tuple[str, ...] = (
-    "eyeBlinkLeft", "eyeLookDownLeft", "eyeLookInLeft", "eyeLookOutLeft", "eyeLookUpLeft",
-    "eyeSquintLeft", "eyeWideLeft", "eyeBlinkRight", "eyeLookDownRight", "eyeLookInRight",
-    "eyeLookOutRight", "eyeLookUpRight", "eyeSquintRight", "eyeWideRight", "jawForward", "jawLeft",
-    "jawRight", "jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthLeft", "mouthRight",
-    "mouthSmileLeft", "mouthSmileRight", "mouthFrownLeft", "mouthFrownRight", "mouthDimpleLeft",
-    "mouthDimpleRight", "mouthStretchLeft", "mouthStretchRight", "mouthRollLower", "mouthRollUpper",
-    "mouthShrugLower", "mouthShrugUpper", "mouthPressLeft", "mouthPressRight",
-    "mouthLowerDownLeft", "mouthLowerDownRight", "mouthUpperUpLeft", "mouthUpperUpRight",
-    "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
-    "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "noseSneerLeft", "noseSneerRight",
-    "tongueOut",
-)  # fmt: skip
-ARKIT_INDEX: dict[str, int] = {name: i for i, name in enumerate(ARKIT_BLENDSHAPES)}
-NUM_BLENDSHAPES = len(ARKIT_BLENDSHAPES)
+# Motion.expression is B×52 in ARKIT_BLENDSHAPES order; performance capture speaks in Live Link Face's 61 curves
+# (ARKIT_CURVES: the 52 blendshapes, then head and eye rotations in radians), the wire protocol's `arkit` frame.
+# ARKIT_INDEX gives a blendshape's column in Motion.expression.
+from contract.arkit import ARKIT_BLENDSHAPES, ARKIT_INDEX, ARKIT_ROTATIONS, NUM_BLENDSHAPES
 
 # The controls the renderer draws; the others (jawForward, mouthDimple*, mouthShrug*,
 # mouthPress*, noseSneer*) are accepted and have no effect.
 MODELLED_BLENDSHAPES: tuple[str, ...] = tuple(
-    name
-    for name in ARKIT_BLENDSHAPES
-    if not name.startswith(("jawForward", "mouthDimple", "mouthShrug", "mouthPress", "noseSneer"))
+    name for name in ARKIT_BLENDSHAPES if not name.startswith(("jawForward", "mouthDimple", "mouthShrug", "mouthPress", "noseSneer"))
 )
 
-NUM_LANDMARKS = 68
-
-# Performance capture speaks in Live Link Face's 61 curves: the 52 blendshapes, then head and eye
-# rotations in radians (the wire protocol's `arkit` frame; server/protocol.py, which models never
-# imports, holds the same list and a test checks they agree).
-ARKIT_ROTATIONS: tuple[str, ...] = (
-    "headYaw", "headPitch", "headRoll",
-    "leftEyeYaw", "leftEyePitch", "leftEyeRoll",
-    "rightEyeYaw", "rightEyePitch", "rightEyeRoll",
-)  # fmt: skip
-ARKIT_CURVES: tuple[str, ...] = ARKIT_BLENDSHAPES + ARKIT_ROTATIONS  # 61
 DEFAULT_SCALE = 0.68  # skull half-height in image half-heights
 
 
@@ -95,10 +70,7 @@ class _TensorBatch:
 
     @classmethod
     def cat(cls, batches: Sequence[Self]) -> Self:
-        joined = {
-            f.name: torch.cat([getattr(b, f.name) for b in batches])
-            for f in dataclasses.fields(cls)
-        }
+        joined = {f.name: torch.cat([getattr(b, f.name) for b in batches]) for f in dataclasses.fields(cls)}
         return cls(**joined)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -202,7 +174,6 @@ class Motion(_TensorBatch):
                 out = dataclasses.replace(out, **{name: torch.full_like(getattr(out, name), value)})
         return out
 
-
     def arkit_curves(self) -> Tensor:
         """The motion as the 61 wire curves: B×61. Eye rotations are zero: the renderer's gaze is the
         eyeLook* blendshapes. Translation and scale have no ARKit curve (see ``framing``)."""
@@ -275,10 +246,7 @@ def sample_identities(n: int, *, generator: torch.Generator) -> Identity:
     skin = (skin + (torch.rand(n, 3, generator=g) * 2 - 1) * 0.025).clamp(0, 1)
     lip_tint = torch.tensor([0.66, 0.20, 0.24])
     lip_strength = u(0.55, 0.85).unsqueeze(1)
-    lip = (
-        skin * (1 - lip_strength)
-        + lip_tint * lip_strength * (0.6 + 0.6 * skin.mean(1, keepdim=True))
-    ).clamp(0, 1)
+    lip = (skin * (1 - lip_strength) + lip_tint * lip_strength * (0.6 + 0.6 * skin.mean(1, keepdim=True))).clamp(0, 1)
 
     azimuth, elevation = u(-0.9, 0.9), u(0.1, 0.8)
     light = torch.stack(
@@ -389,9 +357,7 @@ def sample_motions(n: int, *, generator: torch.Generator) -> Motion:
     )
 
 
-def _lowpass_noise(
-    channels: int, num_frames: int, *, cutoff_hz: float, fps: float, generator: torch.Generator
-) -> Tensor:
+def _lowpass_noise(channels: int, num_frames: int, *, cutoff_hz: float, fps: float, generator: torch.Generator) -> Tensor:
     """Unit-variance Gaussian-filtered white noise: channels×num_frames."""
     sigma = fps / (2 * math.pi * cutoff_hz)  # frames
     radius = max(1, int(math.ceil(3 * sigma)))
@@ -547,10 +513,7 @@ def _layout(identity: Identity, motion: Motion) -> _Layout:
 
     width_scale = 1 - 0.35 * pucker - 0.25 * funnel
     mouth_w = column(identity.mouth_width) * width_scale
-    mouth_hw = tuple(
-        mouth_w * (1 + 0.1 * jaw_open + 0.22 * smile[s] + 0.25 * stretch[s] - 0.05 * frown[s])
-        for s in (0, 1)
-    )
+    mouth_hw = tuple(mouth_w * (1 + 0.1 * jaw_open + 0.22 * smile[s] + 0.25 * stretch[s] - 0.05 * frown[s]) for s in (0, 1))
     corner_lift = tuple(0.09 * smile[s] - 0.06 * frown[s] - 0.01 * stretch[s] for s in (0, 1))
     jaw_gap = 0.28 * jaw_open * (1 - 0.9 * mouth_close)
     lower_avg, upper_avg = (lower_down[0] + lower_down[1]) / 2, (upper_up[0] + upper_up[1]) / 2
@@ -583,8 +546,7 @@ def _layout(identity: Identity, motion: Motion) -> _Layout:
         nose_tip_y=column(identity.eye_height - identity.nose_length),
         nose_w=column(identity.nose_width),
         nose_h=column(identity.nose_prominence),
-        mouth_x=0.07 * (ex("mouthLeft") - ex("mouthRight"))
-        + 0.05 * (ex("jawLeft") - ex("jawRight")),
+        mouth_x=0.07 * (ex("mouthLeft") - ex("mouthRight")) + 0.05 * (ex("jawLeft") - ex("jawRight")),
         mouth_y=column(identity.mouth_height) - 0.05 * jaw_open,
         mouth_hw=mouth_hw,
         corner_lift=corner_lift,
@@ -701,9 +663,7 @@ def _landmarks_head(lay: _Layout) -> tuple[Tensor, Tensor]:
     eye_dx = row([1.0, 1 / 3, -1 / 3, -1.0, -1 / 3, 1 / 3])  # outward offsets of the 6 points
     upper = row([0, 1, 1, 0, 0, 0]).bool()
     # Mirrored: the left eye's offsets are the right eye's negated (42 inner .. 45 outer .. 47).
-    eye_x = torch.cat(
-        [-(lay.eye_x + eye_dx * lay.eye_w * 0.999), lay.eye_x - eye_dx * lay.eye_w * 0.999], dim=1
-    )  # B×12
+    eye_x = torch.cat([-(lay.eye_x + eye_dx * lay.eye_w * 0.999), lay.eye_x - eye_dx * lay.eye_w * 0.999], dim=1)  # B×12
     eye_upper = torch.cat([upper, upper], dim=1)  # 1×12
     curves = _eye_curves(eye_x, torch.zeros_like(eye_x), lay)
     lid = torch.where(eye_upper, torch.maximum(curves["upper"], curves["lower"]), curves["lower"])
@@ -716,12 +676,10 @@ def _landmarks_head(lay: _Layout) -> tuple[Tensor, Tensor]:
     half_width = torch.where(lip_t > 0, lay.mouth_hw[0], lay.mouth_hw[1])
     lip_x = lay.mouth_x + lip_t * half_width * 0.999  # B×20
     m = _mouth_curves(lip_x, lay)
-    which = torch.tensor(
-        [2, 0, 0, 0, 0, 0, 2, 1, 1, 1, 1, 1, 2, 3, 3, 3, 2, 4, 4, 4], device=device
-    ).expand(bsz, -1)  # 0 outer upper, 1 outer lower, 2 corner line, 3 inner upper, 4 inner lower
-    options = torch.stack(
-        [m["outer_upper"], m["outer_lower"], m["line"], m["inner_upper"], m["inner_lower"]], dim=2
-    )  # B×20×5
+    which = torch.tensor([2, 0, 0, 0, 0, 0, 2, 1, 1, 1, 1, 1, 2, 3, 3, 3, 2, 4, 4, 4], device=device).expand(
+        bsz, -1
+    )  # 0 outer upper, 1 outer lower, 2 corner line, 3 inner upper, 4 inner lower
+    options = torch.stack([m["outer_upper"], m["outer_lower"], m["line"], m["inner_upper"], m["inner_lower"]], dim=2)  # B×20×5
     lip_y = options.gather(2, which.unsqueeze(2)).squeeze(2)  # B×20
 
     xs = torch.cat([jaw_x, brow_x, bridge_x, base_x, eye_x, lip_x], dim=1)  # B×68
@@ -802,9 +760,7 @@ class SyntheticHeads:
             raise ValueError(f"resolution must be at least 16, got {resolution}")
         self.resolution = resolution
         self.device = torch.device(device)
-        centres = (
-            torch.arange(resolution, device=self.device, dtype=torch.float32) + 0.5
-        ) / resolution
+        centres = (torch.arange(resolution, device=self.device, dtype=torch.float32) + 0.5) / resolution
         xs = centres * 2 - 1
         ys = 1 - centres * 2
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")  # H×W each
@@ -896,9 +852,7 @@ class SyntheticHeads:
         hair_front_alpha, hair_back_alpha = layers_alpha
 
         ears_rgb, ears_alpha = self._paint_ears(world_x, world_y, lay, identity, motion, r, edge)
-        body_rgb, body_alpha = self._paint_body(
-            world_x, world_y, lay, identity, motion, pixel_world
-        )
+        body_rgb, body_alpha = self._paint_body(world_x, world_y, lay, identity, motion, pixel_world)
         background = self._paint_background(world_x, world_y, identity)
 
         # Front-to-back "over" compositing.
@@ -919,9 +873,7 @@ class SyntheticHeads:
         rgb = colour.clamp(0, 1).view(bsz, 3, res, res)  # B×3×N -> B×3×H×W
         alpha = (1 - transmittance).clamp(0, 1).view(bsz, 1, res, res)  # B×N -> B×1×H×W
         landmarks = self._project_landmarks(lay, motion)
-        return HeadRender(
-            rgb=rgb, alpha=alpha, landmarks=landmarks, identity=identity, motion=motion
-        )
+        return HeadRender(rgb=rgb, alpha=alpha, landmarks=landmarks, identity=identity, motion=motion)
 
     # ---- pieces ---------------------------------------------------------------------------
 
@@ -955,9 +907,7 @@ class SyntheticHeads:
         smile = _sided(x, lay.smile)
         add(0.04 * lay.nose_h, x, y - nose_mid, 0.045, nose_half, False)  # bridge
         add(0.07 * lay.nose_h, x, y - lay.nose_tip_y, 0.055, 0.05, False)  # tip
-        add(
-            0.045 * lay.nose_h, ax - 0.8 * lay.nose_w, y - lay.nose_tip_y + 0.015, 0.04, 0.035, True
-        )
+        add(0.045 * lay.nose_h, ax - 0.8 * lay.nose_w, y - lay.nose_tip_y + 0.015, 0.04, 0.035, True)
         add(0.03 + 0.04 * smile, ax - 0.36, y - lay.mouth_y - 0.26 - 0.04 * smile, 0.13, 0.11, True)
         add(0.12 * lay.cheek_puff, ax - 0.38, y - lay.mouth_y - 0.06, 0.17, 0.17, True)
         add(0.03, x - lay.mouth_x, y - lay.mouth_y, lay.mouth_hw[0], 0.07, False)  # lips
@@ -967,9 +917,7 @@ class SyntheticHeads:
         return grad_x, grad_y
 
     @staticmethod
-    def _paint_face(
-        x: Tensor, y: Tensor, normal: list[Tensor], lay: _Layout, identity: Identity, edge: Tensor
-    ) -> Tensor:
+    def _paint_face(x: Tensor, y: Tensor, normal: list[Tensor], lay: _Layout, identity: Identity, edge: Tensor) -> Tensor:
         """Skin, brows, nose, mouth and eyes on the skull surface: B×3×N."""
         ax = x.abs()
         phase = identity.skin_noise_phase.unsqueeze(2)  # B×6×1
@@ -982,16 +930,12 @@ class SyntheticHeads:
             + torch.sin(31.0 * x - 13.0 * y + phase[:, 4]) * 0.3
             + torch.sin(5.0 * x + 37.0 * y + phase[:, 5]) * 0.3
         )
-        skin = _rgb(identity.skin_rgb) * (
-            1 + identity.skin_texture.view(-1, 1, 1) * noise.unsqueeze(1)
-        )
+        skin = _rgb(identity.skin_rgb) * (1 + identity.skin_texture.view(-1, 1, 1) * noise.unsqueeze(1))
         cheek = torch.exp(-(((ax - 0.36) / 0.12) ** 2) - ((y - lay.mouth_y - 0.24) / 0.1) ** 2)
         blush = identity.blush.unsqueeze(1) * cheek * 0.08
         skin = skin + torch.stack([blush, -0.6 * blush, -0.5 * blush], dim=1)
         eye = _eye_curves(x, y, lay)
-        socket = torch.exp(
-            -((eye["dx"] / (lay.eye_w * 1.5)) ** 2) - ((eye["ye"] - 0.02) / (lay.eye_hu * 1.8)) ** 2
-        )
+        socket = torch.exp(-((eye["dx"] / (lay.eye_w * 1.5)) ** 2) - ((eye["ye"] - 0.02) / (lay.eye_hu * 1.8)) ** 2)
         skin = skin * (1 - 0.1 * socket).unsqueeze(1)
 
         # Brows.
@@ -1003,9 +947,7 @@ class SyntheticHeads:
         skin = _mix(skin, brow_rgb, brow_mask * 0.92)
 
         # Nostrils and the shadow under the nose tip.
-        nostril_d = 1 - torch.sqrt(
-            ((ax - 0.42 * lay.nose_w) / 0.028) ** 2 + ((y - lay.nose_tip_y + 0.045) / 0.014) ** 2
-        )
+        nostril_d = 1 - torch.sqrt(((ax - 0.42 * lay.nose_w) / 0.028) ** 2 + ((y - lay.nose_tip_y + 0.045) / 0.014) ** 2)
         nostril = _soft(nostril_d * 0.014, edge)
         under_nose = torch.exp(-((x / 0.07) ** 2) - ((y - lay.nose_tip_y + 0.075) / 0.03) ** 2)
         skin = skin * (1 - 0.65 * nostril - 0.12 * under_nose).unsqueeze(1)
@@ -1013,49 +955,31 @@ class SyntheticHeads:
         # Lips.
         mouth = _mouth_curves(x, lay)
         inside_x = _soft((1 - mouth["t"].abs()) * mouth["half_width"], edge)
-        lips = (
-            _soft(mouth["outer_upper"] - y, edge) * _soft(y - mouth["outer_lower"], edge) * inside_x
-        )
+        lips = _soft(mouth["outer_upper"] - y, edge) * _soft(y - mouth["outer_lower"], edge) * inside_x
         skin = _mix(skin, _rgb(identity.lip_rgb), lips)
         seam = torch.exp(-(((y - mouth["line"]) / (1.5 * edge)) ** 2)) * lips
         skin = skin * (1 - 0.45 * seam).unsqueeze(1)
 
         # Lighting: Lambert + ambient, a weak sheen.
         light = identity.light_direction
-        lambert = (
-            normal[0] * light[:, 0:1] + normal[1] * light[:, 1:2] + normal[2] * light[:, 2:3]
-        ).clamp(min=0)
+        lambert = (normal[0] * light[:, 0:1] + normal[1] * light[:, 1:2] + normal[2] * light[:, 2:3]).clamp(min=0)
         ambient = identity.light_ambient.unsqueeze(1)
         shade = ambient + (1 - ambient) * lambert  # B×N
         half_z = light[:, 2:3] + 1
         half_norm = torch.sqrt(light[:, 0:1] ** 2 + light[:, 1:2] ** 2 + half_z**2)
-        spec_dot = (
-            normal[0] * light[:, 0:1] + normal[1] * light[:, 1:2] + normal[2] * half_z
-        ) / half_norm
+        spec_dot = (normal[0] * light[:, 0:1] + normal[1] * light[:, 1:2] + normal[2] * half_z) / half_norm
         sheen = 0.06 * spec_dot.clamp(min=0) ** 24
         colour = skin * shade.unsqueeze(1) * _rgb(identity.light_rgb) + sheen.unsqueeze(1)
 
         # Mouth interior (dark), teeth under the upper lip, tongue.
         gap_weight = ((mouth["inner_upper"] - mouth["inner_lower"]) / (1.5 * edge)).clamp(0, 1)
-        interior = (
-            _soft(mouth["inner_upper"] - y, edge)
-            * _soft(y - mouth["inner_lower"], edge)
-            * inside_x
-            * gap_weight
-        )
-        depth = (
-            (y - mouth["inner_lower"]) / (mouth["inner_upper"] - mouth["inner_lower"] + 1e-4)
-        ).clamp(0, 1)
+        interior = _soft(mouth["inner_upper"] - y, edge) * _soft(y - mouth["inner_lower"], edge) * inside_x * gap_weight
+        depth = ((y - mouth["inner_lower"]) / (mouth["inner_upper"] - mouth["inner_lower"] + 1e-4)).clamp(0, 1)
         inner_rgb = torch.stack([0.08 + 0.14 * depth, 0.02 + 0.03 * depth, 0.03 + 0.03 * depth], 1)
         teeth_line = mouth["inner_upper"] - 0.035 * mouth["q"].sqrt()
         teeth = _soft(y - teeth_line, edge) * _soft(0.7 - mouth["t"].abs(), 0.05)
-        inner_rgb = _mix(
-            inner_rgb, torch.tensor([0.8, 0.78, 0.72], device=x.device).view(1, 3, 1), teeth
-        )
-        tongue_d = 1 - torch.sqrt(
-            ((x - lay.mouth_x) / 0.09) ** 2
-            + ((y - mouth["inner_lower"] - 0.01) / (0.02 + 0.08 * lay.tongue)) ** 2
-        )
+        inner_rgb = _mix(inner_rgb, torch.tensor([0.8, 0.78, 0.72], device=x.device).view(1, 3, 1), teeth)
+        tongue_d = 1 - torch.sqrt(((x - lay.mouth_x) / 0.09) ** 2 + ((y - mouth["inner_lower"] - 0.01) / (0.02 + 0.08 * lay.tongue)) ** 2)
         tongue = _soft(tongue_d * 0.05, edge) * (0.3 + 0.7 * lay.tongue)
         inner_rgb = _mix(
             inner_rgb,
@@ -1063,12 +987,7 @@ class SyntheticHeads:
             tongue * (y < mouth["inner_upper"]),
         )
         colour = _mix(colour, inner_rgb * (0.5 + 0.5 * shade).unsqueeze(1), interior)
-        tongue_out = (
-            _soft(tongue_d * 0.05, edge)
-            * (lay.tongue > 0.05)
-            * (1 - interior)
-            * _soft(mouth["inner_lower"] + 0.02 - y, edge)
-        )
+        tongue_out = _soft(tongue_d * 0.05, edge) * (lay.tongue > 0.05) * (1 - interior) * _soft(mouth["inner_lower"] + 0.02 - y, edge)
         colour = _mix(
             colour,
             torch.tensor([0.75, 0.35, 0.38], device=x.device).view(1, 3, 1) * shade.unsqueeze(1),
@@ -1078,28 +997,20 @@ class SyntheticHeads:
         # Eyes: sclera, iris, pupil, highlight, then lashes on the lid line.
         open_mask = _soft(eye["upper"] - eye["ye"], edge) * _soft(eye["ye"] - eye["lower"], edge)
         open_mask = open_mask * (eye["gap"] / (1.5 * edge)).clamp(0, 1)
-        below_lid = (eye["upper"] - eye["ye"]).clamp(
-            min=0
-        )  # shadow of the upper lid on the eyeball
+        below_lid = (eye["upper"] - eye["ye"]).clamp(min=0)  # shadow of the upper lid on the eyeball
         sclera = (0.72 + 0.25 * eye["q"]) * (1 - 0.25 * torch.exp(-below_lid / 0.025))
-        eye_rgb = torch.tensor([0.95, 0.93, 0.9], device=x.device).view(1, 3, 1) * sclera.unsqueeze(
-            1
-        )
+        eye_rgb = torch.tensor([0.95, 0.93, 0.9], device=x.device).view(1, 3, 1) * sclera.unsqueeze(1)
         iris_centre_y = (lay.eye_hu - lay.eye_hl) * 0.3 + _sided(x, lay.look_up)
         ix, iy = eye["dx"] - _sided(x, lay.look_out), eye["ye"] - iris_centre_y
         radius = torch.sqrt(ix * ix + iy * iy)
         iris = _soft(lay.iris_r - radius, edge)
         limbus = torch.exp(-(((radius - lay.iris_r) / (0.3 * lay.iris_r)) ** 2))
-        iris_rgb = _rgb(identity.iris_rgb) * (
-            0.65 + 0.55 * (radius / lay.iris_r).clamp(0, 1) * (iy < 0) + 0.2 * (1 - limbus)
-        ).unsqueeze(1)
+        iris_rgb = _rgb(identity.iris_rgb) * (0.65 + 0.55 * (radius / lay.iris_r).clamp(0, 1) * (iy < 0) + 0.2 * (1 - limbus)).unsqueeze(1)
         eye_rgb = _mix(eye_rgb, iris_rgb * (1 - 0.5 * limbus).unsqueeze(1), iris)
         pupil = _soft(0.42 * lay.iris_r - radius, edge)
         eye_rgb = _mix(eye_rgb, torch.full((1, 3, 1), 0.03, device=x.device), pupil)
         glint_x = ix * torch.sign(x) + 0.35 * lay.iris_r
-        glint = _soft(
-            0.2 * lay.iris_r - torch.sqrt(glint_x**2 + (iy - 0.35 * lay.iris_r) ** 2), edge
-        )
+        glint = _soft(0.2 * lay.iris_r - torch.sqrt(glint_x**2 + (iy - 0.35 * lay.iris_r) ** 2), edge)
         eye_rgb = _mix(eye_rgb, torch.ones(1, 3, 1, device=x.device), glint * 0.9)
         eye_light = (0.75 + 0.25 * shade).unsqueeze(1) * _rgb(identity.light_rgb)
         colour = _mix(colour, eye_rgb * eye_light, open_mask)
@@ -1107,9 +1018,7 @@ class SyntheticHeads:
         lash_top = _soft(eye["ye"] - eye["upper"] + 0.5 * edge, edge) * _soft(
             eye["upper"] + 0.022 + 0.01 * (eye["dx"] / lay.eye_w).clamp(min=0) - eye["ye"], edge
         )
-        lash_low = _soft(eye["lower"] - eye["ye"] + 0.5 * edge, edge) * _soft(
-            eye["ye"] - eye["lower"] + 0.01, edge
-        )
+        lash_low = _soft(eye["lower"] - eye["ye"] + 0.5 * edge, edge) * _soft(eye["ye"] - eye["lower"] + 0.01, edge)
         crease_y = (lay.eye_hu + 0.035) * eye["q"]
         crease = torch.exp(-(((eye["ye"] - crease_y) / 0.01) ** 2)) * eye["q"]
         darkness = (0.85 * lash_top + 0.35 * lash_low) * outline + 0.18 * crease
@@ -1118,16 +1027,12 @@ class SyntheticHeads:
         return colour
 
     @staticmethod
-    def _hair_keep(
-        around: Tensor, y: Tensor, lay: _Layout, identity: Identity, edge: Tensor
-    ) -> Tensor:
+    def _hair_keep(around: Tensor, y: Tensor, lay: _Layout, identity: Identity, edge: Tensor) -> Tensor:
         """Where the hair ellipsoid carries hair: above a hairline that drops from the forehead
         over the temples to the nape. around: azimuth (0 = front); y relative to the hair centre."""
         f = around.abs() / math.pi
         length = identity.hair_length.unsqueeze(1)
-        front = identity.hairline.unsqueeze(1) * lay.b_up + identity.hair_part.unsqueeze(
-            1
-        ) * 0.08 * torch.sin(around)
+        front = identity.hairline.unsqueeze(1) * lay.b_up + identity.hair_part.unsqueeze(1) * 0.08 * torch.sin(around)
         side = (0.3 - 0.5 * length) * lay.b_up
         back = (0.1 - 1.5 * length) * lay.b_up
 
@@ -1152,9 +1057,7 @@ class SyntheticHeads:
         length = torch.sqrt(x * x + y * y + z * z) + 1e-6
         normal = SyntheticHeads._to_world([x / length, y / length, z / length], r)
         light = identity.light_direction
-        lambert = (
-            normal[0] * light[:, 0:1] + normal[1] * light[:, 1:2] + normal[2] * light[:, 2:3]
-        ).clamp(min=0)
+        lambert = (normal[0] * light[:, 0:1] + normal[1] * light[:, 1:2] + normal[2] * light[:, 2:3]).clamp(min=0)
         ambient = identity.light_ambient.unsqueeze(1)
         shade = ambient + (1 - ambient) * lambert
         highlight = 0.18 * torch.exp(-(((normal[1] - 0.55) / 0.12) ** 2)) * strands
@@ -1182,12 +1085,7 @@ class SyntheticHeads:
             alpha = torch.maximum(alpha, ear)
             shade = shade + ear * (0.85 - 0.3 * inner)
         ambient = identity.light_ambient.view(-1, 1, 1)
-        colour = (
-            _rgb(identity.skin_rgb)
-            * shade.unsqueeze(1)
-            * (ambient + 0.35)
-            * _rgb(identity.light_rgb)
-        )
+        colour = _rgb(identity.skin_rgb) * shade.unsqueeze(1) * (ambient + 0.35) * _rgb(identity.light_rgb)
         return colour, alpha
 
     @staticmethod
@@ -1209,21 +1107,15 @@ class SyntheticHeads:
         neck_normal_z = (1 - neck_u.clamp(-1, 1) ** 2).sqrt()
         lambert = (neck_u.clamp(-1, 1) * light[:, 0:1] + neck_normal_z * light[:, 2:3]).clamp(min=0)
         ambient = identity.light_ambient.unsqueeze(1)
-        under_chin = 1 - 0.35 * torch.exp(
-            -(((world_y - ty + lay.b_low * scale * 0.9) / (0.12 * scale)) ** 2)
-        )
+        under_chin = 1 - 0.35 * torch.exp(-(((world_y - ty + lay.b_low * scale * 0.9) / (0.12 * scale)) ** 2))
         neck_shade = (ambient + (1 - ambient) * lambert) * 0.85 * under_chin
         neck_rgb = _rgb(identity.skin_rgb) * neck_shade.unsqueeze(1) * _rgb(identity.light_rgb)
 
         body_cx, body_cy = tx * 0.5, ty - 1.75 * scale
         bu, bv = (world_x - body_cx) / (1.75 * scale), (world_y - body_cy) / (0.8 * scale)
         body = _soft((1 - torch.sqrt(bu * bu + bv * bv)) * 0.8 * scale, soft)
-        body_lambert = (
-            bu.clamp(-1, 1) * light[:, 0:1] + bv.clamp(-1, 1) * light[:, 1:2] + 0.6 * light[:, 2:3]
-        ).clamp(min=0)
-        body_rgb = _rgb(identity.clothes_rgb) * (ambient + (1 - ambient) * body_lambert).unsqueeze(
-            1
-        )
+        body_lambert = (bu.clamp(-1, 1) * light[:, 0:1] + bv.clamp(-1, 1) * light[:, 1:2] + 0.6 * light[:, 2:3]).clamp(min=0)
+        body_rgb = _rgb(identity.clothes_rgb) * (ambient + (1 - ambient) * body_lambert).unsqueeze(1)
         colour = _mix(body_rgb, neck_rgb, neck)
         alpha = 1 - (1 - neck) * (1 - body)
         return colour, alpha
@@ -1235,20 +1127,14 @@ class SyntheticHeads:
         angle = identity.background_angle.unsqueeze(1)
         along = world_x * angle.cos() + world_y * angle.sin()  # B×N
         across = -world_x * angle.sin() + world_y * angle.cos()
-        gradient = _mix(
-            palette[:, 0].unsqueeze(2), palette[:, 1].unsqueeze(2), (0.5 + 0.35 * along).clamp(0, 1)
-        )
-        stripe_wave = torch.sigmoid(
-            4 * torch.sin(identity.background_frequency.unsqueeze(1) * across)
-        )
+        gradient = _mix(palette[:, 0].unsqueeze(2), palette[:, 1].unsqueeze(2), (0.5 + 0.35 * along).clamp(0, 1))
+        stripe_wave = torch.sigmoid(4 * torch.sin(identity.background_frequency.unsqueeze(1) * across))
         stripes = _mix(gradient, palette[:, 2].unsqueeze(2), 0.6 * stripe_wave)
         blobs = palette[:, 0].unsqueeze(2).expand_as(gradient)
         for k in range(3):
             centre = identity.background_blobs[:, k]  # B×3: x, y, radius
             d2 = (world_x - centre[:, 0:1]) ** 2 + (world_y - centre[:, 1:2]) ** 2
-            blobs = _mix(
-                blobs, palette[:, (k + 1) % 3].unsqueeze(2), torch.exp(-d2 / centre[:, 2:3] ** 2)
-            )
+            blobs = _mix(blobs, palette[:, (k + 1) % 3].unsqueeze(2), torch.exp(-d2 / centre[:, 2:3] ** 2))
         style = identity.background_style.unsqueeze(2).unsqueeze(3)  # B×3 -> B×3×1×1
         stacked = torch.stack([gradient, stripes, blobs], dim=1)  # B×3(style)×3(rgb)×N
         vignette = 1 - 0.18 * (world_x**2 + world_y**2)
@@ -1260,9 +1146,7 @@ class SyntheticHeads:
 # --------------------------------------------------------------------------------------------
 
 
-def draw_landmarks(
-    images: Tensor, landmarks: Tensor, *, colour: Sequence[float] = (0.0, 1.0, 0.2)
-) -> Tensor:
+def draw_landmarks(images: Tensor, landmarks: Tensor, *, colour: Sequence[float] = (0.0, 1.0, 0.2)) -> Tensor:
     """Copies of images (N×3×H×W) with each landmark (N×68×2 pixel x, y) marked by one pixel."""
     out = images.clone()
     n, _, height, width = images.shape
@@ -1278,9 +1162,7 @@ def contact_sheet(images: Tensor, *, columns: int, padding: int = 2) -> Tensor:
     """Tile N×3×H×W images (in [0, 1]) into one 3×H'×W' image, row-major, white padding."""
     n, channels, height, width = images.shape
     rows = math.ceil(n / columns)
-    sheet = torch.ones(
-        channels, rows * (height + padding) + padding, columns * (width + padding) + padding
-    )
+    sheet = torch.ones(channels, rows * (height + padding) + padding, columns * (width + padding) + padding)
     for index in range(n):
         row, col = divmod(index, columns)
         top, left = padding + row * (height + padding), padding + col * (width + padding)

@@ -104,14 +104,22 @@ class SyntheticPairs(Dataset[ReenactmentSample]):
         motions = Motion.cat([motion[source_frame], motion[driver_frame], cross_motion, cross_motion])
         renders = self.heads.render(self.identities[who], motions)
         rgb, alpha = renders.rgb, renders.alpha  # 4×3×H×W, 4×1×H×W
-        return ReenactmentSample(source=rgb[0], driver=rgb[1], driver_alpha=alpha[1], cross_driver=rgb[2], cross_target=rgb[3],
-                                 cross_target_alpha=alpha[3])
+        return ReenactmentSample(
+            source=rgb[0], driver=rgb[1], driver_alpha=alpha[1], cross_driver=rgb[2], cross_target=rgb[3], cross_target_alpha=alpha[3]
+        )
 
     def describe(self) -> dict[str, object]:
         """What the data is, for the run's config.json."""
         config = self.config
-        return {"source": "synthetic", "renderer": "SyntheticHeads", "resolution": config.resolution, "identities": config.identities,
-                "clips_per_identity": config.clips_per_identity, "frames_per_clip": config.frames_per_clip,
-                "samples_per_epoch": config.length, "seed": config.seed,
-                "pairs": "source and driver from one clip of one identity; cross driver from another identity's clip; "
-                         "cross target = the source identity rendered with the cross driver's motion"}
+        return {
+            "source": "synthetic",
+            "renderer": "SyntheticHeads",
+            "resolution": config.resolution,
+            "identities": config.identities,
+            "clips_per_identity": config.clips_per_identity,
+            "frames_per_clip": config.frames_per_clip,
+            "samples_per_epoch": config.length,
+            "seed": config.seed,
+            "pairs": "source and driver from one clip of one identity; cross driver from another identity's clip; "
+            "cross target = the source identity rendered with the cross driver's motion",
+        }

@@ -77,8 +77,9 @@ class VideoInfo(NamedTuple):
 
 
 def _read_meta(root: Path) -> dict[str, Any]:
-    return read_format_meta(root, data_format=PREPARED_FORMAT, version=PREPARED_VERSION, what="prepared video folder",
-                            made_by="megalive-train prepare")
+    return read_format_meta(
+        root, data_format=PREPARED_FORMAT, version=PREPARED_VERSION, what="prepared video folder", made_by="megalive-train prepare"
+    )
 
 
 def open_arrays(folder: Path, *, frames: int, resolution: int) -> PreparedArrays:
@@ -90,8 +91,9 @@ def open_arrays(folder: Path, *, frames: int, resolution: int) -> PreparedArrays
         "boxes": ((frames, 3), np.float32),
         "face_found": ((frames,), np.bool_),
     }
-    return PreparedArrays(**{name: load_checked_array(folder / f"{name}.npy", shape=shape, dtype=dtype)
-                             for name, (shape, dtype) in expected.items()})
+    return PreparedArrays(
+        **{name: load_checked_array(folder / f"{name}.npy", shape=shape, dtype=dtype) for name, (shape, dtype) in expected.items()}
+    )
 
 
 class VideoFolder(Dataset[VideoSample]):
@@ -119,8 +121,9 @@ class VideoFolder(Dataset[VideoSample]):
             if usable.size >= 2:  # prepare guarantees it; a hand-edited folder may not
                 videos.append(VideoInfo(name=name, person=person, frames=frames, usable=usable))
         if len(videos) < 2:
-            raise DatasetError(f"{self.root} has {len(videos)} usable video(s); reenactment pairs need at least 2 "
-                               "(cross drivers come from another video)")
+            raise DatasetError(
+                f"{self.root} has {len(videos)} usable video(s); reenactment pairs need at least 2 (cross drivers come from another video)"
+            )
         self.videos: tuple[VideoInfo, ...] = tuple(videos)
         self.resolution = self.prepared_resolution if resolution is None else int(resolution)
         if not 16 <= self.resolution <= 4096:
@@ -173,8 +176,9 @@ class VideoFolder(Dataset[VideoSample]):
         alpha = torch.from_numpy(np.array(arrays.masks[frame]))[None]  # S×S -> 1×S×S
         image = torch.cat([rgb, alpha]).float().div(255)  # 4×S×S
         if self.resolution != self.prepared_resolution:
-            image = F.interpolate(image[None], size=(self.resolution, self.resolution), mode="bilinear",
-                                  align_corners=False, antialias=True)[0].clamp(0, 1)  # 1×4×S×S -> 4×R×R
+            image = F.interpolate(
+                image[None], size=(self.resolution, self.resolution), mode="bilinear", align_corners=False, antialias=True
+            )[0].clamp(0, 1)  # 1×4×S×S -> 4×R×R
         return image[:3], image[3:]
 
     def __getitem__(self, index: int) -> VideoSample:
@@ -184,15 +188,30 @@ class VideoFolder(Dataset[VideoSample]):
         source, _ = self._image(video, source_frame)
         driver, driver_alpha = self._image(video, driver_frame)
         cross_driver, _ = self._image(other, cross_frame)
-        return VideoSample(source=source, driver=driver, driver_alpha=driver_alpha, cross_driver=cross_driver,
-                           cross_target=torch.zeros_like(source), cross_target_alpha=torch.zeros_like(driver_alpha),
-                           cross_valid=torch.tensor(0.0))
+        return VideoSample(
+            source=source,
+            driver=driver,
+            driver_alpha=driver_alpha,
+            cross_driver=cross_driver,
+            cross_target=torch.zeros_like(source),
+            cross_target_alpha=torch.zeros_like(driver_alpha),
+            cross_valid=torch.tensor(0.0),
+        )
 
     def describe(self) -> dict[str, object]:
         """What the data is, for the run's config.json."""
-        return {"source": "video", "root": str(self.root), "prepared_resolution": self.prepared_resolution,
-                "resolution": self.resolution, "videos": len(self.videos), "people": len({v.person for v in self.videos}),
-                "usable_frames": sum(video.usable.size for video in self.videos), "skipped_when_prepared": self.skipped,
-                "samples_per_epoch": self.length, "seed": self.seed, "prepare_command": self.command,
-                "pairs": "source and driver: two face frames of one video; cross driver: a frame of another video "
-                         "(another person when there is one); no cross target (cross_valid = 0)"}
+        return {
+            "source": "video",
+            "root": str(self.root),
+            "prepared_resolution": self.prepared_resolution,
+            "resolution": self.resolution,
+            "videos": len(self.videos),
+            "people": len({v.person for v in self.videos}),
+            "usable_frames": sum(video.usable.size for video in self.videos),
+            "skipped_when_prepared": self.skipped,
+            "samples_per_epoch": self.length,
+            "seed": self.seed,
+            "prepare_command": self.command,
+            "pairs": "source and driver: two face frames of one video; cross driver: a frame of another video "
+            "(another person when there is one); no cross target (cross_valid = 0)",
+        }

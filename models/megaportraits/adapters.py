@@ -9,8 +9,7 @@ identity decoder serves three driver kinds:
     arkit      B×61 curves      -> DriverAdapter  -> pyramid -> (the same decoder)
     landmarks  B×68×2 in [0,1]  -> DriverAdapter  -> pyramid -> (the same decoder)
 
-Signals (the wire protocol's, server/protocol.py; models never imports server, a test checks the
-names agree):
+Signals (the wire protocol's; the curve names are contract/arkit.py's, one copy for every side):
 - ``arkit``: 61 floats in Live Link Face order: 52 blendshapes in [0, 1], then head yaw/pitch/roll
   and both eyes' yaw/pitch/roll in radians. Gaze reaches the renderer through the eyeLook*
   blendshapes, so the six eye rotations are accepted and not used. ARKit carries no head
@@ -32,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contract.arkit import ARKIT_CURVES, NUM_BLENDSHAPES
+from contract.landmarks import NUM_LANDMARKS
 from models.blocks import ConvNormAct, resize
-from models.data.synthetic import ARKIT_CURVES, NUM_BLENDSHAPES, NUM_LANDMARKS
 from models.megaportraits.student import Student, StudentConfig
 
 ADAPTER_KINDS = ("arkit", "landmarks")
@@ -158,4 +158,3 @@ def pyramid_distance(predicted: list[Tensor], target: list[Tensor]) -> Tensor:
     """Mean over levels of L1(predicted, target) / mean|target|: every level counts alike."""
     terms = [F.l1_loss(p, t) / t.abs().mean().clamp_min(1e-6) for p, t in zip(predicted, target)]
     return torch.stack(terms).mean()
-

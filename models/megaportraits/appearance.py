@@ -54,8 +54,16 @@ class VolumeEncoder(nn.Module):
 class GlobalDescriptor(nn.Module):
     """Image -> e_s: a ResNet trunk, adaptive average pooling to k×k, and a 1×1 conv to E channels."""
 
-    def __init__(self, *, stem_channels: int, widths: tuple[int, ...], blocks: tuple[int, ...], bottleneck: bool,
-                 descriptor_channels: int, descriptor_size: int) -> None:
+    def __init__(
+        self,
+        *,
+        stem_channels: int,
+        widths: tuple[int, ...],
+        blocks: tuple[int, ...],
+        bottleneck: bool,
+        descriptor_channels: int,
+        descriptor_size: int,
+    ) -> None:
         super().__init__()
         self.descriptor_size = descriptor_size
         self.trunk = ResNetTrunk(in_channels=3, stem_channels=stem_channels, widths=widths, blocks=blocks, bottleneck=bottleneck)
@@ -70,16 +78,34 @@ class GlobalDescriptor(nn.Module):
 class AppearanceEncoder(nn.Module):
     """E_app: source image in [0, 1] -> Appearance(v_s, e_s)."""
 
-    def __init__(self, *, channels: tuple[int, ...], volume_channels: int, volume_depth: int, volume_blocks: int,
-                 descriptor_stem: int, descriptor_widths: tuple[int, ...], descriptor_blocks: tuple[int, ...],
-                 descriptor_bottleneck: bool, descriptor_channels: int, descriptor_size: int) -> None:
+    def __init__(
+        self,
+        *,
+        channels: tuple[int, ...],
+        volume_channels: int,
+        volume_depth: int,
+        volume_blocks: int,
+        descriptor_stem: int,
+        descriptor_widths: tuple[int, ...],
+        descriptor_blocks: tuple[int, ...],
+        descriptor_bottleneck: bool,
+        descriptor_channels: int,
+        descriptor_size: int,
+    ) -> None:
         super().__init__()
         self.volume = VolumeEncoder(
-            channels=channels, volume_channels=volume_channels, volume_depth=volume_depth, volume_blocks=volume_blocks,
+            channels=channels,
+            volume_channels=volume_channels,
+            volume_depth=volume_depth,
+            volume_blocks=volume_blocks,
         )
         self.descriptor = GlobalDescriptor(
-            stem_channels=descriptor_stem, widths=descriptor_widths, blocks=descriptor_blocks, bottleneck=descriptor_bottleneck,
-            descriptor_channels=descriptor_channels, descriptor_size=descriptor_size,
+            stem_channels=descriptor_stem,
+            widths=descriptor_widths,
+            blocks=descriptor_blocks,
+            bottleneck=descriptor_bottleneck,
+            descriptor_channels=descriptor_channels,
+            descriptor_size=descriptor_size,
         )
 
     def forward(self, source: Tensor) -> Appearance:

@@ -68,8 +68,9 @@ def _control_points(points_per_side: int) -> Tensor:
     return torch.stack([grid_x.flatten(), grid_y.flatten()], dim=1)
 
 
-def thin_plate_spline_grids(batch: int, *, height: int, width: int, strength: float, points_per_side: int,
-                            generator: torch.Generator) -> Tensor:
+def thin_plate_spline_grids(
+    batch: int, *, height: int, width: int, strength: float, points_per_side: int, generator: torch.Generator
+) -> Tensor:
     """Sampling grids of random thin-plate-spline warps, for ``F.grid_sample``: B×H×W×2 (x, y in [-1, 1]).
 
     The control points sit on a points_per_side × points_per_side grid; each output pixel at a control
@@ -101,8 +102,9 @@ def thin_plate_spline_warp(images: Tensor, *, strength: float, points_per_side: 
     if strength <= 0:
         return images
     batch, _, height, width = images.shape
-    grids = thin_plate_spline_grids(batch, height=height, width=width, strength=strength, points_per_side=points_per_side,
-                                    generator=generator).to(device=images.device, dtype=images.dtype)
+    grids = thin_plate_spline_grids(
+        batch, height=height, width=width, strength=strength, points_per_side=points_per_side, generator=generator
+    ).to(device=images.device, dtype=images.dtype)
     return F.grid_sample(images, grids, mode="bilinear", padding_mode="border", align_corners=False)
 
 

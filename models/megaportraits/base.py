@@ -77,18 +77,26 @@ class BaseConfig:
         if not _power_of_two(self.resolution):
             raise ValueError(f"resolution must be a power of two, got {self.resolution}")
         if self.volume_size * 2 ** (len(self.appearance_channels) - 1) != self.resolution:
-            raise ValueError(f"appearance_channels: {len(self.appearance_channels) - 1} ×2 downsamplings do not take "
-                             f"{self.resolution} px to volume_size {self.volume_size}")
+            raise ValueError(
+                f"appearance_channels: {len(self.appearance_channels) - 1} ×2 downsamplings do not take "
+                f"{self.resolution} px to volume_size {self.volume_size}"
+            )
         if self.volume_size * 2 ** (len(self.decoder_channels) - 1) != self.resolution:
-            raise ValueError(f"decoder_channels: {len(self.decoder_channels) - 1} ×2 upsamplings do not take "
-                             f"volume_size {self.volume_size} to {self.resolution} px")
+            raise ValueError(
+                f"decoder_channels: {len(self.decoder_channels) - 1} ×2 upsamplings do not take "
+                f"volume_size {self.volume_size} to {self.resolution} px"
+            )
         if self.descriptor_size * 2 ** (len(self.warp_channels) - 1) != self.volume_size:
-            raise ValueError(f"warp_channels: {len(self.warp_channels) - 1} ×2 stages do not take descriptor_size "
-                             f"{self.descriptor_size} to volume_size {self.volume_size}")
+            raise ValueError(
+                f"warp_channels: {len(self.warp_channels) - 1} ×2 stages do not take descriptor_size "
+                f"{self.descriptor_size} to volume_size {self.volume_size}"
+            )
         depth_doublings = math.log2(self.volume_depth / self.warp_start_depth) if self.warp_start_depth >= 1 else -1.0
         if not (depth_doublings.is_integer() and 0 <= depth_doublings <= len(self.warp_channels) - 1):
-            raise ValueError(f"warp_start_depth {self.warp_start_depth} must reach volume_depth {self.volume_depth} "
-                             f"by doubling within {len(self.warp_channels) - 1} stages")
+            raise ValueError(
+                f"warp_start_depth {self.warp_start_depth} must reach volume_depth {self.volume_depth} "
+                f"by doubling within {len(self.warp_channels) - 1} stages"
+            )
         if self.volume_size % 2 ** (len(self.volume_generator_channels) - 1):
             raise ValueError(f"volume_size {self.volume_size} cannot be halved {len(self.volume_generator_channels) - 1} times for G3D")
         for name in ("descriptor", "motion"):
@@ -194,33 +202,50 @@ class BaseModel(nn.Module):
         super().__init__()
         self.config = config
         self.appearance_encoder = AppearanceEncoder(
-            channels=config.appearance_channels, volume_channels=config.volume_channels, volume_depth=config.volume_depth,
-            volume_blocks=config.volume_blocks, descriptor_stem=config.descriptor_stem, descriptor_widths=config.descriptor_widths,
-            descriptor_blocks=config.descriptor_blocks, descriptor_bottleneck=config.descriptor_bottleneck,
-            descriptor_channels=config.descriptor_channels, descriptor_size=config.descriptor_size,
+            channels=config.appearance_channels,
+            volume_channels=config.volume_channels,
+            volume_depth=config.volume_depth,
+            volume_blocks=config.volume_blocks,
+            descriptor_stem=config.descriptor_stem,
+            descriptor_widths=config.descriptor_widths,
+            descriptor_blocks=config.descriptor_blocks,
+            descriptor_bottleneck=config.descriptor_bottleneck,
+            descriptor_channels=config.descriptor_channels,
+            descriptor_size=config.descriptor_size,
         )
         self.motion_encoder = MotionEncoder(
-            input_resolution=config.motion_resolution, stem_channels=config.motion_stem, widths=config.motion_widths,
-            blocks=config.motion_blocks, expression_dim=config.expression_dim, expression_dropout=config.expression_dropout,
+            input_resolution=config.motion_resolution,
+            stem_channels=config.motion_stem,
+            widths=config.motion_widths,
+            blocks=config.motion_blocks,
+            expression_dim=config.expression_dim,
+            expression_dropout=config.expression_dropout,
             pose_source=config.pose_source,
         )
         self.warp_to_canonical = self._warp_generator(config)  # W_s→c
         self.warp_to_driver = self._warp_generator(config)  # W_c→d
         self.volume_generator = VolumeGenerator(
-            volume_channels=config.volume_channels, channels=config.volume_generator_channels,
+            volume_channels=config.volume_channels,
+            channels=config.volume_generator_channels,
             blocks_per_level=config.volume_generator_blocks,
         )  # G3D
         self.decoder = Decoder(
-            volume_channels=config.volume_channels, volume_depth=config.volume_depth,
-            channels=config.decoder_channels, blocks=config.decoder_blocks,
+            volume_channels=config.volume_channels,
+            volume_depth=config.volume_depth,
+            channels=config.decoder_channels,
+            blocks=config.decoder_blocks,
         )  # projection + G2D
 
     @staticmethod
     def _warp_generator(config: BaseConfig) -> WarpGenerator:
         return WarpGenerator(
-            descriptor_channels=config.descriptor_channels, descriptor_size=config.descriptor_size,
-            expression_dim=config.expression_dim, channels=config.warp_channels, start_depth=config.warp_start_depth,
-            volume_depth=config.volume_depth, volume_size=config.volume_size,
+            descriptor_channels=config.descriptor_channels,
+            descriptor_size=config.descriptor_size,
+            expression_dim=config.expression_dim,
+            channels=config.warp_channels,
+            start_depth=config.warp_start_depth,
+            volume_depth=config.volume_depth,
+            volume_size=config.volume_size,
         )
 
     def encode_appearance(self, source: Tensor) -> Appearance:
@@ -254,13 +279,21 @@ class BaseModel(nn.Module):
         to_driver = self.to_driver(canonical, descriptor=appearance.descriptor, motion=driver_motion)
         image = self.decoder(to_driver.volume)
         return BaseOutput(
-            rgb=image.rgb, alpha=image.alpha, source_volume=appearance.volume, canonical_volume=canonical,
-            driver_volume=to_driver.volume, descriptor=appearance.descriptor, source_motion=source_motion,
-            driver_motion=driver_motion, source_to_canonical=to_canonical.grid, canonical_to_driver=to_driver.grid,
+            rgb=image.rgb,
+            alpha=image.alpha,
+            source_volume=appearance.volume,
+            canonical_volume=canonical,
+            driver_volume=to_driver.volume,
+            descriptor=appearance.descriptor,
+            source_motion=source_motion,
+            driver_motion=driver_motion,
+            source_to_canonical=to_canonical.grid,
+            canonical_to_driver=to_driver.grid,
         )
 
-    def forward(self, source: Tensor, driver: Tensor, *, source_pose: HeadPose | None = None,
-                driver_pose: HeadPose | None = None) -> BaseOutput:
+    def forward(
+        self, source: Tensor, driver: Tensor, *, source_pose: HeadPose | None = None, driver_pose: HeadPose | None = None
+    ) -> BaseOutput:
         """source, driver: B×3×H×W in [0, 1] (poses only with pose_source "given")."""
         appearance = self.encode_appearance(source)
         source_motion = self.encode_motion(source, pose=source_pose)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from models.blocks import resize_square
+from models.checkpoints import load_base
 from models.data.synthetic import Identity, SyntheticHeads, neutral_motion
 from models.megaportraits.base import BaseModel
 
@@ -37,10 +38,7 @@ class TeacherAvatars:
     @classmethod
     def from_checkpoint(cls, path: Path) -> TeacherAvatars:
         """From a `megalive-train base` checkpoint; anything else raises TrainingError (one line)."""
-        from models.megaportraits.train_base import base_model_from_checkpoint
-        from models.megaportraits.train_student import load_checkpoint
-
-        return cls(model=base_model_from_checkpoint(load_checkpoint(path), path=path))
+        return cls(model=load_base(path))
 
     def set_sources(self, sources: Tensor) -> None:
         """sources: A×3×r×r in [0, 1] at the teacher's resolution, one per avatar."""
@@ -85,6 +83,10 @@ class TeacherTargets:
     def describe(self) -> dict[str, object]:
         """What the targets are, for the student run's config.json."""
         config = self.teacher.model.config
-        return {"source": "teacher", "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
-                "teacher_resolution": config.resolution, "volume": list(config.volume_shape),
-                "composite": "teacher foreground (resized to the student's resolution) over the avatar's background plate"}
+        return {
+            "source": "teacher",
+            "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
+            "teacher_resolution": config.resolution,
+            "volume": list(config.volume_shape),
+            "composite": "teacher foreground (resized to the student's resolution) over the avatar's background plate",
+        }

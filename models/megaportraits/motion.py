@@ -47,8 +47,17 @@ class Motion(NamedTuple):
 class MotionEncoder(nn.Module):
     """E_mtn: image in [0, 1] -> Motion. The image is resized to ``input_resolution`` first."""
 
-    def __init__(self, *, input_resolution: int, stem_channels: int, widths: tuple[int, ...], blocks: tuple[int, ...],
-                 expression_dim: int, expression_dropout: float, pose_source: PoseSource) -> None:
+    def __init__(
+        self,
+        *,
+        input_resolution: int,
+        stem_channels: int,
+        widths: tuple[int, ...],
+        blocks: tuple[int, ...],
+        expression_dim: int,
+        expression_dropout: float,
+        pose_source: PoseSource,
+    ) -> None:
         super().__init__()
         if pose_source not in ("learned", "given"):
             raise ValueError(f"pose_source must be 'learned' or 'given', got {pose_source!r}")

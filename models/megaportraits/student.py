@@ -158,7 +158,8 @@ class IdentityDecoder(nn.Module):
             # A stage without blocks has no SPADE, so it reads no identity (nn.Identity: no parameters).
             self.hidden.append(
                 IdentityHidden(condition_channels=config.identity_channels, hidden_channels=config.spade_hidden_channels)
-                if count else nn.Identity()
+                if count
+                else nn.Identity()
             )
             self.stages.append(nn.ModuleList(
                 SPADEResBlock(channels=channels, hidden_channels=config.spade_hidden_channels, upsample_factor=factor)

@@ -27,11 +27,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from models.checkpoints import ADAPTER_KIND, adapter_from_checkpoint, load_checkpoint, load_student, save_checkpoint
 from models.data.paired import PairedSignals, save_png
 from models.data.synthetic import contact_sheet
 from models.megaportraits.adapters import (
     ADAPTER_KINDS,
-    AdapterConfig,
     DriverAdapter,
     adapter_config,
     arkit_features,
@@ -39,17 +39,8 @@ from models.megaportraits.adapters import (
     pyramid_distance,
 )
 from models.megaportraits.student import Student
-from models.megaportraits.train_student import (
-    StudentLosses,
-    TrainingError,
-    TrainSummary,
-    adam_with_cosine,
-    endless_batches,
-    load_checkpoint,
-    save_checkpoint,
-    student_from_checkpoint,
-    student_losses,
-)
+from models.megaportraits.train_student import StudentLosses, student_losses
+from models.training.common import TrainingError, TrainSummary, adam_with_cosine, endless_batches
 
 
 @dataclass(frozen=True)
@@ -105,19 +96,8 @@ def adapter_features(kind: str, batch: Any, *, generator: torch.Generator | None
     return landmark_features(landmarks)
 
 
-def adapter_from_checkpoint(checkpoint: dict[str, Any]) -> DriverAdapter:
-    try:
-        raw = checkpoint["adapter_config"]
-        config = AdapterConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-        adapter = DriverAdapter(config=config)
-        adapter.load_state_dict(checkpoint["adapter"])
-    except (TypeError, KeyError, RuntimeError, ValueError) as error:
-        raise TrainingError(f"not an adapter checkpoint, or one that does not match its config: {str(error).splitlines()[0]}") from None
-    return adapter
-
-
 def _frozen_student(path: Path) -> Student:
-    student = student_from_checkpoint(load_checkpoint(path)).eval()
+    student = load_student(path).eval()
     for parameter in student.parameters():
         parameter.requires_grad_(False)
     return student
@@ -130,8 +110,10 @@ def train_adapter(config: AdapterTrainConfig, *, progress: bool = True) -> Train
     student_digest = file_digest(student_path)
     dataset = PairedSignals(root=Path(config.data))
     if dataset.meta.resolution != student.config.resolution or dataset.meta.num_avatars != student.num_avatars:
-        raise TrainingError(f"the dataset ({dataset.meta.resolution} px, {dataset.meta.num_avatars} avatars) does not match the student "
-                            f"({student.config.resolution} px, {student.num_avatars} avatars)")
+        raise TrainingError(
+            f"the dataset ({dataset.meta.resolution} px, {dataset.meta.num_avatars} avatars) does not match the student "
+            f"({student.config.resolution} px, {student.num_avatars} avatars)"
+        )
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = run_dir / "checkpoint.pt"
@@ -151,16 +133,19 @@ def train_adapter(config: AdapterTrainConfig, *, progress: bool = True) -> Train
         scheduler.load_state_dict(checkpoint["scheduler"])
         step = int(checkpoint["step"])
         torch.set_rng_state(checkpoint["rng_torch"])
-    (run_dir / "config.json").write_text(json.dumps({"train": asdict(config), "adapter": asdict(model_config),
-                                                     "student_digest": student_digest}, indent=2) + "\n")
+    (run_dir / "config.json").write_text(
+        json.dumps({"train": asdict(config), "adapter": asdict(model_config), "student_digest": student_digest}, indent=2) + "\n"
+    )
     loader = endless_batches(dataset, batch_size=config.batch_size, workers=config.workers, seed=config.seed, step=step)
     noise_generator = torch.Generator().manual_seed(config.seed * 104729 + step)
     adapter.train()
     losses: StudentLosses | None = None
     floats: dict[str, float] = {}
     began, first_step = time.perf_counter(), step
-    with tqdm(total=config.steps, initial=step, desc=f"adapter {config.kind}", unit="step", disable=not progress) as bar, \
-            open(run_dir / "log.jsonl", "a", encoding="utf-8") as log:
+    with (
+        tqdm(total=config.steps, initial=step, desc=f"adapter {config.kind}", unit="step", disable=not progress) as bar,
+        open(run_dir / "log.jsonl", "a", encoding="utf-8") as log,
+    ):
         while step < config.steps:
             batch = next(loader)
             with torch.no_grad():
@@ -182,10 +167,21 @@ def train_adapter(config: AdapterTrainConfig, *, progress: bool = True) -> Train
                 log.write(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], **floats}) + "\n")
                 log.flush()
             if step % config.checkpoint_every == 0 or step == config.steps:
-                save_checkpoint({"adapter": adapter.state_dict(), "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
-                                 "step": step, "rng_torch": torch.get_rng_state(), "adapter_config": asdict(model_config),
-                                 "train_config": asdict(config), "student": str(student_path), "student_digest": student_digest},
-                                checkpoint_path)
+                save_checkpoint(
+                    {
+                        "adapter": adapter.state_dict(),
+                        "optimiser": optimiser.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "step": step,
+                        "rng_torch": torch.get_rng_state(),
+                        "adapter_config": asdict(model_config),
+                        "train_config": asdict(config),
+                        "student": str(student_path),
+                        "student_digest": student_digest,
+                    },
+                    checkpoint_path,
+                    kind=ADAPTER_KIND,
+                )
                 with torch.no_grad():
                     truth = student(batch.driver[:4], batch.avatar[:4]).rgb
                     tiles = torch.stack([batch.driver[:4], truth, rgb[:4].detach(), batch.target_rgb[:4]], dim=1).flatten(0, 1)

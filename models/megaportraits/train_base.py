@@ -45,7 +45,6 @@ would, while the schedule still spans ``steps``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -65,6 +64,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from models.checkpoints import BASE_KIND, check_base_checkpoint, load_checkpoint, load_state, save_checkpoint, state_digest
 from models.data.paired import DatasetError, save_png
 from models.data.synthetic import contact_sheet
 from models.data.synthetic_pairs import ReenactmentSample, SyntheticPairs, SyntheticPairsConfig, derived_seed
@@ -84,11 +84,10 @@ from models.losses import (
 )
 from models.megaportraits.appearance import Appearance
 from models.megaportraits.augment import DriverAugmentation
-from models.megaportraits.base import BASE_PRESETS, BaseConfig, BaseModel, base_config
+from models.megaportraits.base import BASE_PRESETS, BaseModel, base_config
 from models.megaportraits.motion import Motion
-from models.megaportraits.train_student import TrainingError, load_checkpoint, save_checkpoint
+from models.training.common import TrainingError
 
-CHECKPOINT_KIND = "megaportraits-base"
 DEVICES = ("auto", "cpu", "cuda")
 
 # Multi-scale PatchGAN per preset (this project's widths; the paper's published code uses pix2pixHD's).
@@ -129,8 +128,9 @@ class BaseTrainConfig:
 
     @property
     def loss_config(self) -> LossConfig:
-        return LossConfig(weights=LossWeights(), vgg19_file=self.vgg_weights, face_recognition_file=self.face_weights,
-                          gaze_file=self.gaze_weights)
+        return LossConfig(
+            weights=LossWeights(), vgg19_file=self.vgg_weights, face_recognition_file=self.face_weights, gaze_file=self.gaze_weights
+        )
 
     @property
     def augmentation(self) -> DriverAugmentation:
@@ -138,8 +138,24 @@ class BaseTrainConfig:
 
 
 # Fields that define what a run computes: a resumed run must have the same ones.
-RUN_DEFINING_FIELDS = ("preset", "data", "steps", "batch_size", "learning_rate", "final_learning_rate", "weight_decay", "l1_weight",
-                       "mask_weight", "vgg_weights", "face_weights", "gaze_weights", "colour_jitter", "warp", "identities", "seed")
+RUN_DEFINING_FIELDS = (
+    "preset",
+    "data",
+    "steps",
+    "batch_size",
+    "learning_rate",
+    "final_learning_rate",
+    "weight_decay",
+    "l1_weight",
+    "mask_weight",
+    "vgg_weights",
+    "face_weights",
+    "gaze_weights",
+    "colour_jitter",
+    "warp",
+    "identities",
+    "seed",
+)
 
 
 def check_config(config: BaseTrainConfig) -> None:
@@ -158,13 +174,17 @@ def check_config(config: BaseTrainConfig) -> None:
     if problems:
         raise TrainingError(problems[0])
     try:
-        config.augmentation
+        _ = config.augmentation  # building it checks its options
     except ValueError as error:
         raise TrainingError(f"driver augmentation: {error}") from None
     if config.data != "synthetic":
         training_data(config, resolution=base_config(config.preset).resolution)  # reads meta.json, maps the arrays: cheap
-    for option, path in (("--vgg-weights", config.vgg_weights), ("--face-weights", config.face_weights),
-                         ("--gaze-weights", config.gaze_weights), ("--init", config.init)):
+    for option, path in (
+        ("--vgg-weights", config.vgg_weights),
+        ("--face-weights", config.face_weights),
+        ("--gaze-weights", config.gaze_weights),
+        ("--init", config.init),
+    ):
         if path is not None and not Path(path).is_file():
             raise TrainingError(f"{option} {path}: no such file")
     if config.amp and resolve_device(config).type != "cuda":
@@ -203,12 +223,22 @@ def resolved_config(config: BaseTrainConfig, *, world_size: int, device: torch.d
         "train": asdict(config),
         "model": asdict(base_config(config.preset)),
         "discriminator": asdict(DISCRIMINATOR_PRESETS[config.preset]),
-        "losses": {"weights": asdict(losses.weights), "l1": config.l1_weight, "mask": config.mask_weight,
-                   "cycle": {"scale": losses.cycle_scale, "margin": losses.cycle_margin}, "perceptual": losses.describe()},
+        "losses": {
+            "weights": asdict(losses.weights),
+            "l1": config.l1_weight,
+            "mask": config.mask_weight,
+            "cycle": {"scale": losses.cycle_scale, "margin": losses.cycle_margin},
+            "perceptual": losses.describe(),
+        },
         "augmentation": asdict(config.augmentation),
         "data": data,
-        "processes": {"world_size": world_size, "device": str(device), "backend": _backend(device) if world_size > 1 else "none",
-                      "samples_per_step": config.batch_size * world_size, "amp": amp},
+        "processes": {
+            "world_size": world_size,
+            "device": str(device),
+            "backend": _backend(device) if world_size > 1 else "none",
+            "samples_per_step": config.batch_size * world_size,
+            "amp": amp,
+        },
     }
 
 
@@ -221,51 +251,6 @@ def amp_dtype(config: BaseTrainConfig, device: torch.device) -> torch.dtype | No
 
 def _backend(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
-
-
-# -- checkpoints ------------------------------------------------------------------------------------
-
-
-def _tuples(config: dict[str, Any]) -> dict[str, Any]:
-    return {key: tuple(value) if isinstance(value, list) else value for key, value in config.items()}
-
-
-def check_base_checkpoint(checkpoint: dict[str, Any], *, path: Path, preset: str, role: str) -> None:
-    """Refuse a checkpoint that is not a base model of ``preset`` (one line, naming ``role``: resume or --init)."""
-    if checkpoint.get("kind") != CHECKPOINT_KIND or not isinstance(checkpoint.get("model_config"), dict):
-        raise TrainingError(f"{role} {path} is not a MegaPortraits base-model checkpoint")
-    saved = checkpoint.get("train_config", {}).get("preset")
-    if saved != preset:
-        raise TrainingError(f"{role} {path} holds a base model of preset {saved!r}, not {preset!r}")
-    if _tuples(checkpoint["model_config"]) != asdict(base_config(preset)):
-        raise TrainingError(f"{role} {path}: its model config differs from preset {preset!r} (the preset changed since)")
-
-
-def base_model_from_checkpoint(checkpoint: dict[str, Any], *, path: Path, expect_preset: str | None = None) -> BaseModel:
-    """The generator saved in a checkpoint, rebuilt from the config saved beside it."""
-    preset = checkpoint.get("train_config", {}).get("preset") if expect_preset is None else expect_preset
-    check_base_checkpoint(checkpoint, path=path, preset=str(preset), role="checkpoint")
-    model = BaseModel(config=BaseConfig(**_tuples(checkpoint["model_config"])))
-    _load_state(model, checkpoint, "generator", path=path)
-    return model
-
-
-def _load_state(module: nn.Module, checkpoint: dict[str, Any], key: str, *, path: Path) -> None:
-    try:
-        module.load_state_dict(checkpoint[key])
-    except (KeyError, RuntimeError) as error:
-        raise TrainingError(f"{path}: its {key} does not match the model it describes: {str(error).strip().splitlines()[0]}") from None
-
-
-def state_digest(*states: dict[str, Tensor]) -> str:
-    """A short SHA-256 of state dicts' names and exact tensor bytes: equal digests, equal weights."""
-    digest = hashlib.sha256()
-    for state in states:
-        for name in sorted(state):
-            tensor = state[name].detach().cpu().contiguous().reshape(-1)
-            digest.update(name.encode())
-            digest.update(tensor.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 # -- distributed ------------------------------------------------------------------------------------
@@ -339,11 +324,15 @@ class ReenactmentPass(nn.Module):
         def twice(tensor: Tensor) -> Tensor:  # B×… -> 2B×…
             return torch.cat([tensor, tensor])
 
-        output = self.model.render(Appearance(volume=twice(appearance.volume), descriptor=twice(appearance.descriptor)),
-                                   source_motion=Motion(*(twice(part) for part in source_motion)), driver_motion=driver_motion)
+        output = self.model.render(
+            Appearance(volume=twice(appearance.volume), descriptor=twice(appearance.descriptor)),
+            source_motion=Motion(*(twice(part) for part in source_motion)),
+            driver_motion=driver_motion,
+        )
         output_motion = self.model.encode_motion(output.rgb)
-        return ReenactmentOutput(rgb=output.rgb, alpha=output.alpha, driver_expression=driver_motion.expression,
-                                 output_expression=output_motion.expression)
+        return ReenactmentOutput(
+            rgb=output.rgb, alpha=output.alpha, driver_expression=driver_motion.expression, output_expression=output_motion.expression
+        )
 
 
 LOSS_NAMES = ("generator", "l1", "mask", "perceptual", "adversarial", "feature_matching", "cycle", "discriminator")
@@ -379,15 +368,20 @@ def _per_sample_l1(a: Tensor, b: Tensor) -> Tensor:
 
 def _weighted_feature_matching(real: list[list[Tensor]], fake: list[list[Tensor]], weight: Tensor) -> Tensor:
     """feature_matching_loss with each sample's L1 weighted by ``weight`` (N): mean over layers and scales."""
-    terms = [_weighted_mean(_per_sample_l1(f, r.detach()), weight)
-             for real_scale, fake_scale in zip(real, fake, strict=True) for r, f in zip(real_scale, fake_scale, strict=True)]
+    terms = [
+        _weighted_mean(_per_sample_l1(f, r.detach()), weight)
+        for real_scale, fake_scale in zip(real, fake, strict=True)
+        for r, f in zip(real_scale, fake_scale, strict=True)
+    ]
     return torch.stack(terms).mean()
 
 
 def _weighted_hinge_discriminator(real_logits: list[Tensor], fake_logits: list[Tensor], weight: Tensor) -> Tensor:
     """hinge_discriminator_loss with the real side weighted per sample (weight 0: not shown as real)."""
-    per_scale = [_weighted_mean(F.relu(1 - real).flatten(1).mean(dim=1), weight) + F.relu(1 + fake).mean()
-                 for real, fake in zip(real_logits, fake_logits, strict=True)]
+    per_scale = [
+        _weighted_mean(F.relu(1 - real).flatten(1).mean(dim=1), weight) + F.relu(1 + fake).mean()
+        for real, fake in zip(real_logits, fake_logits, strict=True)
+    ]
     return torch.stack(per_scale).mean()
 
 
@@ -402,8 +396,9 @@ def _batches(dataset: Dataset, *, batch_size: int, processes: Processes, seed: i
     while True:
         sampler.set_epoch(epoch)
         indices = list(sampler)[skip * batch_size : per_epoch * batch_size]
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers, drop_last=True,
-                            pin_memory=processes.device.type == "cuda")
+        loader = DataLoader(
+            dataset, batch_size=batch_size, sampler=indices, num_workers=workers, drop_last=True, pin_memory=processes.device.type == "cuda"
+        )
         yield from loader
         epoch, skip = epoch + 1, 0
 
@@ -455,8 +450,15 @@ def _sample_sheet(batch: ReenactmentSample, drivers: Tensor, output: Reenactment
     count = min(rows, batch.source.shape[0])
     half = batch.source.shape[0]
     rgb, alpha = output.rgb.detach().float(), output.alpha.detach().float()
-    columns = [batch.source, drivers[:half], _on_white(rgb[:half], alpha[:half]), _on_white(batch.driver, batch.driver_alpha),
-               drivers[half:], _on_white(rgb[half:], alpha[half:]), _on_white(batch.cross_target, batch.cross_target_alpha)]
+    columns = [
+        batch.source,
+        drivers[:half],
+        _on_white(rgb[:half], alpha[:half]),
+        _on_white(batch.driver, batch.driver_alpha),
+        drivers[half:],
+        _on_white(rgb[half:], alpha[half:]),
+        _on_white(batch.cross_target, batch.cross_target_alpha),
+    ]
     tiles = torch.stack([column[:count].detach().float().cpu() for column in columns], dim=1).flatten(0, 1)  # count×7 tiles
     return contact_sheet(tiles, columns=len(columns))
 
@@ -502,11 +504,15 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
         saved = checkpoint.get("train_config", {})
         changed = [name for name in RUN_DEFINING_FIELDS if saved.get(name) != getattr(config, name)]
         if changed:
-            raise TrainingError(f"{checkpoint_path} belongs to a run with another {changed[0]} ({saved.get(changed[0])!r}, "
-                                f"not {getattr(config, changed[0])!r}); use a new --run folder (and --init {checkpoint_path})")
+            raise TrainingError(
+                f"{checkpoint_path} belongs to a run with another {changed[0]} ({saved.get(changed[0])!r}, "
+                f"not {getattr(config, changed[0])!r}); use a new --run folder (and --init {checkpoint_path})"
+            )
         if checkpoint.get("world_size") != processes.world_size:
-            raise TrainingError(f"{checkpoint_path} was trained on {checkpoint.get('world_size')} processes, not {processes.world_size}: "
-                                "resume with the same number (or a new --run folder with --init)")
+            raise TrainingError(
+                f"{checkpoint_path} was trained on {checkpoint.get('world_size')} processes, not {processes.world_size}: "
+                "resume with the same number (or a new --run folder with --init)"
+            )
     initial: dict[str, Any] | None = None
     if checkpoint is None and config.init is not None:
         initial = load_checkpoint(Path(config.init))
@@ -519,8 +525,8 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
     source = checkpoint if checkpoint is not None else initial
     if source is not None:
         where = checkpoint_path if checkpoint is not None else Path(str(config.init))
-        _load_state(model, source, "generator", path=where)
-        _load_state(discriminator, source, "discriminator", path=where)
+        load_state(model, source, "generator", path=where)
+        load_state(discriminator, source, "discriminator", path=where)
     optimiser_g, scheduler_g = _adamw_with_cosine(model, config)
     optimiser_d, scheduler_d = _adamw_with_cosine(discriminator, config)
     resolved = resolved_config(config, world_size=processes.world_size, device=device, data=dataset.describe())
@@ -554,8 +560,19 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
     writer = _summary_writer(run_dir, purge_step=step if step > 0 else None) if processes.main else None
     log = open(run_dir / "log.jsonl", "a", encoding="utf-8") if processes.main else None  # noqa: SIM115 - closed below
     if log is not None:
-        log.write(json.dumps({"event": "start", "step": step, "world_size": processes.world_size, "device": str(device),
-                              "resumed": checkpoint is not None, "init": config.init if initial is not None else None}) + "\n")
+        log.write(
+            json.dumps(
+                {
+                    "event": "start",
+                    "step": step,
+                    "world_size": processes.world_size,
+                    "device": str(device),
+                    "resumed": checkpoint is not None,
+                    "init": config.init if initial is not None else None,
+                }
+            )
+            + "\n"
+        )
         log.flush()
 
     weights, loss_config, augment = config.loss_config.weights, config.loss_config, config.augmentation
@@ -564,8 +581,9 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
     discriminator.train()
     losses: dict[str, float] = {}
     began, first_step = time.perf_counter(), step
-    batches = _batches(dataset, batch_size=config.batch_size, processes=processes, seed=config.seed, workers=config.workers,
-                       start_step=step)
+    batches = _batches(
+        dataset, batch_size=config.batch_size, processes=processes, seed=config.seed, workers=config.workers, start_step=step
+    )
     bar = tqdm(total=config.steps, initial=step, desc=f"base {config.preset}", unit="step", disable=not (progress and processes.main))
     with contextlib.closing(batches), bar, contextlib.ExitStack() as cleanup:
         if log is not None:
@@ -597,13 +615,25 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
                 judged = discriminator(torch.cat([real, foreground(rgb, fake_masks)]))
                 _, fake_logits, real_features, fake_features = _split_discriminator(judged, 2 * half)
                 adversarial = hinge_generator_loss([logits.float() for logits in fake_logits])
-                matching = _weighted_feature_matching([[f.float() for f in s] for s in real_features],
-                                                      [[f.float() for f in s] for s in fake_features], valid)
+                matching = _weighted_feature_matching(
+                    [[f.float() for f in s] for s in real_features], [[f.float() for f in s] for s in fake_features], valid
+                )
                 driver_z = output.driver_expression.float()
-                cycle = cycle_contrastive_loss(output.output_expression.float(), driver_z, other_drivers(driver_z),
-                                               scale=loss_config.cycle_scale, margin=loss_config.cycle_margin)
-                total = (config.l1_weight * l1 + config.mask_weight * mask_loss + perceptual_loss + weights.adversarial * adversarial
-                         + weights.feature_matching * matching + weights.cycle * cycle)
+                cycle = cycle_contrastive_loss(
+                    output.output_expression.float(),
+                    driver_z,
+                    other_drivers(driver_z),
+                    scale=loss_config.cycle_scale,
+                    margin=loss_config.cycle_margin,
+                )
+                total = (
+                    config.l1_weight * l1
+                    + config.mask_weight * mask_loss
+                    + perceptual_loss
+                    + weights.adversarial * adversarial
+                    + weights.feature_matching * matching
+                    + weights.cycle * cycle
+                )
             optimiser_g.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
             scaler.step(optimiser_g)
@@ -613,8 +643,9 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
             with autocast:
                 judged = judge(torch.cat([real, foreground(rgb.detach(), fake_masks)]))
                 real_logits, fake_logits, _, _ = _split_discriminator(judged, 2 * half)
-                discriminator_loss = _weighted_hinge_discriminator([x.float() for x in real_logits], [x.float() for x in fake_logits],
-                                                                   valid)
+                discriminator_loss = _weighted_hinge_discriminator(
+                    [x.float() for x in real_logits], [x.float() for x in fake_logits], valid
+                )
             optimiser_d.zero_grad(set_to_none=True)
             scaler.scale(discriminator_loss).backward()
             scaler.step(optimiser_d)
@@ -626,8 +657,9 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
 
             if step % config.log_every == 0 or step == last_step:
                 values = [total, l1, mask_loss, perceptual_loss, adversarial, matching, cycle, discriminator_loss]
-                losses = _mean_over_processes({name: float(value.detach()) for name, value in zip(LOSS_NAMES, values, strict=True)},
-                                              processes)
+                losses = _mean_over_processes(
+                    {name: float(value.detach()) for name, value in zip(LOSS_NAMES, values, strict=True)}, processes
+                )
                 elapsed = time.perf_counter() - began
                 rate = (step - first_step) * config.batch_size * processes.world_size / elapsed if elapsed > 0 else math.nan
                 if processes.main:
@@ -643,14 +675,14 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
                         writer.add_scalar("train/samples_per_second", rate, step)
             if processes.main and (step % config.checkpoint_every == 0 or step == last_step):
                 save_checkpoint({
-                    "kind": CHECKPOINT_KIND, "generator": model.state_dict(), "discriminator": discriminator.state_dict(),
+                    "generator": model.state_dict(), "discriminator": discriminator.state_dict(),
                     "optimiser_generator": optimiser_g.state_dict(), "optimiser_discriminator": optimiser_d.state_dict(),
                     "scheduler_generator": scheduler_g.state_dict(), "scheduler_discriminator": scheduler_d.state_dict(),
                     "grad_scaler": scaler.state_dict(), "step": step, "world_size": processes.world_size,
                     "model_config": asdict(model_config), "discriminator_config": asdict(discriminator_config),
                     "train_config": asdict(config), "resolved_config": resolved,
                     "rng": "derived per step: torch, numpy and python seeded from (seed, rank, step)",
-                }, checkpoint_path)  # fmt: skip
+                }, checkpoint_path, kind=BASE_KIND)  # fmt: skip
                 sheet = _sample_sheet(batch, drivers, output)
                 save_png(sheet, run_dir / "samples.png")
                 if writer is not None:
@@ -661,11 +693,21 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
         digests = _gather_strings(digest, processes)
         agree = len(set(digests)) == 1
         if log is not None:
-            log.write(json.dumps({"event": "end", "step": step, "weights_digest": digest, "process_digests": digests,
-                                  "replicas_agree": agree}) + "\n")
+            log.write(
+                json.dumps({"event": "end", "step": step, "weights_digest": digest, "process_digests": digests, "replicas_agree": agree})
+                + "\n"
+            )
         if processes.main and not agree:
             tqdm.write(f"warning: the processes ended with different weights ({', '.join(digests)}); the checkpoint holds rank 0's")
     elapsed = time.perf_counter() - began
     rate = (step - first_step) * config.batch_size * processes.world_size / elapsed if elapsed > 0 and step > first_step else math.nan
-    return BaseTrainSummary(run_dir=run_dir, steps=step, final_losses=losses, samples_per_second=rate, world_size=processes.world_size,
-                            rank=processes.rank, weights_digest=digest, replicas_agree=agree)
+    return BaseTrainSummary(
+        run_dir=run_dir,
+        steps=step,
+        final_losses=losses,
+        samples_per_second=rate,
+        world_size=processes.world_size,
+        rank=processes.rank,
+        weights_digest=digest,
+        replicas_agree=agree,
+    )

@@ -17,29 +17,25 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from pytorch_msssim import ssim
-from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
+from models.checkpoints import STUDENT_KIND, load_checkpoint, save_checkpoint, student_from_checkpoint
 from models.data.paired import PairedHeads, load_identities, save_png
 from models.data.synthetic import contact_sheet
 from models.megaportraits.distill import TeacherAvatars, TeacherTargets
-from models.megaportraits.student import Student, StudentConfig, student_config
+from models.megaportraits.student import Student, student_config
+from models.training.common import TrainingError, TrainSummary, adam_with_cosine, endless_batches
 
 TARGET_SOURCES = ("renderer", "teacher")
-
-
-class TrainingError(Exception):
-    """A training run that cannot start or resume; one line for the user."""
 
 
 @dataclass(frozen=True)
@@ -127,8 +123,9 @@ class LossWeights(Protocol):
     mask_weight: float
 
 
-def student_losses(rgb: torch.Tensor, alpha: torch.Tensor, target_rgb: torch.Tensor, target_alpha: torch.Tensor,
-                   config: LossWeights) -> StudentLosses:
+def student_losses(
+    rgb: torch.Tensor, alpha: torch.Tensor, target_rgb: torch.Tensor, target_alpha: torch.Tensor, config: LossWeights
+) -> StudentLosses:
     l1 = F.l1_loss(rgb, target_rgb)
     structural = 1 - ssim(rgb, target_rgb, data_range=1.0, size_average=True)
     mask = F.l1_loss(alpha, target_alpha)
@@ -136,66 +133,12 @@ def student_losses(rgb: torch.Tensor, alpha: torch.Tensor, target_rgb: torch.Ten
     return StudentLosses(total=total, l1=l1, ssim=structural, mask=mask)
 
 
-def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, temporary)
-    temporary.replace(path)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint's tensors and plain values (weights_only: no code runs on load)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise TrainingError(f"checkpoint not found: {path}") from None
-    except (RuntimeError, ValueError, OSError, EOFError, pickle.UnpicklingError) as error:
-        raise TrainingError(f"checkpoint {path} is unreadable: {str(error).splitlines()[0]}") from None
-
-
-def student_from_checkpoint(checkpoint: dict[str, Any], *, expect_preset: str | None = None) -> Student:
-    """Rebuild the student from the config saved in the checkpoint; refuse a preset mismatch."""
-    model_config = checkpoint.get("model_config")
-    if not isinstance(model_config, dict):
-        raise TrainingError("checkpoint has no model_config: not a student checkpoint")
-    preset = checkpoint.get("train_config", {}).get("preset")
-    if expect_preset is not None and preset != expect_preset:
-        raise TrainingError(f"checkpoint was trained with preset {preset!r}, not {expect_preset!r}")
-    try:
-        config = StudentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in model_config.items()})
-        model = Student(config=config)
-        model.load_state_dict(checkpoint["model"])
-    except (TypeError, KeyError, RuntimeError) as error:
-        raise TrainingError(f"checkpoint does not match the student it describes: {str(error).splitlines()[0]}") from None
-    return model
-
-
-@dataclass(frozen=True)
-class TrainSummary:
-    run_dir: Path
-    steps: int
-    final_losses: dict[str, float]
-    samples_per_second: float
-
-
-def adam_with_cosine(parameters: Iterable[torch.nn.Parameter], *, learning_rate: float, final_learning_rate: float,
-                     steps: int) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.CosineAnnealingLR]:
-    """Adam (0.9, 0.999) and a cosine schedule from learning_rate to final_learning_rate over steps."""
-    optimiser = torch.optim.Adam(parameters, lr=learning_rate, betas=(0.9, 0.999))
-    return optimiser, torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps, eta_min=final_learning_rate)
-
-
-def endless_batches(dataset: Dataset, *, batch_size: int, workers: int, seed: int, step: int) -> Iterator[Any]:
-    """Batches drawn with replacement, forever; seeded by (seed, step) so a resumed run draws anew."""
-    generator = torch.Generator().manual_seed(seed * 7919 + step)
-    sampler = RandomSampler(dataset, replacement=True, num_samples=10**9, generator=generator)
-    return iter(DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, persistent_workers=workers > 0))
-
-
 def teacher_targets(path: Path, dataset: PairedHeads) -> TeacherTargets:
     """The distillation targets for ``dataset``'s avatars from a base-model checkpoint."""
     avatars = load_identities(dataset.meta.root / "avatars.npz")
-    return TeacherTargets(teacher=TeacherAvatars.from_checkpoint(path), avatars=avatars, resolution=dataset.meta.resolution,
-                          checkpoint=path)
+    return TeacherTargets(
+        teacher=TeacherAvatars.from_checkpoint(path), avatars=avatars, resolution=dataset.meta.resolution, checkpoint=path
+    )
 
 
 def train_student(config: StudentTrainConfig, *, progress: bool = True) -> TrainSummary:
@@ -216,10 +159,14 @@ def train_student(config: StudentTrainConfig, *, progress: bool = True) -> Train
     if checkpoint_path.exists():
         checkpoint = load_checkpoint(checkpoint_path)
         saved = checkpoint.get("train_config", {})
-        if any(saved.get(name, default) != getattr(config, name)
-               for name, default in (("preset", None), ("data", None), ("target", "renderer"), ("teacher", None))):
-            raise TrainingError(f"{checkpoint_path} belongs to another run (preset {saved.get('preset')!r}, data {saved.get('data')!r}, "
-                                f"target {saved.get('target', 'renderer')!r}); use a new --run folder")
+        if any(
+            saved.get(name, default) != getattr(config, name)
+            for name, default in (("preset", None), ("data", None), ("target", "renderer"), ("teacher", None))
+        ):
+            raise TrainingError(
+                f"{checkpoint_path} belongs to another run (preset {saved.get('preset')!r}, data {saved.get('data')!r}, "
+                f"target {saved.get('target', 'renderer')!r}); use a new --run folder"
+            )
         model = student_from_checkpoint(checkpoint)
         optimiser, scheduler = adam_with_cosine(model.parameters(), **schedule)
         optimiser.load_state_dict(checkpoint["optimiser"])
@@ -227,18 +174,27 @@ def train_student(config: StudentTrainConfig, *, progress: bool = True) -> Train
         step = int(checkpoint["step"])
         torch.set_rng_state(checkpoint["rng_torch"])
     teacher = None if config.teacher is None else teacher_targets(Path(config.teacher), dataset)
-    (run_dir / "config.json").write_text(json.dumps({"train": asdict(config), "model": asdict(model_config),
-                                                     "dataset": {"root": config.data, "command": dataset.meta.command,
-                                                                 "avatar_names": list(dataset.meta.avatar_names)},
-                                                     "targets": "renderer ground truth" if teacher is None else teacher.describe()},
-                                                    indent=2) + "\n")
+    (run_dir / "config.json").write_text(
+        json.dumps(
+            {
+                "train": asdict(config),
+                "model": asdict(model_config),
+                "dataset": {"root": config.data, "command": dataset.meta.command, "avatar_names": list(dataset.meta.avatar_names)},
+                "targets": "renderer ground truth" if teacher is None else teacher.describe(),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     loader = endless_batches(dataset, batch_size=config.batch_size, workers=config.workers, seed=config.seed, step=step)
     augment_generator = torch.Generator().manual_seed(config.seed * 104729 + step)
     model.train()
     losses: StudentLosses | None = None
     began, first_step = time.perf_counter(), step
-    with tqdm(total=config.steps, initial=step, desc="student", unit="step", disable=not progress) as bar, \
-            open(run_dir / "log.jsonl", "a", encoding="utf-8") as log:
+    with (
+        tqdm(total=config.steps, initial=step, desc="student", unit="step", disable=not progress) as bar,
+        open(run_dir / "log.jsonl", "a", encoding="utf-8") as log,
+    ):
         while step < config.steps:
             driver, target_rgb, target_alpha, avatar = next(loader)
             if teacher is not None:  # distillation: the teacher reenacts the clean driver
@@ -258,9 +214,20 @@ def train_student(config: StudentTrainConfig, *, progress: bool = True) -> Train
                 log.write(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], **floats}) + "\n")
                 log.flush()
             if step % config.checkpoint_every == 0 or step == config.steps:
-                save_checkpoint({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
-                              "step": step, "rng_torch": torch.get_rng_state(), "model_config": asdict(model_config),
-                              "train_config": asdict(config), "avatar_names": list(dataset.meta.avatar_names)}, checkpoint_path)
+                save_checkpoint(
+                    {
+                        "model": model.state_dict(),
+                        "optimiser": optimiser.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "step": step,
+                        "rng_torch": torch.get_rng_state(),
+                        "model_config": asdict(model_config),
+                        "train_config": asdict(config),
+                        "avatar_names": list(dataset.meta.avatar_names),
+                    },
+                    checkpoint_path,
+                    kind=STUDENT_KIND,
+                )
                 with torch.no_grad():
                     tiles = torch.stack([driver[:4], rgb[:4].detach(), target_rgb[:4]], dim=1).flatten(0, 1)  # 4×3 tiles
                 save_png(contact_sheet(tiles, columns=3), run_dir / "samples.png")

@@ -36,8 +36,7 @@ def voxel_size(count: int) -> float:
     return 2.0 / count
 
 
-def identity_grid(*, depth: int, height: int, width: int, device: torch.device | None = None,
-                  dtype: torch.dtype | None = None) -> Tensor:
+def identity_grid(*, depth: int, height: int, width: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Tensor:
     """D×H×W×3 voxel centres (x, y, z) in normalised coordinates (align_corners=False)."""
 
     def centres(count: int) -> Tensor:
@@ -109,8 +108,17 @@ class WarpGenerator(nn.Module):
     -> B×256×8×8×8 -> B×128×16×16×16 -> B×64×16×32×32 -> B×32×16×64×64 -> deltas B×16×64×64×3.
     """
 
-    def __init__(self, *, descriptor_channels: int, descriptor_size: int, expression_dim: int, channels: tuple[int, ...],
-                 start_depth: int, volume_depth: int, volume_size: int) -> None:
+    def __init__(
+        self,
+        *,
+        descriptor_channels: int,
+        descriptor_size: int,
+        expression_dim: int,
+        channels: tuple[int, ...],
+        start_depth: int,
+        volume_depth: int,
+        volume_size: int,
+    ) -> None:
         super().__init__()
         stages = len(channels) - 1
         if descriptor_size * 2**stages != volume_size:

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.client import AvatarClient, Texture
+from client.client import AvatarClient, Texture
+from client.protocol import Buffer, EncodedBuffer, raw_buffer_from_bytes
 from server.engine import Engine
-from server.protocol import Buffer, EncodedBuffer, raw_buffer_from_bytes
 from server.service import AvatarService, ServiceConfig
 from tests.blender_addon.bpy_helpers import ADDON_MODULE, image_as_texture, install_addon, tick_until
 from tests.blender_addon.conftest import write_test_movie
-from tests.server.test_client import curve_service, make_curve_files
+from tests.client.test_client import curve_service, make_curve_files
 
 MODULE = ADDON_MODULE
 FRAMES = 5
@@ -32,8 +32,8 @@ FRAMES = 5
 @pytest.fixture(scope="module")
 def addon(tmp_path_factory: pytest.TempPathFactory, offline_wheels: Path) -> Iterator[ModuleType]:
     ui = install_addon(tmp_path_factory.mktemp("dist"), offline_wheels)
-    assert ui.client_module.__name__ == f"{MODULE}.vendor.client"  # the zip's copy, not the repository's
-    assert ui.shared_live.__name__ == f"{MODULE}.vendor.live" and ui.shared_live.client_module is ui.client_module
+    assert ui.client_module.__name__ == f"{MODULE}.vendor.client.client"  # the zip's copy, not the repository's
+    assert ui.shared_live.__name__ == f"{MODULE}.vendor.client.live" and ui.shared_live.client_module is ui.client_module
     yield ui
     if MODULE in bpy.context.preferences.addons:
         bpy.ops.preferences.addon_disable(module=MODULE)
@@ -102,9 +102,15 @@ def server_texture_of(address: str, payload: Buffer, avatar: int) -> np.ndarray:
     raise AssertionError("no texture from the server")
 
 
-def test_live_texture_equals_the_servers_and_survives_a_restart(addon: ModuleType, server: AvatarService, engine: Engine,
-                                                                  scene: bpy.types.Scene, address: str, driver_folder: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_live_texture_equals_the_servers_and_survives_a_restart(
+    addon: ModuleType,
+    server: AvatarService,
+    engine: Engine,
+    scene: bpy.types.Scene,
+    address: str,
+    driver_folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert bpy.ops.megalive.connect() == {"FINISHED"}
     controller = addon.runtime.controller
     assert [a.name for a in controller.avatars] == ["ada", "bo", "cy"]
@@ -147,9 +153,9 @@ def test_live_texture_equals_the_servers_and_survives_a_restart(addon: ModuleTyp
         restarted.stop()
 
 
-def test_bake_writes_the_servers_frames_and_wires_the_material(addon: ModuleType, server: AvatarService,
-                                                                 scene: bpy.types.Scene, address: str, driver_folder: Path,
-                                                                 tmp_path: Path) -> None:
+def test_bake_writes_the_servers_frames_and_wires_the_material(
+    addon: ModuleType, server: AvatarService, scene: bpy.types.Scene, address: str, driver_folder: Path, tmp_path: Path
+) -> None:
     assert bpy.ops.megalive.create_plane() == {"FINISHED"}
     target = scene.megalive.target_object
     assert bpy.ops.megalive.bake() == {"FINISHED"}
@@ -165,8 +171,9 @@ def test_bake_writes_the_servers_frames_and_wires_the_material(addon: ModuleType
     assert node.image_user.frame_start == 1 and node.image_user.frame_offset == 0
 
 
-def test_a_cancelled_bake_keeps_the_frames_written(addon: ModuleType, server: AvatarService, scene: bpy.types.Scene,
-                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cancelled_bake_keeps_the_frames_written(
+    addon: ModuleType, server: AvatarService, scene: bpy.types.Scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     original_step = addon.BakeJob.step
 
     def step_then_cancel_after_two(job) -> None:
@@ -186,9 +193,15 @@ def expect_error(operator, match: str) -> None:
     assert "Traceback" not in str(raised.value)
 
 
-def test_bad_input_gets_a_message_not_a_traceback(addon: ModuleType, server: AvatarService, scene: bpy.types.Scene,
-                                                  address: str, driver_folder: Path, tmp_path: Path,
-                                                  future_protocol_server: str) -> None:
+def test_bad_input_gets_a_message_not_a_traceback(
+    addon: ModuleType,
+    server: AvatarService,
+    scene: bpy.types.Scene,
+    address: str,
+    driver_folder: Path,
+    tmp_path: Path,
+    future_protocol_server: str,
+) -> None:
     prefs = bpy.context.preferences.addons[MODULE].preferences
     settings = scene.megalive
     prefs.server_address = future_protocol_server
@@ -253,8 +266,9 @@ def decoded_frame(movie_file: Path, index: int) -> Buffer:
     return raw_buffer_from_bytes(frames[index], dtype="|u1", shape=(height, width, 3))
 
 
-def test_movie_clip_drives_live_and_bake(addon: ModuleType, server: AvatarService, scene: bpy.types.Scene,
-                                         address: str, movie_file: Path, tmp_path: Path) -> None:
+def test_movie_clip_drives_live_and_bake(
+    addon: ModuleType, server: AvatarService, scene: bpy.types.Scene, address: str, movie_file: Path, tmp_path: Path
+) -> None:
     clip = bpy.data.movieclips.load(str(movie_file))
     clip.frame_start = 3  # scene frame 3 shows the clip's first frame
     settings = scene.megalive
@@ -336,7 +350,8 @@ def test_the_shipped_models_thumbnails_become_panel_icons(addon: ModuleType, sce
 
 
 def test_curve_key_preferences_reach_live_and_bake_and_a_bad_key_file_is_a_message(
-        addon: ModuleType, engine: Engine, scene: bpy.types.Scene, tmp_path: Path) -> None:
+    addon: ModuleType, engine: Engine, scene: bpy.types.Scene, tmp_path: Path
+) -> None:
     prefs = bpy.context.preferences.addons[MODULE].preferences
     for name, label in (("server_public_key", "Server Public Key"), ("client_secret_key", "Client Secret Key")):
         rna = prefs.bl_rna.properties[name]
@@ -384,5 +399,3 @@ def test_file_load_and_unregister_stop_everything(addon: ModuleType, server: Ava
     assert not controller.client.connected and addon.runtime.controller is None
     assert addon.on_load_pre not in bpy.app.handlers.load_pre
     assert not hasattr(bpy.types.Scene, "megalive")
-
-

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from blender_addon.movie import MovieFrames, MovieSource
-from server.live import DriverError
+from client.live import DriverError
 from tests.blender_addon.conftest import movie_colour, write_test_movie
 
 FRAMES = 30
@@ -81,6 +81,7 @@ def test_a_frame_not_decoded_yet_skips_the_tick() -> None:
             for index in range(start, 10):
                 release.wait(5)
                 yield bytes([index]) * size
+
         return {"size": (4, 2), "fps": 10.0}, frames()
 
     movie = MovieFrames(Path(__file__), reader=slow_reader)  # any existing file: the reader is fake

@@ -20,9 +20,10 @@ from PIL import Image
 
 from blender_addon import shape_keys
 from blender_addon.live import session_stabilise, wire_driver_kind
+from client.protocol import RawBuffer
+from contract.arkit import ARKIT_CURVES
 from server import imaging
 from server.engine import Engine
-from server.protocol import ARKIT_CURVES, RawBuffer
 from server.service import AvatarService, ServiceConfig
 from tests.blender_addon.bpy_helpers import ADDON_MODULE, image_as_texture, install_addon, tick_until
 
@@ -52,7 +53,9 @@ def test_names_match_exactly_ignoring_case_and_after_a_prefix() -> None:
         assert shape_keys.match_blendshape(unknown) is None, unknown
     assert shape_keys.match_blendshape("mouthLeft") == (index("mouthLeft"), shape_keys.EXACT)  # not jawLeft
     assert shape_keys.match_names(["Basis", "ARKit_eyeBlinkLeft", "Smile", "mouthSmileLeft"]) == {
-        "ARKit_eyeBlinkLeft": "eyeBlinkLeft", "mouthSmileLeft": "mouthSmileLeft"}
+        "ARKit_eyeBlinkLeft": "eyeBlinkLeft",
+        "mouthSmileLeft": "mouthSmileLeft",
+    }
 
 
 def test_the_best_match_wins_when_keys_name_one_blendshape() -> None:
@@ -66,7 +69,8 @@ def test_the_best_match_wins_when_keys_name_one_blendshape() -> None:
 def test_values_are_clamped_unknown_ignored_and_the_head_placed() -> None:
     curves = shape_keys.curves_from_mapping(
         {"Basis": 1.0, "jawOpen": 1.7, "mouthSmileLeft": -0.3, "eyeBlinkLeft": 0.6, "tongueOut": float("nan"), "custom": 0.5},
-        head=(0.3, -0.2, 0.1))
+        head=(0.3, -0.2, 0.1),
+    )
     assert curves.dtype == np.float32 and curves.shape == (61,) == (len(ARKIT_CURVES),)
     expected = np.zeros(61, np.float32)
     expected[index("jawOpen")], expected[index("eyeBlinkLeft")] = 1.0, 0.6
@@ -83,7 +87,7 @@ def test_payload_is_61_little_endian_float32_in_protocol_order() -> None:
     assert bytes(buffer.data) == np.asarray(curves, dtype="<f4").tobytes() and len(buffer.data) == 61 * 4
     curves[0] = 9.0  # the buffer is a copy: the source reuses its array
     assert buffer.array()[0] == 0.0
-    assert shape_keys.CURVES is ARKIT_CURVES  # the protocol's list, not a copy of it
+    assert shape_keys.CURVES is ARKIT_CURVES  # contract's list, not a copy of it
     assert (shape_keys.HEAD_YAW, shape_keys.HEAD_PITCH, shape_keys.HEAD_ROLL) == (52, 53, 54)
     with pytest.raises(ValueError):
         shape_keys.curves_buffer(np.zeros(58, np.float32))
@@ -92,9 +96,11 @@ def test_payload_is_61_little_endian_float32_in_protocol_order() -> None:
 def rot(axis: str, angle: float) -> np.ndarray:
     """Blender's right-handed rotation about +X, +Y or +Z (a column vector is rotated by R @ v)."""
     c, s = math.cos(angle), math.sin(angle)
-    return {"X": np.array([[1, 0, 0], [0, c, -s], [0, s, c]]),
-            "Y": np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]),
-            "Z": np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])}[axis]
+    return {
+        "X": np.array([[1, 0, 0], [0, c, -s], [0, s, c]]),
+        "Y": np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]),
+        "Z": np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]),
+    }[axis]
 
 
 def test_head_angles_of_known_rotations_and_their_signs() -> None:
@@ -125,7 +131,6 @@ def test_capture_sessions_open_as_arkit_with_the_stabilise_choice() -> None:
     assert session_stabilise("image", False) is None  # image sessions keep the server's defaults
 
 
-
 # ------------------------------------------------------------------------------------------------
 # Inside bpy: the installed extension
 
@@ -133,7 +138,8 @@ def test_capture_sessions_open_as_arkit_with_the_stabilise_choice() -> None:
 @pytest.fixture(scope="module")
 def addon(tmp_path_factory: pytest.TempPathFactory, offline_wheels: Path) -> Iterator[ModuleType]:
     ui = install_addon(tmp_path_factory.mktemp("dist"), offline_wheels)
-    assert ui.shape_keys.protocol.__name__ == f"{MODULE}.vendor.protocol"  # the zip's protocol copy
+    assert ui.shape_keys.protocol.__name__ == f"{MODULE}.vendor.client.protocol"  # the zip's protocol copy
+    assert ui.shape_keys.arkit.__name__ == f"{MODULE}.vendor.contract.arkit"  # and the zip's contract copy
     yield ui
     ui.shutdown()  # the add-on stays enabled (see the module docstring)
 
@@ -150,8 +156,10 @@ def face(addon: ModuleType) -> Iterator[SimpleNamespace]:
     obj = bpy.data.objects.new("ARKit Face", mesh)
     scene.collection.objects.link(obj)
     obj.shape_key_add(name="Basis")
-    keys = {name: obj.shape_key_add(name=name, from_mix=False)
-            for name in ("jawOpen", "mouthSmileLeft", "eyeBlinkLeft", "ARKit_browInnerUp", "Unrelated", "cheekPuff")}
+    keys = {
+        name: obj.shape_key_add(name=name, from_mix=False)
+        for name in ("jawOpen", "mouthSmileLeft", "eyeBlinkLeft", "ARKit_browInnerUp", "Unrelated", "cheekPuff")
+    }
     jaw = keys["jawOpen"]
     jaw.slider_max = 2.0  # Blender allows more than 1; the driver clamps
     jaw.value = 0.0
@@ -286,7 +294,7 @@ class RecordingLayout:
         self.labels: list[str] = []
         self.props: list[str] = []
 
-    def row(self, **_kwargs) -> "RecordingLayout":
+    def row(self, **_kwargs) -> RecordingLayout:
         return self
 
     box = grid_flow = row
@@ -352,8 +360,7 @@ def expected_engine(multi_driver_model_path: Path) -> Engine:
 
 @pytest.fixture
 def server(addon: ModuleType, multi_driver_model_path: Path) -> Iterator[str]:
-    service = AvatarService(engine=Engine(model_path=multi_driver_model_path, max_batch=2),
-                            config=ServiceConfig(bind="tcp://127.0.0.1:*"))
+    service = AvatarService(engine=Engine(model_path=multi_driver_model_path, max_batch=2), config=ServiceConfig(bind="tcp://127.0.0.1:*"))
     address = service.start()
     prefs = bpy.context.preferences.addons[MODULE].preferences
     prefs.server_address, prefs.timeout_s, prefs.max_in_flight = address, 5.0, 2
@@ -368,8 +375,9 @@ def engine_texture(engine: Engine, curves: np.ndarray) -> np.ndarray:
     return imaging.to_texture_pixels(out.rgb, out.alpha)[0]
 
 
-def test_live_texture_equals_the_engines_for_the_curves(addon: ModuleType, face: SimpleNamespace, server: str,
-                                                        expected_engine: Engine) -> None:
+def test_live_texture_equals_the_engines_for_the_curves(
+    addon: ModuleType, face: SimpleNamespace, server: str, expected_engine: Engine
+) -> None:
     face.scene.frame_set(5)
     assert bpy.ops.megalive.connect() == {"FINISHED"}
     assert bpy.ops.megalive.live() == {"FINISHED"}
@@ -389,8 +397,9 @@ def test_live_texture_equals_the_engines_for_the_curves(addon: ModuleType, face:
     assert controller.figures.frame_errors == 0 and addon.status_line().startswith("Live")
 
 
-def test_bake_renders_the_shape_key_animation(addon: ModuleType, face: SimpleNamespace, server: str,
-                                              expected_engine: Engine, tmp_path: Path) -> None:
+def test_bake_renders_the_shape_key_animation(
+    addon: ModuleType, face: SimpleNamespace, server: str, expected_engine: Engine, tmp_path: Path
+) -> None:
     scene = face.scene
     scene.frame_start, scene.frame_end = 1, 3
     scene.frame_set(5)

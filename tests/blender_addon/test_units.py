@@ -11,6 +11,7 @@ from PIL import Image
 
 from blender_addon import pixels
 from blender_addon.live import bake_frame_name, sequence_index
+from client.vendor import REPO_ROOT, VENDORED_FILES
 from server.addon import AddonBuildError, blender_platforms_of_wheel, build_addon, gather_wheels, render_manifest
 
 
@@ -36,29 +37,38 @@ def test_png_writer_round_trips_through_pillow_and_is_atomic(tmp_path: Path) -> 
     assert not (tmp_path / "missing").exists()
 
 
-@pytest.mark.parametrize(("name", "platforms"), [
-    ("pyzmq-27.3.0-cp311-cp311-manylinux_2_26_x86_64.manylinux_2_28_x86_64.whl", {"linux-x64"}),
-    ("pyzmq-27.3.0-cp311-cp311-macosx_10_15_universal2.whl", {"macos-arm64", "macos-x64"}),
-    ("msgpack-1.2.4-cp311-cp311-macosx_11_0_arm64.whl", {"macos-arm64"}),
-    ("msgpack-1.2.4-cp311-cp311-win_amd64.whl", {"windows-x64"}),
-    ("msgpack-1.2.4-cp312-cp312-win_amd64.whl", set()),
-    ("imageio_ffmpeg-0.6.0-py3-none-manylinux2014_x86_64.whl", {"linux-x64"}),
-    ("imageio_ffmpeg-0.6.0-py3-none-macosx_10_9_intel.macosx_10_9_x86_64.whl", {"macos-x64"}),
-    ("imageio_ffmpeg-0.6.0-py3-none-win_amd64.whl", {"windows-x64"}),
-    ("imageio_ffmpeg-0.6.0-py3-none-any.whl", set()),  # no ffmpeg inside: useless to the movie driver
-])
+@pytest.mark.parametrize(
+    ("name", "platforms"),
+    [
+        ("pyzmq-27.3.0-cp311-cp311-manylinux_2_26_x86_64.manylinux_2_28_x86_64.whl", {"linux-x64"}),
+        ("pyzmq-27.3.0-cp311-cp311-macosx_10_15_universal2.whl", {"macos-arm64", "macos-x64"}),
+        ("msgpack-1.2.4-cp311-cp311-macosx_11_0_arm64.whl", {"macos-arm64"}),
+        ("msgpack-1.2.4-cp311-cp311-win_amd64.whl", {"windows-x64"}),
+        ("msgpack-1.2.4-cp312-cp312-win_amd64.whl", set()),
+        ("imageio_ffmpeg-0.6.0-py3-none-manylinux2014_x86_64.whl", {"linux-x64"}),
+        ("imageio_ffmpeg-0.6.0-py3-none-macosx_10_9_intel.macosx_10_9_x86_64.whl", {"macos-x64"}),
+        ("imageio_ffmpeg-0.6.0-py3-none-win_amd64.whl", {"windows-x64"}),
+        ("imageio_ffmpeg-0.6.0-py3-none-any.whl", set()),  # no ffmpeg inside: useless to the movie driver
+    ],
+)
 def test_wheel_platforms(name: str, platforms: set[str]) -> None:
     assert blender_platforms_of_wheel(name) == platforms
 
 
 def test_gathered_wheels_cover_all_platforms_or_say_what_is_missing() -> None:
-    names = ["pyzmq-27.3.0-cp311-cp311-manylinux_2_28_x86_64.whl", "pyzmq-27.3.0-cp311-cp311-win_amd64.whl",
-             "pyzmq-27.3.0-cp311-cp311-macosx_10_15_universal2.whl", "msgpack-1.2.4-cp311-cp311-manylinux2014_x86_64.whl",
-             "msgpack-1.2.4-cp311-cp311-win_amd64.whl", "msgpack-1.2.4-cp311-cp311-macosx_11_0_arm64.whl",
-             "imageio_ffmpeg-0.6.0-py3-none-manylinux2014_x86_64.whl", "imageio_ffmpeg-0.6.0-py3-none-win_amd64.whl",
-             "imageio_ffmpeg-0.6.0-py3-none-macosx_11_0_arm64.whl",
-             "imageio_ffmpeg-0.6.0-py3-none-macosx_10_9_intel.macosx_10_9_x86_64.whl",
-             "imageio_ffmpeg-0.6.0-py3-none-any.whl"]
+    names = [
+        "pyzmq-27.3.0-cp311-cp311-manylinux_2_28_x86_64.whl",
+        "pyzmq-27.3.0-cp311-cp311-win_amd64.whl",
+        "pyzmq-27.3.0-cp311-cp311-macosx_10_15_universal2.whl",
+        "msgpack-1.2.4-cp311-cp311-manylinux2014_x86_64.whl",
+        "msgpack-1.2.4-cp311-cp311-win_amd64.whl",
+        "msgpack-1.2.4-cp311-cp311-macosx_11_0_arm64.whl",
+        "imageio_ffmpeg-0.6.0-py3-none-manylinux2014_x86_64.whl",
+        "imageio_ffmpeg-0.6.0-py3-none-win_amd64.whl",
+        "imageio_ffmpeg-0.6.0-py3-none-macosx_11_0_arm64.whl",
+        "imageio_ffmpeg-0.6.0-py3-none-macosx_10_9_intel.macosx_10_9_x86_64.whl",
+        "imageio_ffmpeg-0.6.0-py3-none-any.whl",
+    ]
     gathered = gather_wheels([Path(n) for n in names])
     assert gathered.platforms == ("linux-x64", "macos-arm64", "windows-x64")
     assert gathered.missing == {"msgpack": ("macos-x64",)}
@@ -82,12 +92,11 @@ def test_offline_build_vendors_the_client_and_lists_its_wheels(tmp_path: Path, o
 
     zip_path = build_addon(out_dir=tmp_path, offline_wheels_dir=offline_wheels)
     assert [p.name for p in tmp_path.iterdir()] == [zip_path.name]  # no staging or .partial left behind
-    repo = Path(__file__).resolve().parents[2]
     with zipfile.ZipFile(zip_path) as archive:
         names = set(archive.namelist())
         manifest = tomllib.loads(archive.read("blender_manifest.toml").decode())
-        for name in ("protocol.py", "client.py", "live.py"):
-            assert archive.read(f"vendor/{name}") == (repo / "server" / name).read_bytes()
+        for name in VENDORED_FILES:
+            assert archive.read(f"vendor/{name}") == (REPO_ROOT / name).read_bytes()
     assert {"__init__.py", "ui.py", "live.py", "pixels.py", "wire.py", "movie.py"} <= names
     assert any(n.startswith("wheels/imageio_ffmpeg-") for n in names)  # the movie clip driver's ffmpeg
     assert not any("__pycache__" in n or n.startswith("tests") for n in names)
@@ -102,26 +111,28 @@ def test_bake_frame_names_and_sequence_index() -> None:
     assert sequence_index(3, frame_start=1) == 2
 
 
-
 def test_the_vendored_runtime_imports_only_what_the_hosts_have() -> None:
-    """protocol.py, client.py and live.py go into the zip and the Unreal package as they are: at module level they may
-    import the standard library, pyzmq (zmq.auth and zmq.utils are part of it), msgpack and each other, nothing else.
+    """client/ and contract/ go into the zip and the Unreal package as they are: at module level they may import the
+    standard library, pyzmq (zmq.auth and zmq.utils are part of it), msgpack and each other (relatively: the hosts
+    have no top-level ``client`` or ``contract``), nothing else.
     (Line by line, not with ast: in the whole suite's process ast.parse hits CPython 3.11's AST recursion-depth bug.)"""
     import re
     import sys
 
-    from server.vendor import SERVER_DIR, VENDORED_FILES
-
     allowed = set(sys.stdlib_module_names) | {"zmq", "msgpack", "__future__"}
-    siblings = {name.removesuffix(".py") for name in VENDORED_FILES}
+    packages = {Path(name).parent.as_posix() for name in VENDORED_FILES}  # client, contract: side by side in vendor/
     for name in VENDORED_FILES:
-        for line in (SERVER_DIR / name).read_text(encoding="utf-8").splitlines():
+        package = Path(name).parent.as_posix()
+        siblings = {Path(other).stem for other in VENDORED_FILES if Path(other).parent.as_posix() == package}
+        for line in (REPO_ROOT / name).read_text(encoding="utf-8").splitlines():
             if match := re.match(r"from (\.*)(\w*)[\w.]* import (.+)", line):
                 dots, module, names = match.groups()
-                if dots:
-                    imported = {module} if module else {n.strip().split(" ")[0] for n in names.split(",")}
+                imported = {module} if module else {n.strip().split(" ")[0] for n in names.split(",")}
+                if dots == ".":
                     assert imported <= siblings, (name, line)
+                elif dots == "..":
+                    assert imported <= packages, (name, line)
                 else:
-                    assert module in allowed, (name, line)
+                    assert not dots and module in allowed, (name, line)
             elif match := re.match(r"import (.+)", line):
                 assert {n.strip().split(".")[0].split(" ")[0] for n in match.group(1).split(",")} <= allowed, (name, line)

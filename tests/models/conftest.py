@@ -27,17 +27,33 @@ OFFSET = (96.0, 128.0)  # where the photo's corner sits in the canvas at rest, i
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("data") / "synth"
-    write_paired_dataset(out, SynthConfig(resolution=64, num_avatars=3, num_driver_identities=6, num_motions=48, batch_size=16),
-                         command="tests: write_paired_dataset", progress=False)
+    write_paired_dataset(
+        out,
+        SynthConfig(resolution=64, num_avatars=3, num_driver_identities=6, num_motions=48, batch_size=16),
+        command="tests: write_paired_dataset",
+        progress=False,
+    )
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "student"
-    train_student(StudentTrainConfig(data=str(tiny_dataset), run_dir=str(run), preset="tiny", steps=100, batch_size=8,
-                                     learning_rate=3e-3, log_every=10, checkpoint_every=50, workers=0, command="tests"),
-                  progress=False)
+    train_student(
+        StudentTrainConfig(
+            data=str(tiny_dataset),
+            run_dir=str(run),
+            preset="tiny",
+            steps=100,
+            batch_size=8,
+            learning_rate=3e-3,
+            log_every=10,
+            checkpoint_every=50,
+            workers=0,
+            command="tests",
+        ),
+        progress=False,
+    )
     return run
 
 
@@ -64,8 +80,12 @@ def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train_base(BaseTrainConfig(run_dir=str(run), preset="tiny", steps=2, batch_size=1, identities=8, workers=0, log_every=1,
-                                   checkpoint_every=2), progress=False)
+        train_base(
+            BaseTrainConfig(
+                run_dir=str(run), preset="tiny", steps=2, batch_size=1, identities=8, workers=0, log_every=1, checkpoint_every=2
+            ),
+            progress=False,
+        )
     finally:
         torch.set_num_threads(threads)
     return run / "checkpoint.pt"
@@ -77,8 +97,9 @@ def _place(photo: np.ndarray, *, canvas: tuple[int, int, float], scale: float, s
     total = base * scale
     offset_x, offset_y = base * (OFFSET[0] + shift[0]), base * (OFFSET[1] + shift[1])
     inverse = (1 / total, 0.0, -offset_x / total, 0.0, 1 / total, -offset_y / total)  # canvas -> photo
-    image = Image.fromarray(photo).transform((width, height), Image.Transform.AFFINE, inverse,
-                                             resample=Image.Resampling.BILINEAR, fillcolor=(120, 120, 120))
+    image = Image.fromarray(photo).transform(
+        (width, height), Image.Transform.AFFINE, inverse, resample=Image.Resampling.BILINEAR, fillcolor=(120, 120, 120)
+    )
     return np.asarray(image)
 
 

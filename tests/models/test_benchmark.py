@@ -13,7 +13,6 @@ import torch
 from models.cli import main
 from models.data.synthetic import SyntheticHeads, neutral_motion, sample_identities, sample_motions
 from models.evaluation import AvatarOutput, EvalConfig, evaluate
-from models.megaportraits.train_student import TrainingError
 from models.parameter_regressor import (
     IDENTITY_FIELDS,
     RegressedParameters,
@@ -24,6 +23,7 @@ from models.parameter_regressor import (
     parameter_errors,
     train_regressor,
 )
+from models.training.common import TrainingError
 
 RESOLUTION = 64
 
@@ -45,11 +45,13 @@ def test_parameter_errors_are_zero_at_the_truth_and_in_degrees_and_prior_units()
     generator = torch.Generator().manual_seed(0)
     motion = sample_motions(4, generator=generator)
     identity = torch.randn(4, len(identity_features(sample_identities(1, generator=generator))[0]))
-    truth = RegressedParameters(pose=torch.stack([motion.yaw, motion.pitch, motion.roll], dim=1), expression=motion.expression.clone(),
-                                identity=identity.clone())
+    truth = RegressedParameters(
+        pose=torch.stack([motion.yaw, motion.pitch, motion.roll], dim=1), expression=motion.expression.clone(), identity=identity.clone()
+    )
     assert parameter_errors(truth, motion, identity).abs().max() == 0
-    off = RegressedParameters(pose=truth.pose + torch.tensor([math.radians(3.0), 0.0, 0.0]), expression=truth.expression + 0.1,
-                              identity=identity + 0.5)
+    off = RegressedParameters(
+        pose=truth.pose + torch.tensor([math.radians(3.0), 0.0, 0.0]), expression=truth.expression + 0.1, identity=identity + 0.5
+    )
     errors = parameter_errors(off, motion, identity)  # 3° on one of three angles; 0.1 on every control; 0.5 σ on every feature
     assert torch.allclose(errors, torch.tensor([[1.0, 0.1, 0.5]]).expand(4, 3), atol=1e-4)
     assert len(IDENTITY_FIELDS) == 29 and identity.shape[1] == 37  # 21 shape values, 4 colours × 3, 4 hair values
@@ -108,11 +110,30 @@ def test_copy_models_score_as_the_baselines(tiny_dataset: Path) -> None:
     assert driver.cross.source_copy == source.cross.source_copy  # the same pairs for every model
 
 
-def test_a_teacher_checkpoint_is_benchmarked_on_held_out_identities(teacher: Path, regressor: tuple[Path, Path],
-                                                                    tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_teacher_checkpoint_is_benchmarked_on_held_out_identities(
+    teacher: Path, regressor: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "eval"
-    assert main(["eval", "--model", str(teacher), "--regressor", str(regressor[0]), "--out", str(out), "--clips", "2",
-                 "--frames", "3", "--sources", "2"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(teacher),
+                "--regressor",
+                str(regressor[0]),
+                "--out",
+                str(out),
+                "--clips",
+                "2",
+                "--frames",
+                "3",
+                "--sources",
+                "2",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "teacher" in printed and "cross: driver copy" in printed
     report = json.loads((out / "eval-clips.json").read_text())
@@ -120,7 +141,9 @@ def test_a_teacher_checkpoint_is_benchmarked_on_held_out_identities(teacher: Pat
     output = report["cross"]["model_output"]
     assert output["psnr"] is None and 0 < output["foreground_psnr"] < 100  # no background: foreground figures only
     for figures in (output, report["cross"]["source_copy"], report["cross"]["driver_copy"], report["ground_truth"]):
-        assert all(math.isfinite(figures[key]) and figures[key] >= 0 for key in ("rotation_error_deg", "expression_error", "identity_error"))
+        assert all(
+            math.isfinite(figures[key]) and figures[key] >= 0 for key in ("rotation_error_deg", "expression_error", "identity_error")
+        )
     assert report["cross"]["source_copy"]["psnr"] is not None
     assert (out / "contact-sheet-clips.png").is_file()
 
@@ -140,8 +163,9 @@ def test_a_teacher_checkpoint_is_benchmarked_on_held_out_identities(teacher: Pat
     assert "other pairs" in capsys.readouterr().err
 
 
-def test_bad_benchmark_input_gets_one_line(teacher: Path, multi_driver_model_path: Path, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_benchmark_input_gets_one_line(
+    teacher: Path, multi_driver_model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     def refused(*argv: str) -> str:
         assert main(["eval", *argv, "--out", str(tmp_path / "eval"), "--clips", "1", "--frames", "2"]) == 2
         error = capsys.readouterr().err.strip()

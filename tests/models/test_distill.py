@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.checkpoints import student_from_checkpoint
 from models.data.paired import PairedHeads, load_identities
 from models.data.synthetic import SyntheticHeads, neutral_motion
 from models.megaportraits.distill import TeacherAvatars, TeacherTargets, background_plates
-from models.megaportraits.train_student import StudentTrainConfig, TrainingError, student_from_checkpoint, train_student
-
+from models.megaportraits.train_student import StudentTrainConfig, train_student
+from models.training.common import TrainingError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -44,17 +45,32 @@ def test_teacher_targets_are_its_foreground_over_the_plate_at_the_students_size(
 
 
 def test_a_student_distilled_from_the_teacher_learns_the_teachers_targets(teacher: Path, tiny_dataset: Path, tmp_path: Path) -> None:
-    config = StudentTrainConfig(data=str(tiny_dataset), run_dir=str(tmp_path / "distilled"), preset="tiny", target="teacher",
-                                teacher=str(teacher), steps=40, batch_size=8, learning_rate=3e-3, log_every=10, checkpoint_every=40,
-                                workers=0, colour_jitter=0.0, warp=0.0)
+    config = StudentTrainConfig(
+        data=str(tiny_dataset),
+        run_dir=str(tmp_path / "distilled"),
+        preset="tiny",
+        target="teacher",
+        teacher=str(teacher),
+        steps=40,
+        batch_size=8,
+        learning_rate=3e-3,
+        log_every=10,
+        checkpoint_every=40,
+        workers=0,
+        colour_jitter=0.0,
+        warp=0.0,
+    )
     train_student(config, progress=False)
     recorded = json.loads((tmp_path / "distilled" / "config.json").read_text())["targets"]
     assert recorded["source"] == "teacher" and recorded["checkpoint"] == str(teacher)
     student = student_from_checkpoint(torch.load(tmp_path / "distilled" / "checkpoint.pt", weights_only=True)).eval()
     dataset = PairedHeads(root=tiny_dataset)
-    driver, renderer_rgb, _, avatar = (torch.stack([torch.as_tensor(item[k]) for item in (dataset[i] for i in range(16))]) for k in range(4))
-    targets = TeacherTargets(teacher=TeacherAvatars.from_checkpoint(teacher), avatars=load_identities(tiny_dataset / "avatars.npz"),
-                             resolution=64)
+    driver, renderer_rgb, _, avatar = (
+        torch.stack([torch.as_tensor(item[k]) for item in (dataset[i] for i in range(16))]) for k in range(4)
+    )
+    targets = TeacherTargets(
+        teacher=TeacherAvatars.from_checkpoint(teacher), avatars=load_identities(tiny_dataset / "avatars.npz"), resolution=64
+    )
     with torch.no_grad():
         rgb, _ = student(driver, avatar)
         teacher_rgb, _ = targets(driver, avatar)

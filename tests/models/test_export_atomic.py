@@ -43,11 +43,20 @@ class Killed(BaseException):
 
 def export(path: Path, *, seed: int, avatars: list[str], adapter: nn.Module | None = None) -> ExportReport:
     model = ContractModel(config=ContractModelConfig(resolution=RES, num_avatars=len(avatars), width=4), seed=seed)
-    extra = ExtraDriver(kind="arkit", module=adapter or CurvesDriven(model=model), input_name="curves", input_shape=(4,),
-                        config={"seed": seed})
+    extra = ExtraDriver(
+        kind="arkit", module=adapter or CurvesDriven(model=model), input_name="curves", input_shape=(4,), config={"seed": seed}
+    )
     thumbnails = np.full((len(avatars), 8, 8, 3), seed, dtype=np.uint8)
-    return export_avatar_model(model, out_path=path, resolution=(RES, RES), avatar_names=avatars, command=f"test seed {seed}",
-                               config={"seed": seed}, extra_drivers=[extra], thumbnails=thumbnails)
+    return export_avatar_model(
+        model,
+        out_path=path,
+        resolution=(RES, RES),
+        avatar_names=avatars,
+        command=f"test seed {seed}",
+        config={"seed": seed},
+        extra_drivers=[extra],
+        thumbnails=thumbnails,
+    )
 
 
 def sha256(path: Path) -> str:
@@ -76,8 +85,9 @@ def test_a_normal_export_round_trips_with_a_digest_per_graph(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("last_renamed", ["student.onnx", "student.arkit.onnx", "student.thumbs.npy"])
-def test_a_kill_between_the_renames_leaves_a_pair_the_server_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                       last_renamed: str) -> None:
+def test_a_kill_between_the_renames_leaves_a_pair_the_server_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, last_renamed: str
+) -> None:
     model = tmp_path / "student.onnx"
     export(model, seed=0, avatars=["ada", "bo"])
     before = contents(tmp_path)

@@ -25,8 +25,19 @@ def train_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_synth_writes_frames_masks_landmarks_parameters_and_a_sheet(tiny_dataset: Path) -> None:
     names = {p.name for p in tiny_dataset.iterdir()}
-    assert {"meta.json", "avatars.npz", "drivers.npz", "motions.npz", "pairs.npz", "driver_rgba.npy", "target_rgba.npy",
-            "driver_landmarks.npy", "target_landmarks.npy", "neutral_rgba.npy", "contact_sheet.png"} <= names
+    assert {
+        "meta.json",
+        "avatars.npz",
+        "drivers.npz",
+        "motions.npz",
+        "pairs.npz",
+        "driver_rgba.npy",
+        "target_rgba.npy",
+        "driver_landmarks.npy",
+        "target_landmarks.npy",
+        "neutral_rgba.npy",
+        "contact_sheet.png",
+    } <= names
     data = PairedHeads(root=tiny_dataset)
     driver, target_rgb, target_alpha, avatar = data[5]
     assert driver.shape == (3, 64, 64) and target_rgb.shape == (3, 64, 64) and target_alpha.shape == (1, 64, 64)
@@ -86,15 +97,32 @@ def test_an_interrupted_synth_removes_its_partial_folder(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(paired, "write_contact_sheet", interrupt)  # late in the run: the big arrays are written
     with pytest.raises(KeyboardInterrupt):
-        paired.write_paired_dataset(tmp_path / "out", paired.SynthConfig(resolution=32, num_avatars=1, num_driver_identities=1,
-                                                                         num_motions=2), command="test", progress=False)
+        paired.write_paired_dataset(
+            tmp_path / "out",
+            paired.SynthConfig(resolution=32, num_avatars=1, num_driver_identities=1, num_motions=2),
+            command="test",
+            progress=False,
+        )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_terminated_synth_removes_its_partial_folder(tmp_path: Path) -> None:
     """SIGTERM (kill, a scheduler's time limit) mid-render unwinds like Ctrl-C instead of leaving the partial folder."""
-    command = [sys.executable, "-m", "models.cli", "synth", str(tmp_path / "big"), "--resolution", "32", "--avatars", "1",
-               "--drivers", "1", "--pairs", "50000"]
+    command = [
+        sys.executable,
+        "-m",
+        "models.cli",
+        "synth",
+        str(tmp_path / "big"),
+        "--resolution",
+        "32",
+        "--avatars",
+        "1",
+        "--drivers",
+        "1",
+        "--pairs",
+        "50000",
+    ]
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -117,8 +145,9 @@ def test_a_terminated_synth_removes_its_partial_folder(tmp_path: Path) -> None:
 def test_training_lowers_the_loss_and_writes_a_checkpoint(tiny_run: Path, tiny_dataset: Path) -> None:
     import torch
 
+    from models.checkpoints import load_checkpoint, student_from_checkpoint
     from models.megaportraits.student import Student, student_config
-    from models.megaportraits.train_student import load_checkpoint, student_from_checkpoint, student_losses
+    from models.megaportraits.train_student import student_losses
 
     data = PairedHeads(root=tiny_dataset)
     items = [data[i] for i in range(len(data))]
@@ -138,8 +167,16 @@ def test_training_lowers_the_loss_and_writes_a_checkpoint(tiny_run: Path, tiny_d
 
 
 def test_training_resumes_from_its_checkpoint(tiny_dataset: Path, tmp_path: Path) -> None:
-    config = StudentTrainConfig(data=str(tiny_dataset), run_dir=str(tmp_path / "r"), preset="tiny", steps=10, batch_size=4,
-                                log_every=5, checkpoint_every=10, workers=0)
+    config = StudentTrainConfig(
+        data=str(tiny_dataset),
+        run_dir=str(tmp_path / "r"),
+        preset="tiny",
+        steps=10,
+        batch_size=4,
+        log_every=5,
+        checkpoint_every=10,
+        workers=0,
+    )
     train_student(config, progress=False)
     summary = train_student(StudentTrainConfig(**{**config.__dict__, "steps": 15}), progress=False)
     steps = [json.loads(line)["step"] for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
@@ -151,7 +188,10 @@ def test_student_cli_one_line_errors(tiny_dataset: Path, tmp_path: Path) -> None
         (["--data", str(tmp_path / "missing"), "--run", str(tmp_path / "r1")], "not found"),
         (["--data", str(tiny_dataset), "--run", str(tmp_path / "r2"), "--preset", "huge"], "unknown preset"),
         (["--data", str(tiny_dataset), "--run", str(tmp_path / "r3"), "--target", "teacher"], "needs --teacher"),
-        (["--data", str(tiny_dataset), "--run", str(tmp_path / "r6"), "--teacher", str(tmp_path / "t.pt")], "only used with --target teacher"),
+        (
+            ["--data", str(tiny_dataset), "--run", str(tmp_path / "r6"), "--teacher", str(tmp_path / "t.pt")],
+            "only used with --target teacher",
+        ),
         (["--data", str(tiny_dataset), "--run", str(tmp_path / "r4"), "--preset", "cpu256"], "dataset is 64 px"),
     ]
     corrupt = tmp_path / "corrupt"
@@ -180,12 +220,16 @@ def test_export_eval_and_demo_on_the_tiny_student(tiny_run: Path, tiny_dataset: 
     unreadable = train_cli("export", "--checkpoint", str(garbage), "--out", str(tmp_path / "g.onnx"))
     assert unreadable.returncode == 2 and "unreadable" in unreadable.stderr
 
-    evaluated = train_cli("eval", "--model", str(model), "--data", str(tiny_dataset), "--out", str(tmp_path / "eval"),
-                          "--clips", "2", "--frames", "8")
+    evaluated = train_cli(
+        "eval", "--model", str(model), "--data", str(tiny_dataset), "--out", str(tmp_path / "eval"), "--clips", "2", "--frames", "8"
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads((tmp_path / "eval" / "eval-clips.json").read_text())
     assert report["pairs"] == 16 and report["model_kind"] == "student" and report["regressor"] is None
-    for section, names in (("cross", ("model_output", "source_copy", "driver_copy")), ("self_reenactment", ("model_output", "source_copy"))):
+    for section, names in (
+        ("cross", ("model_output", "source_copy", "driver_copy")),
+        ("self_reenactment", ("model_output", "source_copy")),
+    ):
         for name in names:
             figures = report[section][name]
             assert 0 < figures["psnr"] < 100 and -1 <= figures["ssim"] <= 1 and 0 < figures["foreground_psnr"] < 100

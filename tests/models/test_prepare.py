@@ -1,6 +1,5 @@
 """`megalive-train prepare` on a clip made from a real photograph (skimage's astronaut moved by affine warps), as an
-MP4 and as a frame folder at another resolution, beside bad inputs; VideoFolder reading the result; and the 68-point
-table and canonical framing kept equal to the server's copy."""
+MP4 and as a frame folder at another resolution, beside bad inputs; VideoFolder reading the result."""
 
 from __future__ import annotations
 
@@ -16,29 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
+from contract.landmarks import canonical_ibug68
 from models.cli import main
 from models.data.paired import DatasetError
-from models.data.prepare import (
-    CANONICAL_IBUG68,
-    MEDIAPIPE_TO_IBUG68,
-    PrepareConfig,
-    crop_box_from_landmarks,
-    crop_square,
-    discover_inputs,
-    smooth_over_time,
-)
+from models.data.prepare import PrepareConfig, crop_square, discover_inputs, smooth_over_time
 from models.data.video_folder import VideoFolder
 from tests.models.conftest import FOLDER_CANVAS, FRAMES, MP4_CANVAS, OFFSET, RESOLUTION, poses
-
-
-def test_landmark_table_and_canonical_framing_equal_the_servers() -> None:
-    # models may not import server (DESIGN.md §1), so prepare.py holds its own copies; they must not drift.
-    from server import capture
-
-    assert MEDIAPIPE_TO_IBUG68 == capture.MEDIAPIPE_TO_IBUG68
-    np.testing.assert_array_equal(CANONICAL_IBUG68, capture.CANONICAL_IBUG68)
-    points = CANONICAL_IBUG68 * 180 + (40, 70) + np.random.default_rng(0).normal(0, 3, (68, 2))  # a face, 180 px box
-    np.testing.assert_allclose(crop_box_from_landmarks(points), capture.crop_box_from_landmarks(points), rtol=1e-9)
 
 
 def test_smoothing_keeps_motion_and_cuts_jitter() -> None:
@@ -83,13 +65,13 @@ def test_prepare_finds_the_face_in_every_frame_of_both_inputs(prepared: tuple[Pa
         assert landmarks.min() >= 0 and landmarks.max() <= 1
         assert np.all(y[:, 36:48].mean(axis=1) < y[:, 48:68].mean(axis=1))  # eyes above the mouth
         assert np.all(x[:, 36] < x[:, 45]) and np.all(y[:, 27] < y[:, 30])  # eye corners; nose runs down
-        assert np.abs(landmarks - CANONICAL_IBUG68).mean() < 0.04  # framed like the synthetic heads
+        assert np.abs(landmarks - canonical_ibug68()).mean() < 0.04  # framed like the synthetic heads
         # The mask holds the face: high at the nose tip and over the face on average.
         nose = (landmarks[:, 30] * RESOLUTION).astype(int)  # FRAMES×2 pixels
         assert np.all(masks[np.arange(FRAMES), nose[:, 1], nose[:, 0]] > 128)
         left, top = (landmarks[:, 36:48].min(axis=1) * RESOLUTION).astype(int).T
         right, bottom = (landmarks[:, 48:60].max(axis=1) * RESOLUTION).astype(int).T
-        assert all(masks[f, top[f]:bottom[f], left[f]:right[f]].mean() > 128 for f in range(FRAMES))
+        assert all(masks[f, top[f] : bottom[f], left[f] : right[f]].mean() > 128 for f in range(FRAMES))
         # The box follows the known motion with no lag (non-causal smoothing): each frame's box is the first
         # frame's moved and scaled as the photo was, within two source pixels.
         (scale_0, shift_0), base = poses()[0], canvas[2]
@@ -162,7 +144,8 @@ def _one_line_refusal(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 
 
 def test_cli_refuses_an_existing_dst_a_missing_src_and_nothing_to_prepare(
-        prepared: tuple[Path, int, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prepared: tuple[Path, int, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     dst, _, _ = prepared
     before = (dst / "meta.json").read_bytes()
     assert "exists already" in _one_line_refusal(capsys, str(tmp_path), str(dst))
@@ -186,7 +169,10 @@ def test_dry_run_lists_inputs_and_writes_nothing(tmp_path: Path, capsys: pytest.
     Image.new("RGB", (8, 8)).save(tmp_path / "person2" / "0.png")
     inputs = discover_inputs(tmp_path)
     assert [(video.name, video.person, video.kind) for video in inputs] == [
-        ("person1__clip1__a", "person1", "video"), ("person1__clip1__a-2", "person1", "video"), ("person2", "person2", "frames")]
+        ("person1__clip1__a", "person1", "video"),
+        ("person1__clip1__a-2", "person1", "video"),
+        ("person2", "person2", "frames"),
+    ]
     assert main(["prepare", str(tmp_path), str(tmp_path / "out"), "--dry-run", "--resolution", "128"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["config"] == asdict(PrepareConfig(resolution=128)) and len(printed["inputs"]) == 3

@@ -5,9 +5,8 @@ import dataclasses
 import pytest
 import torch
 
+from contract.arkit import ARKIT_BLENDSHAPES, ARKIT_INDEX
 from models.data.synthetic import (
-    ARKIT_BLENDSHAPES,
-    ARKIT_INDEX,
     MODELLED_BLENDSHAPES,
     Identity,
     Motion,
@@ -114,9 +113,7 @@ def test_unmodelled_controls_have_no_effect(heads, identities):
 
 def test_blink_closes_the_eyes(heads, identities):
     open_ = heads.render(identities, neutral_motion(4))
-    closed = heads.render(
-        identities, neutral_motion(4).with_controls({"eyeBlinkLeft": 1.0, "eyeBlinkRight": 1.0})
-    )
+    closed = heads.render(identities, neutral_motion(4).with_controls({"eyeBlinkLeft": 1.0, "eyeBlinkRight": 1.0}))
     for eye in (slice(36, 42), slice(42, 48)):
         points = open_.landmarks[:, eye]
         height = (points[..., 1].max(1).values - points[..., 1].min(1).values).max().item()
@@ -168,12 +165,8 @@ def test_cross_reenactment_is_identity_a_with_motion_b(heads, identities):
     assert (cross.landmarks - self_b.landmarks).norm(dim=2).mean() < 0.08 * RES
     # ...and a change of the driver's pose moves both the same way.
     turned = motion_b.with_pose(yaw=0.4)
-    shift_cross = heads.render(id_a, turned).landmarks[..., 0].mean(1) - cross.landmarks[
-        ..., 0
-    ].mean(1)
-    shift_self = heads.render(id_b, turned).landmarks[..., 0].mean(1) - self_b.landmarks[
-        ..., 0
-    ].mean(1)
+    shift_cross = heads.render(id_a, turned).landmarks[..., 0].mean(1) - cross.landmarks[..., 0].mean(1)
+    shift_self = heads.render(id_b, turned).landmarks[..., 0].mean(1) - self_b.landmarks[..., 0].mean(1)
     assert (torch.sign(shift_cross) == torch.sign(shift_self)).all()
 
 
@@ -190,9 +183,7 @@ def test_landmarks_follow_yaw_and_stay_in_the_image(heads, identities):
     neutral = heads.landmarks(identities, neutral_motion(4))
     assert (neutral[:, 0, 0] < neutral[:, 16, 0]).all()
     assert (neutral[:, 36:42, 0].mean(1) < neutral[:, 42:48, 0].mean(1)).all()
-    assert (neutral[:, 19, 1] < neutral[:, 37, 1]).all() and (
-        neutral[:, 30, 1] < neutral[:, 51, 1]
-    ).all()
+    assert (neutral[:, 19, 1] < neutral[:, 37, 1]).all() and (neutral[:, 30, 1] < neutral[:, 51, 1]).all()
 
 
 def test_clip_is_smooth_and_blinks():

@@ -32,8 +32,9 @@ def _grid() -> torch.Tensor:
     return identity_grid(depth=DEPTH, height=HEIGHT, width=WIDTH)
 
 
-def _pose(batch: int, *, rotation: tuple[float, float, float] = (0.0, 0.0, 0.0),
-          translation: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> HeadPose:
+def _pose(
+    batch: int, *, rotation: tuple[float, float, float] = (0.0, 0.0, 0.0), translation: tuple[float, float, float] = (0.0, 0.0, 0.0)
+) -> HeadPose:
     return HeadPose(rotation=torch.tensor([rotation] * batch), translation=torch.tensor([translation] * batch))
 
 

@@ -14,12 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from models.checkpoints import load_checkpoint, state_digest
 from models.cli import main
 from models.data.synthetic import Motion
 from models.data.synthetic_pairs import SyntheticPairs, SyntheticPairsConfig
 from models.megaportraits.augment import DriverAugmentation, colour_jitter, thin_plate_spline_grids
-from models.megaportraits.train_base import BaseTrainConfig, state_digest, train_base
-from models.megaportraits.train_student import load_checkpoint
+from models.megaportraits.train_base import BaseTrainConfig, train_base
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(preset="tiny", steps=2, batch_size=1, identities=8, workers=0, log_every=1, checkpoint_every=2)
@@ -105,8 +105,16 @@ def test_a_run_writes_its_resolved_config_checkpoint_log_samples_and_tensorboard
     checkpoint = load_checkpoint(run / "checkpoint.pt")
     assert checkpoint["kind"] == "megaportraits-base" and checkpoint["step"] == 2
     assert json.loads(json.dumps(checkpoint["resolved_config"])) == config
-    assert set(checkpoint) >= {"generator", "discriminator", "optimiser_generator", "optimiser_discriminator", "scheduler_generator",
-                               "scheduler_discriminator", "model_config", "train_config"}
+    assert set(checkpoint) >= {
+        "generator",
+        "discriminator",
+        "optimiser_generator",
+        "optimiser_discriminator",
+        "scheduler_generator",
+        "scheduler_discriminator",
+        "model_config",
+        "train_config",
+    }
     assert not any(key.startswith("module.") for key in checkpoint["generator"])  # saved unwrapped
     log = _log(run)
     assert [entry["step"] for entry in log if "event" not in entry] == [1, 2]
@@ -124,8 +132,7 @@ def test_resume_continues_exactly_as_the_uninterrupted_run(tiny_runs: tuple[Path
     assert [(entry["step"], entry["resumed"]) for entry in starts] == [(0, False), (1, True)]
 
 
-def test_a_prepared_video_folder_trains_with_its_cross_targets_weighted_out(
-        prepared_videos: tuple[Path, int, str], tmp_path: Path) -> None:
+def test_a_prepared_video_folder_trains_with_its_cross_targets_weighted_out(prepared_videos: tuple[Path, int, str], tmp_path: Path) -> None:
     folder, code, _ = prepared_videos
     assert code == 0
     run = tmp_path / "video"
@@ -144,9 +151,31 @@ def test_a_prepared_video_folder_trains_with_its_cross_targets_weighted_out(
 
 
 def _torchrun(run: Path, *options: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "models.cli", "base",
-               "--run-dir", str(run), "--preset", "tiny", "--steps", "2", "--batch", "1", "--identities", "8", "--workers", "0",
-               "--log-every", "1", *options]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "models.cli",
+        "base",
+        "--run-dir",
+        str(run),
+        "--preset",
+        "tiny",
+        "--steps",
+        "2",
+        "--batch",
+        "1",
+        "--identities",
+        "8",
+        "--workers",
+        "0",
+        "--log-every",
+        "1",
+        *options,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -169,9 +198,11 @@ def test_torchrun_two_processes_end_with_equal_weights_and_resume_exactly(tmp_pa
 
 def test_a_torchrun_worker_ends_without_finalisation_and_keeps_its_status_and_output() -> None:
     # The exit path that keeps gloo's surviving worker threads from aborting a finished run (see models.cli).
-    script = ("import sys\nfrom models.cli import _end_process\nassert _end_process(3, distributed=False) == 3\n"
-              "import atexit\natexit.register(print, 'finalised')\n"
-              "print('last words', end='')\nprint('on stderr', end='', file=sys.stderr)\n_end_process(4, distributed=True)\n")
+    script = (
+        "import sys\nfrom models.cli import _end_process\nassert _end_process(3, distributed=False) == 3\n"
+        "import atexit\natexit.register(print, 'finalised')\n"
+        "print('last words', end='')\nprint('on stderr', end='', file=sys.stderr)\n_end_process(4, distributed=True)\n"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
     assert (result.returncode, result.stdout, result.stderr) == (4, "last words", "on stderr")
 
@@ -187,7 +218,8 @@ def _refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 
 
 def test_a_checkpoint_of_another_preset_is_refused_and_nothing_is_overwritten(
-        tiny_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tiny_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     straight, _ = tiny_runs
     run = tmp_path / "run"
     run.mkdir()
@@ -200,13 +232,15 @@ def test_a_checkpoint_of_another_preset_is_refused_and_nothing_is_overwritten(
     error = _refused(capsys, "--run", str(tmp_path / "fresh"), "--preset", "cpu128", "--init", str(straight / "checkpoint.pt"))
     assert "--init" in error and "'tiny'" in error and not (tmp_path / "fresh").exists()
     # The same preset starts from the checkpoint's weights (here: stops before the first step).
-    start = train_base(BaseTrainConfig(run_dir=str(tmp_path / "init"), init=str(straight / "checkpoint.pt"), **TINY), progress=False,
-                       stop_at=0)
+    start = train_base(
+        BaseTrainConfig(run_dir=str(tmp_path / "init"), init=str(straight / "checkpoint.pt"), **TINY), progress=False, stop_at=0
+    )
     assert start.steps == 0 and start.weights_digest == _checkpoint_digest(straight / "checkpoint.pt")
 
 
 def test_perceptual_weights_with_wrong_shapes_are_refused_before_anything_is_written(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     weights = tmp_path / "vgg19.pt"
     torch.save({"features.0.weight": torch.zeros(8, 3, 3, 3), "features.0.bias": torch.zeros(8)}, weights)
     run = tmp_path / "run"

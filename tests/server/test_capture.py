@@ -11,21 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.capture import (
-    CANONICAL_IBUG68,
-    MEDIAPIPE_TO_IBUG68,
-    CropConfig,
-    CropResult,
-    FaceCropper,
-    NoFaceError,
-    crop_box_from_landmarks,
-    crop_square,
-    ibug68_from_mediapipe,
-    landmarks_in_crop,
-)
+from contract.landmarks import MEDIAPIPE_TO_IBUG68, canonical_ibug68, crop_box_from_landmarks, ibug68_from_mediapipe, landmarks_in_crop
+from server.capture import CropConfig, CropResult, FaceCropper, NoFaceError, crop_square
 from server.one_euro import OneEuroConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+CANONICAL_IBUG68 = canonical_ibug68()  # 68×2 float32
 CANVAS_WIDTH, CANVAS_HEIGHT = 640, 480  # a webcam frame
 CROP_SIZE = 128
 # The 512² astronaut placed so her face (about 100 px wide, a webcam at arm's length) sits near the
@@ -128,9 +119,7 @@ def test_canonical_landmarks_match_the_renderer() -> None:
 
 
 def _run_python(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
 
 def test_capture_imports_neither_torch_nor_models_nor_mediapipe_up_front() -> None:
@@ -179,9 +168,7 @@ def place(photo: np.ndarray, *, scale: float, shift: tuple[float, float]) -> np.
     return np.asarray(canvas)
 
 
-def crop_all(
-    frames: list[np.ndarray], times: np.ndarray, *, box_filter: OneEuroConfig | None
-) -> list[CropResult]:
+def crop_all(frames: list[np.ndarray], times: np.ndarray, *, box_filter: OneEuroConfig | None) -> list[CropResult]:
     with FaceCropper(config=CropConfig(output_size=CROP_SIZE, box_filter=box_filter)) as cropper:
         return [cropper(frame, float(time)) for frame, time in zip(frames, times, strict=True)]
 

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server import drivers, imaging, protocol
-from server.client import AvatarClient, FrameError, ServerError, Texture
+from client import protocol
+from client.client import AvatarClient, FrameError, ServerError, Texture
+from contract.arkit import ARKIT_CURVES
+from server import drivers, imaging
 from server.engine import Engine
 from server.one_euro import OneEuroConfig
 from server.service import AvatarService, ServiceConfig
@@ -22,14 +24,14 @@ def f32(array: object) -> protocol.RawBuffer:
 
 
 def neutral_curves() -> np.ndarray:
-    return np.zeros(len(protocol.ARKIT_CURVES), np.float32)
+    return np.zeros(len(ARKIT_CURVES), np.float32)
 
 
 def face_landmarks() -> np.ndarray:
     """A plausible 68-point face in crop units: the canonical framing the server's auto-crop targets."""
-    from server.capture import CANONICAL_IBUG68
+    from contract.landmarks import canonical_ibug68
 
-    return np.array(CANONICAL_IBUG68, np.float32)
+    return np.array(canonical_ibug68(), np.float32)
 
 
 # ------------------------------------------------------------------------------------ checks
@@ -37,10 +39,10 @@ def face_landmarks() -> np.ndarray:
 
 def test_arkit_curves_are_checked() -> None:
     curves = neutral_curves()
-    curves[protocol.ARKIT_CURVES.index("jawOpen")] = 0.7
+    curves[ARKIT_CURVES.index("jawOpen")] = 0.7
     np.testing.assert_array_equal(drivers.arkit_curves(f32(curves)), curves)
     named = drivers.arkit_curves(f32([0.7, 0.1]), ["jawOpen", "headYaw"])
-    assert named[protocol.ARKIT_CURVES.index("jawOpen")] == pytest.approx(0.7) and named[52] == pytest.approx(0.1)
+    assert named[ARKIT_CURVES.index("jawOpen")] == pytest.approx(0.7) and named[52] == pytest.approx(0.1)
     assert np.count_nonzero(named) == 2
     bad = {
         "NaN": (f32(np.full(61, np.nan)), None, "NaN or infinite"),
@@ -63,7 +65,7 @@ def test_arkit_curves_are_checked() -> None:
 
 
 def test_landmarks_are_checked_and_mediapipe_points_mapped() -> None:
-    from server.capture import MEDIAPIPE_TO_IBUG68
+    from contract.landmarks import MEDIAPIPE_TO_IBUG68
 
     points = face_landmarks()
     np.testing.assert_array_equal(drivers.landmarks_68(f32(points)), points)
@@ -162,7 +164,7 @@ def test_engine_serves_three_driver_kinds(engine: Engine) -> None:
 def test_a_capture_session_renders_what_the_engine_renders(kind: str, service: AvatarService, engine: Engine) -> None:
     signal = neutral_curves() if kind == "arkit" else face_landmarks()
     if kind == "arkit":
-        signal[protocol.ARKIT_CURVES.index("mouthSmileLeft")] = 0.8
+        signal[ARKIT_CURVES.index("mouthSmileLeft")] = 0.8
     with AvatarClient(address=service.bound_address) as client:
         assert kind in client.hello().capabilities["drivers"]
         session = client.open(avatar=1, driver=kind, stabilise=False)
@@ -260,7 +262,6 @@ def test_auto_crop_finds_the_face_returns_landmarks_and_reuses_the_last_box(serv
         lost = render(client, session, grey, timestamp=0.2)
         assert isinstance(lost, Texture) and lost.face_found is False  # flagged, and the session goes on
         assert isinstance(render(client, session, webcam_frame(), timestamp=0.3), Texture)
-
 
 
 def test_a_nonsense_client_stamp_does_not_reach_the_filters(service: AvatarService, engine: Engine) -> None:

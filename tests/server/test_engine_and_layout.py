@@ -18,17 +18,21 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_import_server_does_not_load_torch_or_models() -> None:
-    probe = ("import sys, server, server.protocol, server.client, server.engine, server.service, server.imaging, server.one_euro, "
-             "server.bench, server.cli; bad = [m for m in ('torch', 'models') if m in sys.modules]; print(bad); "
-             "sys.exit(1 if bad else 0)")
+    probe = (
+        "import sys, server, client.protocol, client.client, server.engine, server.service, server.imaging, server.one_euro, "
+        "server.bench, server.cli; bad = [m for m in ('torch', 'models') if m in sys.modules]; print(bad); "
+        "sys.exit(1 if bad else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_protocol_and_client_need_only_msgpack_and_zmq() -> None:
     """The copies shipped to Blender and Unreal must work without numpy."""
-    probe = ("import sys; sys.modules['numpy'] = None; import server.protocol, server.client; "
-             "m = server.protocol.decode(server.protocol.encode({'op': 'hello', 'id': 1})); print(m.op)")
+    probe = (
+        "import sys; sys.modules['numpy'] = None; import client.protocol, client.client; "
+        "m = client.protocol.decode(client.protocol.encode({'op': 'hello', 'id': 1})); print(m.op)"
+    )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "hello", result.stderr
 
@@ -66,8 +70,14 @@ def test_model_card_errors_are_one_line(contract_model_path: Path, tmp_path: Pat
 
 def test_engine_refuses_a_model_whose_sidecar_disagrees(tmp_path: Path) -> None:
     path = tmp_path / "wrong.onnx"
-    export_avatar_model(ContractModel(config=ContractModelConfig(resolution=16, num_avatars=1, width=4)),
-                        out_path=path, resolution=(16, 16), avatar_names=["a"], command="test", config={})
+    export_avatar_model(
+        ContractModel(config=ContractModelConfig(resolution=16, num_avatars=1, width=4)),
+        out_path=path,
+        resolution=(16, 16),
+        avatar_names=["a"],
+        command="test",
+        config={},
+    )
     sidecar = json.loads(path.with_suffix(".json").read_text())
     path.with_suffix(".json").write_text(json.dumps({**sidecar, "resolution": [24, 24]}))
     with pytest.raises(ModelError, match="disagrees"):
@@ -85,10 +95,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_help_and_version() -> None:
-    for module in ("server.cli", "models.cli"):
+    for module in ("megalive", "models.cli"):
         assert run_cli(module, "--help").returncode == 0
         assert "megalive" in run_cli(module, "--version").stdout
-    assert "--model" in run_cli("server.cli", "serve", "--help").stdout
+    assert "--model" in run_cli("megalive", "serve", "--help").stdout
 
 
 def test_contract_model_command_and_bench_print_a_table(tmp_path: Path) -> None:
@@ -97,7 +107,7 @@ def test_contract_model_command_and_bench_print_a_table(tmp_path: Path) -> None:
     assert made.returncode == 0 and "max abs error" in made.stdout, made.stderr
     assert json.loads(model.with_suffix(".json").read_text())["command"].endswith("--width 8")
     figures = tmp_path / "bench.json"
-    bench = run_cli("server.cli", "bench", "--model", str(model), "--seconds", "0.5", "--json", str(figures))
+    bench = run_cli("megalive", "bench", "--model", str(model), "--seconds", "0.5", "--json", str(figures))
     assert bench.returncode == 0, bench.stderr
     for row in ("raw engine FPS", "end-to-end / raw", "p99 / p50", "4 session(s)"):
         assert row in bench.stdout
@@ -108,10 +118,12 @@ def test_contract_model_command_and_bench_print_a_table(tmp_path: Path) -> None:
 
 
 def test_live_controller_needs_only_the_stdlib_zmq_and_its_siblings() -> None:
-    """server/live.py ships beside protocol.py and client.py: no numpy, torch or models may come with it."""
-    probe = ("import sys; sys.modules['numpy'] = None; import server.live; "
-             "bad = [m for m in ('torch', 'models', 'numpy') if sys.modules.get(m) is not None]; "
-             "print(server.live.LiveController.__name__, bad); sys.exit(1 if bad else 0)")
+    """client/live.py ships beside protocol.py and client.py: no numpy, torch or models may come with it."""
+    probe = (
+        "import sys; sys.modules['numpy'] = None; import client.live; "
+        "bad = [m for m in ('torch', 'models', 'numpy') if sys.modules.get(m) is not None]; "
+        "print(client.live.LiveController.__name__, bad); sys.exit(1 if bad else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "LiveController []", result.stdout + result.stderr
 

@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from server import capture, imaging, protocol
+from client import protocol
+from server import capture, imaging
 from server.engine import Engine
 from server.one_euro import OneEuroConfig, OneEuroFilter, SignalClock
 from server.service import AvatarService, BindRefused, ServiceConfig, check_bind_address
@@ -49,8 +50,9 @@ def service(module_engine: Engine):
 class Peer:
     """A raw DEALER that sends protocol frames and reads replies, with an optional routing identity."""
 
-    def __init__(self, address: str, *, identity: bytes | None = None, context: zmq.Context | None = None,
-                 options: dict[int, int] | None = None) -> None:
+    def __init__(
+        self, address: str, *, identity: bytes | None = None, context: zmq.Context | None = None, options: dict[int, int] | None = None
+    ) -> None:
         self.socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         if identity is not None:
@@ -164,14 +166,17 @@ def jpeg_declaring(width: int, height: int) -> bytes:
 # ------------------------------------------------------------------------------------------------ 1, fuzz
 
 
-@pytest.mark.parametrize("descriptor", [
-    {"dtype": ["|u1"], "shape": [3]},
-    {"dtype": {"a": 1}, "shape": [3]},
-    {"codec": ["png"]},
-    {"codec": {"x": 1}},
-    {"dtype": "|u1", "shape": {"a": 1}},
-    {"dtype": "|u1", "shape": [True, 3]},
-])
+@pytest.mark.parametrize(
+    "descriptor",
+    [
+        {"dtype": ["|u1"], "shape": [3]},
+        {"dtype": {"a": 1}, "shape": [3]},
+        {"codec": ["png"]},
+        {"codec": {"x": 1}},
+        {"dtype": "|u1", "shape": {"a": 1}},
+        {"dtype": "|u1", "shape": [True, 3]},
+    ],
+)
 def test_an_unhashable_or_odd_descriptor_is_a_bad_request_not_the_end(service: AvatarService, descriptor: dict) -> None:
     peer = Peer(service.bound_address)
     peer.send([msgpack.packb({"v": 1, "op": "hello", "id": 4, "buffers": [descriptor]}), b"abc"])
@@ -182,12 +187,33 @@ def test_an_unhashable_or_odd_descriptor_is_a_bad_request_not_the_end(service: A
     assert_serving(service)
 
 
-_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.floats(allow_nan=True), st.text(max_size=8),
-                     st.binary(max_size=8))
-_values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)),
-                       max_leaves=12)
-_field_names = st.sampled_from(["v", "op", "id", "session", "token", "seq", "t", "buffers", "avatar", "driver", "format", "crop", "size",
-                                "filter", "landmarks", "names", "versions"])
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=True), st.text(max_size=8), st.binary(max_size=8)
+)
+_values = st.recursive(
+    _scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)), max_leaves=12
+)
+_field_names = st.sampled_from(
+    [
+        "v",
+        "op",
+        "id",
+        "session",
+        "token",
+        "seq",
+        "t",
+        "buffers",
+        "avatar",
+        "driver",
+        "format",
+        "crop",
+        "size",
+        "filter",
+        "landmarks",
+        "names",
+        "versions",
+    ]
+)
 _headers = st.dictionaries(_field_names, st.one_of(_values, st.sampled_from([1, "frame", "open", "hello", "stats", "close"])), max_size=10)
 
 
@@ -230,11 +256,17 @@ def _buffer(draw) -> tuple[dict, bytes]:
         codec = draw(st.one_of(st.sampled_from(["png", "jpeg"]), _values))
         kind = draw(st.sampled_from(["png", "jpeg", "junk", "bomb"]))
         data = {"png": png_bytes(np.zeros((8, 8, 3), np.uint8)), "bomb": bomb_png(2048), "junk": draw(st.binary(max_size=64))}.get(
-            kind, jpeg_declaring(draw(st.integers(1, 20000)), draw(st.integers(1, 20000))))
+            kind, jpeg_declaring(draw(st.integers(1, 20000)), draw(st.integers(1, 20000)))
+        )
         return {"codec": codec}, data
     dtype, shape = draw(_dtypes), draw(_shapes)
-    exact = (isinstance(dtype, str) and dtype in protocol.DTYPE_ITEMSIZE and isinstance(shape, list)
-             and all(type(n) is int and n >= 0 for n in shape) and draw(st.booleans()))
+    exact = (
+        isinstance(dtype, str)
+        and dtype in protocol.DTYPE_ITEMSIZE
+        and isinstance(shape, list)
+        and all(type(n) is int and n >= 0 for n in shape)
+        and draw(st.booleans())
+    )
     size = math.prod(shape) * protocol.DTYPE_ITEMSIZE[dtype] if exact else draw(st.integers(0, 64))
     if size > 8 * 1024:
         size = 0
@@ -243,11 +275,16 @@ def _buffer(draw) -> tuple[dict, bytes]:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(kind=st.sampled_from(["image", "arkit", "landmarks"]), op=st.sampled_from(list(protocol.REQUEST_OPS)),
-       fields=st.dictionaries(_field_names.filter(lambda name: name not in ("v", "op", "id", "buffers")), _values, max_size=5),
-       keep_session=st.booleans(), buffers=st.lists(_buffer(), max_size=2))
-def test_well_formed_requests_with_hostile_fields_never_stop_the_service(driven_service, kind: str, op: str, fields: dict,
-                                                                        keep_session: bool, buffers: list) -> None:
+@given(
+    kind=st.sampled_from(["image", "arkit", "landmarks"]),
+    op=st.sampled_from(list(protocol.REQUEST_OPS)),
+    fields=st.dictionaries(_field_names.filter(lambda name: name not in ("v", "op", "id", "buffers")), _values, max_size=5),
+    keep_session=st.booleans(),
+    buffers=st.lists(_buffer(), max_size=2),
+)
+def test_well_formed_requests_with_hostile_fields_never_stop_the_service(
+    driven_service, kind: str, op: str, fields: dict, keep_session: bool, buffers: list
+) -> None:
     """Valid envelopes (v, op, id) around hostile fields and buffers, on live sessions of every driver kind."""
     service, owner, sessions = driven_service
     session, token = sessions[kind]
@@ -341,8 +378,7 @@ def test_a_dead_engine_thread_is_restarted_and_reported(service: AvatarService, 
     peer.close()
 
 
-def test_an_engine_thread_that_keeps_dying_stops_the_service_with_a_failure(module_engine: Engine,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_engine_thread_that_keeps_dying_stops_the_service_with_a_failure(module_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     service = started(module_engine, max_engine_restarts=2)
 
     def always(jobs):
@@ -376,7 +412,9 @@ def test_replies_to_a_client_that_does_not_read_are_bounded_and_counted(module_e
         deaf = Peer(service.bound_address, options={zmq.RCVHWM: 1, zmq.RCVBUF: 4096})
         session, token = deaf.open(size=[1024, 1024])
         for seq in range(60):  # 60 textures of 4 MiB unread: 240 MiB if nothing bounded them
-            deaf.send(protocol.encode({"op": "frame", "id": 100 + seq, "session": session, "token": token, "seq": seq}, (frame_buffer(seq),)))
+            deaf.send(
+                protocol.encode({"op": "frame", "id": 100 + seq, "session": session, "token": token, "seq": seq}, (frame_buffer(seq),))
+            )
             time.sleep(0.02)
         deadline = time.monotonic() + 20
         while service.counters.reply_overflow == 0 and time.monotonic() < deadline:
@@ -393,8 +431,9 @@ def test_replies_to_a_client_that_does_not_read_are_bounded_and_counted(module_e
 # ------------------------------------------------------------------------------------------------ 4, face trackers
 
 
-def test_crop_sessions_hold_no_face_tracker_until_they_stream_and_release_it(module_engine: Engine,
-                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crop_sessions_hold_no_face_tracker_until_they_stream_and_release_it(
+    module_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("mediapipe")
     from skimage import data as skimage_data
 
@@ -603,8 +642,18 @@ def test_tiny_and_backward_timestamps_never_poison_a_filter() -> None:
     for t, x in [(0.0, 0.0), (5e-324, 1.0), (1e-320, 2.0), (-5.0, 3.0), (float("nan"), 4.0), (0.1, 0.5)]:
         assert np.isfinite(one_euro(np.array([x]), t)).all()
     clock = SignalClock()
-    times = [clock(stamp, arrival) for stamp, arrival in
-             [(0.0, 10.0), (5e-324, 10.03), (5e-324, 10.06), (1e300, 10.09), (-1.0, 10.12), (None, 10.15), (float("inf"), 10.15)]]
+    times = [
+        clock(stamp, arrival)
+        for stamp, arrival in [
+            (0.0, 10.0),
+            (5e-324, 10.03),
+            (5e-324, 10.06),
+            (1e300, 10.09),
+            (-1.0, 10.12),
+            (None, 10.15),
+            (float("inf"), 10.15),
+        ]
+    ]
     steps = np.diff(times)
     assert (steps >= clock.min_step_s).all() and (steps <= clock.max_step_s).all()
 

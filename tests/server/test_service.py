@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import zmq
 
-from server import imaging, protocol
-from server.client import AvatarClient, FrameDropped, FrameError, ServerError, ServerGoneError, Texture
+from client import protocol
+from client.client import AvatarClient, FrameDropped, FrameError, ServerError, ServerGoneError, Texture
+from server import imaging
 from server.engine import Engine
 from server.service import AvatarService, BindRefused, ServiceConfig, check_bind_address
 from tests.server.test_hardening import bomb_png
@@ -161,12 +162,20 @@ def test_bad_inputs_get_error_replies_while_other_sessions_keep_streaming(servic
         "unknown avatar": ([packed(op="open", avatar=42)], "unknown_avatar", 9),
         "unknown driver kind": ([packed(op="open", avatar=0, driver="telepathy")], "bad_request", 9),
         "driver the model lacks": ([packed(op="open", avatar=0, driver="arkit")], "bad_request", 9),
-        "size disagrees with shape": ([packed(**frame_header, buffers=[{"dtype": "|u1", "shape": [32, 32, 3]}]), b"x" * 100], "bad_request", 9),
+        "size disagrees with shape": (
+            [packed(**frame_header, buffers=[{"dtype": "|u1", "shape": [32, 32, 3]}]), b"x" * 100],
+            "bad_request",
+            9,
+        ),
         "dtype outside allow-list": ([packed(**frame_header, buffers=[{"dtype": "<i8", "shape": [4]}]), b"x" * 32], "bad_request", 9),
         "output above the size limit": ([packed(op="open", avatar=0, size=[4096, 4096])], "too_large", 9),
         "driver of the wrong rank": ([packed(**frame_header, buffers=[{"dtype": "|u1", "shape": [7]}]), b"x" * 7], "bad_request", 9),
         "undecodable jpeg": ([packed(**frame_header, buffers=[{"codec": "jpeg"}]), b"not a jpeg"], "bad_request", 9),
-        "NaN pixels": ([packed(**frame_header, buffers=[{"dtype": "<f4", "shape": [2, 2, 3]}]), np.full(12, np.nan, np.float32).tobytes()], "bad_request", 9),
+        "NaN pixels": (
+            [packed(**frame_header, buffers=[{"dtype": "<f4", "shape": [2, 2, 3]}]), np.full(12, np.nan, np.float32).tobytes()],
+            "bad_request",
+            9,
+        ),
     }
     for name, (frames, code, request_id) in cases.items():
         reply = exchange(bad, frames)
@@ -200,8 +209,9 @@ def good_session_id(client: AvatarClient) -> int:
 def test_a_client_that_vanishes_mid_stream_loses_its_sessions_only(engine: Engine) -> None:
     """A vanished client's sessions close when its connection ends, or when a reply to it cannot be
     routed, or when they idle out; the other client's session goes on."""
-    service = AvatarService(engine=engine, config=ServiceConfig(bind="tcp://127.0.0.1:*", limits=SMALL_LIMITS, max_batch=4,
-                                                                session_idle_s=2.0))
+    service = AvatarService(
+        engine=engine, config=ServiceConfig(bind="tcp://127.0.0.1:*", limits=SMALL_LIMITS, max_batch=4, session_idle_s=2.0)
+    )
     service.start()
     try:
         good = AvatarClient(address=service.bound_address)
@@ -281,7 +291,9 @@ def test_non_loopback_binds_are_refused(address: str) -> None:
         check_bind_address(address)
 
 
-@pytest.mark.parametrize("address", ["tcp://127.0.0.1:5555", "tcp://localhost:1", "tcp://[::1]:5555", "tcp://127.0.0.1:*", "inproc://megalive"])
+@pytest.mark.parametrize(
+    "address", ["tcp://127.0.0.1:5555", "tcp://localhost:1", "tcp://[::1]:5555", "tcp://127.0.0.1:*", "inproc://megalive"]
+)
 def test_loopback_binds_are_allowed(address: str) -> None:
     check_bind_address(address)
 
@@ -289,8 +301,11 @@ def test_loopback_binds_are_allowed(address: str) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_serve_shuts_down_cleanly_on_signals(contract_model_path: Path, signum: int) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--model", str(contract_model_path), "--bind", "tcp://127.0.0.1:*"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+        [sys.executable, "-m", "megalive", "serve", "--model", str(contract_model_path), "--bind", "tcp://127.0.0.1:*"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
     )
     line = process.stdout.readline()
     assert "serving contract" in line, line + process.stderr.read()
@@ -309,21 +324,38 @@ def test_serve_names_a_port_in_use_in_one_line(contract_model_path: Path, engine
     holder = AvatarService(engine=engine, config=ServiceConfig(bind="tcp://127.0.0.1:*"))
     address = holder.start()
     try:
-        second = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--model", str(contract_model_path), "--bind", address],
-                                capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+        second = subprocess.run(
+            [sys.executable, "-m", "megalive", "serve", "--model", str(contract_model_path), "--bind", address],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            timeout=60,
+        )
     finally:
         holder.stop()
     port = address.rsplit(":", 1)[1]
     assert second.returncode == 2
-    assert second.stderr.strip().splitlines() == [f"megalive serve: cannot bind {address}: port {port} is already in use (another megalive serve?)"]
+    assert second.stderr.strip().splitlines() == [
+        f"megalive serve: cannot bind {address}: port {port} is already in use (another megalive serve?)"
+    ]
 
 
 def test_serve_refuses_a_public_bind_and_a_missing_model(contract_model_path: Path, tmp_path: Path) -> None:
-    public = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--model", str(contract_model_path), "--bind", "tcp://0.0.0.0:5555"],
-                            capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    public = subprocess.run(
+        [sys.executable, "-m", "megalive", "serve", "--model", str(contract_model_path), "--bind", "tcp://0.0.0.0:5555"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
     assert public.returncode == 2 and "refusing to bind" in public.stderr and len(public.stderr.strip().splitlines()) == 1
-    missing = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--model", str(tmp_path / "none.onnx")],
-                             capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    missing = subprocess.run(
+        [sys.executable, "-m", "megalive", "serve", "--model", str(tmp_path / "none.onnx")],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
     assert missing.returncode == 2 and "model file not found" in missing.stderr
 
 

@@ -27,9 +27,9 @@ def decode_simple_png(data: bytes) -> tuple[int, int, bytes]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     offset, width, height, idat = 8, 0, 0, b""
     while offset < len(data):
-        length = int.from_bytes(data[offset:offset + 4], "big")
-        kind = data[offset + 4:offset + 8]
-        payload = data[offset + 8:offset + 8 + length]
+        length = int.from_bytes(data[offset : offset + 4], "big")
+        kind = data[offset + 4 : offset + 8]
+        payload = data[offset + 8 : offset + 8 + length]
         if kind == b"IHDR":
             width, height = int.from_bytes(payload[:4], "big"), int.from_bytes(payload[4:8], "big")
             assert payload[8:10] == bytes([8, 6]), "fake decodes RGBA8 only"
@@ -38,7 +38,7 @@ def decode_simple_png(data: bytes) -> tuple[int, int, bytes]:
         offset += 12 + length
     raw = zlib.decompress(idat)
     stride = width * 4
-    rows = [raw[row * (stride + 1):(row + 1) * (stride + 1)] for row in range(height)]
+    rows = [raw[row * (stride + 1) : (row + 1) * (stride + 1)] for row in range(height)]
     assert all(r[0] == 0 for r in rows), "fake decodes filter 0 only"
     return width, height, b"".join(r[1:] for r in rows)
 
@@ -122,6 +122,7 @@ def install(*, native: bool, selected_material: bool = True) -> types.ModuleType
     module.RenderingLibrary = RenderingLibrary
 
     if native:
+
         class MegaLiveTextureLibrary:
             @staticmethod
             def create_live_texture(width: int, height: int) -> Texture2D:

@@ -17,7 +17,7 @@ from PIL import Image
 from server import imaging
 from server.engine import Engine
 from server.service import AvatarService, ServiceConfig
-from tests.server.test_client import curve_service, make_curve_files
+from tests.client.test_client import curve_service, make_curve_files
 from tests.unreal_bridge import fake_unreal
 from unreal_bridge.editor.png import encode_png
 
@@ -71,7 +71,8 @@ def assert_close(texture_bytes: bytes, expected: np.ndarray) -> None:
 
 @pytest.mark.usefixtures("restore_unreal")
 def test_native_path_updates_one_texture_with_the_servers_pixels_and_stop_cleans_up(
-        service: AvatarService, engine: Engine, driver_image: tuple[Path, np.ndarray]) -> None:
+    service: AvatarService, engine: Engine, driver_image: tuple[Path, np.ndarray]
+) -> None:
     fake = fake_unreal.install(native=True)
     host = host_with(fake)
     report = host.start(server=service.bound_address, avatar=1, driver="video", video_path=str(driver_image[0]))
@@ -94,7 +95,8 @@ def test_native_path_updates_one_texture_with_the_servers_pixels_and_stop_cleans
 
 @pytest.mark.usefixtures("restore_unreal")
 def test_fallback_path_imports_png_textures_when_the_cpp_helper_is_absent(
-        service: AvatarService, engine: Engine, driver_image: tuple[Path, np.ndarray]) -> None:
+    service: AvatarService, engine: Engine, driver_image: tuple[Path, np.ndarray]
+) -> None:
     fake = fake_unreal.install(native=False)
     host = host_with(fake)
     report = host.start(server=service.bound_address, avatar=2, video_path=str(driver_image[0]), material_parameter="Face")
@@ -132,8 +134,9 @@ def test_a_video_file_drives_the_live_texture(service: AvatarService, engine: En
     # A 2-frame-per-colour clip of flat colours: lossy video keeps flat colours within a few levels.
     colours = [(200, 40, 40), (40, 200, 40)]
     video = tmp_path / "take.mp4"
-    writer = imageio_ffmpeg.write_frames(str(video), (32, 32), fps=10, codec="libx264", pix_fmt_out="yuv444p",
-                                         quality=10, macro_block_size=1, ffmpeg_log_level="error")
+    writer = imageio_ffmpeg.write_frames(
+        str(video), (32, 32), fps=10, codec="libx264", pix_fmt_out="yuv444p", quality=10, macro_block_size=1, ffmpeg_log_level="error"
+    )
     writer.send(None)
     for colour in colours:
         for _ in range(5):
@@ -170,23 +173,34 @@ def test_video_source_refuses_a_missing_file(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("restore_unreal")
 def test_curve_keys_reach_the_server_and_a_bad_key_file_is_said_in_the_report(
-        engine: Engine, driver_image: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    engine: Engine, driver_image: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
     files = make_curve_files(tmp_path / "keys")
     service = curve_service(engine, files)
     service.start()
     try:
         fake = fake_unreal.install(native=True)
         host = host_with(fake)
-        report = host.start(server=service.bound_address, avatar=1, video_path=str(driver_image[0]),
-                            server_public_key=str(files.server_public), client_secret_key=str(files.client_secret))
+        report = host.start(
+            server=service.bound_address,
+            avatar=1,
+            video_path=str(driver_image[0]),
+            server_public_key=str(files.server_public),
+            client_secret_key=str(files.client_secret),
+        )
         assert "MegaLive: connected" in report and "(CURVE)" in report
         tick_until(fake, lambda: fake.created_textures and fake.created_textures[0].updates >= 1)
         assert_close(fake.created_textures[0].pixels, expected_texture(engine, driver_image[1], avatar=1))
         host.stop()
 
         missing = tmp_path / "keys" / "editor.key_secret"
-        report = host.start(server=service.bound_address, avatar=1, video_path=str(driver_image[0]),
-                            server_public_key=str(files.server_public), client_secret_key=str(missing))
+        report = host.start(
+            server=service.bound_address,
+            avatar=1,
+            video_path=str(driver_image[0]),
+            server_public_key=str(files.server_public),
+            client_secret_key=str(missing),
+        )
         assert f"MegaLive: refused: client secret key {missing}: no such file" in report.splitlines()
         for _ in range(3):
             fake.fire_tick()  # the tick of a refused start does nothing, and raises nothing

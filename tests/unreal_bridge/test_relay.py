@@ -24,13 +24,21 @@ import zmq
 from server.engine import Engine
 from server.service import AvatarService, ServiceConfig
 from unreal_bridge.cli import add_livelink_commands, add_unreal_commands
-from unreal_bridge.livelink_face import (ARKIT_BLENDSHAPES, CURVE_NAMES, FaceFrame, FrameTime, LiveLinkFaceReceiver,
-                                         TakeWriter, encode_packet, read_take)
+from unreal_bridge.livelink_face import (
+    ARKIT_BLENDSHAPES,
+    CURVE_NAMES,
+    FaceFrame,
+    FrameTime,
+    LiveLinkFaceReceiver,
+    TakeWriter,
+    encode_packet,
+    read_take,
+)
 from unreal_bridge.relay import EXIT_REFUSED, EXIT_SERVER_GONE, RelayConfig, curves_payload, run_relay
 
 
 def megalive(argv: list[str]) -> int:
-    """What `megalive ...` does once server/cli.py registers the bridge's commands."""
+    """What `megalive ...` does once megalive/cli.py registers the bridge's commands."""
     parser = argparse.ArgumentParser(prog="megalive")
     commands = parser.add_subparsers()
     add_livelink_commands(commands)
@@ -134,7 +142,7 @@ def test_replay_command_sends_a_recorded_take_to_a_udp_receiver(tmp_path: Path, 
 def test_relay_loop_forwards_new_frames_records_the_take_and_stops_on_request(service: AvatarService, tmp_path: Path) -> None:
     """The loop itself, on an `image` session: the server answers each forwarded 61-float frame with a
     bad_request error, which the relay counts without stopping."""
-    from server.client import AvatarClient
+    from client.client import AvatarClient
     from unreal_bridge.relay import _relay_loop, bind_receiver, open_take
 
     config = RelayConfig(server=service.bound_address, port=0, record=tmp_path / "take.llf", progress_interval_s=0.2)
@@ -144,8 +152,9 @@ def test_relay_loop_forwards_new_frames_records_the_take_and_stops_on_request(se
     with AvatarClient(address=service.bound_address, timeout_s=5.0) as client:
         session = client.open(avatar=0, driver="image")
         result: list[int] = []
-        loop = threading.Thread(target=lambda: result.append(_relay_loop(config, client, session, stop, out, err,
-                                                                         receiver=receiver, writer=writer)))
+        loop = threading.Thread(
+            target=lambda: result.append(_relay_loop(config, client, session, stop, out, err, receiver=receiver, writer=writer))
+        )
         loop.start()
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
@@ -265,7 +274,7 @@ def test_record_max_mb_option(capsys: pytest.CaptureFixture[str]) -> None:
 def test_recording_stops_at_its_cap_says_so_once_and_relaying_goes_on(service: AvatarService, tmp_path: Path) -> None:
     """A UDP flood used to grow a take without bound (309 MB in 5 s). Now the take is finished at the
     cap (renamed into place at once), one line says so, later packets are counted, frames keep flowing."""
-    from server.client import AvatarClient
+    from client.client import AvatarClient
     from unreal_bridge.relay import _relay_loop, bind_receiver, open_take
 
     packet_size = len(encode_packet(face_frame()))
@@ -277,8 +286,9 @@ def test_recording_stops_at_its_cap_says_so_once_and_relaying_goes_on(service: A
     with AvatarClient(address=service.bound_address, timeout_s=5.0) as client:
         session = client.open(avatar=0, driver="image")
         result: list[int] = []
-        loop = threading.Thread(target=lambda: result.append(_relay_loop(config, client, session, stop, out, err,
-                                                                         receiver=receiver, writer=writer)))
+        loop = threading.Thread(
+            target=lambda: result.append(_relay_loop(config, client, session, stop, out, err, receiver=receiver, writer=writer))
+        )
         loop.start()
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
@@ -327,8 +337,7 @@ def _curve_client_support() -> None:
 
 
 @pytest.mark.parametrize("broken", ["missing", "garbage", "public instead of secret"])
-def test_a_bad_key_file_is_one_line_and_exit_2(silent_server: str, tmp_path: Path, broken: str,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_key_file_is_one_line_and_exit_2(silent_server: str, tmp_path: Path, broken: str, capsys: pytest.CaptureFixture[str]) -> None:
     _curve_client_support()
     import zmq.auth
 
@@ -342,8 +351,22 @@ def test_a_bad_key_file_is_one_line_and_exit_2(silent_server: str, tmp_path: Pat
     else:
         client_key = Path(client_public)
     started = time.monotonic()
-    code = megalive(["livelink", "relay", "--server", silent_server, "--port", "0", "--timeout", "5",
-                     "--server-key", server_public, "--client-key", str(client_key)])
+    code = megalive(
+        [
+            "livelink",
+            "relay",
+            "--server",
+            silent_server,
+            "--port",
+            "0",
+            "--timeout",
+            "5",
+            "--server-key",
+            server_public,
+            "--client-key",
+            str(client_key),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 2 and time.monotonic() - started < 2.5  # said before the server is contacted
     assert captured.err.startswith("megalive livelink relay: bad CURVE key file: ") and captured.err.count("\n") == 1
@@ -363,13 +386,13 @@ def test_relay_talks_to_a_curve_server_with_its_keys(contract_model_path: Path, 
     client_public, client_secret = zmq.auth.create_certificates(str(allow), "client")
     Path(server_secret).chmod(0o600)
     keys = load_server_keys(secret_file=Path(server_secret), allow_dir=allow)
-    curve_service = AvatarService(engine=Engine(model_path=contract_model_path),
-                                  config=ServiceConfig(bind="tcp://127.0.0.1:*", curve=keys))
+    curve_service = AvatarService(engine=Engine(model_path=contract_model_path), config=ServiceConfig(bind="tcp://127.0.0.1:*", curve=keys))
     curve_service.start()
     try:
         err = io.StringIO()
-        config = RelayConfig(server=curve_service.bound_address, port=0, timeout_s=5.0, server_key=Path(server_public),
-                             client_key=Path(client_secret))
+        config = RelayConfig(
+            server=curve_service.bound_address, port=0, timeout_s=5.0, server_key=Path(server_public), client_key=Path(client_secret)
+        )
         assert run_relay(config, out=io.StringIO(), err=err) == EXIT_REFUSED
         assert "the loaded model has no ARKit input" in err.getvalue()
         err = io.StringIO()  # without keys the CURVE server never answers

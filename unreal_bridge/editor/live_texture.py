@@ -1,7 +1,7 @@
 """The Unreal editor's driver sources (unreal-free, tested without the host).
 
-The connection itself is the shared controller (``server/live.py``, shipped as
-``megalive_bridge/vendor/live.py`` and reached through ``client_shim.live``); ``unreal_host.py``
+The connection itself is the shared controller (``client/live.py``, shipped as
+``megalive_bridge/vendor/client/live.py`` and reached through ``client_shim.live``); ``unreal_host.py``
 drives it from Slate's post-tick with one of these sources. Each follows ``live.DriverSource``
 (``frame_key()`` then ``payload(key)``, both cheap: they run on the tick) and adds what the host
 needs: the session's wire ``driver_kind``, ``describe()`` for ``status()``, and ``close()``.
@@ -38,8 +38,14 @@ class ImageSequenceSource:
 
     driver_kind = "image"
 
-    def __init__(self, *, path: str | os.PathLike[str], fps: float = 30.0, clock: Callable[[], float] = time.monotonic,
-                 max_cached_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        *,
+        path: str | os.PathLike[str],
+        fps: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_cached_bytes: int = 256 * 1024 * 1024,
+    ) -> None:
         if not fps > 0:
             raise live.DriverError(f"fps must be > 0, got {fps}")
         try:
@@ -82,8 +88,10 @@ class VideoFileSource:
         try:
             import imageio_ffmpeg
         except ImportError:
-            raise ValueError("reading video files needs the imageio-ffmpeg package in this Python "
-                             "(pip install imageio-ffmpeg), or convert the video to an image sequence") from None
+            raise ValueError(
+                "reading video files needs the imageio-ffmpeg package in this Python "
+                "(pip install imageio-ffmpeg), or convert the video to an image sequence"
+            ) from None
         self.path = Path(path)
         if not self.path.is_file():
             raise ValueError(f"video file not found: {self.path}")
@@ -151,8 +159,9 @@ class LiveLinkFaceSource:
         from ..livelink_face import DEFAULT_PORT, LiveLinkFaceReceiver
 
         self.subject = subject
-        self.receiver = LiveLinkFaceReceiver(bind_address=bind_address, port=DEFAULT_PORT if port is None else port,
-                                             max_packets_per_poll=256)
+        self.receiver = LiveLinkFaceReceiver(
+            bind_address=bind_address, port=DEFAULT_PORT if port is None else port, max_packets_per_poll=256
+        )
 
     def frame_key(self) -> Hashable | None:
         self.receiver.poll()  # non-blocking, bounded

@@ -37,8 +37,14 @@ NATIVE_LIBRARY = "MegaLiveTextureLibrary"  # UMegaLiveTextureLibrary in MegaLive
 CLIENT_NAME = "megalive-unreal"
 
 # The controller's phases as status() has always shown them ("connected" = a live session).
-PHASE_LABELS = {"disconnected": "idle", "connected": "connected (no session)", "live": "connected",
-                "gone": "server gone", "reconnecting": "reconnecting", "refused": "refused"}
+PHASE_LABELS = {
+    "disconnected": "idle",
+    "connected": "connected (no session)",
+    "live": "connected",
+    "gone": "server gone",
+    "reconnecting": "reconnecting",
+    "refused": "refused",
+}
 
 
 @dataclass(frozen=True)
@@ -101,8 +107,7 @@ class UnrealLiveTexture:
     """Wires the shared LiveController and a driver source to Slate's post-tick and to a texture on the
     selected actor."""
 
-    def __init__(self, *, controller: live.LiveController, source: EditorDriverSource, avatar: int,
-                 host_config: HostConfig) -> None:
+    def __init__(self, *, controller: live.LiveController, source: EditorDriverSource, avatar: int, host_config: HostConfig) -> None:
         self.controller = controller
         self.source = source
         self.avatar = avatar
@@ -147,7 +152,8 @@ class UnrealLiveTexture:
             self.frames_shown += 1
             if created is not None and self.material is not None:
                 unreal.MaterialEditingLibrary.set_material_instance_texture_parameter_value(
-                    self.material, self.host_config.material_parameter, created)
+                    self.material, self.host_config.material_parameter, created
+                )
         except Exception as error:  # an exception escaping a Slate callback repeats every frame: log it once
             message = f"{type(error).__name__}: {error}"
             if message != self.last_error:
@@ -156,8 +162,11 @@ class UnrealLiveTexture:
 
     def status(self) -> str:
         counters = self.controller.figures
-        material = "no material instance on the selection" if self.material is None else \
-            f"bound to parameter '{self.host_config.material_parameter}'"
+        material = (
+            "no material instance on the selection"
+            if self.material is None
+            else f"bound to parameter '{self.host_config.material_parameter}'"
+        )
         lines = [
             f"MegaLive: {self.state}",
             f"  server {self.controller.config.server}{' (CURVE)' if self.controller.client.curve else ''}, "
@@ -175,9 +184,19 @@ class UnrealLiveTexture:
 _active: UnrealLiveTexture | None = None
 
 
-def start(server: str = "tcp://127.0.0.1:5555", avatar: int = 0, driver: str = "video", video_path: str | None = None,
-          material_parameter: str = "AvatarTexture", subject: str | None = None, fps: float = 30.0,
-          timeout_s: float = 1.0, server_public_key: str = "", client_secret_key: str = "", listen: str = "127.0.0.1") -> str:
+def start(
+    server: str = "tcp://127.0.0.1:5555",
+    avatar: int = 0,
+    driver: str = "video",
+    video_path: str | None = None,
+    material_parameter: str = "AvatarTexture",
+    subject: str | None = None,
+    fps: float = 30.0,
+    timeout_s: float = 1.0,
+    server_public_key: str = "",
+    client_secret_key: str = "",
+    listen: str = "127.0.0.1",
+) -> str:
     """Connect and start updating the live texture. ``driver``: "video" (a video file — needs
     imageio-ffmpeg in Unreal's Python — or an image-sequence folder, or one image at ``video_path``)
     or "arkit" (Live Link Face received in the editor on UDP 11111, on ``listen``: this machine only
@@ -201,11 +220,17 @@ def start(server: str = "tcp://127.0.0.1:5555", avatar: int = 0, driver: str = "
         source = LiveLinkFaceSource(subject=subject, bind_address=listen)
     else:
         raise ValueError(f"driver must be 'video' or 'arkit', got {driver!r}")
-    config = live.LiveConfig(server=server, client_name=CLIENT_NAME, timeout_s=timeout_s,
-                             server_public_key=server_public_key, client_secret_key=client_secret_key)
+    config = live.LiveConfig(
+        server=server,
+        client_name=CLIENT_NAME,
+        timeout_s=timeout_s,
+        server_public_key=server_public_key,
+        client_secret_key=client_secret_key,
+    )
     controller = live.LiveController(config=config)
-    _active = UnrealLiveTexture(controller=controller, source=source, avatar=avatar,
-                                host_config=HostConfig(material_parameter=material_parameter))
+    _active = UnrealLiveTexture(
+        controller=controller, source=source, avatar=avatar, host_config=HostConfig(material_parameter=material_parameter)
+    )
     _active.start()
     report = _active.status()
     unreal.log(report)

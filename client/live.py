@@ -62,8 +62,9 @@ class ImageSequenceFiles:
     Index i is the i-th file, looped. Files go to the server as they are (it decodes them), so the
     tick only reads bytes from disk; reads are cached up to ``max_cached_bytes``."""
 
-    def __init__(self, path: str | os.PathLike[str], *, file_means_its_folder: bool = True,
-                 max_cached_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, file_means_its_folder: bool = True, max_cached_bytes: int = 256 * 1024 * 1024
+    ) -> None:
         path = Path(path)
         if not path.exists():
             raise DriverError(f"image sequence {path}: no such folder")
@@ -132,10 +133,13 @@ def curve_keys(config: LiveConfig) -> client_module.CurveClientKeys | None:
 
 def new_client(config: LiveConfig, *, name: str | None = None, max_in_flight: int | None = None) -> client_module.AvatarClient:
     """A client for ``config``'s server (with its CURVE keys). Raises client.CurveKeyError for a bad key file."""
-    return client_module.AvatarClient(address=config.server, name=config.client_name if name is None else name,
-                                      timeout_s=config.timeout_s,
-                                      max_in_flight=config.max_in_flight if max_in_flight is None else max_in_flight,
-                                      curve=curve_keys(config))
+    return client_module.AvatarClient(
+        address=config.server,
+        name=config.client_name if name is None else name,
+        timeout_s=config.timeout_s,
+        max_in_flight=config.max_in_flight if max_in_flight is None else max_in_flight,
+        curve=curve_keys(config),
+    )
 
 
 @dataclass
@@ -173,8 +177,9 @@ class SessionRequest:
 
 
 class LiveController:
-    def __init__(self, *, config: LiveConfig, client: client_module.AvatarClient | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, config: LiveConfig, client: client_module.AvatarClient | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.config = config
         self._key_error = ""  # a CURVE key file that cannot be used: every connect says so, none is tried
         if client is None:
@@ -182,11 +187,11 @@ class LiveController:
                 client = new_client(config)
             except client_module.CurveKeyError as error:
                 self._key_error = str(error)
-                client = client_module.AvatarClient(address=config.server, name=config.client_name,
-                                                    timeout_s=config.timeout_s, max_in_flight=config.max_in_flight)
+                client = client_module.AvatarClient(
+                    address=config.server, name=config.client_name, timeout_s=config.timeout_s, max_in_flight=config.max_in_flight
+                )
         self.client = client
-        self.figures = LiveFigures(received_at=deque(maxlen=config.figures_window),
-                                   round_trip_ms=deque(maxlen=config.figures_window))
+        self.figures = LiveFigures(received_at=deque(maxlen=config.figures_window), round_trip_ms=deque(maxlen=config.figures_window))
         self.avatars: list[client_module.AvatarEntry] = []
         self._clock = clock
         self._phase = "disconnected"
@@ -253,8 +258,7 @@ class LiveController:
         self._set("live" if self._session is not None else "connected", f"{info.server}, {len(self.avatars)} avatars")
         return True
 
-    def start_live(self, *, avatar: int, size: tuple[int, int] | None = None, driver: str = "image",
-                   stabilise: bool | None = None) -> bool:
+    def start_live(self, *, avatar: int, size: tuple[int, int] | None = None, driver: str = "image", stabilise: bool | None = None) -> bool:
         """Open the live session after ``connect`` (blocking, at most the client timeout).
 
         False (and a detail) when it fails; a refused open leaves the controller connected, to pick again."""
@@ -275,8 +279,9 @@ class LiveController:
         self._went_live("")
         return True
 
-    def connect_and_start_live(self, *, avatar: int, size: tuple[int, int] | None = None, driver: str = "image",
-                               stabilise: bool | None = None) -> bool:
+    def connect_and_start_live(
+        self, *, avatar: int, size: tuple[int, int] | None = None, driver: str = "image", stabilise: bool | None = None
+    ) -> bool:
         """hello + open in one user command (blocking, at most the client timeout).
 
         A server that cannot be reached yet is retried in the background like a lost one; a refusal
@@ -391,8 +396,9 @@ class LiveController:
     # ------------------------------------------------------------------------------ (re)connection (background)
 
     def _open(self, request: SessionRequest) -> int:
-        return self.client.open(avatar=request.avatar, driver=request.driver, size=request.size,
-                                output_format="rgba8", crop="none", stabilise=request.stabilise)
+        return self.client.open(
+            avatar=request.avatar, driver=request.driver, size=request.size, output_format="rgba8", crop="none", stabilise=request.stabilise
+        )
 
     def _start_worker(self) -> None:
         self._phase = "reconnecting"
@@ -400,8 +406,9 @@ class LiveController:
         self._worker_session = None
         # No session yet (connect_and_start_live found no server): the worker does the first hello + open.
         first_open = self._pending_open if self._session is None else None
-        self._worker = threading.Thread(target=self._reconnect_in_background, args=(first_open,),
-                                        name=f"{self.config.client_name}-reconnect", daemon=True)
+        self._worker = threading.Thread(
+            target=self._reconnect_in_background, args=(first_open,), name=f"{self.config.client_name}-reconnect", daemon=True
+        )
         self._worker.start()
 
     def _reconnect_in_background(self, first_open: SessionRequest | None) -> None:
@@ -467,8 +474,9 @@ class RenderError(RuntimeError):
     """A frame could not be rendered (server gone, refused, timed out)."""
 
 
-def render_one_frame(client: client_module.AvatarClient, session: int, payload: protocol.Buffer, *,
-                     timeout_s: float, timestamp: float | None = None) -> protocol.RawBuffer:
+def render_one_frame(
+    client: client_module.AvatarClient, session: int, payload: protocol.Buffer, *, timeout_s: float, timestamp: float | None = None
+) -> protocol.RawBuffer:
     """Send one driver frame and wait (at most timeout_s) for its rgba8 texture.
 
     ``timestamp``: the frame's capture time in seconds (a bake passes its scene time, so the server's

@@ -1,4 +1,4 @@
-"""The shared live controller (server/live.py) that the Blender extension and the Unreal bridge both
+"""The shared live controller (client/live.py) that the Blender extension and the Unreal bridge both
 ship: its tick never blocks, a gone server is noticed and reconnected after back-off, and the
 image-sequence reader both hosts use."""
 
@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server import imaging, protocol
-from server.client import SERVER_GONE, AvatarClient
+from client import protocol
+from client.client import SERVER_GONE, AvatarClient
+from client.live import DriverError, ImageSequenceFiles, LiveConfig, LiveController
+from contract.arkit import ARKIT_CURVES
+from server import imaging
 from server.engine import Engine
-from server.live import DriverError, ImageSequenceFiles, LiveConfig, LiveController
 from server.service import AvatarService, ServiceConfig
-from tests.server.test_client import FakeServer, curve_service, make_curve_files
+from tests.client.test_client import FakeServer, curve_service, make_curve_files
 
 
 class LoopedFiles:
@@ -54,6 +56,7 @@ class SpyClient(AvatarClient):
         def call(*args: Any, **kwargs: Any) -> Any:
             self.blocking_calls.append((name, threading.get_ident()))
             return method(*args, **kwargs)
+
         return call
 
     def poll(self, timeout_ms: int = 0) -> list:
@@ -65,8 +68,7 @@ class SpyClient(AvatarClient):
         return super()._send(header, buffers, wait_s=wait_s, raise_gone=raise_gone)
 
 
-def test_tick_never_blocks_reports_server_gone_and_reconnects_after_backoff(
-        engine: Engine, address: str, tmp_path: Path) -> None:
+def test_tick_never_blocks_reports_server_gone_and_reconnects_after_backoff(engine: Engine, address: str, tmp_path: Path) -> None:
     frames = tmp_path / "frames"
     frames.mkdir()
     for index in range(3):
@@ -120,7 +122,7 @@ def test_tick_never_blocks_reports_server_gone_and_reconnects_after_backoff(
 
     # Structural: no round trip and no waiting ever ran on the tick's thread ...
     assert [name for name, thread in client.blocking_calls if thread == main_thread] == []
-    assert {wait for _, wait, thread in client.waits if thread == main_thread} <= {0, 0.0}
+    assert {wait for _, wait, thread in client.waits if thread == main_thread} <= {0}
     assert any(thread != main_thread for _, thread in client.blocking_calls)  # reconnects ran on the worker
     # No wall-clock assertion (shared machines); bench/live_tick_server_gone.py measures the tick's cost.
 
@@ -185,7 +187,7 @@ def test_the_live_session_opens_with_the_stabilise_choice(multi_driver_model_pat
     controller = LiveController(config=LiveConfig(server=service.bound_address))
     try:
         assert controller.connect() and controller.start_live(avatar=2, driver="arkit", stabilise=False)
-        curves = [np.zeros(len(protocol.ARKIT_CURVES), np.float32), np.zeros(len(protocol.ARKIT_CURVES), np.float32)]
+        curves = [np.zeros(len(ARKIT_CURVES), np.float32), np.zeros(len(ARKIT_CURVES), np.float32)]
         curves[1][17] = 1.0  # jawOpen: a step that a filter would soften
         textures = []
         for step, frame in enumerate(curves):
@@ -237,8 +239,9 @@ def test_live_textures_over_curve(engine: Engine, tmp_path: Path) -> None:
     files = make_curve_files(tmp_path / "keys")
     service = curve_service(engine, files)
     service.start()
-    config = LiveConfig(server=service.bound_address, server_public_key=str(files.server_public),
-                        client_secret_key=str(files.client_secret))
+    config = LiveConfig(
+        server=service.bound_address, server_public_key=str(files.server_public), client_secret_key=str(files.client_secret)
+    )
     controller = LiveController(config=config)
     try:
         assert controller.client.curve is not None
@@ -255,8 +258,9 @@ def test_live_textures_over_curve(engine: Engine, tmp_path: Path) -> None:
         service.stop()
 
     # The same keys against a server that does not allow this client: the status says why, in one line.
-    stranger = LiveConfig(server=config.server, server_public_key=config.server_public_key,
-                          client_secret_key=str(files.stranger_secret), timeout_s=2.0)
+    stranger = LiveConfig(
+        server=config.server, server_public_key=config.server_public_key, client_secret_key=str(files.stranger_secret), timeout_s=2.0
+    )
     service = curve_service(engine, files, bind=config.server)
     service.start()
     controller = LiveController(config=stranger)

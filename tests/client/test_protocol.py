@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server import protocol
-from server.protocol import ProtocolError, decode, encode, raw_buffer_from_array
+from client import protocol
+from client.protocol import ProtocolError, decode, encode, raw_buffer_from_array
 
 
 def frames_of(message: list) -> list[bytes]:
@@ -27,8 +27,7 @@ def frames_of(message: list) -> list[bytes]:
 )
 def test_raw_buffer_round_trip(shape: list[int], dtype: type, seq: int, name: str) -> None:
     array = (np.arange(math.prod(shape)) % 251).astype(dtype).reshape(shape)
-    message = decode(frames_of(encode({"op": "frame", "id": 7, "session": 3, "seq": seq, "client": name},
-                                      [raw_buffer_from_array(array)])))
+    message = decode(frames_of(encode({"op": "frame", "id": 7, "session": 3, "seq": seq, "client": name}, [raw_buffer_from_array(array)])))
     assert message.op == "frame" and message.request_id == 7
     assert message.header["seq"] == seq and message.header["client"] == name
     np.testing.assert_array_equal(message.buffers[0].array(), array)

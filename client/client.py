@@ -25,7 +25,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import zmq
 import zmq.auth
@@ -39,8 +39,12 @@ DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 SERVER_GONE = "server_gone"  # FrameError code of a frame that was in flight when the server went away
 
 # The handshake outcomes the DEALER's monitor reports (the rest of its events are not needed).
-_HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+_HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 
 
 class ServerGoneError(ConnectionError):
@@ -108,8 +112,7 @@ def _read_certificate(path: str | os.PathLike[str], *, role: str) -> tuple[bytes
     return public, secret
 
 
-def load_curve_client_keys(*, server_public_key: str | os.PathLike[str],
-                           client_secret_key: str | os.PathLike[str]) -> CurveClientKeys:
+def load_curve_client_keys(*, server_public_key: str | os.PathLike[str], client_secret_key: str | os.PathLike[str]) -> CurveClientKeys:
     """The keys of a CURVE client from pyzmq certificate files (``zmq.auth.create_certificates``).
 
     ``server_public_key``: the server's NAME.key (its NAME.key_secret works too: only the public key is
@@ -120,8 +123,7 @@ def load_curve_client_keys(*, server_public_key: str | os.PathLike[str],
     server_public, _ = _read_certificate(server_public_key, role="server public key")
     public, secret = _read_certificate(client_secret_key, role="client secret key")
     if secret is None:
-        raise CurveKeyError(f"client secret key {os.fspath(client_secret_key)}: it holds no secret key "
-                            "(give the .key_secret file)")
+        raise CurveKeyError(f"client secret key {os.fspath(client_secret_key)}: it holds no secret key (give the .key_secret file)")
     return CurveClientKeys(server_public=server_public, public=public, secret=secret)
 
 
@@ -179,7 +181,7 @@ class FrameError:
     message: str
 
 
-Event = Union[Texture, FrameDropped, FrameError]
+Event = Texture | FrameDropped | FrameError
 
 
 @dataclass
@@ -330,13 +332,12 @@ class AvatarClient:
             for handle in list(self._sessions):
                 state = self._sessions.pop(handle)
                 if not state.needs_reopen:
-                    self._send({"op": "close", "id": self._new_request_id(), **state.session_fields()}, (), wait_s=0.0,
-                               raise_gone=False)
+                    self._send({"op": "close", "id": self._new_request_id(), **state.session_fields()}, (), wait_s=0.0, raise_gone=False)
         self._sessions.clear()
         self._drop_socket()
         self._events.clear()  # a closed client has no sessions to report on
 
-    def __enter__(self) -> "AvatarClient":
+    def __enter__(self) -> AvatarClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -370,8 +371,10 @@ class AvatarClient:
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._failed_handshakes = 0
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # the server's allow-list does not hold our key
-                raise self._gone(f"the server at {self.address} refused this client's CURVE key "
-                                 f"(status {value}: its public key is not on the server's allow-list)")
+                raise self._gone(
+                    f"the server at {self.address} refused this client's CURVE key "
+                    f"(status {value}: its public key is not on the server's allow-list)"
+                )
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
                 raise self._gone(self._protocol_failure(value))
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
@@ -380,16 +383,17 @@ class AvatarClient:
                 # row, not once: a server killed mid-handshake looks the same once.
                 self._failed_handshakes += 1
                 if self._failed_handshakes >= 2:
-                    raise self._gone(f"the server at {self.address} refused this client's CURVE handshake: "
-                                     "check the server's public key" if self.curve is not None else
-                                     f"the server at {self.address} ends every handshake: it may require CURVE "
-                                     "(give the server's public key and this client's secret key)")
+                    raise self._gone(
+                        f"the server at {self.address} refused this client's CURVE handshake: check the server's public key"
+                        if self.curve is not None
+                        else f"the server at {self.address} ends every handshake: it may require CURVE "
+                        "(give the server's public key and this client's secret key)"
+                    )
 
     def _protocol_failure(self, value: int) -> str:
         if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
             if self.curve is None:
-                return (f"the server at {self.address} requires CURVE: give the server's public key and "
-                        "this client's secret key")
+                return f"the server at {self.address} requires CURVE: give the server's public key and this client's secret key"
             return f"the server at {self.address} does not use CURVE: leave the CURVE key files empty"
         return f"the handshake with {self.address} failed (ZMTP protocol error {value:#x}){self._key_hint()}"
 
@@ -436,8 +440,7 @@ class AvatarClient:
             reply = self._receive(max(0.0, remaining)) if remaining > 0 else None
             if reply is None:
                 if time.monotonic() >= deadline:
-                    raise self._gone(f"no reply from {self.address} within {self.timeout_s:.1f} s ({header['op']})"
-                                     f"{self._key_hint()}")
+                    raise self._gone(f"no reply from {self.address} within {self.timeout_s:.1f} s ({header['op']}){self._key_hint()}")
                 continue
             if reply.request_id == request_id:
                 if reply.op == "error":
@@ -483,14 +486,24 @@ class AvatarClient:
         state.dropped_while_waiting = 0
         if reply.op == "texture":
             if not reply.buffers:
-                self._events.append(FrameError(session=handle, seq=seq, code="internal",
-                                               message="the server sent a texture without pixels"))
+                self._events.append(
+                    FrameError(session=handle, seq=seq, code="internal", message="the server sent a texture without pixels")
+                )
                 return
             timings = reply.get("timings") or {}
             face_found, landmarks = reply.get("face_found"), reply.get("landmarks")
-            self._events.append(Texture(session=handle, seq=seq, buffer=reply.buffers[0], timings=timings, sent_at=sent_at,
-                                        received_at=now, face_found=face_found if isinstance(face_found, bool) else None,
-                                        landmarks=landmarks if isinstance(landmarks, list) else None))
+            self._events.append(
+                Texture(
+                    session=handle,
+                    seq=seq,
+                    buffer=reply.buffers[0],
+                    timings=timings,
+                    sent_at=sent_at,
+                    received_at=now,
+                    face_found=face_found if isinstance(face_found, bool) else None,
+                    landmarks=landmarks if isinstance(landmarks, list) else None,
+                )
+            )
         else:
             code = str(reply.get("code"))
             if code == "unknown_session":
@@ -548,13 +561,27 @@ class AvatarClient:
         for entry in reply.get("avatars") or []:
             thumbnail = entry.get("thumbnail")
             buffer = reply.buffers[thumbnail["buffer"]] if isinstance(thumbnail, dict) else None
-            entries.append(AvatarEntry(id=int(entry["id"]), name=str(entry["name"]), model=str(entry.get("model", "")),
-                                       thumbnail=buffer if isinstance(buffer, RawBuffer) else None))
+            entries.append(
+                AvatarEntry(
+                    id=int(entry["id"]),
+                    name=str(entry["name"]),
+                    model=str(entry.get("model", "")),
+                    thumbnail=buffer if isinstance(buffer, RawBuffer) else None,
+                )
+            )
         return entries
 
-    def open(self, *, avatar: int, driver: str = "image", size: tuple[int, int] | None = None,
-             output_format: str = "rgba8", crop: str = "none", landmarks: bool = False,
-             stabilise: bool | dict[str, Any] | None = None) -> int:
+    def open(
+        self,
+        *,
+        avatar: int,
+        driver: str = "image",
+        size: tuple[int, int] | None = None,
+        output_format: str = "rgba8",
+        crop: str = "none",
+        landmarks: bool = False,
+        stabilise: bool | dict[str, Any] | None = None,
+    ) -> int:
         """Open a session; returns a client-side handle that stays valid across reconnects.
 
         ``driver``: image | arkit | landmarks. ``crop="auto"``: the server finds and aligns the face in
@@ -581,8 +608,9 @@ class AvatarClient:
         for request_id in sorted(state.in_flight):
             key = self._frame_requests.pop(request_id, None)
             if key is not None:
-                self._events.append(FrameError(session=handle, seq=key[1], code="unknown_session",
-                                               message="the server forgot the session; it was reopened"))
+                self._events.append(
+                    FrameError(session=handle, seq=key[1], code="unknown_session", message="the server forgot the session; it was reopened")
+                )
         state.in_flight.clear()
         state.waiting_since = None
         state.dropped_while_waiting = 0
@@ -632,8 +660,13 @@ class AvatarClient:
         buffer = image if isinstance(image, (RawBuffer, EncodedBuffer)) else protocol.raw_buffer_from_array(image)
         request_id = self._new_request_id()
         seq = state.next_seq
-        header: dict[str, Any] = {"op": "frame", "id": request_id, **state.session_fields(), "seq": seq,
-                                  "t": time.time() if timestamp is None else timestamp}
+        header: dict[str, Any] = {
+            "op": "frame",
+            "id": request_id,
+            **state.session_fields(),
+            "seq": seq,
+            "t": time.time() if timestamp is None else timestamp,
+        }
         if names is not None:
             header["names"] = list(names)
         self._send(header, (buffer,), wait_s=0.0)

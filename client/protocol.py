@@ -11,14 +11,15 @@ before anything looks at the bytes; msgpack is unpacked with explicit limits, no
 ``strict_map_key``. Never pickle.
 
 This file depends on msgpack alone (numpy is optional and imported lazily), because the Blender
-extension and the Unreal bridge ship copies of it next to ``client.py``.
+extension and the Unreal bridge ship copies of it next to ``client.py`` (the client package, client/vendor.py).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import msgpack
 
@@ -42,31 +43,8 @@ ERROR_CODES = (
 
 DRIVER_KINDS = ("image", "landmarks", "arkit")
 
-# An `arkit` frame is one float32 buffer of these 61 values in this order (Live Link Face's packet
-# order): the 52 ARKit blendshapes in [0, 1], then head and eye rotations in radians.
-ARKIT_BLENDSHAPES: tuple[str, ...] = (
-    "eyeBlinkLeft", "eyeLookDownLeft", "eyeLookInLeft", "eyeLookOutLeft", "eyeLookUpLeft",
-    "eyeSquintLeft", "eyeWideLeft",
-    "eyeBlinkRight", "eyeLookDownRight", "eyeLookInRight", "eyeLookOutRight", "eyeLookUpRight",
-    "eyeSquintRight", "eyeWideRight",
-    "jawForward", "jawLeft", "jawRight", "jawOpen",
-    "mouthClose", "mouthFunnel", "mouthPucker", "mouthLeft", "mouthRight",
-    "mouthSmileLeft", "mouthSmileRight", "mouthFrownLeft", "mouthFrownRight",
-    "mouthDimpleLeft", "mouthDimpleRight", "mouthStretchLeft", "mouthStretchRight",
-    "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper",
-    "mouthPressLeft", "mouthPressRight", "mouthLowerDownLeft", "mouthLowerDownRight",
-    "mouthUpperUpLeft", "mouthUpperUpRight",
-    "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
-    "cheekPuff", "cheekSquintLeft", "cheekSquintRight",
-    "noseSneerLeft", "noseSneerRight",
-    "tongueOut",
-)  # fmt: skip
-ARKIT_ROTATIONS: tuple[str, ...] = (
-    "headYaw", "headPitch", "headRoll",
-    "leftEyeYaw", "leftEyePitch", "leftEyeRoll",
-    "rightEyeYaw", "rightEyePitch", "rightEyeRoll",
-)  # fmt: skip
-ARKIT_CURVES: tuple[str, ...] = ARKIT_BLENDSHAPES + ARKIT_ROTATIONS  # 61
+# An `arkit` frame is one float32 buffer of the 61 values of contract.arkit.ARKIT_CURVES in that order (Live Link
+# Face's packet order): the 52 ARKit blendshapes in [0, 1], then head and eye rotations in radians.
 # A `landmarks` frame is one float32 buffer N×2 (or N×3, z ignored) with N = 68 (iBUG order) or 478
 # (mediapipe face mesh): x right, y down, in [0, 1] over the aligned driver crop.
 LANDMARK_COUNTS = (68, 478)
@@ -272,7 +250,9 @@ def decode(frames: Sequence[bytes | memoryview], limits: Limits = DEFAULT_LIMITS
         raise ProtocolError("bad_request", "id must be an integer")
     version = header.get("v")
     if version != PROTOCOL_VERSION:
-        raise ProtocolError("unsupported_version", f"protocol v{version!r} not supported; this end speaks v{PROTOCOL_VERSION}", request_id=request_id)
+        raise ProtocolError(
+            "unsupported_version", f"protocol v{version!r} not supported; this end speaks v{PROTOCOL_VERSION}", request_id=request_id
+        )
     op = header.get("op")
     if op not in REQUEST_OPS + REPLY_OPS:
         raise ProtocolError("bad_request", f"unknown op {op!r}", request_id=request_id)
@@ -283,9 +263,7 @@ def decode(frames: Sequence[bytes | memoryview], limits: Limits = DEFAULT_LIMITS
         raise ProtocolError("bad_request", f"buffers must be a list of at most {limits.max_buffers}", request_id=request_id)
     payload = frames[1:]
     if len(payload) != len(descriptors):
-        raise ProtocolError(
-            "bad_request", f"header describes {len(descriptors)} buffers but {len(payload)} arrived", request_id=request_id
-        )
+        raise ProtocolError("bad_request", f"header describes {len(descriptors)} buffers but {len(payload)} arrived", request_id=request_id)
     buffers: list[Buffer] = []
     for descriptor, frame in zip(descriptors, payload):
         data = byte_view(frame)
@@ -311,7 +289,9 @@ def require(message: Message, key: str, kind: type | tuple[type, ...], *, choice
     """A required header field of the given type (and value set); ProtocolError(bad_request) if not."""
     value = message.header.get(key)
     if value is None or not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
-        raise ProtocolError("bad_request", f"{message.op}: field {key!r} is missing or not {_type_names(kind)}", request_id=message.request_id)
+        raise ProtocolError(
+            "bad_request", f"{message.op}: field {key!r} is missing or not {_type_names(kind)}", request_id=message.request_id
+        )
     if choices is not None and value not in choices:
         raise ProtocolError("bad_request", f"{message.op}: {key}={value!r} not one of {list(choices)}", request_id=message.request_id)
     return value

@@ -24,9 +24,18 @@ import pytest
 import zmq
 import zmq.auth
 
-from server import protocol
-from server.client import (SERVER_GONE, AvatarClient, CurveClientKeys, CurveKeyError, FrameDropped, FrameError, ServerGoneError,
-                           Texture, load_curve_client_keys)
+from client import protocol
+from client.client import (
+    SERVER_GONE,
+    AvatarClient,
+    CurveClientKeys,
+    CurveKeyError,
+    FrameDropped,
+    FrameError,
+    ServerGoneError,
+    Texture,
+    load_curve_client_keys,
+)
 from server.engine import Engine
 from server.service import AvatarService, ServiceConfig
 
@@ -61,9 +70,15 @@ def make_curve_files(folder: Path) -> CurveFiles:
     allow_dir = folder / "allow"
     allow_dir.mkdir()
     shutil.copy(client_public, allow_dir / client_public.name)
-    return CurveFiles(server_public=server_public, server_secret=server_secret, client_public=client_public,
-                      client_secret=client_secret, stranger_public=stranger_public, stranger_secret=stranger_secret,
-                      allow_dir=allow_dir)
+    return CurveFiles(
+        server_public=server_public,
+        server_secret=server_secret,
+        client_public=client_public,
+        client_secret=client_secret,
+        stranger_public=stranger_public,
+        stranger_secret=stranger_secret,
+        allow_dir=allow_dir,
+    )
 
 
 def curve_service(engine: Engine, files: CurveFiles, *, bind: str = "tcp://127.0.0.1:*") -> AvatarService:
@@ -105,8 +120,7 @@ class FakeServer:
     or "hold" (never answered until ``answer_held``). Not our server: the cases it stages cannot be
     produced on demand with the real one."""
 
-    def __init__(self, *, frames: str, context: zmq.Context | None = None,
-                 curve_secret: bytes | None = None) -> None:
+    def __init__(self, *, frames: str, context: zmq.Context | None = None, curve_secret: bytes | None = None) -> None:
         self.frames = frames
         self.frame_headers: list[dict[str, Any]] = []
         self.socket = (context or zmq.Context.instance()).socket(zmq.ROUTER)
@@ -123,7 +137,7 @@ class FakeServer:
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
-    def __enter__(self) -> "FakeServer":
+    def __enter__(self) -> FakeServer:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -144,10 +158,12 @@ class FakeServer:
 
     def answer_held(self) -> None:
         """Texture replies for every held frame, sent to the newest connection (a client that reconnected)."""
+
         def answer() -> None:
             for request_id in self._held:
                 self._send(self._last_peer, {"op": "texture", "id": request_id}, (protocol.raw_buffer_from_array(FRAME),))
             self._held.clear()
+
         self.run(answer)
 
     def held(self) -> int:
@@ -240,8 +256,16 @@ def test_hello_reports_the_engine_and_every_limit_and_tolerates_a_server_that_sa
     with AvatarClient(address=service.bound_address) as client:
         info = client.hello()
     assert info.engine["alive"] is True and info.engine["restarts"] == 0
-    assert {"max_message_bytes", "max_buffer_bytes", "max_image_pixels", "max_output_pixels", "max_sessions",
-            "max_sessions_per_client", "max_queued_reply_bytes", "max_batch"} <= set(info.limits)
+    assert {
+        "max_message_bytes",
+        "max_buffer_bytes",
+        "max_image_pixels",
+        "max_output_pixels",
+        "max_sessions",
+        "max_sessions_per_client",
+        "max_queued_reply_bytes",
+        "max_batch",
+    } <= set(info.limits)
     with FakeServer(frames="texture") as fake, AvatarClient(address=fake.address) as client:
         info = client.hello()  # no models, capabilities, limits or engine in its reply
     assert (info.engine, info.limits, info.models, info.capabilities) == ({}, {}, [], {})
@@ -249,6 +273,7 @@ def test_hello_reports_the_engine_and_every_limit_and_tolerates_a_server_that_sa
 
 def test_a_server_without_tokens_is_still_served() -> None:
     """A reply without "token" (an older server): the client sends none rather than a wrong one."""
+
     def open_without_token(peer: bytes, message: protocol.Message) -> None:
         fake._send(peer, {"op": "open", "id": message.request_id, "session": 7})
 
@@ -315,7 +340,7 @@ def test_a_streaming_server_that_drops_superseded_frames_is_not_gone(service: Av
 
 HOLDING_SERVER = """
 import zmq
-from server import protocol
+from client import protocol
 
 router = zmq.Context.instance().socket(zmq.ROUTER)
 print(router.bind_to_random_port("tcp://127.0.0.1"), flush=True)
@@ -388,10 +413,10 @@ def test_a_closed_client_reports_nothing_for_its_closed_sessions() -> None:
 # CURVE
 
 
-def curve_client(files: CurveFiles, address: str, *, server_key: Path | None = None, client_key: Path | None = None,
-                 timeout_s: float = 3.0) -> AvatarClient:
-    keys = load_curve_client_keys(server_public_key=server_key or files.server_public,
-                                  client_secret_key=client_key or files.client_secret)
+def curve_client(
+    files: CurveFiles, address: str, *, server_key: Path | None = None, client_key: Path | None = None, timeout_s: float = 3.0
+) -> AvatarClient:
+    keys = load_curve_client_keys(server_public_key=server_key or files.server_public, client_secret_key=client_key or files.client_secret)
     return AvatarClient(address=address, timeout_s=timeout_s, curve=keys)
 
 
@@ -412,13 +437,17 @@ def test_a_curve_client_streams_from_a_curve_server(curve_server: AvatarService,
     assert monitor is not None and monitor.closed and client._monitor is None  # the monitor goes with the socket
 
 
-@pytest.mark.parametrize(("case", "message"), [
-    ("wrong server key", "refused this client's CURVE handshake: check the server's public key"),
-    ("client not allowed", "refused this client's CURVE key"),
-    ("no CURVE", "(requires|may require) CURVE"),  # the latter when the server hangs up before saying why
-])
-def test_a_refused_handshake_is_one_clear_line_within_the_timeout(curve_server: AvatarService, curve_files: CurveFiles,
-                                                                    case: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("wrong server key", "refused this client's CURVE handshake: check the server's public key"),
+        ("client not allowed", "refused this client's CURVE key"),
+        ("no CURVE", "(requires|may require) CURVE"),  # the latter when the server hangs up before saying why
+    ],
+)
+def test_a_refused_handshake_is_one_clear_line_within_the_timeout(
+    curve_server: AvatarService, curve_files: CurveFiles, case: str, message: str
+) -> None:
     timeout_s = 3.0
     if case == "wrong server key":
         client = curve_client(curve_files, curve_server.bound_address, server_key=curve_files.stranger_public, timeout_s=timeout_s)
@@ -458,8 +487,10 @@ def test_key_files_load_or_say_in_one_line_which_file_is_wrong(curve_files: Curv
     assert (keys.public, keys.secret) == zmq.auth.load_certificate(curve_files.client_secret)
     assert keys.secret.decode() not in repr(keys)
     # The server's .key_secret holds its public key too.
-    assert load_curve_client_keys(server_public_key=curve_files.server_secret,
-                                  client_secret_key=curve_files.client_secret).server_public == keys.server_public
+    assert (
+        load_curve_client_keys(server_public_key=curve_files.server_secret, client_secret_key=curve_files.client_secret).server_public
+        == keys.server_public
+    )
 
     not_a_key = tmp_path / "notes.txt"
     not_a_key.write_text("just some text\n")

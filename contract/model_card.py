@@ -1,0 +1,150 @@
+"""The model card: the JSON sidecar beside an exported avatar model (``<stem>.json`` beside ``<stem>.onnx``), its
+schema constants and its one checked reader.
+
+Written by `megalive-train export` (models/export.py), read by the server's engine (server/engine.py) and by the
+evaluation of an exported student (models/evaluation.py). The sidecar names the resolution, the avatars, the driver
+kinds the model accepts, the exact command that produced it and (``model_sha256``, in the card and in each adapter
+entry) the SHA-256 of every graph it names. Export renames the graphs into place before the sidecar, so a crash in
+between leaves new graphs beside the old sidecar: the digests make the reader refuse that pair. Sidecars without
+digests (older exports) load unchecked. A model with driver adapters has one more graph per capture kind beside it
+(``adapters.<kind>.model_file``), with the capture signal as its input.
+
+Standard library only (the hosts ship a copy of this file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+SIDECAR_FORMAT = "megalive-avatar-model"
+SIDECAR_FORMAT_VERSION = 1
+
+
+class ModelCardError(ValueError):
+    """A model or sidecar that cannot be used; the message is one line for the user."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterGraph:
+    """A further driver kind's graph, as the sidecar names it."""
+
+    kind: str
+    model_path: Path
+    input_name: str
+    input_shape: tuple[int, ...]  # per sample
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelCard:
+    """What the sidecar says about a model."""
+
+    model_path: Path
+    name: str
+    resolution: tuple[int, int]  # (H, W)
+    avatar_names: tuple[str, ...]
+    drivers: tuple[str, ...]
+    command: str
+    config_hash: str
+    thumbnails_path: Path | None
+    gflops_per_frame: float | None  # from the exporter's layer count; None for models without it
+    adapters: tuple[AdapterGraph, ...] = ()
+
+    @property
+    def num_avatars(self) -> int:
+        return len(self.avatar_names)
+
+    def adapter(self, kind: str) -> AdapterGraph | None:
+        """The graph of driver ``kind`` (not "image": that one is ``model_path``), or None."""
+        return next((adapter for adapter in self.adapters if adapter.kind == kind), None)
+
+
+def sidecar_path(model_path: Path) -> Path:
+    return model_path.with_suffix(".json")
+
+
+def file_sha256(path: Path) -> str:
+    """The full hex SHA-256 of a file, as the sidecar records it for each graph."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _check_graph_digest(graph: Path, expected: object, card_path: Path) -> None:
+    """Refuse a graph whose bytes are not the ones its sidecar was written with (an export killed between its
+    renames, or files copied from two exports). No digest recorded: nothing to check."""
+    if expected is None:
+        return
+    if not isinstance(expected, str) or len(expected) != 64:
+        raise ModelCardError(f"{card_path}: malformed model_sha256 for {graph.name} (expected 64 hex digits)")
+    try:
+        actual = file_sha256(graph)
+    except OSError as error:
+        raise ModelCardError(f"cannot read {graph}: {error}") from None
+    if actual != expected.lower():
+        raise ModelCardError(
+            f"{graph} does not match its sidecar {card_path.name} (SHA-256 differs: an interrupted export "
+            "or files from two exports); re-run megalive-train export"
+        )
+
+
+def read_model_card(model_path: str | Path) -> ModelCard:
+    """Read and check the sidecar of a model file (and the digests of the graphs it names).
+    Raises ModelCardError with a one-line reason."""
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise ModelCardError(f"model file not found: {model_path}")
+    card_path = sidecar_path(model_path)
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelCardError(f"model sidecar not found: {card_path} (export writes it next to the model)") from None
+    except (OSError, ValueError) as error:
+        raise ModelCardError(f"model sidecar {card_path} is unreadable: {error}") from None
+    if not isinstance(card, dict) or card.get("format") != SIDECAR_FORMAT:
+        raise ModelCardError(f"{card_path} is not a {SIDECAR_FORMAT} sidecar")
+    if card.get("format_version") != SIDECAR_FORMAT_VERSION:
+        raise ModelCardError(f"{card_path}: sidecar version {card.get('format_version')!r}, this server reads {SIDECAR_FORMAT_VERSION}")
+    try:
+        height, width = (int(n) for n in card["resolution"])
+        avatars = tuple(str(name) for name in card["avatars"])
+        drivers = tuple(str(kind) for kind in card.get("drivers", ["image"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelCardError(f"{card_path}: missing or malformed field ({error})") from None
+    if not avatars:
+        raise ModelCardError(f"{card_path}: the model has no avatars")
+    _check_graph_digest(model_path, card.get("model_sha256"), card_path)
+    adapters = []
+    for kind, entry in (card.get("adapters") or {}).items():
+        try:
+            adapter = AdapterGraph(
+                kind=str(kind),
+                model_path=model_path.parent / str(entry["model_file"]),
+                input_name=str(entry["input"]["name"]),
+                input_shape=tuple(int(n) for n in entry["input"]["shape"][1:]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelCardError(f"{card_path}: malformed adapters.{kind} ({error})") from None
+        if kind not in drivers:
+            raise ModelCardError(f"{card_path}: adapters.{kind} is not among the drivers {list(drivers)}")
+        if not adapter.model_path.is_file():
+            raise ModelCardError(f"{card_path}: the {kind} graph {adapter.model_path.name} is missing beside the model")
+        _check_graph_digest(adapter.model_path, entry.get("model_sha256"), card_path)
+        adapters.append(adapter)
+    missing = [kind for kind in drivers if kind != "image" and kind not in {a.kind for a in adapters}]
+    if missing:
+        raise ModelCardError(f"{card_path}: drivers {missing} have no graph under adapters")
+    thumbnails = card.get("thumbnails")
+    return ModelCard(
+        model_path=model_path,
+        name=str(card.get("name", model_path.stem)),
+        resolution=(height, width),
+        avatar_names=avatars,
+        drivers=drivers,
+        command=str(card.get("command", "")),
+        config_hash=str(card.get("config_hash", "")),
+        thumbnails_path=(model_path.parent / thumbnails) if thumbnails else None,
+        gflops_per_frame=float(card["gflops_per_frame"]) if isinstance(card.get("gflops_per_frame"), (int, float)) else None,
+        adapters=tuple(adapters),
+    )

@@ -1,0 +1,218 @@
+"""Checkpoint files: one layout, written atomically, read safely, and one loader per kind.
+
+Loading a trained model (a teacher for evaluation or distillation, say) goes through here and never
+imports a trainer. Errors are ``TrainingError`` with one line for the user.
+
+Layout. A checkpoint is one dict saved with torch.save, tensors and plain values only (read back with
+weights_only=True: no code runs on load). ``save_checkpoint(payload, path, kind=...)`` writes:
+
+    kind            which model it holds: one of KINDS (BASE_KIND, STUDENT_KIND, ADAPTER_KIND, REGRESSOR_KIND)
+    format_version  FORMAT_VERSION; absent in files written before this layout
+    config          the resolved config, under CONFIG_KEYS[kind]: the network's own config (enough to
+                    rebuild it: "model_config", the adapter's "adapter_config") and the run's
+                    "train_config"; the base model also keeps "resolved_config" (its run's config.json)
+    weights         the state dicts, under WEIGHT_KEYS[kind] (base: "generator" and "discriminator";
+                    student and regressor: "model"; adapter: "adapter")
+    digest          state_digest of those weights, in WEIGHT_KEYS order
+    ...             the trainer's own state beside them (optimisers, schedulers, step, RNG, ...)
+
+The config and weight keys are the names the four older formats used, so a loader reads old and new
+files alike. Older files carry no format_version, and students and adapters no kind either: a file
+without a kind is a student when it has "model" and "model_config", an adapter when it has "adapter"
+(``checkpoint_kind``). Anything else is refused with one line naming the kind found.
+
+Loaders: ``load_base``, ``load_student``, ``load_adapter`` here; the regressor's is
+models.parameter_regressor.load_regressor (its network is defined there, and that module writes here).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from models.megaportraits.adapters import AdapterConfig, DriverAdapter
+from models.megaportraits.base import BaseConfig, BaseModel, base_config
+from models.megaportraits.student import Student, StudentConfig
+from models.training.common import TrainingError
+
+FORMAT_VERSION = 1
+BASE_KIND = "megaportraits-base"
+STUDENT_KIND = "megaportraits-student"
+ADAPTER_KIND = "megaportraits-adapter"
+REGRESSOR_KIND = "megaportraits-parameter-regressor"
+KINDS = (BASE_KIND, STUDENT_KIND, ADAPTER_KIND, REGRESSOR_KIND)
+WEIGHT_KEYS: dict[str, tuple[str, ...]] = {
+    BASE_KIND: ("generator", "discriminator"),
+    STUDENT_KIND: ("model",),
+    ADAPTER_KIND: ("adapter",),
+    REGRESSOR_KIND: ("model",),
+}
+CONFIG_KEYS: dict[str, tuple[str, ...]] = {
+    BASE_KIND: ("model_config", "train_config", "resolved_config"),
+    STUDENT_KIND: ("model_config", "train_config"),
+    ADAPTER_KIND: ("adapter_config", "train_config"),
+    REGRESSOR_KIND: ("model_config", "train_config"),
+}
+_DESCRIPTIONS = {
+    BASE_KIND: "a MegaPortraits base-model checkpoint",
+    STUDENT_KIND: "a student checkpoint",
+    ADAPTER_KIND: "an adapter checkpoint",
+    REGRESSOR_KIND: "a parameter-regressor checkpoint",
+}
+
+
+def state_digest(*states: dict[str, Tensor]) -> str:
+    """A short SHA-256 of state dicts' names and exact tensor bytes: equal digests, equal weights."""
+    digest = hashlib.sha256()
+    for state in states:
+        for name in sorted(state):
+            tensor = state[name].detach().cpu().contiguous().reshape(-1)
+            digest.update(name.encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def save_checkpoint(payload: dict[str, Any], path: Path, *, kind: str) -> None:
+    """Write ``payload`` in the layout above (kind, format_version and digest added), under a temporary
+    name then renamed. ``payload`` holds the kind's WEIGHT_KEYS and CONFIG_KEYS."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r} (known: {', '.join(KINDS)})")
+    missing = [key for key in (*WEIGHT_KEYS[kind], *CONFIG_KEYS[kind]) if key not in payload]
+    if missing:
+        raise ValueError(f"a {kind} checkpoint needs {', '.join(missing)}")
+    digest = state_digest(*(payload[key] for key in WEIGHT_KEYS[kind]))
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save({**payload, "kind": kind, "format_version": FORMAT_VERSION, "digest": digest}, temporary)
+    temporary.replace(path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's tensors and plain values (weights_only: no code runs on load)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise TrainingError(f"checkpoint not found: {path}") from None
+    except (RuntimeError, ValueError, OSError, EOFError, pickle.UnpicklingError) as error:
+        raise TrainingError(f"checkpoint {path} is unreadable: {str(error).splitlines()[0]}") from None
+
+
+def checkpoint_kind(checkpoint: dict[str, Any]) -> str | None:
+    """The kind a checkpoint holds: its "kind", else inferred from the older formats' keys; None if neither."""
+    kind = checkpoint.get("kind")
+    if kind is not None:
+        return str(kind)
+    if "adapter" in checkpoint:
+        return ADAPTER_KIND
+    if "model" in checkpoint and "model_config" in checkpoint:
+        return STUDENT_KIND
+    return None
+
+
+def kind_found(checkpoint: dict[str, Any]) -> str:
+    """The kind a checkpoint holds, in words for a one-line refusal."""
+    found = checkpoint_kind(checkpoint)
+    if found is None:
+        return f"it holds no kind (known kinds: {', '.join(KINDS)})"
+    return f"it holds kind {found!r}" + ("" if found in KINDS else f" (known kinds: {', '.join(KINDS)})")
+
+
+def check_kind(checkpoint: dict[str, Any], kind: str, *, where: str = "checkpoint") -> None:
+    """Refuse a checkpoint of another (or an unknown) kind, in one line naming the kind found."""
+    if checkpoint_kind(checkpoint) != kind:
+        raise TrainingError(f"{where} is not {_DESCRIPTIONS[kind]}: {kind_found(checkpoint)}")
+
+
+def _tuples(config: dict[str, Any]) -> dict[str, Any]:
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in config.items()}
+
+
+def load_state(module: nn.Module, checkpoint: dict[str, Any], key: str, *, path: Path) -> None:
+    """``module``'s weights from ``checkpoint[key]``; a mismatch raises TrainingError (one line)."""
+    try:
+        module.load_state_dict(checkpoint[key])
+    except (KeyError, RuntimeError) as error:
+        raise TrainingError(f"{path}: its {key} does not match the model it describes: {str(error).strip().splitlines()[0]}") from None
+
+
+# -- base model (the teacher) -------------------------------------------------------------------------
+
+
+def check_base_checkpoint(checkpoint: dict[str, Any], *, path: Path, preset: str, role: str) -> None:
+    """Refuse a checkpoint that is not a base model of ``preset`` (one line, naming ``role``: resume or --init)."""
+    if checkpoint.get("kind") != BASE_KIND or not isinstance(checkpoint.get("model_config"), dict):
+        raise TrainingError(f"{role} {path} is not a MegaPortraits base-model checkpoint: {kind_found(checkpoint)}")
+    saved = checkpoint.get("train_config", {}).get("preset")
+    if saved != preset:
+        raise TrainingError(f"{role} {path} holds a base model of preset {saved!r}, not {preset!r}")
+    if _tuples(checkpoint["model_config"]) != asdict(base_config(preset)):
+        raise TrainingError(f"{role} {path}: its model config differs from preset {preset!r} (the preset changed since)")
+
+
+def base_model_from_checkpoint(checkpoint: dict[str, Any], *, path: Path, expect_preset: str | None = None) -> BaseModel:
+    """The generator saved in a checkpoint, rebuilt from the config saved beside it."""
+    preset = checkpoint.get("train_config", {}).get("preset") if expect_preset is None else expect_preset
+    check_base_checkpoint(checkpoint, path=path, preset=str(preset), role="checkpoint")
+    model = BaseModel(config=BaseConfig(**_tuples(checkpoint["model_config"])))
+    load_state(model, checkpoint, "generator", path=path)
+    return model
+
+
+def load_base(path: Path, *, expect_preset: str | None = None) -> BaseModel:
+    """A `megalive-train base` checkpoint's generator; anything else raises TrainingError (one line)."""
+    return base_model_from_checkpoint(load_checkpoint(path), path=path, expect_preset=expect_preset)
+
+
+# -- student ------------------------------------------------------------------------------------------
+
+
+def student_from_checkpoint(checkpoint: dict[str, Any], *, expect_preset: str | None = None) -> Student:
+    """Rebuild the student from the config saved in the checkpoint; refuse a preset mismatch."""
+    found = checkpoint.get("kind")
+    if found is not None and found != STUDENT_KIND:
+        check_kind(checkpoint, STUDENT_KIND)
+    model_config = checkpoint.get("model_config")
+    if not isinstance(model_config, dict):
+        raise TrainingError("checkpoint has no model_config: not a student checkpoint")
+    preset = checkpoint.get("train_config", {}).get("preset")
+    if expect_preset is not None and preset != expect_preset:
+        raise TrainingError(f"checkpoint was trained with preset {preset!r}, not {expect_preset!r}")
+    try:
+        config = StudentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in model_config.items()})
+        model = Student(config=config)
+        model.load_state_dict(checkpoint["model"])
+    except (TypeError, KeyError, RuntimeError) as error:
+        raise TrainingError(f"checkpoint does not match the student it describes: {str(error).splitlines()[0]}") from None
+    return model
+
+
+def load_student(path: Path, *, expect_preset: str | None = None) -> Student:
+    """A `megalive-train student` checkpoint's student; anything else raises TrainingError (one line)."""
+    return student_from_checkpoint(load_checkpoint(path), expect_preset=expect_preset)
+
+
+# -- driver adapter -----------------------------------------------------------------------------------
+
+
+def adapter_from_checkpoint(checkpoint: dict[str, Any]) -> DriverAdapter:
+    found = checkpoint.get("kind")
+    if found is not None and found != ADAPTER_KIND:
+        check_kind(checkpoint, ADAPTER_KIND)
+    try:
+        raw = checkpoint["adapter_config"]
+        config = AdapterConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        adapter = DriverAdapter(config=config)
+        adapter.load_state_dict(checkpoint["adapter"])
+    except (TypeError, KeyError, RuntimeError, ValueError) as error:
+        raise TrainingError(f"not an adapter checkpoint, or one that does not match its config: {str(error).splitlines()[0]}") from None
+    return adapter
+
+
+def load_adapter(path: Path) -> DriverAdapter:
+    """A `megalive-train adapter` checkpoint's adapter; anything else raises TrainingError (one line)."""
+    return adapter_from_checkpoint(load_checkpoint(path))
