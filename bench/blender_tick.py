@@ -45,7 +45,7 @@ def main() -> int:
         repack_installed_wheel(distribution, wheels)
     archive = build_addon(out_dir=Path(tempfile.mkdtemp()), offline_wheels_dir=wheels)
     bpy.ops.extensions.package_install_files(filepath=str(archive), repo="user_default", enable_on_install=True)
-    ui = sys.modules["bl_ext.user_default.megalive.ui"]
+    ui = sys.modules["bl_ext.user_default.megalive.timer"]
     for model in args.models:
         engine = Engine(model_path=model)
         resolution = engine.resolution[0]

@@ -1,7 +1,7 @@
 """The Blender-specific, bpy-free part of the live connection and the bake (tested without Blender).
 
 The controller itself is ``client/live.py`` (shipped in the zip as ``vendor/client/live.py``, reached
-through ``wire.live``): the bpy layer (``ui.py``) drives it from a bpy timer, supplies driver frames
+through ``wire.live``): the bpy layer (``timer.py``) drives it from a bpy timer, supplies driver frames
 through a ``DriverSource`` keyed by scene frame, and writes the texture ``tick()`` returns into an
 Image. This module holds what only Blender needs: the panel's labels, the bake's file names, which
 wire driver kind a panel driver opens, and whether it asks the server to stabilise.

@@ -1,5 +1,5 @@
 """The "Shape keys (ARKit names)" driver, bpy-free: shape-key names and values plus a head rotation
-become one `arkit` frame (tested without Blender; ``ui.ShapeKeySource`` only reads Blender's values).
+become one `arkit` frame (tested without Blender; ``sources.ShapeKeySource`` only reads Blender's values).
 
 Payload: one raw little-endian float32 buffer of the 61 curves in ``arkit.ARKIT_CURVES`` order
 (Live Link Face order): the 52 blendshapes clamped to [0, 1] (Blender sliders may go beyond), then

@@ -63,8 +63,9 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 
 def _serve_config(args: argparse.Namespace) -> ServiceConfig:
     """The service configuration from `serve`'s options; ValueError (one line) for a bad one."""
+    from server.binding import check_bind_address
     from server.keys import load_server_keys
-    from server.service import ServiceConfig, check_bind_address
+    from server.service import ServiceConfig
 
     ranges = {
         "--max-batch": (args.max_batch, 1, 64),

@@ -23,20 +23,15 @@ import collections
 import errno
 import hmac
 import importlib.util
-import ipaddress
 import itertools
 import logging
 import math
-import os
 import secrets
-import stat
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
@@ -58,10 +53,13 @@ from client.protocol import (
     require,
     unpack_header,
 )
-from server import __version__, capture, drivers, imaging
+from server import __version__, capture, drivers
+from server.binding import BindRefused, check_bind_address
 from server.engine import Engine
+from server.flow import SMALL_REPLY_BYTES, Incoming, MessageBudget, ReplyBacklog, as_dropped
 from server.keys import CurveServerKeys
-from server.one_euro import SignalClock
+from server.sessions import COUNTER_NAMES, FrameJob, ServerCounters, Session
+from server.worker import RenderWorker
 
 log = logging.getLogger("megalive.server")
 
@@ -70,50 +68,6 @@ _WORKER_ENDPOINT = "inproc://megalive-worker-{}"
 _MONITOR_EVENTS = (
     zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
-
-
-class BindRefused(ValueError):
-    """A bind address the service will not use, or could not bind; the message is one line."""
-
-
-def _check_ipc_path(address: str) -> None:
-    """ipc:// sockets are files: in a folder others can write, another local user can squat or replace them."""
-    path = address[len("ipc://") :]
-    if path.startswith("@"):
-        raise BindRefused(f"refusing {address}: abstract ipc sockets are open to every local user; use ipc:///PRIVATE/FOLDER/NAME")
-    folder = Path(path).parent
-    try:
-        info = folder.stat()
-    except OSError:
-        raise BindRefused(f"refusing {address}: folder {folder} does not exist") from None
-    if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise BindRefused(
-            f"refusing {address}: {folder} is not a private folder of this user (others could replace the socket); "
-            "use a folder with mode 700, e.g. under $XDG_RUNTIME_DIR"
-        )
-
-
-def check_bind_address(address: str, *, curve: bool = False) -> None:
-    """Loopback, private ipc and inproc; any other host only with CURVE keys (frames would travel in clear)."""
-    if address.startswith("inproc://"):
-        return
-    if address.startswith("ipc://"):
-        _check_ipc_path(address)
-        return
-    if not address.startswith("tcp://"):
-        raise BindRefused(f"unsupported bind address {address!r}: use tcp://127.0.0.1:PORT")
-    host = address[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
-    if curve or host == "localhost":
-        return
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
-    except ValueError:
-        pass
-    raise BindRefused(
-        f"refusing to bind {address} without CURVE keys (frames would travel unencrypted): "
-        "pass --curve-secret FILE --allow DIR, or bind tcp://127.0.0.1:PORT"
-    )
 
 
 @dataclass(frozen=True)
@@ -149,129 +103,6 @@ class ServiceConfig:
         return self.queued_replies_per_client * self.max_reply_bytes + self.backlog_bytes_per_client
 
 
-@dataclass
-class SessionCounters:
-    received: int = 0
-    rendered: int = 0
-    dropped: int = 0
-    errors: int = 0  # requests refused (main thread)
-    bad_frames: int = 0  # frames the worker could not decode (worker thread; kept apart so no lock is needed)
-
-
-_COUNTER_NAMES = ("received", "rendered", "dropped", "errors")
-
-
-@dataclass
-class Session:
-    session_id: int
-    token: str  # returned by `open`; `frame` and `close` must carry it
-    peer: bytes  # ROUTER identity of the client that opened it
-    avatar: int
-    driver: str
-    size: tuple[int, int]
-    output_format: str
-    crop: str
-    opened_at: float
-    last_seen: float
-    counters: SessionCounters = field(default_factory=SessionCounters)
-    clock: SignalClock = field(default_factory=SignalClock)  # main thread: the filters' time
-    # Worker-thread state (only the worker touches these after `open`):
-    stabiliser: drivers.SignalStabiliser | None = None  # arkit / landmarks sessions
-    crop_config: capture.CropConfig | None = None  # image sessions with crop "auto"; the worker makes the cropper
-    return_landmarks: bool = False  # crop "auto": send the 68 landmarks found with each texture
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "session": self.session_id,
-            "avatar": self.avatar,
-            "driver": self.driver,
-            "size": list(self.size),
-            "format": self.output_format,
-            **self.counter_values(),
-        }
-
-    def counter_values(self) -> dict[str, int]:
-        return {
-            "received": self.counters.received,
-            "rendered": self.counters.rendered,
-            "dropped": self.counters.dropped,
-            "errors": self.counters.errors + self.counters.bad_frames,
-        }
-
-
-@dataclass(frozen=True)
-class FrameJob:
-    """One driver frame waiting for the engine."""
-
-    session: Session
-    request_id: int
-    seq: int
-    client_time: float | None
-    signal_time_s: float  # the session's filter clock at this frame (server/one_euro.SignalClock)
-    driver: Buffer
-    frames: tuple[zmq.Frame, ...]  # keeps the zero-copy receive buffers alive
-    received_at: float
-    curve_names: Any = None  # an arkit frame's optional names list (checked by the worker)
-
-
-@dataclass
-class ServerCounters:
-    rejected: int = 0  # requests answered with an error reply (main thread)
-    internal_errors: int = 0  # requests whose handling failed unexpectedly (answered `internal`)
-    bad_frames: int = 0  # frames whose pixels could not be decoded (worker thread; its own counter, no lock)
-    oversized: int = 0  # messages over the part or byte limit, discarded part by part as they were read
-    shed_messages: int = 0  # messages over their connection's max_messages_per_s, let go unparsed and unanswered
-    unroutable: int = 0  # replies to clients that had gone
-    reply_overflow: int = 0  # replies not queued for a client that does not read (textures sent as `dropped` instead)
-    reaped_sessions: int = 0  # closed after session_idle_s without a message
-    disconnected_sessions: int = 0  # closed because their client's connection ended
-    engine_restarts: int = 0
-    curve_refused: int = 0  # CURVE handshakes refused (a key not in the allow folder, or a bad handshake)
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
-
-
-@dataclass
-class _Incoming:
-    """One message off the ROUTER: the sender, the frames kept, and whether it broke the part/byte limits."""
-
-    peer: bytes
-    frames: list[zmq.Frame]
-    oversized: bool = False
-    shed: bool = False  # over its connection's message rate: let go unparsed
-
-
-_SMALL_REPLY_BYTES = 64 * 1024  # replies above this (textures) are never held back: they become `dropped`
-
-
-@dataclass
-class _Backlog:
-    """Small replies to one client, waiting for room in ZeroMQ's queue for it."""
-
-    replies: collections.deque[list] = field(default_factory=collections.deque)
-    nbytes: int = 0
-
-
-def _as_dropped(frames: list) -> list | None:
-    """A texture reply's `dropped` stand-in (same id, session, seq); None for any other large reply."""
-    try:
-        header = unpack_header(frames[0].buffer if isinstance(frames[0], zmq.Frame) else frames[0])
-    except ProtocolError:
-        return None
-    if header.get("op") != "texture":
-        return None
-    return encode({"op": "dropped", "id": header.get("id"), "session": header.get("session"), "seq": header.get("seq")})
-
-
-@dataclass
-class _MessageBudget:
-    """A connection's token bucket of messages."""
-
-    tokens: float
-    refilled_at: float
-
-
 class AvatarService:
     """Serve one engine over ZeroMQ. ``run()`` blocks until ``stop()``; ``start()`` runs it on a thread."""
 
@@ -285,25 +116,32 @@ class AvatarService:
         self.counters = ServerCounters()
         self.sessions: dict[int, Session] = {}
         self._session_ids = itertools.count(1)
-        self._pending: dict[int, FrameJob] = {}
-        self._pending_cv = threading.Condition()
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._endpoint = _WORKER_ENDPOINT.format(id(self))
         self._thread: threading.Thread | None = None
         self._worker: threading.Thread | None = None
-        self._worker_failure: str | None = None
         self._restart_times: collections.deque[float] = collections.deque()
         self.bound_address: str | None = None
         self.bind_error: str | None = None
         self.failure: str | None = None  # set when the service loop itself failed: `megalive serve` exits non-zero
         self._thumbnails = engine.thumbnails()
         # Face trackers belong to the worker thread; the main thread only queues the ids of closed sessions.
-        self._croppers: dict[int, tuple[capture.FaceCropper, float]] = {}  # session id -> (cropper, last used)
-        self._retired_sessions: collections.deque[int] = collections.deque()
+        # The engine thread's state (pending frames, face trackers) outlives a thread that died.
+        self.worker = RenderWorker(
+            engine=engine,
+            context=self.context,
+            endpoint=self._endpoint,
+            stop=self._stop,
+            counters=self.counters,
+            sessions=self.sessions,
+            max_batch=config.max_batch,
+            max_image_pixels=config.max_image_pixels,
+            crop_idle_s=config.crop_idle_s,
+        )
         self._peer_fds: dict[bytes, int] = {}  # ROUTER identity -> its connection's socket (for disconnect events)
-        self._backlogs: dict[bytes, _Backlog] = {}  # ROUTER identity -> replies waiting for room in ZeroMQ's queue
-        self._budgets: dict[bytes, _MessageBudget] = {}  # ROUTER identity -> its message budget
+        self._backlogs: dict[bytes, ReplyBacklog] = {}  # ROUTER identity -> replies waiting for room in ZeroMQ's queue
+        self._budgets: dict[bytes, MessageBudget] = {}  # ROUTER identity -> its message budget
         self._peer_keys: dict[bytes, str] = {}  # ROUTER identity -> its CURVE public key (Z85), under CURVE
         self._allow_mtime: float | None = None
         self._auth: Any = None
@@ -333,8 +171,7 @@ class AvatarService:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
-        with self._pending_cv:
-            self._pending_cv.notify_all()
+        self.worker.wake()
         if self._thread is not None:
             self._thread.join(timeout_s)
 
@@ -407,8 +244,7 @@ class AvatarService:
         finally:
             self._ready.set()
             self._stop.set()
-            with self._pending_cv:
-                self._pending_cv.notify_all()
+            self.worker.wake()
             if self._worker is not None:
                 self._worker.join(1.0)
             if monitor is not None:
@@ -454,14 +290,14 @@ class AvatarService:
                 self._reload_allow_list()
                 next_reap = time.monotonic() + 1.0
 
-    def _receive(self, router: zmq.Socket) -> _Incoming | None:
+    def _receive(self, router: zmq.Socket) -> Incoming | None:
         """One message, read frame by frame: frames past the part or byte limit are let go as they are
         read, never gathered (libzmq delivers a message whole, but each frame is bounded by MAXMSGSIZE)."""
         try:
             identity = router.recv(zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return None
-        incoming = _Incoming(peer=identity.bytes, frames=[], shed=not self._spend_message(identity.bytes))
+        incoming = Incoming(peer=identity.bytes, frames=[], shed=not self._spend_message(identity.bytes))
         limits = self.config.limits
         total = 0
         while router.getsockopt(zmq.RCVMORE):
@@ -491,7 +327,7 @@ class AvatarService:
         rate = self.config.max_messages_per_s
         budget = self._budgets.get(peer)
         if budget is None:
-            budget = self._budgets[peer] = _MessageBudget(tokens=rate, refilled_at=now)
+            budget = self._budgets[peer] = MessageBudget(tokens=rate, refilled_at=now)
         budget.tokens = min(rate, budget.tokens + (now - budget.refilled_at) * rate)
         budget.refilled_at = now
         if budget.tokens < 1.0:
@@ -533,7 +369,7 @@ class AvatarService:
     # -------------------------------------------------------------------------------- worker supervision
 
     def _start_worker(self) -> None:
-        self._worker = threading.Thread(target=self._work, name="megalive-engine", daemon=True)
+        self._worker = threading.Thread(target=self.worker.run, name="megalive-engine", daemon=True)
         self._worker.start()
 
     def _restart_worker(self) -> None:
@@ -544,7 +380,7 @@ class AvatarService:
         self._restart_times.append(now)
         while self._restart_times and self._restart_times[0] < now - self.config.engine_restart_window_s:
             self._restart_times.popleft()
-        reason = self._worker_failure or "no reason recorded"
+        reason = self.worker.failure or "no reason recorded"
         if len(self._restart_times) > self.config.max_engine_restarts:
             raise RuntimeError(
                 f"the engine thread died {len(self._restart_times)} times in {self.config.engine_restart_window_s:.0f} s; last: {reason}"
@@ -570,10 +406,10 @@ class AvatarService:
                 if error.errno != zmq.EAGAIN:
                     self._unroutable(peer, error)
                     return
-            backlog = self._backlogs[peer] = _Backlog()
-        if sum(len(frame) for frame in frames) > _SMALL_REPLY_BYTES:
+            backlog = self._backlogs[peer] = ReplyBacklog()
+        if sum(len(frame) for frame in frames) > SMALL_REPLY_BYTES:
             self.counters.reply_overflow += 1
-            frames = _as_dropped(frames)
+            frames = as_dropped(frames)
             if frames is None:
                 return
         size = sum(len(frame) for frame in frames)
@@ -613,7 +449,7 @@ class AvatarService:
 
     # -------------------------------------------------------------------------------- requests
 
-    def _handle(self, router: zmq.Socket, incoming: _Incoming) -> None:
+    def _handle(self, router: zmq.Socket, incoming: Incoming) -> None:
         peer = incoming.peer
         if incoming.shed:
             self.counters.shed_messages += 1
@@ -646,7 +482,7 @@ class AvatarService:
                 router, peer, error_frames("internal", f"the server failed on this request: {type(error).__name__}", request_id=request_id)
             )
 
-    def _count_refusal(self, peer: bytes, incoming: _Incoming) -> None:
+    def _count_refusal(self, peer: bytes, incoming: Incoming) -> None:
         self.counters.rejected += 1
         session = self.sessions.get(_header_field(incoming.frames, "session"))  # type: ignore[arg-type]
         if session is not None and session.peer == peer:
@@ -708,7 +544,7 @@ class AvatarService:
         }
 
     def _engine_state(self) -> dict[str, Any]:
-        return {"alive": self.engine_alive, "restarts": self.counters.engine_restarts, "last_failure": self._worker_failure}
+        return {"alive": self.engine_alive, "restarts": self.counters.engine_restarts, "last_failure": self.worker.failure}
 
     def _on_avatars(self, router: zmq.Socket, peer: bytes, request: Message) -> None:
         entries, buffers = [], []
@@ -834,7 +670,7 @@ class AvatarService:
                 "sessions": [s.as_dict() for s in own],  # a client sees its own sessions ...
                 "other_clients": {
                     "sessions": len(others),
-                    **{name: sum(v[name] for v in others) for name in _COUNTER_NAMES},
+                    **{name: sum(v[name] for v in others) for name in COUNTER_NAMES},
                 },  # ... and totals
                 "engine": {**self.engine.counters.as_dict(), **self._engine_state()},
                 "server": self.counters.as_dict(),
@@ -869,10 +705,7 @@ class AvatarService:
             received_at=received_at,
             curve_names=request.get("names"),
         )
-        with self._pending_cv:
-            superseded = self._pending.get(session.session_id)
-            self._pending[session.session_id] = job
-            self._pending_cv.notify()
+        superseded = self.worker.submit(job)
         if superseded is not None:
             # Latest wins: the older frame will never render, so say so now instead of making the client wait.
             session.counters.dropped += 1
@@ -882,11 +715,7 @@ class AvatarService:
 
     def _close_session(self, session: Session) -> None:
         self.sessions.pop(session.session_id, None)
-        with self._pending_cv:
-            self._pending.pop(session.session_id, None)
-            self._pending_cv.notify()  # wakes the worker, which releases the session's face tracker
-        if session.crop == "auto":
-            self._retired_sessions.append(session.session_id)
+        self.worker.forget(session)
 
     def _close_sessions_of(self, peer: bytes) -> int:
         closing = [s for s in self.sessions.values() if s.peer == peer]
@@ -899,167 +728,6 @@ class AvatarService:
         for session in [s for s in self.sessions.values() if s.last_seen < deadline]:
             self.counters.reaped_sessions += 1
             self._close_session(session)
-
-    # -------------------------------------------------------------------------------- worker
-
-    def _tidy_croppers(self) -> None:
-        """Worker thread: free the face trackers of closed sessions, and of crop sessions idle for crop_idle_s."""
-        while self._retired_sessions:
-            entry = self._croppers.pop(self._retired_sessions.popleft(), None)
-            if entry is not None:
-                entry[0].close()
-        idle_before = time.monotonic() - self.config.crop_idle_s
-        for session_id in [sid for sid, (_, used) in self._croppers.items() if used < idle_before]:
-            self._croppers.pop(session_id)[0].close()
-
-    def _close_croppers(self) -> None:
-        while self._croppers:
-            self._croppers.popitem()[1][0].close()
-
-    def _take_batch(self, *, wait: bool) -> list[FrameJob]:
-        """Claim the oldest pending frames (one per session, at most max_batch); wait for one if asked."""
-        while True:
-            with self._pending_cv:
-                if self._pending or not wait or self._stop.is_set():
-                    jobs = sorted(self._pending.values(), key=lambda job: job.received_at)[: self.config.max_batch]
-                    for job in jobs:
-                        del self._pending[job.session.session_id]
-                    return jobs
-                self._pending_cv.wait(0.1)
-            self._tidy_croppers()  # outside the lock: closing a tracker must not hold up receiving
-
-    def _work(self) -> None:
-        results = self.context.socket(zmq.PUSH)
-        results.setsockopt(zmq.LINGER, 0)
-        results.connect(self._endpoint)
-        self._close_croppers()  # a tracker left by a worker that died may be mid-frame: start afresh
-        in_hand: list[FrameJob] = []
-        try:
-            while not self._stop.is_set():
-                self._tidy_croppers()
-                in_hand = in_hand or self._take_batch(wait=True)
-                replies = self._render(in_hand) if in_hand else []
-                # Claim the next frames before the clients hear back: a client answered now sends a
-                # new frame at once, and it must queue behind the claimed one, not supersede it.
-                in_hand = self._take_batch(wait=False)
-                for peer, frames in replies:
-                    results.send_multipart([peer, *frames], copy=False)
-        except Exception as error:  # a bug of ours: the supervisor (main thread) restarts the worker
-            self._worker_failure = f"{type(error).__name__}: {error}"
-            log.exception("engine thread failed")
-            for job in in_hand:  # each claimed frame still ends in exactly one reply
-                results.send_multipart(
-                    [
-                        job.session.peer,
-                        *error_frames("internal", "the engine thread failed; it is being restarted", request_id=job.request_id),
-                    ],
-                    copy=False,
-                )
-        finally:
-            results.close(linger=0 if self._stop.is_set() else 1000)
-            if self._stop.is_set():
-                self._close_croppers()
-
-    def _cropper_for(self, session: Session) -> capture.FaceCropper:
-        """Worker thread: the session's face tracker, made at its first frame (or again after an idle release)."""
-        entry = self._croppers.get(session.session_id)
-        cropper = entry[0] if entry is not None else None
-        if cropper is None:
-            if session.session_id not in self.sessions:  # closed while its frame waited: make no tracker for it
-                raise ProtocolError("unknown_session", f"session {session.session_id} was closed", request_id=None)
-            assert session.crop_config is not None
-            cropper = capture.FaceCropper(config=session.crop_config)
-        self._croppers[session.session_id] = (cropper, time.monotonic())
-        return cropper
-
-    def _prepare(self, job: FrameJob) -> tuple[np.ndarray, dict[str, Any]]:
-        """A job's engine input (one sample) and the extra reply fields; ProtocolError for a bad frame."""
-        session, rid = job.session, job.request_id
-        if session.driver == "arkit":
-            curves = drivers.arkit_curves(job.driver, job.curve_names, request_id=rid)
-            return session.stabiliser(curves, job.signal_time_s), {}
-        if session.driver == "landmarks":
-            return session.stabiliser(drivers.landmarks_68(job.driver, request_id=rid), job.signal_time_s), {}
-        image = imaging.decode_driver_image(job.driver, max_pixels=self.config.max_image_pixels, request_id=rid)
-        if session.crop_config is None:
-            return imaging.resize_rgb(image, self.engine.resolution), {}
-        crop_began = time.perf_counter()
-        try:
-            cropped = self._cropper_for(session)(np.ascontiguousarray(image), job.signal_time_s)
-        except capture.NoFaceError:
-            raise ProtocolError("bad_request", "no face found in the frame (crop 'auto'); nothing to reuse yet", request_id=rid) from None
-        except capture.CaptureUnavailable as error:
-            raise ProtocolError("bad_request", f"crop 'auto' is unavailable on this server: {error}", request_id=rid) from None
-        extra: dict[str, Any] = {"face_found": cropped.face_found, "crop_ms": 1000.0 * (time.perf_counter() - crop_began)}
-        if session.return_landmarks:
-            extra["landmarks"] = cropped.landmarks.round(5).tolist()  # 68 [x, y] in [0, 1] over the crop
-        return imaging.resize_rgb(cropped.image, self.engine.resolution), extra
-
-    def _render(self, jobs: list[FrameJob]) -> list[tuple[bytes, list]]:
-        """Decode, batch (one engine call per driver kind), infer and encode; (peer, reply frames) per job."""
-        replies: list[tuple[bytes, list]] = []
-        began = time.perf_counter()
-        by_kind: dict[str, list[tuple[FrameJob, np.ndarray, dict[str, Any]]]] = {}
-        for job in jobs:
-            try:
-                sample, extra = self._prepare(job)
-                by_kind.setdefault(job.session.driver, []).append((job, sample, extra))
-            except Exception as error:  # any failure a frame causes is that frame's error, never the worker's end
-                if isinstance(error, ProtocolError):
-                    code, message = error.code, error.message
-                else:
-                    log.exception("preparing a frame failed")
-                    code, message = "internal", f"the server could not prepare this frame: {type(error).__name__}: {error}"
-                job.session.counters.bad_frames += 1
-                self.counters.bad_frames += 1
-                replies.append((job.session.peer, error_frames(code, message, request_id=job.request_id)))
-        decoded = time.perf_counter()
-        for kind, prepared in by_kind.items():
-            replies += self._infer_and_encode(kind, prepared, began=began, decoded=decoded, batch_jobs=len(jobs))
-        return replies
-
-    def _infer_and_encode(
-        self, kind: str, prepared: list[tuple[FrameJob, np.ndarray, dict[str, Any]]], *, began: float, decoded: float, batch_jobs: int
-    ) -> list[tuple[bytes, list]]:
-        good = [job for job, _, _ in prepared]
-        samples = [sample for _, sample, _ in prepared]
-        batch = imaging.to_engine_batch(samples) if kind == "image" else np.stack(samples).astype(np.float32)
-        infer_began = time.perf_counter()
-        try:
-            output = self.engine.run(batch, np.array([job.session.avatar for job in good], np.int64), kind=kind)
-        except Exception as error:  # the engine is C++; one bad batch must not kill the worker
-            log.exception("engine failed")
-            for job in good:
-                job.session.counters.bad_frames += 1
-            return [(job.session.peer, error_frames("internal", f"engine failed: {error}", request_id=job.request_id)) for job in good]
-        inferred = time.perf_counter()
-        pixels = imaging.to_texture_pixels(output.rgb, output.alpha)  # B×H×W×4 uint8, one pass for the batch
-        replies = []
-        for index, (job, _, extra) in enumerate(prepared):
-            session = job.session
-            encode_began = time.perf_counter()
-            buffer = imaging.encode_texture(pixels[index], output_format=session.output_format, size=session.size)
-            session.counters.rendered += 1
-            timings = {
-                "decode": 1000.0 * (decoded - began) / batch_jobs,
-                "crop": extra.pop("crop_ms", 0.0),
-                "infer": 1000.0 * (inferred - infer_began),
-                "encode": 1000.0 * (time.perf_counter() - encode_began),
-                "queue": 1000.0 * (began - job.received_at),
-                "batch": len(good),
-            }
-            header = {
-                "op": "texture",
-                "id": job.request_id,
-                "session": session.session_id,
-                "seq": job.seq,
-                "t": job.client_time,
-                "timings": timings,
-                "alpha": session.output_format == "rgba8",
-                **extra,
-            }
-            replies.append((session.peer, encode(header, (buffer,))))
-        return replies
 
 
 def _header_field(frames: list[zmq.Frame], key: str) -> int | None:

@@ -17,7 +17,8 @@ from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 
-from .livelink_face import DEFAULT_BIND_ADDRESS, DEFAULT_PORT, DEFAULT_TAKE_MAX_BYTES, TAKE_MAGIC
+from .livelink.receiver import DEFAULT_BIND_ADDRESS, DEFAULT_PORT
+from .livelink.take import DEFAULT_TAKE_MAX_BYTES, TAKE_MAGIC
 
 _Subparsers = argparse._SubParsersAction  # argparse has no public name for it
 
@@ -183,7 +184,7 @@ def _relay(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from .livelink_face import replay_take
+    from .livelink.take import replay_take
 
     if args.dry_run:
         _print_options(args)

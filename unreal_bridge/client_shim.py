@@ -4,7 +4,7 @@
 ``megalive_bridge/vendor/client/`` and ``megalive_bridge/vendor/contract/`` (one source of truth stays in the
 repository; client/vendor.py lists the files). Inside Unreal only those copies exist; in this repository the
 package has no ``vendor`` and the top-level ``client`` and ``contract`` packages are importable.
-(livelink_face.py reaches ``contract.arkit`` the same way on its own: it must import without pyzmq.)
+(livelink/packet.py reaches ``contract.arkit`` the same way on its own: it must import without pyzmq.)
 """
 
 from __future__ import annotations

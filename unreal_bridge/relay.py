@@ -32,16 +32,9 @@ from typing import TextIO
 
 from .client_shim import client as client_module
 from .client_shim import protocol
-from .livelink_face import (
-    DEFAULT_BIND_ADDRESS,
-    DEFAULT_PORT,
-    DEFAULT_TAKE_MAX_BYTES,
-    VALUE_COUNT,
-    FaceFrame,
-    LiveLinkFaceReceiver,
-    PortInUseError,
-    TakeWriter,
-)
+from .livelink.packet import VALUE_COUNT, FaceFrame
+from .livelink.receiver import DEFAULT_BIND_ADDRESS, DEFAULT_PORT, LiveLinkFaceReceiver, PortInUseError
+from .livelink.take import DEFAULT_TAKE_MAX_BYTES, TakeWriter
 
 EXIT_OK = 0
 EXIT_REFUSED = 2  # the server refused the session (no ARKit input, unknown avatar, ...)

@@ -24,20 +24,21 @@ def image_as_texture(image: Any) -> np.ndarray:
     return flat.reshape(height, width, 4)[::-1]  # Blender rows are bottom-up
 
 
-def tick_until(ui: ModuleType, condition: Callable[[], bool], *, timeout_s: float = 20.0) -> None:
+def tick_until(addon: ModuleType, condition: Callable[[], bool], *, timeout_s: float = 20.0) -> None:
     """Call the timer function like Blender would (timers do not fire headless), until condition()."""
     deadline = time.monotonic() + timeout_s
     while not condition():
-        assert time.monotonic() < deadline, f"condition not met; status: {ui.status_line()}"
-        assert ui.live_tick() == ui.TICK_INTERVAL_S
+        assert time.monotonic() < deadline, f"condition not met; status: {addon.state.status_line()}"
+        assert addon.timer.live_tick() == addon.timer.TICK_INTERVAL_S
         time.sleep(0.005)
 
 
 def install_addon(out_dir: Path, offline_wheels: Path) -> ModuleType:
-    """Build the extension zip, install and enable it in the headless Blender; returns its ui module."""
+    """Build the extension zip, install and enable it in the headless Blender; returns its package
+    (its modules are attributes: ``addon.state``, ``addon.timer``, ``addon.bake``, ...)."""
     import bpy
 
     zip_path = build_addon(out_dir=out_dir, offline_wheels_dir=offline_wheels)
     result = bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo="user_default", enable_on_install=True)
     assert result == {"FINISHED"} and ADDON_MODULE in bpy.context.preferences.addons
-    return sys.modules[f"{ADDON_MODULE}.ui"]
+    return sys.modules[ADDON_MODULE]

@@ -31,10 +31,11 @@ FRAMES = 5
 
 @pytest.fixture(scope="module")
 def addon(tmp_path_factory: pytest.TempPathFactory, offline_wheels: Path) -> Iterator[ModuleType]:
-    ui = install_addon(tmp_path_factory.mktemp("dist"), offline_wheels)
-    assert ui.client_module.__name__ == f"{MODULE}.vendor.client.client"  # the zip's copy, not the repository's
-    assert ui.shared_live.__name__ == f"{MODULE}.vendor.client.live" and ui.shared_live.client_module is ui.client_module
-    yield ui
+    package = install_addon(tmp_path_factory.mktemp("dist"), offline_wheels)
+    bake = package.bake  # the bpy layer's modules use the zip's copies, not the repository's
+    assert bake.client_module.__name__ == f"{MODULE}.vendor.client.client"
+    assert bake.shared_live.__name__ == f"{MODULE}.vendor.client.live" and bake.shared_live.client_module is bake.client_module
+    yield package
     if MODULE in bpy.context.preferences.addons:
         bpy.ops.preferences.addon_disable(module=MODULE)
 
@@ -81,7 +82,7 @@ def scene(addon: ModuleType, address: str, driver_folder: Path, tmp_path: Path) 
     settings.bake_dir = str(tmp_path / "bake")
     settings.target_object = None
     yield scene
-    addon.shutdown()
+    addon.timer.shutdown()
 
 
 def server_texture(address: str, driver_file: Path, avatar: int) -> np.ndarray:
@@ -112,9 +113,9 @@ def test_live_texture_equals_the_servers_and_survives_a_restart(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert bpy.ops.megalive.connect() == {"FINISHED"}
-    controller = addon.runtime.controller
+    controller = addon.state.runtime.controller
     assert [a.name for a in controller.avatars] == ["ada", "bo", "cy"]
-    assert bpy.app.timers.is_registered(addon.live_tick)
+    assert bpy.app.timers.is_registered(addon.timer.live_tick)
     assert bpy.ops.megalive.live() == {"FINISHED"}
     scene.frame_set(3)  # third file of the sequence
     tick_until(addon, lambda: controller.figures.textures >= 1)
@@ -136,7 +137,7 @@ def test_live_texture_equals_the_servers_and_survives_a_restart(
 
     server.stop()
     tick_until(addon, lambda: controller.phase in ("gone", "reconnecting"), timeout_s=15)
-    assert addon.status_line().startswith(("Server gone", "Reconnecting"))
+    assert addon.state.status_line().startswith(("Server gone", "Reconnecting"))
     keep_ticking_until = time.monotonic() + 1.5  # through back-off and a reconnect attempt against no server
     tick_until(addon, lambda: time.monotonic() >= keep_ticking_until)
     # No wall-clock assertion (shared machines): the guards above prove no waiting call ran in the tick;
@@ -147,9 +148,9 @@ def test_live_texture_equals_the_servers_and_survives_a_restart(
     try:
         textures = controller.figures.textures
         tick_until(addon, lambda: controller.phase == "live" and controller.figures.textures > textures, timeout_s=20)
-        assert controller.figures.reconnects >= 1 and addon.status_line().startswith("Live")
+        assert controller.figures.reconnects >= 1 and addon.state.status_line().startswith("Live")
     finally:
-        addon.shutdown()
+        addon.timer.shutdown()
         restarted.stop()
 
 
@@ -166,7 +167,7 @@ def test_bake_writes_the_servers_frames_and_wires_the_material(
             assert baked.mode == "RGBA"
             expected = server_texture(address, driver_folder / f"take_{frame:04d}.png", avatar=1)
             assert np.abs(np.asarray(baked).astype(int) - expected.astype(int)).max() <= 1
-    node = target.active_material.node_tree.nodes[addon.MATERIAL_NODE_NAME]
+    node = target.active_material.node_tree.nodes[addon.material.MATERIAL_NODE_NAME]
     assert node.image.source == "SEQUENCE" and node.image_user.frame_duration == FRAMES
     assert node.image_user.frame_start == 1 and node.image_user.frame_offset == 0
 
@@ -174,17 +175,17 @@ def test_bake_writes_the_servers_frames_and_wires_the_material(
 def test_a_cancelled_bake_keeps_the_frames_written(
     addon: ModuleType, server: AvatarService, scene: bpy.types.Scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original_step = addon.BakeJob.step
+    original_step = addon.bake.BakeJob.step
 
     def step_then_cancel_after_two(job) -> None:
         original_step(job)
         if len(job.written) == 2:
-            addon.runtime.bake_cancel = True  # what Esc or the Cancel button does
+            addon.state.runtime.bake_cancel = True  # what Esc or the Cancel button does
 
-    monkeypatch.setattr(addon.BakeJob, "step", step_then_cancel_after_two)
+    monkeypatch.setattr(addon.bake.BakeJob, "step", step_then_cancel_after_two)
     assert bpy.ops.megalive.bake() == {"CANCELLED"}
     assert sorted(p.name for p in (tmp_path / "bake").iterdir()) == ["MegaLive_000001.png", "MegaLive_000002.png"]
-    assert "cancelled" in addon.status_line()
+    assert "cancelled" in addon.state.status_line()
 
 
 def expect_error(operator, match: str) -> None:
@@ -206,18 +207,18 @@ def test_bad_input_gets_a_message_not_a_traceback(
     settings = scene.megalive
     prefs.server_address = future_protocol_server
     expect_error(bpy.ops.megalive.connect, "another protocol")
-    assert "another protocol" in addon.status_line()
+    assert "another protocol" in addon.state.status_line()
     for wrong in (f"ipc://{tmp_path}/nobody-listens.sock", "not an address"):
         prefs.server_address = wrong
         expect_error(bpy.ops.megalive.connect, "cannot reach|bad server address")
-        assert addon.status_line().startswith(("cannot reach", "bad server address", "Disconnected"))
-        assert addon.runtime.controller is None
+        assert addon.state.status_line().startswith(("cannot reach", "bad server address", "Disconnected"))
+        assert addon.state.runtime.controller is None
     prefs.server_address = address
 
     assert bpy.ops.megalive.connect() == {"FINISHED"}
     settings.avatar_id = 7  # e.g. saved in a .blend against another model
     expect_error(bpy.ops.megalive.live, "does not exist")
-    assert "does not exist" in addon.status_line()
+    assert "does not exist" in addon.state.status_line()
     expect_error(bpy.ops.megalive.bake, "does not exist")
     settings.avatar_id = 0
 
@@ -235,9 +236,9 @@ def test_bad_input_gets_a_message_not_a_traceback(
     assert sorted(p.name for p in (tmp_path / "bake").iterdir()) == ["MegaLive_000001.png", "MegaLive_000002.png"]
     assert bpy.ops.megalive.live() == {"FINISHED"}
     scene.frame_set(3)
-    controller = addon.runtime.controller
+    controller = addon.state.runtime.controller
     tick_until(addon, lambda: controller.figures.frame_errors >= 1)
-    assert "frame error" in addon.status_line()
+    assert "frame error" in addon.state.status_line()
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -277,13 +278,13 @@ def test_movie_clip_drives_live_and_bake(
         assert bpy.ops.megalive.connect() == {"FINISHED"}
         scene.frame_set(7)  # clip frame 5: index 4
         assert bpy.ops.megalive.live() == {"FINISHED"}
-        controller = addon.runtime.controller
+        controller = addon.state.runtime.controller
         tick_until(addon, lambda: controller.figures.textures >= 1)  # decoding runs on the decoder thread
         expected = server_texture_of(address, decoded_frame(movie_file, 4), avatar=2) / 255.0
         assert np.abs(image_as_texture(bpy.data.images["MegaLive"]) - expected).max() <= 1.0 / 255.0 + 1e-6
-        source = addon.runtime.source
+        source = addon.state.runtime.source
         assert bpy.ops.megalive.live() == {"FINISHED"}  # stop: the decoder thread ends
-        assert addon.runtime.source is None and not source.frames._thread.is_alive()
+        assert addon.state.runtime.source is None and not source.frames._thread.is_alive()
 
         scene.frame_start, scene.frame_end = 6, 8  # clip indices 3, 4, 5
         assert bpy.ops.megalive.bake() == {"FINISHED"}
@@ -301,16 +302,16 @@ def test_movie_clip_drives_live_and_bake(
         settings.movie_clip = broken_clip
         settings.bake_dir = str(tmp_path / "bake-broken")
         expect_error(bpy.ops.megalive.live, "cannot read movie broken.mp4")
-        assert "cannot read movie broken.mp4" in addon.runtime.message  # the panel shows it
+        assert "cannot read movie broken.mp4" in addon.state.runtime.message  # the panel shows it
         expect_error(bpy.ops.megalive.bake, "cannot read movie broken.mp4")
         assert not (tmp_path / "bake-broken").exists()
-        assert addon.runtime.controller.phase == "connected"
+        assert addon.state.runtime.controller.phase == "connected"
         settings.movie_clip = clip  # still usable
         assert bpy.ops.megalive.live() == {"FINISHED"}
-        tick_until(addon, lambda: addon.runtime.controller.figures.textures >= 1)
+        tick_until(addon, lambda: addon.state.runtime.controller.figures.textures >= 1)
     finally:
         settings.driver_kind, settings.movie_clip = "IMAGE_SEQUENCE", None
-        addon.shutdown()
+        addon.timer.shutdown()
 
 
 def test_the_zip_ships_an_ffmpeg_that_runs(addon: ModuleType) -> None:
@@ -334,18 +335,18 @@ def test_the_shipped_models_thumbnails_become_panel_icons(addon: ModuleType, sce
     prefs.server_address = service.start()
     try:
         assert bpy.ops.megalive.connect() == {"FINISHED"}
-        assert sorted(addon.runtime.thumbnail_icons) == list(range(8))
+        assert sorted(addon.state.runtime.thumbnail_icons) == list(range(8))
         # Headless Blender allocates no icon ids (no UI draws), so check the previews' pixels instead.
         thumbnails = np.load(shipped.with_suffix(".thumbs.npy"))  # 8×96×96×3 uint8
         for avatar in range(8):
-            preview = addon.runtime.previews[f"avatar-{avatar}"]
+            preview = addon.state.runtime.previews[f"avatar-{avatar}"]
             assert tuple(preview.image_size) == (96, 96)
             stored = np.empty(96 * 96 * 4, np.float32)
             preview.image_pixels_float.foreach_get(stored)
             rgb = stored.reshape(96, 96, 4)[::-1, :, :3] * 255  # Blender rows are bottom-up
             assert np.abs(rgb - thumbnails[avatar]).max() <= 1.0
     finally:
-        addon.shutdown()
+        addon.timer.shutdown()
         service.stop()
 
 
@@ -362,40 +363,40 @@ def test_curve_key_preferences_reach_live_and_bake_and_a_bad_key_file_is_a_messa
     try:
         prefs.server_public_key, prefs.client_secret_key = str(files.server_public), str(tmp_path / "nowhere.key_secret")
         expect_error(bpy.ops.megalive.connect, "nowhere.key_secret: no such file")
-        assert "nowhere.key_secret: no such file" in addon.status_line() and addon.runtime.controller is None
+        assert "nowhere.key_secret: no such file" in addon.state.status_line() and addon.state.runtime.controller is None
         expect_error(bpy.ops.megalive.bake, "nowhere.key_secret: no such file")
 
         prefs.client_secret_key = str(files.client_secret)
         assert bpy.ops.megalive.connect() == {"FINISHED"}
-        controller = addon.runtime.controller
+        controller = addon.state.runtime.controller
         assert controller.client.curve is not None and [a.name for a in controller.avatars] == ["ada", "bo", "cy"]
         assert bpy.ops.megalive.live() == {"FINISHED"}
         tick_until(addon, lambda: controller.figures.textures >= 1)
         assert bpy.ops.megalive.bake() == {"FINISHED"}  # the bake's own client uses the keys too
         assert len(list((tmp_path / "bake").iterdir())) == FRAMES
-        addon.shutdown()
+        addon.timer.shutdown()
 
         prefs.server_public_key = prefs.client_secret_key = ""
         expect_error(bpy.ops.megalive.connect, "require(s)? CURVE")
     finally:
         prefs.server_public_key = prefs.client_secret_key = ""
-        addon.shutdown()
+        addon.timer.shutdown()
         service.stop()
 
 
 def test_file_load_and_unregister_stop_everything(addon: ModuleType, server: AvatarService, scene: bpy.types.Scene) -> None:
     assert bpy.ops.megalive.connect() == {"FINISHED"}
     assert bpy.ops.megalive.live() == {"FINISHED"}
-    controller = addon.runtime.controller
+    controller = addon.state.runtime.controller
     tick_until(addon, lambda: controller.figures.textures >= 1)
     bpy.ops.wm.read_homefile(use_empty=True)  # runs load_pre
-    assert addon.runtime.controller is None and not controller.client.connected
-    assert not bpy.app.timers.is_registered(addon.live_tick)
+    assert addon.state.runtime.controller is None and not controller.client.connected
+    assert not bpy.app.timers.is_registered(addon.timer.live_tick)
 
     assert bpy.ops.megalive.connect() == {"FINISHED"}
-    controller = addon.runtime.controller
+    controller = addon.state.runtime.controller
     assert bpy.ops.preferences.addon_disable(module=MODULE) == {"FINISHED"}
-    assert not bpy.app.timers.is_registered(addon.live_tick)
-    assert not controller.client.connected and addon.runtime.controller is None
-    assert addon.on_load_pre not in bpy.app.handlers.load_pre
+    assert not bpy.app.timers.is_registered(addon.timer.live_tick)
+    assert not controller.client.connected and addon.state.runtime.controller is None
+    assert addon.registration.on_load_pre not in bpy.app.handlers.load_pre
     assert not hasattr(bpy.types.Scene, "megalive")

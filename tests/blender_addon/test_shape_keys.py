@@ -137,11 +137,11 @@ def test_capture_sessions_open_as_arkit_with_the_stabilise_choice() -> None:
 
 @pytest.fixture(scope="module")
 def addon(tmp_path_factory: pytest.TempPathFactory, offline_wheels: Path) -> Iterator[ModuleType]:
-    ui = install_addon(tmp_path_factory.mktemp("dist"), offline_wheels)
-    assert ui.shape_keys.protocol.__name__ == f"{MODULE}.vendor.client.protocol"  # the zip's protocol copy
-    assert ui.shape_keys.arkit.__name__ == f"{MODULE}.vendor.contract.arkit"  # and the zip's contract copy
-    yield ui
-    ui.shutdown()  # the add-on stays enabled (see the module docstring)
+    package = install_addon(tmp_path_factory.mktemp("dist"), offline_wheels)
+    assert package.shape_keys.protocol.__name__ == f"{MODULE}.vendor.client.protocol"  # the zip's protocol copy
+    assert package.shape_keys.arkit.__name__ == f"{MODULE}.vendor.contract.arkit"  # and the zip's contract copy
+    yield package
+    package.timer.shutdown()  # the add-on stays enabled (see the module docstring)
 
 
 @pytest.fixture
@@ -196,7 +196,7 @@ def face(addon: ModuleType) -> Iterator[SimpleNamespace]:
     settings.target_object = None
     scene.frame_set(1)
     yield SimpleNamespace(scene=scene, mesh=obj, keys=keys, head=head, rig=rig)
-    addon.shutdown()
+    addon.timer.shutdown()
     settings.driver_kind, settings.shape_key_object, settings.head_object, settings.head_bone = "IMAGE_SEQUENCE", None, None, ""
     settings.stabilise = True
     for thing in (obj, head, rig):
@@ -224,8 +224,8 @@ def payload_now(source) -> np.ndarray:
 
 
 def test_the_source_reads_shape_keys_and_head_per_frame(addon: ModuleType, face: SimpleNamespace) -> None:
-    source = addon.make_driver_source(face.scene)
-    assert isinstance(source, addon.ShapeKeySource)
+    source = addon.sources.make_driver_source(face.scene)
+    assert isinstance(source, addon.sources.ShapeKeySource)
     face.scene.frame_set(1)
     first = payload_now(source)
     np.testing.assert_allclose(first, expected_curves(face, 1), atol=1e-6)
@@ -258,7 +258,7 @@ def test_a_head_bone_turns_relative_to_its_rest_pose(addon: ModuleType, face: Si
     settings.head_object, settings.head_bone = face.rig, "head"
     pose_bone = face.rig.pose.bones["head"]
     pose_bone.rotation_mode = "XYZ"
-    source = addon.make_driver_source(face.scene)
+    source = addon.sources.make_driver_source(face.scene)
     pose_bone.rotation_euler = (0.0, 0.3, 0.0)  # about the bone's own axis (up): yaw
     bpy.context.view_layer.update()
     curves = payload_now(source)
@@ -283,8 +283,8 @@ def test_a_head_bone_turns_relative_to_its_rest_pose(addon: ModuleType, face: Si
     assert shape_keys.head_angles(matrix) == pytest.approx((0.4, 0.25, 0.15), abs=1e-6)
 
     settings.head_bone = "neck"
-    with pytest.raises(addon.shared_live.DriverError, match="no bone 'neck'"):  # the zip's copy of the class
-        addon.make_driver_source(face.scene)
+    with pytest.raises(addon.sources.shared_live.DriverError, match="no bone 'neck'"):  # the zip's copy of the class
+        addon.sources.make_driver_source(face.scene)
 
 
 class RecordingLayout:
@@ -316,32 +316,32 @@ class RecordingLayout:
 
 def test_the_panel_shows_the_mesh_head_bone_and_stabilise_pickers(addon: ModuleType, face: SimpleNamespace) -> None:
     layout = RecordingLayout()
-    addon.MEGALIVE_PT_panel.draw(SimpleNamespace(layout=layout), bpy.context)
+    addon.panel.MEGALIVE_PT_panel.draw(SimpleNamespace(layout=layout), bpy.context)
     assert {"shape_key_object", "shape_key_prefix", "head_object", "stabilise"} <= set(layout.props)
     assert "head_bone" not in layout.props  # an empty head: no bone to pick
     assert "5 of 52 ARKit shapes matched" in layout.labels  # jawOpen, mouthSmileLeft, eyeBlinkLeft, ARKit_browInnerUp, cheekPuff
     face.scene.megalive.head_object = face.rig
     layout = RecordingLayout()
-    addon.MEGALIVE_PT_panel.draw(SimpleNamespace(layout=layout), bpy.context)
+    addon.panel.MEGALIVE_PT_panel.draw(SimpleNamespace(layout=layout), bpy.context)
     assert "head_bone" in layout.props
-    poll = addon.MEGALIVE_SceneSettings.bl_rna.properties["shape_key_object"]
+    poll = addon.properties.MEGALIVE_SceneSettings.bl_rna.properties["shape_key_object"]
     assert poll.fixed_type.identifier == "Object"
-    assert addon._is_shape_key_mesh(None, face.mesh) and not addon._is_shape_key_mesh(None, face.head)
+    assert addon.properties._is_shape_key_mesh(None, face.mesh) and not addon.properties._is_shape_key_mesh(None, face.head)
 
 
 def test_a_mesh_without_arkit_keys_is_refused_with_a_message(addon: ModuleType, face: SimpleNamespace) -> None:
     settings = face.scene.megalive
     settings.shape_key_object = None
-    with pytest.raises(addon.shared_live.DriverError, match="choose a mesh"):
-        addon.make_driver_source(face.scene)
+    with pytest.raises(addon.sources.shared_live.DriverError, match="choose a mesh"):
+        addon.sources.make_driver_source(face.scene)
     plain = bpy.data.objects.new("Plain Keys", bpy.data.meshes.new("Plain Keys"))
     face.scene.collection.objects.link(plain)
     try:
         plain.shape_key_add(name="Basis")
         plain.shape_key_add(name="Smile")
         settings.shape_key_object = plain
-        with pytest.raises(addon.shared_live.DriverError, match="ARKit name"):
-            addon.make_driver_source(face.scene)
+        with pytest.raises(addon.sources.shared_live.DriverError, match="ARKit name"):
+            addon.sources.make_driver_source(face.scene)
         with pytest.raises(RuntimeError, match="ARKit name"):
             bpy.ops.megalive.bake()
     finally:
@@ -365,7 +365,7 @@ def server(addon: ModuleType, multi_driver_model_path: Path) -> Iterator[str]:
     prefs = bpy.context.preferences.addons[MODULE].preferences
     prefs.server_address, prefs.timeout_s, prefs.max_in_flight = address, 5.0, 2
     yield address
-    addon.shutdown()
+    addon.timer.shutdown()
     service.stop()
 
 
@@ -381,7 +381,7 @@ def test_live_texture_equals_the_engines_for_the_curves(
     face.scene.frame_set(5)
     assert bpy.ops.megalive.connect() == {"FINISHED"}
     assert bpy.ops.megalive.live() == {"FINISHED"}
-    controller = addon.runtime.controller
+    controller = addon.state.runtime.controller
     tick_until(addon, lambda: controller.figures.textures >= 1)
     image = bpy.data.images["MegaLive ARKit"]
     assert tuple(image.size) == (64, 64)
@@ -394,7 +394,7 @@ def test_live_texture_equals_the_engines_for_the_curves(
     edited = engine_texture(expected_engine, expected_curves(face, 5))
     assert np.abs(edited.astype(int) - expected.astype(int)).max() > 1  # the edit shows on this (untrained) model
     tick_until(addon, lambda: np.abs(image_as_texture(image) - edited / 255.0).max() <= 1.0 / 255.0 + 1e-6)
-    assert controller.figures.frame_errors == 0 and addon.status_line().startswith("Live")
+    assert controller.figures.frame_errors == 0 and addon.state.status_line().startswith("Live")
 
 
 def test_bake_renders_the_shape_key_animation(

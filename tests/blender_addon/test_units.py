@@ -97,7 +97,8 @@ def test_offline_build_vendors_the_client_and_lists_its_wheels(tmp_path: Path, o
         manifest = tomllib.loads(archive.read("blender_manifest.toml").decode())
         for name in VENDORED_FILES:
             assert archive.read(f"vendor/{name}") == (REPO_ROOT / name).read_bytes()
-    assert {"__init__.py", "ui.py", "live.py", "pixels.py", "wire.py", "movie.py"} <= names
+    bpy_layer = {"state.py", "properties.py", "sources.py", "material.py", "timer.py", "operators.py", "bake.py", "panel.py"}
+    assert {"__init__.py", "registration.py", *bpy_layer, "live.py", "pixels.py", "wire.py", "movie.py"} <= names
     assert any(n.startswith("wheels/imageio_ffmpeg-") for n in names)  # the movie clip driver's ffmpeg
     assert not any("__pycache__" in n or n.startswith("tests") for n in names)
     assert sorted(w.removeprefix("./") for w in manifest["wheels"]) == sorted(n for n in names if n.endswith(".whl"))

@@ -21,9 +21,10 @@ from PIL import Image
 
 from client import protocol
 from server import capture, imaging
+from server.binding import BindRefused, check_bind_address
 from server.engine import Engine
 from server.one_euro import OneEuroConfig, OneEuroFilter, SignalClock
-from server.service import AvatarService, BindRefused, ServiceConfig, check_bind_address
+from server.service import AvatarService, ServiceConfig
 
 SMALL_LIMITS = protocol.Limits(max_buffer_bytes=64 * 1024)
 
@@ -65,7 +66,7 @@ class Peer:
     def send(self, frames: list) -> None:
         self.socket.send_multipart(frames)
 
-    def receive(self, timeout_ms: int = 5000) -> protocol.Message | None:
+    def receive(self, timeout_ms: int = 15000) -> protocol.Message | None:
         if not self.socket.poll(timeout_ms):
             return None
         return protocol.decode(self.socket.recv_multipart())
@@ -352,7 +353,7 @@ def test_any_decoder_exception_is_a_bad_request(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_a_dead_engine_thread_is_restarted_and_reported(service: AvatarService, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = service._render
+    original = service.worker._render
     calls = {"n": 0}
 
     def dies_once(jobs):
@@ -361,7 +362,7 @@ def test_a_dead_engine_thread_is_restarted_and_reported(service: AvatarService, 
             raise RuntimeError("worker bug")
         return original(jobs)
 
-    monkeypatch.setattr(service, "_render", dies_once)
+    monkeypatch.setattr(service.worker, "_render", dies_once)
     peer = Peer(service.bound_address)
     session, token = peer.open()
     first = peer.frame(session, token, frame_buffer(1))
@@ -384,7 +385,7 @@ def test_an_engine_thread_that_keeps_dying_stops_the_service_with_a_failure(modu
     def always(jobs):
         raise RuntimeError("worker bug")
 
-    monkeypatch.setattr(service, "_render", always)
+    monkeypatch.setattr(service.worker, "_render", always)
     peer = Peer(service.bound_address)
     session, token = peer.open()
     deadline = time.monotonic() + 20
@@ -457,7 +458,7 @@ def test_crop_sessions_hold_no_face_tracker_until_they_stream_and_release_it(
         for _ in range(30):  # open and close without a frame: nothing is made, nothing is held
             session, token = peer.open(crop="auto")
             assert peer.request("close", session=session, token=token).op == "close"
-        assert made == [] and service._croppers == {}
+        assert made == [] and service.worker.croppers == {}
         face = protocol.raw_buffer_from_array(np.ascontiguousarray(skimage_data.astronaut()))
         streaming, streaming_token = peer.open(crop="auto")
         assert peer.frame(streaming, streaming_token, face).op == "texture"
@@ -472,7 +473,7 @@ def test_crop_sessions_hold_no_face_tracker_until_they_stream_and_release_it(
         deadline = time.monotonic() + 10
         while len(closed) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert closed == made and service._croppers == {}
+        assert closed == made and service.worker.croppers == {}
         peer.close()
     finally:
         service.stop()

@@ -18,8 +18,9 @@ import zmq
 from client import protocol
 from client.client import AvatarClient, FrameDropped, FrameError, ServerError, ServerGoneError, Texture
 from server import imaging
+from server.binding import BindRefused, check_bind_address
 from server.engine import Engine
-from server.service import AvatarService, BindRefused, ServiceConfig, check_bind_address
+from server.service import AvatarService, ServiceConfig
 from tests.server.test_hardening import bomb_png
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -22,6 +22,8 @@ def test_vendor_copies_are_byte_identical_and_nothing_extra_is_shipped(tmp_path:
         assert (vendor / name).read_bytes() == (REPO_ROOT / name).read_bytes()
     assert package.vendored == tuple(vendor / name for name in VENDORED_FILES)
     assert (package.python_package / "editor" / "unreal_host.py").is_file()
+    for name in ("__init__.py", "packet.py", "receiver.py", "take.py"):
+        assert (package.python_package / "livelink" / name).is_file()
     assert (package.plugin / "MegaLiveTexture.uplugin").is_file()
     shipped = [p.relative_to(package.python_package) for p in package.python_package.rglob("*")]
     assert not any("__pycache__" in p.parts or p.suffix == ".pyc" or "MegaLiveTexture" in p.parts for p in shipped)
@@ -54,8 +56,9 @@ def test_packaged_editor_module_imports_the_vendored_client_without_the_reposito
         assert client_shim.CLIENT_ORIGIN == "vendored", client_shim.client.__name__
         assert live.__name__ == "megalive_bridge.vendor.client.live" and live.client_module is client_shim.client, live.__name__
         assert client_shim.arkit.__name__ == "megalive_bridge.vendor.contract.arkit"
-        from megalive_bridge import livelink_face
-        assert livelink_face.CURVE_NAMES is client_shim.arkit.ARKIT_CURVES
+        from megalive_bridge.livelink import packet, receiver, take
+        assert packet.CURVE_NAMES is client_shim.arkit.ARKIT_CURVES
+        assert receiver.LiveLinkFaceReceiver and take.TakeWriter
         assert live.LiveController and live.LiveConfig
         assert client_shim.client.__file__.startswith({str(tmp_path / "out")!r})
         print("ok", client_shim.client.__name__, unreal_host.NATIVE_LIBRARY)

@@ -24,16 +24,9 @@ import zmq
 from server.engine import Engine
 from server.service import AvatarService, ServiceConfig
 from unreal_bridge.cli import add_livelink_commands, add_unreal_commands
-from unreal_bridge.livelink_face import (
-    ARKIT_BLENDSHAPES,
-    CURVE_NAMES,
-    FaceFrame,
-    FrameTime,
-    LiveLinkFaceReceiver,
-    TakeWriter,
-    encode_packet,
-    read_take,
-)
+from unreal_bridge.livelink.packet import ARKIT_BLENDSHAPES, CURVE_NAMES, FaceFrame, FrameTime, encode_packet
+from unreal_bridge.livelink.receiver import LiveLinkFaceReceiver
+from unreal_bridge.livelink.take import TakeWriter, read_take
 from unreal_bridge.relay import EXIT_REFUSED, EXIT_SERVER_GONE, RelayConfig, curves_payload, run_relay
 
 

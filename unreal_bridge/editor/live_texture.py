@@ -156,7 +156,7 @@ class LiveLinkFaceSource:
     driver_kind = "arkit"
 
     def __init__(self, *, subject: str | None = None, port: int | None = None, bind_address: str = "127.0.0.1") -> None:
-        from ..livelink_face import DEFAULT_PORT, LiveLinkFaceReceiver
+        from ..livelink.receiver import DEFAULT_PORT, LiveLinkFaceReceiver
 
         self.subject = subject
         self.receiver = LiveLinkFaceReceiver(
@@ -168,7 +168,7 @@ class LiveLinkFaceSource:
         return self.receiver.latest(self.subject)  # the frame itself: a new packet is a new frame
 
     def payload(self, key: Hashable) -> protocol.Buffer:
-        from ..livelink_face import FaceFrame
+        from ..livelink.packet import FaceFrame
         from ..relay import curves_payload
 
         assert isinstance(key, FaceFrame)

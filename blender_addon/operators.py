@@ -1,0 +1,126 @@
+"""The operators of the live workflow: connect, disconnect, pick an avatar, go live / stop, and
+create the textured plane. The bake's operators are in bake.py.
+"""
+
+from __future__ import annotations
+
+import bpy
+import numpy as np
+
+from .live import session_stabilise, wire_driver_kind
+from .live import status_line as controller_status_line
+from .material import ensure_material, output_image
+from .properties import live_config
+from .sources import close_source, make_driver_source
+from .state import load_thumbnails, runtime
+from .timer import ensure_timer, shutdown
+from .wire import live as shared_live  # the controller both hosts ship (client/live.py)
+
+
+class MEGALIVE_OT_connect(bpy.types.Operator):
+    """Connect to the MegaLive server and list its avatars"""
+
+    bl_idname = "megalive.connect"
+    bl_label = "Connect"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        shutdown()
+        controller = shared_live.LiveController(config=live_config(context))
+        if not controller.connect():
+            message = controller_status_line(controller)
+            controller.close()
+            runtime.message = message
+            self.report({"ERROR"}, message)
+            return {"CANCELLED"}
+        runtime.controller = controller
+        load_thumbnails(controller.avatars)
+        ensure_timer()
+        self.report({"INFO"}, controller_status_line(controller))
+        return {"FINISHED"}
+
+
+class MEGALIVE_OT_disconnect(bpy.types.Operator):
+    """Stop live updates and disconnect from the server"""
+
+    bl_idname = "megalive.disconnect"
+    bl_label = "Disconnect"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        shutdown("Disconnected")
+        return {"FINISHED"}
+
+
+class MEGALIVE_OT_pick_avatar(bpy.types.Operator):
+    """Drive this avatar"""
+
+    bl_idname = "megalive.pick_avatar"
+    bl_label = "Pick Avatar"
+    bl_options = {"INTERNAL"}
+
+    avatar_id: bpy.props.IntProperty(min=0)
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        context.scene.megalive.avatar_id = self.avatar_id
+        return {"FINISHED"}
+
+
+class MEGALIVE_OT_live(bpy.types.Operator):
+    """Start or stop live textures from the driver source"""
+
+    bl_idname = "megalive.live"
+    bl_label = "Live"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        controller = runtime.controller
+        if controller is None:
+            self.report({"ERROR"}, "connect to a server first")
+            return {"CANCELLED"}
+        if controller.is_live:
+            controller.stop_live()
+            close_source(runtime.source)
+            runtime.source = None
+            return {"FINISHED"}
+        settings = context.scene.megalive
+        try:
+            source = make_driver_source(context.scene)
+        except shared_live.DriverError as error:
+            runtime.message = str(error)
+            self.report({"ERROR"}, f"driver: {error}")
+            return {"CANCELLED"}
+        driver = wire_driver_kind(settings.driver_kind)
+        if not controller.start_live(
+            avatar=settings.avatar_id, size=settings.output_size(), driver=driver, stabilise=session_stabilise(driver, settings.stabilise)
+        ):
+            close_source(source)
+            self.report({"ERROR"}, controller_status_line(controller))
+            return {"CANCELLED"}
+        runtime.message = ""
+        runtime.source = source
+        runtime.image_name = settings.image_name
+        ensure_timer()
+        return {"FINISHED"}
+
+
+class MEGALIVE_OT_create_plane(bpy.types.Operator):
+    """Add a plane showing the output image (emission material) and make it the target"""
+
+    bl_idname = "megalive.create_plane"
+    bl_label = "Create Plane"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        settings = context.scene.megalive
+        size = settings.output_size() or (256, 256)
+        image = output_image(settings.image_name, size[1], size[0])
+        mesh = bpy.data.meshes.new("MegaLive Plane")
+        aspect = size[1] / size[0]
+        mesh.from_pydata([(-aspect, -1, 0), (aspect, -1, 0), (aspect, 1, 0), (-aspect, 1, 0)], [], [(0, 1, 2, 3)])
+        uv = mesh.uv_layers.new(name="UVMap")
+        for loop, coordinate in zip(uv.data, ((0, 0), (1, 0), (1, 1), (0, 1))):
+            loop.uv = coordinate
+        obj = bpy.data.objects.new("MegaLive Plane", mesh)
+        obj.rotation_euler = (np.pi / 2, 0.0, 0.0)  # stand up, facing -Y like a front camera
+        context.scene.collection.objects.link(obj)
+        ensure_material(obj, image)
+        settings.target_object = obj
+        return {"FINISHED"}

@@ -1,0 +1,237 @@
+"""The engine thread: it takes the newest pending frame of every session, batches them into one engine
+call per driver kind, and pushes the finished replies to the service's main thread (inproc PUSH/PULL).
+
+Any failure a frame causes is that frame's error reply; a failure of the thread itself is recorded in
+``failure`` and the service (server/service.py) restarts it. Face trackers of `crop: "auto"` sessions
+belong to this thread alone: made at a session's first frame, released on close and when idle.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from client.protocol import ProtocolError, encode, error_frames
+from server import capture, drivers, imaging
+from server.engine import Engine
+from server.sessions import FrameJob, ServerCounters, Session
+
+log = logging.getLogger("megalive.server")
+
+
+class RenderWorker:
+    """The pending table (newest frame per session) and the engine thread's work. ``run()`` is the
+    thread's body; a new thread may run it again after one died (the state here survives)."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        context: zmq.Context,
+        endpoint: str,
+        stop: threading.Event,
+        counters: ServerCounters,
+        sessions: dict[int, Session],
+        max_batch: int,
+        max_image_pixels: int,
+        crop_idle_s: float,
+    ) -> None:
+        self.engine = engine
+        self.counters = counters
+        self.max_batch = max_batch
+        self.max_image_pixels = max_image_pixels
+        self.crop_idle_s = crop_idle_s
+        self.failure: str | None = None  # the last exception that ended the thread
+        self.pending: dict[int, FrameJob] = {}
+        self.pending_cv = threading.Condition()
+        self.croppers: dict[int, tuple[capture.FaceCropper, float]] = {}  # session id -> (tracker, last used)
+        self.retired_sessions: collections.deque[int] = collections.deque()  # closed crop sessions (main thread appends)
+        self._context = context
+        self._endpoint = endpoint
+        self._stop = stop
+        self._sessions = sessions  # read only: a session closed while its frame waited gets no tracker
+
+    def submit(self, job: FrameJob) -> FrameJob | None:
+        """Main thread: make ``job`` its session's pending frame; returns the one it superseded (latest wins)."""
+        with self.pending_cv:
+            superseded = self.pending.get(job.session.session_id)
+            self.pending[job.session.session_id] = job
+            self.pending_cv.notify()
+        return superseded
+
+    def forget(self, session: Session) -> None:
+        """Main thread: a closed session's pending frame is dropped and its face tracker released."""
+        with self.pending_cv:
+            self.pending.pop(session.session_id, None)
+            self.pending_cv.notify()  # wakes the thread, which releases the session's face tracker
+        if session.crop == "auto":
+            self.retired_sessions.append(session.session_id)
+
+    def wake(self) -> None:
+        with self.pending_cv:
+            self.pending_cv.notify_all()
+
+    def _tidy_croppers(self) -> None:
+        """Worker thread: free the face trackers of closed sessions, and of crop sessions idle for crop_idle_s."""
+        while self.retired_sessions:
+            entry = self.croppers.pop(self.retired_sessions.popleft(), None)
+            if entry is not None:
+                entry[0].close()
+        idle_before = time.monotonic() - self.crop_idle_s
+        for session_id in [sid for sid, (_, used) in self.croppers.items() if used < idle_before]:
+            self.croppers.pop(session_id)[0].close()
+
+    def _close_croppers(self) -> None:
+        while self.croppers:
+            self.croppers.popitem()[1][0].close()
+
+    def _take_batch(self, *, wait: bool) -> list[FrameJob]:
+        """Claim the oldest pending frames (one per session, at most max_batch); wait for one if asked."""
+        while True:
+            with self.pending_cv:
+                if self.pending or not wait or self._stop.is_set():
+                    jobs = sorted(self.pending.values(), key=lambda job: job.received_at)[: self.max_batch]
+                    for job in jobs:
+                        del self.pending[job.session.session_id]
+                    return jobs
+                self.pending_cv.wait(0.1)
+            self._tidy_croppers()  # outside the lock: closing a tracker must not hold up receiving
+
+    def run(self) -> None:
+        results = self._context.socket(zmq.PUSH)
+        results.setsockopt(zmq.LINGER, 0)
+        results.connect(self._endpoint)
+        self._close_croppers()  # a tracker left by a worker that died may be mid-frame: start afresh
+        in_hand: list[FrameJob] = []
+        try:
+            while not self._stop.is_set():
+                self._tidy_croppers()
+                in_hand = in_hand or self._take_batch(wait=True)
+                replies = self._render(in_hand) if in_hand else []
+                # Claim the next frames before the clients hear back: a client answered now sends a
+                # new frame at once, and it must queue behind the claimed one, not supersede it.
+                in_hand = self._take_batch(wait=False)
+                for peer, frames in replies:
+                    results.send_multipart([peer, *frames], copy=False)
+        except Exception as error:  # a bug of ours: the supervisor (main thread) restarts the worker
+            self.failure = f"{type(error).__name__}: {error}"
+            log.exception("engine thread failed")
+            for job in in_hand:  # each claimed frame still ends in exactly one reply
+                results.send_multipart(
+                    [
+                        job.session.peer,
+                        *error_frames("internal", "the engine thread failed; it is being restarted", request_id=job.request_id),
+                    ],
+                    copy=False,
+                )
+        finally:
+            results.close(linger=0 if self._stop.is_set() else 1000)
+            if self._stop.is_set():
+                self._close_croppers()
+
+    def _cropper_for(self, session: Session) -> capture.FaceCropper:
+        """Worker thread: the session's face tracker, made at its first frame (or again after an idle release)."""
+        entry = self.croppers.get(session.session_id)
+        cropper = entry[0] if entry is not None else None
+        if cropper is None:
+            if session.session_id not in self._sessions:  # closed while its frame waited: make no tracker for it
+                raise ProtocolError("unknown_session", f"session {session.session_id} was closed", request_id=None)
+            assert session.crop_config is not None
+            cropper = capture.FaceCropper(config=session.crop_config)
+        self.croppers[session.session_id] = (cropper, time.monotonic())
+        return cropper
+
+    def _prepare(self, job: FrameJob) -> tuple[np.ndarray, dict[str, Any]]:
+        """A job's engine input (one sample) and the extra reply fields; ProtocolError for a bad frame."""
+        session, rid = job.session, job.request_id
+        if session.driver == "arkit":
+            curves = drivers.arkit_curves(job.driver, job.curve_names, request_id=rid)
+            return session.stabiliser(curves, job.signal_time_s), {}
+        if session.driver == "landmarks":
+            return session.stabiliser(drivers.landmarks_68(job.driver, request_id=rid), job.signal_time_s), {}
+        image = imaging.decode_driver_image(job.driver, max_pixels=self.max_image_pixels, request_id=rid)
+        if session.crop_config is None:
+            return imaging.resize_rgb(image, self.engine.resolution), {}
+        crop_began = time.perf_counter()
+        try:
+            cropped = self._cropper_for(session)(np.ascontiguousarray(image), job.signal_time_s)
+        except capture.NoFaceError:
+            raise ProtocolError("bad_request", "no face found in the frame (crop 'auto'); nothing to reuse yet", request_id=rid) from None
+        except capture.CaptureUnavailable as error:
+            raise ProtocolError("bad_request", f"crop 'auto' is unavailable on this server: {error}", request_id=rid) from None
+        extra: dict[str, Any] = {"face_found": cropped.face_found, "crop_ms": 1000.0 * (time.perf_counter() - crop_began)}
+        if session.return_landmarks:
+            extra["landmarks"] = cropped.landmarks.round(5).tolist()  # 68 [x, y] in [0, 1] over the crop
+        return imaging.resize_rgb(cropped.image, self.engine.resolution), extra
+
+    def _render(self, jobs: list[FrameJob]) -> list[tuple[bytes, list]]:
+        """Decode, batch (one engine call per driver kind), infer and encode; (peer, reply frames) per job."""
+        replies: list[tuple[bytes, list]] = []
+        began = time.perf_counter()
+        by_kind: dict[str, list[tuple[FrameJob, np.ndarray, dict[str, Any]]]] = {}
+        for job in jobs:
+            try:
+                sample, extra = self._prepare(job)
+                by_kind.setdefault(job.session.driver, []).append((job, sample, extra))
+            except Exception as error:  # any failure a frame causes is that frame's error, never the worker's end
+                if isinstance(error, ProtocolError):
+                    code, message = error.code, error.message
+                else:
+                    log.exception("preparing a frame failed")
+                    code, message = "internal", f"the server could not prepare this frame: {type(error).__name__}: {error}"
+                job.session.counters.bad_frames += 1
+                self.counters.bad_frames += 1
+                replies.append((job.session.peer, error_frames(code, message, request_id=job.request_id)))
+        decoded = time.perf_counter()
+        for kind, prepared in by_kind.items():
+            replies += self._infer_and_encode(kind, prepared, began=began, decoded=decoded, batch_jobs=len(jobs))
+        return replies
+
+    def _infer_and_encode(
+        self, kind: str, prepared: list[tuple[FrameJob, np.ndarray, dict[str, Any]]], *, began: float, decoded: float, batch_jobs: int
+    ) -> list[tuple[bytes, list]]:
+        good = [job for job, _, _ in prepared]
+        samples = [sample for _, sample, _ in prepared]
+        batch = imaging.to_engine_batch(samples) if kind == "image" else np.stack(samples).astype(np.float32)
+        infer_began = time.perf_counter()
+        try:
+            output = self.engine.run(batch, np.array([job.session.avatar for job in good], np.int64), kind=kind)
+        except Exception as error:  # the engine is C++; one bad batch must not kill the worker
+            log.exception("engine failed")
+            for job in good:
+                job.session.counters.bad_frames += 1
+            return [(job.session.peer, error_frames("internal", f"engine failed: {error}", request_id=job.request_id)) for job in good]
+        inferred = time.perf_counter()
+        pixels = imaging.to_texture_pixels(output.rgb, output.alpha)  # B×H×W×4 uint8, one pass for the batch
+        replies = []
+        for index, (job, _, extra) in enumerate(prepared):
+            session = job.session
+            encode_began = time.perf_counter()
+            buffer = imaging.encode_texture(pixels[index], output_format=session.output_format, size=session.size)
+            session.counters.rendered += 1
+            timings = {
+                "decode": 1000.0 * (decoded - began) / batch_jobs,
+                "crop": extra.pop("crop_ms", 0.0),
+                "infer": 1000.0 * (inferred - infer_began),
+                "encode": 1000.0 * (time.perf_counter() - encode_began),
+                "queue": 1000.0 * (began - job.received_at),
+                "batch": len(good),
+            }
+            header = {
+                "op": "texture",
+                "id": job.request_id,
+                "session": session.session_id,
+                "seq": job.seq,
+                "t": job.client_time,
+                "timings": timings,
+                "alpha": session.output_format == "rgba8",
+                **extra,
+            }
+            replies.append((session.peer, encode(header, (buffer,))))
+        return replies
