@@ -12,11 +12,11 @@ import bpy
 import zmq
 
 from . import pixels
-from .live import BakeError, bake_frame_name, session_stabilise, wire_driver_kind
 from .material import ensure_material
 from .properties import live_config
 from .sources import close_source, make_driver_source
 from .state import runtime
+from .vocabulary import BakeError, bake_frame_name, session_stabilise, wire_driver_kind
 from .wire import client as client_module
 from .wire import live as shared_live  # the controller both hosts ship (client/live.py)
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
-from .live import session_stabilise, wire_driver_kind
-from .live import status_line as controller_status_line
 from .material import ensure_material, output_image
 from .properties import live_config
 from .sources import close_source, make_driver_source
 from .state import load_thumbnails, runtime
 from .timer import ensure_timer, shutdown
+from .vocabulary import session_stabilise, wire_driver_kind
+from .vocabulary import status_line as controller_status_line
 from .wire import live as shared_live  # the controller both hosts ship (client/live.py)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import bpy
 
-from .live import CLIENT_NAME
+from .vocabulary import CLIENT_NAME
 from .wire import client as client_module
 from .wire import live as shared_live  # the controller both hosts ship (client/live.py)
 

@@ -13,7 +13,7 @@ import bpy
 import numpy as np
 
 from . import movie, shape_keys
-from .live import sequence_index
+from .vocabulary import sequence_index
 from .wire import live as shared_live  # the controller both hosts ship (client/live.py)
 from .wire import protocol
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import pixels
-from .live import status_line as controller_status_line
+from .vocabulary import status_line as controller_status_line
 from .wire import client as client_module
 from .wire import live as shared_live  # the controller both hosts ship (client/live.py)
 

@@ -16,6 +16,9 @@ reconnects and reopens the client's sessions with the same handles once the serv
 
 A server on another host is reached over CURVE: ``AvatarClient(curve=load_curve_client_keys(...))``
 with the server's public key and this client's key pair (pyzmq certificate files).
+
+One file on purpose (about 700 lines): the hosts ship it as one vendored module beside protocol.py, and
+its connection, request, event and CURVE-handshake code share one socket's state.
 """
 
 from __future__ import annotations

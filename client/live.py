@@ -15,6 +15,9 @@ worker never touches host data: it owns only the client.
 Phases (``phase``; hosts map them to their own labels): "disconnected", "connected" (hello done, not
 live), "live", "gone" (server gone, waiting to retry), "reconnecting" (worker running), "refused" (the
 server said no, e.g. unknown avatar, or a CURVE key file cannot be used; terminal).
+
+One file on purpose (about 500 lines): the controller's phases, its background reconnect and its status are
+one state machine that both hosts drive through a single tick().
 """
 
 from __future__ import annotations

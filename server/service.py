@@ -15,6 +15,10 @@ Nothing a client sends may stop the service or starve another client (DESIGN §3
 message causes becomes an `error` reply or a counted drop; the worker is restarted if it ever dies;
 replies queued for a client that does not read, sessions per client, decoded pixels, output size and
 message sizes are bounded, and the bounds are announced in `hello`.
+
+One file on purpose (about 750 lines): every request handler here touches the same ROUTER socket and the
+same session table on the main thread; the engine thread (worker.py), sessions, flow control and bind rules
+live in their own modules.
 """
 
 from __future__ import annotations

@@ -1,2 +1,3 @@
-"""MegaPortraits (DESIGN.md §4.1-4.3): the teacher base model, the high-resolution enhancer and the
-real-time student that the server runs (``student.py``)."""
+"""MegaPortraits (Drobyshev et al. 2022): the teacher base model's components (appearance, motion, warping,
+volume, decoder, base), the real-time student that the server runs (``student.py``), its capture-driver
+adapters and distillation. The high-resolution enhancer is not built yet."""

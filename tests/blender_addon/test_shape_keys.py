@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from blender_addon import shape_keys
-from blender_addon.live import session_stabilise, wire_driver_kind
+from blender_addon.vocabulary import session_stabilise, wire_driver_kind
 from client.protocol import RawBuffer
 from contract.arkit import ARKIT_CURVES
 from server import imaging

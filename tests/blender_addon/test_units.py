@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from blender_addon import pixels
-from blender_addon.live import bake_frame_name, sequence_index
+from blender_addon.vocabulary import bake_frame_name, sequence_index
 from client.vendor import REPO_ROOT, VENDORED_FILES
 from server.addon import AddonBuildError, blender_platforms_of_wheel, build_addon, gather_wheels, render_manifest
 
@@ -98,7 +98,7 @@ def test_offline_build_vendors_the_client_and_lists_its_wheels(tmp_path: Path, o
         for name in VENDORED_FILES:
             assert archive.read(f"vendor/{name}") == (REPO_ROOT / name).read_bytes()
     bpy_layer = {"state.py", "properties.py", "sources.py", "material.py", "timer.py", "operators.py", "bake.py", "panel.py"}
-    assert {"__init__.py", "registration.py", *bpy_layer, "live.py", "pixels.py", "wire.py", "movie.py"} <= names
+    assert {"__init__.py", "registration.py", *bpy_layer, "vocabulary.py", "pixels.py", "wire.py", "movie.py"} <= names
     assert any(n.startswith("wheels/imageio_ffmpeg-") for n in names)  # the movie clip driver's ffmpeg
     assert not any("__pycache__" in n or n.startswith("tests") for n in names)
     assert sorted(w.removeprefix("./") for w in manifest["wheels"]) == sorted(n for n in names if n.endswith(".whl"))

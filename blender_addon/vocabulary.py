@@ -1,4 +1,5 @@
-"""The Blender-specific, bpy-free part of the live connection and the bake (tested without Blender).
+"""The Blender side's own vocabulary, bpy-free (tested without Blender): what the live connection and the
+bake name and choose.
 
 The controller itself is ``client/live.py`` (shipped in the zip as ``vendor/client/live.py``, reached
 through ``wire.live``): the bpy layer (``timer.py``) drives it from a bpy timer, supplies driver frames
