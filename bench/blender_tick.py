@@ -28,7 +28,7 @@ def main() -> int:
     sys.path.insert(0, str(REPO_ROOT))
     # First: HOME and Blender's user folders point at a temporary place before bpy is imported, so the
     # user's own Blender preferences and extensions stay untouched.
-    from server.addon import private_blender_home, repack_installed_wheel
+    from blender_addon.package import private_blender_home, repack_installed_wheel
 
     private_blender_home()
 
@@ -36,7 +36,7 @@ def main() -> int:
     import numpy as np
     from PIL import Image
 
-    from server.addon import build_addon
+    from blender_addon.package import build_addon
     from server.engine import Engine
     from server.service import AvatarService, ServiceConfig
 

@@ -7,8 +7,8 @@ import argparse
 import logging
 import sys
 
+from blender_addon.package import add_addon_commands
 from server import __version__
-from server.addon import add_addon_commands
 from server.cli import add_runtime_commands
 from unreal_bridge.cli import add_livelink_commands, add_unreal_commands
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from server.addon import build_addon
+from blender_addon.package import build_addon
 
 ADDON_MODULE = "bl_ext.user_default.megalive"  # where Blender installs the extension zip
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server.addon import private_blender_home, repack_installed_wheel
+from blender_addon.package import private_blender_home, repack_installed_wheel
 
 private_blender_home()  # before anything imports bpy
 

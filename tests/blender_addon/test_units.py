@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from blender_addon import pixels
+from blender_addon.package import AddonBuildError, blender_platforms_of_wheel, build_addon, gather_wheels, render_manifest
 from blender_addon.vocabulary import bake_frame_name, sequence_index
 from client.vendor import REPO_ROOT, VENDORED_FILES
-from server.addon import AddonBuildError, blender_platforms_of_wheel, build_addon, gather_wheels, render_manifest
 
 
 def test_texture_becomes_bottom_up_float_rgba() -> None:
@@ -99,6 +99,7 @@ def test_offline_build_vendors_the_client_and_lists_its_wheels(tmp_path: Path, o
             assert archive.read(f"vendor/{name}") == (REPO_ROOT / name).read_bytes()
     bpy_layer = {"state.py", "properties.py", "sources.py", "material.py", "timer.py", "operators.py", "bake.py", "panel.py"}
     assert {"__init__.py", "registration.py", *bpy_layer, "vocabulary.py", "pixels.py", "wire.py", "movie.py"} <= names
+    assert "package.py" not in names  # the builder stays out of what it builds
     assert any(n.startswith("wheels/imageio_ffmpeg-") for n in names)  # the movie clip driver's ffmpeg
     assert not any("__pycache__" in n or n.startswith("tests") for n in names)
     assert sorted(w.removeprefix("./") for w in manifest["wheels"]) == sorted(n for n in names if n.endswith(".whl"))

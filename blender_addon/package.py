@@ -10,7 +10,9 @@ Wheels come from ``pip download`` (pinned to the versions installed here, so the
 client the tests ran) or, with ``offline_wheels_dir``, from a folder. The zip is written under a
 temporary name and renamed, so an interrupted build never leaves a broken zip under the final name.
 
-Imports neither torch nor models (DESIGN §1).
+It lives beside the extension it builds but is not part of it: the zip leaves this file out, and
+it runs where the zip is built (it imports client/vendor.py, which Blender never sees). Imports
+neither torch nor models (DESIGN §1).
 """
 
 from __future__ import annotations
@@ -47,7 +49,10 @@ PIP_PLATFORMS: dict[str, tuple[str, ...]] = {
     "macos-arm64": ("macosx_11_0_arm64", "macosx_12_0_arm64"),
     "macos-x64": ("macosx_10_15_x86_64",),
 }
-SKIPPED_NAMES = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", "vendor", "wheels", "*.zip", "*.partial")
+# What the zip leaves out of blender_addon/: caches, build leftovers, and this builder itself.
+SKIPPED_NAMES = shutil.ignore_patterns(
+    "__pycache__", "*.pyc", "*.pyo", ".pytest_cache", "vendor", "wheels", "*.zip", "*.partial", Path(__file__).name
+)
 
 
 class AddonBuildError(RuntimeError):
