@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from models.data.heads import SyntheticHeads, sample_identities, sample_motions  # noqa: E402
 from models.data.paired import load_identities, read_meta  # noqa: E402
-from models.data.synthetic import SyntheticHeads, sample_identities, sample_motions  # noqa: E402
 from models.evaluation import HELD_OUT_SEED  # noqa: E402
 from server.drivers import DEFAULT_FILTERS, NO_FILTERS, SignalFilterConfig, SignalStabiliser  # noqa: E402
 from server.engine import Engine  # noqa: E402

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from models.data.synthetic import SyntheticHeads, sample_identities, sample_motions  # noqa: E402
+from models.data.heads import SyntheticHeads, sample_identities, sample_motions  # noqa: E402
 
 
 def main() -> int:

@@ -15,7 +15,7 @@ Names: a shape key drives the blendshape whose ARKit name it carries, matched
 When several keys name one blendshape, the best-ranked match wins, then the first key. Keys that
 name no blendshape ("Basis", "Blink_custom") are ignored.
 
-Head angle convention (the one the models learned from SyntheticHeads, ``models/data/synthetic.py``):
+Head angle convention (the one the models learned from SyntheticHeads, ``models/data/heads/``):
 the head faces -Y with +Z up, as a Blender character does; its right-handed axes are
 up = +Z, right = -X (the subject's right) and forward = -Y. The rotation of the head away from its
 neutral pose, D (3×3, in those world/armature axes), is split as D = R_forward(roll) · R_up(yaw) ·

@@ -19,6 +19,17 @@ def _version() -> str:
         return "0+unknown"
 
 
+def _refuse(command: str, message: object) -> int:
+    """Bad input of `megalive-train COMMAND`: one line on stderr, exit status 2."""
+    print(f"megalive-train {command}: {message}", file=sys.stderr)
+    return 2
+
+
+def _first_problem(checks: tuple[tuple[bool, str], ...]) -> str | None:
+    """The message of the first check that failed (True = bad), or None."""
+    return next((message for bad, message in checks if bad), None)
+
+
 def _add_contract_model(commands: argparse._SubParsersAction) -> None:
     contract = commands.add_parser(
         "contract-model",
@@ -39,12 +50,14 @@ def _add_contract_model(commands: argparse._SubParsersAction) -> None:
 def _contract_model(args: argparse.Namespace) -> int:
     from models.contract_model import ContractModel, ContractModelConfig
 
-    if not 16 <= args.resolution <= 1024 or args.resolution % 4:
-        print("megalive-train contract-model: --resolution must be a multiple of 4 in [16, 1024]", file=sys.stderr)
-        return 2
-    if not 1 <= args.avatars <= 1024:
-        print("megalive-train contract-model: --avatars must be in [1, 1024]", file=sys.stderr)
-        return 2
+    problem = _first_problem(
+        (
+            (not 16 <= args.resolution <= 1024 or args.resolution % 4 != 0, "--resolution must be a multiple of 4 in [16, 1024]"),
+            (not 1 <= args.avatars <= 1024, "--avatars must be in [1, 1024]"),
+        )
+    )
+    if problem is not None:
+        return _refuse("contract-model", problem)
     config = ContractModelConfig(resolution=args.resolution, num_avatars=args.avatars, width=args.width)
     if args.dry_run:
         print(json.dumps({"config": asdict(config), "seed": args.seed, "out": str(args.out)}, indent=2))
@@ -97,20 +110,17 @@ def _synth(args: argparse.Namespace) -> int:
     from models.data.paired import DatasetError, SynthConfig, remove_stale_partials, write_paired_dataset
     from models.export import current_command
 
-    problems = [
-        message
-        for bad, message in (
+    problem = _first_problem(
+        (
             (not 32 <= args.resolution <= 1024, "--resolution must be in [32, 1024]"),
             (not 1 <= args.avatars <= 64, "--avatars must be in [1, 64]"),
             (not 1 <= args.drivers <= 100_000, "--drivers must be in [1, 100000]"),
             (args.pairs < 1, "--pairs must be at least 1"),
             (args.batch < 1, "--batch must be at least 1"),
         )
-        if bad
-    ]
-    if problems:
-        print(f"megalive-train synth: {problems[0]}", file=sys.stderr)
-        return 2
+    )
+    if problem is not None:
+        return _refuse("synth", problem)
     config = SynthConfig(
         resolution=args.resolution,
         num_avatars=args.avatars,
@@ -132,8 +142,7 @@ def _synth(args: argparse.Namespace) -> int:
                 print(f"removed {folder}, the partial folder of an interrupted synth of {args.out}")
         out = write_paired_dataset(args.out, config, command=current_command())
     except DatasetError as error:
-        print(f"megalive-train synth: {error}", file=sys.stderr)
-        return 2
+        return _refuse("synth", error)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
@@ -205,8 +214,7 @@ def _student(args: argparse.Namespace) -> int:
             return 0
         summary = train_student(config)
     except (TrainingError, DatasetError, ValueError) as error:
-        print(f"megalive-train student: {error}", file=sys.stderr)
-        return 2
+        return _refuse("student", error)
     print(
         f"trained to step {summary.steps} in {summary.run_dir}; last losses {summary.final_losses}; "
         f"{summary.samples_per_second:.1f} samples/s"
@@ -237,78 +245,20 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    import numpy as np
-    from PIL import Image
-
-    from models.checkpoints import adapter_from_checkpoint, load_checkpoint, student_from_checkpoint
-    from models.data.paired import DatasetError, read_meta
-    from models.export import ExtraDriver, current_command, export_avatar_model
-    from models.megaportraits.adapters import ADAPTER_INPUTS, AdaptedStudent
-    from models.megaportraits.train_adapter import file_digest
+    from models.data.paired import DatasetError
+    from models.export import current_command, export_student, load_student_export
     from models.training.common import TrainingError
 
     try:
-        checkpoint = load_checkpoint(args.checkpoint)
-        model = student_from_checkpoint(checkpoint, expect_preset=args.preset)
-        train = checkpoint["train_config"]
-        meta = read_meta(Path(train["data"]))
-        student_digest = file_digest(args.checkpoint)
-        extras, commands = [], []
-        for path in args.adapters:
-            adapter_checkpoint = load_checkpoint(path)
-            adapter = adapter_from_checkpoint(adapter_checkpoint)
-            if adapter_checkpoint.get("student_digest") != student_digest:
-                raise TrainingError(
-                    f"{path} was trained against another student than {args.checkpoint}; retrain it with --student {args.checkpoint}"
-                )
-            kind = adapter.config.kind
-            if any(extra.kind == kind for extra in extras):
-                raise TrainingError(f"two {kind} adapters given; pass one per kind")
-            input_name, input_shape = ADAPTER_INPUTS[kind]
-            adapter_train = adapter_checkpoint["train_config"]
-            extras.append(
-                ExtraDriver(
-                    kind=kind,
-                    module=AdaptedStudent(student=model, adapter=adapter),
-                    input_name=input_name,
-                    input_shape=input_shape,
-                    config={"train": adapter_train, "step": int(adapter_checkpoint["step"])},
-                )
-            )
-            commands.append(adapter_train.get("command", ""))
+        student = load_student_export(args.checkpoint, adapters=args.adapters, expect_preset=args.preset)
     except (TrainingError, DatasetError) as error:
-        print(f"megalive-train export: {error}", file=sys.stderr)
-        return 2
-    resolution = model.config.resolution
+        return _refuse("export", error)
     if args.dry_run:
-        print(
-            json.dumps(
-                {
-                    "out": str(args.out),
-                    "resolution": resolution,
-                    "avatars": checkpoint["avatar_names"],
-                    "step": int(checkpoint["step"]),
-                    "drivers": ["image", *(extra.kind for extra in extras)],
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps(student.describe(args.out), indent=2))
         return 0
-    neutral = np.load(meta.root / "neutral_rgba.npy", allow_pickle=False)  # A×H×W×4
-    thumbnails = np.stack([np.asarray(Image.fromarray(frame[:, :, :3]).resize((96, 96), Image.BILINEAR)) for frame in neutral])
-    command = " && ".join([meta.command, train["command"], *commands, current_command()])
-    report = export_avatar_model(
-        model,
-        out_path=args.out,
-        resolution=(resolution, resolution),
-        avatar_names=checkpoint["avatar_names"],
-        command=command,
-        config={"student": checkpoint["model_config"], "train": train, "step": int(checkpoint["step"])},
-        extra_drivers=extras,
-        thumbnails=thumbnails,
-    )
+    report = export_student(student, args.out, command=current_command())
     print(
-        f"wrote {report.model_path} ({report.onnx_bytes / 1e6:.1f} MB) with drivers {', '.join(['image', *(e.kind for e in extras)])}, "
+        f"wrote {report.model_path} ({report.onnx_bytes / 1e6:.1f} MB) with drivers {', '.join(student.drivers)}, "
         f"{report.sidecar_path}; ONNX Runtime vs PyTorch max abs error {report.max_abs_error:.2e}"
     )
     return 0
@@ -362,8 +312,7 @@ def _adapter(args: argparse.Namespace) -> int:
             return 0
         summary = train_adapter(config)
     except (TrainingError, DatasetError, ValueError) as error:
-        print(f"megalive-train adapter: {error}", file=sys.stderr)
-        return 2
+        return _refuse("adapter", error)
     print(
         f"trained the {config.kind} adapter to step {summary.steps} in {summary.run_dir}; last losses {summary.final_losses}; "
         f"{summary.samples_per_second:.1f} samples/s"
@@ -465,8 +414,7 @@ def _base(args: argparse.Namespace) -> int:
             return 0
         summary = train_base(config, stop_at=args.stop_at)
     except (TrainingError, ValueError, OSError) as error:
-        print(f"megalive-train base: {error}", file=sys.stderr)
-        return _end_process(2, distributed=world_size_from_environment() > 1)
+        return _end_process(_refuse("base", error), distributed=world_size_from_environment() > 1)
     if summary.rank == 0:
         agreement = "" if summary.world_size == 1 else ("; all processes agree" if summary.replicas_agree else "; PROCESSES DIFFER")
         print(
@@ -526,8 +474,7 @@ def _regressor(args: argparse.Namespace) -> int:
     try:
         summary = train_regressor(config)
     except (TrainingError, OSError) as error:
-        print(f"megalive-train regressor: {error}", file=sys.stderr)
-        return 2
+        return _refuse("regressor", error)
     errors = summary.held_out
     print(
         f"trained the parameter regressor ({summary.steps} steps, {summary.seconds / 60:.1f} min) -> {summary.path}; "
@@ -562,23 +509,24 @@ def _add_prepare(commands: argparse._SubParsersAction) -> None:
 def _prepare(args: argparse.Namespace) -> int:
     from models.data.prepare import PrepareConfig, PrepareError, discover_inputs, prepare_videos
 
-    problems = [
-        message
-        for bad, message in (
-            (not 32 <= args.resolution <= 1024, "--resolution must be in [32, 1024]"),
-            (not 1 <= args.workers <= 64, "--workers must be in [1, 64]"),
-            (not 0 <= args.min_face_fraction <= 1, "--min-face-fraction must be in [0, 1]"),
-            (args.every < 1, "--every must be at least 1"),
-            (not 0 <= args.smoothing <= 10, "--smoothing must be in [0, 10] seconds"),
+    try:
+        config = PrepareConfig(  # checks its own ranges (ValueError)
+            resolution=args.resolution, min_face_fraction=args.min_face_fraction, every=args.every, smoothing_seconds=args.smoothing
         )
-        if bad
-    ]
-    if problems:
-        print(f"megalive-train prepare: {problems[0]}", file=sys.stderr)
-        return 2
-    config = PrepareConfig(
-        resolution=args.resolution, min_face_fraction=args.min_face_fraction, every=args.every, smoothing_seconds=args.smoothing
-    )
+    except ValueError as error:
+        # The config names its fields; say the option the user typed.
+        options = {
+            "min_face_fraction": "--min-face-fraction",
+            "smoothing_seconds": "--smoothing",
+            "resolution": "--resolution",
+            "every": "--every",
+        }
+        message = str(error)
+        for field_name, option in options.items():
+            message = message.replace(field_name, option, 1) if message.startswith(field_name) else message
+        return _refuse("prepare", message)
+    if not 1 <= args.workers <= 64:  # not part of the config: how many processes prepare it
+        return _refuse("prepare", "--workers must be in [1, 64]")
     try:
         if args.dst.exists():
             raise PrepareError(f"{args.dst} exists already; choose a new folder (nothing was overwritten)")
@@ -599,8 +547,7 @@ def _prepare(args: argparse.Namespace) -> int:
             return 0
         report = prepare_videos(args.src, args.dst, config=config, workers=args.workers, command=args.invocation)
     except (PrepareError, ValueError, OSError) as error:
-        print(f"megalive-train prepare: {error}", file=sys.stderr)
-        return 2
+        return _refuse("prepare", error)
     print(
         f"prepared {len(report.videos)} video(s), {report.frames} frames at {config.resolution}×{config.resolution}, "
         f"into {report.root} (look at {report.root / 'preview.png'}); skipped {len(report.skipped)}"
@@ -689,8 +636,7 @@ def _eval(args: argparse.Namespace) -> int:
     try:
         report = evaluate(config, sheet_path=args.out / f"contact-sheet-{config.name}.png")
     except (DatasetError, TrainingError, ValueError, OSError) as error:
-        print(f"megalive-train eval: {error}", file=sys.stderr)
-        return 2
+        return _refuse("eval", error)
     write_report(report, config, args.out / f"eval-{config.name}.json")
     print(report.table())
     return 0
@@ -717,8 +663,7 @@ def _eval_table(args: argparse.Namespace) -> int:
             temporary.write_text(text + "\n", encoding="utf-8")
             temporary.replace(args.out)
     except (OSError, ValueError, KeyError) as error:
-        print(f"megalive-train eval-table: {error}", file=sys.stderr)
-        return 2
+        return _refuse("eval-table", error)
     print(text)
     return 0
 

@@ -41,11 +41,10 @@ from torch import Tensor
 from tqdm import tqdm
 
 from contract.model_card import read_model_card
-from models.data.paired import load_identities, read_meta, save_png
-from models.data.synthetic import (
+from models.data.heads import (
+    HeadMotion,
     HeadRender,
     Identity,
-    Motion,
     SyntheticHeads,
     contact_sheet,
     neutral_motion,
@@ -53,6 +52,7 @@ from models.data.synthetic import (
     sample_identities,
     sample_motions,
 )
+from models.data.paired import load_identities, read_meta, save_png
 from models.parameter_regressor import ParameterRegressor, load_regressor, on_white, parameter_errors
 
 HELD_OUT_SEED = 424242  # never used by `synth` (streams seed*1000 + {1, 2, 3}) nor by the teacher's SyntheticPairs (hashed seeds)
@@ -237,14 +237,14 @@ def _psnr(a: Tensor, b: Tensor) -> Tensor:
     return 10 * torch.log10(1.0 / mse)  # per image, data range 1
 
 
-def held_out_motions(config: EvalConfig) -> Motion:
+def held_out_motions(config: EvalConfig) -> HeadMotion:
     """Motions from a seed no training stream uses: smooth clips, or independent random poses/expressions."""
     generator = torch.Generator().manual_seed(config.seed)
     if config.motions == "random":
         return sample_motions(config.clips * config.frames_per_clip, generator=generator)
     if config.motions != "clips":
         raise ValueError(f"unknown motion set {config.motions!r} (known: {', '.join(MOTION_SETS)})")
-    return Motion.cat([sample_clip(config.frames_per_clip, generator=generator) for _ in range(config.clips)])
+    return HeadMotion.cat([sample_clip(config.frames_per_clip, generator=generator) for _ in range(config.clips)])
 
 
 def _source_identities(config: EvalConfig, model: AvatarModel) -> tuple[Identity, str]:
@@ -267,7 +267,7 @@ class _Scorer:
         self.regressor = regressor
         self.values: dict[str, list[Tensor]] = {}
 
-    def add(self, name: str, guess: AvatarOutput, truth: AvatarOutput, *, motion: Motion, identity_targets: Tensor | None) -> None:
+    def add(self, name: str, guess: AvatarOutput, truth: AvatarOutput, *, motion: HeadMotion, identity_targets: Tensor | None) -> None:
         """identity_targets: the avatars' standardised identities (None exactly when there is no regressor)."""
         guess_rgb = guess.rgb.clamp(0, 1)
         guess_fg, truth_fg = on_white(guess_rgb, guess.alpha.clamp(0, 1)), on_white(truth.rgb, truth.alpha)
@@ -356,7 +356,7 @@ def evaluate(config: EvalConfig, *, sheet_path: Path | None = None, progress: bo
     )
 
 
-def _signal(kind: str, motion: Motion, driver_render: HeadRender, resolution: int) -> Tensor:
+def _signal(kind: str, motion: HeadMotion, driver_render: HeadRender, resolution: int) -> Tensor:
     """What drives the model: the driver image, its motion as ARKit curves (no head translation or scale,
     as a capture app sends), or its 68 landmarks in crop units."""
     if kind == "arkit":

@@ -230,3 +230,122 @@ def _parity(module: nn.Module, onnx_path: Path, inputs: dict[str, torch.Tensor])
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     actual = session.run(["rgb", "alpha"], {name: tensor.numpy() for name, tensor in inputs.items()})
     return float(max(np.abs(a - e).max() for a, e in zip(actual, expected)))
+
+
+THUMBNAIL_SIZE = 96  # px, the neutral avatar pictures beside the graph (OUT.thumbs.npy)
+
+
+@dataclass(frozen=True)
+class StudentExport:
+    """A student checkpoint and its adapters, loaded and checked against each other: what export_student writes."""
+
+    checkpoint_path: Path
+    model: nn.Module
+    checkpoint: Mapping[str, Any]  # the student's checkpoint (avatar names, step, configs)
+    dataset_root: Path  # the paired dataset it was trained on (its neutral frames become the thumbnails)
+    dataset_command: str
+    extra_drivers: tuple[ExtraDriver, ...]
+    adapter_commands: tuple[str, ...]
+
+    @property
+    def resolution(self) -> int:
+        return int(self.model.config.resolution)
+
+    @property
+    def drivers(self) -> list[str]:
+        return ["image", *(extra.kind for extra in self.extra_drivers)]
+
+    def describe(self, out_path: str | Path) -> dict[str, Any]:
+        """What export_student would write to out_path (the dry run's report)."""
+        return {
+            "out": str(out_path),
+            "resolution": self.resolution,
+            "avatars": self.checkpoint["avatar_names"],
+            "step": int(self.checkpoint["step"]),
+            "drivers": self.drivers,
+        }
+
+    def provenance(self, command: str) -> str:
+        """Every command that made the model, in order: synth, student training, adapters, then this export's."""
+        train = self.checkpoint["train_config"]
+        return " && ".join([self.dataset_command, train["command"], *self.adapter_commands, command])
+
+    def sidecar_config(self) -> dict[str, Any]:
+        checkpoint = self.checkpoint
+        return {"student": checkpoint["model_config"], "train": checkpoint["train_config"], "step": int(checkpoint["step"])}
+
+
+def load_student_export(
+    checkpoint_path: str | Path, *, adapters: Sequence[str | Path] = (), expect_preset: str | None = None
+) -> StudentExport:
+    """Load a student checkpoint and the adapters trained against it (one per kind). Raises TrainingError (another
+    preset, an adapter of another student, two of one kind, an unreadable checkpoint) or DatasetError (the training
+    dataset is gone), each one line."""
+    from models.checkpoints import adapter_from_checkpoint, load_checkpoint, student_from_checkpoint
+    from models.data.paired import read_meta
+    from models.megaportraits.adapters import ADAPTER_INPUTS, AdaptedStudent
+    from models.megaportraits.train_adapter import file_digest
+    from models.training.common import TrainingError
+
+    checkpoint_path = Path(checkpoint_path)
+    checkpoint = load_checkpoint(checkpoint_path)
+    model = student_from_checkpoint(checkpoint, expect_preset=expect_preset)
+    meta = read_meta(Path(checkpoint["train_config"]["data"]))
+    student_digest = file_digest(checkpoint_path)
+    extras: list[ExtraDriver] = []
+    commands: list[str] = []
+    for path in adapters:
+        adapter_checkpoint = load_checkpoint(path)
+        adapter = adapter_from_checkpoint(adapter_checkpoint)
+        if adapter_checkpoint.get("student_digest") != student_digest:
+            raise TrainingError(
+                f"{path} was trained against another student than {checkpoint_path}; retrain it with --student {checkpoint_path}"
+            )
+        kind = adapter.config.kind
+        if any(extra.kind == kind for extra in extras):
+            raise TrainingError(f"two {kind} adapters given; pass one per kind")
+        input_name, input_shape = ADAPTER_INPUTS[kind]
+        adapter_train = adapter_checkpoint["train_config"]
+        extras.append(
+            ExtraDriver(
+                kind=kind,
+                module=AdaptedStudent(student=model, adapter=adapter),
+                input_name=input_name,
+                input_shape=input_shape,
+                config={"train": adapter_train, "step": int(adapter_checkpoint["step"])},
+            )
+        )
+        commands.append(adapter_train.get("command", ""))
+    return StudentExport(
+        checkpoint_path=checkpoint_path,
+        model=model,
+        checkpoint=checkpoint,
+        dataset_root=meta.root,
+        dataset_command=meta.command,
+        extra_drivers=tuple(extras),
+        adapter_commands=tuple(commands),
+    )
+
+
+def neutral_thumbnails(dataset_root: str | Path, size: int = THUMBNAIL_SIZE) -> np.ndarray:
+    """The dataset's neutral avatar frames as A×size×size×3 uint8 (bilinear)."""
+    from PIL import Image
+
+    neutral = np.load(Path(dataset_root) / "neutral_rgba.npy", allow_pickle=False)  # A×H×W×4
+    return np.stack([np.asarray(Image.fromarray(frame[:, :, :3]).resize((size, size), Image.BILINEAR)) for frame in neutral])
+
+
+def export_student(student: StudentExport, out_path: str | Path, *, command: str) -> ExportReport:
+    """Write a loaded student (and its adapters' graphs) as OUT.onnx + sidecar + thumbnails; ``command`` is this
+    export's own command line, recorded after the commands that made the dataset, the student and the adapters."""
+    resolution = student.resolution
+    return export_avatar_model(
+        student.model,
+        out_path=out_path,
+        resolution=(resolution, resolution),
+        avatar_names=student.checkpoint["avatar_names"],
+        command=student.provenance(command),
+        config=student.sidecar_config(),
+        extra_drivers=student.extra_drivers,
+        thumbnails=neutral_thumbnails(student.dataset_root),
+    )

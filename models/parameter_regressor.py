@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from contract.arkit import NUM_BLENDSHAPES
 from models.blocks import ConvNormAct, DownBlock, resize_square
 from models.checkpoints import REGRESSOR_KIND, checkpoint_kind, kind_found, load_checkpoint, save_checkpoint
-from models.data.synthetic import NUM_BLENDSHAPES, Identity, Motion, SyntheticHeads, sample_clip, sample_identities, sample_motions
+from models.data.heads import HeadMotion, Identity, SyntheticHeads, sample_clip, sample_identities, sample_motions
 from models.data.synthetic_pairs import derived_seed
 from models.training.common import TrainingError, adam_with_cosine
 
@@ -147,7 +148,7 @@ class ParameterErrors:
     identity: float  # mean |standardised identity feature error| (in standard deviations of the identity prior)
 
 
-def parameter_errors(predicted: RegressedParameters, motion: Motion, identity_targets: Tensor) -> Tensor:
+def parameter_errors(predicted: RegressedParameters, motion: HeadMotion, identity_targets: Tensor) -> Tensor:
     """Per-image errors, B×3 (rotation degrees, expression, identity), against the true motion and standardised identity."""
     true_pose = torch.stack([motion.yaw, motion.pitch, motion.roll], dim=1).to(predicted.pose)
     rotation = (predicted.pose - true_pose).abs().mean(dim=1) * (180 / math.pi)
@@ -184,7 +185,7 @@ def _blur(images: Tensor, sigma: Tensor) -> Tensor:
 
 class RegressorTrainingSet(NamedTuple):
     images: Tensor  # N×3×r×r foreground on white
-    motion: Motion  # N
+    motion: HeadMotion  # N
     identity: Identity  # N
 
 
@@ -196,7 +197,7 @@ def render_training_set(config: RegressorTrainConfig, regressor: RegressorConfig
     identities = sample_identities(count, generator=generator)
     clip_frames = count - count // 2
     clips = [sample_clip(64, generator=generator) for _ in range(math.ceil(clip_frames / 64))]
-    motion = Motion.cat([sample_motions(count // 2, generator=generator), Motion.cat(clips)[:clip_frames]])
+    motion = HeadMotion.cat([sample_motions(count // 2, generator=generator), HeadMotion.cat(clips)[:clip_frames]])
     heads = SyntheticHeads(resolution=config.render_resolution)
     images = torch.empty(count, 3, regressor.resolution, regressor.resolution)
     batch = 64

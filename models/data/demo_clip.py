@@ -13,7 +13,7 @@ import imageio_ffmpeg
 import numpy as np
 import torch
 
-from models.data.synthetic import Identity, Motion, SyntheticHeads, sample_clip, sample_identities
+from models.data.heads import HeadMotion, Identity, SyntheticHeads, sample_clip, sample_identities
 
 
 def render_driver_clip(
@@ -27,7 +27,7 @@ def render_driver_clip(
     frames: list[np.ndarray] = []
     with torch.inference_mode():
         for index in range(identities):
-            motion: Motion = sample_clip(frames_each, generator=generator, fps=fps)
+            motion: HeadMotion = sample_clip(frames_each, generator=generator, fps=fps)
             for start in range(0, frames_each, 16):
                 part = motion[start : start + 16]
                 render = heads.render(Identity.cat([people[index]] * len(part)), part)

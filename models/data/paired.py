@@ -5,7 +5,7 @@
     meta.json               format, resolution, counts, seed, avatar names, the producing command
     avatars.npz             Identity arrays of the A avatars (np.savez: plain arrays, no pickle)
     drivers.npz             Identity arrays of the D driver identities (never avatars)
-    motions.npz             Motion arrays of the M motions
+    motions.npz             HeadMotion arrays of the M motions
     pairs.npz               driver_index [M] int32, avatar_index [M] int32
     driver_rgba.npy         M×H×W×4 uint8   driver d(m) doing motion m (alpha = foreground mask)
     target_rgba.npy         M×H×W×4 uint8   avatar a(m) doing motion m — the ground truth
@@ -44,9 +44,9 @@ try:
 except ImportError:  # Windows: no advisory locks, so every partial folder counts as a killed run's
     fcntl = None  # type: ignore[assignment]
 
-from models.data.synthetic import (
+from models.data.heads import (
+    HeadMotion,
     Identity,
-    Motion,
     SyntheticHeads,
     contact_sheet,
     neutral_motion,
@@ -105,7 +105,7 @@ def write_contact_sheet(heads: SyntheticHeads, identities: Identity, path: Path)
     rows = []
     for index in range(len(identities)):
         identity = identities[index]
-        motion = Motion.cat([neutral_motion(1).with_controls(controls) for _, controls in SHEET_EXPRESSIONS])
+        motion = HeadMotion.cat([neutral_motion(1).with_controls(controls) for _, controls in SHEET_EXPRESSIONS])
         repeated = Identity.cat([identity] * len(SHEET_EXPRESSIONS))
         rows.append(heads.render(repeated, motion).rgb)
     sheet = contact_sheet(torch.cat(rows), columns=len(SHEET_EXPRESSIONS))  # 3×H'×W'
@@ -341,8 +341,8 @@ class SignalPair(NamedTuple):
     target_rgb: torch.Tensor  # 3×H×W
     target_alpha: torch.Tensor  # 1×H×W
     avatar: int
-    curves: torch.Tensor  # 61: the exact motion as ARKit wire curves (Motion.arkit_curves)
-    framing: torch.Tensor  # 3: tx, ty, scale offset (Motion.framing)
+    curves: torch.Tensor  # 61: the exact motion as ARKit wire curves (HeadMotion.arkit_curves)
+    framing: torch.Tensor  # 3: tx, ty, scale offset (HeadMotion.framing)
     landmarks: torch.Tensor  # 68×2: the driver's landmarks, x/y in [0, 1] over the frame
 
 
@@ -354,7 +354,7 @@ class PairedSignals(PairedHeads):
         count = self.meta.num_pairs
         try:
             with np.load(self.meta.root / "motions.npz", allow_pickle=False) as arrays:
-                motions = Motion.from_arrays({name: arrays[name] for name in arrays.files})
+                motions = HeadMotion.from_arrays({name: arrays[name] for name in arrays.files})
         except (OSError, ValueError, KeyError) as error:
             raise DatasetError(f"{self.meta.root / 'motions.npz'} is missing or corrupt: {error}") from None
         if len(motions) != count:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from models.data.synthetic import Motion, SyntheticHeads, sample_clip, sample_identities
+from models.data.heads import HeadMotion, SyntheticHeads, sample_clip, sample_identities
 
 
 class ReenactmentSample(NamedTuple):
@@ -73,7 +73,7 @@ class SyntheticPairs(Dataset[ReenactmentSample]):
     def __len__(self) -> int:
         return self.config.length
 
-    def clip(self, identity: int, clip: int) -> Motion:
+    def clip(self, identity: int, clip: int) -> HeadMotion:
         """The motion of one clip of one identity: frames_per_clip frames."""
         generator = torch.Generator().manual_seed(derived_seed(self.config.seed, "clip", identity, clip))
         return sample_clip(self.config.frames_per_clip, generator=generator)
@@ -101,7 +101,7 @@ class SyntheticPairs(Dataset[ReenactmentSample]):
         cross_motion = self.clip(other, other_clip)[cross_frame]
         who = torch.tensor([identity, identity, other, identity])
         # Four heads in one render: source, driver, cross driver, cross target.
-        motions = Motion.cat([motion[source_frame], motion[driver_frame], cross_motion, cross_motion])
+        motions = HeadMotion.cat([motion[source_frame], motion[driver_frame], cross_motion, cross_motion])
         renders = self.heads.render(self.identities[who], motions)
         rgb, alpha = renders.rgb, renders.alpha  # 4×3×H×W, 4×1×H×W
         return ReenactmentSample(

@@ -14,7 +14,7 @@ Signals (the wire protocol's; the curve names are contract/arkit.py's, one copy 
   and both eyes' yaw/pitch/roll in radians. Gaze reaches the renderer through the eyeLook*
   blendshapes, so the six eye rotations are accepted and not used. ARKit carries no head
   translation or scale: the adapter also reads three framing offsets (tx, ty, scale - default),
-  given from the renderer's exact motion (``Motion.framing``) in training and zero (centred, default size) at run time,
+  given from the renderer's exact motion (``HeadMotion.framing``) in training and zero (centred, default size) at run time,
   so curves drive a centred head instead of a blur over every position seen in training.
 - ``landmarks``: the 68 iBUG points, x right / y down in [0, 1] over the aligned driver crop.
 

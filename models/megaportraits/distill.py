@@ -22,7 +22,7 @@ from torch import Tensor
 
 from models.blocks import resize_square
 from models.checkpoints import load_base
-from models.data.synthetic import Identity, SyntheticHeads, neutral_motion
+from models.data.heads import Identity, SyntheticHeads, neutral_motion
 from models.megaportraits.base import BaseModel
 
 OUT_OF_FRAME = 6.0  # image units (the frame spans [-1, 1]): head, neck and shoulders all leave it

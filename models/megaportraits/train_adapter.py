@@ -28,8 +28,8 @@ import torch
 from tqdm import tqdm
 
 from models.checkpoints import ADAPTER_KIND, adapter_from_checkpoint, load_checkpoint, load_student, save_checkpoint
+from models.data.heads import contact_sheet
 from models.data.paired import PairedSignals, save_png
-from models.data.synthetic import contact_sheet
 from models.megaportraits.adapters import (
     ADAPTER_KINDS,
     DriverAdapter,

@@ -65,8 +65,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from models.checkpoints import BASE_KIND, check_base_checkpoint, load_checkpoint, load_state, save_checkpoint, state_digest
+from models.data.heads import contact_sheet
 from models.data.paired import DatasetError, save_png
-from models.data.synthetic import contact_sheet
 from models.data.synthetic_pairs import ReenactmentSample, SyntheticPairs, SyntheticPairsConfig, derived_seed
 from models.data.video_folder import VideoFolder
 from models.losses import (

@@ -29,8 +29,8 @@ from pytorch_msssim import ssim
 from tqdm import tqdm
 
 from models.checkpoints import STUDENT_KIND, load_checkpoint, save_checkpoint, student_from_checkpoint
+from models.data.heads import contact_sheet
 from models.data.paired import PairedHeads, load_identities, save_png
-from models.data.synthetic import contact_sheet
 from models.megaportraits.distill import TeacherAvatars, TeacherTargets
 from models.megaportraits.student import Student, student_config
 from models.training.common import TrainingError, TrainSummary, adam_with_cosine, endless_batches
@@ -76,6 +76,10 @@ def check_config(config: StudentTrainConfig) -> None:
         raise TrainingError("a perceptual VGG19 backbone is not supported yet; drop --vgg-weights (the run records it as absent)")
     if config.steps < 1 or config.batch_size < 1:
         raise TrainingError("--steps and --batch must be at least 1")
+    if not 0 <= config.colour_jitter <= 1:  # `not` of the range: NaN is refused too
+        raise TrainingError(f"--jitter must be in [0, 1], got {config.colour_jitter}")
+    if not 0 <= config.warp <= 0.2:
+        raise TrainingError(f"--warp must be in [0, 0.2], got {config.warp}")
 
 
 def augment_drivers(driver: torch.Tensor, *, jitter: float, warp: float, generator: torch.Generator) -> torch.Tensor:

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from models.checkpoints import adapter_from_checkpoint, load_checkpoint, student_from_checkpoint
+from models.data.heads import SyntheticHeads, neutral_motion, sample_identities
 from models.data.paired import PairedSignals
-from models.data.synthetic import SyntheticHeads, neutral_motion, sample_identities
 from models.megaportraits.adapters import ADAPTER_KINDS, AdaptedStudent, DriverAdapter, adapter_config, arkit_features, landmark_features
 from models.megaportraits.student import Student, student_config
 from models.megaportraits.train_adapter import AdapterTrainConfig, adapter_features, train_adapter

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from models.cli import main
-from models.data.synthetic import SyntheticHeads, neutral_motion, sample_identities, sample_motions
+from models.data.heads import SyntheticHeads, neutral_motion, sample_identities, sample_motions
 from models.evaluation import AvatarOutput, EvalConfig, evaluate
 from models.parameter_regressor import (
     IDENTITY_FIELDS,

@@ -248,3 +248,33 @@ def test_export_eval_and_demo_on_the_tiny_student(tiny_run: Path, tiny_dataset: 
 
     frames, fps = read_clip(demo.video)
     assert len(frames) == 20 and frames[0].shape == (64, 64 * 4, 3) and fps == 25.0
+
+
+def test_export_student_without_the_cli(tiny_run: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """models.export's student export, called as a library: provenance chain, thumbnails, the dry run's summary."""
+    from models.export import THUMBNAIL_SIZE, export_student, load_student_export
+    from models.training.common import TrainingError
+
+    student = load_student_export(tiny_run / "checkpoint.pt")
+    out = tmp_path / "direct" / "student.onnx"
+    assert student.describe(out) == {
+        "out": str(out),
+        "resolution": 64,
+        "avatars": ["Ada", "Basil", "Cleo"],
+        "step": 100,
+        "drivers": ["image"],
+    }
+    report = export_student(student, out, command="tests: export_student")
+    assert report.model_path == out and report.max_abs_error < 1e-4
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    # dataset, student training, then this export: each command that made the model, in order
+    assert sidecar["command"] == "tests: write_paired_dataset && tests && tests: export_student"
+    assert sidecar["config"]["step"] == 100 and sidecar["config"]["train"]["data"] == str(tiny_dataset)
+    assert sidecar["drivers"] == ["image"] and sidecar["adapters"] == {}
+    thumbnails = np.load(out.with_name(sidecar["thumbnails"]))
+    assert thumbnails.shape == (3, THUMBNAIL_SIZE, THUMBNAIL_SIZE, 3) and thumbnails.dtype == np.uint8
+
+    with pytest.raises(TrainingError, match="preset 'tiny'"):
+        load_student_export(tiny_run / "checkpoint.pt", expect_preset="cpu256")
+    with pytest.raises(TrainingError, match="checkpoint not found"):
+        load_student_export(tiny_run / "checkpoint.pt", adapters=[tmp_path / "no-adapter.pt"])

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from contract.arkit import ARKIT_BLENDSHAPES, ARKIT_INDEX
-from models.data.synthetic import (
+from models.data.heads import (
     MODELLED_BLENDSHAPES,
+    HeadMotion,
     Identity,
-    Motion,
     SyntheticHeads,
     contact_sheet,
     draw_landmarks,
@@ -98,7 +98,7 @@ def test_batch_is_per_sample_and_indexing_works(heads, identities):
     index = torch.tensor([2, 0])
     part = heads.render(identities[index], motion[index])
     assert torch.allclose(part.rgb, full.rgb[index], atol=1e-5)
-    assert len(identities[index]) == 2 and len(Motion.cat([motion, motion])) == 8
+    assert len(identities[index]) == 2 and len(HeadMotion.cat([motion, motion])) == 8
     assert identities.to("cpu").head_width.device.type == "cpu"
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from models.checkpoints import load_checkpoint, state_digest
 from models.cli import main
-from models.data.synthetic import Motion
+from models.data.heads import HeadMotion
 from models.data.synthetic_pairs import SyntheticPairs, SyntheticPairsConfig
 from models.megaportraits.augment import DriverAugmentation, colour_jitter, thin_plate_spline_grids
 from models.megaportraits.train_base import BaseTrainConfig, train_base
@@ -77,7 +77,7 @@ def test_synthetic_pairs_are_a_function_of_seed_and_index() -> None:
     assert torch.allclose(sample.cross_target, expected.rgb[0], atol=1e-5)
     driver = dataset.heads.render(dataset.identities[[other]], motion)
     assert torch.allclose(sample.cross_driver, driver.rgb[0], atol=1e-5)
-    assert isinstance(motion, Motion) and len(dataset) == 10
+    assert isinstance(motion, HeadMotion) and len(dataset) == 10
 
 
 # -- one process ------------------------------------------------------------------------------------

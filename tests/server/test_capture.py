@@ -97,7 +97,7 @@ def test_crop_config_refuses_nonsense() -> None:
 
 def test_canonical_landmarks_match_the_renderer() -> None:
     torch = pytest.importorskip("torch")
-    from models.data.synthetic import SyntheticHeads, neutral_motion, sample_identities
+    from models.data.heads import SyntheticHeads, neutral_motion, sample_identities
 
     heads = SyntheticHeads(resolution=256)
     count = 2048  # exactly as the constant's comment says it was made

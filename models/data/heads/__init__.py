@@ -1,0 +1,41 @@
+"""SyntheticHeads: procedural cartoon heads rendered in torch, with exact parameters and landmarks.
+
+What lives where:
+    params.py    who a head is (``Identity``) and how it moves (``HeadMotion``: pose and the 52 ARKit
+                 blendshapes, named as in ``contract.arkit``), their sampling (``sample_identities``,
+                 ``sample_motions``, ``sample_clip``, ``neutral_motion``) and ``MODELLED_BLENDSHAPES``;
+    geometry.py  the face layout (identity + expression -> feature geometry), the skull surface, the
+                 lid, brow and lip curves, the 68 landmarks, pose rotation, ray casting and projection;
+    render.py    the renderer ``SyntheticHeads`` and its output ``HeadRender``, plus ``draw_landmarks``
+                 and ``contact_sheet`` for looking at renders.
+
+``HeadMotion`` is the renderer's input; the motion encoder's output is
+``models.megaportraits.motion.Motion``, a different thing.
+"""
+
+from models.data.heads.params import (
+    DEFAULT_SCALE,
+    MODELLED_BLENDSHAPES,
+    HeadMotion,
+    Identity,
+    neutral_motion,
+    sample_clip,
+    sample_identities,
+    sample_motions,
+)
+from models.data.heads.render import HeadRender, SyntheticHeads, contact_sheet, draw_landmarks
+
+__all__ = [
+    "DEFAULT_SCALE",
+    "MODELLED_BLENDSHAPES",
+    "HeadMotion",
+    "HeadRender",
+    "Identity",
+    "SyntheticHeads",
+    "contact_sheet",
+    "draw_landmarks",
+    "neutral_motion",
+    "sample_clip",
+    "sample_identities",
+    "sample_motions",
+]
