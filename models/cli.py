@@ -186,7 +186,7 @@ def _student(args: argparse.Namespace) -> int:
     from models.data.paired import DatasetError
     from models.export import current_command
     from models.megaportraits.student import student_config
-    from models.megaportraits.train_student import StudentTrainConfig, check_config, train_student
+    from models.megaportraits.train_student import StudentTrainConfig, check_student_config, train_student
     from models.training.common import TrainingError
 
     config = StudentTrainConfig(
@@ -207,7 +207,7 @@ def _student(args: argparse.Namespace) -> int:
         command=current_command(),
     )
     try:
-        check_config(config)
+        check_student_config(config)
         model_config = student_config(config.preset, num_avatars=1)
         if args.dry_run:
             print(json.dumps({"train": asdict(config), "model (avatars from the dataset)": asdict(model_config)}, indent=2))
@@ -374,7 +374,7 @@ def _base(args: argparse.Namespace) -> int:
     from models.megaportraits.base import base_config
     from models.megaportraits.train_base import (
         BaseTrainConfig,
-        check_config,
+        check_base_config,
         resolve_device,
         resolved_config,
         train_base,
@@ -406,7 +406,7 @@ def _base(args: argparse.Namespace) -> int:
         command=current_command(),
     )
     try:
-        check_config(config)
+        check_base_config(config)
         if args.dry_run:
             device = resolve_device(config)
             data = training_data(config, resolution=base_config(config.preset).resolution).describe()

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from models.megaportraits.blocks3d import ResBlock2D, ResBlock3D, ResNetTrunk, WSConv2d, norm
+from models.megaportraits.teacher_blocks import ResBlock2D, ResBlock3D, ResNetTrunk, WSConv2d, norm
 
 
 class Appearance(NamedTuple):

@@ -5,7 +5,7 @@
 
 One file per component: ``appearance.py`` (E_app), ``motion.py`` (E_mtn), ``warping.py`` (rigid
 grids, W_s→c and W_c→d), ``volume.py`` (G3D), ``decoder.py`` (projection and G2D), and
-``blocks3d.py`` (the weight-standardised GroupNorm blocks they share).
+``teacher_blocks.py`` (the weight-standardised GroupNorm blocks they share).
 
 Presets (``base_config``) scale one architecture. The paper fixes v_s = 96×16×64×64 at 512 px, e_s =
 512×4×4 (DESIGN.md) and z = 512; ``paper512`` keeps those. Block counts and the widths of the warp

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from models.megaportraits.blocks3d import ResBlock2D, WSConv2d, norm
+from models.megaportraits.teacher_blocks import ResBlock2D, WSConv2d, norm
 
 
 class DecodedImage(NamedTuple):

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.megaportraits.blocks3d import ResNetTrunk
+from models.megaportraits.teacher_blocks import ResNetTrunk
 
 PoseSource = Literal["learned", "given"]
 

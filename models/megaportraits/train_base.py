@@ -158,7 +158,7 @@ RUN_DEFINING_FIELDS = (
 )
 
 
-def check_config(config: BaseTrainConfig) -> None:
+def check_base_config(config: BaseTrainConfig) -> None:
     """Cheap checks, before anything is built or written; raises TrainingError (one line)."""
     if config.preset not in BASE_PRESETS:
         raise TrainingError(f"unknown preset {config.preset!r} (known: {', '.join(BASE_PRESETS)})")
@@ -477,7 +477,7 @@ class BaseTrainSummary:
 
 def train_base(config: BaseTrainConfig, *, progress: bool = True, stop_at: int | None = None) -> BaseTrainSummary:
     """Train (or resume) the run in ``config.run_dir``; under torchrun every process calls this."""
-    check_config(config)
+    check_base_config(config)
     processes = _start_processes(config)
     try:
         return _train(config, processes, progress=progress, stop_at=stop_at)

@@ -63,7 +63,7 @@ class StudentTrainConfig:
     perceptual: str = "absent: no local VGG19 weights file given"  # recorded in config.json: which loss networks ran
 
 
-def check_config(config: StudentTrainConfig) -> None:
+def check_student_config(config: StudentTrainConfig) -> None:
     if config.target not in TARGET_SOURCES:
         raise TrainingError(f"unknown target source {config.target!r} (known: {', '.join(TARGET_SOURCES)})")
     if config.target == "teacher" and config.teacher is None:
@@ -119,7 +119,7 @@ class StudentLosses:
         return {name: float(getattr(self, name).detach()) for name in ("total", "l1", "ssim", "mask")}
 
 
-class LossWeights(Protocol):
+class ReconstructionWeights(Protocol):
     """The weights student_losses reads (the student's and the adapters' training configs have them)."""
 
     l1_weight: float
@@ -128,7 +128,7 @@ class LossWeights(Protocol):
 
 
 def student_losses(
-    rgb: torch.Tensor, alpha: torch.Tensor, target_rgb: torch.Tensor, target_alpha: torch.Tensor, config: LossWeights
+    rgb: torch.Tensor, alpha: torch.Tensor, target_rgb: torch.Tensor, target_alpha: torch.Tensor, config: ReconstructionWeights
 ) -> StudentLosses:
     l1 = F.l1_loss(rgb, target_rgb)
     structural = 1 - ssim(rgb, target_rgb, data_range=1.0, size_average=True)
@@ -146,7 +146,7 @@ def teacher_targets(path: Path, dataset: PairedHeads) -> TeacherTargets:
 
 
 def train_student(config: StudentTrainConfig, *, progress: bool = True) -> TrainSummary:
-    check_config(config)
+    check_student_config(config)
     dataset = PairedHeads(root=Path(config.data))
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.megaportraits.blocks3d import ResBlock3D, WSConv3d, norm
+from models.megaportraits.teacher_blocks import ResBlock3D, WSConv3d, norm
 
 POOL = (1, 2, 2)  # depth, height, width
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from models.megaportraits.blocks3d import AdaptiveResBlock3D, WSConv2d, norm
+from models.megaportraits.teacher_blocks import AdaptiveResBlock3D, WSConv2d, norm
 
 ALIGN_CORNERS = False
 

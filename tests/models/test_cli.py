@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from models.cli import main
-from models.megaportraits.train_student import StudentTrainConfig, check_config
+from models.megaportraits.train_student import StudentTrainConfig, check_student_config
 from models.training.common import TrainingError
 
 
@@ -26,7 +26,7 @@ def _refused(capsys: pytest.CaptureFixture[str], command: str, *argv: str) -> st
 )
 def test_the_student_config_checks_jitter_and_warp(jitter: float, warp: float, option: str) -> None:
     with pytest.raises(TrainingError, match=option):
-        check_config(StudentTrainConfig(data="d", run_dir="r", colour_jitter=jitter, warp=warp))
+        check_student_config(StudentTrainConfig(data="d", run_dir="r", colour_jitter=jitter, warp=warp))
 
 
 def test_student_refuses_jitter_and_warp_out_of_range(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
