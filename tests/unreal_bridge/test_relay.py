@@ -132,11 +132,25 @@ def test_replay_command_sends_a_recorded_take_to_a_udp_receiver(tmp_path: Path, 
     assert "sent 3 packets" in capsys.readouterr().out
 
 
+def start_relay_loop(
+    config: RelayConfig, client, session: int, stop: threading.Event, out: io.StringIO, err: io.StringIO, *, receiver, writer
+) -> tuple[threading.Thread, list[int]]:
+    """The relay's loop on a thread; the list gets its exit status when it ends."""
+    from unreal_bridge.relay import _relay_loop
+
+    result: list[int] = []
+    loop = threading.Thread(
+        target=lambda: result.append(_relay_loop(config, client, session, stop, out, err, receiver=receiver, writer=writer))
+    )
+    loop.start()
+    return loop, result
+
+
 def test_relay_loop_forwards_new_frames_records_the_take_and_stops_on_request(service: AvatarService, tmp_path: Path) -> None:
     """The loop itself, on an `image` session: the server answers each forwarded 61-float frame with a
     bad_request error, which the relay counts without stopping."""
     from client.client import AvatarClient
-    from unreal_bridge.relay import _relay_loop, bind_receiver, open_take
+    from unreal_bridge.relay import bind_receiver, open_take
 
     config = RelayConfig(server=service.bound_address, port=0, record=tmp_path / "take.llf", progress_interval_s=0.2)
     receiver, writer = bind_receiver(config), open_take(config)
@@ -144,11 +158,7 @@ def test_relay_loop_forwards_new_frames_records_the_take_and_stops_on_request(se
     out, err, stop = io.StringIO(), io.StringIO(), threading.Event()
     with AvatarClient(address=service.bound_address, timeout_s=5.0) as client:
         session = client.open(avatar=0, driver="image")
-        result: list[int] = []
-        loop = threading.Thread(
-            target=lambda: result.append(_relay_loop(config, client, session, stop, out, err, receiver=receiver, writer=writer))
-        )
-        loop.start()
+        loop, result = start_relay_loop(config, client, session, stop, out, err, receiver=receiver, writer=writer)
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             deadline = time.monotonic() + 10
@@ -268,7 +278,7 @@ def test_recording_stops_at_its_cap_says_so_once_and_relaying_goes_on(service: A
     """A UDP flood used to grow a take without bound (309 MB in 5 s). Now the take is finished at the
     cap (renamed into place at once), one line says so, later packets are counted, frames keep flowing."""
     from client.client import AvatarClient
-    from unreal_bridge.relay import _relay_loop, bind_receiver, open_take
+    from unreal_bridge.relay import bind_receiver, open_take
 
     packet_size = len(encode_packet(face_frame()))
     cap = 20 + 10 * (12 + packet_size) + 5  # the header and 10 records fit, an 11th does not
@@ -278,11 +288,7 @@ def test_recording_stops_at_its_cap_says_so_once_and_relaying_goes_on(service: A
     out, err, stop = io.StringIO(), io.StringIO(), threading.Event()
     with AvatarClient(address=service.bound_address, timeout_s=5.0) as client:
         session = client.open(avatar=0, driver="image")
-        result: list[int] = []
-        loop = threading.Thread(
-            target=lambda: result.append(_relay_loop(config, client, session, stop, out, err, receiver=receiver, writer=writer))
-        )
-        loop.start()
+        loop, result = start_relay_loop(config, client, session, stop, out, err, receiver=receiver, writer=writer)
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
         def forwarded() -> int:
