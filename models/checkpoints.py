@@ -22,7 +22,7 @@ without a kind is a student when it has "model" and "model_config", an adapter w
 (``checkpoint_kind``). Anything else is refused with one line naming the kind found.
 
 Loaders: ``load_base``, ``load_student``, ``load_adapter`` here; the regressor's is
-models.parameter_regressor.load_regressor (its network is defined there, and that module writes here).
+models.nets.parameter_regressor.load_regressor (its network is defined there, and that module writes here).
 """
 
 from __future__ import annotations
@@ -216,3 +216,15 @@ def adapter_from_checkpoint(checkpoint: dict[str, Any]) -> DriverAdapter:
 def load_adapter(path: Path) -> DriverAdapter:
     """A `megalive-train adapter` checkpoint's adapter; anything else raises TrainingError (one line)."""
     return adapter_from_checkpoint(load_checkpoint(path))
+
+
+def slim_checkpoint(source: Path, out: Path) -> Path:
+    """A copy of ``source`` with its kind's weights and configs only, without the trainer's state (optimisers, a
+    discriminator): what export and the adapters read, a fraction of the size; it cannot resume training."""
+    checkpoint = load_checkpoint(source)
+    kind = checkpoint_kind(checkpoint)
+    if kind is None:
+        raise TrainingError(f"{source} is not a checkpoint of a known kind: {kind_found(checkpoint)}")
+    kept = {key: checkpoint[key] for key in (*WEIGHT_KEYS[kind], *CONFIG_KEYS[kind], "avatar_names", "step") if key in checkpoint}
+    save_checkpoint(kept, Path(out), kind=kind)
+    return Path(out)

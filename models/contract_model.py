@@ -12,12 +12,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.config_checks import check_ranges
+
 
 @dataclass(frozen=True)
 class ContractModelConfig:
     resolution: int = 256
     num_avatars: int = 4
     width: int = 32  # channels after the first downsampling
+
+    def __post_init__(self) -> None:
+        check_ranges(self, (
+            ("resolution", not (16 <= self.resolution <= 1024 and self.resolution % 4 == 0), "must be a multiple of 4 in [16, 1024]"),
+            ("num_avatars", not 1 <= self.num_avatars <= 1024, "must be in [1, 1024]"),
+            ("width", not 1 <= self.width <= 512, "must be in [1, 512]"),
+        ))  # fmt: skip
 
 
 class ContractModel(nn.Module):

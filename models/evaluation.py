@@ -19,7 +19,7 @@ wrong identity; for self-reenactment it is the target itself, so it has no row).
     PSNR / SSIM          full frame (only for models that draw the background: the student)
     foreground PSNR/SSIM every image composited on white by its own mask (the teacher is trained on
                          the foreground only, so this is the figure to compare the two on)
-    motion, identity     with ``--regressor`` (models/parameter_regressor.py): the predicted pose's
+    motion, identity     with ``--regressor`` (models/nets/parameter_regressor.py): the predicted pose's
                          rotation error in degrees and the mean ARKit control error against the driver's
                          true motion, and the identity error (in prior standard deviations) against the
                          avatar's true identity; its error on the ground truth itself (the floor) beside
@@ -53,7 +53,7 @@ from models.data.heads import (
     sample_motions,
 )
 from models.data.paired import load_identities, read_meta, save_png
-from models.parameter_regressor import ParameterRegressor, load_regressor, on_white, parameter_errors
+from models.nets.parameter_regressor import ParameterRegressor, load_regressor, on_white, parameter_errors
 
 HELD_OUT_SEED = 424242  # never used by `synth` (streams seed*1000 + {1, 2, 3}) nor by the teacher's SyntheticPairs (hashed seeds)
 

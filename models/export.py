@@ -284,8 +284,8 @@ def load_student_export(
     from models.checkpoints import adapter_from_checkpoint, load_checkpoint, student_from_checkpoint
     from models.data.paired import read_meta
     from models.megaportraits.adapters import ADAPTER_INPUTS, AdaptedStudent
-    from models.megaportraits.train_adapter import file_digest
     from models.training.common import TrainingError
+    from models.training.train_adapter import file_digest
 
     checkpoint_path = Path(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)

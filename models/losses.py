@@ -350,6 +350,49 @@ def feature_matching_loss(real_features: Sequence[Sequence[Tensor]], fake_featur
 # -- cycle / contrastive loss on motion descriptors -------------------------------------------------
 
 
+# -- per-sample weighted terms: a batch element without a target (weight 0) drops out of them ----------------------
+
+
+def split_discriminator_output(
+    output: DiscriminatorOutput, half: int
+) -> tuple[list[Tensor], list[Tensor], list[list[Tensor]], list[list[Tensor]]]:
+    """A discriminator pass over cat[real, fake] -> real logits, fake logits, real features, fake features."""
+    real_logits = [logits[:half] for logits in output.logits]
+    fake_logits = [logits[half:] for logits in output.logits]
+    real_features = [[feature[:half] for feature in scale] for scale in output.features]
+    fake_features = [[feature[half:] for feature in scale] for scale in output.features]
+    return real_logits, fake_logits, real_features, fake_features
+
+
+def weighted_mean(per_sample: Tensor, weight: Tensor) -> Tensor:
+    """Σ w·x / Σ w over the batch (x: per-sample values, N; w: N)."""
+    return (per_sample * weight).sum() / weight.sum().clamp_min(1e-8)
+
+
+def per_sample_l1(a: Tensor, b: Tensor) -> Tensor:
+    """N×… -> N: mean |a - b| per sample."""
+    return (a - b).abs().flatten(1).mean(dim=1)
+
+
+def weighted_feature_matching_loss(real: list[list[Tensor]], fake: list[list[Tensor]], weight: Tensor) -> Tensor:
+    """feature_matching_loss with each sample's L1 weighted by ``weight`` (N): mean over layers and scales."""
+    terms = [
+        weighted_mean(per_sample_l1(f, r.detach()), weight)
+        for real_scale, fake_scale in zip(real, fake, strict=True)
+        for r, f in zip(real_scale, fake_scale, strict=True)
+    ]
+    return torch.stack(terms).mean()
+
+
+def weighted_hinge_discriminator_loss(real_logits: list[Tensor], fake_logits: list[Tensor], weight: Tensor) -> Tensor:
+    """hinge_discriminator_loss with the real side weighted per sample (weight 0: not shown as real)."""
+    per_scale = [
+        weighted_mean(F.relu(1 - real).flatten(1).mean(dim=1), weight) + F.relu(1 + fake).mean()
+        for real, fake in zip(real_logits, fake_logits, strict=True)
+    ]
+    return torch.stack(per_scale).mean()
+
+
 def cycle_contrastive_loss(anchor: Tensor, positive: Tensor, negatives: Tensor, *, scale: float = 5.0, margin: float = 0.2) -> Tensor:
     """Large-margin cosine contrastive loss (as CosFace), mean over the batch:
 

@@ -31,10 +31,9 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
-from PIL import Image
 
 # The 68-point tables and the box fit are contract's: training data preparation frames faces with the same ones.
-from contract.landmarks import CropBox, crop_box_from_landmarks, ibug68_from_mediapipe, landmarks_in_crop
+from contract.landmarks import CropBox, check_frame, crop_box_from_landmarks, crop_square, ibug68_from_mediapipe, landmarks_in_crop
 from server.one_euro import OneEuroConfig, OneEuroFilter
 
 
@@ -81,50 +80,6 @@ class CropResult:
     face_found: bool  # False: no face in this frame; box and landmarks are the last good ones
 
 
-def _check_frame(frame: np.ndarray) -> np.ndarray:
-    frame = np.asarray(frame)
-    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8 or min(frame.shape[:2]) < 1:
-        raise ValueError(f"a frame must be H×W×3 uint8 RGB, got {frame.dtype} {frame.shape}")
-    return frame
-
-
-def crop_square(frame: np.ndarray, box: CropBox, *, output_size: int, padding: Literal["edge", "black"] = "edge") -> np.ndarray:
-    """The square ``box`` (centre_x, centre_y, side, source pixels; pixel i spans [i, i+1)) of an
-    H×W×3 uint8 frame, resampled bilinearly to output_size × output_size × 3 uint8."""
-    frame = _check_frame(frame)
-    centre_x, centre_y, side = (float(value) for value in box)
-    if not (math.isfinite(centre_x) and math.isfinite(centre_y) and math.isfinite(side) and side > 0):
-        raise ValueError(f"crop box must be finite with a positive side, got {box}")
-    # A big box is first shrunk by an integer factor (box filter): the padded region below then
-    # stays within a few output sizes, however large the box or the frame.
-    reduce_factor = max(1, int(side / output_size / 2))
-    if reduce_factor > 1:
-        frame = np.asarray(Image.fromarray(frame).reduce(reduce_factor))
-        centre_x, centre_y, side = (value / reduce_factor for value in (centre_x, centre_y, side))
-    height, width = frame.shape[:2]
-    left, top = centre_x - side / 2, centre_y - side / 2
-    margin = math.ceil(side / output_size) + 2  # the filter's reach when shrinking, and rounding
-    x0, y0 = math.floor(left) - margin, math.floor(top) - margin
-    x1, y1 = math.ceil(left + side) + margin, math.ceil(top + side) + margin
-    inside_x0, inside_y0 = min(max(x0, 0), width), min(max(y0, 0), height)
-    inside_x1, inside_y1 = max(min(x1, width), inside_x0), max(min(y1, height), inside_y0)
-    inside = frame[inside_y0:inside_y1, inside_x0:inside_x1]  # the region's part within the frame
-    if padding == "edge" and inside.size > 0:
-        pad_widths = (
-            (inside_y0 - y0, y1 - inside_y1), (inside_x0 - x0, x1 - inside_x1), (0, 0)
-        )  # fmt: skip
-        region = np.pad(inside, pad_widths, mode="edge")
-    else:  # black, or a box wholly outside the frame (nothing to replicate)
-        region = np.zeros((y1 - y0, x1 - x0, 3), dtype=np.uint8)
-        region[inside_y0 - y0 : inside_y1 - y0, inside_x0 - x0 : inside_x1 - x0] = inside
-    crop = Image.fromarray(region).resize(
-        (output_size, output_size),
-        Image.Resampling.BILINEAR,
-        box=(left - x0, top - y0, left - x0 + side, top - y0 + side),
-    )
-    return np.array(crop)  # S×S×3, writable
-
-
 class _FaceMesh(Protocol):
     """The part of ``mediapipe.solutions.face_mesh.FaceMesh`` used here."""
 
@@ -166,7 +121,7 @@ class FaceCropper:
         origin, increasing: it times the box smoothing)."""
         if self._mesh is None:
             raise RuntimeError("this FaceCropper is closed")
-        frame = np.ascontiguousarray(_check_frame(frame))  # mediapipe reads the raw buffer
+        frame = np.ascontiguousarray(check_frame(frame))  # mediapipe reads the raw buffer
         if not math.isfinite(timestamp_s):
             raise ValueError(f"timestamp must be finite, got {timestamp_s}")
         faces = self._face_landmarks(frame)

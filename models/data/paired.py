@@ -44,6 +44,7 @@ try:
 except ImportError:  # Windows: no advisory locks, so every partial folder counts as a killed run's
     fcntl = None  # type: ignore[assignment]
 
+from models.config_checks import check_ranges
 from models.data.heads import (
     HeadMotion,
     Identity,
@@ -81,6 +82,15 @@ class SynthConfig:
     num_motions: int = 8_000
     seed: int = 0
     batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        check_ranges(self, (
+            ("resolution", not 32 <= self.resolution <= 1024, "must be in [32, 1024]"),
+            ("num_avatars", not 1 <= self.num_avatars <= 64, "must be in [1, 64]"),
+            ("num_driver_identities", not 1 <= self.num_driver_identities <= 100_000, "must be in [1, 100000]"),
+            ("num_motions", not self.num_motions >= 1, "must be at least 1"),
+            ("batch_size", not self.batch_size >= 1, "must be at least 1"),
+        ))  # fmt: skip
 
 
 def avatar_names(count: int) -> tuple[str, ...]:
@@ -306,8 +316,18 @@ def load_identities(path: Path) -> Identity:
         raise DatasetError(f"{path} is missing or corrupt: {error}") from None
 
 
+class HeadPair(NamedTuple):
+    """One pair of PairedHeads."""
+
+    driver: torch.Tensor  # 3×H×W in [0, 1]
+    target_rgb: torch.Tensor  # 3×H×W
+    target_alpha: torch.Tensor  # 1×H×W
+    avatar: int
+    target_landmarks: torch.Tensor  # 68×2: the target's landmarks in pixels (pixel i spans [i, i+1))
+
+
 class PairedHeads(Dataset):
-    """Items: driver rgb, target rgb, target alpha (float 3/3/1×H×W in [0,1]) and the avatar index."""
+    """Items: HeadPair (driver rgb, target rgb and alpha, the avatar index, the target's landmarks)."""
 
     def __init__(self, *, root: Path) -> None:
         self.meta = read_meta(root)
@@ -324,14 +344,16 @@ class PairedHeads(Dataset):
             raise DatasetError(f"{self.meta.root / 'pairs.npz'} is missing or corrupt: {error}") from None
         if self.avatar_index.shape != (count,) or self.avatar_index.min() < 0 or self.avatar_index.max() >= self.meta.num_avatars:
             raise DatasetError(f"{self.meta.root / 'pairs.npz'}: avatar indices do not fit {self.meta.num_avatars} avatars")
+        self.target_landmarks = load_checked_array(self.meta.root / "target_landmarks.npy", shape=(count, 68, 2), dtype=np.float32)
 
     def __len__(self) -> int:
         return self.meta.num_pairs
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, index: int) -> HeadPair:
         driver = torch.from_numpy(np.array(self.driver_rgba[index, :, :, :3])).permute(2, 0, 1).float().div(255)  # H×W×3 -> 3×H×W
         target = torch.from_numpy(np.array(self.target_rgba[index])).permute(2, 0, 1).float().div(255)  # H×W×4 -> 4×H×W
-        return driver, target[:3], target[3:], int(self.avatar_index[index])
+        landmarks = torch.from_numpy(np.array(self.target_landmarks[index]))  # 68×2
+        return HeadPair(driver, target[:3], target[3:], int(self.avatar_index[index]), landmarks)
 
 
 class SignalPair(NamedTuple):
@@ -364,6 +386,6 @@ class PairedSignals(PairedHeads):
         self.driver_landmarks = load_checked_array(self.meta.root / "driver_landmarks.npy", shape=(count, 68, 2), dtype=np.float32)
 
     def __getitem__(self, index: int) -> SignalPair:  # type: ignore[override]
-        driver, target_rgb, target_alpha, avatar = super().__getitem__(index)
+        driver, target_rgb, target_alpha, avatar, _ = super().__getitem__(index)
         landmarks = torch.from_numpy(np.array(self.driver_landmarks[index])) / self.meta.resolution  # pixels -> [0, 1]
         return SignalPair(driver, target_rgb, target_alpha, avatar, self.curves[index], self.framing[index], landmarks)

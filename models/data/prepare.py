@@ -70,7 +70,8 @@ from PIL import Image
 from tqdm import tqdm
 
 # The 68-point table, the canonical framing and the box fit are the server's too (one copy, in contract/).
-from contract.landmarks import MEDIAPIPE_TO_IBUG68, crop_box_from_landmarks
+from contract.landmarks import MEDIAPIPE_TO_IBUG68, crop_box_from_landmarks, crop_square
+from models.config_checks import check_ranges
 
 PREPARED_FORMAT = "megalive-video-crops"
 PREPARED_VERSION = 1
@@ -98,17 +99,15 @@ class PrepareConfig:
     min_tracking_confidence: float = 0.5
 
     def __post_init__(self) -> None:
-        problems = [message for bad, message in (
-            (not 32 <= self.resolution <= 1024, f"resolution must be in [32, 1024], got {self.resolution}"),
-            (not 0.0 <= self.min_face_fraction <= 1.0, f"min_face_fraction must be in [0, 1], got {self.min_face_fraction}"),
-            (self.every < 1, f"every must be at least 1, got {self.every}"),
-            (not 0.0 <= self.smoothing_seconds <= 10.0, f"smoothing_seconds must be in [0, 10], got {self.smoothing_seconds}"),
-            (not self.frame_folder_fps > 0, f"frame_folder_fps must be positive, got {self.frame_folder_fps}"),
-            (not 0.0 <= self.min_detection_confidence <= 1.0, "min_detection_confidence must be in [0, 1]"),
-            (not 0.0 <= self.min_tracking_confidence <= 1.0, "min_tracking_confidence must be in [0, 1]"),
-        ) if bad]  # fmt: skip
-        if problems:
-            raise ValueError(problems[0])
+        check_ranges(self, (
+            ("resolution", not 32 <= self.resolution <= 1024, "must be in [32, 1024]"),
+            ("min_face_fraction", not 0.0 <= self.min_face_fraction <= 1.0, "must be in [0, 1]"),
+            ("every", not self.every >= 1, "must be at least 1"),
+            ("smoothing_seconds", not 0.0 <= self.smoothing_seconds <= 10.0, "must be in [0, 10]"),
+            ("frame_folder_fps", not self.frame_folder_fps > 0, "must be positive"),
+            ("min_detection_confidence", not 0.0 <= self.min_detection_confidence <= 1.0, "must be in [0, 1]"),
+            ("min_tracking_confidence", not 0.0 <= self.min_tracking_confidence <= 1.0, "must be in [0, 1]"),
+        ))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -283,29 +282,6 @@ def smooth_over_time(values: np.ndarray, *, window: int, order: int = 2) -> np.n
     return smoothed
 
 
-def crop_square(frame: np.ndarray, box: np.ndarray, *, size: int) -> np.ndarray:
-    """The square ``box`` (centre x, centre y, side; pixel i spans [i, i+1)) of an H×W×3 uint8 frame, resampled
-    bilinearly to size×size×3; where the box leaves the frame the border pixels are replicated."""
-    centre_x, centre_y, side = (float(value) for value in box)
-    reduce_factor = max(1, int(side / size / 2))  # shrink big boxes by an integer box filter first (antialiasing)
-    if reduce_factor > 1:
-        frame = np.asarray(Image.fromarray(frame).reduce(reduce_factor))
-        centre_x, centre_y, side = centre_x / reduce_factor, centre_y / reduce_factor, side / reduce_factor
-    height, width = frame.shape[:2]
-    left, top = centre_x - side / 2, centre_y - side / 2
-    margin = math.ceil(side / size) + 2  # the filter's reach, and rounding
-    x0, y0 = math.floor(left) - margin, math.floor(top) - margin
-    x1, y1 = math.ceil(left + side) + margin, math.ceil(top + side) + margin
-    # Clamped indices replicate the edge; this gathers the (padded) region in one step.
-    rows = np.clip(np.arange(y0, y1), 0, height - 1)
-    columns = np.clip(np.arange(x0, x1), 0, width - 1)
-    region = frame[rows[:, None], columns[None, :]]  # (y1-y0)×(x1-x0)×3
-    crop = Image.fromarray(region).resize(
-        (size, size), Image.Resampling.BILINEAR, box=(left - x0, top - y0, left - x0 + side, top - y0 + side)
-    )
-    return np.asarray(crop)
-
-
 def _interpolate_missing(values: np.ndarray, found: np.ndarray) -> np.ndarray:
     """N×... values with the rows where ``found`` is False replaced by linear interpolation over time between the
     nearest found rows (held constant beyond the first and last)."""
@@ -420,7 +396,7 @@ def _prepare_into(video: VideoInput, out_dir: Path, config: PrepareConfig) -> Pr
         for index, frame in enumerate(_open(video, config)[1]):  # pass 2: crop and segment
             if index >= count:
                 raise _Skip(f"decoded {count} frames the first time and more the second")
-            crop = crop_square(frame, boxes[index], size=resolution)
+            crop = crop_square(frame, tuple(boxes[index]), output_size=resolution)
             mask = segmentation.process(np.ascontiguousarray(crop)).segmentation_mask  # S×S float32 in [0, 1]
             frames[index] = crop
             masks[index] = np.clip(np.asarray(mask) * 255 + 0.5, 0, 255).astype(np.uint8)

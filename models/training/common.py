@@ -1,4 +1,5 @@
-"""What every trainer shares: the user-facing error, the run summary, the optimiser, the batches."""
+"""What every trainer shares: the user-facing error, the run summary, the optimiser, the batches
+(the run folder and its loop are in run_folder.py)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,15 @@ class TrainSummary:
 
 
 def adam_with_cosine(
-    parameters: Iterable[torch.nn.Parameter], *, learning_rate: float, final_learning_rate: float, steps: int
+    parameters: Iterable[torch.nn.Parameter],
+    *,
+    learning_rate: float,
+    final_learning_rate: float,
+    steps: int,
+    betas: tuple[float, float] = (0.9, 0.999),
 ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.CosineAnnealingLR]:
-    """Adam (0.9, 0.999) and a cosine schedule from learning_rate to final_learning_rate over steps."""
-    optimiser = torch.optim.Adam(parameters, lr=learning_rate, betas=(0.9, 0.999))
+    """Adam (betas: (0.9, 0.999) unless given) and a cosine schedule from learning_rate to final_learning_rate over steps."""
+    optimiser = torch.optim.Adam(parameters, lr=learning_rate, betas=betas)
     return optimiser, torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps, eta_min=final_learning_rate)
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from models.cli import main
 from models.data.paired import SynthConfig, write_paired_dataset
-from models.megaportraits.train_student import StudentTrainConfig, train_student
+from models.training.train_student import StudentTrainConfig, train_student
 
 RESOLUTION = 64
 FRAMES = 12
@@ -74,7 +74,7 @@ def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny (64 px) base-model checkpoint after 2 training steps: for plumbing, not looks."""
     import torch
 
-    from models.megaportraits.train_base import BaseTrainConfig, train_base
+    from models.training.train_base import BaseTrainConfig, train_base
 
     run = tmp_path_factory.mktemp("teacher")
     threads = torch.get_num_threads()

@@ -16,8 +16,8 @@ from models.data.heads import SyntheticHeads, neutral_motion, sample_identities
 from models.data.paired import PairedSignals
 from models.megaportraits.adapters import ADAPTER_KINDS, AdaptedStudent, DriverAdapter, adapter_config, arkit_features, landmark_features
 from models.megaportraits.student import Student, student_config
-from models.megaportraits.train_adapter import AdapterTrainConfig, adapter_features, train_adapter
-from models.megaportraits.train_student import student_losses
+from models.training.train_adapter import AdapterTrainConfig, adapter_features, train_adapter
+from models.training.train_student import student_losses
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,7 +159,7 @@ def test_export_writes_one_graph_per_driver_kind_with_parity(
 
 
 def test_export_refuses_an_adapter_of_another_student(adapter_runs: dict[str, Path], tiny_dataset: Path, tmp_path: Path) -> None:
-    from models.megaportraits.train_student import StudentTrainConfig, train_student
+    from models.training.train_student import StudentTrainConfig, train_student
 
     other = tmp_path / "other"
     train_student(

@@ -13,17 +13,10 @@ import torch
 from models.cli import main
 from models.data.heads import SyntheticHeads, neutral_motion, sample_identities, sample_motions
 from models.evaluation import AvatarOutput, EvalConfig, evaluate
-from models.parameter_regressor import (
-    IDENTITY_FIELDS,
-    RegressedParameters,
-    RegressorTrainConfig,
-    _blur,
-    identity_features,
-    load_regressor,
-    parameter_errors,
-    train_regressor,
-)
+from models.nets.parameter_regressor import IDENTITY_FIELDS, RegressedParameters, identity_features, load_regressor, parameter_errors
+from models.training.augment import gaussian_blur
 from models.training.common import TrainingError
+from models.training.train_regressor import RegressorTrainConfig, train_regressor
 
 RESOLUTION = 64
 
@@ -59,9 +52,9 @@ def test_parameter_errors_are_zero_at_the_truth_and_in_degrees_and_prior_units()
 
 def test_blur_keeps_an_image_at_sigma_zero_and_softens_it_otherwise() -> None:
     image = torch.rand(2, 3, 16, 16)
-    kept = _blur(image, torch.zeros(2))
+    kept = gaussian_blur(image, torch.zeros(2))
     assert torch.allclose(kept, image, atol=1e-5)
-    blurred = _blur(image, torch.tensor([0.0, 1.5]))
+    blurred = gaussian_blur(image, torch.tensor([0.0, 1.5]))
     assert torch.allclose(blurred[0], image[0], atol=1e-5) and blurred[1].std() < 0.7 * image[1].std()
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from models.cli import main
-from models.megaportraits.train_student import StudentTrainConfig, check_student_config
 from models.training.common import TrainingError
+from models.training.train_student import StudentTrainConfig, check_student_config
 
 
 def _refused(capsys: pytest.CaptureFixture[str], command: str, *argv: str) -> str:

@@ -13,8 +13,8 @@ from models.checkpoints import student_from_checkpoint
 from models.data.heads import SyntheticHeads, neutral_motion
 from models.data.paired import PairedHeads, load_identities
 from models.megaportraits.distill import TeacherAvatars, TeacherTargets, background_plates
-from models.megaportraits.train_student import StudentTrainConfig, train_student
 from models.training.common import TrainingError
+from models.training.train_student import StudentTrainConfig, train_student
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from models.data.paired import PairedHeads
-from models.megaportraits.train_student import StudentTrainConfig, train_student
+from models.training.train_student import StudentTrainConfig, train_student
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,8 +39,9 @@ def test_synth_writes_frames_masks_landmarks_parameters_and_a_sheet(tiny_dataset
         "contact_sheet.png",
     } <= names
     data = PairedHeads(root=tiny_dataset)
-    driver, target_rgb, target_alpha, avatar = data[5]
+    driver, target_rgb, target_alpha, avatar, landmarks = data[5]
     assert driver.shape == (3, 64, 64) and target_rgb.shape == (3, 64, 64) and target_alpha.shape == (1, 64, 64)
+    assert landmarks.shape == (68, 2) and 0 < float(landmarks.min()) and float(landmarks.max()) < 64
     assert 0 <= avatar < 3 and 0.05 < float(target_alpha.mean()) < 0.95
     assert not any(p.name.startswith(".") for p in tiny_dataset.parent.iterdir())  # no staging folder left
 
@@ -147,13 +148,14 @@ def test_training_lowers_the_loss_and_writes_a_checkpoint(tiny_run: Path, tiny_d
 
     from models.checkpoints import load_checkpoint, student_from_checkpoint
     from models.megaportraits.student import Student, student_config
-    from models.megaportraits.train_student import student_losses
+    from models.training.train_adapter import AdapterTrainConfig
+    from models.training.train_student import student_losses
 
     data = PairedHeads(root=tiny_dataset)
     items = [data[i] for i in range(len(data))]
     driver, target_rgb, target_alpha = (torch.stack([item[k] for item in items]) for k in range(3))
     avatar = torch.tensor([item[3] for item in items])
-    config = StudentTrainConfig(data=str(tiny_dataset), run_dir="")
+    config = AdapterTrainConfig(student="", data=str(tiny_dataset), run_dir="", kind="arkit")  # L1, SSIM and mask at weight 1
     torch.manual_seed(0)  # the trainer's seed: the same initial weights
     before = Student(config=student_config("tiny", num_avatars=3))
     trained = student_from_checkpoint(load_checkpoint(tiny_run / "checkpoint.pt"))
@@ -163,7 +165,9 @@ def test_training_lowers_the_loss_and_writes_a_checkpoint(tiny_run: Path, tiny_d
     assert loss_after < 0.9 * loss_before, (loss_before, loss_after)
     assert json.loads((tiny_run / "log.jsonl").read_text().splitlines()[-1])["step"] == 100
     assert (tiny_run / "samples.png").is_file()
-    assert json.loads((tiny_run / "config.json").read_text())["train"]["perceptual"].startswith("absent")
+    networks = json.loads((tiny_run / "config.json").read_text())["objective"]["networks"]
+    assert networks == {"perceptual (EfficientNet-Lite0)": "active", "face (dlib ResNet)": "active"}
+    assert "discriminator" in load_checkpoint(tiny_run / "checkpoint.pt")
 
 
 def test_training_resumes_from_its_checkpoint(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -278,3 +282,17 @@ def test_export_student_without_the_cli(tiny_run: Path, tiny_dataset: Path, tmp_
         load_student_export(tiny_run / "checkpoint.pt", expect_preset="cpu256")
     with pytest.raises(TrainingError, match="checkpoint not found"):
         load_student_export(tiny_run / "checkpoint.pt", adapters=[tmp_path / "no-adapter.pt"])
+
+
+def test_a_slim_checkpoint_keeps_the_student_and_drops_the_trainer_state(tiny_run: Path, tmp_path: Path) -> None:
+    import torch
+
+    from models.checkpoints import load_checkpoint, slim_checkpoint, student_from_checkpoint
+
+    slim = slim_checkpoint(tiny_run / "checkpoint.pt", tmp_path / "slim.pt")
+    full, kept = load_checkpoint(tiny_run / "checkpoint.pt"), load_checkpoint(slim)
+    assert "optimiser" in full and "discriminator" in full and "optimiser" not in kept and "discriminator" not in kept
+    assert slim.stat().st_size < 0.5 * (tiny_run / "checkpoint.pt").stat().st_size
+    assert kept["digest"] == full["digest"] and kept["step"] == full["step"]
+    for name, tensor in student_from_checkpoint(kept).state_dict().items():
+        assert torch.equal(tensor, student_from_checkpoint(full).state_dict()[name])

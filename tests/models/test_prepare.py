@@ -18,7 +18,7 @@ from PIL import Image
 from contract.landmarks import canonical_ibug68
 from models.cli import main
 from models.data.paired import DatasetError
-from models.data.prepare import PrepareConfig, crop_square, discover_inputs, smooth_over_time
+from models.data.prepare import PrepareConfig, discover_inputs, smooth_over_time
 from models.data.video_folder import VideoFolder
 from tests.models.conftest import FOLDER_CANVAS, FRAMES, MP4_CANVAS, OFFSET, RESOLUTION, poses
 
@@ -30,15 +30,6 @@ def test_smoothing_keeps_motion_and_cuts_jitter() -> None:
     noise = np.random.default_rng(0).normal(0, 1, (400, 1))
     assert smooth_over_time(noise, window=15).std() < 0.6 * noise.std()
     np.testing.assert_array_equal(smooth_over_time(motion[:2], window=9), motion[:2])  # too short to fit: unchanged
-
-
-def test_crop_square_samples_the_box_and_replicates_edges() -> None:
-    frame = np.zeros((40, 60, 3), dtype=np.uint8)
-    frame[:, 30:] = 200  # right half bright
-    crop = crop_square(frame, np.array([30.0, 20.0, 20.0]), size=10)  # box x 20..40: half dark, half bright
-    assert crop.shape == (10, 10, 3) and crop[:, :4].max() == 0 and crop[:, 6:].min() == 200
-    outside = crop_square(frame, np.array([70.0, 20.0, 20.0]), size=10)  # mostly right of the frame: edge replicated
-    assert outside.min() == 200
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ from models.checkpoints import load_checkpoint, state_digest
 from models.cli import main
 from models.data.heads import HeadMotion
 from models.data.synthetic_pairs import SyntheticPairs, SyntheticPairsConfig
-from models.megaportraits.augment import DriverAugmentation, colour_jitter, thin_plate_spline_grids
-from models.megaportraits.train_base import BaseTrainConfig, train_base
+from models.training.augment import DriverAugmentation, colour_jitter, thin_plate_spline_grids
+from models.training.train_base import BaseTrainConfig, train_base
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(preset="tiny", steps=2, batch_size=1, identities=8, workers=0, log_every=1, checkpoint_every=2)
@@ -197,11 +197,11 @@ def test_torchrun_two_processes_end_with_equal_weights_and_resume_exactly(tmp_pa
 
 
 def test_a_torchrun_worker_ends_without_finalisation_and_keeps_its_status_and_output() -> None:
-    # The exit path that keeps gloo's surviving worker threads from aborting a finished run (see models.cli).
+    # The exit path that keeps gloo's surviving worker threads from aborting a finished run (see models.training.distributed).
     script = (
-        "import sys\nfrom models.cli import _end_process\nassert _end_process(3, distributed=False) == 3\n"
+        "import sys\nfrom models.training.distributed import end_process\nassert end_process(3, distributed=False) == 3\n"
         "import atexit\natexit.register(print, 'finalised')\n"
-        "print('last words', end='')\nprint('on stderr', end='', file=sys.stderr)\n_end_process(4, distributed=True)\n"
+        "print('last words', end='')\nprint('on stderr', end='', file=sys.stderr)\nend_process(4, distributed=True)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
     assert (result.returncode, result.stdout, result.stderr) == (4, "last words", "on stderr")

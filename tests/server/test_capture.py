@@ -11,8 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from contract.landmarks import MEDIAPIPE_TO_IBUG68, canonical_ibug68, crop_box_from_landmarks, ibug68_from_mediapipe, landmarks_in_crop
-from server.capture import CropConfig, CropResult, FaceCropper, NoFaceError, crop_square
+from contract.landmarks import (
+    MEDIAPIPE_TO_IBUG68,
+    canonical_ibug68,
+    crop_box_from_landmarks,
+    ibug68_from_mediapipe,
+    landmarks_in_crop,
+)
+from server.capture import CropConfig, CropResult, FaceCropper, NoFaceError
 from server.one_euro import OneEuroConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -57,26 +63,6 @@ def test_box_fit_recovers_a_scaled_and_shifted_canonical_face() -> None:
         crop_box_from_landmarks(np.ones((68, 2)))
     with pytest.raises(ValueError, match="68×2"):
         crop_box_from_landmarks(np.ones((67, 2)))
-
-
-def test_crop_square_samples_the_box_and_pads_outside_the_frame() -> None:
-    frame = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    # The box that is exactly the frame, at its own size, is the frame itself.
-    np.testing.assert_array_equal(crop_square(frame, (32.0, 32.0, 64.0), output_size=64), frame)
-    # A box hanging 16 px off the left edge: edge replication repeats column 0, black gives zeros.
-    edge = crop_square(frame, (16.0, 32.0, 64.0), output_size=64, padding="edge")
-    black = crop_square(frame, (16.0, 32.0, 64.0), output_size=64, padding="black")
-    np.testing.assert_array_equal(edge[:, 16:], frame[:, :48])
-    np.testing.assert_array_equal(edge[:, :16], np.repeat(frame[:, :1], 16, axis=1))
-    assert black[:, :16].max() == 0 and np.array_equal(black[:, 16:], frame[:, :48])
-    # A box far larger than the frame stays cheap (pre-shrunk) and keeps a flat frame flat.
-    flat = np.full((48, 64, 3), 90, dtype=np.uint8)
-    huge = crop_square(flat, (32.0, 24.0, 5000.0), output_size=32)
-    assert huge.shape == (32, 32, 3) and huge.dtype == np.uint8 and np.all(huge == 90)
-    # A box wholly outside the frame has nothing to replicate: black.
-    assert crop_square(flat, (900.0, 900.0, 50.0), output_size=16).max() == 0
-    with pytest.raises(ValueError, match="positive side"):
-        crop_square(frame, (10.0, 10.0, 0.0), output_size=16)
 
 
 def test_crop_config_refuses_nonsense() -> None:

@@ -1,6 +1,7 @@
 """The service against hostile and broken clients (issue: a server no message can stop, no client can
 starve, no stranger can reach). Raw DEALER sockets speak the wire format directly, so each test sends
-exactly the bytes an attacker would."""
+exactly the bytes an attacker would. One module on purpose (about 700 lines): every attack runs against the same
+live-service fixtures and raw-socket helpers defined here."""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
-"""Driver augmentation for the base model (DESIGN.md §4.1): a random thin-plate-spline warp and strong
-colour jitter, so that the driver's identity (face proportions, skin, hair and background colours)
-cannot leak into the output while its motion (pose, expression) still can.
+"""Every trainer's image augmentation, in one place: colour jitter, warps (thin-plate spline for the base
+model, DESIGN.md §4.1; a mild affine one for the student and adapters) and Gaussian blur (the parameter
+regressor). The drivers' augmentation keeps their identity (face proportions, skin, hair and background
+colours) from leaking into the output while their motion (pose, expression) still can.
 
 Everything is batched, runs on the images' device, and draws its random numbers on the CPU from the
 ``torch.Generator`` it is given: the same generator state gives the same augmentation on any device.
 
-    images B×3×H×W in [0, 1] ─colour_jitter─▶ ─thin_plate_spline_warp─▶ B×3×H×W in [0, 1]
+    images B×3×H×W in [0, 1] ─colour_jitter─▶ ─thin_plate_spline_warp or affine_warp─▶ B×3×H×W in [0, 1]
 """
 
 from __future__ import annotations
@@ -108,21 +109,57 @@ def thin_plate_spline_warp(images: Tensor, *, strength: float, points_per_side: 
     return F.grid_sample(images, grids, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def affine_warp(images: Tensor, *, strength: float, generator: torch.Generator) -> Tensor:
+    """Each image scaled by its own factors in [1 - strength, 1 + strength] per axis (anisotropic: face
+    proportions change) and shifted by up to strength/2 half-images; borders are extended. B×C×H×W -> same."""
+    if strength <= 0:
+        return images
+    batch = images.shape[0]
+    theta = torch.zeros(batch, 2, 3)  # B×2×3 affine matrices on [-1, 1] coordinates
+    theta[:, 0, 0] = 1 + strength * _uniform(generator, batch)
+    theta[:, 1, 1] = 1 + strength * _uniform(generator, batch)
+    theta[:, :, 2] = 0.5 * strength * _uniform(generator, batch, 2)
+    grid = F.affine_grid(theta.to(device=images.device, dtype=images.dtype), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def gaussian_blur(images: Tensor, sigma: Tensor) -> Tensor:
+    """A Gaussian blur per image (sigma: B, in pixels; 0 leaves the image as it is). B×C×H×W -> same."""
+    radius = 3
+    taps = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    kernel = torch.exp(-0.5 * (taps.view(1, -1) / sigma.clamp_min(1e-3).view(-1, 1)) ** 2)  # B×7
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)
+    batch, channels, height, width = images.shape
+    x = F.pad(images.reshape(1, batch * channels, height, width), (radius, radius, radius, radius), mode="replicate")
+    weight = kernel.repeat_interleave(channels, dim=0)  # (B·C)×7
+    x = F.conv2d(x, weight.view(-1, 1, 1, 2 * radius + 1), groups=batch * channels)  # horizontal
+    x = F.conv2d(x, weight.view(-1, 1, 2 * radius + 1, 1), groups=batch * channels)  # vertical
+    return x.reshape(batch, channels, height, width)
+
+
+WARP_KINDS = ("thin-plate-spline", "affine")
+
+
 @dataclass(frozen=True)
 class DriverAugmentation:
     colour: float = 0.5  # colour_jitter strength [0-1]
-    warp: float = 0.06  # thin-plate-spline displacement (std, in half-images) [0-0.2]
-    warp_points: int = 3  # control points per side (3 -> 9 control points)
+    warp: float = 0.06  # displacement [0-0.2]: the thin-plate spline's std, or the affine's scale range, in half-images
+    warp_kind: str = "thin-plate-spline"  # WARP_KINDS: the base model's; "affine" for the student and adapters
+    warp_points: int = 3  # thin-plate spline's control points per side (3 -> 9 control points)
 
     def __post_init__(self) -> None:
         if not 0 <= self.colour <= 1:
             raise ValueError(f"colour jitter strength must be in [0, 1], got {self.colour}")
         if not 0 <= self.warp <= 0.2:
             raise ValueError(f"warp strength must be in [0, 0.2], got {self.warp}")
+        if self.warp_kind not in WARP_KINDS:
+            raise ValueError(f"warp kind must be one of {', '.join(WARP_KINDS)}, got {self.warp_kind!r}")
         if not 2 <= self.warp_points <= 8:
             raise ValueError(f"warp control points per side must be in [2, 8], got {self.warp_points}")
 
     def __call__(self, drivers: Tensor, *, generator: torch.Generator) -> Tensor:
         """B×3×H×W in [0, 1] -> the same drivers, colour-jittered then warped."""
         jittered = colour_jitter(drivers, strength=self.colour, generator=generator)
+        if self.warp_kind == "affine":
+            return affine_warp(jittered, strength=self.warp, generator=generator)
         return thin_plate_spline_warp(jittered, strength=self.warp, points_per_side=self.warp_points, generator=generator)

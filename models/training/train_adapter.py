@@ -17,19 +17,15 @@ scheduler, step, RNG, the student checkpoint's path and hash), log.jsonl, sample
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
-from models.checkpoints import ADAPTER_KIND, adapter_from_checkpoint, load_checkpoint, load_student, save_checkpoint
+from models.checkpoints import ADAPTER_KIND, adapter_from_checkpoint, load_student, save_checkpoint
 from models.data.heads import contact_sheet
-from models.data.paired import PairedSignals, save_png
+from models.data.paired import PairedSignals
 from models.megaportraits.adapters import (
     ADAPTER_KINDS,
     DriverAdapter,
@@ -39,8 +35,9 @@ from models.megaportraits.adapters import (
     pyramid_distance,
 )
 from models.megaportraits.student import Student
-from models.megaportraits.train_student import StudentLosses, student_losses
 from models.training.common import TrainingError, TrainSummary, adam_with_cosine, endless_batches
+from models.training.run_folder import RunFolder, optimiser_state, restore_optimiser_state
+from models.training.train_student import student_losses
 
 
 @dataclass(frozen=True)
@@ -114,39 +111,26 @@ def train_adapter(config: AdapterTrainConfig, *, progress: bool = True) -> Train
             f"the dataset ({dataset.meta.resolution} px, {dataset.meta.num_avatars} avatars) does not match the student "
             f"({student.config.resolution} px, {student.num_avatars} avatars)"
         )
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = run_dir / "checkpoint.pt"
+    run = RunFolder(config.run_dir)
     torch.manual_seed(config.seed)
     model_config = adapter_config(config.kind, student=student.config)
     adapter = DriverAdapter(config=model_config)
     schedule = {"learning_rate": config.learning_rate, "final_learning_rate": config.final_learning_rate, "steps": config.steps}
     optimiser, scheduler = adam_with_cosine(adapter.parameters(), **schedule)
     step = 0
-    if checkpoint_path.exists():
-        checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint = run.saved_checkpoint()
+    if checkpoint is not None:
         if checkpoint.get("student_digest") != student_digest or checkpoint.get("train_config", {}).get("kind") != config.kind:
-            raise TrainingError(f"{checkpoint_path} belongs to another run (another student or kind); use a new --run folder")
+            raise TrainingError(f"{run.checkpoint_path} belongs to another run (another student or kind); use a new --run folder")
         adapter = adapter_from_checkpoint(checkpoint)
         optimiser, scheduler = adam_with_cosine(adapter.parameters(), **schedule)
-        optimiser.load_state_dict(checkpoint["optimiser"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        step = int(checkpoint["step"])
-        torch.set_rng_state(checkpoint["rng_torch"])
-    (run_dir / "config.json").write_text(
-        json.dumps({"train": asdict(config), "adapter": asdict(model_config), "student_digest": student_digest}, indent=2) + "\n"
-    )
+        step = restore_optimiser_state(checkpoint, optimiser, scheduler)
+    run.write_config({"train": asdict(config), "adapter": asdict(model_config), "student_digest": student_digest})
     loader = endless_batches(dataset, batch_size=config.batch_size, workers=config.workers, seed=config.seed, step=step)
     noise_generator = torch.Generator().manual_seed(config.seed * 104729 + step)
     adapter.train()
-    losses: StudentLosses | None = None
-    floats: dict[str, float] = {}
-    began, first_step = time.perf_counter(), step
-    with (
-        tqdm(total=config.steps, initial=step, desc=f"adapter {config.kind}", unit="step", disable=not progress) as bar,
-        open(run_dir / "log.jsonl", "a", encoding="utf-8") as log,
-    ):
-        while step < config.steps:
+    with run.progress(total=config.steps, step=step, description=f"adapter {config.kind}", show=progress) as steps:
+        while steps.running:
             batch = next(loader)
             with torch.no_grad():
                 target_code = student.encoder(batch.driver)
@@ -159,33 +143,26 @@ def train_adapter(config: AdapterTrainConfig, *, progress: bool = True) -> Train
             total.backward()
             optimiser.step()
             scheduler.step()
-            step += 1
-            bar.update(1)
-            if step % config.log_every == 0 or step == config.steps:
-                floats = {**losses.as_floats(), "code": float(code_loss.detach()), "total": float(total.detach())}
-                bar.set_postfix(loss=f"{floats['total']:.4f}", code=f"{floats['code']:.3f}")
-                log.write(json.dumps({"step": step, "lr": scheduler.get_last_lr()[0], **floats}) + "\n")
-                log.flush()
-            if step % config.checkpoint_every == 0 or step == config.steps:
+            steps.advance()
+            if steps.due(config.log_every):
+                # the adapter's total adds the code term to the student's reconstruction losses
+                floats = {**losses.as_floats(), "total": float(total.detach()), "code": float(code_loss.detach())}
+                steps.log(floats, learning_rate=scheduler.get_last_lr()[0])
+            if steps.due(config.checkpoint_every):
                 save_checkpoint(
                     {
                         "adapter": adapter.state_dict(),
-                        "optimiser": optimiser.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "step": step,
-                        "rng_torch": torch.get_rng_state(),
+                        **optimiser_state(optimiser, scheduler, steps.step),
                         "adapter_config": asdict(model_config),
                         "train_config": asdict(config),
                         "student": str(student_path),
                         "student_digest": student_digest,
                     },
-                    checkpoint_path,
+                    run.checkpoint_path,
                     kind=ADAPTER_KIND,
                 )
                 with torch.no_grad():
                     truth = student(batch.driver[:4], batch.avatar[:4]).rgb
                     tiles = torch.stack([batch.driver[:4], truth, rgb[:4].detach(), batch.target_rgb[:4]], dim=1).flatten(0, 1)
-                save_png(contact_sheet(tiles, columns=4), run_dir / "samples.png")  # driver | student on it | adapter | truth
-    elapsed = time.perf_counter() - began
-    rate = (step - first_step) * config.batch_size / elapsed if elapsed > 0 and step > first_step else math.nan
-    return TrainSummary(run_dir=run_dir, steps=step, final_losses=floats, samples_per_second=rate)
+                run.save_samples(contact_sheet(tiles, columns=4))  # driver | student on it | adapter | truth
+    return steps.summary(run_dir=run.path, batch_size=config.batch_size)

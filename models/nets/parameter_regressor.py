@@ -3,7 +3,7 @@
 `megalive-train eval` measures motion and identity with it (the benchmark's stand-in for a pose
 estimator and a face-recognition network, which we cannot load here): a model output's predicted
 pose and ARKit controls against the driver's true ones, and its predicted identity against the
-avatar's true one. It is trained on renders (`megalive-train regressor`) and reads every image
+avatar's true one. It is trained on renders (`megalive-train regressor`, models/training/train_regressor.py) and reads every image
 composited on white by its own mask (the foreground), downsampled to ``RegressorConfig.resolution``,
 because the teacher does not model the background. A random blur during training keeps it usable on
 soft model outputs; its error on the ground-truth renders themselves (the floor) is reported beside
@@ -19,22 +19,19 @@ Targets, per image:
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from contract.arkit import NUM_BLENDSHAPES
 from models.blocks import ConvNormAct, DownBlock, resize_square
-from models.checkpoints import REGRESSOR_KIND, checkpoint_kind, kind_found, load_checkpoint, save_checkpoint
-from models.data.heads import HeadMotion, Identity, SyntheticHeads, sample_clip, sample_identities, sample_motions
+from models.checkpoints import REGRESSOR_KIND, checkpoint_kind, kind_found, load_checkpoint
+from models.data.heads import HeadMotion, Identity, SyntheticHeads, sample_identities, sample_motions
 from models.data.synthetic_pairs import derived_seed
-from models.training.common import TrainingError, adam_with_cosine
+from models.training.common import TrainingError
 
 # The face and hair: what a face-recognition network would call identity (light, clothes and background are not).
 IDENTITY_FIELDS = (
@@ -86,20 +83,6 @@ class RegressorConfig:
     stem: int = 24  # a stride-2 conv: 64 -> 32 px
     channels: tuple[int, ...] = (32, 64, 128, 160)  # a stride-2 ResBlock each: 32 -> 2 px
     hidden: int = 256
-
-
-@dataclass(frozen=True)
-class RegressorTrainConfig:
-    out: str  # checkpoint path
-    renders: int = 8000  # training images, rendered once at render_resolution
-    render_resolution: int = 128
-    steps: int = 3000
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    max_blur: float = 0.75  # Gaussian blur sigma, in regressor pixels, drawn per image from [0, max_blur]
-    seed: int = 7  # its identities and motions: neither the teacher's training pool nor the benchmark's held-out seed
-    held_out: int = 256  # fresh renders its own error is measured on, after training
-    command: str = ""
 
 
 class RegressedParameters(NamedTuple):
@@ -167,111 +150,6 @@ def identity_prior(seed: int, count: int = 4096) -> tuple[Tensor, Tensor]:
     features = identity_features(sample_identities(count, generator=torch.Generator().manual_seed(derived_seed(seed, "prior"))))
     std = features.std(dim=0)
     return features.mean(dim=0), torch.where(std > 1e-6, std, torch.ones_like(std))
-
-
-def _blur(images: Tensor, sigma: Tensor) -> Tensor:
-    """A Gaussian blur per image (sigma: B, in pixels; 0 leaves the image as it is)."""
-    radius = 3
-    taps = torch.arange(-radius, radius + 1, dtype=images.dtype)
-    kernel = torch.exp(-0.5 * (taps.view(1, -1) / sigma.clamp_min(1e-3).view(-1, 1)) ** 2)  # B×7
-    kernel = kernel / kernel.sum(dim=1, keepdim=True)
-    batch, channels, height, width = images.shape
-    x = F.pad(images.reshape(1, batch * channels, height, width), (radius, radius, radius, radius), mode="replicate")
-    weight = kernel.repeat_interleave(channels, dim=0)  # (B·3)×7
-    x = F.conv2d(x, weight.view(-1, 1, 1, 2 * radius + 1), groups=batch * channels)  # horizontal
-    x = F.conv2d(x, weight.view(-1, 1, 2 * radius + 1, 1), groups=batch * channels)  # vertical
-    return x.reshape(batch, channels, height, width)
-
-
-class RegressorTrainingSet(NamedTuple):
-    images: Tensor  # N×3×r×r foreground on white
-    motion: HeadMotion  # N
-    identity: Identity  # N
-
-
-def render_training_set(config: RegressorTrainConfig, regressor: RegressorConfig, *, progress: bool) -> RegressorTrainingSet:
-    """Random identities, half in independent random motions and half in clip frames, rendered once and
-    stored at the regressor's size."""
-    generator = torch.Generator().manual_seed(derived_seed(config.seed, "renders"))
-    count = config.renders
-    identities = sample_identities(count, generator=generator)
-    clip_frames = count - count // 2
-    clips = [sample_clip(64, generator=generator) for _ in range(math.ceil(clip_frames / 64))]
-    motion = HeadMotion.cat([sample_motions(count // 2, generator=generator), HeadMotion.cat(clips)[:clip_frames]])
-    heads = SyntheticHeads(resolution=config.render_resolution)
-    images = torch.empty(count, 3, regressor.resolution, regressor.resolution)
-    batch = 64
-    with torch.inference_mode(), tqdm(total=count, desc="rendering", unit="image", disable=not progress) as bar:
-        for start in range(0, count, batch):
-            part = slice(start, min(start + batch, count))
-            render = heads.render(identities[part], motion[part])
-            images[part] = resize_square(on_white(render.rgb, render.alpha), regressor.resolution)
-            bar.update(part.stop - part.start)
-    return RegressorTrainingSet(images=images, motion=motion, identity=identities)
-
-
-@dataclass(frozen=True)
-class RegressorSummary:
-    path: Path
-    steps: int
-    final_loss: float
-    seconds: float
-    held_out: ParameterErrors  # on renders of identities and motions it never saw (no blur)
-
-
-def train_regressor(
-    config: RegressorTrainConfig, *, regressor_config: RegressorConfig | None = None, progress: bool = True
-) -> RegressorSummary:
-    regressor_config = regressor_config or RegressorConfig()
-    if config.renders < config.batch_size or config.steps < 1 or config.batch_size < 1:
-        raise TrainingError("the regressor needs --steps ≥ 1, --batch ≥ 1 and --renders ≥ --batch")
-    began = time.perf_counter()
-    torch.manual_seed(derived_seed(config.seed, "weights"))
-    mean, std = identity_prior(config.seed)
-    model = ParameterRegressor(config=regressor_config, identity_mean=mean, identity_std=std)
-    data = render_training_set(config, regressor_config, progress=progress)
-    identity_targets = model.standardise(data.identity)
-    optimiser, scheduler = adam_with_cosine(
-        model.parameters(), learning_rate=config.learning_rate, final_learning_rate=config.learning_rate / 100, steps=config.steps
-    )
-    generator = torch.Generator().manual_seed(derived_seed(config.seed, "batches"))
-    loss = torch.tensor(math.nan)
-    model.train()
-    for _ in tqdm(range(config.steps), desc="regressor", unit="step", disable=not progress):
-        index = torch.randint(config.renders, (config.batch_size,), generator=generator)
-        sigma = torch.rand(config.batch_size, generator=generator) * config.max_blur
-        images = _blur(data.images[index], sigma)
-        predicted = model(images)
-        motion = data.motion[index]
-        true_pose = torch.stack([motion.yaw, motion.pitch, motion.roll], dim=1)
-        loss = (
-            F.smooth_l1_loss(predicted.pose * 4, true_pose * 4)
-            + F.smooth_l1_loss(predicted.expression * 4, motion.expression * 4)
-            + F.smooth_l1_loss(predicted.identity, identity_targets[index])
-        )
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        scheduler.step()
-    model.eval()
-    held_out = held_out_errors(
-        model, seed=derived_seed(config.seed, "held-out"), resolution=config.render_resolution, count=config.held_out
-    )
-    out = Path(config.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(
-        {
-            "model": model.state_dict(),
-            "model_config": asdict(regressor_config),
-            "train_config": asdict(config),
-            "held_out": asdict(held_out),
-        },
-        out,
-        kind=REGRESSOR_KIND,
-    )
-    return RegressorSummary(
-        path=out, steps=config.steps, final_loss=float(loss.detach()), seconds=time.perf_counter() - began, held_out=held_out
-    )
 
 
 def held_out_errors(model: ParameterRegressor, *, seed: int, resolution: int, count: int = 256) -> ParameterErrors:

@@ -40,34 +40,28 @@ processes; a different number is refused). Exactly means bit for bit on the CPU 
 threads (OMP_NUM_THREADS changes the order of float sums); on a GPU, up to CUDA's nondeterministic
 kernels (grid_sample's backward adds atomically). ``stop_at`` ends a run early at a step, as an interruption
 would, while the schedule still spans ``steps``.
+
+One file on purpose (about 560 lines): the generator and discriminator halves of a step share the augmented
+batch, the per-element target weights and the processes; the shared pieces live in run_folder.py, distributed.py,
+augment.py and models/losses.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import math
-import os
-import random
-import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from models.checkpoints import BASE_KIND, check_base_checkpoint, load_checkpoint, load_state, save_checkpoint, state_digest
 from models.data.heads import contact_sheet
-from models.data.paired import DatasetError, save_png
-from models.data.synthetic_pairs import ReenactmentSample, SyntheticPairs, SyntheticPairsConfig, derived_seed
+from models.data.paired import DatasetError
+from models.data.synthetic_pairs import ReenactmentSample, SyntheticPairs, SyntheticPairsConfig
 from models.data.video_folder import VideoFolder
 from models.losses import (
     DiscriminatorConfig,
@@ -81,12 +75,29 @@ from models.losses import (
     hinge_generator_loss,
     masked_l1,
     other_drivers,
+    per_sample_l1,
+    split_discriminator_output,
+    weighted_feature_matching_loss,
+    weighted_hinge_discriminator_loss,
+    weighted_mean,
 )
 from models.megaportraits.appearance import Appearance
-from models.megaportraits.augment import DriverAugmentation
 from models.megaportraits.base import BASE_PRESETS, BaseModel, base_config
 from models.megaportraits.motion import Motion
+from models.training.augment import DriverAugmentation
 from models.training.common import TrainingError
+from models.training.distributed import (
+    Processes,
+    backend,
+    distributed_batches,
+    gather_strings,
+    mean_over_processes,
+    resolve_device,
+    seed_step,
+    start_processes,
+    stop_processes,
+)
+from models.training.run_folder import RunFolder
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -187,7 +198,7 @@ def check_base_config(config: BaseTrainConfig) -> None:
     ):
         if path is not None and not Path(path).is_file():
             raise TrainingError(f"{option} {path}: no such file")
-    if config.amp and resolve_device(config).type != "cuda":
+    if config.amp and resolve_device(config.device).type != "cuda":
         raise TrainingError("--amp needs a CUDA device; this run is on the CPU")
 
 
@@ -200,19 +211,6 @@ def training_data(config: BaseTrainConfig, *, resolution: int) -> SyntheticPairs
         return VideoFolder(config.data, resolution=resolution, seed=config.seed)
     except DatasetError as error:
         raise TrainingError(" ".join(str(error).split())) from None
-
-
-def resolve_device(config: BaseTrainConfig, *, local_rank: int = 0) -> torch.device:
-    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise TrainingError("--device cuda: no CUDA device is available")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def world_size_from_environment() -> int:
-    """torchrun's WORLD_SIZE (1 in a plain run)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def resolved_config(config: BaseTrainConfig, *, world_size: int, device: torch.device, data: dict[str, object]) -> dict[str, object]:
@@ -235,7 +233,7 @@ def resolved_config(config: BaseTrainConfig, *, world_size: int, device: torch.d
         "processes": {
             "world_size": world_size,
             "device": str(device),
-            "backend": _backend(device) if world_size > 1 else "none",
+            "backend": backend(device) if world_size > 1 else "none",
             "samples_per_step": config.batch_size * world_size,
             "amp": amp,
         },
@@ -247,52 +245,6 @@ def amp_dtype(config: BaseTrainConfig, device: torch.device) -> torch.dtype | No
     if not config.amp or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _backend(device: torch.device) -> str:
-    return "nccl" if device.type == "cuda" else "gloo"
-
-
-# -- distributed ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Processes:
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _start_processes(config: BaseTrainConfig) -> Processes:
-    world_size = world_size_from_environment()
-    if world_size == 1:
-        return Processes(rank=0, world_size=1, device=resolve_device(config))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(config, local_rank=local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend=_backend(device), init_method="env://")
-    return Processes(rank=dist.get_rank(), world_size=world_size, device=device)
-
-
-def _mean_over_processes(values: dict[str, float], processes: Processes) -> dict[str, float]:
-    if processes.world_size == 1:
-        return values
-    stacked = torch.tensor(list(values.values()), dtype=torch.float64, device=processes.device)
-    dist.all_reduce(stacked)
-    return dict(zip(values, (stacked / processes.world_size).tolist(), strict=True))
-
-
-def _gather_strings(value: str, processes: Processes) -> list[str]:
-    if processes.world_size == 1:
-        return [value]
-    gathered: list[Any] = [None] * processes.world_size
-    dist.all_gather_object(gathered, value)
-    return [str(item) for item in gathered]
 
 
 # -- the step ---------------------------------------------------------------------------------------
@@ -338,15 +290,6 @@ class ReenactmentPass(nn.Module):
 LOSS_NAMES = ("generator", "l1", "mask", "perceptual", "adversarial", "feature_matching", "cycle", "discriminator")
 
 
-def _split_discriminator(output: Any, half: int) -> tuple[list[Tensor], list[Tensor], list[list[Tensor]], list[list[Tensor]]]:
-    """A discriminator pass over cat[real, fake] -> real logits, fake logits, real features, fake features."""
-    real_logits = [logits[:half] for logits in output.logits]
-    fake_logits = [logits[half:] for logits in output.logits]
-    real_features = [[feature[:half] for feature in scale] for scale in output.features]
-    fake_features = [[feature[half:] for feature in scale] for scale in output.features]
-    return real_logits, fake_logits, real_features, fake_features
-
-
 def _on_device(batch: Any, device: torch.device) -> tuple[ReenactmentSample, Tensor]:
     """A collated ReenactmentSample or VideoSample -> (the six shared fields on ``device``, cross_valid B float)."""
     sample = ReenactmentSample(*(tensor.to(device, non_blocking=True) for tensor in batch[: len(ReenactmentSample._fields)]))
@@ -356,80 +299,9 @@ def _on_device(batch: Any, device: torch.device) -> tuple[ReenactmentSample, Ten
     return sample, valid.to(device, non_blocking=True).float().reshape(-1)
 
 
-def _weighted_mean(per_sample: Tensor, weight: Tensor) -> Tensor:
-    """Σ w·x / Σ w over the batch (x: per-sample values, N; w: N)."""
-    return (per_sample * weight).sum() / weight.sum().clamp_min(1e-8)
-
-
-def _per_sample_l1(a: Tensor, b: Tensor) -> Tensor:
-    """N×… -> N: mean |a - b| per sample."""
-    return (a - b).abs().flatten(1).mean(dim=1)
-
-
-def _weighted_feature_matching(real: list[list[Tensor]], fake: list[list[Tensor]], weight: Tensor) -> Tensor:
-    """feature_matching_loss with each sample's L1 weighted by ``weight`` (N): mean over layers and scales."""
-    terms = [
-        _weighted_mean(_per_sample_l1(f, r.detach()), weight)
-        for real_scale, fake_scale in zip(real, fake, strict=True)
-        for r, f in zip(real_scale, fake_scale, strict=True)
-    ]
-    return torch.stack(terms).mean()
-
-
-def _weighted_hinge_discriminator(real_logits: list[Tensor], fake_logits: list[Tensor], weight: Tensor) -> Tensor:
-    """hinge_discriminator_loss with the real side weighted per sample (weight 0: not shown as real)."""
-    per_scale = [
-        _weighted_mean(F.relu(1 - real).flatten(1).mean(dim=1), weight) + F.relu(1 + fake).mean()
-        for real, fake in zip(real_logits, fake_logits, strict=True)
-    ]
-    return torch.stack(per_scale).mean()
-
-
-def _batches(dataset: Dataset, *, batch_size: int, processes: Processes, seed: int, workers: int, start_step: int) -> Iterator[Any]:
-    """This rank's batches from ``start_step`` on, forever: epoch e is DistributedSampler's shard for
-    set_epoch(e), so a resumed run skips exactly the batches already seen (without rendering them)."""
-    sampler = DistributedSampler(dataset, num_replicas=processes.world_size, rank=processes.rank, shuffle=True, seed=seed, drop_last=True)
-    per_epoch = len(sampler) // batch_size
-    if per_epoch < 1:
-        raise TrainingError(f"an epoch of {len(dataset)} samples holds no batch of {batch_size} per process")
-    epoch, skip = divmod(start_step, per_epoch)
-    while True:
-        sampler.set_epoch(epoch)
-        indices = list(sampler)[skip * batch_size : per_epoch * batch_size]
-        loader = DataLoader(
-            dataset, batch_size=batch_size, sampler=indices, num_workers=workers, drop_last=True, pin_memory=processes.device.type == "cuda"
-        )
-        yield from loader
-        epoch, skip = epoch + 1, 0
-
-
-def _seed_step(seed: int, rank: int, step: int) -> torch.Generator:
-    """Seed torch (CPU and CUDA), numpy and python for this rank's step; return the augmentation generator."""
-    value = derived_seed(seed, "step", rank, step)
-    torch.manual_seed(value)
-    random.seed(value)
-    np.random.seed(value % 2**32)
-    return torch.Generator().manual_seed(derived_seed(seed, "augment", rank, step))
-
-
 def _adamw_with_cosine(module: nn.Module, config: BaseTrainConfig) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.CosineAnnealingLR]:
     optimiser = torch.optim.AdamW(module.parameters(), lr=config.learning_rate, betas=(0.5, 0.999), weight_decay=config.weight_decay)
     return optimiser, torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.steps, eta_min=config.final_learning_rate)
-
-
-def _trim_log(path: Path, step: int) -> None:
-    """Drop log lines past ``step`` (written after the checkpoint a run resumes from) and any torn line."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(entry, dict) and entry.get("step", 0) <= step:
-            kept.append(line)
-    path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
 
 def _summary_writer(run_dir: Path, *, purge_step: int | None) -> Any:
@@ -478,28 +350,25 @@ class BaseTrainSummary:
 def train_base(config: BaseTrainConfig, *, progress: bool = True, stop_at: int | None = None) -> BaseTrainSummary:
     """Train (or resume) the run in ``config.run_dir``; under torchrun every process calls this."""
     check_base_config(config)
-    processes = _start_processes(config)
+    processes = start_processes(config.device)
     try:
         return _train(config, processes, progress=progress, stop_at=stop_at)
     finally:
-        if processes.world_size > 1:
-            dist.destroy_process_group()
+        stop_processes(processes)
 
 
 def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, stop_at: int | None) -> BaseTrainSummary:
-    device, run_dir = processes.device, Path(config.run_dir)
-    checkpoint_path = run_dir / "checkpoint.pt"
+    device, run = processes.device, RunFolder(config.run_dir)
+    checkpoint_path = run.checkpoint_path
     model_config, discriminator_config = base_config(config.preset), DISCRIMINATOR_PRESETS[config.preset]
-    last_step = config.steps if stop_at is None else max(0, min(stop_at, config.steps))
 
     # Everything that can refuse the run comes before anything is written.
     try:
         perceptual = PerceptualLoss(config=config.loss_config).to(device)
     except WeightsFileError as error:
         raise TrainingError(str(error)) from None
-    checkpoint: dict[str, Any] | None = None
-    if checkpoint_path.exists():
-        checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint = run.saved_checkpoint()
+    if checkpoint is not None:
         check_base_checkpoint(checkpoint, path=checkpoint_path, preset=config.preset, role="resume: the run's checkpoint")
         saved = checkpoint.get("train_config", {})
         changed = [name for name in RUN_DEFINING_FIELDS if saved.get(name) != getattr(config, name)]
@@ -551,48 +420,40 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
         judge = DistributedDataParallel(discriminator, device_ids=device_ids, forward_sync_buffers=False)
 
     if processes.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
-        if step == 0:
-            (run_dir / "log.jsonl").write_text("", encoding="utf-8")
-        else:
-            _trim_log(run_dir / "log.jsonl", step)
-    writer = _summary_writer(run_dir, purge_step=step if step > 0 else None) if processes.main else None
-    log = open(run_dir / "log.jsonl", "a", encoding="utf-8") if processes.main else None  # noqa: SIM115 - closed below
-    if log is not None:
-        log.write(
-            json.dumps(
-                {
-                    "event": "start",
-                    "step": step,
-                    "world_size": processes.world_size,
-                    "device": str(device),
-                    "resumed": checkpoint is not None,
-                    "init": config.init if initial is not None else None,
-                }
-            )
-            + "\n"
-        )
-        log.flush()
-
+        run.write_config(resolved)
+    writer = _summary_writer(run.path, purge_step=step if step > 0 else None) if processes.main else None
     weights, loss_config, augment = config.loss_config.weights, config.loss_config, config.augmentation
     autocast = torch.autocast(device_type=device.type, dtype=precision, enabled=precision is not None)
     model.train()
     discriminator.train()
-    losses: dict[str, float] = {}
-    began, first_step = time.perf_counter(), step
-    batches = _batches(
+    batches = distributed_batches(
         dataset, batch_size=config.batch_size, processes=processes, seed=config.seed, workers=config.workers, start_step=step
     )
-    bar = tqdm(total=config.steps, initial=step, desc=f"base {config.preset}", unit="step", disable=not (progress and processes.main))
-    with contextlib.closing(batches), bar, contextlib.ExitStack() as cleanup:
-        if log is not None:
-            cleanup.enter_context(log)
+    stepping = run.progress(
+        total=config.steps,
+        step=step,
+        description=f"base {config.preset}",
+        show=progress and processes.main,
+        write_log=processes.main,
+        stop_at=stop_at,
+    )
+    with contextlib.closing(batches), stepping as steps, contextlib.ExitStack() as cleanup:
         if writer is not None:
             cleanup.callback(writer.close)
-        while step < last_step:
+        steps.event(
+            {
+                "event": "start",
+                "step": step,
+                "world_size": processes.world_size,
+                "device": str(device),
+                "resumed": checkpoint is not None,
+                "init": config.init if initial is not None else None,
+            }
+        )
+        while steps.running:
+            step = steps.step
             batch, cross_valid = _on_device(next(batches), device)
-            generator = _seed_step(config.seed, processes.rank, step)
+            generator = seed_step(config.seed, processes.rank, step)
             half = batch.source.shape[0]
             drivers = augment(torch.cat([batch.driver, batch.cross_driver]), generator=generator)  # 2B: aug(d), aug(d*)
             targets = torch.cat([batch.driver, batch.cross_target])
@@ -609,13 +470,13 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
                 # Fakes are masked by the target's mask, or by their own (detached) alpha where there is no target.
                 fake_masks = weighted_masks + (1 - valid).view(-1, 1, 1, 1) * output.alpha.detach().float()
                 l1 = masked_l1(rgb, targets, weighted_masks)
-                mask_loss = _weighted_mean(_per_sample_l1(output.alpha.float(), masks), valid)
+                mask_loss = weighted_mean(per_sample_l1(output.alpha.float(), masks), valid)
                 # Target-less elements are zero on both sides (feature L1 exactly 0): rescale the batch mean to theirs.
                 perceptual_loss = perceptual(rgb, targets, mask=weighted_masks).total * (valid.numel() / valid.sum().clamp_min(1e-8))
                 judged = discriminator(torch.cat([real, foreground(rgb, fake_masks)]))
-                _, fake_logits, real_features, fake_features = _split_discriminator(judged, 2 * half)
+                _, fake_logits, real_features, fake_features = split_discriminator_output(judged, 2 * half)
                 adversarial = hinge_generator_loss([logits.float() for logits in fake_logits])
-                matching = _weighted_feature_matching(
+                matching = weighted_feature_matching_loss(
                     [[f.float() for f in s] for s in real_features], [[f.float() for f in s] for s in fake_features], valid
                 )
                 driver_z = output.driver_expression.float()
@@ -642,8 +503,8 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
             # Discriminator step.
             with autocast:
                 judged = judge(torch.cat([real, foreground(rgb.detach(), fake_masks)]))
-                real_logits, fake_logits, _, _ = _split_discriminator(judged, 2 * half)
-                discriminator_loss = _weighted_hinge_discriminator(
+                real_logits, fake_logits, _, _ = split_discriminator_output(judged, 2 * half)
+                discriminator_loss = weighted_hinge_discriminator_loss(
                     [x.float() for x in real_logits], [x.float() for x in fake_logits], valid
                 )
             optimiser_d.zero_grad(set_to_none=True)
@@ -652,28 +513,23 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
             scaler.update()
             scheduler_g.step()
             scheduler_d.step()
-            step += 1
-            bar.update(1)
+            steps.advance()
+            step = steps.step
 
-            if step % config.log_every == 0 or step == last_step:
+            if steps.due(config.log_every):
                 values = [total, l1, mask_loss, perceptual_loss, adversarial, matching, cycle, discriminator_loss]
-                losses = _mean_over_processes(
+                losses = mean_over_processes(
                     {name: float(value.detach()) for name, value in zip(LOSS_NAMES, values, strict=True)}, processes
                 )
-                elapsed = time.perf_counter() - began
-                rate = (step - first_step) * config.batch_size * processes.world_size / elapsed if elapsed > 0 else math.nan
-                if processes.main:
-                    bar.set_postfix(loss=f"{losses['generator']:.4f}", l1=f"{losses['l1']:.4f}", d=f"{losses['discriminator']:.3f}")
-                    learning_rate = scheduler_g.get_last_lr()[0]
-                    assert log is not None
-                    log.write(json.dumps({"step": step, "lr": learning_rate, **losses, "samples_per_second": rate}) + "\n")
-                    log.flush()
-                    if writer is not None:
-                        for name, value in losses.items():
-                            writer.add_scalar(f"loss/{name}", value, step)
-                        writer.add_scalar("train/learning_rate", learning_rate, step)
-                        writer.add_scalar("train/samples_per_second", rate, step)
-            if processes.main and (step % config.checkpoint_every == 0 or step == last_step):
+                rate = steps.samples_per_second(batch_size=config.batch_size * processes.world_size)
+                learning_rate = scheduler_g.get_last_lr()[0]
+                steps.log(losses, learning_rate=learning_rate, extra={"samples_per_second": rate})
+                if writer is not None:
+                    for name, value in losses.items():
+                        writer.add_scalar(f"loss/{name}", value, step)
+                    writer.add_scalar("train/learning_rate", learning_rate, step)
+                    writer.add_scalar("train/samples_per_second", rate, step)
+            if processes.main and steps.due(config.checkpoint_every):
                 save_checkpoint({
                     "generator": model.state_dict(), "discriminator": discriminator.state_dict(),
                     "optimiser_generator": optimiser_g.state_dict(), "optimiser_discriminator": optimiser_d.state_dict(),
@@ -684,28 +540,22 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
                     "rng": "derived per step: torch, numpy and python seeded from (seed, rank, step)",
                 }, checkpoint_path, kind=BASE_KIND)  # fmt: skip
                 sheet = _sample_sheet(batch, drivers, output)
-                save_png(sheet, run_dir / "samples.png")
+                run.save_samples(sheet)
                 if writer is not None:
                     writer.add_image("samples", sheet, step)
                     writer.flush()
 
         digest = state_digest(model.state_dict(), discriminator.state_dict())
-        digests = _gather_strings(digest, processes)
+        digests = gather_strings(digest, processes)
         agree = len(set(digests)) == 1
-        if log is not None:
-            log.write(
-                json.dumps({"event": "end", "step": step, "weights_digest": digest, "process_digests": digests, "replicas_agree": agree})
-                + "\n"
-            )
+        steps.event({"event": "end", "step": step, "weights_digest": digest, "process_digests": digests, "replicas_agree": agree})
         if processes.main and not agree:
             tqdm.write(f"warning: the processes ended with different weights ({', '.join(digests)}); the checkpoint holds rank 0's")
-    elapsed = time.perf_counter() - began
-    rate = (step - first_step) * config.batch_size * processes.world_size / elapsed if elapsed > 0 and step > first_step else math.nan
     return BaseTrainSummary(
-        run_dir=run_dir,
-        steps=step,
-        final_losses=losses,
-        samples_per_second=rate,
+        run_dir=run.path,
+        steps=steps.step,
+        final_losses=steps.last_losses,
+        samples_per_second=steps.samples_per_second(batch_size=config.batch_size * processes.world_size),
         world_size=processes.world_size,
         rank=processes.rank,
         weights_digest=digest,

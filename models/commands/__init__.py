@@ -1,0 +1,1 @@
+"""The commands of `megalive-train` (assembled in models/cli.py), one module per group."""

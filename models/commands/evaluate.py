@@ -1,0 +1,170 @@
+"""`megalive-train` export and evaluation commands: export, eval, eval-table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from models.commands.common import refuse
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    _add_export(commands)
+    _add_eval(commands)
+    _add_eval_table(commands)
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser(
+        "export",
+        help="export a student checkpoint to ONNX (opset 20) + JSON sidecar, parity-checked",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    export.add_argument("--checkpoint", type=Path, required=True, metavar="PATH", help="RUN/checkpoint.pt")
+    export.add_argument("--out", type=Path, required=True, metavar="PATH", help="output .onnx (sidecar .json and thumbnails beside it)")
+    export.add_argument("--preset", default=None, metavar="NAME", help="refuse unless the checkpoint has this preset")
+    export.add_argument(
+        "--adapter",
+        dest="adapters",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an adapter RUN/checkpoint.pt trained against this student (repeat: arkit, landmarks)",
+    )
+    export.add_argument("--dry-run", action="store_true", help="check the checkpoint and print what would be written")
+    export.set_defaults(run=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from models.data.paired import DatasetError
+    from models.export import current_command, export_student, load_student_export
+    from models.training.common import TrainingError
+
+    try:
+        student = load_student_export(args.checkpoint, adapters=args.adapters, expect_preset=args.preset)
+    except (TrainingError, DatasetError) as error:
+        return refuse("export", error)
+    if args.dry_run:
+        print(json.dumps(student.describe(args.out), indent=2))
+        return 0
+    report = export_student(student, args.out, command=current_command())
+    print(
+        f"wrote {report.model_path} ({report.onnx_bytes / 1e6:.1f} MB) with drivers {', '.join(student.drivers)}, "
+        f"{report.sidecar_path}; ONNX Runtime vs PyTorch max abs error {report.max_abs_error:.2e}"
+    )
+    return 0
+
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser(
+        "eval",
+        help="the reenactment benchmark: a student or teacher on held-out drivers and motions, "
+        "beside source-copy and driver-copy baselines",
+        description="Cross- and self-reenactment on held-out SyntheticHeads identities and motions against the renderer's ground truth: "
+        "PSNR/SSIM (full frame and foreground on white) and, with --regressor, motion and identity errors, each beside the "
+        "baselines 'source copy' and 'driver copy' measured in the same run. The same draws for every model, so a student and "
+        "a teacher evaluated with the same --data, --motions and --clips sit side by side.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    evaluate.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="an exported student (.onnx with sidecar) or a teacher (`megalive-train base` RUN/checkpoint.pt)",
+    )
+    evaluate.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the student's training dataset: its avatars are the sources (required for a student; for a teacher, "
+        "without it the sources are held-out identities)",
+    )
+    evaluate.add_argument(
+        "--regressor",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="`megalive-train regressor` checkpoint for motion and identity errors (absent without it)",
+    )
+    evaluate.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder for eval-<motions>[-<driver>].json and contact-sheet-<motions>[-<driver>].png",
+    )
+    evaluate.add_argument("--clips", type=int, default=8, metavar="N", help="held-out clips (one new driver identity each)")
+    evaluate.add_argument("--frames", type=int, default=25, metavar="N", help="frames per clip")
+    evaluate.add_argument(
+        "--motions", default="clips", metavar="SET", help="clips: smooth held-out performances | random: independent held-out poses"
+    )
+    evaluate.add_argument(
+        "--driver",
+        default="image",
+        metavar="KIND",
+        help="image: the driver's render | arkit: its exact motion as ARKit curves | landmarks: its 68 landmarks (student only)",
+    )
+    evaluate.add_argument(
+        "--sources", type=int, default=8, metavar="N", help="held-out source identities when there is no --data (teacher)"
+    )
+    evaluate.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    evaluate.set_defaults(run=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from models.data.paired import DatasetError
+    from models.evaluation import EvalConfig, evaluate, write_report
+    from models.training.common import TrainingError
+
+    config = EvalConfig(
+        model=str(args.model),
+        data=None if args.data is None else str(args.data),
+        regressor=None if args.regressor is None else str(args.regressor),
+        clips=args.clips,
+        frames_per_clip=args.frames,
+        motions=args.motions,
+        driver=args.driver,
+        sources=args.sources,
+    )
+    if args.dry_run:
+        print(json.dumps({"eval": asdict(config)}, indent=2))
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        report = evaluate(config, sheet_path=args.out / f"contact-sheet-{config.name}.png")
+    except (DatasetError, TrainingError, ValueError, OSError) as error:
+        return refuse("eval", error)
+    write_report(report, config, args.out / f"eval-{config.name}.json")
+    print(report.table())
+    return 0
+
+
+def _add_eval_table(commands: argparse._SubParsersAction) -> None:
+    table = commands.add_parser(
+        "eval-table",
+        help="one Markdown table of several `eval` reports of the same pairs: teacher and student side by side",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    table.add_argument("reports", type=Path, nargs="+", metavar="EVAL.json", help="reports written by `megalive-train eval`")
+    table.add_argument("--out", type=Path, default=None, metavar="PATH", help="also write the table to this .md file")
+    table.set_defaults(run=_eval_table)
+
+
+def _eval_table(args: argparse.Namespace) -> int:
+    from models.evaluation import side_by_side_table
+
+    try:
+        text = side_by_side_table([json.loads(path.read_text(encoding="utf-8")) for path in args.reports])
+        if args.out is not None:
+            temporary = args.out.with_name(f".{args.out.name}.tmp")
+            temporary.write_text(text + "\n", encoding="utf-8")
+            temporary.replace(args.out)
+    except (OSError, ValueError, KeyError) as error:
+        return refuse("eval-table", error)
+    print(text)
+    return 0

@@ -1,0 +1,323 @@
+"""`megalive-train` training commands: student, adapter, base, regressor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from models.commands.common import refuse
+from models.training.objective_weights import ObjectiveWeights
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    _add_student(commands)
+    _add_adapter(commands)
+    _add_base(commands)
+    _add_regressor(commands)
+
+
+def _add_student(commands: argparse._SubParsersAction) -> None:
+    student = commands.add_parser(
+        "student",
+        help="train the real-time student in cross-driving mode",
+        description="Train the MegaPortraits student on a paired dataset (megalive-train synth). Resumes from RUN/checkpoint.pt "
+        "when it exists. Losses: L1 (weighted up on eyes and mouth) + SSIM + mask + perceptual (EfficientNet-Lite0) + face "
+        "(dlib ResNet) + PatchGAN hinge and feature matching; the two pretrained networks come from `make nets`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    student.add_argument("--data", type=Path, required=True, metavar="DIR", help="paired dataset folder")
+    student.add_argument(
+        "--run", dest="run_dir", type=Path, required=True, metavar="DIR", help="run folder (config, checkpoint, log, samples)"
+    )
+    student.add_argument("--preset", default="cpu256", metavar="NAME", help="student preset (tiny, cpu256)")
+    student.add_argument(
+        "--target", default="renderer", metavar="SRC", help="target source: renderer (ground truth) | teacher (distillation from --teacher)"
+    )
+    student.add_argument(
+        "--teacher", default=None, metavar="PATH", help="`megalive-train base` RUN/checkpoint.pt whose outputs are the targets"
+    )
+    student.add_argument("--steps", type=int, default=3000, metavar="N", help="optimiser steps in total (resume counts on)")
+    student.add_argument("--batch", type=int, default=8, metavar="N", help="pairs per step")
+    student.add_argument("--lr", type=float, default=1e-3, metavar="LR", help="initial learning rate (cosine to 1e-5)")
+    student.add_argument("--jitter", type=float, default=0.3, metavar="X", help="driver colour jitter strength [0-1]")
+    student.add_argument("--warp", type=float, default=0.04, metavar="X", help="driver affine warp strength [0-0.2]")
+    student.add_argument("--seed", type=int, default=0, metavar="N", help="seed of weights, sampling and augmentation")
+    student.add_argument("--workers", type=int, default=1, metavar="N", help="data loader processes")
+    student.add_argument("--checkpoint-every", type=int, default=200, metavar="N", help="steps between checkpoints")
+    weights = ObjectiveWeights()
+    student.add_argument("--region-weight", type=float, default=weights.region, metavar="W", help="extra L1 weight on eyes and mouth")
+    student.add_argument(
+        "--perceptual-weight", type=float, default=weights.perceptual, metavar="W", help="perceptual (EfficientNet-Lite0) λ; 0: off"
+    )
+    student.add_argument("--face-weight", type=float, default=weights.face, metavar="W", help="face (dlib ResNet) λ; 0: off")
+    student.add_argument("--adversarial-weight", type=float, default=weights.adversarial, metavar="W", help="PatchGAN hinge λ")
+    student.add_argument("--matching-weight", type=float, default=weights.feature_matching, metavar="W", help="feature matching λ")
+    student.add_argument(
+        "--allow-missing-nets", action="store_true", help="train without a loss network whose weights are missing (recorded in the run)"
+    )
+    student.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to train (auto: CUDA if present)")
+    student.add_argument("--no-amp", dest="amp", action="store_false", help="full precision on CUDA (default: bfloat16 autocast)")
+    student.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    student.set_defaults(run=_student)
+
+
+def _student(args: argparse.Namespace) -> int:
+    from models.data.paired import DatasetError
+    from models.export import current_command
+    from models.megaportraits.student import student_config
+    from models.training.common import TrainingError
+    from models.training.train_student import StudentTrainConfig, check_student_config, train_student
+
+    try:
+        objective = ObjectiveWeights(
+            region=args.region_weight,
+            perceptual=args.perceptual_weight,
+            face=args.face_weight,
+            adversarial=args.adversarial_weight,
+            feature_matching=args.matching_weight,
+        )
+    except ValueError as error:
+        return refuse("student", error)
+    config = StudentTrainConfig(
+        data=str(args.data),
+        run_dir=str(args.run_dir),
+        preset=args.preset,
+        target=args.target,
+        steps=args.steps,
+        batch_size=args.batch,
+        learning_rate=args.lr,
+        colour_jitter=args.jitter,
+        warp=args.warp,
+        seed=args.seed,
+        workers=args.workers,
+        checkpoint_every=args.checkpoint_every,
+        objective=objective,
+        allow_missing_nets=args.allow_missing_nets,
+        device=args.device,
+        amp=args.amp,
+        teacher=args.teacher,
+        command=current_command(),
+    )
+    try:
+        check_student_config(config)
+        model_config = student_config(config.preset, num_avatars=1)
+        if args.dry_run:
+            print(json.dumps({"train": asdict(config), "model (avatars from the dataset)": asdict(model_config)}, indent=2))
+            return 0
+        summary = train_student(config)
+    except (TrainingError, DatasetError, ValueError) as error:
+        return refuse("student", error)
+    print(
+        f"trained to step {summary.steps} in {summary.run_dir}; last losses {summary.final_losses}; "
+        f"{summary.samples_per_second:.1f} samples/s"
+    )
+    return 0
+
+
+def _add_adapter(commands: argparse._SubParsersAction) -> None:
+    adapter = commands.add_parser(
+        "adapter",
+        help="train a driver adapter (ARKit curves or landmarks -> the student's driving code) for a trained student",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    adapter.add_argument("--kind", required=True, metavar="KIND", help="arkit | landmarks")
+    adapter.add_argument("--student", type=Path, required=True, metavar="PATH", help="the student's RUN/checkpoint.pt (kept frozen)")
+    adapter.add_argument("--data", type=Path, required=True, metavar="DIR", help="paired dataset folder (the student's)")
+    adapter.add_argument(
+        "--run", dest="run_dir", type=Path, required=True, metavar="DIR", help="run folder (config, checkpoint, log, samples)"
+    )
+    adapter.add_argument("--steps", type=int, default=1500, metavar="N", help="optimiser steps in total (resume counts on)")
+    adapter.add_argument("--batch", type=int, default=8, metavar="N", help="pairs per step")
+    adapter.add_argument("--lr", type=float, default=1e-3, metavar="LR", help="initial learning rate (cosine to 1e-5)")
+    adapter.add_argument("--seed", type=int, default=0, metavar="N", help="seed of weights, sampling and noise")
+    adapter.add_argument("--workers", type=int, default=1, metavar="N", help="data loader processes")
+    adapter.add_argument("--checkpoint-every", type=int, default=200, metavar="N", help="steps between checkpoints")
+    adapter.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    adapter.set_defaults(run=_adapter)
+
+
+def _adapter(args: argparse.Namespace) -> int:
+    from models.data.paired import DatasetError
+    from models.export import current_command
+    from models.training.common import TrainingError
+    from models.training.train_adapter import AdapterTrainConfig, check_adapter_config, train_adapter
+
+    config = AdapterTrainConfig(
+        kind=args.kind,
+        student=str(args.student),
+        data=str(args.data),
+        run_dir=str(args.run_dir),
+        steps=args.steps,
+        batch_size=args.batch,
+        learning_rate=args.lr,
+        seed=args.seed,
+        workers=args.workers,
+        checkpoint_every=args.checkpoint_every,
+        command=current_command(),
+    )
+    try:
+        check_adapter_config(config)
+        if args.dry_run:
+            print(json.dumps({"train": asdict(config)}, indent=2))
+            return 0
+        summary = train_adapter(config)
+    except (TrainingError, DatasetError, ValueError) as error:
+        return refuse("adapter", error)
+    print(
+        f"trained the {config.kind} adapter to step {summary.steps} in {summary.run_dir}; last losses {summary.final_losses}; "
+        f"{summary.samples_per_second:.1f} samples/s"
+    )
+    return 0
+
+
+def _add_base(commands: argparse._SubParsersAction) -> None:
+    base = commands.add_parser(
+        "base",
+        help="train the MegaPortraits base model (the teacher), plain or under torchrun (DDP)",
+        description="Train the MegaPortraits base model on self- and cross-reenactment pairs. One process, or "
+        "`torchrun --nproc_per_node=N -m models.cli base ...` (DDP: gloo on CPU, nccl on GPU; --batch is per process). "
+        "Resumes exactly from RUN/checkpoint.pt when it exists. Perceptual losses run only with local weights files.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    base.add_argument("--preset", default="cpu128", metavar="NAME", help="model preset: tiny (64 px, tests), cpu128, paper256, paper512")
+    base.add_argument(
+        "--data",
+        default="synthetic",
+        metavar="SRC",
+        help="synthetic (SyntheticHeads, on the fly) | a `megalive-train prepare` folder (real video, resized to the preset)",
+    )
+    base.add_argument(
+        "--run",
+        "--run-dir",
+        dest="run_dir",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="run folder (config, checkpoint, log, samples, tensorboard); under torchrun write --run-dir "
+        "(torchrun's parser reads --run as its own --run-path)",
+    )
+    base.add_argument("--steps", type=int, default=20_000, metavar="N", help="optimiser steps in total (resume counts on)")
+    base.add_argument("--batch", type=int, default=2, metavar="N", help="samples per process and step (each: a self- and a cross-pair)")
+    base.add_argument("--lr", type=float, default=2e-4, metavar="LR", help="initial learning rate of both networks (cosine to 1e-6)")
+    base.add_argument("--jitter", type=float, default=0.5, metavar="X", help="driver colour jitter strength [0-1]")
+    base.add_argument("--warp", type=float, default=0.06, metavar="X", help="driver thin-plate-spline displacement [0-0.2]")
+    base.add_argument("--identities", type=int, default=1000, metavar="N", help="synthetic identity pool [2-]")
+    base.add_argument("--seed", type=int, default=0, metavar="N", help="seed of weights, data order and augmentation")
+    base.add_argument("--workers", type=int, default=1, metavar="N", help="data loader processes per training process")
+    base.add_argument("--checkpoint-every", type=int, default=500, metavar="N", help="steps between checkpoints (and samples.png)")
+    base.add_argument("--log-every", type=int, default=25, metavar="N", help="steps between log lines and TensorBoard scalars")
+    base.add_argument("--vgg-weights", default=None, metavar="PATH", help="local VGG19 `features` state dict (perceptual λ=20)")
+    base.add_argument("--face-weights", default=None, metavar="PATH", help="local VGG-Face state dict (perceptual λ=4)")
+    base.add_argument("--gaze-weights", default=None, metavar="PATH", help="local gaze network state dict (perceptual λ=5)")
+    base.add_argument("--init", default=None, metavar="PATH", help="start from this base checkpoint's weights (same preset)")
+    base.add_argument("--device", default="auto", metavar="DEV", help="auto | cpu | cuda (under torchrun: one GPU per process)")
+    base.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bfloat16, else float16 with scaling)")
+    base.add_argument(
+        "--stop-at", type=int, default=None, metavar="N", help="end this invocation at step N (the schedule still spans --steps)"
+    )
+    base.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    base.set_defaults(run=_base)
+
+
+def _base(args: argparse.Namespace) -> int:
+    from models.export import current_command
+    from models.megaportraits.base import base_config
+    from models.training.common import TrainingError
+    from models.training.distributed import end_process, resolve_device, world_size_from_environment
+    from models.training.train_base import (
+        BaseTrainConfig,
+        check_base_config,
+        resolved_config,
+        train_base,
+        training_data,
+    )
+
+    config = BaseTrainConfig(
+        run_dir=str(args.run_dir),
+        preset=args.preset,
+        data=args.data,
+        steps=args.steps,
+        batch_size=args.batch,
+        learning_rate=args.lr,
+        colour_jitter=args.jitter,
+        warp=args.warp,
+        identities=args.identities,
+        seed=args.seed,
+        workers=args.workers,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
+        vgg_weights=args.vgg_weights,
+        face_weights=args.face_weights,
+        gaze_weights=args.gaze_weights,
+        init=args.init,
+        device=args.device,
+        amp=args.amp,
+        command=current_command(),
+    )
+    try:
+        check_base_config(config)
+        if args.dry_run:
+            device = resolve_device(config.device)
+            data = training_data(config, resolution=base_config(config.preset).resolution).describe()
+            print(json.dumps(resolved_config(config, world_size=world_size_from_environment(), device=device, data=data), indent=2))
+            return 0
+        summary = train_base(config, stop_at=args.stop_at)
+    except (TrainingError, ValueError, OSError) as error:
+        return end_process(refuse("base", error), distributed=world_size_from_environment() > 1)
+    if summary.rank == 0:
+        agreement = "" if summary.world_size == 1 else ("; all processes agree" if summary.replicas_agree else "; PROCESSES DIFFER")
+        print(
+            f"trained the base model to step {summary.steps} in {summary.run_dir} on {summary.world_size} process(es); "
+            f"last losses {summary.final_losses}; {summary.samples_per_second:.2f} samples/s; weights {summary.weights_digest}{agreement}"
+        )
+    return end_process(0, distributed=summary.world_size > 1)
+
+
+def _add_regressor(commands: argparse._SubParsersAction) -> None:
+    regressor = commands.add_parser(
+        "regressor",
+        help="train the benchmark's parameter regressor (image -> pose, ARKit controls, identity) on SyntheticHeads renders",
+        description="Train the small network `megalive-train eval --regressor` measures motion and identity errors with. "
+        "It reads foregrounds on white at 64 px; its own error on held-out renders is printed and stored in the checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    regressor.add_argument("--out", type=Path, required=True, metavar="PATH", help="checkpoint to write (.pt)")
+    regressor.add_argument("--renders", type=int, default=6000, metavar="N", help="training images, rendered once at 128 px")
+    regressor.add_argument("--steps", type=int, default=3000, metavar="N", help="optimiser steps")
+    regressor.add_argument("--batch", type=int, default=64, metavar="N", help="images per step")
+    regressor.add_argument("--lr", type=float, default=2e-3, metavar="LR", help="initial learning rate (cosine to 1/100 of it)")
+    regressor.add_argument("--seed", type=int, default=7, metavar="N", help="seed of identities, motions, weights and batches")
+    regressor.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    regressor.set_defaults(run=_regressor)
+
+
+def _regressor(args: argparse.Namespace) -> int:
+    from models.export import current_command
+    from models.nets.parameter_regressor import RegressorConfig
+    from models.training.common import TrainingError
+    from models.training.train_regressor import RegressorTrainConfig, train_regressor
+
+    config = RegressorTrainConfig(
+        out=str(args.out),
+        renders=args.renders,
+        steps=args.steps,
+        batch_size=args.batch,
+        learning_rate=args.lr,
+        seed=args.seed,
+        command=current_command(),
+    )
+    if args.dry_run:
+        print(json.dumps({"train": asdict(config), "model": asdict(RegressorConfig())}, indent=2))
+        return 0
+    try:
+        summary = train_regressor(config)
+    except (TrainingError, OSError) as error:
+        return refuse("regressor", error)
+    errors = summary.held_out
+    print(
+        f"trained the parameter regressor ({summary.steps} steps, {summary.seconds / 60:.1f} min) -> {summary.path}; "
+        f"on held-out renders: rotation {errors.rotation_deg:.2f}°, expression {errors.expression:.4f}, identity {errors.identity:.3f} σ"
+    )
+    return 0
