@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 TORCH  := torch==2.13.0
-STUDENT_STEPS ?= 4000
+STUDENT_STEPS ?= 2500
 ADAPTER_STEPS ?= 800
 TEACHER_STEPS ?= 4000
 
@@ -87,7 +87,8 @@ bench: install-dev
 bench-hardening: install-dev
 	$(PY) bench/server_hardening.py --json runs/hardening.json
 
-# The shipped default model, exactly as it was made (README: "The default model"). Hours on 2 CPU cores.
+# The shipped default model, exactly as it was made (README: "The default model"). About two hours on 2 CPU cores;
+# the student needs the loss networks' weights (make nets, a prerequisite of install-dev).
 default-model: install-dev
 	rm -rf runs/synth-256 runs/student-cpu256 runs/adapter-arkit runs/adapter-landmarks
 	$(BIN)/megalive-train synth runs/synth-256 --resolution 256 --avatars 8 --drivers 200 --pairs 8000

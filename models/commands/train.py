@@ -57,6 +57,10 @@ def _add_student(commands: argparse._SubParsersAction) -> None:
     student.add_argument(
         "--allow-missing-nets", action="store_true", help="train without a loss network whose weights are missing (recorded in the run)"
     )
+    student.add_argument(
+        "--perceptual-size", type=int, default=128, metavar="PX", help="frames resized to this before the perceptual network (0: full)"
+    )
+    student.add_argument("--discriminator", default="small", choices=("small", "large"), help="the PatchGAN's width")
     student.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to train (auto: CUDA if present)")
     student.add_argument("--no-amp", dest="amp", action="store_false", help="full precision on CUDA (default: bfloat16 autocast)")
     student.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -94,6 +98,8 @@ def _student(args: argparse.Namespace) -> int:
         workers=args.workers,
         checkpoint_every=args.checkpoint_every,
         objective=objective,
+        perceptual_size=args.perceptual_size,
+        discriminator=args.discriminator,
         allow_missing_nets=args.allow_missing_nets,
         device=args.device,
         amp=args.amp,

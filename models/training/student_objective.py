@@ -45,8 +45,11 @@ from models.nets.weights import FACE_NETWORK, PERCEPTUAL_NETWORK, network_proble
 from models.training.common import TrainingError
 from models.training.objective_weights import ObjectiveWeights
 
-# The discriminator the student trains against: small, two scales (the student itself is small).
-STUDENT_DISCRIMINATOR = DiscriminatorConfig(scales=2, channels=(32, 64, 128, 256))
+# The discriminators the student can train against, two scales each: "small" costs a third of "large" on the CPU.
+STUDENT_DISCRIMINATORS: dict[str, DiscriminatorConfig] = {
+    "small": DiscriminatorConfig(scales=2, channels=(16, 32, 64, 128)),
+    "large": DiscriminatorConfig(scales=2, channels=(32, 64, 128, 256)),
+}
 
 
 class LossNetworks(NamedTuple):
@@ -101,9 +104,12 @@ def region_weighted_l1(rgb: Tensor, target_rgb: Tensor, landmarks: Tensor, *, re
 class StudentObjective(nn.Module):
     """The generator's terms and the discriminator's loss; holds the (trained) discriminator and the frozen nets."""
 
-    def __init__(self, *, weights: ObjectiveWeights, networks: LossNetworks, discriminator: DiscriminatorConfig) -> None:
+    def __init__(
+        self, *, weights: ObjectiveWeights, networks: LossNetworks, discriminator: DiscriminatorConfig, perceptual_size: int = 0
+    ) -> None:
         super().__init__()
         self.weights = weights
+        self.perceptual_size = perceptual_size  # frames area-resized to this side before the perceptual network (0: as they are)
         self.perceptual = networks.perceptual
         self.face = networks.face
         self.discriminator = MultiScaleDiscriminator(config=discriminator) if self.uses_discriminator else None
@@ -123,7 +129,7 @@ class StudentObjective(nn.Module):
         }
         total = weights.l1 * terms["l1"] + weights.ssim * terms["ssim"] + weights.mask * terms["mask"]
         if self.perceptual is not None:
-            terms["perceptual"] = self.perceptual.perceptual_distance(rgb, target_rgb).mean()
+            terms["perceptual"] = self.perceptual.perceptual_distance(*self._perceptual_input(rgb, target_rgb)).mean()
             total = total + weights.perceptual * terms["perceptual"]
         if self.face is not None:
             # In float32 even under autocast: the alignment solves a small least-squares fit and resamples.
@@ -147,6 +153,12 @@ class StudentObjective(nn.Module):
             total = total + weights.adversarial * terms["adversarial"] + weights.feature_matching * terms["matching"]
         return ObjectiveTerms(total=total, terms=terms)
 
+    def _perceptual_input(self, rgb: Tensor, target_rgb: Tensor) -> tuple[Tensor, Tensor]:
+        if self.perceptual_size in (0, rgb.shape[-1]):
+            return rgb, target_rgb
+        size = (self.perceptual_size, self.perceptual_size)
+        return F.interpolate(rgb, size=size, mode="area"), F.interpolate(target_rgb, size=size, mode="area")  # B×3×s×s
+
     def discriminator_loss(self, rgb: Tensor, target_rgb: Tensor) -> Tensor:
         """The discriminator's hinge loss on targets (real) and the detached outputs (fake)."""
         assert self.discriminator is not None
@@ -160,4 +172,5 @@ class StudentObjective(nn.Module):
             "weights": asdict(self.weights),
             "networks": networks.status,
             "discriminator": None if self.discriminator is None else asdict(self.discriminator.config),
+            "perceptual_size": self.perceptual_size or "as trained",
         }

@@ -38,7 +38,7 @@ from models.training.augment import DriverAugmentation
 from models.training.common import TrainingError, TrainSummary, adam_with_cosine, endless_batches
 from models.training.distributed import resolve_device
 from models.training.run_folder import RunFolder, optimiser_state, restore_optimiser_state
-from models.training.student_objective import STUDENT_DISCRIMINATOR, ObjectiveWeights, StudentObjective, load_loss_networks
+from models.training.student_objective import STUDENT_DISCRIMINATORS, ObjectiveWeights, StudentObjective, load_loss_networks
 
 TARGET_SOURCES = ("renderer", "teacher")
 DEVICES = ("auto", "cpu", "cuda")
@@ -55,6 +55,8 @@ class StudentTrainConfig:
     learning_rate: float = 1e-3
     final_learning_rate: float = 1e-5
     objective: ObjectiveWeights = field(default_factory=ObjectiveWeights)
+    perceptual_size: int = 128  # frames area-resized to this before the perceptual network (0: full size); CPU cost
+    discriminator: str = "small"  # STUDENT_DISCRIMINATORS
     allow_missing_nets: bool = False  # train without a loss network whose weights are missing (the run records it)
     discriminator_learning_rate: float = 2e-4
     device: str = "auto"  # auto (CUDA when there is one), cpu, cuda
@@ -78,6 +80,10 @@ def check_student_config(config: StudentTrainConfig) -> None:
         raise TrainingError("--teacher is only used with --target teacher")
     if config.teacher is not None and not Path(config.teacher).is_file():
         raise TrainingError(f"--teacher {config.teacher}: no such file")
+    if config.discriminator not in STUDENT_DISCRIMINATORS:
+        raise TrainingError(f"--discriminator must be one of {', '.join(STUDENT_DISCRIMINATORS)}, got {config.discriminator!r}")
+    if not (config.perceptual_size == 0 or 32 <= config.perceptual_size <= 1024):
+        raise TrainingError(f"--perceptual-size must be 0 or in [32, 1024], got {config.perceptual_size}")
     if config.device not in DEVICES:
         raise TrainingError(f"--device must be one of {', '.join(DEVICES)}, got {config.device!r}")
     if config.steps < 1 or config.batch_size < 1:
@@ -138,7 +144,12 @@ def train_student(config: StudentTrainConfig, *, progress: bool = True) -> Train
         raise TrainingError(f"preset {config.preset!r} is {model_config.resolution} px but the dataset is {dataset.meta.resolution} px")
     networks = load_loss_networks(config.objective, allow_missing=config.allow_missing_nets)
     model = Student(config=model_config)
-    objective = StudentObjective(weights=config.objective, networks=networks, discriminator=STUDENT_DISCRIMINATOR)
+    objective = StudentObjective(
+        weights=config.objective,
+        networks=networks,
+        discriminator=STUDENT_DISCRIMINATORS[config.discriminator],
+        perceptual_size=config.perceptual_size,
+    )
     checkpoint = run.saved_checkpoint()
     if checkpoint is not None:
         saved = checkpoint.get("train_config", {})

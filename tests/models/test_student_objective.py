@@ -16,7 +16,7 @@ from models.nets.weights import FACE_NETWORK, PERCEPTUAL_NETWORK
 from models.training.common import TrainingError
 from models.training.objective_weights import ObjectiveWeights
 from models.training.student_objective import (
-    STUDENT_DISCRIMINATOR,
+    STUDENT_DISCRIMINATORS,
     StudentObjective,
     load_loss_networks,
     region_weighted_l1,
@@ -60,7 +60,8 @@ def test_every_term_runs_and_the_discriminator_learns_apart_from_the_student() -
     objective = StudentObjective(
         weights=ObjectiveWeights(),
         networks=load_loss_networks(ObjectiveWeights(), allow_missing=False),
-        discriminator=STUDENT_DISCRIMINATOR,
+        discriminator=STUDENT_DISCRIMINATORS["small"],
+        perceptual_size=32,
     )
     torch.manual_seed(0)
     rgb = torch.rand(2, 3, 64, 64, requires_grad=True)
