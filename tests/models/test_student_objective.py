@@ -100,3 +100,28 @@ def test_missing_loss_networks_are_refused_unless_allowed_and_then_recorded(
 def test_bad_objective_weights_get_one_line(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["student", "--data", str(tiny_dataset), "--run", str(tmp_path / "r"), "--face-weight", "-1"]) == 2
     assert "the face weight must be in [0, 1000], got -1.0" in capsys.readouterr().err
+
+
+def test_training_with_every_term_records_the_networks_keeps_the_discriminator_and_resumes(tiny_dataset: Path, tmp_path: Path) -> None:
+    from models.checkpoints import load_checkpoint
+    from models.training.train_student import StudentTrainConfig, train_student
+
+    run = tmp_path / "run"
+    config = StudentTrainConfig(
+        data=str(tiny_dataset), run_dir=str(run), preset="tiny", steps=3, batch_size=2, log_every=1, checkpoint_every=2, workers=0
+    )
+    summary = train_student(config, progress=False)
+    assert summary.steps == 3 and {"perceptual", "face", "adversarial", "matching", "discriminator"} <= set(summary.final_losses)
+    resolved = json.loads((run / "config.json").read_text())
+    assert resolved["objective"]["networks"] == {PERCEPTUAL_NETWORK: "active", FACE_NETWORK: "active"}
+    assert resolved["objective"]["discriminator"]["channels"] == [16, 32, 64, 128]
+    checkpoint = load_checkpoint(run / "checkpoint.pt")
+    assert {"discriminator", "optimiser_discriminator", "scheduler_discriminator"} <= set(checkpoint)
+    resumed = train_student(StudentTrainConfig(**{**config.__dict__, "steps": 4}), progress=False)
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert resumed.steps == 4 and steps == [1, 2, 3, 4]
+    without_gan = StudentTrainConfig(
+        **{**config.__dict__, "steps": 5, "objective": ObjectiveWeights(adversarial=0.0, feature_matching=0.0)}
+    )
+    with pytest.raises(TrainingError, match="another objective"):
+        train_student(without_gan, progress=False)

@@ -67,7 +67,7 @@ class Peer:
     def send(self, frames: list) -> None:
         self.socket.send_multipart(frames)
 
-    def receive(self, timeout_ms: int = 15000) -> protocol.Message | None:
+    def receive(self, timeout_ms: int = 30000) -> protocol.Message | None:  # generous: CI boxes are shared
         if not self.socket.poll(timeout_ms):
             return None
         return protocol.decode(self.socket.recv_multipart())
