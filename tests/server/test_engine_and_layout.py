@@ -101,6 +101,16 @@ def test_cli_help_and_version() -> None:
     assert "--model" in run_cli("megalive", "serve", "--help").stdout
 
 
+def test_the_installed_commands_run_outside_the_repository(tmp_path: Path) -> None:
+    # Console scripts do not put the working folder on sys.path: every package they import must be installed
+    # (pyproject's package list), which running them from the repository root would hide.
+    for script in ("megalive", "megalive-train"):
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / script), "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=300
+        )
+        assert result.returncode == 0, result.stderr
+
+
 def test_contract_model_command_and_bench_print_a_table(tmp_path: Path) -> None:
     model = tmp_path / "bench.onnx"
     made = run_cli("models.cli", "contract-model", "--out", str(model), "--resolution", "32", "--avatars", "4", "--width", "8")
