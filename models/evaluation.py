@@ -19,10 +19,28 @@ wrong identity; for self-reenactment it is the target itself, so it has no row).
     PSNR / SSIM          full frame (only for models that draw the background: the student)
     foreground PSNR/SSIM every image composited on white by its own mask (the teacher is trained on
                          the foreground only, so this is the figure to compare the two on)
+    eye / mouth PSNR     PSNR inside the eye and the mouth box (models/face_regions.py) of the target's
+                         landmarks, on the foreground images. Full-frame PSNR scores a face without eyes or mouth
+                         well above the source copy (they are a few percent of the frame); in the boxes its lead is
+                         gone (about the source copy's figure), and CSIM-dlib ranks it clearly below
+                         (tests/models/test_eval_blank_face.py)
+    perceptual distance (EfficientNet-Lite0)
+                         models/nets/perceptual.py's distance of output and target (0: the same image)
+    CSIM-dlib            cosine of dlib face descriptors (models/nets/face_descriptor.py): output against the
+                         target, both chips aligned by the target's landmarks, and output against the source
+                         image, its chip aligned by the source's own landmarks (1: the same face)
+    FD-EffNet            Fréchet distance between the EfficientNet-Lite0 pooled features of all the outputs
+                         and those of all the targets (one figure per row, over the whole set)
     motion, identity     with ``--regressor`` (models/nets/parameter_regressor.py): the predicted pose's
                          rotation error in degrees and the mean ARKit control error against the driver's
                          true motion, and the identity error (in prior standard deviations) against the
-                         avatar's true identity; its error on the ground truth itself (the floor) beside
+                         avatar's true identity; its error on the ground truth itself (the floor) beside, and
+                         the ARKit error of answering zero for every control (the figure to beat). It places its
+                         eye and mouth crops by its own landmarks on each image
+The perceptual, CSIM and FD figures read the foreground images (as fg PSNR, so teacher and student compare),
+resized to ``EvalConfig.metric_size`` for EfficientNet-Lite0 (so models of different resolutions compare). Their
+networks load from pinned local files (models/nets/weights.py): a network whose files are missing or wrong
+leaves its figures absent (None), and the report's ``networks`` says why; nothing stands in for it.
 
 Writes eval-<motions>[-<driver>].json and contact-sheet-<motions>[-<driver>].png (per row: source, driver,
 cross output, target, self output; outputs and target on white for the teacher).
@@ -31,13 +49,15 @@ cross output, target, self output; outputs and target on white for the teacher).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import torch
+import torch.nn.functional as F
 from pytorch_msssim import ssim
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from contract.model_card import read_model_card
@@ -53,7 +73,11 @@ from models.data.heads import (
     sample_motions,
 )
 from models.data.paired import load_identities, read_meta, save_png
-from models.nets.parameter_regressor import ParameterRegressor, load_regressor, on_white, parameter_errors
+from models.face_regions import REGION_NAMES, region_masks
+from models.nets.face_descriptor import FaceDescriptor, align_face_chips
+from models.nets.parameter_regressor import ParameterRegressor, load_regressor, on_white, parameter_errors, zero_answer_error
+from models.nets.perceptual import PerceptualFeatures, PerceptualOutput, unit_channels
+from models.nets.weights import FACE_NETWORK, PERCEPTUAL_NETWORK, NetWeightsError, network_problem
 
 HELD_OUT_SEED = 424242  # never used by `synth` (streams seed*1000 + {1, 2, 3}) nor by the teacher's SyntheticPairs (hashed seeds)
 
@@ -73,6 +97,7 @@ class EvalConfig:
     motions: str = "clips"  # clips: smooth performances (sample_clip); random: independent poses and expressions (sample_motions)
     driver: str = "image"  # image: the driver's render; arkit: its exact motion as curves; landmarks: its 68 landmarks
     sources: int = 8  # held-out source identities when there is no --data (teacher only)
+    metric_size: int = 224  # side images are resized to for EfficientNet-Lite0 (its training size); 0: as they are
 
     @property
     def name(self) -> str:
@@ -86,6 +111,12 @@ class Figures:
     foreground_ssim: float
     psnr: float | None = None  # full frame; None where the model does not draw the background
     ssim: float | None = None
+    eye_psnr: float | None = None  # in the eye / mouth box of the target's landmarks, foreground on white
+    mouth_psnr: float | None = None
+    perceptual_distance: float | None = None  # perceptual distance (EfficientNet-Lite0) to the target; None: network absent
+    csim_dlib_target: float | None = None  # CSIM-dlib against the target; None: network absent
+    csim_dlib_source: float | None = None  # CSIM-dlib against the source image
+    fd_effnet: float | None = None  # FD-EffNet of this row's images against the targets, over the whole set
     rotation_error_deg: float | None = None  # None without a regressor
     expression_error: float | None = None
     identity_error: float | None = None
@@ -117,6 +148,9 @@ class EvalReport:
     self_reenactment: SelfFigures
     ground_truth: Figures | None  # the regressor on the targets themselves: its floor (None without a regressor)
     regressor: str | None
+    expression_zero_answer: float | None = None  # the ARKit error of answering 0 for every control (None without a regressor)
+    networks: dict[str, str] = field(default_factory=dict)  # metric network -> "active" or "absent: <why>"
+    notes: tuple[str, ...] = ()  # how to read figures whose meaning depends on this run (FD-EffNet's sample count)
 
     def rows(self) -> list[tuple[str, Figures]]:
         rows = [
@@ -129,23 +163,60 @@ class EvalReport:
         return rows + ([("ground truth (regressor floor)", self.ground_truth)] if self.ground_truth is not None else [])
 
     def table(self) -> str:
-        def number(value: float | None, digits: int) -> str:
-            return "—" if value is None else f"{value:.{digits}f}"
-
         lines = [
             f"{self.model_kind} {self.model}: {self.pairs} held-out pairs ({self.motions} motions, new driver identities, "
             f"driven by {self.driver}) at {self.resolution}×{self.resolution}; sources: {self.sources}",
-            f"  {'':<31} {'PSNR':>6} {'SSIM':>6} {'fg PSNR':>8} {'fg SSIM':>8} {'rot °':>6} {'expr':>6} {'id σ':>6}",
+            f"  {'':<31} " + " ".join(f"{title:>{width}}" for _, title, width, _ in PRINTED_COLUMNS),
         ]
         for name, figures in self.rows():
-            lines.append(
-                f"  {name:<31} {number(figures.psnr, 2):>6} {number(figures.ssim, 4):>6} {number(figures.foreground_psnr, 2):>8} "
-                f"{number(figures.foreground_ssim, 4):>8} {number(figures.rotation_error_deg, 2):>6} "
-                f"{number(figures.expression_error, 4):>6} {number(figures.identity_error, 3):>6}"
-            )
+            cells = [_number(getattr(figures, key), digits) for key, _, _, digits in PRINTED_COLUMNS]
+            lines.append(f"  {name:<31} " + " ".join(f"{cell:>{width}}" for cell, (_, _, width, _) in zip(cells, PRINTED_COLUMNS)))
+        lines.append(
+            "  eye/mouth PSNR: in the target's eye and mouth boxes; perc.: perceptual distance (EfficientNet-Lite0) to the target; "
+            "CSIM tgt/src: CSIM-dlib against the target / the source image; FD-EffNet: against the targets, over the whole set"
+        )
+        for network, figures in (
+            (PERCEPTUAL_NETWORK, "perceptual distance (EfficientNet-Lite0) and FD-EffNet"),
+            (FACE_NETWORK, "CSIM-dlib"),
+        ):
+            status = self.networks.get(network, "absent: not measured")
+            if status != "active":
+                lines.append(f"  {figures}: {status}")
         if self.regressor is None:
             lines.append("  motion and identity errors: absent (no --regressor given)")
+        elif self.expression_zero_answer is not None:
+            floor = self.ground_truth.expression_error if self.ground_truth is not None else None
+            lines.append(
+                f"  ARKit error of answering zero for every control on these motions: {self.expression_zero_answer:.4f} "
+                f"(the regressor on the ground truth: {_number(floor, 4)})"
+            )
+        lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+# Each metric network's figures, in words.
+NETWORK_FIGURES = {PERCEPTUAL_NETWORK: "perceptual distance (EfficientNet-Lite0) and FD-EffNet", FACE_NETWORK: "CSIM-dlib"}
+
+# The printed table's columns: (Figures field, title, width, decimals).
+PRINTED_COLUMNS = (
+    ("psnr", "PSNR", 6, 2),
+    ("ssim", "SSIM", 6, 4),
+    ("foreground_psnr", "fg PSNR", 8, 2),
+    ("foreground_ssim", "fg SSIM", 8, 4),
+    ("eye_psnr", "eye PSNR", 8, 2),
+    ("mouth_psnr", "mouth PSNR", 10, 2),
+    ("perceptual_distance", "perc.", 6, 4),
+    ("csim_dlib_target", "CSIM tgt", 8, 4),
+    ("csim_dlib_source", "CSIM src", 8, 4),
+    ("fd_effnet", "FD-EffNet", 9, 2),
+    ("rotation_error_deg", "rot °", 6, 2),
+    ("expression_error", "expr", 6, 4),
+    ("identity_error", "id σ", 6, 3),
+)
 
 
 class AvatarOutput(NamedTuple):
@@ -237,6 +308,66 @@ def _psnr(a: Tensor, b: Tensor) -> Tensor:
     return 10 * torch.log10(1.0 / mse)  # per image, data range 1
 
 
+def region_psnr(guess: Tensor, truth: Tensor, landmarks: Tensor) -> Tensor:
+    """PSNR (dB, data range 1; 100 for identical pixels) inside each REGION_NAMES box of the truth's landmarks.
+    guess, truth: B×3×S×S; landmarks: B×68×2 in pixels (pixel i spans [i, i+1)) -> B×R."""
+    masks = region_masks(landmarks, size=truth.shape[-1]).to(truth)  # B×R×S×S
+    squared = (guess - truth).square().mean(dim=1)  # B×S×S, over the channels
+    mse = (masks * squared.unsqueeze(1)).sum(dim=(2, 3)) / masks.sum(dim=(2, 3))  # B×R
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+def pyramid_distance(first: PerceptualOutput, second: PerceptualOutput) -> Tensor:
+    """PerceptualFeatures.perceptual_distance from two already computed outputs (N images each) -> N: per level, the
+    squared distance of the unit-length feature vectors averaged over pixels; then the mean over the levels."""
+    levels = [(unit_channels(a) - unit_channels(b)).square().sum(dim=1).mean(dim=(1, 2)) for a, b in zip(first.pyramid, second.pyramid)]
+    return torch.stack(levels).mean(dim=0)  # L×N -> N
+
+
+def frechet_distance(first: Tensor, second: Tensor) -> float:
+    """The Fréchet distance between Gaussians fitted to two sets of features (N×D and M×D, N, M ≥ 2):
+    |μ₁ - μ₂|² + tr Σ₁ + tr Σ₂ - 2 tr (Σ₁Σ₂)^½, with unbiased covariances (N - 1).
+
+    tr (Σ₁Σ₂)^½ is the sum of the singular values of A Bᵀ / √((N-1)(M-1)) for the centred features A and B: Σ₁Σ₂ =
+    AᵀA BᵀB / ((N-1)(M-1)) has the nonzero eigenvalues of (A Bᵀ)(A Bᵀ)ᵀ / ((N-1)(M-1)). Exact for any N, M and D (no
+    D×D matrix square root, whose iterations go astray on the rank-deficient covariances of N < D), in float64."""
+    if len(first) < 2 or len(second) < 2:
+        raise ValueError("a Fréchet distance needs at least 2 samples in each set")
+    first, second = first.double(), second.double()
+    first_mean, second_mean = first.mean(dim=0), second.mean(dim=0)
+    first, second = first - first_mean, second - second_mean  # N×D, M×D centred
+    first_n, second_n = len(first) - 1, len(second) - 1
+    traces = first.square().sum() / first_n + second.square().sum() / second_n
+    cross = torch.linalg.svdvals(first @ second.T).sum() / math.sqrt(first_n * second_n)  # N×M
+    return float((first_mean - second_mean).square().sum() + traces - 2 * cross)
+
+
+class MetricNetworks(NamedTuple):
+    perceptual: PerceptualFeatures | None  # None: absent
+    face: FaceDescriptor | None
+    status: dict[str, str]  # network name -> "active" or "absent: <why>"
+
+
+def load_metric_networks() -> MetricNetworks:
+    """The perceptual and face networks from their pinned files (models/nets/weights.py); one whose files are
+    missing or wrong is absent, with the one-line reason, and its figures are left out (nothing replaces it)."""
+    status: dict[str, str] = {}
+    loaded: dict[str, nn.Module | None] = {}
+    for network, make in ((PERCEPTUAL_NETWORK, PerceptualFeatures), (FACE_NETWORK, FaceDescriptor)):
+        problem = network_problem(network)
+        if problem is None:
+            try:
+                loaded[network], status[network] = make(), "active"
+                continue
+            except NetWeightsError as error:
+                problem = str(error)
+        loaded[network], status[network] = None, f"absent: {problem}"
+    perceptual, face = loaded[PERCEPTUAL_NETWORK], loaded[FACE_NETWORK]
+    assert perceptual is None or isinstance(perceptual, PerceptualFeatures)
+    assert face is None or isinstance(face, FaceDescriptor)
+    return MetricNetworks(perceptual=perceptual, face=face, status=status)
+
+
 def held_out_motions(config: EvalConfig) -> HeadMotion:
     """Motions from a seed no training stream uses: smooth clips, or independent random poses/expressions."""
     generator = torch.Generator().manual_seed(config.seed)
@@ -259,48 +390,126 @@ def _source_identities(config: EvalConfig, model: AvatarModel) -> tuple[Identity
     return sample_identities(config.sources, generator=generator), f"{config.sources} held-out identities"
 
 
-class _Scorer:
-    """Per-image figures of named image sets against targets, accumulated over batches.
-    Columns: full PSNR, full SSIM, foreground PSNR, foreground SSIM, rotation°, expression, identity."""
+# Figures' fields for the region PSNRs, in REGION_NAMES order.
+REGION_FIELDS = {"eyes": "eye_psnr", "mouth": "mouth_psnr"}
+TARGETS = "targets"  # the name FigureScorer keeps the targets' pooled features under
 
-    def __init__(self, regressor: ParameterRegressor | None) -> None:
+
+class FigureScorer:
+    """Per-image figures of named image sets against their targets, accumulated over batches (and each set's
+    EfficientNet-Lite0 pooled features, for FD-EffNet over the whole set). Figures' fields name the columns."""
+
+    def __init__(self, *, regressor: ParameterRegressor | None, networks: MetricNetworks, metric_size: int = 224) -> None:
         self.regressor = regressor
-        self.values: dict[str, list[Tensor]] = {}
+        self.networks = networks
+        self.metric_size = metric_size
+        self.values: dict[str, dict[str, list[Tensor]]] = {}  # set -> Figures field -> per-batch B values
+        self.features: dict[str, list[Tensor]] = {}  # set (and TARGETS) -> per-batch B×1280 pooled features
+        self.zero_answer: list[Tensor] = []  # per-batch B: the ARKit error of answering zero
 
-    def add(self, name: str, guess: AvatarOutput, truth: AvatarOutput, *, motion: HeadMotion, identity_targets: Tensor | None) -> None:
-        """identity_targets: the avatars' standardised identities (None exactly when there is no regressor)."""
-        guess_rgb = guess.rgb.clamp(0, 1)
-        guess_fg, truth_fg = on_white(guess_rgb, guess.alpha.clamp(0, 1)), on_white(truth.rgb, truth.alpha)
-        columns = [
-            _psnr(guess_rgb, truth.rgb),
-            ssim(guess_rgb, truth.rgb, data_range=1.0, size_average=False),
-            _psnr(guess_fg, truth_fg),
-            ssim(guess_fg, truth_fg, data_range=1.0, size_average=False),
-        ]
+    def _metric_input(self, images: Tensor) -> Tensor:
+        """B×3×S×S -> B×3×m×m for EfficientNet-Lite0 (antialiased either way); as it is when metric_size is 0 or S."""
+        if self.metric_size in (0, images.shape[-1]):
+            return images
+        return F.interpolate(images, size=(self.metric_size, self.metric_size), mode="bilinear", antialias=True, align_corners=False)
+
+    def add_batch(
+        self,
+        guesses: dict[str, AvatarOutput],
+        truth: AvatarOutput,
+        *,
+        landmarks: Tensor,
+        source: AvatarOutput,
+        source_landmarks: Tensor,
+        motion: HeadMotion,
+        identity_targets: Tensor | None,
+    ) -> None:
+        """Score each named B-image set against the truth. landmarks: the truth's, B×68×2 pixels (pixel i spans
+        [i, i+1)); source: the avatars' source images and source_landmarks their own; identity_targets: the avatars'
+        standardised identities (None exactly when there is no regressor)."""
+        perceptual, face = self.networks.perceptual, self.networks.face
+        truth_fg = on_white(truth.rgb, truth.alpha)
+        truth_features = None
+        if perceptual is not None:
+            truth_features = perceptual(self._metric_input(truth_fg))
+            self.features.setdefault(TARGETS, []).append(truth_features.pooled)
+        if face is not None:  # dlib's chips put pixel centres on integers; ours are at i + 0.5
+            truth_descriptor = face(align_face_chips(truth_fg, landmarks - 0.5))  # B×128
+            source_fg = on_white(source.rgb.clamp(0, 1), source.alpha.clamp(0, 1))
+            source_descriptor = face(align_face_chips(source_fg, source_landmarks - 0.5))
         if self.regressor is not None:
-            columns += list(parameter_errors(self.regressor(guess_fg), motion, identity_targets).unbind(dim=1))
-        self.values.setdefault(name, []).append(torch.stack(columns, dim=1))
+            self.zero_answer.append(zero_answer_error(motion))
+        for name, guess in guesses.items():
+            guess_rgb = guess.rgb.clamp(0, 1)
+            guess_fg = on_white(guess_rgb, guess.alpha.clamp(0, 1))
+            columns = {
+                "psnr": _psnr(guess_rgb, truth.rgb),
+                "ssim": ssim(guess_rgb, truth.rgb, data_range=1.0, size_average=False),
+                "foreground_psnr": _psnr(guess_fg, truth_fg),
+                "foreground_ssim": ssim(guess_fg, truth_fg, data_range=1.0, size_average=False),
+            }
+            regions = region_psnr(guess_fg, truth_fg, landmarks)  # B×R
+            columns.update({REGION_FIELDS[region]: regions[:, index] for index, region in enumerate(REGION_NAMES)})
+            if perceptual is not None and truth_features is not None:
+                guess_features = perceptual(self._metric_input(guess_fg))
+                columns["perceptual_distance"] = pyramid_distance(guess_features, truth_features)
+                self.features.setdefault(name, []).append(guess_features.pooled)
+            if face is not None:
+                descriptor = face(align_face_chips(guess_fg, landmarks - 0.5))  # the output is in the target's pose
+                columns["csim_dlib_target"] = F.cosine_similarity(descriptor, truth_descriptor, dim=1)
+                columns["csim_dlib_source"] = F.cosine_similarity(descriptor, source_descriptor, dim=1)
+            if self.regressor is not None:
+                # Its crops placed by its own landmarks: an output in the wrong pose is read for the expression it shows
+                # (the rotation error tells the pose), not misread through crops placed by the target's landmarks.
+                errors = parameter_errors(self.regressor(guess_fg), motion, identity_targets)  # B×3
+                columns.update(rotation_error_deg=errors[:, 0], expression_error=errors[:, 1], identity_error=errors[:, 2])
+            for key, value in columns.items():
+                self.values.setdefault(name, {}).setdefault(key, []).append(value.float())
 
     def figures(self, name: str, *, full_frame: bool) -> Figures:
-        means = [float(value) for value in torch.cat(self.values[name]).mean(dim=0)]
-        regressed = means[4:] if len(means) > 4 else [None, None, None]
-        return Figures(
-            foreground_psnr=means[2],
-            foreground_ssim=means[3],
-            psnr=means[0] if full_frame else None,
-            ssim=means[1] if full_frame else None,
-            rotation_error_deg=regressed[0],
-            expression_error=regressed[1],
-            identity_error=regressed[2],
-        )
+        """The means over every pair of one set (full-frame PSNR/SSIM only when ``full_frame``), and its FD-EffNet."""
+        means: dict[str, float | None] = {key: float(torch.cat(values).mean()) for key, values in self.values[name].items()}
+        if not full_frame:
+            means.update(psnr=None, ssim=None)
+        if name in self.features and sum(len(batch) for batch in self.features[TARGETS]) >= 2:  # FD-EffNet needs two images per set
+            means["fd_effnet"] = max(0.0, frechet_distance(torch.cat(self.features[name]), torch.cat(self.features[TARGETS])))
+        return Figures(**means)
+
+    def expression_zero_answer(self) -> float | None:
+        return float(torch.cat(self.zero_answer).mean()) if self.zero_answer else None
+
+    def notes(self) -> tuple[str, ...]:
+        if TARGETS not in self.features:
+            return ()
+        count, dimensions = torch.cat(self.features[TARGETS]).shape
+        if count < 2:
+            return ("FD-EffNet: absent (it needs at least 2 pairs)",)
+        note = f"FD-EffNet: {count} images per set, {dimensions}-d EfficientNet-Lite0 pooled features"
+        if count <= dimensions:
+            note += (
+                f"; fewer samples than dimensions, so the covariances are rank-deficient (rank ≤ {count - 1}) and the figure "
+                "is biased upward: compare it within one run, or between runs of the same pairs, not with other FDs"
+            )
+        return (note,)
 
 
-def evaluate(config: EvalConfig, *, sheet_path: Path | None = None, progress: bool = True, model: AvatarModel | None = None) -> EvalReport:
-    """The benchmark of ``config.model`` (or of ``model``, already loaded, when given)."""
+def evaluate(
+    config: EvalConfig,
+    *,
+    sheet_path: Path | None = None,
+    progress: bool = True,
+    model: AvatarModel | None = None,
+    networks: MetricNetworks | None = None,
+) -> EvalReport:
+    """The benchmark of ``config.model`` (or of ``model``, already loaded, when given); ``networks``: the metric
+    networks, already loaded (load_metric_networks when not given)."""
     if config.driver not in DRIVER_KINDS:
         raise ValueError(f"unknown driver {config.driver!r} (known: {', '.join(DRIVER_KINDS)})")
+    if config.metric_size < 0:
+        raise ValueError("--metric-size must be 0 (as the images are) or a side in pixels")
     model = model if model is not None else load_avatar_model(Path(config.model), driver=config.driver)
     regressor = None if config.regressor is None else load_regressor(Path(config.regressor))
+    networks = networks if networks is not None else load_metric_networks()
     avatars, sources_text = _source_identities(config, model)
     heads = SyntheticHeads(resolution=model.resolution)
     # The same draws, in the same order, for every model: teacher and student see the same pairs.
@@ -315,7 +524,7 @@ def evaluate(config: EvalConfig, *, sheet_path: Path | None = None, progress: bo
         neutral = AvatarOutput(rgb=neutral_render.rgb, alpha=neutral_render.alpha)
         model.set_sources(neutral.rgb)
         avatar_targets = regressor.standardise(avatars) if regressor is not None else None
-    scorer = _Scorer(regressor)
+    scorer = FigureScorer(regressor=regressor, networks=networks, metric_size=config.metric_size)
     sheet_rows: list[Tensor] = []
     with torch.inference_mode(), tqdm(total=count, desc="evaluating", unit="pair", disable=not progress) as bar:
         for start in range(0, count, config.batch_size):
@@ -329,8 +538,18 @@ def evaluate(config: EvalConfig, *, sheet_path: Path | None = None, progress: bo
             source = AvatarOutput(rgb=neutral.rgb[avatar], alpha=neutral.alpha[avatar])
             cross = model(_signal(config.driver, motion, driver_render, model.resolution), avatar)
             itself = model(_signal(config.driver, motion, truth_render, model.resolution), avatar)
-            for name, guess in (("cross", cross), ("driver", driver), ("self", itself), ("source", source), ("truth", truth)):
-                scorer.add(name, guess, truth, motion=motion, identity_targets=identity_targets)
+            guesses = {"cross": cross, "driver": driver, "self": itself, "source": source}
+            if regressor is not None:
+                guesses["truth"] = truth  # the regressor's floor
+            scorer.add_batch(
+                guesses,
+                truth,
+                landmarks=truth_render.landmarks,
+                source=source,
+                source_landmarks=neutral_render.landmarks[avatar],
+                motion=motion,
+                identity_targets=identity_targets,
+            )
             if (start // config.batch_size) % max(1, count // config.batch_size // 6) == 0 and len(sheet_rows) < 6 * 5:
                 sheet_rows += [source.rgb[0], driver.rgb[0], _shown(cross, model)[0], _shown(truth, model)[0], _shown(itself, model)[0]]
             bar.update(batch.stop - batch.start)
@@ -353,6 +572,9 @@ def evaluate(config: EvalConfig, *, sheet_path: Path | None = None, progress: bo
         self_reenactment=SelfFigures(model_output=scorer.figures("self", full_frame=full), source_copy=source_copy),
         ground_truth=scorer.figures("truth", full_frame=True) if regressor is not None else None,
         regressor=config.regressor,
+        expression_zero_answer=scorer.expression_zero_answer(),
+        networks=dict(networks.status),
+        notes=scorer.notes(),
     )
 
 
@@ -386,6 +608,12 @@ TABLE_COLUMNS = (
     ("ssim", "SSIM", 4),
     ("foreground_psnr", "fg PSNR", 2),
     ("foreground_ssim", "fg SSIM", 4),
+    ("eye_psnr", "eye PSNR", 2),
+    ("mouth_psnr", "mouth PSNR", 2),
+    ("perceptual_distance", "perceptual distance (EfficientNet-Lite0)", 4),
+    ("csim_dlib_target", "CSIM-dlib (target)", 4),
+    ("csim_dlib_source", "CSIM-dlib (source)", 4),
+    ("fd_effnet", "FD-EffNet", 2),
     ("rotation_error_deg", "rotation err °", 2),
     ("expression_error", "ARKit err", 4),
     ("identity_error", "identity err σ", 3),
@@ -399,30 +627,45 @@ def _cells(figures: dict[str, Any] | None) -> list[str]:
     return ["—" if figures.get(key) is None else f"{figures[key]:.{digits}f}" for key, _, digits in TABLE_COLUMNS]
 
 
+def _row(name: str, px: str, cells: list[str]) -> str:
+    return "| " + " | ".join([name, px, *cells]) + " |"
+
+
 def side_by_side_table(reports: list[dict[str, Any]]) -> str:
     """One Markdown table from eval reports (as written by write_report) of the same pairs: each model's cross-
     and self-reenactment output, then the baselines once per resolution (images are scored at the model's
-    resolution). "—": a figure that does not exist (no full frame for a model without background, no regressor).
-    Reports of different pairs raise ValueError."""
+    resolution), then the all-zero ARKit answer. "—": a figure that does not exist (no full frame for a model
+    without background, no regressor, an absent metric network, or a report written before the figure existed);
+    absent networks are listed under the table. Reports of different pairs raise ValueError."""
     first = reports[0]
     for report in reports[1:]:
         differs = [key for key in _PAIRING if report[key] != first[key]]
         if differs or report["config"]["seed"] != first["config"]["seed"]:
             raise ValueError(f"{report['model']} was evaluated on other pairs than {first['model']} ({', '.join(differs) or 'seed'})")
+        sizes = (report["config"].get("metric_size"), first["config"].get("metric_size"))
+        if None not in sizes and sizes[0] != sizes[1]:
+            raise ValueError(f"{report['model']} was scored at another --metric-size than {first['model']} ({sizes[0]} vs {sizes[1]})")
     header = ["", "px", *(title for _, title, _ in TABLE_COLUMNS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for report in reports:
-        name = f"{report['model_kind']} ({Path(report['model']).name})"
-        lines.append("| " + " | ".join([f"cross: {name}", str(report["resolution"]), *_cells(report["cross"]["model_output"])]) + " |")
-        lines.append(
-            "| " + " | ".join([f"self: {name}", str(report["resolution"]), *_cells(report["self_reenactment"]["model_output"])]) + " |"
-        )
+        name, px = f"{report['model_kind']} ({Path(report['model']).name})", str(report["resolution"])
+        lines.append(_row(f"cross: {name}", px, _cells(report["cross"]["model_output"])))
+        lines.append(_row(f"self: {name}", px, _cells(report["self_reenactment"]["model_output"])))
     for report in reports:  # each resolution's baselines (images are scored at the model's resolution)
         if any(other["resolution"] == report["resolution"] for other in reports[: reports.index(report)]):
             continue
         px = str(report["resolution"])
-        lines.append("| " + " | ".join(["baseline: source copy", px, *_cells(report["cross"]["source_copy"])]) + " |")
-        lines.append("| " + " | ".join(["baseline: driver copy (cross)", px, *_cells(report["cross"]["driver_copy"])]) + " |")
+        lines.append(_row("baseline: source copy", px, _cells(report["cross"]["source_copy"])))
+        lines.append(_row("baseline: driver copy (cross)", px, _cells(report["cross"]["driver_copy"])))
         if report.get("ground_truth") is not None:
-            lines.append("| " + " | ".join(["ground truth (regressor floor)", px, *_cells(report["ground_truth"])]) + " |")
-    return "\n".join(lines)
+            lines.append(_row("ground truth (regressor floor)", px, _cells(report["ground_truth"])))
+    zero = next((report["expression_zero_answer"] for report in reports if report.get("expression_zero_answer") is not None), None)
+    if zero is not None:  # the same motions for every report: one row
+        lines.append(_row("baseline: ARKit all zero", "", _cells({"expression_error": zero})))
+    absent = [
+        f"{Path(report['model']).name}: {NETWORK_FIGURES.get(network, network)} {status}"
+        for report in reports
+        for network, status in report.get("networks", {}).items()
+        if status != "active"
+    ]
+    return "\n".join(lines + ([""] + absent if absent else []))

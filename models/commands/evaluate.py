@@ -64,9 +64,12 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         help="the reenactment benchmark: a student or teacher on held-out drivers and motions, "
         "beside source-copy and driver-copy baselines",
         description="Cross- and self-reenactment on held-out SyntheticHeads identities and motions against the renderer's ground truth: "
-        "PSNR/SSIM (full frame and foreground on white) and, with --regressor, motion and identity errors, each beside the "
-        "baselines 'source copy' and 'driver copy' measured in the same run. The same draws for every model, so a student and "
-        "a teacher evaluated with the same --data, --motions and --clips sit side by side.",
+        "PSNR/SSIM (full frame and foreground on white), eye and mouth PSNR (in the target's eye and mouth boxes), perceptual "
+        "distance (EfficientNet-Lite0), CSIM-dlib (against the target and the source image), FD-EffNet and, with --regressor, "
+        "motion and identity errors (beside the ARKit error of answering zero), each beside the baselines 'source copy' and "
+        "'driver copy' measured in the same run. A metric network whose weight files are missing (make nets) leaves its figures "
+        "absent, and the report says why. The same draws for every model, so a student and a teacher evaluated with the same "
+        "--data, --motions and --clips sit side by side.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     evaluate.add_argument(
@@ -112,6 +115,14 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--sources", type=int, default=8, metavar="N", help="held-out source identities when there is no --data (teacher)"
     )
+    evaluate.add_argument(
+        "--metric-size",
+        type=int,
+        default=224,
+        metavar="PX",
+        help="side images are resized to for EfficientNet-Lite0 (perceptual distance, FD-EffNet), so models of different "
+        "resolutions compare; 0: as they are",
+    )
     evaluate.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     evaluate.set_defaults(run=_eval)
 
@@ -130,6 +141,7 @@ def _eval(args: argparse.Namespace) -> int:
         motions=args.motions,
         driver=args.driver,
         sources=args.sources,
+        metric_size=args.metric_size,
     )
     if args.dry_run:
         print(json.dumps({"eval": asdict(config)}, indent=2))
