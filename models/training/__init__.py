@@ -1,7 +1,12 @@
-"""Training: what every trainer shares and, over time, one trainer per model (DESIGN.md §1).
+"""Training: the skeleton every trainer shares, and one trainer per model (DESIGN.md §1).
 
-- ``common``: the shared skeleton of a training run: ``TrainingError`` (one line for the user),
-  ``TrainSummary``, the Adam + cosine optimiser, endless seeded batches.
+- ``common``: ``TrainingError`` (one line for the user), ``TrainSummary``, Adam + cosine, endless seeded batches.
+- ``run_folder``: the run folder (config.json, log.jsonl trimmed on resume, checkpoint.pt, samples.png), the
+  progress bar and the optimiser's resumable state.
+- ``distributed``: one process or torchrun's N: devices, ranks, shards, per-step seeds, the worker's exit.
+- ``augment``: the one colour jitter, thin-plate-spline warp, affine warp and blur.
+- ``objective_weights`` / ``student_objective``: the student's loss terms and their weights.
+- ``train_base``, ``train_student``, ``train_adapter``, ``train_regressor``: one trainer per model.
 
 Checkpoint files (writing, reading, rebuilding a model from one) live in ``models/checkpoints.py``,
 so that loading a trained model never imports a trainer.
