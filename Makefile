@@ -87,8 +87,9 @@ bench: install-dev
 bench-hardening: install-dev
 	$(PY) bench/server_hardening.py --json runs/hardening.json
 
-# The shipped default model, exactly as it was made (README: "The default model"). About two hours on 2 CPU cores;
-# the student needs the loss networks' weights (make nets, a prerequisite of install-dev).
+# The default model's recipe (README: "The default model"; the model shipped now predates its face-aware student
+# objective). About 1.5 hours on 2 idle CPU cores; the student needs the loss networks' weights (make nets, a
+# prerequisite of install-dev).
 default-model: install-dev
 	rm -rf runs/synth-256 runs/student-cpu256 runs/adapter-arkit runs/adapter-landmarks
 	$(BIN)/megalive-train synth runs/synth-256 --resolution 256 --avatars 8 --drivers 200 --pairs 8000
