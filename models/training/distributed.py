@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from models.data.synthetic_pairs import derived_seed
 from models.training.common import TrainingError
 
+DEVICES = ("auto", "cpu", "cuda")  # --device: auto is CUDA when there is one
+
 
 def resolve_device(requested: str, *, local_rank: int = 0) -> torch.device:
     """The device for "auto", "cpu" or "cuda" (--device); cuda without a GPU raises TrainingError."""

@@ -87,6 +87,7 @@ from models.megaportraits.motion import Motion
 from models.training.augment import DriverAugmentation
 from models.training.common import TrainingError
 from models.training.distributed import (
+    DEVICES,
     Processes,
     backend,
     distributed_batches,
@@ -98,8 +99,6 @@ from models.training.distributed import (
     stop_processes,
 )
 from models.training.run_folder import RunFolder
-
-DEVICES = ("auto", "cpu", "cuda")
 
 # Multi-scale PatchGAN per preset (this project's widths; the paper's published code uses pix2pixHD's).
 DISCRIMINATOR_PRESETS: dict[str, DiscriminatorConfig] = {

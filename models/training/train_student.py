@@ -36,12 +36,11 @@ from models.megaportraits.distill import TeacherAvatars, TeacherTargets
 from models.megaportraits.student import Student, student_config
 from models.training.augment import DriverAugmentation
 from models.training.common import TrainingError, TrainSummary, adam_with_cosine, endless_batches
-from models.training.distributed import resolve_device
+from models.training.distributed import DEVICES, resolve_device
 from models.training.run_folder import RunFolder, optimiser_state, restore_optimiser_state
 from models.training.student_objective import STUDENT_DISCRIMINATORS, ObjectiveWeights, StudentObjective, load_loss_networks
 
 TARGET_SOURCES = ("renderer", "teacher")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
