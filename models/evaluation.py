@@ -76,7 +76,7 @@ from models.data.paired import load_identities, read_meta, save_png
 from models.face_regions import REGION_NAMES, region_masks
 from models.nets.face_descriptor import FaceDescriptor, align_face_chips
 from models.nets.parameter_regressor import ParameterRegressor, load_regressor, on_white, parameter_errors, zero_answer_error
-from models.nets.perceptual import PerceptualFeatures, PerceptualOutput, unit_channels
+from models.nets.perceptual import PerceptualFeatures, output_distance
 from models.nets.weights import FACE_NETWORK, PERCEPTUAL_NETWORK, NetWeightsError, network_problem
 
 HELD_OUT_SEED = 424242  # never used by `synth` (streams seed*1000 + {1, 2, 3}) nor by the teacher's SyntheticPairs (hashed seeds)
@@ -317,13 +317,6 @@ def region_psnr(guess: Tensor, truth: Tensor, landmarks: Tensor) -> Tensor:
     return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
-def pyramid_distance(first: PerceptualOutput, second: PerceptualOutput) -> Tensor:
-    """PerceptualFeatures.perceptual_distance from two already computed outputs (N images each) -> N: per level, the
-    squared distance of the unit-length feature vectors averaged over pixels; then the mean over the levels."""
-    levels = [(unit_channels(a) - unit_channels(b)).square().sum(dim=1).mean(dim=(1, 2)) for a, b in zip(first.pyramid, second.pyramid)]
-    return torch.stack(levels).mean(dim=0)  # L×N -> N
-
-
 def frechet_distance(first: Tensor, second: Tensor) -> float:
     """The Fréchet distance between Gaussians fitted to two sets of features (N×D and M×D, N, M ≥ 2):
     |μ₁ - μ₂|² + tr Σ₁ + tr Σ₂ - 2 tr (Σ₁Σ₂)^½, with unbiased covariances (N - 1).
@@ -452,7 +445,7 @@ class FigureScorer:
             columns.update({REGION_FIELDS[region]: regions[:, index] for index, region in enumerate(REGION_NAMES)})
             if perceptual is not None and truth_features is not None:
                 guess_features = perceptual(self._metric_input(guess_fg))
-                columns["perceptual_distance"] = pyramid_distance(guess_features, truth_features)
+                columns["perceptual_distance"] = output_distance(guess_features, truth_features)
                 self.features.setdefault(name, []).append(guess_features.pooled)
             if face is not None:
                 descriptor = face(align_face_chips(guess_fg, landmarks - 0.5))  # the output is in the target's pose

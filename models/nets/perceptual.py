@@ -195,12 +195,13 @@ class PerceptualFeatures(nn.Module):
         (unit length per pixel; it equals 2 - 2·cosine), averaged over pixels; then the mean over the five
         levels. Unweighted: no learned per-channel weights. Differentiable, so usable as a loss.
         """
-        pyramid = self(torch.cat([first, second])).pyramid  # one pass over 2N images
-        levels = []
-        for features in pyramid:
-            first_level, second_level = unit_channels(features).chunk(2)  # N×C×h×w each
-            levels.append((first_level - second_level).square().sum(dim=1).mean(dim=(1, 2)))  # N
-        return torch.stack(levels).mean(dim=0)  # L×N -> N
+        return output_distance(self(first), self(second))
+
+
+def output_distance(first: PerceptualOutput, second: PerceptualOutput) -> Tensor:
+    """The perceptual distance of two already computed outputs of N images each -> N (see perceptual_distance)."""
+    levels = [(unit_channels(a) - unit_channels(b)).square().sum(dim=1).mean(dim=(1, 2)) for a, b in zip(first.pyramid, second.pyramid)]
+    return torch.stack(levels).mean(dim=0)  # L×N -> N
 
 
 def unit_channels(features: Tensor) -> Tensor:

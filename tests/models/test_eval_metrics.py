@@ -13,10 +13,10 @@ from models.evaluation import (
     MetricNetworks,
     frechet_distance,
     load_metric_networks,
-    pyramid_distance,
     region_psnr,
 )
 from models.face_regions import REGION_NAMES, region_boxes
+from models.nets.perceptual import output_distance
 from models.nets.weights import FACE_NETWORK, PERCEPTUAL_NETWORK
 
 RESOLUTION = 64
@@ -60,9 +60,9 @@ def test_pyramid_distance_is_the_networks_perceptual_distance(networks: MetricNe
     perceptual = networks.perceptual
     assert perceptual is not None
     with torch.inference_mode():
-        ours = pyramid_distance(perceptual(source.rgb), perceptual(truth.rgb))
+        ours = output_distance(perceptual(source.rgb), perceptual(truth.rgb))
         assert torch.allclose(ours, perceptual.perceptual_distance(source.rgb, truth.rgb), atol=1e-6)
-        assert (ours > 0.05).all() and pyramid_distance(perceptual(truth.rgb), perceptual(truth.rgb)).abs().max() == 0
+        assert (ours > 0.05).all() and output_distance(perceptual(truth.rgb), perceptual(truth.rgb)).abs().max() == 0
 
 
 def test_identical_images_score_perfectly_on_every_figure(networks: MetricNetworks) -> None:
