@@ -40,6 +40,11 @@ def resize_square(image: Tensor, size: int) -> Tensor:
     return F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
 
 
+def on_white(rgb: Tensor, alpha: Tensor) -> Tensor:
+    """The foreground composited on white: B×3×H×W, B×1×H×W -> B×3×H×W."""
+    return rgb * alpha + (1 - alpha)
+
+
 class ConvNormAct(nn.Module):
     """conv k×k (optionally strided) -> GroupNorm -> ReLU."""
 

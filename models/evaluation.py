@@ -61,6 +61,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from contract.model_card import read_model_card
+from models.blocks import on_white
 from models.data.heads import (
     HeadMotion,
     HeadRender,
@@ -75,7 +76,7 @@ from models.data.heads import (
 from models.data.paired import load_identities, read_meta, save_png
 from models.face_regions import REGION_NAMES, region_masks
 from models.nets.face_descriptor import FaceDescriptor, align_face_chips
-from models.nets.parameter_regressor import ParameterRegressor, load_regressor, on_white, parameter_errors, zero_answer_error
+from models.nets.parameter_regressor import ParameterRegressor, load_regressor, parameter_errors, zero_answer_error
 from models.nets.perceptual import PerceptualFeatures, output_distance
 from models.nets.weights import FACE_NETWORK, PERCEPTUAL_NETWORK, NetWeightsError, network_problem
 

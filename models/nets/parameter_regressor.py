@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from contract.arkit import NUM_BLENDSHAPES
 from contract.landmarks import LEFT_EYE_POINTS, MOUTH_POINTS, NUM_LANDMARKS, RIGHT_EYE_POINTS
-from models.blocks import ConvNormAct, DownBlock, resize_square
+from models.blocks import ConvNormAct, DownBlock, on_white, resize_square
 from models.checkpoints import REGRESSOR_KIND, checkpoint_kind, kind_found, load_checkpoint
 from models.data.heads import HeadMotion, Identity, SyntheticHeads, sample_clip, sample_identities, sample_motions
 from models.data.synthetic_pairs import derived_seed
@@ -95,11 +95,6 @@ IDENTITY_FIELDS = (
 def identity_features(identity: Identity) -> Tensor:
     """IDENTITY_FIELDS of a batch of identities, flattened: B×F (F = 37)."""
     return torch.cat([getattr(identity, name).reshape(len(identity), -1).float() for name in IDENTITY_FIELDS], dim=1)
-
-
-def on_white(rgb: Tensor, alpha: Tensor) -> Tensor:
-    """The foreground composited on white: B×3×H×W, B×1×H×W -> B×3×H×W."""
-    return rgb * alpha + (1 - alpha)
 
 
 # -- where the crops are --------------------------------------------------------------------------

@@ -58,6 +58,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from models.blocks import on_white
 from models.checkpoints import BASE_KIND, check_base_checkpoint, load_checkpoint, load_state, save_checkpoint, state_digest
 from models.data.heads import contact_sheet
 from models.data.paired import DatasetError
@@ -312,10 +313,6 @@ def _summary_writer(run_dir: Path, *, purge_step: int | None) -> Any:
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
 
 
-def _on_white(rgb: Tensor, alpha: Tensor) -> Tensor:
-    return rgb * alpha + (1 - alpha)
-
-
 def _sample_sheet(batch: ReenactmentSample, drivers: Tensor, output: ReenactmentOutput, rows: int = 4) -> Tensor:
     """Per sample one row: source, aug(d), output, target | aug(d*), output, target (outputs and targets on white)."""
     count = min(rows, batch.source.shape[0])
@@ -324,11 +321,11 @@ def _sample_sheet(batch: ReenactmentSample, drivers: Tensor, output: Reenactment
     columns = [
         batch.source,
         drivers[:half],
-        _on_white(rgb[:half], alpha[:half]),
-        _on_white(batch.driver, batch.driver_alpha),
+        on_white(rgb[:half], alpha[:half]),
+        on_white(batch.driver, batch.driver_alpha),
         drivers[half:],
-        _on_white(rgb[half:], alpha[half:]),
-        _on_white(batch.cross_target, batch.cross_target_alpha),
+        on_white(rgb[half:], alpha[half:]),
+        on_white(batch.cross_target, batch.cross_target_alpha),
     ]
     tiles = torch.stack([column[:count].detach().float().cpu() for column in columns], dim=1).flatten(0, 1)  # count×7 tiles
     return contact_sheet(tiles, columns=len(columns))

@@ -36,6 +36,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from contract.arkit import ARKIT_BLENDSHAPES
+from models.blocks import on_white
 from models.checkpoints import REGRESSOR_KIND, save_checkpoint
 from models.data.heads import MODELLED_BLENDSHAPES, HeadMotion, Identity, SyntheticHeads, sample_clip, sample_identities, sample_motions
 from models.data.synthetic_pairs import derived_seed
@@ -48,7 +49,6 @@ from models.nets.parameter_regressor import (
     RegressorConfig,
     held_out_errors,
     identity_prior,
-    on_white,
 )
 from models.training.augment import gaussian_blur
 from models.training.common import TrainingError, adam_with_cosine
