@@ -5,7 +5,6 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 TORCH  := torch==2.13.0
 STUDENT_STEPS ?= 2500
-ADAPTER_STEPS ?= 800
 TEACHER_STEPS ?= 4000
 
 BIN    := $(VENV)/bin
@@ -87,22 +86,23 @@ bench: install-dev
 bench-hardening: install-dev
 	$(PY) bench/server_hardening.py --json runs/hardening.json
 
-# The default model's recipe (README: "The default model"; the model shipped now predates its face-aware student
-# objective). About 1.5 hours on 2 idle CPU cores; the student needs the loss networks' weights (make nets, a
-# prerequisite of install-dev).
+# The default model's recipe (README: "The default model"). About 1.5 hours on 2 idle CPU cores; the student needs the
+# loss networks' weights (make nets, a prerequisite of install-dev). The capture drivers need no training of their own
+# but the landmark solver (a few minutes): the puppet draws the wire's curves and the student reads the picture.
 default-model: install-dev
-	rm -rf runs/synth-256 runs/student-cpu256 runs/adapter-arkit runs/adapter-landmarks
+	rm -rf runs/synth-256 runs/student-cpu256 runs/landmark-solver
 	$(BIN)/megalive-train synth runs/synth-256 --resolution 256 --avatars 8 --drivers 200 --pairs 8000
 	$(BIN)/megalive-train student --data runs/synth-256 --run runs/student-cpu256 --preset cpu256 --steps $(STUDENT_STEPS) --batch 8
-	$(BIN)/megalive-train adapter --kind arkit --student runs/student-cpu256/checkpoint.pt --data runs/synth-256 --run runs/adapter-arkit --steps $(ADAPTER_STEPS)
-	$(BIN)/megalive-train adapter --kind landmarks --student runs/student-cpu256/checkpoint.pt --data runs/synth-256 --run runs/adapter-landmarks --steps $(ADAPTER_STEPS)
+	$(BIN)/megalive-train landmark-solver --out runs/landmark-solver/solver.pt
 	$(BIN)/megalive-train export --checkpoint runs/student-cpu256/checkpoint.pt --out assets/default/student.onnx --preset cpu256 \
-		--adapter runs/adapter-arkit/checkpoint.pt --adapter runs/adapter-landmarks/checkpoint.pt
+		--landmark-solver runs/landmark-solver/solver.pt
 	$(BIN)/megalive-train demo-clip --out assets/default/driver.mp4 --resolution 256
 	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --out assets/default/eval --motions clips
 	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --out assets/default/eval --motions random
+	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --out assets/default/eval --motions clips --centred
 	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --out assets/default/eval --motions clips --driver arkit
 	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --out assets/default/eval --motions clips --driver landmarks
+	$(BIN)/megalive-train sweeps --model assets/default/student.onnx --data runs/synth-256 --out assets/default/sweeps
 
 # The CPU recipe of the teacher (README: "The teacher on two CPU cores"): the cpu128 base model on SyntheticHeads pairs
 # (about 1 h 45 min on the 2-core box), the benchmark's parameter regressor, then the benchmark: the teacher on held-out

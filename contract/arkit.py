@@ -1,7 +1,7 @@
 """The ARKit curve names, in Live Link Face's packet order: 52 blendshapes, then 9 rotations.
 
 The wire protocol's `arkit` frame (DESIGN §3), the Live Link Face packet, Blender shape keys,
-SyntheticHeads' expression vector and the adapters' `curves` input all use this order.
+SyntheticHeads' expression vector and the capture graphs' `curves` input all use this order.
 Standard library only: the Blender and Unreal hosts ship a copy of this file.
 """
 

@@ -6,7 +6,7 @@ evaluation of an exported student (models/evaluation.py). The sidecar names the 
 kinds the model accepts, the exact command that produced it and (``model_sha256``, in the card and in each adapter
 entry) the SHA-256 of every graph it names. Export renames the graphs into place before the sidecar, so a crash in
 between leaves new graphs beside the old sidecar: the digests make the reader refuse that pair. Sidecars without
-digests (older exports) load unchecked. A model with driver adapters has one more graph per capture kind beside it
+digests (older exports) load unchecked. A model with capture drivers has one more graph per capture kind beside it
 (``adapters.<kind>.model_file``), with the capture signal as its input.
 
 Standard library only (the hosts ship a copy of this file).
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SIDECAR_FORMAT = "megalive-avatar-model"
@@ -35,6 +35,7 @@ class AdapterGraph:
     model_path: Path
     input_name: str
     input_shape: tuple[int, ...]  # per sample
+    config: dict = field(default_factory=dict)  # what the exporter recorded about it (the puppet's settings, ...)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,6 +124,7 @@ def read_model_card(model_path: str | Path) -> ModelCard:
                 model_path=model_path.parent / str(entry["model_file"]),
                 input_name=str(entry["input"]["name"]),
                 input_shape=tuple(int(n) for n in entry["input"]["shape"][1:]),
+                config=dict(entry.get("config") or {}),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ModelCardError(f"{card_path}: malformed adapters.{kind} ({error})") from None

@@ -6,22 +6,22 @@ imports a trainer. Errors are ``TrainingError`` with one line for the user.
 Layout. A checkpoint is one dict saved with torch.save, tensors and plain values only (read back with
 weights_only=True: no code runs on load). ``save_checkpoint(payload, path, kind=...)`` writes:
 
-    kind            which model it holds: one of KINDS (BASE_KIND, STUDENT_KIND, ADAPTER_KIND, REGRESSOR_KIND)
+    kind            which model it holds: one of KINDS (BASE_KIND, STUDENT_KIND, LANDMARK_SOLVER_KIND, REGRESSOR_KIND)
     format_version  FORMAT_VERSION; absent in files written before this layout
     config          the resolved config, under CONFIG_KEYS[kind]: the network's own config (enough to
-                    rebuild it: "model_config", the adapter's "adapter_config") and the run's
+                    rebuild it: "model_config") and the run's
                     "train_config"; the base model also keeps "resolved_config" (its run's config.json)
     weights         the state dicts, under WEIGHT_KEYS[kind] (base: "generator" and "discriminator";
-                    student and regressor: "model"; adapter: "adapter")
+                    student, landmark solver and regressor: "model")
     digest          state_digest of those weights, in WEIGHT_KEYS order
     ...             the trainer's own state beside them (optimisers, schedulers, step, RNG, ...)
 
-The config and weight keys are the names the four older formats used, so a loader reads old and new
-files alike. Older files carry no format_version, and students and adapters no kind either: a file
-without a kind is a student when it has "model" and "model_config", an adapter when it has "adapter"
-(``checkpoint_kind``). Anything else is refused with one line naming the kind found.
+The config and weight keys are the names the older formats used, so a loader reads old and new files
+alike. Older files carry no format_version, and students no kind either: a file without a kind is a
+student when it has "model" and "model_config" (``checkpoint_kind``). Anything else (the driver adapters
+that the puppet replaced included) is refused with one line naming the kind found.
 
-Loaders: ``load_base``, ``load_student``, ``load_adapter`` here; the regressor's is
+Loaders: ``load_base``, ``load_student``, ``load_landmark_solver`` here; the regressor's is
 models.nets.parameter_regressor.load_regressor (its network is defined there, and that module writes here).
 """
 
@@ -36,33 +36,33 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.megaportraits.adapters import AdapterConfig, DriverAdapter
 from models.megaportraits.base import BaseConfig, BaseModel, base_config
+from models.megaportraits.puppet import LandmarkSolver, LandmarkSolverConfig
 from models.megaportraits.student import Student, StudentConfig
 from models.training.common import TrainingError
 
 FORMAT_VERSION = 1
 BASE_KIND = "megaportraits-base"
 STUDENT_KIND = "megaportraits-student"
-ADAPTER_KIND = "megaportraits-adapter"
+LANDMARK_SOLVER_KIND = "megaportraits-landmark-solver"
 REGRESSOR_KIND = "megaportraits-parameter-regressor"
-KINDS = (BASE_KIND, STUDENT_KIND, ADAPTER_KIND, REGRESSOR_KIND)
+KINDS = (BASE_KIND, STUDENT_KIND, LANDMARK_SOLVER_KIND, REGRESSOR_KIND)
 WEIGHT_KEYS: dict[str, tuple[str, ...]] = {
     BASE_KIND: ("generator", "discriminator"),
     STUDENT_KIND: ("model",),
-    ADAPTER_KIND: ("adapter",),
+    LANDMARK_SOLVER_KIND: ("model",),
     REGRESSOR_KIND: ("model",),
 }
 CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     BASE_KIND: ("model_config", "train_config", "resolved_config"),
     STUDENT_KIND: ("model_config", "train_config"),
-    ADAPTER_KIND: ("adapter_config", "train_config"),
+    LANDMARK_SOLVER_KIND: ("model_config", "train_config"),
     REGRESSOR_KIND: ("model_config", "train_config"),
 }
 _DESCRIPTIONS = {
     BASE_KIND: "a MegaPortraits base-model checkpoint",
     STUDENT_KIND: "a student checkpoint",
-    ADAPTER_KIND: "an adapter checkpoint",
+    LANDMARK_SOLVER_KIND: "a landmark-solver checkpoint",
     REGRESSOR_KIND: "a parameter-regressor checkpoint",
 }
 
@@ -107,8 +107,6 @@ def checkpoint_kind(checkpoint: dict[str, Any]) -> str | None:
     kind = checkpoint.get("kind")
     if kind is not None:
         return str(kind)
-    if "adapter" in checkpoint:
-        return ADAPTER_KIND
     if "model" in checkpoint and "model_config" in checkpoint:
         return STUDENT_KIND
     return None
@@ -196,31 +194,27 @@ def load_student(path: Path, *, expect_preset: str | None = None) -> Student:
     return student_from_checkpoint(load_checkpoint(path), expect_preset=expect_preset)
 
 
-# -- driver adapter -----------------------------------------------------------------------------------
+# -- landmark solver -----------------------------------------------------------------------------------
 
 
-def adapter_from_checkpoint(checkpoint: dict[str, Any]) -> DriverAdapter:
-    found = checkpoint.get("kind")
-    if found is not None and found != ADAPTER_KIND:
-        check_kind(checkpoint, ADAPTER_KIND)
+def landmark_solver_from_checkpoint(checkpoint: dict[str, Any], *, path: Path) -> LandmarkSolver:
+    """A `megalive-train landmark-solver` checkpoint's solver; anything else raises TrainingError (one line)."""
+    check_kind(checkpoint, LANDMARK_SOLVER_KIND, where=str(path))
     try:
-        raw = checkpoint["adapter_config"]
-        config = AdapterConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-        adapter = DriverAdapter(config=config)
-        adapter.load_state_dict(checkpoint["adapter"])
+        solver = LandmarkSolver(config=LandmarkSolverConfig(**checkpoint["model_config"]))
+        solver.load_state_dict(checkpoint["model"])
     except (TypeError, KeyError, RuntimeError, ValueError) as error:
-        raise TrainingError(f"not an adapter checkpoint, or one that does not match its config: {str(error).splitlines()[0]}") from None
-    return adapter
+        raise TrainingError(f"{path}: a landmark solver that does not match its config: {str(error).splitlines()[0]}") from None
+    return solver.eval()
 
 
-def load_adapter(path: Path) -> DriverAdapter:
-    """A `megalive-train adapter` checkpoint's adapter; anything else raises TrainingError (one line)."""
-    return adapter_from_checkpoint(load_checkpoint(path))
+def load_landmark_solver(path: Path) -> LandmarkSolver:
+    return landmark_solver_from_checkpoint(load_checkpoint(path), path=path)
 
 
 def slim_checkpoint(source: Path, out: Path) -> Path:
     """A copy of ``source`` with its kind's weights and configs only, without the trainer's state (optimisers, a
-    discriminator): what export and the adapters read, a fraction of the size; it cannot resume training."""
+    discriminator): what export and the evaluation read, a fraction of the size; it cannot resume training."""
     checkpoint = load_checkpoint(source)
     kind = checkpoint_kind(checkpoint)
     if kind is None:

@@ -97,13 +97,20 @@ class EvalConfig:
     batch_size: int = 8
     motions: str = "clips"  # clips: smooth performances (sample_clip); random: independent poses and expressions (sample_motions)
     driver: str = "image"  # image: the driver's render; arkit: its exact motion as curves; landmarks: its 68 landmarks
+    centred: bool = False  # the motions drawn centred at the default size (always so for arkit: curves carry no framing)
     sources: int = 8  # held-out source identities when there is no --data (teacher only)
     metric_size: int = 224  # side images are resized to for EfficientNet-Lite0 (its training size); 0: as they are
 
     @property
+    def is_centred(self) -> bool:
+        return self.centred or self.driver == "arkit"
+
+    @property
     def name(self) -> str:
-        """eval-<motions>[-<driver>]: the file stem of this evaluation's report and contact sheet."""
-        return self.motions if self.driver == "image" else f"{self.motions}-{self.driver}"
+        """eval-<motions>[-centred][-<driver>]: the file stem of this evaluation's report and contact sheet (arkit's
+        rows are always centred, and their name does not say it)."""
+        centred = "-centred" if self.centred and self.driver != "arkit" else ""
+        return f"{self.motions}{centred}" if self.driver == "image" else f"{self.motions}{centred}-{self.driver}"
 
 
 @dataclass(frozen=True)
@@ -510,6 +517,8 @@ def evaluate(
     generator = torch.Generator().manual_seed(config.seed + 1)
     drivers = sample_identities(config.clips, generator=generator)
     motions = held_out_motions(config)
+    if config.is_centred:
+        motions = motions.centred()  # as curves place a head (no translation or scale): truth, driver and source alike
     count = len(motions)
     driver_of = torch.arange(count) // config.frames_per_clip  # one driver identity per clip
     avatar_of = torch.randint(0, len(avatars), (count,), generator=generator)
@@ -568,8 +577,14 @@ def evaluate(
         regressor=config.regressor,
         expression_zero_answer=scorer.expression_zero_answer(),
         networks=dict(networks.status),
-        notes=scorer.notes(),
+        notes=scorer.notes() + ((CENTRED_NOTE,) if config.is_centred else ()),
     )
+
+
+CENTRED_NOTE = (
+    "centred: these motions are drawn centred at the default size (targets and baselines too), as ARKit curves place a head "
+    "(they carry no translation or scale); compare with other centred rows (--centred) for the same clips"
+)
 
 
 def _signal(kind: str, motion: HeadMotion, driver_render: HeadRender, resolution: int) -> Tensor:
@@ -625,12 +640,15 @@ def _row(name: str, px: str, cells: list[str]) -> str:
     return "| " + " | ".join([name, px, *cells]) + " |"
 
 
-def side_by_side_table(reports: list[dict[str, Any]]) -> str:
+def side_by_side_table(reports: list[dict[str, Any]], *, labels: list[str] | None = None) -> str:
     """One Markdown table from eval reports (as written by write_report) of the same pairs: each model's cross-
     and self-reenactment output, then the baselines once per resolution (images are scored at the model's
     resolution), then the all-zero ARKit answer. "—": a figure that does not exist (no full frame for a model
     without background, no regressor, an absent metric network, or a report written before the figure existed);
-    absent networks are listed under the table. Reports of different pairs raise ValueError."""
+    absent networks are listed under the table. ``labels`` name the models (default: "<kind> (<file name>)").
+    Reports of different pairs raise ValueError."""
+    if labels is not None and len(labels) != len(reports):
+        raise ValueError(f"{len(labels)} labels for {len(reports)} reports: give one per report")
     first = reports[0]
     for report in reports[1:]:
         differs = [key for key in _PAIRING if report[key] != first[key]]
@@ -641,8 +659,9 @@ def side_by_side_table(reports: list[dict[str, Any]]) -> str:
             raise ValueError(f"{report['model']} was scored at another --metric-size than {first['model']} ({sizes[0]} vs {sizes[1]})")
     header = ["", "px", *(title for _, title, _ in TABLE_COLUMNS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for report in reports:
-        name, px = f"{report['model_kind']} ({Path(report['model']).name})", str(report["resolution"])
+    for index, report in enumerate(reports):
+        name = labels[index] if labels is not None else f"{report['model_kind']} ({Path(report['model']).name})"
+        px = str(report["resolution"])
         lines.append(_row(f"cross: {name}", px, _cells(report["cross"]["model_output"])))
         lines.append(_row(f"self: {name}", px, _cells(report["self_reenactment"]["model_output"])))
     for report in reports:  # each resolution's baselines (images are scored at the model's resolution)

@@ -17,7 +17,7 @@ import shlex
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ class ExtraDriver:
     module: nn.Module
     input_name: str  # "curves" | "landmarks"
     input_shape: tuple[int, ...]  # per sample, e.g. (61,) or (68, 2)
-    config: Mapping[str, Any]  # recorded in the sidecar (the adapter's resolved training config)
+    config: Mapping[str, Any]  # recorded in the sidecar (the puppet's settings, the landmark solver's training config)
 
 
 def extra_driver_path(model_path: Path, kind: str) -> Path:
@@ -237,7 +237,8 @@ THUMBNAIL_SIZE = 96  # px, the neutral avatar pictures beside the graph (OUT.thu
 
 @dataclass(frozen=True)
 class StudentExport:
-    """A student checkpoint and its adapters, loaded and checked against each other: what export_student writes."""
+    """A student checkpoint and its capture drivers (the puppet; the landmark solver when given), loaded and checked
+    against each other: what export_student writes."""
 
     checkpoint_path: Path
     model: nn.Module
@@ -245,7 +246,7 @@ class StudentExport:
     dataset_root: Path  # the paired dataset it was trained on (its neutral frames become the thumbnails)
     dataset_command: str
     extra_drivers: tuple[ExtraDriver, ...]
-    adapter_commands: tuple[str, ...]
+    solver_commands: tuple[str, ...]
 
     @property
     def resolution(self) -> int:
@@ -263,59 +264,82 @@ class StudentExport:
             "avatars": self.checkpoint["avatar_names"],
             "step": int(self.checkpoint["step"]),
             "drivers": self.drivers,
+            "capture": {extra.kind: dict(extra.config) for extra in self.extra_drivers},
         }
 
     def provenance(self, command: str) -> str:
-        """Every command that made the model, in order: synth, student training, adapters, then this export's."""
+        """Every command that made the model, in order: synth, student training, landmark solver, then this export's."""
         train = self.checkpoint["train_config"]
-        return " && ".join([self.dataset_command, train["command"], *self.adapter_commands, command])
+        return " && ".join([self.dataset_command, train["command"], *self.solver_commands, command])
 
     def sidecar_config(self) -> dict[str, Any]:
         checkpoint = self.checkpoint
         return {"student": checkpoint["model_config"], "train": checkpoint["train_config"], "step": int(checkpoint["step"])}
 
 
+def default_puppet_resolution(resolution: int) -> int:
+    """The side the puppet draws at for a student of ``resolution``: 3/8 of it (96 at 256), a multiple of 8. Measured
+    (README, Performance capture): drawing at 96 keeps the capture path within 1.5× of the image path at 256."""
+    return max(16, resolution * 3 // 8 // 8 * 8)
+
+
 def load_student_export(
-    checkpoint_path: str | Path, *, adapters: Sequence[str | Path] = (), expect_preset: str | None = None
+    checkpoint_path: str | Path,
+    *,
+    capture: bool = True,
+    landmark_solver: str | Path | None = None,
+    puppet_resolution: int | None = None,
+    expect_preset: str | None = None,
 ) -> StudentExport:
-    """Load a student checkpoint and the adapters trained against it (one per kind). Raises TrainingError (another
-    preset, an adapter of another student, two of one kind, an unreadable checkpoint) or DatasetError (the training
-    dataset is gone), each one line."""
-    from models.checkpoints import adapter_from_checkpoint, load_checkpoint, student_from_checkpoint
+    """Load a student checkpoint and build its capture drivers: the ARKit puppet (``capture``) and, given a landmark
+    solver checkpoint, the landmark one. Raises TrainingError (another preset, a puppet resolution out of range, an
+    unreadable checkpoint) or DatasetError (the training dataset is gone), each one line."""
+    from models.checkpoints import landmark_solver_from_checkpoint, load_checkpoint, student_from_checkpoint
     from models.data.paired import read_meta
-    from models.megaportraits.adapters import ADAPTER_INPUTS, AdaptedStudent
+    from models.megaportraits.puppet import CAPTURE_INPUTS, Puppet, PuppetConfig, PuppetDrivenStudent
     from models.training.common import TrainingError
-    from models.training.train_adapter import file_digest
 
     checkpoint_path = Path(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
     model = student_from_checkpoint(checkpoint, expect_preset=expect_preset)
     meta = read_meta(Path(checkpoint["train_config"]["data"]))
-    student_digest = file_digest(checkpoint_path)
+    resolution = int(model.config.resolution)
+    if landmark_solver is not None and not capture:
+        raise TrainingError("the landmark driver draws through the puppet: --landmark-solver needs the capture drivers on")
     extras: list[ExtraDriver] = []
     commands: list[str] = []
-    for path in adapters:
-        adapter_checkpoint = load_checkpoint(path)
-        adapter = adapter_from_checkpoint(adapter_checkpoint)
-        if adapter_checkpoint.get("student_digest") != student_digest:
-            raise TrainingError(
-                f"{path} was trained against another student than {checkpoint_path}; retrain it with --student {checkpoint_path}"
+    if capture:
+        try:
+            puppet_config = PuppetConfig(
+                render_resolution=puppet_resolution or default_puppet_resolution(resolution), resolution=resolution
             )
-        kind = adapter.config.kind
-        if any(extra.kind == kind for extra in extras):
-            raise TrainingError(f"two {kind} adapters given; pass one per kind")
-        input_name, input_shape = ADAPTER_INPUTS[kind]
-        adapter_train = adapter_checkpoint["train_config"]
-        extras.append(
-            ExtraDriver(
-                kind=kind,
-                module=AdaptedStudent(student=model, adapter=adapter),
-                input_name=input_name,
-                input_shape=input_shape,
-                config={"train": adapter_train, "step": int(adapter_checkpoint["step"])},
+        except ValueError as error:
+            raise TrainingError(f"--puppet-resolution: {error}") from None
+        puppet = Puppet(config=puppet_config)
+        solvers = {"arkit": None}
+        if landmark_solver is not None:
+            solver_checkpoint = load_checkpoint(Path(landmark_solver))
+            solvers["landmarks"] = landmark_solver_from_checkpoint(solver_checkpoint, path=Path(landmark_solver))
+            commands.append(solver_checkpoint["train_config"].get("command", ""))
+        for kind, solver in solvers.items():
+            input_name, input_shape = CAPTURE_INPUTS[kind]
+            config: dict[str, Any] = {"design": "puppet", "puppet": asdict(puppet_config)}
+            if solver is not None:
+                config["landmark_solver"] = {
+                    "path": str(landmark_solver),
+                    "model": asdict(solver.config),
+                    "train": solver_checkpoint["train_config"],
+                    "held_out": solver_checkpoint.get("held_out"),  # its RMS errors beside answering zero and the mean
+                }
+            extras.append(
+                ExtraDriver(
+                    kind=kind,
+                    module=PuppetDrivenStudent(student=model, puppet=puppet, solver=solver),
+                    input_name=input_name,
+                    input_shape=input_shape,
+                    config=config,
+                )
             )
-        )
-        commands.append(adapter_train.get("command", ""))
     return StudentExport(
         checkpoint_path=checkpoint_path,
         model=model,
@@ -323,7 +347,7 @@ def load_student_export(
         dataset_root=meta.root,
         dataset_command=meta.command,
         extra_drivers=tuple(extras),
-        adapter_commands=tuple(commands),
+        solver_commands=tuple(commands),
     )
 
 
@@ -336,8 +360,8 @@ def neutral_thumbnails(dataset_root: str | Path, size: int = THUMBNAIL_SIZE) -> 
 
 
 def export_student(student: StudentExport, out_path: str | Path, *, command: str) -> ExportReport:
-    """Write a loaded student (and its adapters' graphs) as OUT.onnx + sidecar + thumbnails; ``command`` is this
-    export's own command line, recorded after the commands that made the dataset, the student and the adapters."""
+    """Write a loaded student (and its capture drivers' graphs) as OUT.onnx + sidecar + thumbnails; ``command`` is this
+    export's own command line, recorded after the commands that made the dataset, the student and the landmark solver."""
     resolution = student.resolution
     return export_avatar_model(
         student.model,

@@ -1,7 +1,9 @@
 """`megalive bench`: how fast the engine is, and what the server adds on top.
 
 Phases, each `seconds` long, on this machine:
-  1. raw engine FPS: Engine.run at batch 1 in this process, nothing else running;
+  1. raw engine FPS: Engine.run at batch 1 in this process, nothing else running; then each capture driver the
+     model has (arkit curves, landmarks: the puppet drawn, then the student) the same way, and its per-frame cost
+     beside the image path's;
   2. end-to-end: a real `megalive serve` subprocess on loopback, one client session streaming with
      its in-flight window; FPS and round-trip latency percentiles;
   3. throughput with 2 and 4 sessions of one client (the server batches them) versus 1.
@@ -23,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from client.client import AvatarClient, Texture
+from contract.landmarks import canonical_ibug68
 from server.engine import Engine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +76,7 @@ class BenchReport:
     providers: tuple[str, ...]
     raw_fps: float
     raw_batch4_fps: float  # the engine's own ceiling for batching: what 4 sessions could gain at most
+    capture_raw_fps: dict[str, float]  # driver kind -> raw engine FPS at batch 1 through its graph (arkit, landmarks)
     gflops_per_frame: float | None
     matmul_peak_gflops: float
     streams: tuple[StreamFigures, ...]
@@ -89,6 +93,8 @@ class BenchReport:
             "providers": list(self.providers),
             "raw_engine_fps": self.raw_fps,
             "raw_engine_fps_batch4": self.raw_batch4_fps,
+            "capture_raw_fps": dict(self.capture_raw_fps),
+            "capture_cost_vs_image": {kind: self.raw_fps / fps for kind, fps in self.capture_raw_fps.items()},
             "gflops_per_frame": self.gflops_per_frame,
             "achieved_gflops": self.gflops_per_frame * self.raw_fps if self.gflops_per_frame else None,
             "matmul_peak_gflops": self.matmul_peak_gflops,
@@ -107,6 +113,10 @@ class BenchReport:
         rows = [
             ("raw engine FPS (batch 1)", f"{self.raw_fps:.1f}"),
             ("raw engine FPS (batch 4; × vs batch 1)", f"{self.raw_batch4_fps:.1f} (×{self.raw_batch4_fps / self.raw_fps:.2f})"),
+            *(
+                (f"raw engine FPS, {kind} driver (cost per frame × vs image)", f"{fps:.1f} (×{self.raw_fps / fps:.2f})")
+                for kind, fps in self.capture_raw_fps.items()
+            ),
             ("fp32 matmul peak of this box (GFLOP/s)", f"{self.matmul_peak_gflops:.0f}"),
             (
                 "model GFLOP/frame; achieved GFLOP/s at batch 1 (% of peak)",
@@ -178,16 +188,28 @@ def measure_matmul_peak_gflops(size: int = 1024, seconds: float = 2.0) -> float:
     return best
 
 
-def measure_raw_fps(engine: Engine, seconds: float, *, batch: int = 1) -> float:
-    """Frames per second of Engine.run alone at a fixed batch size."""
-    frames = np.stack(_driver_frames(engine.resolution, count=batch)).transpose(0, 3, 1, 2)  # B×H×W×3 -> B×3×H×W
-    driver = np.ascontiguousarray(frames, dtype=np.float32) / np.float32(255.0)
+def capture_signal(kind: str, shape: tuple[int, ...], batch: int) -> np.ndarray:
+    """A capture frame of ``kind`` for timing: a neutral face's landmarks, or every ARKit curve at 0.2."""
+    if kind == "landmarks":
+        return np.ascontiguousarray(np.broadcast_to(canonical_ibug68(), (batch, *shape)), dtype=np.float32)
+    return np.full((batch, *shape), 0.2, np.float32)
+
+
+def measure_raw_fps(engine: Engine, seconds: float, *, batch: int = 1, kind: str = "image") -> float:
+    """Frames per second of Engine.run alone at a fixed batch size, through the graph of driver ``kind``."""
+    if kind == "image":
+        frames = np.stack(_driver_frames(engine.resolution, count=batch)).transpose(0, 3, 1, 2)  # B×H×W×3 -> B×3×H×W
+        signal = np.ascontiguousarray(frames, dtype=np.float32) / np.float32(255.0)
+    else:
+        graph = engine.card.adapter(kind)
+        assert graph is not None, kind
+        signal = capture_signal(kind, graph.input_shape, batch)
     avatar = np.zeros(batch, np.int64)
     runs = 0
-    with PhaseProgress(seconds=seconds, description=f"raw engine, batch {batch}") as progress:
+    with PhaseProgress(seconds=seconds, description=f"raw engine, {kind}, batch {batch}") as progress:
         began = time.perf_counter()
         while (now := time.perf_counter()) - began < seconds:
-            engine.run(driver, avatar)
+            engine.run(signal, avatar, kind=kind)
             runs += 1
             progress.show(now - began)
     return runs * batch / (time.perf_counter() - began)
@@ -271,6 +293,7 @@ def run_bench(config: BenchConfig) -> BenchReport:
     matmul_peak = measure_matmul_peak_gflops()
     raw_fps = measure_raw_fps(engine, config.seconds)
     raw_batch4_fps = measure_raw_fps(engine, config.seconds, batch=4)
+    capture_raw_fps = {kind: measure_raw_fps(engine, config.seconds, kind=kind) for kind in engine.drivers if kind != "image"}
     card, providers = engine.card, tuple(engine.providers)
     del engine  # the server process gets the cores to itself
     process, address = start_server(config.model_path, threads=config.threads)
@@ -288,6 +311,7 @@ def run_bench(config: BenchConfig) -> BenchReport:
         providers=providers,
         raw_fps=raw_fps,
         raw_batch4_fps=raw_batch4_fps,
+        capture_raw_fps=capture_raw_fps,
         gflops_per_frame=card.gflops_per_frame,
         matmul_peak_gflops=matmul_peak,
         streams=streams,

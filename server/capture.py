@@ -59,6 +59,7 @@ class CropConfig:
     refine_landmarks: bool = True  # mediapipe's attention mesh: finer eye and lip contours
     min_detection_confidence: float = 0.5
     min_tracking_confidence: float = 0.5
+    static_images: bool = False  # True: every frame is a separate photograph (detect each time, no tracking)
 
     def __post_init__(self) -> None:
         if not 16 <= self.output_size <= 4096:
@@ -94,7 +95,7 @@ def _open_face_mesh(config: CropConfig) -> _FaceMesh:
     except ImportError as error:
         raise CaptureUnavailable(f"automatic face crops (crop 'auto') need mediapipe ({error}): pip install 'megalive[capture]'") from None
     return mediapipe.solutions.face_mesh.FaceMesh(
-        static_image_mode=False,  # video mode: tracks from the last frame's face, detects on loss
+        static_image_mode=config.static_images,  # video mode (default): tracks from the last frame's face, detects on loss
         max_num_faces=config.max_faces,
         refine_landmarks=config.refine_landmarks,
         min_detection_confidence=config.min_detection_confidence,
@@ -124,7 +125,7 @@ class FaceCropper:
         frame = np.ascontiguousarray(check_frame(frame))  # mediapipe reads the raw buffer
         if not math.isfinite(timestamp_s):
             raise ValueError(f"timestamp must be finite, got {timestamp_s}")
-        faces = self._face_landmarks(frame)
+        faces = self.faces(frame)
         if faces:
             landmarks_px = self._follow(faces)
             box = crop_box_from_landmarks(landmarks_px)
@@ -137,9 +138,11 @@ class FaceCropper:
         crop = crop_square(frame, self._last_box, output_size=self.config.output_size, padding=self.config.padding)
         return CropResult(image=crop, box=self._last_box, landmarks=self._last_landmarks.copy(), face_found=bool(faces))
 
-    def _face_landmarks(self, frame: np.ndarray) -> list[np.ndarray]:
-        """The iBUG landmarks (68×2 source pixels) of every face the mesh finds."""
-        assert self._mesh is not None
+    def faces(self, frame: np.ndarray) -> list[np.ndarray]:
+        """The iBUG landmarks (68×2 source pixels) of every face the mesh finds in ``frame`` (H×W×3 uint8 RGB,
+        C-contiguous), at most ``max_faces``."""
+        if self._mesh is None:
+            raise RuntimeError("this FaceCropper is closed")
         results = self._mesh.process(frame)
         height, width = frame.shape[:2]
         faces = []

@@ -8,8 +8,9 @@ Contract for avatar models (written by `megalive-train export`, read here):
     outputs  rgb     float32  B×3×H×W  in [0,1]
              alpha   float32  B×1×H×W  in [0,1]
 
-A model with driver adapters (DESIGN §4.5) has one more graph per capture kind beside it, ``<stem>.<kind>.onnx``,
-with the same avatar input and outputs and the capture signal in place of ``driver``:
+A model with capture drivers (DESIGN §4.5: the puppet, models/megaportraits/puppet.py) has one more graph per capture
+kind beside it, ``<stem>.<kind>.onnx`` (the sidecar lists them under ``adapters``), with the same avatar input and
+outputs and the capture signal in place of ``driver``:
 
     arkit      curves     float32  B×61     Live Link Face order (contract/arkit.py)
     landmarks  landmarks  float32  B×68×2   iBUG order, x/y in [0, 1] over the crop

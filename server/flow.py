@@ -49,3 +49,40 @@ class MessageBudget:
 
     tokens: float
     refilled_at: float
+
+
+class ConnectionTable:
+    """Which client connection (its server-side socket descriptor) each ROUTER identity came in on, so that a
+    DISCONNECTED monitor event, which names only the descriptor, closes the right client's sessions.
+
+    The OS reuses a closed connection's descriptor at once, and the monitor's events travel apart from the messages:
+    a new client's first message can arrive on descriptor 12 before the event that says the previous client on 12
+    left. That previous client is gone (two open connections never share a descriptor), so it is reported gone at
+    once, and the late event it still owes is skipped instead of closing the new client's sessions.
+    """
+
+    def __init__(self) -> None:
+        self._fds: dict[bytes, int] = {}  # identity -> descriptor
+        self._owed: collections.Counter[int] = collections.Counter()  # descriptor -> DISCONNECTED events still to skip
+
+    def __contains__(self, peer: bytes) -> bool:
+        return peer in self._fds
+
+    def register(self, peer: bytes, fd: int) -> list[bytes]:
+        """A new identity's first message came in on ``fd``; returns the identities that must have left (listed on it)."""
+        gone = [other for other, other_fd in self._fds.items() if other_fd == fd and other != peer]
+        for other in gone:
+            del self._fds[other]
+            self._owed[fd] += 1
+        self._fds[peer] = fd
+        return gone
+
+    def disconnected(self, fd: int) -> list[bytes]:
+        """The monitor says the connection on ``fd`` closed; returns the identities that left."""
+        if self._owed[fd] > 0:
+            self._owed[fd] -= 1  # the event of a client already reported gone at register
+            return []
+        gone = [peer for peer, peer_fd in self._fds.items() if peer_fd == fd]
+        for peer in gone:
+            del self._fds[peer]
+        return gone

@@ -60,7 +60,7 @@ from client.protocol import (
 from server import __version__, capture, drivers
 from server.binding import BindRefused, check_bind_address
 from server.engine import Engine
-from server.flow import SMALL_REPLY_BYTES, Incoming, MessageBudget, ReplyBacklog, as_dropped
+from server.flow import SMALL_REPLY_BYTES, ConnectionTable, Incoming, MessageBudget, ReplyBacklog, as_dropped
 from server.keys import CurveServerKeys
 from server.sessions import COUNTER_NAMES, FrameJob, ServerCounters, Session
 from server.worker import RenderWorker
@@ -143,7 +143,7 @@ class AvatarService:
             max_image_pixels=config.max_image_pixels,
             crop_idle_s=config.crop_idle_s,
         )
-        self._peer_fds: dict[bytes, int] = {}  # ROUTER identity -> its connection's socket (for disconnect events)
+        self._connections = ConnectionTable()  # ROUTER identity -> its connection's socket (for disconnect events)
         self._backlogs: dict[bytes, ReplyBacklog] = {}  # ROUTER identity -> replies waiting for room in ZeroMQ's queue
         self._budgets: dict[bytes, MessageBudget] = {}  # ROUTER identity -> its message budget
         self._peer_keys: dict[bytes, str] = {}  # ROUTER identity -> its CURVE public key (Z85), under CURVE
@@ -314,12 +314,15 @@ class AvatarService:
                 del incoming.frames[1:]  # keep the header only, to answer with its request id
                 continue
             incoming.frames.append(frame)
-        if incoming.frames and incoming.peer not in self._peer_fds:
+        if incoming.frames and incoming.peer not in self._connections:
             first = incoming.frames[0]
             try:
-                self._peer_fds[incoming.peer] = int(first.get(zmq.SRCFD))
+                fd = int(first.get(zmq.SRCFD))
             except zmq.ZMQError:
-                pass
+                fd = None
+            if fd is not None:
+                for gone in self._connections.register(incoming.peer, fd):
+                    self._forget_peer(gone)
             if self.config.curve is not None:
                 # pyzmq's authenticator names a CURVE client by its public key (Z85): proof of who is talking.
                 self._peer_keys[incoming.peer] = str(first.get("User-Id"))
@@ -346,15 +349,17 @@ class AvatarService:
             except zmq.Again:
                 return
             if event["event"] == zmq.EVENT_DISCONNECTED:
-                fd = int(event["value"])
-                for peer in [peer for peer, peer_fd in self._peer_fds.items() if peer_fd == fd]:
-                    del self._peer_fds[peer]
-                    self._peer_keys.pop(peer, None)
-                    self._budgets.pop(peer, None)
-                    self._backlogs.pop(peer, None)
-                    self.counters.disconnected_sessions += self._close_sessions_of(peer)
+                for peer in self._connections.disconnected(int(event["value"])):
+                    self._forget_peer(peer)
             else:
                 self.counters.curve_refused += 1
+
+    def _forget_peer(self, peer: bytes) -> None:
+        """A client's connection closed: its sessions close, its budget, backlog and key go."""
+        self._peer_keys.pop(peer, None)
+        self._budgets.pop(peer, None)
+        self._backlogs.pop(peer, None)
+        self.counters.disconnected_sessions += self._close_sessions_of(peer)
 
     def _reload_allow_list(self) -> None:
         """Keys the operator adds to (or removes from) the allow folder take effect within a second."""

@@ -75,25 +75,34 @@ def future_protocol_server():
 
 @pytest.fixture(scope="session")
 def multi_driver_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 64×64, 3-avatar untrained student with untrained arkit and landmarks adapters, exported together
-    (tests what the server does with the three driver kinds, not looks)."""
+    """A 64×64, 3-avatar untrained student with its arkit and landmarks drivers (the puppet, an untrained landmark
+    solver), exported together (tests what the server does with the three driver kinds, not looks)."""
     import torch
 
     from models.export import ExtraDriver, export_avatar_model
-    from models.megaportraits.adapters import ADAPTER_INPUTS, ADAPTER_KINDS, AdaptedStudent, DriverAdapter, adapter_config
+    from models.megaportraits.puppet import (
+        CAPTURE_INPUTS,
+        LandmarkSolver,
+        LandmarkSolverConfig,
+        Puppet,
+        PuppetConfig,
+        PuppetDrivenStudent,
+    )
     from models.megaportraits.student import Student, student_config
 
     torch.manual_seed(0)
     student = Student(config=student_config("tiny", num_avatars=3))
+    puppet = Puppet(config=PuppetConfig(render_resolution=24, resolution=64))
+    solvers = {"arkit": None, "landmarks": LandmarkSolver(config=LandmarkSolverConfig(hidden_features=32, hidden_layers=1))}
     extras = [
         ExtraDriver(
             kind=kind,
-            module=AdaptedStudent(student=student, adapter=DriverAdapter(config=adapter_config(kind, student=student.config))),
-            input_name=ADAPTER_INPUTS[kind][0],
-            input_shape=ADAPTER_INPUTS[kind][1],
+            module=PuppetDrivenStudent(student=student, puppet=puppet, solver=solver),
+            input_name=CAPTURE_INPUTS[kind][0],
+            input_shape=CAPTURE_INPUTS[kind][1],
             config={"kind": kind},
         )
-        for kind in ADAPTER_KINDS
+        for kind, solver in solvers.items()
     ]
     out = tmp_path_factory.mktemp("models") / "student.onnx"
     report = export_avatar_model(

@@ -8,7 +8,7 @@ The ARKit session payload is one float32 buffer of shape [61], little-endian on 
 the 52 blendshapes in Live Link Face order (``ARKIT_BLENDSHAPES``) then the 9 rotations
 (``ROTATION_NAMES``: head, left eye, right eye; yaw/pitch/roll each) -- exactly the packet's order.
 
-A model exported with an ``arkit`` adapter (the shipped one has it) renders every forwarded frame;
+A model exported with an ``arkit`` driver (the shipped one has it) renders every forwarded frame;
 the server stabilises the curves with its One-Euro filters. Head and eye rotations are passed on
 as the packet carries them and read as radians by the server. A model without an ARKit input
 makes the server refuse ``open`` with driver ``arkit``; the relay then prints one line saying so
@@ -166,7 +166,7 @@ def run_relay(config: RelayConfig, *, stop: threading.Event | None = None, out: 
             if _is_missing_arkit_input(error):
                 print(
                     f"megalive livelink relay: the loaded model has no ARKit input: {config.server} refused the 'arkit' session "
-                    f"(server said: {error.message}); serve a model exported with --adapter for arkit, such as the shipped one",
+                    f"(server said: {error.message}); serve a model exported with its capture drivers, such as the shipped one",
                     file=err,
                     flush=True,
                 )

@@ -1,4 +1,4 @@
-"""`megalive-train` export and evaluation commands: export, eval, eval-table."""
+"""`megalive-train` export and evaluation commands: export, eval, eval-table, sweeps."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     _add_export(commands)
     _add_eval(commands)
     _add_eval_table(commands)
+    _add_sweeps(commands)
 
 
 def _add_export(commands: argparse._SubParsersAction) -> None:
@@ -26,13 +27,21 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--out", type=Path, required=True, metavar="PATH", help="output .onnx (sidecar .json and thumbnails beside it)")
     export.add_argument("--preset", default=None, metavar="NAME", help="refuse unless the checkpoint has this preset")
     export.add_argument(
-        "--adapter",
-        dest="adapters",
+        "--landmark-solver",
         type=Path,
-        action="append",
-        default=[],
+        default=None,
         metavar="PATH",
-        help="an adapter RUN/checkpoint.pt trained against this student (repeat: arkit, landmarks)",
+        help="a `megalive-train landmark-solver` checkpoint: adds the landmarks driver (OUT.landmarks.onnx)",
+    )
+    export.add_argument(
+        "--puppet-resolution",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="the side the capture drivers' puppet draws at before the student reads it (default: 3/8 of the student's)",
+    )
+    export.add_argument(
+        "--no-capture", dest="capture", action="store_false", help="the image driver only (no OUT.arkit.onnx / OUT.landmarks.onnx)"
     )
     export.add_argument("--dry-run", action="store_true", help="check the checkpoint and print what would be written")
     export.set_defaults(run=_export)
@@ -44,7 +53,13 @@ def _export(args: argparse.Namespace) -> int:
     from models.training.common import TrainingError
 
     try:
-        student = load_student_export(args.checkpoint, adapters=args.adapters, expect_preset=args.preset)
+        student = load_student_export(
+            args.checkpoint,
+            capture=args.capture,
+            landmark_solver=args.landmark_solver,
+            puppet_resolution=args.puppet_resolution,
+            expect_preset=args.preset,
+        )
     except (TrainingError, DatasetError) as error:
         return refuse("export", error)
     if args.dry_run:
@@ -99,7 +114,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         type=Path,
         required=True,
         metavar="DIR",
-        help="folder for eval-<motions>[-<driver>].json and contact-sheet-<motions>[-<driver>].png",
+        help="folder for eval-<motions>[-centred][-<driver>].json and contact-sheet-<motions>[-centred][-<driver>].png",
     )
     evaluate.add_argument("--clips", type=int, default=8, metavar="N", help="held-out clips (one new driver identity each)")
     evaluate.add_argument("--frames", type=int, default=25, metavar="N", help="frames per clip")
@@ -111,6 +126,12 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         default="image",
         metavar="KIND",
         help="image: the driver's render | arkit: its exact motion as ARKit curves | landmarks: its 68 landmarks (student only)",
+    )
+    evaluate.add_argument(
+        "--centred",
+        action="store_true",
+        help="draw the held-out motions centred at the default size, as ARKit curves place a head (always so for --driver arkit): "
+        "the image and landmark drivers on the arkit rows' exact clips",
     )
     evaluate.add_argument(
         "--sources", type=int, default=8, metavar="N", help="held-out source identities when there is no --data (teacher)"
@@ -140,6 +161,7 @@ def _eval(args: argparse.Namespace) -> int:
         frames_per_clip=args.frames,
         motions=args.motions,
         driver=args.driver,
+        centred=args.centred,
         sources=args.sources,
         metric_size=args.metric_size,
     )
@@ -164,6 +186,14 @@ def _add_eval_table(commands: argparse._SubParsersAction) -> None:
     )
     table.add_argument("reports", type=Path, nargs="+", metavar="EVAL.json", help="reports written by `megalive-train eval`")
     table.add_argument("--out", type=Path, default=None, metavar="PATH", help="also write the table to this .md file")
+    table.add_argument(
+        "--label",
+        dest="labels",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a name per report, in order (default: kind and file name)",
+    )
     table.set_defaults(run=_eval_table)
 
 
@@ -171,7 +201,7 @@ def _eval_table(args: argparse.Namespace) -> int:
     from models.evaluation import side_by_side_table
 
     try:
-        text = side_by_side_table([json.loads(path.read_text(encoding="utf-8")) for path in args.reports])
+        text = side_by_side_table([json.loads(path.read_text(encoding="utf-8")) for path in args.reports], labels=args.labels)
         if args.out is not None:
             temporary = args.out.with_name(f".{args.out.name}.tmp")
             temporary.write_text(text + "\n", encoding="utf-8")
@@ -179,4 +209,43 @@ def _eval_table(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError) as error:
         return refuse("eval-table", error)
     print(text)
+    return 0
+
+
+def _add_sweeps(commands: argparse._SubParsersAction) -> None:
+    sweeps = commands.add_parser(
+        "sweeps",
+        help="single-control sweeps of a model's ARKit driver: a contact sheet per avatar and how much each control changes the face",
+        description="Move one wire curve at a time from 0 to its end (1 for a blendshape, the edge of the training range for a head "
+        "rotation) through the exported model's arkit graph: OUT/sweeps-<avatar>.jpg (a row per control: the puppet at the end value, "
+        "then the avatar at evenly spaced values) and OUT/sweeps.json with the mean change in 8-bit levels inside the region each "
+        "control moves, beside the puppet's own.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sweeps.add_argument(
+        "--model", type=Path, required=True, metavar="PATH", help="an exported student (.onnx with sidecar) with capture drivers"
+    )
+    sweeps.add_argument(
+        "--data", type=Path, required=True, metavar="DIR", help="the dataset it was trained on (its avatars' neutral landmarks)"
+    )
+    sweeps.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the sheets and sweeps.json")
+    sweeps.add_argument("--steps", type=int, default=5, metavar="N", help="values per sweep, 0 to the end value")
+    sweeps.add_argument("--tile", type=int, default=128, metavar="PX", help="side of each picture in the sheets (JPEG)")
+    sweeps.add_argument("--dry-run", action="store_true", help="print what would be swept and exit")
+    sweeps.set_defaults(run=_sweeps)
+
+
+def _sweeps(args: argparse.Namespace) -> int:
+    from contract.model_card import ModelCardError
+    from models.data.paired import DatasetError
+    from models.sweeps import SWEEPS, run_sweeps
+
+    if args.dry_run:
+        print(json.dumps({"model": str(args.model), "steps": args.steps, "sweeps": [asdict(sweep) for sweep in SWEEPS]}, indent=2))
+        return 0
+    try:
+        report = run_sweeps(args.model, args.data, args.out, steps=args.steps, tile=args.tile)
+    except (ModelCardError, DatasetError, ValueError, OSError) as error:
+        return refuse("sweeps", error)
+    print(report.table())
     return 0

@@ -124,9 +124,14 @@ def write_contact_sheet(heads: SyntheticHeads, identities: Identity, path: Path)
 
 def save_png(image: torch.Tensor, path: Path) -> None:
     """3×H×W float in [0,1] -> PNG, written under a temporary name then renamed."""
+    save_image(image, path, image_format="PNG")
+
+
+def save_image(image: torch.Tensor, path: Path, *, image_format: str, quality: int = 90) -> None:
+    """3×H×W float in [0,1] -> a PNG or JPEG (``quality``) file, written under a temporary name then renamed."""
     pixels = image.clamp(0, 1).mul(255).add(0.5).to(torch.uint8).permute(1, 2, 0).numpy()  # 3×H×W -> H×W×3
     temporary = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(pixels).save(temporary, format="PNG")
+    Image.fromarray(pixels).save(temporary, format=image_format, **({"quality": quality} if image_format == "JPEG" else {}))
     temporary.replace(path)
 
 
@@ -354,38 +359,3 @@ class PairedHeads(Dataset):
         target = torch.from_numpy(np.array(self.target_rgba[index])).permute(2, 0, 1).float().div(255)  # H×W×4 -> 4×H×W
         landmarks = torch.from_numpy(np.array(self.target_landmarks[index]))  # 68×2
         return HeadPair(driver, target[:3], target[3:], int(self.avatar_index[index]), landmarks)
-
-
-class SignalPair(NamedTuple):
-    """One pair with the driver's capture signals (what `megalive-train adapter` reads)."""
-
-    driver: torch.Tensor  # 3×H×W in [0, 1]
-    target_rgb: torch.Tensor  # 3×H×W
-    target_alpha: torch.Tensor  # 1×H×W
-    avatar: int
-    curves: torch.Tensor  # 61: the exact motion as ARKit wire curves (HeadMotion.arkit_curves)
-    framing: torch.Tensor  # 3: tx, ty, scale offset (HeadMotion.framing)
-    landmarks: torch.Tensor  # 68×2: the driver's landmarks, x/y in [0, 1] over the frame
-
-
-class PairedSignals(PairedHeads):
-    """PairedHeads plus, per pair, the motion as ARKit curves and the driver's landmarks."""
-
-    def __init__(self, *, root: Path) -> None:
-        super().__init__(root=root)
-        count = self.meta.num_pairs
-        try:
-            with np.load(self.meta.root / "motions.npz", allow_pickle=False) as arrays:
-                motions = HeadMotion.from_arrays({name: arrays[name] for name in arrays.files})
-        except (OSError, ValueError, KeyError) as error:
-            raise DatasetError(f"{self.meta.root / 'motions.npz'} is missing or corrupt: {error}") from None
-        if len(motions) != count:
-            raise DatasetError(f"{self.meta.root / 'motions.npz'} holds {len(motions)} motions for {count} pairs")
-        self.curves = motions.arkit_curves().float()  # M×61
-        self.framing = motions.framing().float()  # M×3
-        self.driver_landmarks = load_checked_array(self.meta.root / "driver_landmarks.npy", shape=(count, 68, 2), dtype=np.float32)
-
-    def __getitem__(self, index: int) -> SignalPair:  # type: ignore[override]
-        driver, target_rgb, target_alpha, avatar, _ = super().__getitem__(index)
-        landmarks = torch.from_numpy(np.array(self.driver_landmarks[index])) / self.meta.resolution  # pixels -> [0, 1]
-        return SignalPair(driver, target_rgb, target_alpha, avatar, self.curves[index], self.framing[index], landmarks)

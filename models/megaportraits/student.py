@@ -226,7 +226,7 @@ class Student(nn.Module):
         return self.decode(self.encoder(driver), avatar)
 
     def decode(self, driving_code: list[Tensor], avatar: Tensor) -> StudentOutput:
-        """The identity decoder on a driving code: the encoder's features (finest first) or a driver adapter's."""
+        """The identity decoder on a driving code: the encoder's features, finest first."""
         identity = self.identity[avatar]  # N×C_id×S×S -> B×C_id×S×S
         logits = self.decoder(driving_code, identity)  # B×4×H×W
         rgb_logits, alpha_logits = logits.split([3, 1], dim=1)  # -> B×3×H×W, B×1×H×W

@@ -1,5 +1,5 @@
 """Every trainer's image augmentation, in one place: colour jitter, warps (thin-plate spline for the base
-model, DESIGN.md §4.1; a mild affine one for the student and adapters) and Gaussian blur (the parameter
+model, DESIGN.md §4.1; a mild affine one for the student) and Gaussian blur (the parameter
 regressor). The drivers' augmentation keeps their identity (face proportions, skin, hair and background
 colours) from leaking into the output while their motion (pose, expression) still can.
 
@@ -144,7 +144,7 @@ WARP_KINDS = ("thin-plate-spline", "affine")
 class DriverAugmentation:
     colour: float = 0.5  # colour_jitter strength [0-1]
     warp: float = 0.06  # displacement [0-0.2]: the thin-plate spline's std, or the affine's scale range, in half-images
-    warp_kind: str = "thin-plate-spline"  # WARP_KINDS: the base model's; "affine" for the student and adapters
+    warp_kind: str = "thin-plate-spline"  # WARP_KINDS: the base model's; "affine" for the student
     warp_points: int = 3  # thin-plate spline's control points per side (3 -> 9 control points)
 
     def __post_init__(self) -> None:

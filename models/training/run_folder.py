@@ -1,7 +1,7 @@
 """The run folder every trainer shares (config.json, log.jsonl with its
 progress bar, checkpoint.pt, samples.png), the optimiser's resumable state and the summary.
 
-A trainer's loop, in outline (train_student.py, train_adapter.py; train_base.py adds processes):
+A trainer's loop, in outline (train_student.py; train_base.py adds processes):
 
     run = RunFolder(config.run_dir)
     checkpoint = run.saved_checkpoint()              # None in a new run

@@ -7,8 +7,7 @@ paired dataset by `megalive-train synth`) or `teacher` (distillation: a frozen M
 model's reenactment of the avatar's neutral frame by the clean driver, over the avatar's background
 plate; models/megaportraits/distill.py). The objective (student_objective.py): L1 weighted up on the eyes
 and mouth, 1 - SSIM, the alpha mask's L1, perceptual (EfficientNet-Lite0), face (dlib ResNet), and a PatchGAN's
-hinge and feature matching; the discriminator trains beside the student. ``student_losses`` (L1, SSIM, mask)
-is what the adapters train with.
+hinge and feature matching; the discriminator trains beside the student.
 
 On CUDA (``device``), with ``amp`` the forward passes run in bfloat16 autocast; on the CPU in float32.
 
@@ -22,11 +21,8 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import torch
-import torch.nn.functional as F
-from pytorch_msssim import ssim
 from tqdm import tqdm
 
 from models.checkpoints import STUDENT_KIND, save_checkpoint, student_from_checkpoint
@@ -91,35 +87,6 @@ def check_student_config(config: StudentTrainConfig) -> None:
         raise TrainingError(f"--jitter must be in [0, 1], got {config.colour_jitter}")
     if not 0 <= config.warp <= 0.2:
         raise TrainingError(f"--warp must be in [0, 0.2], got {config.warp}")
-
-
-@dataclass(frozen=True)
-class StudentLosses:
-    total: torch.Tensor
-    l1: torch.Tensor
-    ssim: torch.Tensor
-    mask: torch.Tensor
-
-    def as_floats(self) -> dict[str, float]:
-        return {name: float(getattr(self, name).detach()) for name in ("total", "l1", "ssim", "mask")}
-
-
-class ReconstructionWeights(Protocol):
-    """The weights student_losses reads (the student's and the adapters' training configs have them)."""
-
-    l1_weight: float
-    ssim_weight: float
-    mask_weight: float
-
-
-def student_losses(
-    rgb: torch.Tensor, alpha: torch.Tensor, target_rgb: torch.Tensor, target_alpha: torch.Tensor, config: ReconstructionWeights
-) -> StudentLosses:
-    l1 = F.l1_loss(rgb, target_rgb)
-    structural = 1 - ssim(rgb, target_rgb, data_range=1.0, size_average=True)
-    mask = F.l1_loss(alpha, target_alpha)
-    total = config.l1_weight * l1 + config.ssim_weight * structural + config.mask_weight * mask
-    return StudentLosses(total=total, l1=l1, ssim=structural, mask=mask)
 
 
 def teacher_targets(path: Path, dataset: PairedHeads) -> TeacherTargets:

@@ -180,6 +180,13 @@ def test_a_teacher_checkpoint_is_benchmarked_on_held_out_identities(
     capsys.readouterr()
     assert main(["eval-table", str(out / "eval-clips.json"), str(other / "eval-clips.json")]) == 2
     assert "other pairs" in capsys.readouterr().err
+    # Two models whose files share a name are told apart by --label, one per report.
+    pair = [str(out / "eval-clips.json"), str(again / "eval-clips.json")]
+    assert main(["eval-table", *pair, "--label", "previous", "--label", "new"]) == 0
+    labelled = capsys.readouterr().out.strip().splitlines()
+    assert labelled[2].startswith("| cross: previous | 64 |") and labelled[4].startswith("| cross: new | 64 |")
+    assert main(["eval-table", *pair, "--label", "only one"]) == 2
+    assert "one per report" in capsys.readouterr().err
 
 
 def test_bad_benchmark_input_gets_one_line(

@@ -59,18 +59,22 @@ def test_synth_and_contract_model_refuse_out_of_range_values(tmp_path: Path, cap
     assert list(tmp_path.iterdir()) == []
 
 
-def test_base_and_adapter_refusals_are_one_line(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_base_and_landmark_solver_refusals_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "--steps must be at least 1" in _refused(capsys, "base", "--run", str(tmp_path / "b"), "--steps", "0", "--dry-run")
     assert "colour jitter strength" in _refused(capsys, "base", "--run", str(tmp_path / "b"), "--jitter", "2", "--dry-run")
-    adapter = ("--student", str(tmp_path / "s.pt"), "--data", str(tiny_dataset), "--run", str(tmp_path / "a"), "--dry-run")
-    assert "--steps and --batch" in _refused(capsys, "adapter", "--kind", "arkit", *adapter, "--batch", "0")
-    assert not (tmp_path / "b").exists() and not (tmp_path / "a").exists()
+    solver = ("--out", str(tmp_path / "s" / "solver.pt"), "--dry-run")
+    assert "--steps ≥ 1, --batch ≥ 1" in _refused(capsys, "landmark-solver", *solver, "--batch", "0")
+    assert "--motions ≥ --batch" in _refused(capsys, "landmark-solver", *solver, "--motions", "10")
+    assert not (tmp_path / "b").exists() and not (tmp_path / "s").exists()
 
 
 def test_export_dry_run_describes_what_it_would_write(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "m.onnx"
     assert main(["export", "--checkpoint", str(tiny_run / "checkpoint.pt"), "--out", str(out), "--dry-run"]) == 0
     described = json.loads(capsys.readouterr().out)
-    assert described == {"out": str(out), "resolution": 64, "avatars": ["Ada", "Basil", "Cleo"], "step": 100, "drivers": ["image"]}
+    assert {key: described[key] for key in ("out", "resolution", "avatars", "step", "drivers")} == {
+        "out": str(out), "resolution": 64, "avatars": ["Ada", "Basil", "Cleo"], "step": 100, "drivers": ["image", "arkit"]
+    }  # fmt: skip
+    assert described["capture"]["arkit"] == {"design": "puppet", "puppet": {"render_resolution": 24, "resolution": 64}}
     assert list(tmp_path.iterdir()) == []
     assert "checkpoint not found" in _refused(capsys, "export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(out))

@@ -148,20 +148,22 @@ def test_training_lowers_the_loss_and_writes_a_checkpoint(tiny_run: Path, tiny_d
 
     from models.checkpoints import load_checkpoint, student_from_checkpoint
     from models.megaportraits.student import Student, student_config
-    from models.training.train_adapter import AdapterTrainConfig
-    from models.training.train_student import student_losses
+    from models.training.student_objective import STUDENT_DISCRIMINATORS, LossNetworks, ObjectiveWeights, StudentObjective
 
     data = PairedHeads(root=tiny_dataset)
     items = [data[i] for i in range(len(data))]
     driver, target_rgb, target_alpha = (torch.stack([item[k] for item in items]) for k in range(3))
-    avatar = torch.tensor([item[3] for item in items])
-    config = AdapterTrainConfig(student="", data=str(tiny_dataset), run_dir="", kind="arkit")  # L1, SSIM and mask at weight 1
+    avatar, landmarks = torch.tensor([item[3] for item in items]), torch.stack([item[4] for item in items])
+    # L1, SSIM and mask at weight 1, no networks: the fixture's reconstruction-only objective
+    weights = ObjectiveWeights(region=0.0, perceptual=0.0, face=0.0, adversarial=0.0, feature_matching=0.0)
+    networks = LossNetworks(perceptual=None, face=None, status={})
+    objective = StudentObjective(weights=weights, networks=networks, discriminator=STUDENT_DISCRIMINATORS["small"])
     torch.manual_seed(0)  # the trainer's seed: the same initial weights
     before = Student(config=student_config("tiny", num_avatars=3))
     trained = student_from_checkpoint(load_checkpoint(tiny_run / "checkpoint.pt"))
     with torch.no_grad():
-        loss_before = float(student_losses(*before(driver, avatar), target_rgb, target_alpha, config).total)
-        loss_after = float(student_losses(*trained(driver, avatar), target_rgb, target_alpha, config).total)
+        loss_before = float(objective.generator_terms(*before(driver, avatar), target_rgb, target_alpha, landmarks).total)
+        loss_after = float(objective.generator_terms(*trained(driver, avatar), target_rgb, target_alpha, landmarks).total)
     assert loss_after < 0.9 * loss_before, (loss_before, loss_after)
     assert json.loads((tiny_run / "log.jsonl").read_text().splitlines()[-1])["step"] == 100
     assert (tiny_run / "samples.png").is_file()
@@ -258,7 +260,7 @@ def test_export_student_without_the_cli(tiny_run: Path, tiny_dataset: Path, tmp_
     from models.export import THUMBNAIL_SIZE, export_student, load_student_export
     from models.training.common import TrainingError
 
-    student = load_student_export(tiny_run / "checkpoint.pt")
+    student = load_student_export(tiny_run / "checkpoint.pt", capture=False)
     out = tmp_path / "direct" / "student.onnx"
     assert student.describe(out) == {
         "out": str(out),
@@ -266,6 +268,7 @@ def test_export_student_without_the_cli(tiny_run: Path, tiny_dataset: Path, tmp_
         "avatars": ["Ada", "Basil", "Cleo"],
         "step": 100,
         "drivers": ["image"],
+        "capture": {},
     }
     report = export_student(student, out, command="tests: export_student")
     assert report.model_path == out and report.max_abs_error < 1e-4
@@ -280,7 +283,7 @@ def test_export_student_without_the_cli(tiny_run: Path, tiny_dataset: Path, tmp_
     with pytest.raises(TrainingError, match="preset 'tiny'"):
         load_student_export(tiny_run / "checkpoint.pt", expect_preset="cpu256")
     with pytest.raises(TrainingError, match="checkpoint not found"):
-        load_student_export(tiny_run / "checkpoint.pt", adapters=[tmp_path / "no-adapter.pt"])
+        load_student_export(tiny_run / "checkpoint.pt", landmark_solver=tmp_path / "no-solver.pt")
 
 
 def test_a_slim_checkpoint_keeps_the_student_and_drops_the_trainer_state(tiny_run: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,6 +128,17 @@ def test_contract_model_command_and_bench_print_a_table(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "multiple of 4" in bad.stderr
 
 
+def test_bench_times_each_capture_driver_beside_the_image_path(multi_driver_model_path: Path, tmp_path: Path) -> None:
+    figures = tmp_path / "bench.json"
+    bench = run_cli("megalive", "bench", "--model", str(multi_driver_model_path), "--seconds", "0.3", "--json", str(figures))
+    assert bench.returncode == 0, bench.stderr
+    assert "arkit driver" in bench.stdout and "landmarks driver" in bench.stdout
+    report = json.loads(figures.read_text())
+    assert set(report["capture_raw_fps"]) == {"arkit", "landmarks"} and all(fps > 0 for fps in report["capture_raw_fps"].values())
+    for kind, ratio in report["capture_cost_vs_image"].items():
+        assert ratio == pytest.approx(report["raw_engine_fps"] / report["capture_raw_fps"][kind])
+
+
 def test_live_controller_needs_only_the_stdlib_zmq_and_its_siblings() -> None:
     """client/live.py ships beside protocol.py and client.py: no numpy, torch or models may come with it."""
     probe = (
@@ -152,11 +164,15 @@ def test_a_corrupt_model_file_is_a_one_line_model_error(contract_model_path: Pat
     assert "\n" not in str(raised.value) and "\n" not in str(refused.value)
 
 
-def test_the_shipped_sidecar_without_digests_still_loads() -> None:
-    """assets/default/student.json predates graph digests; it must keep loading as it is."""
-    from server.engine import SHIPPED_MODEL
-
-    sidecar = json.loads(SHIPPED_MODEL.with_suffix(".json").read_text())
-    assert "model_sha256" not in sidecar and not any("model_sha256" in entry for entry in sidecar["adapters"].values())
-    card = load_model_card(SHIPPED_MODEL)
+def test_a_sidecar_without_digests_still_loads(multi_driver_model_path: Path, tmp_path: Path) -> None:
+    """Sidecars written before graph digests (the models shipped until 2026-11-30) keep loading as they are."""
+    for path in multi_driver_model_path.parent.iterdir():
+        shutil.copy(path, tmp_path / path.name)
+    sidecar_path = (tmp_path / multi_driver_model_path.name).with_suffix(".json")
+    sidecar = json.loads(sidecar_path.read_text())
+    del sidecar["model_sha256"]
+    for entry in sidecar["adapters"].values():
+        del entry["model_sha256"]
+    sidecar_path.write_text(json.dumps(sidecar))
+    card = load_model_card(tmp_path / multi_driver_model_path.name)
     assert card.drivers == ("image", "arkit", "landmarks") and len(card.adapters) == 2

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from contract.arkit import ARKIT_INDEX
@@ -234,7 +235,7 @@ def _jaw_outline_points(lay: Layout) -> tuple[Tensor, Tensor]:
 
 def head_landmarks(lay: Layout) -> tuple[Tensor, Tensor]:
     """iBUG-68 landmarks in head-space (x, y): B×68 each, sampled from the painted curves."""
-    bsz, device = lay.a.shape[0], lay.a.device
+    device = lay.a.device
     jaw_x, jaw_y = _jaw_outline_points(lay)
 
     def row(values: Sequence[float]) -> Tensor:  # -> 1×K
@@ -274,11 +275,11 @@ def head_landmarks(lay: Layout) -> tuple[Tensor, Tensor]:
     half_width = torch.where(lip_t > 0, lay.mouth_hw[0], lay.mouth_hw[1])
     lip_x = lay.mouth_x + lip_t * half_width * 0.999  # B×20
     m = mouth_curves(lip_x, lay)
-    which = torch.tensor([2, 0, 0, 0, 0, 0, 2, 1, 1, 1, 1, 1, 2, 3, 3, 3, 2, 4, 4, 4], device=device).expand(
-        bsz, -1
-    )  # 0 outer upper, 1 outer lower, 2 corner line, 3 inner upper, 4 inner lower
+    which = torch.tensor([2, 0, 0, 0, 0, 0, 2, 1, 1, 1, 1, 1, 2, 3, 3, 3, 2, 4, 4, 4], device=device)
+    # 0 outer upper, 1 outer lower, 2 corner line, 3 inner upper, 4 inner lower; picked by a one-hot product (exact), which
+    # broadcasts over the batch where a gather would need its size (an ONNX trace of the puppet keeps the batch dynamic).
     options = torch.stack([m["outer_upper"], m["outer_lower"], m["line"], m["inner_upper"], m["inner_lower"]], dim=2)  # B×20×5
-    lip_y = options.gather(2, which.unsqueeze(2)).squeeze(2)  # B×20
+    lip_y = (options * F.one_hot(which, 5).to(options)).sum(dim=2)  # B×20×5 · 20×5 -> B×20
 
     xs = torch.cat([jaw_x, brow_x, bridge_x, base_x, eye_x, lip_x], dim=1)  # B×68
     ys = torch.cat([jaw_y, brow_y, bridge_y, base_y, eye_y, lip_y], dim=1)  # B×68

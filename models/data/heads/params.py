@@ -168,6 +168,11 @@ class HeadMotion(_TensorBatch):
         rotations[:, 0], rotations[:, 1], rotations[:, 2] = self.yaw, self.pitch, self.roll
         return torch.cat([self.expression, rotations], dim=1)  # B×52 + B×9
 
+    def centred(self) -> HeadMotion:
+        """A copy without translation, at the default scale: the head as ARKit curves alone place it."""
+        zeros = torch.zeros_like(self.tx)
+        return dataclasses.replace(self, tx=zeros, ty=zeros, scale=torch.full_like(self.scale, DEFAULT_SCALE))
+
     def framing(self) -> Tensor:
         """B×3: head translation and scale offset (tx, ty, scale - DEFAULT_SCALE), which ARKit lacks."""
         return torch.stack([self.tx, self.ty, self.scale - DEFAULT_SCALE], dim=1)

@@ -83,7 +83,7 @@ class SyntheticHeads:
         identity, motion = identity.to(self.device), motion.to(self.device)
         if len(identity) != len(motion):
             raise ValueError(f"identity batch {len(identity)} != motion batch {len(motion)}")
-        bsz, res = len(identity), self.resolution
+        res = self.resolution
         lay = face_layout(identity, motion)
         rotation = rotation_matrix(motion.yaw, motion.pitch, motion.roll)  # B×3×3
         r = [[rotation[:, i, j].unsqueeze(1) for j in range(3)] for i in range(3)]  # B×1 entries
@@ -160,15 +160,16 @@ class SyntheticHeads:
             (body_rgb, body_alpha),
             (hair_back_rgb, hair_back_alpha),
         ]
-        colour = torch.zeros(bsz, 3, res * res, device=self.device)
-        transmittance = torch.ones(bsz, res * res, device=self.device)
+        # Batch-shaped from the rays, not from a Python count: an ONNX trace keeps the batch dynamic (the puppet).
+        transmittance = torch.ones_like(qx)  # B×N
+        colour = torch.zeros_like(qx).unsqueeze(1).repeat(1, 3, 1)  # B×3×N
         for rgb, alpha in layers:
             colour = colour + rgb.clamp(0, 1) * (alpha * transmittance).unsqueeze(1)
             transmittance = transmittance * (1 - alpha)
         colour = colour + background * transmittance.unsqueeze(1)
 
-        rgb = colour.clamp(0, 1).view(bsz, 3, res, res)  # B×3×N -> B×3×H×W
-        alpha = (1 - transmittance).clamp(0, 1).view(bsz, 1, res, res)  # B×N -> B×1×H×W
+        rgb = colour.clamp(0, 1).view(-1, 3, res, res)  # B×3×N -> B×3×H×W
+        alpha = (1 - transmittance).clamp(0, 1).view(-1, 1, res, res)  # B×N -> B×1×H×W
         landmarks = project_landmarks(lay, motion, self.resolution)
         return HeadRender(rgb=rgb, alpha=alpha, landmarks=landmarks, identity=identity, motion=motion)
 
