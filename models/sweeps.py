@@ -107,7 +107,7 @@ def run_sweeps(model_path: Path, data: Path, out_dir: Path, *, steps: int = 5, t
     model = OnnxAvatarModel(model_path, driver="arkit")
     meta = read_meta(data)
     avatars = load_identities(meta.root / "avatars.npz")
-    model.set_sources(torch.zeros(len(avatars), 3, 1, 1))
+    model.set_sources(torch.zeros(len(avatars), 3, 1, 1))  # a student only checks that the avatar counts agree
     resolution = model.resolution
     heads = SyntheticHeads(resolution=resolution)
     with torch.inference_mode():
