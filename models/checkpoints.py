@@ -219,6 +219,7 @@ def slim_checkpoint(source: Path, out: Path) -> Path:
     kind = checkpoint_kind(checkpoint)
     if kind is None:
         raise TrainingError(f"{source} is not a checkpoint of a known kind: {kind_found(checkpoint)}")
-    kept = {key: checkpoint[key] for key in (*WEIGHT_KEYS[kind], *CONFIG_KEYS[kind], "avatar_names", "step") if key in checkpoint}
+    keys = (*WEIGHT_KEYS[kind], *CONFIG_KEYS[kind], "avatar_names", "step", "commands")
+    kept = {key: checkpoint[key] for key in keys if key in checkpoint}
     save_checkpoint(kept, Path(out), kind=kind)
     return Path(out)

@@ -269,8 +269,8 @@ class StudentExport:
 
     def provenance(self, command: str) -> str:
         """Every command that made the model, in order: synth, student training, landmark solver, then this export's."""
-        train = self.checkpoint["train_config"]
-        return " && ".join([self.dataset_command, train["command"], *self.solver_commands, command])
+        trained_by = self.checkpoint.get("commands") or [self.checkpoint["train_config"]["command"]]  # every training phase
+        return " && ".join([self.dataset_command, *trained_by, *self.solver_commands, command])
 
     def sidecar_config(self) -> dict[str, Any]:
         checkpoint = self.checkpoint

@@ -97,6 +97,16 @@ def teacher_targets(path: Path, dataset: PairedHeads) -> TeacherTargets:
     )
 
 
+def training_commands(checkpoint: dict | None, command: str) -> list[str]:
+    """Every command that trained a run, in order: a run resumed with other options (a second phase with another
+    objective, say) keeps the first phase's command too, so the model's provenance names both. A plain resume of
+    the same command is not repeated."""
+    if checkpoint is None:
+        return [command]
+    earlier = list(checkpoint.get("commands") or [checkpoint.get("train_config", {}).get("command", "")])
+    return earlier if earlier and earlier[-1] == command else [*earlier, command]
+
+
 def train_student(config: StudentTrainConfig, *, progress: bool = True) -> TrainSummary:
     check_student_config(config)
     dataset = PairedHeads(root=Path(config.data))
@@ -146,6 +156,7 @@ def train_student(config: StudentTrainConfig, *, progress: bool = True) -> Train
         if judge is not None:
             judge[0].load_state_dict(checkpoint["optimiser_discriminator"])
             judge[1].load_state_dict(checkpoint["scheduler_discriminator"])
+    commands = training_commands(checkpoint, config.command)
     teacher = None if config.teacher is None else teacher_targets(Path(config.teacher), dataset)
     run.write_config(
         {
@@ -207,6 +218,7 @@ def train_student(config: StudentTrainConfig, *, progress: bool = True) -> Train
                         **discriminator_state,
                         "model_config": asdict(model_config),
                         "train_config": asdict(config),
+                        "commands": commands,
                         "avatar_names": list(dataset.meta.avatar_names),
                     },
                     run.checkpoint_path,

@@ -182,10 +182,17 @@ def test_training_resumes_from_its_checkpoint(tiny_dataset: Path, tmp_path: Path
         checkpoint_every=10,
         workers=0,
     )
-    train_student(config, progress=False)
-    summary = train_student(StudentTrainConfig(**{**config.__dict__, "steps": 15}), progress=False)
+    train_student(StudentTrainConfig(**{**config.__dict__, "command": "first"}), progress=False)
+    summary = train_student(StudentTrainConfig(**{**config.__dict__, "steps": 15, "command": "first"}), progress=False)
     steps = [json.loads(line)["step"] for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
     assert summary.steps == 15 and steps == [5, 10, 15]
+    from models.checkpoints import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["commands"] == ["first"]  # a plain resume is not repeated
+    # A second phase with other options: both commands stay in the run's provenance, in order.
+    second = {**config.__dict__, "steps": 20, "checkpoint_every": 5, "command": "second phase"}
+    train_student(StudentTrainConfig(**second), progress=False)
+    assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["commands"] == ["first", "second phase"]
 
 
 def test_student_cli_one_line_errors(tiny_dataset: Path, tmp_path: Path) -> None:
