@@ -38,6 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from contract.landmarks import crop_box_from_landmarks, crop_square, landmarks_in_crop  # noqa: E402
+from models.nets.weights import NetWeightsError, net_file, nets_dir  # noqa: E402
 from server.capture import CropConfig, FaceCropper  # noqa: E402
 from server.engine import SHIPPED_MODEL, Engine  # noqa: E402
 
@@ -89,9 +90,10 @@ def read_photos(nets: Path) -> dict[str, np.ndarray]:
     from skimage.data import astronaut
 
     photos = {"astronaut": np.ascontiguousarray(astronaut())}
-    package = nets / "face-api-1.7.15" / "vladmandic-face-api-1.7.15.tgz"
-    if not package.is_file():
-        print(f"real_photos: {package} is missing (make nets): the astronaut alone", file=sys.stderr)
+    try:
+        package = net_file("face-api-package", folder=nets)  # the pinned package, checksum checked
+    except NetWeightsError as error:
+        print(f"real_photos: {error}: the astronaut alone", file=sys.stderr)
         return photos
     with tarfile.open(package) as archive:
         for name in FACE_API_PHOTOS:
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="an exported student with image and landmarks graphs")
     parser.add_argument("--out", type=Path, required=True, help="folder for real-photos.json and the astronaut's sheet")
-    parser.add_argument("--nets", type=Path, default=REPO_ROOT / ".nets", help="the folder `make nets` fills")
+    parser.add_argument("--nets", type=Path, default=nets_dir(), help="the folder `make nets` fills ($MEGALIVE_NETS_DIR)")
     parser.add_argument(
         "--private", type=Path, default=REPO_ROOT / "runs" / "real-photos", help="folder for the other photos' sheets (never committed)"
     )

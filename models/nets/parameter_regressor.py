@@ -50,7 +50,7 @@ from contract.arkit import NUM_BLENDSHAPES
 from contract.landmarks import LEFT_EYE_POINTS, MOUTH_POINTS, NUM_LANDMARKS, RIGHT_EYE_POINTS
 from models.blocks import ConvNormAct, DownBlock, on_white, resize_square
 from models.checkpoints import REGRESSOR_KIND, checkpoint_kind, kind_found, load_checkpoint
-from models.data.heads import HeadMotion, Identity, SyntheticHeads, sample_clip, sample_identities, sample_motions
+from models.data.heads import HeadMotion, Identity, SyntheticHeads, sample_clip_frames, sample_identities, sample_motions
 from models.data.synthetic_pairs import derived_seed
 from models.training.common import TrainingError
 
@@ -351,7 +351,7 @@ def held_out_errors(
     generator = torch.Generator().manual_seed(seed)
     identity = sample_identities(count, generator=generator)
     if motions == "clips":
-        motion = HeadMotion.cat([sample_clip(64, generator=generator) for _ in range(math.ceil(count / 64))])[:count]
+        motion = sample_clip_frames(count, generator=generator)
     elif motions == "random":
         motion = sample_motions(count, generator=generator)
     else:

@@ -27,13 +27,20 @@ from tqdm import tqdm
 
 from contract.arkit import ARKIT_BLENDSHAPES, NUM_BLENDSHAPES
 from models.checkpoints import LANDMARK_SOLVER_KIND, save_checkpoint
-from models.data.heads import MODELLED_BLENDSHAPES, HeadMotion, SyntheticHeads, sample_clip, sample_identities, sample_motions
+from models.data.heads import (
+    MODELLED_BLENDSHAPES,
+    HeadMotion,
+    SyntheticHeads,
+    control_weights,
+    sample_clip_frames,
+    sample_identities,
+    sample_motion_pool,
+)
 from models.data.synthetic_pairs import derived_seed
 from models.megaportraits.puppet import NUM_HEAD_ANGLES, LandmarkSolver, LandmarkSolverConfig
 from models.training.common import TrainingError, adam_with_cosine
 
 LANDMARK_RESOLUTION = 256  # the pixel grid the renderer projects onto; landmarks are divided by it to crop units
-CLIP_FRAMES = 64
 # Squared error on the blendshapes (the conditional mean: most controls are 0 most of the time, and an absolute error's
 # median answer would be 0 everywhere), scaled to weigh like the absolute errors of the pose and framing.
 BLENDSHAPE_SCALE = 10.0
@@ -95,23 +102,9 @@ class SolverSummary:
         )
 
 
-def motion_pool(count: int, *, clip_share: float, generator: torch.Generator) -> HeadMotion:
-    """``count`` motions: random ones, then ``clip_share`` of them frames of talking-head clips."""
-    clip_frames = round(count * clip_share)
-    clips = [sample_clip(CLIP_FRAMES, generator=generator) for _ in range(math.ceil(clip_frames / CLIP_FRAMES))]
-    parts = [sample_motions(count - clip_frames, generator=generator)]
-    if clips:
-        parts.append(HeadMotion.cat(clips)[:clip_frames])
-    return HeadMotion.cat(parts)
-
-
 def solver_targets(motion: HeadMotion) -> tuple[Tensor, Tensor, Tensor]:
     """What the solver answers for a motion: blendshapes B×52, head angles B×3, framing B×3."""
     return motion.expression, torch.stack([motion.yaw, motion.pitch, motion.roll], dim=1), motion.framing()
-
-
-def control_weights(undrawn_weight: float) -> Tensor:
-    return torch.tensor([1.0 if name in MODELLED_BLENDSHAPES else undrawn_weight for name in ARKIT_BLENDSHAPES])
 
 
 def solver_inputs(heads: SyntheticHeads, motion: HeadMotion, *, generator: torch.Generator, noise: float) -> Tensor:
@@ -123,13 +116,13 @@ def solver_inputs(heads: SyntheticHeads, motion: HeadMotion, *, generator: torch
 
 def held_out_solver_errors(solver: LandmarkSolver, pool: HeadMotion, *, seed: int, count: int) -> SolverErrors:
     generator = torch.Generator().manual_seed(seed)
-    motion = HeadMotion.cat([sample_clip(CLIP_FRAMES, generator=generator) for _ in range(math.ceil(count / CLIP_FRAMES))])[:count]
+    motion = sample_clip_frames(count, generator=generator)
     heads = SyntheticHeads(resolution=LANDMARK_RESOLUTION)
     with torch.inference_mode():
         solved = solver(solver_inputs(heads, motion, generator=generator, noise=0.0))
     blendshapes, angles, framing = solver_targets(motion)
     mean_blendshapes, mean_angles, mean_framing = (part.mean(dim=0, keepdim=True) for part in solver_targets(pool))
-    drawn = torch.tensor([name in MODELLED_BLENDSHAPES for name in ARKIT_BLENDSHAPES])
+    drawn = control_weights(0.0) > 0
     eye_mouth = torch.tensor([name in EYE_AND_MOUTH for name in ARKIT_BLENDSHAPES])
     guess_blendshapes = solved.curves[:, :NUM_BLENDSHAPES]
     guess_angles = solved.curves[:, NUM_BLENDSHAPES : NUM_BLENDSHAPES + NUM_HEAD_ANGLES]
@@ -168,7 +161,7 @@ def train_landmark_solver(
     began = time.perf_counter()
     torch.manual_seed(derived_seed(config.seed, "weights"))
     solver = LandmarkSolver(config=solver_config)
-    pool = motion_pool(
+    pool = sample_motion_pool(
         config.motions, clip_share=config.clip_share, generator=torch.Generator().manual_seed(derived_seed(config.seed, "motions"))
     )
     heads = SyntheticHeads(resolution=LANDMARK_RESOLUTION)

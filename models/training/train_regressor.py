@@ -35,10 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from contract.arkit import ARKIT_BLENDSHAPES
 from models.blocks import on_white
 from models.checkpoints import REGRESSOR_KIND, save_checkpoint
-from models.data.heads import MODELLED_BLENDSHAPES, HeadMotion, Identity, SyntheticHeads, sample_clip, sample_identities, sample_motions
+from models.data.heads import HeadMotion, Identity, SyntheticHeads, control_weights, sample_identities, sample_motion_pool
 from models.data.synthetic_pairs import derived_seed
 from models.nets.parameter_regressor import (
     ACTIVE_CONTROL,
@@ -88,11 +87,7 @@ def render_training_set(config: RegressorTrainConfig, *, progress: bool) -> Regr
     generator = torch.Generator().manual_seed(derived_seed(config.seed, "renders"))
     count, size = config.renders, config.render_resolution
     identities = sample_identities(count, generator=generator)
-    clip_frames = round(count * config.clip_share)
-    clips = [sample_clip(64, generator=generator) for _ in range(math.ceil(clip_frames / 64))]
-    motion = HeadMotion.cat(
-        [sample_motions(count - clip_frames, generator=generator), *([HeadMotion.cat(clips)[:clip_frames]] if clips else [])]
-    )
+    motion = sample_motion_pool(count, clip_share=config.clip_share, generator=generator)
     heads = SyntheticHeads(resolution=size)
     images = torch.empty(count, 3, size, size, dtype=torch.uint8)
     landmarks = torch.empty(count, 68, 2)
@@ -105,11 +100,6 @@ def render_training_set(config: RegressorTrainConfig, *, progress: bool) -> Regr
             landmarks[part] = render.landmarks
             bar.update(part.stop - part.start)
     return RegressorTrainingSet(images=images, landmarks=landmarks, motion=motion, identity=identities)
-
-
-def control_weights(config: RegressorTrainConfig) -> Tensor:
-    """52 loss weights: 1 for the controls the renderer draws, ``undrawn_weight`` for the others."""
-    return torch.tensor([1.0 if name in MODELLED_BLENDSHAPES else config.undrawn_weight for name in ARKIT_BLENDSHAPES])
 
 
 @dataclass(frozen=True)
@@ -147,7 +137,7 @@ def train_regressor(
     model = ParameterRegressor(config=regressor_config, identity_mean=mean, identity_std=std).to(config.device)
     data = render_training_set(config, progress=progress)
     identity_targets = model.standardise(data.identity).to(config.device)
-    weights = control_weights(config).to(config.device)
+    weights = control_weights(config.undrawn_weight).to(config.device)
     size = config.render_resolution
     optimiser, scheduler = adam_with_cosine(
         model.parameters(), learning_rate=config.learning_rate, final_learning_rate=config.learning_rate / 100, steps=config.steps

@@ -44,6 +44,22 @@ def _output(render: HeadRender) -> AvatarOutput:
     return AvatarOutput(rgb=render.rgb, alpha=render.alpha)
 
 
+def _scored(networks: MetricNetworks, guesses: dict[str, AvatarOutput], truth: HeadRender, source: HeadRender) -> FigureScorer:
+    """A scorer that has seen one batch: ``guesses`` against ``truth``, with ``source`` as the avatars' source images."""
+    scorer = FigureScorer(regressor=None, networks=networks)
+    with torch.inference_mode():
+        scorer.add_batch(
+            guesses,
+            _output(truth),
+            landmarks=truth.landmarks,
+            source=_output(source),
+            source_landmarks=source.landmarks,
+            motion=truth.motion,
+            identity_targets=None,
+        )
+    return scorer
+
+
 def test_region_psnr_is_100_for_identical_pixels_and_sees_only_its_own_box() -> None:
     truth, _ = _renders(3, neutral=False)
     assert REGION_NAMES == ("eyes", "mouth")
@@ -68,17 +84,7 @@ def test_pyramid_distance_is_the_networks_perceptual_distance(networks: MetricNe
 def test_identical_images_score_perfectly_on_every_figure(networks: MetricNetworks) -> None:
     # Neutral targets: the target is the source image, so the copy is the same face as both.
     truth, source = _renders(4, neutral=True)
-    scorer = FigureScorer(regressor=None, networks=networks)
-    with torch.inference_mode():
-        scorer.add_batch(
-            {"copy": _output(truth)},
-            _output(truth),
-            landmarks=truth.landmarks,
-            source=_output(source),
-            source_landmarks=source.landmarks,
-            motion=truth.motion,
-            identity_targets=None,
-        )
+    scorer = _scored(networks, {"copy": _output(truth)}, truth, source)
     figures = scorer.figures("copy", full_frame=True)
     assert figures.psnr == figures.foreground_psnr == figures.eye_psnr == figures.mouth_psnr == 100
     assert figures.ssim == pytest.approx(1.0) and figures.perceptual_distance == 0
@@ -86,34 +92,16 @@ def test_identical_images_score_perfectly_on_every_figure(networks: MetricNetwor
     assert figures.fd_effnet == pytest.approx(0.0, abs=1e-6)
     assert figures.rotation_error_deg is None and figures.expression_error is None  # no regressor
     assert "fewer samples than dimensions" in scorer.notes()[0]
-    single = FigureScorer(regressor=None, networks=networks)  # one pair: no covariance, so no FD-EffNet (and a note)
-    with torch.inference_mode():
-        single.add_batch(
-            {"copy": AvatarOutput(rgb=truth.rgb[:1], alpha=truth.alpha[:1])},
-            AvatarOutput(rgb=truth.rgb[:1], alpha=truth.alpha[:1]),
-            landmarks=truth.landmarks[:1],
-            source=AvatarOutput(rgb=source.rgb[:1], alpha=source.alpha[:1]),
-            source_landmarks=source.landmarks[:1],
-            motion=truth.motion[:1],
-            identity_targets=None,
-        )
+    first, first_source = _renders(1, neutral=True)  # one pair: no covariance, so no FD-EffNet (and a note)
+    single = _scored(networks, {"copy": _output(first)}, first, first_source)
     assert single.figures("copy", full_frame=True).fd_effnet is None and "needs at least 2 pairs" in single.notes()[0]
 
 
 def test_another_face_scores_lower_csim_and_higher_perceptual_distance(networks: MetricNetworks) -> None:
     truth, source = _renders(4, neutral=True)
     others = truth.rgb.roll(1, dims=0)  # each target's neighbour: another identity in the same (neutral) pose
-    scorer = FigureScorer(regressor=None, networks=networks)
-    with torch.inference_mode():
-        scorer.add_batch(
-            {"copy": _output(truth), "other": AvatarOutput(rgb=others, alpha=truth.alpha.roll(1, dims=0))},
-            _output(truth),
-            landmarks=truth.landmarks,
-            source=_output(source),
-            source_landmarks=source.landmarks,
-            motion=truth.motion,
-            identity_targets=None,
-        )
+    guesses = {"copy": _output(truth), "other": AvatarOutput(rgb=others, alpha=truth.alpha.roll(1, dims=0))}
+    scorer = _scored(networks, guesses, truth, source)
     copy, other = scorer.figures("copy", full_frame=True), scorer.figures("other", full_frame=True)
     assert other.csim_dlib_target is not None and copy.csim_dlib_target is not None
     assert other.csim_dlib_target < copy.csim_dlib_target - 0.02 and other.csim_dlib_source < 0.999

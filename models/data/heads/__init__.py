@@ -3,7 +3,8 @@
 What lives where:
     params.py    who a head is (``Identity``) and how it moves (``HeadMotion``: pose and the 52 ARKit
                  blendshapes, named as in ``contract.arkit``), their sampling (``sample_identities``,
-                 ``sample_motions``, ``sample_clip``, ``neutral_motion``) and ``MODELLED_BLENDSHAPES``;
+                 ``sample_motions``, ``sample_clip``, ``sample_clip_frames``, ``sample_motion_pool``, ``neutral_motion``),
+                 ``MODELLED_BLENDSHAPES`` and the loss weights per control (``control_weights``);
     geometry.py  the face layout (identity + expression -> feature geometry), the skull surface, the
                  lid, brow and lip curves, the 68 landmarks, pose rotation, ray casting and projection;
     render.py    the renderer ``SyntheticHeads`` and its output ``HeadRender``, plus ``draw_landmarks``
@@ -18,9 +19,12 @@ from models.data.heads.params import (
     MODELLED_BLENDSHAPES,
     HeadMotion,
     Identity,
+    control_weights,
     neutral_motion,
     sample_clip,
+    sample_clip_frames,
     sample_identities,
+    sample_motion_pool,
     sample_motions,
 )
 from models.data.heads.render import HeadRender, SyntheticHeads, contact_sheet, draw_landmarks
@@ -33,9 +37,12 @@ __all__ = [
     "Identity",
     "SyntheticHeads",
     "contact_sheet",
+    "control_weights",
     "draw_landmarks",
     "neutral_motion",
     "sample_clip",
+    "sample_clip_frames",
     "sample_identities",
+    "sample_motion_pool",
     "sample_motions",
 ]

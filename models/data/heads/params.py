@@ -410,3 +410,27 @@ def sample_clip(num_frames: int, *, generator: torch.Generator, fps: float = 25.
         scale=DEFAULT_SCALE + (0.015 * pose[5]).clamp(-0.05, 0.05),
         expression=expression,
     )
+
+
+CLIP_FRAMES = 64  # frames per clip when a set of clip frames is drawn (sample_clip_frames)
+
+
+def sample_clip_frames(count: int, *, generator: torch.Generator) -> HeadMotion:
+    """``count`` frames of talking-head clips of CLIP_FRAMES frames each, the last clip cut short."""
+    clips = [sample_clip(CLIP_FRAMES, generator=generator) for _ in range(math.ceil(count / CLIP_FRAMES))]
+    return HeadMotion.cat(clips)[:count]
+
+
+def sample_motion_pool(count: int, *, clip_share: float, generator: torch.Generator) -> HeadMotion:
+    """``count`` motions: independent random ones, then ``clip_share`` of them frames of talking-head clips (the clips
+    are drawn from the generator first)."""
+    clip_count = round(count * clip_share)
+    clip_frames = sample_clip_frames(clip_count, generator=generator) if clip_count else None
+    random = sample_motions(count - clip_count, generator=generator)
+    return random if clip_frames is None else HeadMotion.cat([random, clip_frames])
+
+
+def control_weights(undrawn_weight: float) -> Tensor:
+    """52 weights in ARKit blendshape order: 1 for the controls the renderer draws (MODELLED_BLENDSHAPES),
+    ``undrawn_weight`` for the others, which no picture or landmark shows."""
+    return torch.tensor([1.0 if name in MODELLED_BLENDSHAPES else undrawn_weight for name in ARKIT_BLENDSHAPES])
