@@ -22,10 +22,14 @@ wrong identity; for self-reenactment it is the target itself, so it has no row).
     eye / mouth PSNR     PSNR inside the eye and the mouth box (models/face_regions.py) of the target's
                          landmarks, on the foreground images. Full-frame PSNR scores a face without eyes or mouth
                          well above the source copy (they are a few percent of the frame); in the boxes its lead is
-                         gone (about the source copy's figure), and CSIM-dlib ranks it clearly below
-                         (tests/models/test_eval_blank_face.py)
+                         gone (about the source copy's figure), and the eye / mouth perceptual distances and CSIM-dlib
+                         rank it clearly below (tests/models/test_eval_blank_face.py)
     perceptual distance (EfficientNet-Lite0)
                          models/nets/perceptual.py's distance of output and target (0: the same image)
+    eye / mouth perceptual distance (EfficientNet-Lite0)
+                         the same distance between the eye boxes (and the mouth boxes) of output and target, each
+                         cut out and resized to REGION_CROP px: a box without its eye or mouth is far from one with it,
+                         where PSNR finds a flat box about as close as a misplaced eye
     CSIM-dlib            cosine of dlib face descriptors (models/nets/face_descriptor.py): output against the
                          target, both chips aligned by the target's landmarks, and output against the source
                          image, its chip aligned by the source's own landmarks (1: the same face)
@@ -74,7 +78,7 @@ from models.data.heads import (
     sample_motions,
 )
 from models.data.paired import load_identities, read_meta, save_png
-from models.face_regions import REGION_NAMES, region_masks
+from models.face_regions import REGION_NAMES, region_crops, region_masks
 from models.nets.face_descriptor import FaceDescriptor, align_face_chips
 from models.nets.parameter_regressor import ParameterRegressor, load_regressor, parameter_errors, zero_answer_error
 from models.nets.perceptual import PerceptualFeatures, output_distance
@@ -122,6 +126,8 @@ class Figures:
     eye_psnr: float | None = None  # in the eye / mouth box of the target's landmarks, foreground on white
     mouth_psnr: float | None = None
     perceptual_distance: float | None = None  # perceptual distance (EfficientNet-Lite0) to the target; None: network absent
+    eye_perceptual: float | None = None  # the same, between the eye (mouth) box crops of output and target
+    mouth_perceptual: float | None = None
     csim_dlib_target: float | None = None  # CSIM-dlib against the target; None: network absent
     csim_dlib_source: float | None = None  # CSIM-dlib against the source image
     fd_effnet: float | None = None  # FD-EffNet of this row's images against the targets, over the whole set
@@ -180,12 +186,13 @@ class EvalReport:
             cells = [_number(getattr(figures, key), digits) for key, _, _, digits in PRINTED_COLUMNS]
             lines.append(f"  {name:<31} " + " ".join(f"{cell:>{width}}" for cell, (_, _, width, _) in zip(cells, PRINTED_COLUMNS)))
         lines.append(
-            "  eye/mouth PSNR: in the target's eye and mouth boxes; perc.: perceptual distance (EfficientNet-Lite0) to the target; "
-            "CSIM tgt/src: CSIM-dlib against the target / the source image; FD-EffNet: against the targets, over the whole set"
+            "  eye/mouth PSNR: in the target's eye and mouth boxes; perc.: perceptual distance (EfficientNet-Lite0) to the target, "
+            "eye/mouth perc.: between the boxes' crops; CSIM tgt/src: CSIM-dlib against the target / the source image; "
+            "FD-EffNet: against the targets, over the whole set"
         )
         for network, figures in (
-            (PERCEPTUAL_NETWORK, "perceptual distance (EfficientNet-Lite0) and FD-EffNet"),
-            (FACE_NETWORK, "CSIM-dlib"),
+            (PERCEPTUAL_NETWORK, NETWORK_FIGURES[PERCEPTUAL_NETWORK]),
+            (FACE_NETWORK, NETWORK_FIGURES[FACE_NETWORK]),
         ):
             status = self.networks.get(network, "absent: not measured")
             if status != "active":
@@ -207,7 +214,10 @@ def _number(value: float | None, digits: int) -> str:
 
 
 # Each metric network's figures, in words.
-NETWORK_FIGURES = {PERCEPTUAL_NETWORK: "perceptual distance (EfficientNet-Lite0) and FD-EffNet", FACE_NETWORK: "CSIM-dlib"}
+NETWORK_FIGURES = {
+    PERCEPTUAL_NETWORK: "perceptual distances (EfficientNet-Lite0: whole, eyes, mouth) and FD-EffNet",
+    FACE_NETWORK: "CSIM-dlib",
+}
 
 # The printed table's columns: (Figures field, title, width, decimals).
 PRINTED_COLUMNS = (
@@ -218,6 +228,8 @@ PRINTED_COLUMNS = (
     ("eye_psnr", "eye PSNR", 8, 2),
     ("mouth_psnr", "mouth PSNR", 10, 2),
     ("perceptual_distance", "perc.", 6, 4),
+    ("eye_perceptual", "eye perc.", 9, 4),
+    ("mouth_perceptual", "mouth perc.", 11, 4),
     ("csim_dlib_target", "CSIM tgt", 8, 4),
     ("csim_dlib_source", "CSIM src", 8, 4),
     ("fd_effnet", "FD-EffNet", 9, 2),
@@ -393,6 +405,8 @@ def _source_identities(config: EvalConfig, model: AvatarModel) -> tuple[Identity
 
 # Figures' fields for the region PSNRs, in REGION_NAMES order.
 REGION_FIELDS = {"eyes": "eye_psnr", "mouth": "mouth_psnr"}
+REGION_PERCEPTUAL_FIELDS = {"eyes": "eye_perceptual", "mouth": "mouth_perceptual"}
+REGION_CROP = 112  # px: the side eye and mouth boxes are resized to for EfficientNet-Lite0 (half its training size)
 TARGETS = "targets"  # the name FigureScorer keeps the targets' pooled features under
 
 
@@ -430,9 +444,10 @@ class FigureScorer:
         standardised identities (None exactly when there is no regressor)."""
         perceptual, face = self.networks.perceptual, self.networks.face
         truth_fg = on_white(truth.rgb, truth.alpha)
-        truth_features = None
+        truth_features = truth_regions = None
         if perceptual is not None:
             truth_features = perceptual(self._metric_input(truth_fg))
+            truth_regions = perceptual(region_crops(truth_fg, landmarks, size=REGION_CROP).flatten(0, 1))  # B×R×3×c×c -> B·R×…
             self.features.setdefault(TARGETS, []).append(truth_features.pooled)
         if face is not None:  # dlib's chips put pixel centres on integers; ours are at i + 0.5
             truth_descriptor = face(align_face_chips(truth_fg, landmarks - 0.5))  # B×128
@@ -451,9 +466,12 @@ class FigureScorer:
             }
             regions = region_psnr(guess_fg, truth_fg, landmarks)  # B×R
             columns.update({REGION_FIELDS[region]: regions[:, index] for index, region in enumerate(REGION_NAMES)})
-            if perceptual is not None and truth_features is not None:
+            if perceptual is not None and truth_features is not None and truth_regions is not None:
                 guess_features = perceptual(self._metric_input(guess_fg))
                 columns["perceptual_distance"] = output_distance(guess_features, truth_features)
+                guess_regions = perceptual(region_crops(guess_fg, landmarks, size=REGION_CROP).flatten(0, 1))  # the target's boxes
+                by_region = output_distance(guess_regions, truth_regions).view(-1, len(REGION_NAMES))  # B·R -> B×R
+                columns.update({REGION_PERCEPTUAL_FIELDS[region]: by_region[:, index] for index, region in enumerate(REGION_NAMES)})
                 self.features.setdefault(name, []).append(guess_features.pooled)
             if face is not None:
                 descriptor = face(align_face_chips(guess_fg, landmarks - 0.5))  # the output is in the target's pose
@@ -620,6 +638,8 @@ TABLE_COLUMNS = (
     ("eye_psnr", "eye PSNR", 2),
     ("mouth_psnr", "mouth PSNR", 2),
     ("perceptual_distance", "perceptual distance (EfficientNet-Lite0)", 4),
+    ("eye_perceptual", "eye perceptual (EfficientNet-Lite0)", 4),
+    ("mouth_perceptual", "mouth perceptual (EfficientNet-Lite0)", 4),
     ("csim_dlib_target", "CSIM-dlib (target)", 4),
     ("csim_dlib_source", "CSIM-dlib (source)", 4),
     ("fd_effnet", "FD-EffNet", 2),

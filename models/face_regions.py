@@ -1,9 +1,11 @@
 """Eye and mouth boxes from 68 iBUG landmarks (contract.landmarks.FACE_REGIONS), batched in torch: the
-region metrics of `megalive-train eval` and the region-weighted L1 of the student's training read them."""
+region metrics of `megalive-train eval` (PSNR in the boxes, perceptual distance of their crops) and the
+region-weighted L1 of the student's training read them."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from contract.landmarks import FACE_REGIONS, LEFT_EYE_POINTS, RIGHT_EYE_POINTS
@@ -42,3 +44,15 @@ def region_masks(landmarks: Tensor, *, size: int) -> Tensor:
     inside_x = (axis >= x0) & (axis < x1)  # B×R×W
     inside_y = (axis >= y0) & (axis < y1)  # B×R×H
     return (inside_y.unsqueeze(-1) & inside_x.unsqueeze(-2)).float()  # B×R×H×W
+
+
+def region_crops(images: Tensor, landmarks: Tensor, *, size: int) -> Tensor:
+    """B×C×S×S images -> B×R×C×size×size: each REGION_NAMES box of the landmarks (B×68×2 pixels) cut out and resized
+    (bilinear, antialiased) to size×size, stretched to a square so every box compares alike."""
+    boxes = region_boxes(landmarks, size=images.shape[-1]).tolist()  # B×R×4
+    crops = [
+        F.interpolate(image[None, :, y0:y1, x0:x1], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+        for image, image_boxes in zip(images, boxes)
+        for x0, y0, x1, y1 in image_boxes
+    ]  # B·R of C×size×size
+    return torch.stack(crops).view(images.shape[0], len(REGION_NAMES), images.shape[1], size, size)  # B·R×C×s×s -> B×R×C×s×s

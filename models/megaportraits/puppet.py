@@ -88,8 +88,8 @@ class Puppet(nn.Module):
 
     def forward(self, curves: Tensor, framing: Tensor | None = None) -> Tensor:
         motion = motion_from_curves(curves, framing)
-        identity = self.identity[torch.zeros_like(curves[:, 0], dtype=torch.long)]  # 1 -> B copies of the one face (batch-shaped: ONNX)
-        rgb = self.heads.render(identity, motion).rgb  # B×3×r×r
+        # The one face broadcast over the batch (not gathered into B copies): its identity-only work folds in ONNX.
+        rgb = self.heads.render(self.identity, motion).rgb  # B×3×r×r
         if self.config.render_resolution == self.config.resolution:
             return rgb
         size = (self.config.resolution, self.config.resolution)

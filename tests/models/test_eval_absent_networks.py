@@ -15,7 +15,7 @@ from models.nets.weights import FACE_NETWORK, FILES, PERCEPTUAL_NETWORK
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-NETWORK_FIGURES = ("perceptual_distance", "csim_dlib_target", "csim_dlib_source", "fd_effnet")
+NETWORK_FIGURES = ("perceptual_distance", "eye_perceptual", "mouth_perceptual", "csim_dlib_target", "csim_dlib_source", "fd_effnet")
 NEW_FIGURES = ("eye_psnr", "mouth_psnr", *NETWORK_FIGURES)
 
 
@@ -28,7 +28,7 @@ def test_without_weight_files_the_network_figures_are_absent_and_say_why(
     out = tmp_path / "eval"
     assert main(["eval", "--model", str(teacher), "--out", str(out), "--clips", "1", "--frames", "3", "--sources", "2"]) == 0
     printed = capsys.readouterr().out
-    assert "perceptual distance (EfficientNet-Lite0) and FD-EffNet: absent: efficientnet-lite0:" in printed
+    assert "perceptual distances (EfficientNet-Lite0: whole, eyes, mouth) and FD-EffNet: absent: efficientnet-lite0:" in printed
     assert "CSIM-dlib: absent: face-recognition-manifest:" in printed and "make nets" in printed
     report = json.loads((out / "eval-clips.json").read_text())
     for network, key in ((PERCEPTUAL_NETWORK, "efficientnet-lite0"), (FACE_NETWORK, "face-recognition-manifest")):
@@ -43,11 +43,8 @@ def test_without_weight_files_the_network_figures_are_absent_and_say_why(
     lines = capsys.readouterr().out.strip().splitlines()
     columns = [title for _, title, _ in TABLE_COLUMNS]
     cells = [cell.strip() for cell in lines[2].strip("|").split("|")][2:]  # cross: teacher's row, after name and px
-    assert [cells[columns.index(title)] for title in ("perceptual distance (EfficientNet-Lite0)", "CSIM-dlib (target)", "FD-EffNet")] == [
-        "—",
-        "—",
-        "—",
-    ]
+    network_titles = ("perceptual distance (EfficientNet-Lite0)", "eye perceptual (EfficientNet-Lite0)", "CSIM-dlib (target)", "FD-EffNet")
+    assert [cells[columns.index(title)] for title in network_titles] == ["—"] * len(network_titles)
     assert cells[columns.index("eye PSNR")] != "—"
     assert any(line.startswith("checkpoint.pt: CSIM-dlib absent: ") for line in lines)
 

@@ -15,7 +15,7 @@ from models.evaluation import (
     load_metric_networks,
     region_psnr,
 )
-from models.face_regions import REGION_NAMES, region_boxes
+from models.face_regions import REGION_NAMES, region_boxes, region_crops
 from models.nets.perceptual import output_distance
 from models.nets.weights import FACE_NETWORK, PERCEPTUAL_NETWORK
 
@@ -71,6 +71,20 @@ def test_region_psnr_is_100_for_identical_pixels_and_sees_only_its_own_box() -> 
     assert (figures[:, 0] < 15).all() and (figures[:, 1] == 100).all()
 
 
+def test_region_crops_cut_each_box_out_and_resize_it() -> None:
+    truth, _ = _renders(2, neutral=False)
+    painted = truth.rgb.clone()
+    boxes = region_boxes(truth.landmarks, size=RESOLUTION)  # B×R×4
+    for image, (x0, y0, x1, y1) in zip(painted, boxes[:, 1].tolist()):
+        image[:, y0:y1, x0:x1] = torch.tensor([0.2, 0.4, 0.6])[:, None, None]  # the mouth box, one colour
+    crops = region_crops(painted, truth.landmarks, size=24)  # B×R×3×24×24
+    assert crops.shape == (2, len(REGION_NAMES), 3, 24, 24)
+    torch.testing.assert_close(crops[:, 1], torch.tensor([0.2, 0.4, 0.6]).view(1, 3, 1, 1).expand(2, 3, 24, 24))
+    x0, y0, x1, y1 = boxes[0, 0].tolist()  # the eye box: the picture's own pixels, resized
+    eyes = torch.nn.functional.interpolate(truth.rgb[:1, :, y0:y1, x0:x1], size=(24, 24), mode="bilinear", antialias=True)
+    torch.testing.assert_close(crops[:1, 0], eyes)
+
+
 def test_pyramid_distance_is_the_networks_perceptual_distance(networks: MetricNetworks) -> None:
     truth, source = _renders(3, neutral=False)
     perceptual = networks.perceptual
@@ -87,7 +101,7 @@ def test_identical_images_score_perfectly_on_every_figure(networks: MetricNetwor
     scorer = _scored(networks, {"copy": _output(truth)}, truth, source)
     figures = scorer.figures("copy", full_frame=True)
     assert figures.psnr == figures.foreground_psnr == figures.eye_psnr == figures.mouth_psnr == 100
-    assert figures.ssim == pytest.approx(1.0) and figures.perceptual_distance == 0
+    assert figures.ssim == pytest.approx(1.0) and figures.perceptual_distance == figures.eye_perceptual == figures.mouth_perceptual == 0
     assert figures.csim_dlib_target == pytest.approx(1.0, abs=1e-5) and figures.csim_dlib_source == pytest.approx(1.0, abs=1e-5)
     assert figures.fd_effnet == pytest.approx(0.0, abs=1e-6)
     assert figures.rotation_error_deg is None and figures.expression_error is None  # no regressor

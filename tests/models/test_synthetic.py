@@ -102,6 +102,18 @@ def test_batch_is_per_sample_and_indexing_works(heads, identities):
     assert identities.to("cpu").head_width.device.type == "cpu"
 
 
+def test_one_identity_broadcasts_over_a_batch_of_motions(heads, identities):
+    motion = sample_motions(3, generator=_gen(5))
+    one = identities[[1]]
+    broadcast = heads.render(one, motion)
+    copies = heads.render(one[[0, 0, 0]], motion)
+    torch.testing.assert_close(broadcast.rgb, copies.rgb)
+    torch.testing.assert_close(broadcast.alpha, copies.alpha)
+    torch.testing.assert_close(broadcast.landmarks, copies.landmarks)
+    with pytest.raises(ValueError, match="identity batch 2 != motion batch 3"):
+        heads.render(identities[[0, 1]], motion)
+
+
 def test_unmodelled_controls_have_no_effect(heads, identities):
     neutral = neutral_motion(4)
     unmodelled = [n for n in ARKIT_BLENDSHAPES if n not in MODELLED_BLENDSHAPES]

@@ -135,8 +135,9 @@ def test_bench_times_each_capture_driver_beside_the_image_path(multi_driver_mode
     assert "arkit driver" in bench.stdout and "landmarks driver" in bench.stdout
     report = json.loads(figures.read_text())
     assert set(report["capture_raw_fps"]) == {"arkit", "landmarks"} and all(fps > 0 for fps in report["capture_raw_fps"].values())
-    for kind, ratio in report["capture_cost_vs_image"].items():
-        assert ratio == pytest.approx(report["raw_engine_fps"] / report["capture_raw_fps"][kind])
+    # Interleaved turns: a ratio per round of the two graphs timed back to back, not the ratio of two phases' FPS.
+    assert set(report["capture_cost_vs_image"]) == {"arkit", "landmarks"}
+    assert all(0 < ratio < float("inf") for ratio in report["capture_cost_vs_image"].values())
 
 
 def test_live_controller_needs_only_the_stdlib_zmq_and_its_siblings() -> None:

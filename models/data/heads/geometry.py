@@ -281,8 +281,10 @@ def head_landmarks(lay: Layout) -> tuple[Tensor, Tensor]:
     options = torch.stack([m["outer_upper"], m["outer_lower"], m["line"], m["inner_upper"], m["inner_lower"]], dim=2)  # B×20×5
     lip_y = (options * F.one_hot(which, 5).to(options)).sum(dim=2)  # B×20×5 · 20×5 -> B×20
 
-    xs = torch.cat([jaw_x, brow_x, bridge_x, base_x, eye_x, lip_x], dim=1)  # B×68
-    ys = torch.cat([jaw_y, brow_y, bridge_y, base_y, eye_y, lip_y], dim=1)  # B×68
+    # The nose depends on the identity alone: 1×K when one identity is broadcast over B motions (SyntheticHeads.render).
+    batch = jaw_y.shape[0]
+    xs = torch.cat([p.expand(batch, -1) for p in (jaw_x, brow_x, bridge_x, base_x, eye_x, lip_x)], dim=1)  # B×68
+    ys = torch.cat([p.expand(batch, -1) for p in (jaw_y, brow_y, bridge_y, base_y, eye_y, lip_y)], dim=1)  # B×68
     return xs, ys
 
 

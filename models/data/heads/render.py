@@ -80,9 +80,12 @@ class SyntheticHeads:
         return project_landmarks(face_layout(identity, motion), motion, self.resolution)
 
     def render(self, identity: Identity, motion: HeadMotion) -> HeadRender:
+        """One identity per motion, or one identity for every motion (batch of one, broadcast: what depends on the
+        identity alone - its background, its colours - is then computed once, and folds into a constant in an ONNX
+        graph of a fixed face)."""
         identity, motion = identity.to(self.device), motion.to(self.device)
-        if len(identity) != len(motion):
-            raise ValueError(f"identity batch {len(identity)} != motion batch {len(motion)}")
+        if len(identity) not in (1, len(motion)):
+            raise ValueError(f"identity batch {len(identity)} != motion batch {len(motion)} (and not 1)")
         res = self.resolution
         lay = face_layout(identity, motion)
         rotation = rotation_matrix(motion.yaw, motion.pitch, motion.roll)  # B×3×3
