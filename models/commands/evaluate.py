@@ -80,7 +80,8 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         "beside source-copy and driver-copy baselines",
         description="Cross- and self-reenactment on held-out SyntheticHeads identities and motions against the renderer's ground truth: "
         "PSNR/SSIM (full frame and foreground on white), eye and mouth PSNR (in the target's eye and mouth boxes), perceptual "
-        "distance (EfficientNet-Lite0; whole picture, and between the eye boxes and the mouth boxes), CSIM-dlib (against the target and the source image), FD-EffNet and, with --regressor, "
+        "distance (EfficientNet-Lite0; whole picture, and between the eye boxes and the mouth boxes), CSIM-dlib (against the "
+        "target and the source image), FD-EffNet and, with --regressor, "
         "motion and identity errors (beside the ARKit error of answering zero), each beside the baselines 'source copy' and "
         "'driver copy' measured in the same run. A metric network whose weight files are missing (make nets) leaves its figures "
         "absent, and the report says why. The same draws for every model, so a student and a teacher evaluated with the same "
