@@ -1,4 +1,4 @@
-"""`megalive-train` training commands: student, landmark-solver, base, regressor."""
+"""`megalive-train` training commands: student, embedder, landmark-solver, base, regressor."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from models.commands.common import refuse
+from models.training.embedder_config import EmbedderTrainConfig
 from models.training.objective_weights import ObjectiveWeights
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     _add_student(commands)
+    _add_embedder(commands)
     _add_landmark_solver(commands)
     _add_base(commands)
     _add_regressor(commands)
@@ -115,6 +117,79 @@ def _student(args: argparse.Namespace) -> int:
         summary = train_student(config)
     except (TrainingError, DatasetError, ValueError) as error:
         return refuse("student", error)
+    print(
+        f"trained to step {summary.steps} in {summary.run_dir}; last losses {summary.final_losses}; "
+        f"{summary.samples_per_second:.1f} samples/s"
+    )
+    return 0
+
+
+def _add_embedder(commands: argparse._SubParsersAction) -> None:
+    embedder = commands.add_parser(
+        "embedder",
+        help="meta-learn the identity embedder with a trained student (portraits -> avatars in one pass)",
+        description="Start from a `megalive-train student` checkpoint and train an identity embedder (K frames -> identity "
+        "tensor) with it, on new SyntheticHeads identities rendered on the fly beside the student's own avatars' pairs (which "
+        "keep training, so they keep their quality). Resumes from RUN/checkpoint.pt when it exists. The student's objective "
+        "without the discriminator. `megalive-train export` writes the enrollment graphs from the result.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    defaults = EmbedderTrainConfig(student="", data="", run_dir="")
+    embedder.add_argument("--student", type=Path, required=True, metavar="PATH", help="the student's RUN/checkpoint.pt to start from")
+    embedder.add_argument("--data", type=Path, required=True, metavar="DIR", help="the student's paired dataset (its avatars)")
+    embedder.add_argument(
+        "--run", dest="run_dir", type=Path, required=True, metavar="DIR", help="run folder (config, checkpoint, log, samples)"
+    )
+    embedder.add_argument("--preset", default=defaults.preset, metavar="NAME", help="the student's preset (tiny, cpu256)")
+    embedder.add_argument("--steps", type=int, default=defaults.steps, metavar="N", help="optimiser steps in total (resume counts on)")
+    embedder.add_argument(
+        "--native-batch", type=int, default=defaults.native_batch, metavar="N", help="the student's avatars' pairs per step"
+    )
+    embedder.add_argument("--new-batch", type=int, default=defaults.new_batch, metavar="N", help="new identities per step")
+    embedder.add_argument("--shots", type=int, default=defaults.shots, metavar="K", help="frames per new identity (a step uses 1..K)")
+    embedder.add_argument("--lr", type=float, default=defaults.learning_rate, metavar="LR", help="the student's learning rate")
+    embedder.add_argument("--embedder-lr", type=float, default=defaults.embedder_learning_rate, metavar="LR", help="the embedder's")
+    embedder.add_argument("--seed", type=int, default=defaults.seed, metavar="N", help="seed of weights, identities and augmentation")
+    embedder.add_argument("--workers", type=int, default=defaults.workers, metavar="N", help="processes rendering the new identities")
+    embedder.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every, metavar="N", help="steps between checkpoints")
+    embedder.add_argument(
+        "--allow-missing-nets", action="store_true", help="train without a loss network whose weights are missing (recorded in the run)"
+    )
+    embedder.add_argument("--dry-run", action="store_true", help="check the inputs, print the resolved config and exit")
+    embedder.set_defaults(run=_embedder)
+
+
+def _embedder(args: argparse.Namespace) -> int:
+    from models.data.paired import DatasetError
+    from models.export import current_command
+    from models.training.common import TrainingError
+    from models.training.train_embedder import check_embedder_config, train_embedder
+
+    config = EmbedderTrainConfig(
+        student=str(args.student),
+        data=str(args.data),
+        run_dir=str(args.run_dir),
+        preset=args.preset,
+        steps=args.steps,
+        native_batch=args.native_batch,
+        new_batch=args.new_batch,
+        shots=args.shots,
+        learning_rate=args.lr,
+        embedder_learning_rate=args.embedder_lr,
+        seed=args.seed,
+        workers=args.workers,
+        checkpoint_every=args.checkpoint_every,
+        allow_missing_nets=args.allow_missing_nets,
+        command=current_command(),
+    )
+    try:
+        check_embedder_config(config)
+        if args.dry_run:
+            print(json.dumps({"train": asdict(config)}, indent=2))
+            return 0
+        summary = train_embedder(config)
+    except (TrainingError, DatasetError, ValueError) as error:
+        return refuse("embedder", error)
     print(
         f"trained to step {summary.steps} in {summary.run_dir}; last losses {summary.final_losses}; "
         f"{summary.samples_per_second:.1f} samples/s"

@@ -227,7 +227,14 @@ class Student(nn.Module):
 
     def decode(self, driving_code: list[Tensor], avatar: Tensor) -> StudentOutput:
         """The identity decoder on a driving code: the encoder's features, finest first."""
-        identity = self.identity[avatar]  # N×C_id×S×S -> B×C_id×S×S
+        return self.decode_identity(driving_code, self.identity[avatar])  # N×C_id×S×S -> B×C_id×S×S
+
+    def drive(self, driver: Tensor, identity: Tensor) -> StudentOutput:
+        """Model contract v2: driver B×3×H×W in [0, 1] and the avatars' identity tensors B×C_id×S×S themselves
+        (from the avatar bank, or the identity embedder), not indices into this student's own."""
+        return self.decode_identity(self.encoder(driver), identity)
+
+    def decode_identity(self, driving_code: list[Tensor], identity: Tensor) -> StudentOutput:
         logits = self.decoder(driving_code, identity)  # B×4×H×W
         rgb_logits, alpha_logits = logits.split([3, 1], dim=1)  # -> B×3×H×W, B×1×H×W
         return StudentOutput(rgb=torch.sigmoid(rgb_logits), alpha=torch.sigmoid(alpha_logits))

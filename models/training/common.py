@@ -25,14 +25,15 @@ class TrainSummary:
 
 
 def adam_with_cosine(
-    parameters: Iterable[torch.nn.Parameter],
+    parameters: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]],
     *,
     learning_rate: float,
     final_learning_rate: float,
     steps: int,
     betas: tuple[float, float] = (0.9, 0.999),
 ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.CosineAnnealingLR]:
-    """Adam (betas: (0.9, 0.999) unless given) and a cosine schedule from learning_rate to final_learning_rate over steps."""
+    """Adam (betas: (0.9, 0.999) unless given) and a cosine schedule from learning_rate to final_learning_rate over steps.
+    ``parameters`` may be groups with their own "lr" (each then anneals from its own to final_learning_rate)."""
     optimiser = torch.optim.Adam(parameters, lr=learning_rate, betas=betas)
     return optimiser, torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps, eta_min=final_learning_rate)
 

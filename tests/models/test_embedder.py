@@ -1,0 +1,89 @@
+"""Enrollment's model side: the identity embedder, the student driven by identity tensors (model contract v2), the
+new-identity samples it meta-learns on, and `megalive-train embedder` (runs, checkpoint, resume, refusals)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoints import load_checkpoint, student_from_checkpoint
+from models.cli import main
+from models.data.enrollment_samples import PORTRAIT_POSE_JITTER, EnrollmentSamples, EnrollmentSamplesConfig
+from models.megaportraits.identity_embedder import IdentityEmbedder, IdentityEmbedderConfig, embedder_config
+from models.megaportraits.student import Student, student_config
+from models.training.train_embedder import embedder_from_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def tiny_embedder() -> IdentityEmbedder:
+    torch.manual_seed(0)
+    return IdentityEmbedder(config=embedder_config("tiny", student_config("tiny", num_avatars=1))).eval()
+
+
+def test_the_embedder_makes_the_students_identity_tensor_and_averages_its_frames() -> None:
+    embedder = tiny_embedder()
+    frames = torch.rand(2, 3, 3, 64, 64)  # B×K×3×H×W
+    with torch.no_grad():
+        identity = embedder(frames)
+        assert identity.shape == (2, 8, 16, 16)  # the tiny student's C_id×S×S
+        one_by_one = torch.stack([embedder(frames[:, [k]]) for k in range(3)]).mean(dim=0)
+    torch.testing.assert_close(identity, one_by_one)  # K frames: the mean of each frame's tensor
+    with pytest.raises(ValueError, match="needs 2 entries"):
+        IdentityEmbedderConfig(resolution=64, identity_channels=8, identity_size=16, channels=(8,))
+
+
+def test_the_student_driven_by_identity_tensors_is_the_student_driven_by_index() -> None:
+    torch.manual_seed(1)
+    student = Student(config=student_config("tiny", num_avatars=3)).eval()
+    driver, avatar = torch.rand(2, 3, 64, 64), torch.tensor([2, 0])
+    with torch.no_grad():
+        by_index, by_tensor = student(driver, avatar), student.drive(driver, student.identity[avatar])
+    torch.testing.assert_close(by_index.rgb, by_tensor.rgb)
+    torch.testing.assert_close(by_index.alpha, by_tensor.alpha)
+
+
+def test_enrollment_samples_are_new_identities_drawn_by_index() -> None:
+    samples = EnrollmentSamples(config=EnrollmentSamplesConfig(resolution=32, shots=3, seed=5))
+    first, again, other = samples[7], samples[7], samples[8]
+    assert first.frames.shape == (3, 3, 32, 32) and first.driver.shape == (3, 32, 32) and first.target_landmarks.shape == (68, 2)
+    for field in first._fields:
+        torch.testing.assert_close(getattr(first, field), getattr(again, field))
+    assert not torch.equal(first.frames, other.frames)  # another index: another identity
+    # The target is the new identity (its portrait's background corner) in the driver's pose (its landmarks' place).
+    torch.testing.assert_close(first.target_rgb[:, :2, :2], first.frames[0, :, :2, :2])
+    assert (first.target_rgb[:, :2, :2] - first.driver[:, :2, :2]).abs().max() > 0.01
+    assert PORTRAIT_POSE_JITTER < 0.1
+    with pytest.raises(ValueError, match="shots"):
+        EnrollmentSamplesConfig(resolution=32, shots=0)
+
+
+def _train(*args: str) -> int:
+    return main(["embedder", *args])
+
+
+def test_embedder_training_runs_resumes_and_refuses(
+    tiny_run: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "embedder"
+    common = ["--student", str(tiny_run / "checkpoint.pt"), "--data", str(tiny_dataset), "--run", str(run), "--preset", "tiny"]
+    small = ["--native-batch", "2", "--new-batch", "2", "--shots", "2", "--workers", "0", "--checkpoint-every", "2", "--allow-missing-nets"]
+    assert _train(*common, *small, "--steps", "2") == 0
+    checkpoint = load_checkpoint(run / "checkpoint.pt")
+    assert checkpoint["step"] == 2
+    assert len(checkpoint["commands"]) == 2 and checkpoint["commands"][0] == "tests"  # the student's, then this one: provenance
+    student, embedder = student_from_checkpoint(checkpoint), embedder_from_checkpoint(checkpoint)
+    assert student.num_avatars == 3 and embedder.config.identity_size == student.config.identity_size
+    config = json.loads((run / "config.json").read_text())
+    assert config["objective"] and config["new"]["shots"] == 2 and config["native"]["avatar_names"]
+    assert (run / "samples.png").is_file()
+    assert _train(*common, *small, "--steps", "4") == 0  # resumes at step 2
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 4
+    capsys.readouterr()
+    assert _train(*[a if a != str(tiny_run / "checkpoint.pt") else str(tmp_path / "none.pt") for a in common], *small) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert _train(*common, *small, "--shots", "0") == 2
+    assert "--shots" in capsys.readouterr().err
