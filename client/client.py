@@ -149,6 +149,17 @@ class AvatarEntry:
 
 
 @dataclass(frozen=True)
+class EnrolledAvatar:
+    """The server's answer to `enroll`: the new avatar, at once usable in `open`."""
+
+    avatar: int  # its id
+    name: str
+    frames: int  # the portraits it was embedded from
+    notes: tuple[str, ...]  # e.g. several faces in a portrait (the largest was taken)
+    seconds: float  # the server's time to make and store it
+
+
+@dataclass(frozen=True)
 class Texture:
     """A rendered frame. ``buffer`` is RawBuffer (rgba8/rgb8, H×W×C) or EncodedBuffer (jpeg)."""
 
@@ -573,6 +584,20 @@ class AvatarClient:
                 )
             )
         return entries
+
+    def enroll(self, *, name: str, consent: str, portraits: list[Any]) -> EnrolledAvatar:
+        """Send portraits (H×W×3 uint8 arrays, or EncodedBuffer PNG/JPEG files) of one person with a name and the
+        consent statement of the person shown; returns the new avatar. ServerError when the server refuses (no
+        consent, a name in use, no face found, a model that cannot enroll)."""
+        buffers = tuple(p if isinstance(p, EncodedBuffer) else protocol.raw_buffer_from_array(p) for p in portraits)
+        reply = self._request({"op": "enroll", "name": name, "consent": consent}, buffers)
+        return EnrolledAvatar(
+            avatar=int(reply.get("avatar", -1)),
+            name=str(reply.get("name", name)),
+            frames=int(reply.get("frames", len(portraits))),
+            notes=tuple(str(note) for note in reply.get("notes") or ()),
+            seconds=float(reply.get("seconds", 0.0)),
+        )
 
     def open(
         self,

@@ -22,6 +22,7 @@ import os
 import zipfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -152,14 +153,19 @@ def read_bank(path: Path) -> AvatarBank:
         raise AvatarBankError(f"{path}: {error}") from None
 
 
-def write_bank(bank: AvatarBank, path: Path) -> None:
-    """Write the bank to a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
+def save_bank(bank: AvatarBank, handle: BinaryIO) -> None:
+    """The bank's bytes into an open binary file (write_bank's, and the exporter's staged file)."""
     meta = {"format": BANK_FORMAT, "format_version": BANK_FORMAT_VERSION, "avatars": [asdict(record) for record in bank.records]}
     records = np.frombuffer(json.dumps(meta, ensure_ascii=False).encode("utf-8"), dtype=np.uint8)
+    np.savez(handle, identity=bank.identity, thumbnails=bank.thumbnails, records=records)
+
+
+def write_bank(bank: AvatarBank, path: Path) -> None:
+    """Write the bank to a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "wb") as handle:
-        np.savez(handle, identity=bank.identity, thumbnails=bank.thumbnails, records=records)
+        save_bank(bank, handle)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)

@@ -9,6 +9,11 @@ between leaves new graphs beside the old sidecar: the digests make the reader re
 digests (older exports) load unchecked. A model with capture drivers has one more graph per capture kind beside it
 (``adapters.<kind>.model_file``), with the capture signal as its input.
 
+Contract v2 (format_version 2, DESIGN §4.3): the graphs take the avatars' identity tensors (``identity``, B×C×S×S)
+in place of the avatar index; the shipped avatars' tensors are in the avatar bank beside the model (``bank``,
+contract/avatar_bank.py, digest-checked like the graphs), and the identity embedder's graph (``embedder``: portrait
+frames B×K×3×H×W -> identity B×C×S×S) enrolls new ones. Version-1 cards (avatar index) still load.
+
 Standard library only (the hosts ship a copy of this file).
 """
 
@@ -20,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SIDECAR_FORMAT = "megalive-avatar-model"
-SIDECAR_FORMAT_VERSION = 1
+SIDECAR_FORMAT_VERSION = 1  # contract v1: the graphs take an avatar index
+SIDECAR_FORMAT_VERSION_IDENTITY = 2  # contract v2: the graphs take identity tensors; a bank and an embedder beside them
+SIDECAR_FORMAT_VERSIONS = (SIDECAR_FORMAT_VERSION, SIDECAR_FORMAT_VERSION_IDENTITY)
 
 
 class ModelCardError(ValueError):
@@ -39,6 +46,15 @@ class AdapterGraph:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EnrollmentFiles:
+    """Contract v2's files beside the graphs, as the sidecar names them."""
+
+    identity_shape: tuple[int, int, int]  # C_id, S, S
+    bank_path: Path  # the shipped avatars (contract/avatar_bank.py)
+    embedder_path: Path  # frames B×K×3×H×W -> identity B×C_id×S×S
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelCard:
     """What the sidecar says about a model."""
 
@@ -52,6 +68,11 @@ class ModelCard:
     thumbnails_path: Path | None
     gflops_per_frame: float | None  # from the exporter's layer count; None for models without it
     adapters: tuple[AdapterGraph, ...] = ()
+    enrollment: EnrollmentFiles | None = None  # contract v2; None for v1 models (avatar index input)
+
+    @property
+    def contract(self) -> int:
+        return 1 if self.enrollment is None else 2
 
     @property
     def num_avatars(self) -> int:
@@ -105,8 +126,9 @@ def read_model_card(model_path: str | Path) -> ModelCard:
         raise ModelCardError(f"model sidecar {card_path} is unreadable: {error}") from None
     if not isinstance(card, dict) or card.get("format") != SIDECAR_FORMAT:
         raise ModelCardError(f"{card_path} is not a {SIDECAR_FORMAT} sidecar")
-    if card.get("format_version") != SIDECAR_FORMAT_VERSION:
-        raise ModelCardError(f"{card_path}: sidecar version {card.get('format_version')!r}, this server reads {SIDECAR_FORMAT_VERSION}")
+    if card.get("format_version") not in SIDECAR_FORMAT_VERSIONS:
+        readable = " and ".join(map(str, SIDECAR_FORMAT_VERSIONS))
+        raise ModelCardError(f"{card_path}: sidecar version {card.get('format_version')!r}, this server reads {readable}")
     try:
         height, width = (int(n) for n in card["resolution"])
         avatars = tuple(str(name) for name in card["avatars"])
@@ -138,6 +160,7 @@ def read_model_card(model_path: str | Path) -> ModelCard:
     if missing:
         raise ModelCardError(f"{card_path}: drivers {missing} have no graph under adapters")
     thumbnails = card.get("thumbnails")
+    enrollment = _enrollment_files(card, model_path, card_path) if card["format_version"] == SIDECAR_FORMAT_VERSION_IDENTITY else None
     return ModelCard(
         model_path=model_path,
         name=str(card.get("name", model_path.stem)),
@@ -149,4 +172,20 @@ def read_model_card(model_path: str | Path) -> ModelCard:
         thumbnails_path=(model_path.parent / thumbnails) if thumbnails else None,
         gflops_per_frame=float(card["gflops_per_frame"]) if isinstance(card.get("gflops_per_frame"), (int, float)) else None,
         adapters=tuple(adapters),
+        enrollment=enrollment,
     )
+
+
+def _enrollment_files(card: dict, model_path: Path, card_path: Path) -> EnrollmentFiles:
+    """Contract v2's bank and embedder, each beside the model and digest-checked."""
+    try:
+        channels, height, width = (int(n) for n in card["identity"]["shape"])
+        bank = model_path.parent / str(card["bank"]["file"])
+        embedder = model_path.parent / str(card["embedder"]["model_file"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelCardError(f"{card_path}: missing or malformed identity, bank or embedder field ({error})") from None
+    for path, entry in ((bank, card["bank"]), (embedder, card["embedder"])):
+        if not path.is_file():
+            raise ModelCardError(f"{card_path}: {path.name} is missing beside the model")
+        _check_graph_digest(path, entry.get("sha256", entry.get("model_sha256")), card_path)
+    return EnrollmentFiles(identity_shape=(channels, height, width), bank_path=bank, embedder_path=embedder)

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from models.megaportraits.base import BaseConfig, BaseModel, base_config
+from models.megaportraits.identity_embedder import IdentityEmbedder, IdentityEmbedderConfig
 from models.megaportraits.puppet import LandmarkSolver, LandmarkSolverConfig
 from models.megaportraits.student import Student, StudentConfig
 from models.training.common import TrainingError
@@ -187,6 +188,16 @@ def student_from_checkpoint(checkpoint: dict[str, Any], *, expect_preset: str | 
     except (TypeError, KeyError, RuntimeError) as error:
         raise TrainingError(f"checkpoint does not match the student it describes: {str(error).splitlines()[0]}") from None
     return model
+
+
+def embedder_from_checkpoint(checkpoint: dict[str, Any]) -> IdentityEmbedder:
+    """The identity embedder of an enrollment checkpoint (`megalive-train embedder`); TrainingError without one."""
+    if "embedder" not in checkpoint or "embedder_config" not in checkpoint:
+        raise TrainingError("the checkpoint holds no identity embedder (train one with `megalive-train embedder`)")
+    settings = {key: tuple(value) if isinstance(value, list) else value for key, value in checkpoint["embedder_config"].items()}
+    embedder = IdentityEmbedder(config=IdentityEmbedderConfig(**settings))
+    embedder.load_state_dict(checkpoint["embedder"])
+    return embedder
 
 
 def load_student(path: Path, *, expect_preset: str | None = None) -> Student:

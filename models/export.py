@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 # The sidecar's schema and the digest it records are contract's: the server and the evaluation read them back.
-from contract.model_card import SIDECAR_FORMAT, SIDECAR_FORMAT_VERSION, file_sha256
+from contract.avatar_bank import AvatarBank, AvatarRecord, bank_path, save_bank
+from contract.model_card import SIDECAR_FORMAT, SIDECAR_FORMAT_VERSION, SIDECAR_FORMAT_VERSION_IDENTITY, file_sha256
 from models.blocks import conv_multiply_accumulates
 
 OPSET = 20  # 5-D GridSample needs opset 20
@@ -69,6 +70,20 @@ class ExtraDriver:
     config: Mapping[str, Any]  # recorded in the sidecar (the puppet's settings, the landmark solver's training config)
 
 
+@dataclass(frozen=True)
+class EnrollmentExport:
+    """Contract v2: the graphs take identity tensors (B×C_id×S×S) instead of an avatar index, and beside them go the
+    shipped avatars' bank and the identity embedder's graph (frames B×K×3×H×W -> identity), which enrolls new ones."""
+
+    embedder: nn.Module
+    bank: AvatarBank  # the shipped avatars: identity tensors, thumbnails, records
+
+
+def embedder_path(model_path: Path) -> Path:
+    """student.onnx -> student.embedder.onnx."""
+    return model_path.with_name(f"{model_path.stem}.embedder.onnx")
+
+
 def extra_driver_path(model_path: Path, kind: str) -> Path:
     """student.onnx -> student.arkit.onnx: the graphs of one model sit side by side."""
     return model_path.with_name(f"{model_path.stem}.{kind}.onnx")
@@ -79,20 +94,31 @@ def _flush_to_disk(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def _export_graph(module: nn.Module, inputs: dict[str, torch.Tensor], out_path: Path) -> float:
-    """Write one graph (inputs..., outputs rgb, alpha; batch axis dynamic) to out_path; returns its parity error."""
+AVATAR_OUTPUTS = ("rgb", "alpha")
+
+
+def _export_graph(
+    module: nn.Module,
+    inputs: dict[str, torch.Tensor],
+    out_path: Path,
+    *,
+    outputs: tuple[str, ...] = AVATAR_OUTPUTS,
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
+) -> float:
+    """Write one graph (inputs..., outputs; the batch axis of each dynamic unless ``dynamic_axes`` says more) to
+    out_path; returns its parity error."""
     batch_axis = {0: "batch"}
     torch.onnx.export(
         module,
         tuple(inputs.values()),
         str(out_path),
         input_names=list(inputs),
-        output_names=["rgb", "alpha"],
-        dynamic_axes={name: batch_axis for name in [*inputs, "rgb", "alpha"]},
+        output_names=list(outputs),
+        dynamic_axes={name: batch_axis for name in [*inputs, *outputs]} | (dynamic_axes or {}),
         opset_version=OPSET,
         dynamo=False,
     )
-    return _parity(module, out_path, inputs)
+    return _parity(module, out_path, inputs, outputs=outputs)
 
 
 def export_avatar_model(
@@ -106,9 +132,11 @@ def export_avatar_model(
     extra_drivers: Sequence[ExtraDriver] = (),
     thumbnails: np.ndarray | None = None,
     parity_batch: int = 2,
+    enrollment: EnrollmentExport | None = None,
 ) -> ExportReport:
     """module(driver B×3×H×W, avatar B) -> (rgb B×3×H×W, alpha B×1×H×W); writes OUT.onnx + OUT.json,
-    and OUT.<kind>.onnx for every extra driver kind."""
+    and OUT.<kind>.onnx for every extra driver kind. With ``enrollment`` (contract v2) every module takes the identity
+    tensors B×C_id×S×S in place of the avatar index, and OUT.embedder.onnx and OUT.avatars.npz are written too."""
     out_path = Path(out_path)
     kinds = [extra.kind for extra in extra_drivers]
     if len(set(kinds)) != len(kinds):
@@ -133,6 +161,7 @@ def export_avatar_model(
             thumbnails=thumbnails,
             parity_batch=parity_batch,
             stage=stage,
+            enrollment=enrollment,
         )
         for temporary in staged.values():
             _flush_to_disk(temporary)  # a power cut after a rename must find the bytes, not an empty file
@@ -160,6 +189,7 @@ def _write_staged(
     thumbnails: np.ndarray | None,
     parity_batch: int,
     stage: Callable[[Path], Path],
+    enrollment: EnrollmentExport | None,
 ) -> float:
     """Write every file of the export to the temporary that stage(final path) gives (renames are the caller's);
     returns the largest parity error of its graphs."""
@@ -167,29 +197,36 @@ def _write_staged(
     height, width = resolution
     generator = torch.Generator().manual_seed(0)
     driver = torch.rand(parity_batch, 3, height, width, generator=generator)
-    avatar = torch.arange(parity_batch, dtype=torch.int64) % len(avatar_names)
+    rows = torch.arange(parity_batch, dtype=torch.int64) % len(avatar_names)
+    if enrollment is None:  # contract v1: an index into the avatars the graph holds
+        who: dict[str, torch.Tensor] = {"avatar": rows}
+        who_entry: dict[str, Any] = {"avatar": {"dtype": "int64", "shape": ["B"]}}
+    else:  # contract v2: the avatars' identity tensors themselves (the shipped ones, for the parity check)
+        who = {"identity": torch.from_numpy(enrollment.bank.identity)[rows]}
+        who_entry = {"identity": {"dtype": "float32", "shape": ["B", *enrollment.bank.identity_shape]}}
     model_temporary = stage(out_path)
-    max_abs_error = _export_graph(module, {"driver": driver, "avatar": avatar}, model_temporary)
-    gflops_per_frame = 2 * conv_multiply_accumulates(module, driver[:1], avatar[:1]) / 1e9
+    max_abs_error = _export_graph(module, {"driver": driver, **who}, model_temporary)
+    first = {name: tensor[:1] for name, tensor in who.items()}
+    gflops_per_frame = 2 * conv_multiply_accumulates(module, driver[:1], *first.values()) / 1e9
     adapters: dict[str, Any] = {}
     for extra in extra_drivers:
         signal = torch.rand(parity_batch, *extra.input_shape, generator=generator)
         path = extra_driver_path(out_path, extra.kind)
         temporary = stage(path)
-        error = _export_graph(extra.module.eval(), {extra.input_name: signal, "avatar": avatar}, temporary)
+        error = _export_graph(extra.module.eval(), {extra.input_name: signal, **who}, temporary)
         max_abs_error = max(max_abs_error, error)
         adapters[extra.kind] = {
             "model_file": path.name,
             "model_sha256": file_sha256(temporary),  # renaming keeps the bytes: this is the final file's digest
             "input": {"name": extra.input_name, "dtype": "float32", "shape": ["B", *extra.input_shape]},
             "parity_max_abs_error": error,
-            "gflops_per_frame": 2 * conv_multiply_accumulates(extra.module, signal[:1], avatar[:1]) / 1e9,
+            "gflops_per_frame": 2 * conv_multiply_accumulates(extra.module, signal[:1], *first.values()) / 1e9,
             "config": dict(extra.config),
         }
 
     sidecar: dict[str, Any] = {
         "format": SIDECAR_FORMAT,
-        "format_version": SIDECAR_FORMAT_VERSION,
+        "format_version": SIDECAR_FORMAT_VERSION if enrollment is None else SIDECAR_FORMAT_VERSION_IDENTITY,
         "name": out_path.stem,
         "model_file": out_path.name,
         "model_sha256": file_sha256(model_temporary),
@@ -199,7 +236,7 @@ def _write_staged(
         "adapters": adapters,  # driver kind -> its graph beside this one (same avatars, same outputs)
         "inputs": {
             "driver": {"dtype": "float32", "shape": ["B", 3, height, width], "range": [0, 1]},
-            "avatar": {"dtype": "int64", "shape": ["B"]},
+            **who_entry,
         },
         "outputs": {
             "rgb": {"dtype": "float32", "shape": ["B", 3, height, width], "range": [0, 1]},
@@ -218,17 +255,51 @@ def _write_staged(
         with open(stage(thumbnails_path), "wb") as handle:
             np.save(handle, np.ascontiguousarray(thumbnails, dtype=np.uint8), allow_pickle=False)
         sidecar["thumbnails"] = thumbnails_path.name
+    if enrollment is not None:
+        error = _write_enrollment(enrollment, out_path=out_path, resolution=resolution, sidecar=sidecar, stage=stage)
+        max_abs_error = max(max_abs_error, error)
     stage(out_path.with_suffix(".json")).write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
     return max_abs_error
 
 
-def _parity(module: nn.Module, onnx_path: Path, inputs: dict[str, torch.Tensor]) -> float:
+def _write_enrollment(
+    enrollment: EnrollmentExport, *, out_path: Path, resolution: tuple[int, int], sidecar: dict[str, Any], stage: Callable[[Path], Path]
+) -> float:
+    """Contract v2's embedder graph and shipped bank, staged, and their sidecar entries; returns the embedder's parity
+    error (checked at two frame counts: K is dynamic in the graph)."""
+    height, width = resolution
+    generator = torch.Generator().manual_seed(1)
+    frames = torch.rand(2, 3, 3, height, width, generator=generator)  # B×K×3×H×W
+    path = embedder_path(out_path)
+    temporary = stage(path)
+    embedder = enrollment.embedder.eval()
+    dynamic = {"frames": {0: "batch", 1: "shots"}}
+    error = _export_graph(embedder, {"frames": frames}, temporary, outputs=("identity",), dynamic_axes=dynamic)
+    error = max(error, _parity(embedder, temporary, {"frames": frames[:1, :1]}, outputs=("identity",)))  # one frame
+    bank_file = bank_path(out_path)
+    bank_temporary = stage(bank_file)
+    with open(bank_temporary, "wb") as handle:
+        save_bank(enrollment.bank, handle)
+    sidecar["identity"] = {"shape": list(enrollment.bank.identity_shape)}
+    sidecar["embedder"] = {
+        "model_file": path.name,
+        "model_sha256": file_sha256(temporary),
+        "input": {"name": "frames", "dtype": "float32", "shape": ["B", "K", 3, height, width], "range": [0, 1]},
+        "output": {"name": "identity", "dtype": "float32", "shape": ["B", *enrollment.bank.identity_shape]},
+        "parity_max_abs_error": error,
+    }
+    sidecar["bank"] = {"file": bank_file.name, "sha256": file_sha256(bank_temporary), "avatars": len(enrollment.bank.records)}
+    return error
+
+
+def _parity(module: nn.Module, onnx_path: Path, inputs: dict[str, torch.Tensor], *, outputs: tuple[str, ...] = AVATAR_OUTPUTS) -> float:
     import onnxruntime as ort
 
     with torch.no_grad():
-        expected = [t.numpy() for t in module(*inputs.values())]
+        produced = module(*inputs.values())
+        expected = [t.numpy() for t in (produced if isinstance(produced, tuple) else (produced,))]
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    actual = session.run(["rgb", "alpha"], {name: tensor.numpy() for name, tensor in inputs.items()})
+    actual = session.run(list(outputs), {name: tensor.numpy() for name, tensor in inputs.items()})
     return float(max(np.abs(a - e).max() for a, e in zip(actual, expected)))
 
 
@@ -247,6 +318,11 @@ class StudentExport:
     dataset_command: str
     extra_drivers: tuple[ExtraDriver, ...]
     solver_commands: tuple[str, ...]
+    embedder: nn.Module | None = None  # the checkpoint's identity embedder (`megalive-train embedder`): contract v2
+
+    @property
+    def contract(self) -> int:
+        return 1 if self.embedder is None else 2
 
     @property
     def resolution(self) -> int:
@@ -265,6 +341,7 @@ class StudentExport:
             "step": int(self.checkpoint["step"]),
             "drivers": self.drivers,
             "capture": {extra.kind: dict(extra.config) for extra in self.extra_drivers},
+            "contract": self.contract,
         }
 
     def provenance(self, command: str) -> str:
@@ -294,14 +371,18 @@ def load_student_export(
     """Load a student checkpoint and build its capture drivers: the ARKit puppet (``capture``) and, given a landmark
     solver checkpoint, the landmark one. Raises TrainingError (another preset, a puppet resolution out of range, an
     unreadable checkpoint) or DatasetError (the training dataset is gone), each one line."""
-    from models.checkpoints import landmark_solver_from_checkpoint, load_checkpoint, student_from_checkpoint
+    from models.checkpoints import embedder_from_checkpoint, landmark_solver_from_checkpoint, load_checkpoint, student_from_checkpoint
     from models.data.paired import read_meta
     from models.megaportraits.puppet import CAPTURE_INPUTS, Puppet, PuppetConfig, PuppetDrivenStudent
+    from models.megaportraits.student import IdentityInputStudent
     from models.training.common import TrainingError
 
     checkpoint_path = Path(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
     model = student_from_checkpoint(checkpoint, expect_preset=expect_preset)
+    embedder = embedder_from_checkpoint(checkpoint) if "embedder" in checkpoint else None
+    # Contract v2 (an embedder beside the student): every graph takes identity tensors in place of the avatar index.
+    student_graph = model if embedder is None else IdentityInputStudent(student=model)
     meta = read_meta(Path(checkpoint["train_config"]["data"]))
     resolution = int(model.config.resolution)
     if landmark_solver is not None and not capture:
@@ -334,7 +415,7 @@ def load_student_export(
             extras.append(
                 ExtraDriver(
                     kind=kind,
-                    module=PuppetDrivenStudent(student=model, puppet=puppet, solver=solver),
+                    module=PuppetDrivenStudent(student=student_graph, puppet=puppet, solver=solver),
                     input_name=input_name,
                     input_shape=input_shape,
                     config=config,
@@ -348,6 +429,7 @@ def load_student_export(
         dataset_command=meta.command,
         extra_drivers=tuple(extras),
         solver_commands=tuple(commands),
+        embedder=embedder,
     )
 
 
@@ -363,13 +445,30 @@ def export_student(student: StudentExport, out_path: str | Path, *, command: str
     """Write a loaded student (and its capture drivers' graphs) as OUT.onnx + sidecar + thumbnails; ``command`` is this
     export's own command line, recorded after the commands that made the dataset, the student and the landmark solver."""
     resolution = student.resolution
+    provenance = student.provenance(command)
+    thumbnails = neutral_thumbnails(student.dataset_root)
+    enrollment = None
+    module: nn.Module = student.model
+    if student.embedder is not None:
+        from models.megaportraits.student import IdentityInputStudent
+
+        module = IdentityInputStudent(student=student.model)
+        records = tuple(
+            AvatarRecord(
+                name=name, consent=None, provenance={"how": "a SyntheticHeads avatar trained with the student", "command": provenance}
+            )
+            for name in student.checkpoint["avatar_names"]
+        )
+        identity = student.model.identity.detach().numpy().astype(np.float32)
+        enrollment = EnrollmentExport(embedder=student.embedder, bank=AvatarBank(identity=identity, thumbnails=thumbnails, records=records))
     return export_avatar_model(
-        student.model,
+        module,
         out_path=out_path,
         resolution=(resolution, resolution),
         avatar_names=student.checkpoint["avatar_names"],
-        command=student.provenance(command),
+        command=provenance,
         config=student.sidecar_config(),
         extra_drivers=student.extra_drivers,
-        thumbnails=neutral_thumbnails(student.dataset_root),
+        thumbnails=thumbnails,
+        enrollment=enrollment,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from dataclasses import asdict
@@ -57,8 +58,24 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--providers", default="", metavar="LIST", help="comma-separated ONNX Runtime providers; empty: best available")
     serve.add_argument("--threads", type=int, default=0, metavar="N", help="ONNX Runtime intra-op threads; 0: one per core")
+    serve.add_argument(
+        "--bank",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="where avatars enrolled on this server are kept (contract-v2 models); default: "
+        "$XDG_DATA_HOME/megalive/<model>.avatars.npz (~/.local/share when unset)",
+    )
+    serve.add_argument("--no-enroll", dest="enroll", action="store_false", help="refuse `enroll` (no bank file is read or written)")
     serve.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
     serve.set_defaults(run=_serve)
+
+
+def default_bank_path(model_name: str) -> Path:
+    """Where a model's enrolled avatars live unless --bank says otherwise: the user's data folder, not the model's
+    (the shipped model's folder is the repository's, or a read-only install)."""
+    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return data_home / "megalive" / f"{model_name}.avatars.npz"
 
 
 def _serve_config(args: argparse.Namespace) -> ServiceConfig:
@@ -116,13 +133,19 @@ def _serve(args: argparse.Namespace) -> int:
                         "service": shown,
                         "model": {**asdict(card), "model_path": str(card.model_path), "thumbnails_path": str(card.thumbnails_path)},
                         "providers": providers,
+                        "bank": None if not args.enroll or card.enrollment is None else str(args.bank or default_bank_path(card.name)),
                     },
                     indent=2,
                     default=str,
                 )
             )
             return 0
-        engine = Engine(model_path=args.model, providers=providers, intra_op_threads=args.threads, max_batch=config.max_batch)
+        bank = None
+        if args.enroll and card.enrollment is not None:
+            bank = args.bank if args.bank is not None else default_bank_path(card.name)
+        engine = Engine(
+            model_path=args.model, providers=providers, intra_op_threads=args.threads, max_batch=config.max_batch, bank_path=bank
+        )
         service = AvatarService(engine=engine, config=config)
         address = service.start()
     except (ModelError, ValueError) as error:  # BindRefused and KeyFileError are ValueErrors with one-line messages
@@ -135,11 +158,15 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     print(
-        f"megalive {__version__}: serving {card.name} ({len(card.avatar_names)} avatars, "
+        f"megalive {__version__}: serving {card.name} ({engine.num_avatars} avatars, "
         f"{card.resolution[0]}×{card.resolution[1]}, {', '.join(engine.providers)}) on {address}"
         f"{' with CURVE' if config.curve else ''}",
         flush=True,
     )
+    if engine.bank_path is not None:
+        print(f"megalive: enrolled avatars are kept in {engine.bank_path}", flush=True)
+    if engine.bank_problem is not None:
+        print(f"megalive serve: {engine.bank_problem}", file=sys.stderr, flush=True)
     while service.is_running():
         service.wait(0.5)
     if service.failure is not None:
@@ -281,10 +308,62 @@ def _avatars(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_enroll(commands: argparse._SubParsersAction) -> None:
+    enroll = commands.add_parser(
+        "enroll",
+        help="turn portraits of one person into an avatar on a running server",
+        description="Send one to a few portraits (PNG or JPEG files, or a video: frames taken evenly through it) with a name "
+        "and the consent statement of the person shown; the server finds the largest face in each, embeds them into a new "
+        "avatar at once and keeps it in its bank, with the statement. Refused without a consent statement.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    enroll.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE|VIDEO", help="portrait pictures, or one video")
+    enroll.add_argument("--name", required=True, metavar="NAME", help="the avatar's name (unique on the server)")
+    enroll.add_argument(
+        "--consent", required=True, metavar="STATEMENT", help='the person\'s own words, e.g. "I, Ada Lee, agree to this avatar of my face"'
+    )
+    enroll.add_argument("--frames", type=int, default=8, metavar="K", help="frames taken from a video [1-8]")
+    enroll.add_argument("--server", default="tcp://127.0.0.1:5555", metavar="ADDR", help="server address")
+    enroll.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds to wait for the server")
+    enroll.add_argument("--dry-run", action="store_true", help="read the inputs and print what would be sent")
+    enroll.set_defaults(run=_enroll)
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from client.client import AvatarClient, ServerError, ServerGoneError
+    from server.portraits import PortraitError, read_portraits
+
+    try:
+        portraits = read_portraits(args.inputs, video_frames=args.frames)
+    except PortraitError as error:
+        print(f"megalive enroll: {error}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        sizes = ", ".join(f"{p.shape[1]}×{p.shape[0]}" for p in portraits)
+        print(
+            json.dumps(
+                {"server": args.server, "name": args.name, "consent": args.consent, "portraits": sizes}, indent=2, ensure_ascii=False
+            )
+        )
+        return 0
+    try:
+        with AvatarClient(address=args.server, timeout_s=args.timeout, name="megalive-enroll") as client:
+            client.hello()
+            enrolled = client.enroll(name=args.name, consent=args.consent, portraits=portraits)
+    except (ServerGoneError, ServerError) as error:
+        print(f"megalive enroll: {error}", file=sys.stderr)
+        return 2
+    print(f"enrolled avatar {enrolled.avatar} {enrolled.name!r} from {enrolled.frames} portrait(s) in {enrolled.seconds:.2f} s")
+    for note in enrolled.notes:
+        print(f"  note: {note}")
+    return 0
+
+
 def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
     """The runtime's commands, for the one `megalive` parser (megalive/cli.py)."""
     _add_serve(commands)
     _add_keys(commands)
     _add_bench(commands)
     _add_avatars(commands)
+    _add_enroll(commands)
     _add_demo(commands)

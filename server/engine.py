@@ -14,6 +14,13 @@ outputs and the capture signal in place of ``driver``:
 
     arkit      curves     float32  B×61     Live Link Face order (contract/arkit.py)
     landmarks  landmarks  float32  B×68×2   iBUG order, x/y in [0, 1] over the crop
+
+Contract v2 (an enrollable model, DESIGN §4.3): every graph takes ``identity`` float32 B×C_id×S×S in place of
+``avatar``. The engine keeps the avatars' identity tensors (contract/avatar_bank.py): the model's shipped bank
+first, then the avatars enrolled on this machine (the user bank, ``bank_path``), and looks each frame's avatar up
+there, so callers still name avatars by id. ``embed`` runs the identity embedder's graph (portrait frames ->
+identity tensor) and ``enroll`` appends an avatar to the user bank (written to a temporary file, then renamed) and
+to the engine at once. A user bank that cannot be read leaves the shipped avatars, and ``bank_problem`` says why.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from contract.avatar_bank import AvatarBank, AvatarBankError, AvatarRecord, check_name, read_bank, write_bank
 from contract.model_card import ModelCard, ModelCardError, read_model_card
 
 # Tried in this order; the first that the installed onnxruntime offers and that starts wins.
@@ -87,6 +95,15 @@ def choose_providers(requested: Sequence[str] | None) -> list[str]:
     return wanted
 
 
+def enroll_unavailable(engine: Engine) -> str:
+    """Why ``engine`` cannot enroll (for `hello` and refusals); "" when it can."""
+    if engine.card.enrollment is None:
+        return f"{engine.card.name} is a contract v1 model (avatar index input, no identity embedder)"
+    if engine.bank_path is None:
+        return "the server was started without an avatar bank file to keep enrolled avatars in"
+    return ""
+
+
 class Engine:
     """One ONNX Runtime session for one avatar model; thread-compatible (one caller at a time)."""
 
@@ -98,8 +115,13 @@ class Engine:
         intra_op_threads: int = 0,
         max_batch: int = 8,
         warmup: bool = True,
+        bank_path: str | Path | None = None,
     ) -> None:
         self.card = load_model_card(model_path)
+        self.bank_path = Path(bank_path) if bank_path is not None else None  # where enrolled avatars are kept (v2)
+        self.bank_problem: str | None = None  # why the user bank was not read, when it was not
+        self._shipped, self._enrolled = self._read_banks()
+        self._identity = self._joined_identity()  # v2: every avatar's tensor in id order, swapped whole by enroll
         self.max_batch = max_batch
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads  # 0: ORT picks (all physical cores)
@@ -115,6 +137,8 @@ class Engine:
             adapter.kind: (self._open_graph(adapter.model_path, options, [self.session.get_providers()]), adapter)
             for adapter in self.card.adapters
         }
+        enrollment = self.card.enrollment
+        self._embedder = None if enrollment is None else self._open_graph(enrollment.embedder_path, options, [self.session.get_providers()])
         self.counters = EngineCounters()
         if warmup:
             self.warm_up()
@@ -128,6 +152,62 @@ class Engine:
             except Exception as error:  # ORT raises its own exception types from C++; re-raised as one line
                 failure = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ModelError(f"cannot load {path}: {failure}")
+
+    def _read_banks(self) -> tuple[AvatarBank | None, AvatarBank | None]:
+        """(shipped, enrolled) banks of a v2 model; (None, None) for v1."""
+        enrollment = self.card.enrollment
+        if enrollment is None:
+            return None, None
+        try:
+            shipped = read_bank(enrollment.bank_path)
+        except AvatarBankError as error:
+            raise ModelError(str(error)) from None
+        if shipped.identity_shape != enrollment.identity_shape:
+            raise ModelError(
+                f"{enrollment.bank_path}: identity tensors {shipped.identity_shape}, the model takes {enrollment.identity_shape}"
+            )
+        empty = AvatarBank(
+            identity=np.zeros((0, *shipped.identity_shape), np.float32),
+            thumbnails=np.zeros((0, *shipped.thumbnails.shape[1:]), np.uint8),
+            records=(),
+        )
+        if self.bank_path is None or not self.bank_path.exists():
+            return shipped, empty
+        try:
+            enrolled = read_bank(self.bank_path)
+            if enrolled.identity_shape != shipped.identity_shape or enrolled.thumbnails.shape[1:] != shipped.thumbnails.shape[1:]:
+                raise AvatarBankError(f"{self.bank_path}: its avatars were enrolled for another model ({enrolled.identity_shape})")
+            clash = set(enrolled.names) & set(shipped.names)
+            if clash:
+                raise AvatarBankError(f"{self.bank_path}: names {sorted(clash)} are the model's own avatars'")
+        except AvatarBankError as error:
+            self.bank_problem = f"{error}; serving the model's own avatars only"
+            return shipped, empty
+        return shipped, enrolled
+
+    def _joined_identity(self) -> np.ndarray | None:
+        if self._shipped is None or self._enrolled is None:
+            return None
+        return np.concatenate([self._shipped.identity, self._enrolled.identity])
+
+    @property
+    def contract(self) -> int:
+        return self.card.contract
+
+    @property
+    def avatar_names(self) -> tuple[str, ...]:
+        """Every avatar's name, in id order: a v2 model's shipped then enrolled ones; a v1 model's card."""
+        if self._shipped is None or self._enrolled is None:
+            return self.card.avatar_names
+        return self._shipped.names + self._enrolled.names
+
+    @property
+    def num_avatars(self) -> int:
+        return len(self.avatar_names)
+
+    @property
+    def can_enroll(self) -> bool:
+        return self._embedder is not None and self.bank_path is not None
 
     @property
     def drivers(self) -> tuple[str, ...]:
@@ -144,10 +224,11 @@ class Engine:
     def _check_contract(self) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
-        if "driver" not in inputs or "avatar" not in inputs or not {"rgb", "alpha"} <= outputs:
+        who = "avatar" if self.card.enrollment is None else "identity"
+        if "driver" not in inputs or who not in inputs or not {"rgb", "alpha"} <= outputs:
             raise ModelError(
-                f"{self.card.model_path.name} does not follow the avatar contract: inputs {sorted(inputs)}, outputs {sorted(outputs)}"
-                " (need inputs driver, avatar and outputs rgb, alpha)"
+                f"{self.card.model_path.name} does not follow the avatar contract v{self.card.contract}: inputs {sorted(inputs)}, "
+                f"outputs {sorted(outputs)} (need inputs driver, {who} and outputs rgb, alpha)"
             )
         shape = inputs["driver"].shape  # [B, 3, H, W]; B symbolic
         if len(shape) != 4 or (isinstance(shape[2], int) and tuple(shape[2:]) != self.card.resolution):
@@ -174,12 +255,19 @@ class Engine:
             raise ValueError(f"this model has no {kind!r} driver (it has {list(self.card.drivers)})")
         if driver.shape[1:] != sample_shape or avatar.shape != driver.shape[:1]:
             raise ValueError(f"engine input shapes {driver.shape} / {avatar.shape} do not match {kind} input {sample_shape}")
+        identity = self._identity  # one reference for the whole call: enroll swaps the array, never edits it
+        if identity is not None:  # v2: the avatars' identity tensors, looked up by id
+            if avatar.size and (avatar.min() < 0 or avatar.max() >= len(identity)):
+                raise ValueError(f"avatar ids {avatar.tolist()} outside the {len(identity)} avatars")
+            who, values = "identity", identity[avatar]
+        else:
+            who, values = "avatar", avatar
         rgbs, alphas = [], []
         for start in range(0, len(driver), self.max_batch):
             began = time.perf_counter()
             rgb, alpha = session.run(
                 ["rgb", "alpha"],
-                {input_name: driver[start : start + self.max_batch], "avatar": avatar[start : start + self.max_batch]},
+                {input_name: driver[start : start + self.max_batch], who: values[start : start + self.max_batch]},
             )
             self.counters.infer_seconds += time.perf_counter() - began
             self.counters.runs += 1
@@ -190,8 +278,37 @@ class Engine:
             return EngineOutput(rgb=rgbs[0], alpha=alphas[0])
         return EngineOutput(rgb=np.concatenate(rgbs), alpha=np.concatenate(alphas))
 
+    def embed(self, frames: np.ndarray) -> np.ndarray:
+        """K aligned portrait crops of one person, K×3×H×W float32 in [0, 1] -> their identity tensor C_id×S×S."""
+        if self._embedder is None or self.card.enrollment is None:
+            raise ModelError(f"{self.card.name} cannot enroll avatars: it is a contract v1 model (avatar index input)")
+        if frames.ndim != 4 or frames.shape[1:] != (3, *self.resolution):
+            raise ValueError(f"portrait frames must be K×3×{self.resolution[0]}×{self.resolution[1]}, got {frames.shape}")
+        (identity,) = self._embedder.run(["identity"], {"frames": frames[None].astype(np.float32)})  # 1×K×3×H×W -> 1×C×S×S
+        return identity[0]
+
+    def enroll(self, *, identity: np.ndarray, thumbnail: np.ndarray, record: AvatarRecord) -> int:
+        """Append an avatar to the user bank (on disk first: a temporary file renamed over it) and to this engine;
+        returns its id. AvatarBankError (one line) for a name in use or a wrong shape; the bank is then untouched."""
+        if self._shipped is None or self._enrolled is None or self.bank_path is None:
+            raise ModelError(f"{self.card.name} cannot enroll avatars (a contract v1 model, or no avatar bank file was given)")
+        check_name(record.name, taken=self.avatar_names)
+        grown = self._enrolled.with_avatar(identity=identity, thumbnail=thumbnail, record=record)
+        write_bank(grown, self.bank_path)
+        self._enrolled = grown
+        self._identity = self._joined_identity()
+        return self.num_avatars - 1
+
+    def avatar_records(self) -> tuple[AvatarRecord, ...]:
+        """Every avatar's bank record in id order (a v1 model has none)."""
+        if self._shipped is None or self._enrolled is None:
+            return ()
+        return self._shipped.records + self._enrolled.records
+
     def thumbnails(self) -> list[np.ndarray | None]:
-        """Per-avatar thumbnails (h×w×3 uint8) from the sidecar's .npy file, or None each when absent."""
+        """Per-avatar thumbnails (h×w×3 uint8): a v2 model's banks', a v1 model's sidecar .npy file; None each when absent."""
+        if self._shipped is not None and self._enrolled is not None:
+            return list(self._shipped.thumbnails) + list(self._enrolled.thumbnails)
         path = self.card.thumbnails_path
         if path is None or not path.is_file():
             return [None] * self.card.num_avatars

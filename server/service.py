@@ -57,9 +57,11 @@ from client.protocol import (
     require,
     unpack_header,
 )
-from server import __version__, capture, drivers
+from contract.avatar_bank import MAX_CONSENT_CHARACTERS, MAX_NAME_CHARACTERS
+from server import __version__, capture, drivers, imaging
 from server.binding import BindRefused, check_bind_address
-from server.engine import Engine
+from server.engine import Engine, enroll_unavailable
+from server.enrollment import EnrollmentError, enroll_portraits
 from server.flow import SMALL_REPLY_BYTES, ConnectionTable, Incoming, MessageBudget, ReplyBacklog, as_dropped
 from server.keys import CurveServerKeys
 from server.sessions import COUNTER_NAMES, FrameJob, ServerCounters, Session
@@ -96,6 +98,8 @@ class ServiceConfig:
     max_engine_restarts: int = 5  # within engine_restart_window_s; one more and the service stops with a failure
     engine_restart_window_s: float = 60.0
     curve: CurveServerKeys | None = None
+    max_enroll_portraits: int = 8  # pictures one `enroll` may carry
+    max_avatars: int = 256  # the model's own avatars and the enrolled ones together
 
     @property
     def max_reply_bytes(self) -> int:
@@ -504,6 +508,11 @@ class AvatarService:
                 "unsupported_version", f"client speaks {versions!r}; this server speaks v{PROTOCOL_VERSION}", request_id=request.request_id
             )
         card = self.engine.card
+        enroll_state = (
+            {"available": True, "bank_problem": self.engine.bank_problem}
+            if self.engine.can_enroll
+            else {"available": False, "why": enroll_unavailable(self.engine)}
+        )
         self._reply(
             router,
             peer,
@@ -516,7 +525,8 @@ class AvatarService:
                     {
                         "name": card.name,
                         "resolution": list(card.resolution),
-                        "avatars": len(card.avatar_names),
+                        "avatars": self.engine.num_avatars,
+                        "contract": self.engine.contract,
                         "drivers": list(card.drivers),
                         "providers": self.engine.providers,
                     }
@@ -526,7 +536,7 @@ class AvatarService:
                     "formats": list(OUTPUT_FORMATS),
                     "crops": ["none", "auto"] if self._can_crop else ["none"],
                     "codecs": list(CODECS),
-                    "enroll": False,
+                    "enroll": enroll_state,
                     "curve": self.config.curve is not None,
                 },
                 "limits": self.announced_limits(),
@@ -550,6 +560,10 @@ class AvatarService:
             "max_queued_reply_bytes": config.max_queued_reply_bytes,
             "max_batch": config.max_batch,
             "max_messages_per_s": int(config.max_messages_per_s),
+            "max_enroll_portraits": config.max_enroll_portraits,
+            "max_avatars": config.max_avatars,
+            "max_avatar_name_characters": MAX_NAME_CHARACTERS,
+            "max_consent_characters": MAX_CONSENT_CHARACTERS,
         }
 
     def _engine_state(self) -> dict[str, Any]:
@@ -557,7 +571,7 @@ class AvatarService:
 
     def _on_avatars(self, router: zmq.Socket, peer: bytes, request: Message) -> None:
         entries, buffers = [], []
-        for index, (name, thumbnail) in enumerate(zip(self.engine.card.avatar_names, self._thumbnails)):
+        for index, (name, thumbnail) in enumerate(zip(self.engine.avatar_names, self._thumbnails)):
             entry = {"id": index, "name": name, "model": self.engine.card.name, "thumbnail": None}
             if thumbnail is not None:
                 entry["thumbnail"] = {"buffer": len(buffers), "size": list(thumbnail.shape[:2])}
@@ -598,9 +612,9 @@ class AvatarService:
             raise ProtocolError(
                 "too_large", f"output size {size[0]}×{size[1]} exceeds this server's {self.config.max_output_pixels} pixels", request_id=rid
             )
-        if not 0 <= avatar < self.engine.card.num_avatars:
+        if not 0 <= avatar < self.engine.num_avatars:
             raise ProtocolError(
-                "unknown_avatar", f"avatar {avatar} does not exist (this model has {self.engine.card.num_avatars})", request_id=rid
+                "unknown_avatar", f"avatar {avatar} does not exist (this model has {self.engine.num_avatars})", request_id=rid
             )
         if len(self.sessions) >= self.config.max_sessions:
             raise ProtocolError("busy", f"the server holds its maximum of {self.config.max_sessions} sessions", request_id=rid)
@@ -687,10 +701,52 @@ class AvatarService:
         )
 
     def _on_enroll(self, router: zmq.Socket, peer: bytes, request: Message) -> None:
-        raise ProtocolError(
-            "bad_request",
-            "enroll is not supported by this server: new avatars are trained with megalive-train",
-            request_id=request.request_id,
+        """Portraits + name + consent -> a new avatar at once (server/enrollment.py). It runs on this thread: a face
+        search and one embedder pass, a second or so, during which other clients' replies wait."""
+        rid = request.request_id
+        if not self.engine.can_enroll:
+            raise ProtocolError("bad_request", f"enroll is unavailable: {enroll_unavailable(self.engine)}", request_id=rid)
+        name, consent = require(request, "name", str), request.get("consent")
+        if not isinstance(consent, str) or not consent.strip():
+            raise ProtocolError(
+                "bad_request", "enroll needs a consent statement: the person's own words that they agree to this avatar", request_id=rid
+            )
+        if self.engine.num_avatars >= self.config.max_avatars:
+            raise ProtocolError("too_large", f"the server holds its maximum of {self.config.max_avatars} avatars", request_id=rid)
+        if not 1 <= len(request.buffers) <= self.config.max_enroll_portraits:
+            raise ProtocolError(
+                "bad_request",
+                f"enroll carries 1 to {self.config.max_enroll_portraits} portraits, got {len(request.buffers)}",
+                request_id=rid,
+            )
+        portraits = [
+            imaging.decode_driver_image(buffer, max_pixels=self.config.max_image_pixels, request_id=rid) for buffer in request.buffers
+        ]
+        try:
+            report = enroll_portraits(
+                self.engine,
+                portraits,
+                name=name,
+                consent=consent,
+                max_portraits=self.config.max_enroll_portraits,
+                made_by=f"megalive {__version__}",
+            )
+        except (EnrollmentError, capture.CaptureUnavailable) as error:
+            raise ProtocolError("bad_request", str(error), request_id=rid) from None
+        self._thumbnails = self.engine.thumbnails()
+        log.info("enrolled avatar %d %r from %d portrait(s) in %.2f s", report.avatar, report.name, report.frames, report.seconds)
+        self._reply(
+            router,
+            peer,
+            {
+                "op": "enroll",
+                "id": rid,
+                "avatar": report.avatar,
+                "name": report.name,
+                "frames": report.frames,
+                "notes": list(report.notes),
+                "seconds": report.seconds,
+            },
         )
 
     def _on_frame(self, router: zmq.Socket, peer: bytes, request: Message, frames: tuple[zmq.Frame, ...]) -> None:

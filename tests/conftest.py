@@ -116,3 +116,47 @@ def multi_driver_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert report.max_abs_error < 1e-4
     return out
+
+
+@pytest.fixture(scope="session")
+def enrollable_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 64×64 untrained student of contract v2 (identity tensors in, an identity embedder, a bank of 3 avatars) with its
+    arkit driver, exported together: tests enrollment's plumbing, not looks."""
+    import numpy as np
+    import torch
+
+    from contract.avatar_bank import AvatarBank, AvatarRecord
+    from models.export import EnrollmentExport, ExtraDriver, export_avatar_model
+    from models.megaportraits.identity_embedder import IdentityEmbedder, embedder_config
+    from models.megaportraits.puppet import CAPTURE_INPUTS, Puppet, PuppetConfig, PuppetDrivenStudent
+    from models.megaportraits.student import IdentityInputStudent, Student, student_config
+
+    torch.manual_seed(0)
+    student = Student(config=student_config("tiny", num_avatars=3))
+    graph = IdentityInputStudent(student=student)
+    names = ("ada", "bo", "cy")
+    bank = AvatarBank(
+        identity=student.identity.detach().numpy().copy(),
+        thumbnails=np.random.default_rng(0).integers(0, 256, (3, 24, 24, 3), dtype=np.uint8),
+        records=tuple(AvatarRecord(name=name, consent=None, provenance={"how": "tests"}) for name in names),
+    )
+    arkit = ExtraDriver(
+        kind="arkit",
+        module=PuppetDrivenStudent(student=graph, puppet=Puppet(config=PuppetConfig(render_resolution=24, resolution=64))),
+        input_name=CAPTURE_INPUTS["arkit"][0],
+        input_shape=CAPTURE_INPUTS["arkit"][1],
+        config={"kind": "arkit"},
+    )
+    out = tmp_path_factory.mktemp("models") / "enrollable.onnx"
+    report = export_avatar_model(
+        graph,
+        out_path=out,
+        resolution=(64, 64),
+        avatar_names=names,
+        command="tests/conftest.py enrollable_model_path",
+        config={"preset": "tiny"},
+        extra_drivers=[arkit],
+        enrollment=EnrollmentExport(embedder=IdentityEmbedder(config=embedder_config("tiny", student.config)), bank=bank),
+    )
+    assert report.max_abs_error < 1e-4
+    return out

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from contract.arkit import ARKIT_CURVES, NUM_BLENDSHAPES
 from contract.landmarks import NUM_LANDMARKS
 from models.data.heads import DEFAULT_SCALE, HeadMotion, Identity, SyntheticHeads, sample_identities
-from models.megaportraits.student import Student
+from models.megaportraits.student import IdentityInputStudent, Student
 
 CAPTURE_KINDS = ("arkit", "landmarks")
 NUM_CURVES = len(ARKIT_CURVES)  # 52 blendshapes + head yaw/pitch/roll + both eyes' yaw/pitch/roll
@@ -154,9 +154,10 @@ class PuppetDrivenOutput(NamedTuple):
 
 class PuppetDrivenStudent(nn.Module):
     """The wire's capture signal -> the puppet's picture -> the student: arkit curves B×61 (centred head) or
-    landmarks B×68×2 (through the solver, framing included)."""
+    landmarks B×68×2 (through the solver, framing included). The second input is the student's: avatar indices, or
+    identity tensors for an IdentityInputStudent (contract v2)."""
 
-    def __init__(self, *, student: Student, puppet: Puppet, solver: LandmarkSolver | None = None) -> None:
+    def __init__(self, *, student: Student | IdentityInputStudent, puppet: Puppet, solver: LandmarkSolver | None = None) -> None:
         super().__init__()
         self.student = student
         self.puppet = puppet
@@ -174,5 +175,5 @@ class PuppetDrivenStudent(nn.Module):
         return self.puppet(solved.curves, solved.framing)
 
     def forward(self, signal: Tensor, avatar: Tensor) -> PuppetDrivenOutput:
-        out = self.student(self.driver_picture(signal), avatar)
+        out = self.student(self.driver_picture(signal), avatar)  # avatar: B indices, or B×C_id×S×S identity tensors
         return PuppetDrivenOutput(rgb=out.rgb, alpha=out.alpha)

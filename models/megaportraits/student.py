@@ -240,5 +240,18 @@ class Student(nn.Module):
         return StudentOutput(rgb=torch.sigmoid(rgb_logits), alpha=torch.sigmoid(alpha_logits))
 
 
+class IdentityInputStudent(nn.Module):
+    """The student with model contract v2's inputs, what export writes for an enrollable model:
+    forward(driver B×3×H×W, identity B×C_id×S×S) = Student.drive."""
+
+    def __init__(self, *, student: Student) -> None:
+        super().__init__()
+        self.student = student
+        self.config = student.config
+
+    def forward(self, driver: Tensor, identity: Tensor) -> StudentOutput:
+        return self.student.drive(driver, identity)
+
+
 def parameter_count(module: nn.Module) -> int:
     return sum(math.prod(parameter.shape) for parameter in module.parameters())

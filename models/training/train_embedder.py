@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from models.checkpoints import STUDENT_KIND, load_checkpoint, save_checkpoint, student_from_checkpoint
+from models.checkpoints import STUDENT_KIND, embedder_from_checkpoint, load_checkpoint, save_checkpoint, student_from_checkpoint
 from models.data.enrollment_samples import EnrollmentSamples, EnrollmentSamplesConfig
 from models.data.heads import contact_sheet
 from models.data.paired import PairedHeads
-from models.megaportraits.identity_embedder import IdentityEmbedder, IdentityEmbedderConfig, embedder_config
+from models.megaportraits.identity_embedder import IdentityEmbedder, embedder_config
 from models.training.augment import DriverAugmentation
 from models.training.common import TrainingError, TrainSummary, adam_with_cosine, endless_batches
 from models.training.embedder_config import EmbedderTrainConfig
@@ -45,16 +45,6 @@ def check_embedder_config(config: EmbedderTrainConfig) -> None:
         raise TrainingError(f"--student {config.student}: no such file (a `megalive-train student` RUN/checkpoint.pt)")
     if config.objective.adversarial or config.objective.feature_matching:
         raise TrainingError("the embedder trains without the discriminator: adversarial and feature-matching weights must be 0")
-
-
-def embedder_from_checkpoint(checkpoint: dict) -> IdentityEmbedder:
-    """The identity embedder of an enrollment checkpoint (`megalive-train embedder`); TrainingError without one."""
-    if "embedder" not in checkpoint or "embedder_config" not in checkpoint:
-        raise TrainingError("the checkpoint holds no identity embedder (train one with `megalive-train embedder`)")
-    settings = {key: tuple(value) if isinstance(value, list) else value for key, value in checkpoint["embedder_config"].items()}
-    embedder = IdentityEmbedder(config=IdentityEmbedderConfig(**settings))
-    embedder.load_state_dict(checkpoint["embedder"])
-    return embedder
 
 
 def train_embedder(config: EmbedderTrainConfig, *, progress: bool = True) -> TrainSummary:

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoints import load_checkpoint, student_from_checkpoint
+from models.checkpoints import embedder_from_checkpoint, load_checkpoint, student_from_checkpoint
 from models.cli import main
 from models.data.enrollment_samples import PORTRAIT_POSE_JITTER, EnrollmentSamples, EnrollmentSamplesConfig
 from models.megaportraits.identity_embedder import IdentityEmbedder, IdentityEmbedderConfig, embedder_config
 from models.megaportraits.student import Student, student_config
-from models.training.train_embedder import embedder_from_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -87,3 +86,42 @@ def test_embedder_training_runs_resumes_and_refuses(
     assert "no such file" in capsys.readouterr().err
     assert _train(*common, *small, "--shots", "0") == 2
     assert "--shots" in capsys.readouterr().err
+
+
+def test_an_enrollable_export_takes_identity_tensors_and_ships_its_bank_and_embedder(
+    tiny_run: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+    import onnxruntime as ort
+
+    from contract.avatar_bank import read_bank
+    from contract.model_card import read_model_card
+
+    run = tmp_path / "embedder"
+    args = ["--student", str(tiny_run / "checkpoint.pt"), "--data", str(tiny_dataset), "--run", str(run), "--preset", "tiny"]
+    small = ["--native-batch", "2", "--new-batch", "2", "--shots", "2", "--workers", "0", "--steps", "2", "--allow-missing-nets"]
+    assert _train(*args, *small, "--checkpoint-every", "2") == 0
+    out = tmp_path / "model" / "student.onnx"
+    assert main(["export", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(out)]) == 0
+    card = read_model_card(out)
+    assert card.contract == 2 and card.enrollment is not None and card.drivers == ("image", "arkit")
+    bank = read_bank(card.enrollment.bank_path)
+    checkpoint = load_checkpoint(run / "checkpoint.pt")
+    student, embedder = student_from_checkpoint(checkpoint).eval(), embedder_from_checkpoint(checkpoint).eval()
+    assert bank.names == tuple(checkpoint["avatar_names"]) and all(record.consent is None for record in bank.records)
+    assert str(bank.records[0].provenance["command"]).startswith("tests: write_paired_dataset && tests && ")  # data, student, ...
+    np.testing.assert_array_equal(bank.identity, student.identity.detach().numpy())
+    driver = torch.rand(2, 3, 64, 64)
+    identity = torch.from_numpy(bank.identity[[1, 0]])
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["driver", "identity"]
+    rgb, _ = session.run(["rgb", "alpha"], {"driver": driver.numpy(), "identity": identity.numpy()})
+    with torch.no_grad():
+        expected = student(driver, torch.tensor([1, 0])).rgb.numpy()  # the same avatars by index, in torch
+    assert np.abs(rgb - expected).max() < 1e-4
+    frames = torch.rand(1, 3, 3, 64, 64)
+    embedded = ort.InferenceSession(str(card.enrollment.embedder_path), providers=["CPUExecutionProvider"])
+    for shots in (1, 3):  # K is free in the graph
+        (got,) = embedded.run(["identity"], {"frames": frames[:, :shots].numpy()})
+        with torch.no_grad():
+            assert np.abs(got - embedder(frames[:, :shots]).numpy()).max() < 1e-4
