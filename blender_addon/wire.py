@@ -9,10 +9,10 @@ top-level ``client`` and ``contract`` packages are importable. Host code imports
 from __future__ import annotations
 
 try:
-    from .vendor.client import client, live, protocol  # installed extension: bl_ext.<repo>.megalive.vendor.client
+    from .vendor.client import client, enrollment, live, protocol  # installed extension: bl_ext.<repo>.megalive.vendor.client
     from .vendor.contract import arkit
 except ImportError:  # in-repo: blender_addon/ has no vendor folder
-    from client import client, live, protocol  # type: ignore[no-redef]
+    from client import client, enrollment, live, protocol  # type: ignore[no-redef]
     from contract import arkit  # type: ignore[no-redef]
 
-__all__ = ["arkit", "client", "live", "protocol"]
+__all__ = ["arkit", "client", "enrollment", "live", "protocol"]

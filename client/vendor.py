@@ -19,6 +19,8 @@ VENDORED_FILES: tuple[str, ...] = (
     "client/protocol.py",
     "client/client.py",
     "client/live.py",
+    "client/portrait_files.py",
+    "client/enrollment.py",
     "contract/__init__.py",
     "contract/arkit.py",
     "contract/landmarks.py",

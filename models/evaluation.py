@@ -58,12 +58,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+import numpy
 import torch
 import torch.nn.functional as F
 from pytorch_msssim import ssim
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from contract.avatar_bank import read_bank
 from contract.model_card import read_model_card
 from models.blocks import on_white
 from models.data.heads import (
@@ -102,7 +104,8 @@ class EvalConfig:
     motions: str = "clips"  # clips: smooth performances (sample_clip); random: independent poses and expressions (sample_motions)
     driver: str = "image"  # image: the driver's render; arkit: its exact motion as curves; landmarks: its 68 landmarks
     centred: bool = False  # the motions drawn centred at the default size (always so for arkit: curves carry no framing)
-    sources: int = 8  # held-out source identities when there is no --data (teacher only)
+    sources: int = 8  # held-out source identities when there is no --data (a teacher, or a student enrolling them)
+    enroll_shots: int = 0  # K > 0: a contract-v2 student enrolls every source from K frames (its embedder), not its own avatars
     metric_size: int = 224  # side images are resized to for EfficientNet-Lite0 (its training size); 0: as they are
 
     @property
@@ -114,7 +117,9 @@ class EvalConfig:
         """eval-<motions>[-centred][-<driver>]: the file stem of this evaluation's report and contact sheet (arkit's
         rows are always centred, and their name does not say it)."""
         centred = "-centred" if self.centred and self.driver != "arkit" else ""
-        return f"{self.motions}{centred}" if self.driver == "image" else f"{self.motions}{centred}-{self.driver}"
+        enrolled = f"-enrolled-k{self.enroll_shots}" if self.enroll_shots else ""
+        stem = f"{self.motions}{centred}" if self.driver == "image" else f"{self.motions}{centred}-{self.driver}"
+        return stem + enrolled
 
 
 @dataclass(frozen=True)
@@ -252,13 +257,17 @@ class AvatarModel(Protocol):
     def set_sources(self, sources: Tensor) -> None:
         """The avatars' source images, A×3×H×W in [0, 1] (a student checks only their number)."""
 
+    def enroll_sources(self, frames: Tensor) -> None:
+        """Make the avatars from A×K×3×H×W frames of each (a contract-v2 student's embedder); others refuse."""
+
     def __call__(self, signal: Tensor, avatar: Tensor) -> AvatarOutput:
         """signal: B×… driving input; avatar: B indices into the sources."""
 
 
 class OnnxAvatarModel:
     """An exported student run with ONNX Runtime CPU (the artefact the server ships), through the graph
-    of one driver kind: image (``driver``), arkit (``curves``) or landmarks."""
+    of one driver kind: image (``driver``), arkit (``curves``) or landmarks. A contract-v2 student takes identity
+    tensors: its bank's (its own avatars), or, after ``enroll_sources``, those its embedder makes of the sources."""
 
     kind = "student"
     draws_background = True
@@ -267,6 +276,7 @@ class OnnxAvatarModel:
         import onnxruntime as ort
 
         card = read_model_card(path)  # checked, digests included; ModelCardError is a ValueError with a one-line message
+        self.path = path
         self.resolution = card.resolution[0]
         self.avatar_names = card.avatar_names
         self.input_name, graph = "driver", path
@@ -276,13 +286,28 @@ class OnnxAvatarModel:
                 raise ValueError(f"{path} has no {driver!r} driver (it has {list(card.drivers)})")
             self.input_name, graph = adapter.input_name, adapter.model_path
         self.session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        self.enrollment = card.enrollment
+        # Contract v2: every avatar's identity tensor (the bank's, until enroll_sources replaces them).
+        self.identity = None if card.enrollment is None else torch.from_numpy(read_bank(card.enrollment.bank_path).identity)
 
     def set_sources(self, sources: Tensor) -> None:
+        if self.identity is not None and len(sources) == len(self.identity):
+            return
         if len(sources) != len(self.avatar_names):
             raise ValueError(f"the model has {len(self.avatar_names)} avatars but the data has {len(sources)}")
 
+    def enroll_sources(self, frames: Tensor) -> None:
+        import onnxruntime as ort
+
+        if self.enrollment is None:
+            raise ValueError(f"{self.path} cannot enroll: a contract v1 model (no identity embedder)")
+        embedder = ort.InferenceSession(str(self.enrollment.embedder_path), providers=["CPUExecutionProvider"])
+        made = [embedder.run(["identity"], {"frames": frames[index : index + 1].numpy()})[0] for index in range(len(frames))]
+        self.identity = torch.from_numpy(numpy.concatenate(made))  # A×C_id×S×S
+
     def __call__(self, signal: Tensor, avatar: Tensor) -> AvatarOutput:
-        rgb, alpha = self.session.run(["rgb", "alpha"], {self.input_name: signal.numpy(), "avatar": avatar.numpy()})
+        who = {"avatar": avatar.numpy()} if self.identity is None else {"identity": self.identity[avatar].numpy()}
+        rgb, alpha = self.session.run(["rgb", "alpha"], {self.input_name: signal.numpy(), **who})
         return AvatarOutput(rgb=torch.from_numpy(rgb), alpha=torch.from_numpy(alpha))
 
 
@@ -303,6 +328,9 @@ class TeacherAvatarModel:
 
     def set_sources(self, sources: Tensor) -> None:
         self.avatars.set_sources(sources)
+
+    def enroll_sources(self, frames: Tensor) -> None:
+        raise ValueError("the teacher reads its source image as it is: --enroll-shots is for contract-v2 students")
 
     def __call__(self, signal: Tensor, avatar: Tensor) -> AvatarOutput:
         rgb, alpha = self.avatars(signal, avatar)
@@ -395,8 +423,8 @@ def _source_identities(config: EvalConfig, model: AvatarModel) -> tuple[Identity
     if config.data is not None:
         meta = read_meta(Path(config.data))
         return load_identities(meta.root / "avatars.npz"), f"the {meta.num_avatars} avatars of {meta.root}"
-    if model.kind == "student":
-        raise ValueError("a student is locked to its avatars: --data must name the dataset it was trained on")
+    if model.kind == "student" and not config.enroll_shots:
+        raise ValueError("a student is locked to its avatars: --data must name the dataset it was trained on (or --enroll-shots)")
     if config.sources < 1:
         raise ValueError("--sources must be at least 1")
     generator = torch.Generator().manual_seed(config.seed + 2)
@@ -543,7 +571,10 @@ def evaluate(
     with torch.inference_mode():
         neutral_render = heads.render(avatars, neutral_motion(len(avatars)))  # A×3×H×W: the source images
         neutral = AvatarOutput(rgb=neutral_render.rgb, alpha=neutral_render.alpha)
-        model.set_sources(neutral.rgb)
+        if config.enroll_shots:
+            model.enroll_sources(enrollment_frames(heads, avatars, neutral.rgb, shots=config.enroll_shots, seed=config.seed + 3))
+        else:
+            model.set_sources(neutral.rgb)
         avatar_targets = regressor.standardise(avatars) if regressor is not None else None
     scorer = FigureScorer(regressor=regressor, networks=networks, metric_size=config.metric_size)
     sheet_rows: list[Tensor] = []
@@ -597,6 +628,26 @@ def evaluate(
         networks=dict(networks.status),
         notes=scorer.notes() + ((CENTRED_NOTE,) if config.is_centred else ()),
     )
+
+
+def enrollment_frames(heads: SyntheticHeads, identities: Identity, sources: Tensor, *, shots: int, seed: int) -> Tensor:
+    """What a user would enroll each avatar from: A×K×3×H×W, the source image (neutral) first, then K - 1 frames of a
+    talking-head clip of that identity (another seed than the benchmark's motions)."""
+    if shots < 1:
+        raise ValueError(f"--enroll-shots must be at least 1, got {shots}")
+    frames = [sources[:, None]]  # A×1×3×H×W
+    if shots > 1:
+        generator = torch.Generator().manual_seed(seed)
+        clip_frames = []
+        for index in range(len(identities)):
+            clip = sample_clip(ENROLLMENT_CLIP_FRAMES, generator=generator)
+            picked = clip[torch.randperm(ENROLLMENT_CLIP_FRAMES, generator=generator)[: shots - 1]]
+            clip_frames.append(heads.render(identities[[index] * (shots - 1)], picked).rgb)  # (K-1)×3×H×W
+        frames.append(torch.stack(clip_frames))  # A×(K-1)×3×H×W
+    return torch.cat(frames, dim=1)
+
+
+ENROLLMENT_CLIP_FRAMES = 48
 
 
 CENTRED_NOTE = (

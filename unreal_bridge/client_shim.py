@@ -10,12 +10,12 @@ package has no ``vendor`` and the top-level ``client`` and ``contract`` packages
 from __future__ import annotations
 
 try:
-    from .vendor.client import client, live, protocol  # packaged: megalive_bridge/vendor/client/
+    from .vendor.client import client, enrollment, live, protocol  # packaged: megalive_bridge/vendor/client/
     from .vendor.contract import arkit
 except ImportError:  # in-repo: unreal_bridge/ has no vendor folder
-    from client import client, live, protocol
+    from client import client, enrollment, live, protocol
     from contract import arkit
 
 CLIENT_ORIGIN: str = "vendored" if client.__name__.endswith(".vendor.client.client") else "repository"
 
-__all__ = ["CLIENT_ORIGIN", "arkit", "client", "live", "protocol"]
+__all__ = ["CLIENT_ORIGIN", "arkit", "client", "enrollment", "live", "protocol"]

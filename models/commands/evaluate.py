@@ -115,7 +115,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         type=Path,
         required=True,
         metavar="DIR",
-        help="folder for eval-<motions>[-centred][-<driver>].json and contact-sheet-<motions>[-centred][-<driver>].png",
+        help="folder for eval-<name>.json and contact-sheet-<name>.png; name: <motions>[-centred][-<driver>][-enrolled-k<K>]",
     )
     evaluate.add_argument("--clips", type=int, default=8, metavar="N", help="held-out clips (one new driver identity each)")
     evaluate.add_argument("--frames", type=int, default=25, metavar="N", help="frames per clip")
@@ -135,7 +135,19 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         "the image and landmark drivers on the arkit rows' exact clips",
     )
     evaluate.add_argument(
-        "--sources", type=int, default=8, metavar="N", help="held-out source identities when there is no --data (teacher)"
+        "--sources",
+        type=int,
+        default=8,
+        metavar="N",
+        help="held-out source identities when there is no --data (a teacher, or a student with --enroll-shots)",
+    )
+    evaluate.add_argument(
+        "--enroll-shots",
+        type=int,
+        default=0,
+        metavar="K",
+        help="a contract-v2 student enrolls every source from K frames through its identity embedder (the source image, then "
+        "K-1 clip frames) instead of using its own avatars; 0: its own avatars",
     )
     evaluate.add_argument(
         "--metric-size",
@@ -164,6 +176,7 @@ def _eval(args: argparse.Namespace) -> int:
         driver=args.driver,
         centred=args.centred,
         sources=args.sources,
+        enroll_shots=args.enroll_shots,
         metric_size=args.metric_size,
     )
     if args.dry_run:

@@ -125,3 +125,17 @@ def test_an_enrollable_export_takes_identity_tensors_and_ships_its_bank_and_embe
         (got,) = embedded.run(["identity"], {"frames": frames[:, :shots].numpy()})
         with torch.no_grad():
             assert np.abs(got - embedder(frames[:, :shots]).numpy()).max() < 1e-4
+    # The benchmark enrolls sources through the exported embedder: the student's own avatars anew (same pairs as its
+    # bank's tensors), or held-out identities; either way beside the same baselines.
+    from models.evaluation import EvalConfig, evaluate
+
+    common = {"model": str(out), "clips": 1, "frames_per_clip": 2, "batch_size": 2}
+    own = evaluate(EvalConfig(**common, data=str(tiny_dataset)), progress=False)
+    anew = evaluate(EvalConfig(**common, data=str(tiny_dataset), enroll_shots=2), progress=False)
+    held_out = evaluate(EvalConfig(**common, sources=2, enroll_shots=1), progress=False)
+    assert own.sources == anew.sources and "held-out" in held_out.sources
+    assert anew.cross.source_copy == own.cross.source_copy  # the same pairs
+    assert anew.cross.model_output != own.cross.model_output  # other identity tensors
+    assert EvalConfig(model="m", enroll_shots=8).name == "clips-enrolled-k8"
+    with pytest.raises(ValueError, match="locked to its avatars"):
+        evaluate(EvalConfig(**common), progress=False)

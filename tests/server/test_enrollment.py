@@ -143,3 +143,37 @@ def test_enroll_command_reads_pictures_and_refuses_bad_files(tmp_path: Path, ast
     assert missing.returncode == 2 and "no such file" in missing.stderr
     nobody = enroll(str(picture), "--server", "tcp://127.0.0.1:9", "--timeout", "0.5")
     assert nobody.returncode == 2 and nobody.stderr.count("\n") == 1
+
+
+def test_a_hosts_enrollment_job_runs_on_its_own_thread_and_reports_in_one_line(
+    service: AvatarService, tmp_path: Path, astronaut: np.ndarray
+) -> None:
+    from PIL import Image
+
+    from client.enrollment import EnrollmentJob, EnrollRequest
+
+    photo = tmp_path / "me.jpg"
+    Image.fromarray(astronaut).save(photo, quality=92)
+    (tmp_path / "notes.txt").write_text("not a picture")
+
+    def run(**fields: object) -> EnrollmentJob:
+        job = EnrollmentJob(
+            request=EnrollRequest(**{"name": "Jo", "consent": CONSENT, "paths": (str(photo),), "server": service.bound_address, **fields})
+        )
+        job.start()
+        assert job.wait(60)
+        return job
+
+    enrolled = run()
+    assert enrolled.state == "enrolled" and enrolled.result is not None and enrolled.result.avatar == 3
+    assert enrolled.describe() == f"enrolled avatar 3 'Jo' from 1 portrait(s) in {enrolled.result.seconds:.1f} s"
+    for fields, message in (
+        ({}, "already in use"),
+        ({"name": "Kim", "consent": " "}, "consent statement is required"),
+        ({"name": "Kim", "paths": (str(tmp_path / "notes.txt"),)}, "not a PNG or JPEG picture"),
+        ({"name": "Kim", "paths": (str(tmp_path / "none.png"),)}, "no such file"),
+    ):
+        job = run(**fields)
+        assert job.state == "refused" and message in job.describe() and "\n" not in job.describe()
+    gone = run(name="Kim", server="tcp://127.0.0.1:9", timeout_s=0.5)
+    assert gone.state == "failed"

@@ -119,6 +119,28 @@ def test_arkit_driver_is_refused_clearly_in_the_editor(service: AvatarService) -
     host.stop()
 
 
+@pytest.mark.usefixtures("restore_unreal")
+def test_enroll_from_the_console_does_not_wait_and_status_says_the_new_avatar(enrollable_model_path: Path, tmp_path: Path) -> None:
+    astronaut = pytest.importorskip("skimage.data").astronaut()
+    pytest.importorskip("mediapipe")
+    photo = tmp_path / "me.png"
+    Image.fromarray(astronaut).save(photo)
+    engine = Engine(model_path=enrollable_model_path, bank_path=tmp_path / "bank.avatars.npz", warmup=False)
+    service = AvatarService(engine=engine, config=ServiceConfig(bind="tcp://127.0.0.1:*"))
+    service.start()
+    try:
+        fake = fake_unreal.install(native=True)
+        host = host_with(fake)
+        report = host.enroll(str(photo), "Ada", "I, Ada, agree to this avatar of my face", server=service.bound_address)
+        assert report == "MegaLive: enrolling 'Ada': sending 1 portrait(s)"  # returned at once: the editor goes on
+        assert host._enrolling.wait(60)
+        assert "enrolled avatar 3 'Ada' from 1 portrait(s)" in host.status()
+        host.enroll(str(photo), "Bea", "", server=service.bound_address)
+        assert host._enrolling.wait(60) and "consent statement is required" in host.status()
+    finally:
+        service.stop()
+
+
 def test_png_encoder_round_trips_through_pillow() -> None:
     pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 4), dtype=np.uint8)
     import io

@@ -6,6 +6,9 @@ Console use (Output Log, Python mode), after copying the package into <Project>/
     megalive.start(server="tcp://127.0.0.1:5555", avatar=0, driver="video", video_path="D:/frames")
     megalive.status()
     megalive.stop()
+    # your own face as an avatar (PNG or JPEG files; the consent statement of the person shown):
+    megalive.enroll("D:/me.jpg", "Ada Lee", "I, Ada Lee, agree to this avatar of my face")
+    megalive.status()  # ... says when it is enrolled, and its avatar id
     # a server on another machine, over CURVE (key files from `megalive keys`):
     megalive.start(server="tcp://stage-gpu:5555", video_path="D:/frames",
                    server_public_key="D:/keys/server.key", client_secret_key="D:/keys/editor.key_secret")
@@ -29,7 +32,7 @@ from pathlib import Path
 
 import unreal
 
-from ..client_shim import live
+from ..client_shim import enrollment, live
 from .live_texture import VIDEO_SUFFIXES, EditorDriverSource, ImageSequenceSource, LiveLinkFaceSource, VideoFileSource
 from .png import encode_png
 
@@ -182,6 +185,7 @@ class UnrealLiveTexture:
 
 
 _active: UnrealLiveTexture | None = None
+_enrolling: enrollment.EnrollmentJob | None = None  # the last enroll(): running on its own thread, or its outcome
 
 
 def start(
@@ -250,5 +254,35 @@ def stop() -> str:
 
 def status() -> str:
     report = "MegaLive: not running" if _active is None else _active.status()
+    if _enrolling is not None:
+        report += f"\n  {_enrolling.describe()}"
+    unreal.log(report)
+    return report
+
+
+def enroll(
+    path: str,
+    name: str,
+    consent: str,
+    server: str = "tcp://127.0.0.1:5555",
+    timeout_s: float = 30.0,
+    server_public_key: str = "",
+    client_secret_key: str = "",
+) -> str:
+    """Turn a portrait into an avatar on the server: ``path`` a PNG or JPEG file (or several, separated by ";"),
+    ``consent`` the statement of the person shown (required). It runs on a thread of its own, so the editor does not
+    wait; ``status()`` says when the avatar is enrolled and its id (then ``start(avatar=ID, ...)``)."""
+    global _enrolling
+    request = enrollment.EnrollRequest(
+        name=name,
+        consent=consent,
+        paths=tuple(part.strip() for part in path.split(";") if part.strip()),
+        server=server,
+        timeout_s=timeout_s,
+        connection=live.LiveConfig(server=server, server_public_key=server_public_key, client_secret_key=client_secret_key),
+    )
+    _enrolling = enrollment.EnrollmentJob(request=request)
+    _enrolling.start()
+    report = f"MegaLive: {_enrolling.describe()}"
     unreal.log(report)
     return report
