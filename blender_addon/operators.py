@@ -1,19 +1,22 @@
-"""The operators of the live workflow: connect, disconnect, pick an avatar, go live / stop, and
-create the textured plane. The bake's operators are in bake.py.
+"""The operators of the live workflow: connect, disconnect, pick an avatar, go live / stop, create the textured
+plane, and enroll portraits as a new avatar. The bake's operators are in bake.py.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import bpy
 import numpy as np
 
 from .material import ensure_material, output_image
-from .properties import live_config
+from .properties import consent_statement, live_config
 from .sources import close_source, make_driver_source
 from .state import load_thumbnails, runtime
 from .timer import ensure_timer, shutdown
 from .vocabulary import session_stabilise, wire_driver_kind
 from .vocabulary import status_line as controller_status_line
+from .wire import enrollment as shared_enrollment  # the background enrollment both hosts ship (client/enrollment.py)
 from .wire import live as shared_live  # the controller both hosts ship (client/live.py)
 
 
@@ -124,3 +127,74 @@ class MEGALIVE_OT_create_plane(bpy.types.Operator):
         ensure_material(obj, image)
         settings.target_object = obj
         return {"FINISHED"}
+
+
+ENROLL_POLL_S = 0.25  # how often the timer looks at a running enrollment
+
+
+class MEGALIVE_OT_enroll(bpy.types.Operator):
+    """Turn portraits (PNG or JPEG) of one person into a new avatar on the server, with their consent"""
+
+    bl_idname = "megalive.enroll"
+    bl_label = "Enroll…"
+
+    filter_glob: bpy.props.StringProperty(default="*.png;*.jpg;*.jpeg", options={"HIDDEN"})
+    files: bpy.props.CollectionProperty(type=bpy.types.OperatorFileListElement, options={"HIDDEN", "SKIP_SAVE"})
+    directory: bpy.props.StringProperty(subtype="DIR_PATH", options={"HIDDEN", "SKIP_SAVE"})
+    filepath: bpy.props.StringProperty(subtype="FILE_PATH", options={"HIDDEN", "SKIP_SAVE"})
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        settings = context.scene.megalive
+        name = settings.enroll_name.strip()
+        paths = [str(Path(bpy.path.abspath(self.directory)) / entry.name) for entry in self.files if entry.name]
+        if not paths and self.filepath:
+            paths = [bpy.path.abspath(self.filepath)]
+        problem = (
+            "type the avatar's name first"
+            if not name
+            else "tick the consent box: its statement must be true"
+            if not settings.enroll_consent
+            else "choose one or more PNG or JPEG portraits"
+            if not paths
+            else "an enrollment is still running"
+            if runtime.enrolling is not None and not runtime.enrolling.done
+            else ""
+        )
+        if problem:
+            runtime.message = f"Enroll: {problem}"
+            self.report({"ERROR"}, runtime.message)
+            return {"CANCELLED"}
+        config = live_config(context)
+        request = shared_enrollment.EnrollRequest(
+            name=name,
+            consent=consent_statement(name),
+            paths=tuple(paths),
+            server=config.server,
+            timeout_s=max(config.timeout_s, 30.0),  # the face search and the embedder take a second or two on a CPU server
+            connection=config,
+        )
+        job = shared_enrollment.EnrollmentJob(request=request)
+        job.start()
+        runtime.enrolling = job
+        runtime.message = job.describe()
+        if not bpy.app.timers.is_registered(enroll_tick):
+            bpy.app.timers.register(enroll_tick, first_interval=ENROLL_POLL_S)
+        return {"FINISHED"}
+
+
+def enroll_tick() -> float | None:
+    """Timer: when the enrollment ends, say how, and show the new avatar (thumbnails refreshed) when connected."""
+    job = runtime.enrolling
+    if job is None:
+        return None
+    if not job.done:
+        return ENROLL_POLL_S
+    runtime.message = job.describe()
+    controller = runtime.controller
+    if job.state == "enrolled" and controller is not None and controller.connect():  # hello + avatars again
+        load_thumbnails(controller.avatars)
+    return None

@@ -4,13 +4,22 @@ source settings, output image and target, the live toggle and the bake.
 
 from __future__ import annotations
 
+import textwrap
 from typing import TYPE_CHECKING
 
 import bpy
 
 from . import movie, shape_keys
 from .bake import MEGALIVE_OT_bake, MEGALIVE_OT_bake_cancel
-from .operators import MEGALIVE_OT_connect, MEGALIVE_OT_create_plane, MEGALIVE_OT_disconnect, MEGALIVE_OT_live, MEGALIVE_OT_pick_avatar
+from .operators import (
+    MEGALIVE_OT_connect,
+    MEGALIVE_OT_create_plane,
+    MEGALIVE_OT_disconnect,
+    MEGALIVE_OT_enroll,
+    MEGALIVE_OT_live,
+    MEGALIVE_OT_pick_avatar,
+)
+from .properties import consent_statement
 from .state import runtime, status_line
 
 if TYPE_CHECKING:
@@ -78,11 +87,28 @@ class MEGALIVE_PT_panel(bpy.types.Panel):
         if controller is not None and live:
             layout.label(text=controller.figures.summary())
 
+        _draw_enroll(layout.box(), settings)
+
         box = layout.box()
         box.prop(settings, "bake_dir")
         row = box.row(align=True)
         row.operator(MEGALIVE_OT_bake.bl_idname, icon="RENDER_ANIMATION")
         row.operator(MEGALIVE_OT_bake_cancel.bl_idname, text="", icon="CANCEL")
+
+
+def _draw_enroll(box: bpy.types.UILayout, settings: MEGALIVE_SceneSettings) -> None:
+    """Your own face: a name, the consent statement with its box, and Enroll… (a file browser for portraits)."""
+    box.label(text="New avatar from portraits")
+    box.prop(settings, "enroll_name")
+    box.prop(settings, "enroll_consent", text="This is true:")
+    for line in textwrap.wrap(consent_statement(settings.enroll_name), width=48):
+        box.label(text=line)
+    row = box.row()
+    row.enabled = settings.enroll_consent and bool(settings.enroll_name.strip())
+    row.operator(MEGALIVE_OT_enroll.bl_idname, icon="USER")
+    job = runtime.enrolling
+    if job is not None:
+        box.label(text=job.describe(), icon="CHECKMARK" if job.state == "enrolled" else "TIME" if not job.done else "ERROR")
 
 
 def _draw_shape_key_settings(box: bpy.types.UILayout, settings: MEGALIVE_SceneSettings) -> None:

@@ -126,12 +126,26 @@ class MEGALIVE_SceneSettings(bpy.types.PropertyGroup):
     bake_dir: bpy.props.StringProperty(
         name="Bake Folder", subtype="DIR_PATH", description="Where baked frames go; empty: //megalive_bake/<image> next to the .blend"
     )
+    enroll_name: bpy.props.StringProperty(name="Name", default="", description="The new avatar's name (unique on the server)")
+    enroll_consent: bpy.props.BoolProperty(
+        name="Consent",
+        default=False,
+        description="Tick only when the statement below is true; it is stored with the avatar, word for word",
+    )
 
     def output_size(self) -> tuple[int, int] | None:
         """(height, width) for the session, or None for the model's own resolution."""
         if self.output_width and self.output_height:
             return (self.output_height, self.output_width)
         return None
+
+
+CONSENT_STATEMENT = "I am the person in these pictures, or I have their permission, and I agree to an avatar of this face named {name}."
+
+
+def consent_statement(name: str) -> str:
+    """What ticking the consent box confirms, for the avatar ``name``: shown beside the box and sent with it."""
+    return CONSENT_STATEMENT.format(name=name.strip() or "…")
 
 
 def preferences(context: bpy.types.Context) -> MEGALIVE_AddonPreferences | None:

@@ -8,7 +8,15 @@ import bpy
 from bpy.app.handlers import persistent
 
 from .bake import MEGALIVE_OT_bake, MEGALIVE_OT_bake_cancel
-from .operators import MEGALIVE_OT_connect, MEGALIVE_OT_create_plane, MEGALIVE_OT_disconnect, MEGALIVE_OT_live, MEGALIVE_OT_pick_avatar
+from .operators import (
+    MEGALIVE_OT_connect,
+    MEGALIVE_OT_create_plane,
+    MEGALIVE_OT_disconnect,
+    MEGALIVE_OT_enroll,
+    MEGALIVE_OT_live,
+    MEGALIVE_OT_pick_avatar,
+    enroll_tick,
+)
 from .panel import MEGALIVE_PT_panel
 from .properties import MEGALIVE_AddonPreferences, MEGALIVE_SceneSettings
 from .state import free_thumbnails
@@ -29,6 +37,7 @@ CLASSES: tuple[type, ...] = (
     MEGALIVE_OT_pick_avatar,
     MEGALIVE_OT_live,
     MEGALIVE_OT_create_plane,
+    MEGALIVE_OT_enroll,
     MEGALIVE_OT_bake,
     MEGALIVE_OT_bake_cancel,
     MEGALIVE_PT_panel,
@@ -45,6 +54,8 @@ def register() -> None:
 
 def unregister() -> None:
     shutdown()
+    if bpy.app.timers.is_registered(enroll_tick):
+        bpy.app.timers.unregister(enroll_tick)
     if on_load_pre in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(on_load_pre)
     free_thumbnails()

@@ -27,6 +27,7 @@ class Runtime:
     thumbnail_icons: dict[int, int] = field(default_factory=dict)  # avatar id -> icon id
     write_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=240))  # tick cost when a texture was written
     bake_cancel: bool = False
+    enrolling: object | None = None  # the last Enroll's EnrollmentJob (client/enrollment.py): running, or its outcome
 
 
 runtime = Runtime()

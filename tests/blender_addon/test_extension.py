@@ -384,6 +384,40 @@ def test_curve_key_preferences_reach_live_and_bake_and_a_bad_key_file_is_a_messa
         service.stop()
 
 
+def test_enroll_turns_a_portrait_into_an_avatar_without_waiting_and_refuses_without_consent(
+    addon: ModuleType, scene: bpy.types.Scene, address: str, enrollable_model_path: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("mediapipe")
+    photo = tmp_path / "me.png"
+    Image.fromarray(pytest.importorskip("skimage.data").astronaut()).save(photo)
+    engine = Engine(model_path=enrollable_model_path, bank_path=tmp_path / "bank.avatars.npz", warmup=False)
+    service = AvatarService(engine=engine, config=ServiceConfig(bind=address))
+    service.start()
+    try:
+        assert bpy.ops.megalive.connect() == {"FINISHED"}
+        settings, runtime = scene.megalive, addon.state.runtime
+        picked = {"directory": str(tmp_path), "files": [{"name": photo.name}]}
+        settings.enroll_name, settings.enroll_consent = "", False
+        with pytest.raises(RuntimeError, match="type the avatar's name first"):  # bpy.ops raises what the operator reports
+            bpy.ops.megalive.enroll(**picked)
+        settings.enroll_name = "Eileen"
+        with pytest.raises(RuntimeError, match="tick the consent box"):
+            bpy.ops.megalive.enroll(**picked)
+        assert runtime.enrolling is None  # nothing was sent
+        settings.enroll_consent = True
+        assert bpy.ops.megalive.enroll(**picked) == {"FINISHED"}  # returns at once: the job runs on its own thread
+        job = runtime.enrolling
+        assert job.request.consent == addon.properties.consent_statement("Eileen") and "Eileen" in job.request.consent
+        assert job.wait(60)
+        assert addon.operators.enroll_tick() is None  # the timer's last call: the outcome shown, the avatars reloaded
+        assert runtime.message.startswith("enrolled avatar 3 'Eileen'")
+        assert [a.name for a in runtime.controller.avatars][-1] == "Eileen" and 3 in runtime.thumbnail_icons
+        assert engine.avatar_records()[3].consent.statement == job.request.consent  # stored word for word
+    finally:
+        addon.timer.shutdown()
+        service.stop()
+
+
 def test_file_load_and_unregister_stop_everything(addon: ModuleType, server: AvatarService, scene: bpy.types.Scene) -> None:
     assert bpy.ops.megalive.connect() == {"FINISHED"}
     assert bpy.ops.megalive.live() == {"FINISHED"}
