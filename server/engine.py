@@ -206,6 +206,14 @@ class Engine:
         return len(self.avatar_names)
 
     @property
+    def thumbnail_size(self) -> tuple[int, int]:
+        """(height, width) of a v2 model's bank thumbnails, which enrolled avatars' match."""
+        if self._shipped is None:
+            raise ModelError(f"{self.card.name} has no avatar bank (a contract v1 model)")
+        height, width = self._shipped.thumbnails.shape[1:3]
+        return int(height), int(width)
+
+    @property
     def can_enroll(self) -> bool:
         return self._embedder is not None and self.bank_path is not None
 

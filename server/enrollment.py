@@ -108,8 +108,8 @@ def enroll_portraits(
     crops, notes = portrait_crops(portraits, size=engine.resolution[0])
     frames = crops.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)  # K×H×W×3 -> K×3×H×W in [0, 1]
     identity = engine.embed(frames)
-    thumbnail_size = engine.thumbnails()[0].shape[:2] if engine.num_avatars and engine.thumbnails()[0] is not None else (96, 96)
-    thumbnail = np.asarray(Image.fromarray(crops[0]).resize(thumbnail_size[::-1], Image.BILINEAR))
+    height, width = engine.thumbnail_size
+    thumbnail = np.asarray(Image.fromarray(crops[0]).resize((width, height), Image.BILINEAR))
     record = AvatarRecord(
         name=name,
         consent=record_consent,

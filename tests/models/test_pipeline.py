@@ -276,6 +276,7 @@ def test_export_student_without_the_cli(tiny_run: Path, tiny_dataset: Path, tmp_
         "step": 100,
         "drivers": ["image"],
         "capture": {},
+        "contract": 1,  # a student without an identity embedder: the avatar index input
     }
     report = export_student(student, out, command="tests: export_student")
     assert report.model_path == out and report.max_abs_error < 1e-4

@@ -78,7 +78,7 @@ def test_a_photograph_enrolls_at_once_streams_and_survives_a_restart(
     record = stored.records[0]
     assert record.consent is not None and record.consent.statement == CONSENT and len(record.consent.sha256) == 64
     assert record.provenance["frames"] == 1 and "embedder" in str(record.provenance["how"])
-    assert not np.allclose(stored.identity[0], read_bank(bank).identity[0] * 0)  # a real tensor, not zeros
+    assert np.abs(stored.identity[0]).max() > 0  # the embedder's tensor, not a placeholder of zeros
     restarted = Engine(model_path=enrollable_model_path, bank_path=bank, warmup=False)
     assert restarted.avatar_names == ("ada", "bo", "cy", "Eileen")
 
