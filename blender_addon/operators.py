@@ -173,7 +173,6 @@ class MEGALIVE_OT_enroll(bpy.types.Operator):
             name=name,
             consent=consent_statement(name),
             paths=tuple(paths),
-            server=config.server,
             timeout_s=max(config.timeout_s, 30.0),  # the face search and the embedder take a second or two on a CPU server
             connection=config,
         )

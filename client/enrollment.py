@@ -2,7 +2,7 @@
 sends the portrait files to the server on a thread of its own (its own connection), and the host reads its state
 on its timer or tick, and when asked.
 
-    job = EnrollmentJob(request=EnrollRequest(server=..., name=..., consent=..., paths=(...)))
+    job = EnrollmentJob(request=EnrollRequest(name=..., consent=..., paths=(...), connection=LiveConfig(server=...)))
     job.start()
     ... job.state  # "sending" -> "enrolled" | "refused" | "failed"
     job.describe()  # one line for the host's status: "enrolled avatar 8 'Ada' from 1 portrait(s) in 1.3 s"
@@ -28,9 +28,8 @@ class EnrollRequest:
     name: str
     consent: str  # the person's own words, as the host's checkbox showed them
     paths: tuple[str, ...]  # PNG or JPEG portrait files
-    server: str = client_module.DEFAULT_ADDRESS
     timeout_s: float = 30.0  # the face search and the embedder take a second or two on a CPU server
-    connection: LiveConfig = field(default_factory=LiveConfig)  # CURVE key files, as the live session's
+    connection: LiveConfig = field(default_factory=LiveConfig)  # the server's address and CURVE key files, as the live session's
 
 
 class EnrollmentJob:
@@ -78,7 +77,7 @@ class EnrollmentJob:
             portraits = [encoded_portrait(path) for path in request.paths]
             keys = curve_keys(request.connection)
             with client_module.AvatarClient(
-                address=request.server, timeout_s=request.timeout_s, name="megalive-enroll", curve=keys
+                address=request.connection.server, timeout_s=request.timeout_s, name="megalive-enroll", curve=keys
             ) as avatar_client:
                 avatar_client.hello()
                 enrolled = avatar_client.enroll(name=request.name, consent=request.consent, portraits=portraits)

@@ -58,7 +58,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-import numpy
 import torch
 import torch.nn.functional as F
 from pytorch_msssim import ssim
@@ -302,8 +301,8 @@ class OnnxAvatarModel:
         if self.enrollment is None:
             raise ValueError(f"{self.path} cannot enroll: a contract v1 model (no identity embedder)")
         embedder = ort.InferenceSession(str(self.enrollment.embedder_path), providers=["CPUExecutionProvider"])
-        made = [embedder.run(["identity"], {"frames": frames[index : index + 1].numpy()})[0] for index in range(len(frames))]
-        self.identity = torch.from_numpy(numpy.concatenate(made))  # A×C_id×S×S
+        (identity,) = embedder.run(["identity"], {"frames": frames.numpy()})  # A×K×3×H×W -> A×C_id×S×S
+        self.identity = torch.from_numpy(identity)
 
     def __call__(self, signal: Tensor, avatar: Tensor) -> AvatarOutput:
         who = {"avatar": avatar.numpy()} if self.identity is None else {"identity": self.identity[avatar].numpy()}

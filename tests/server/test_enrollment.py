@@ -151,14 +151,16 @@ def test_a_hosts_enrollment_job_runs_on_its_own_thread_and_reports_in_one_line(
     from PIL import Image
 
     from client.enrollment import EnrollmentJob, EnrollRequest
+    from client.live import LiveConfig
 
     photo = tmp_path / "me.jpg"
     Image.fromarray(astronaut).save(photo, quality=92)
     (tmp_path / "notes.txt").write_text("not a picture")
 
-    def run(**fields: object) -> EnrollmentJob:
+    def run(*, server: str | None = None, **fields: object) -> EnrollmentJob:
+        connection = LiveConfig(server=server or service.bound_address)
         job = EnrollmentJob(
-            request=EnrollRequest(**{"name": "Jo", "consent": CONSENT, "paths": (str(photo),), "server": service.bound_address, **fields})
+            request=EnrollRequest(**{"name": "Jo", "consent": CONSENT, "paths": (str(photo),), "connection": connection, **fields})
         )
         job.start()
         assert job.wait(60)

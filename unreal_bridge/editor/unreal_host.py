@@ -277,7 +277,6 @@ def enroll(
         name=name,
         consent=consent,
         paths=tuple(part.strip() for part in path.split(";") if part.strip()),
-        server=server,
         timeout_s=timeout_s,
         connection=live.LiveConfig(server=server, server_public_key=server_public_key, client_secret_key=client_secret_key),
     )
