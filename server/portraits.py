@@ -25,9 +25,15 @@ class PortraitError(ValueError):
 
 
 def _shrunk(image: Image.Image) -> np.ndarray:
+    """RGB, its longest side at most MAX_SIDE (antialiased; never enlarged)."""
     image = image.convert("RGB")
     image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)  # only ever shrinks
     return np.asarray(image)
+
+
+def shrunk_portrait(picture: np.ndarray) -> np.ndarray:
+    """An H×W×3 uint8 portrait with its longest side at most MAX_SIDE (the server's, for what a host sent unchanged)."""
+    return picture if max(picture.shape[:2]) <= MAX_SIDE else _shrunk(Image.fromarray(picture))
 
 
 def read_picture(path: Path) -> np.ndarray:

@@ -64,6 +64,7 @@ from server.engine import Engine, enroll_unavailable
 from server.enrollment import EnrollmentError, enroll_portraits
 from server.flow import SMALL_REPLY_BYTES, ConnectionTable, Incoming, MessageBudget, ReplyBacklog, as_dropped
 from server.keys import CurveServerKeys
+from server.portraits import shrunk_portrait
 from server.sessions import COUNTER_NAMES, FrameJob, ServerCounters, Session
 from server.worker import RenderWorker
 
@@ -99,6 +100,8 @@ class ServiceConfig:
     engine_restart_window_s: float = 60.0
     curve: CurveServerKeys | None = None
     max_enroll_portraits: int = 8  # pictures one `enroll` may carry
+    # A portrait may be a phone or camera photo, larger than any webcam frame; each is shrunk once decoded.
+    max_portrait_pixels: int = 6000 * 4000
     max_avatars: int = 256  # the model's own avatars and the enrolled ones together
 
     @property
@@ -561,6 +564,7 @@ class AvatarService:
             "max_batch": config.max_batch,
             "max_messages_per_s": int(config.max_messages_per_s),
             "max_enroll_portraits": config.max_enroll_portraits,
+            "max_portrait_pixels": config.max_portrait_pixels,
             "max_avatars": config.max_avatars,
             "max_avatar_name_characters": MAX_NAME_CHARACTERS,
             "max_consent_characters": MAX_CONSENT_CHARACTERS,
@@ -720,7 +724,8 @@ class AvatarService:
                 request_id=rid,
             )
         portraits = [
-            imaging.decode_driver_image(buffer, max_pixels=self.config.max_image_pixels, request_id=rid) for buffer in request.buffers
+            shrunk_portrait(imaging.decode_driver_image(buffer, max_pixels=self.config.max_portrait_pixels, request_id=rid))
+            for buffer in request.buffers
         ]
         try:
             report = enroll_portraits(

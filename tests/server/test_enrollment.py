@@ -179,3 +179,28 @@ def test_a_hosts_enrollment_job_runs_on_its_own_thread_and_reports_in_one_line(
         assert job.state == "refused" and message in job.describe() and "\n" not in job.describe()
     gone = run(name="Kim", server="tcp://127.0.0.1:9", timeout_s=0.5)
     assert gone.state == "failed"
+
+
+def test_a_phone_photo_sent_unchanged_enrolls_and_a_larger_one_is_refused(service: AvatarService, astronaut: np.ndarray) -> None:
+    import io
+
+    from PIL import Image
+
+    from client.protocol import EncodedBuffer
+    from tests.server.test_hardening import jpeg_declaring
+
+    photo = Image.new("RGB", (4032, 3024), (180, 170, 160))  # 12 MP: more than any webcam frame the server takes
+    photo.paste(Image.fromarray(astronaut).resize((1500, 1500)), (1200, 700))
+    encoded = io.BytesIO()
+    photo.save(encoded, format="JPEG", quality=85)
+    with AvatarClient(address=service.bound_address, timeout_s=60) as client:
+        assert client.hello().limits["max_portrait_pixels"] == 6000 * 4000
+        enrolled = client.enroll(
+            name="Phone", consent=CONSENT, portraits=[EncodedBuffer(codec="jpeg", data=memoryview(encoded.getvalue()))]
+        )
+        assert enrolled.avatar == 3
+        with pytest.raises(ServerError) as raised:
+            client.enroll(
+                name="Huge", consent=CONSENT, portraits=[EncodedBuffer(codec="jpeg", data=memoryview(jpeg_declaring(8000, 6000)))]
+            )
+        assert raised.value.code == "too_large"
