@@ -15,12 +15,13 @@ NETS   := .nets
 
 # torch first, so pip takes the local CPU build instead of a CUDA one from the registry. Then the reference
 # implementations the suite checks models/nets/ against (pinned with their checksums); the nets' weights first.
-$(VENV)/.installed-dev: pyproject.toml requirements-reference.txt | $(NETS)/.installed
+$(VENV)/.installed-dev: pyproject.toml requirements-reference.txt requirements-provenance.txt | $(NETS)/.installed
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e '.[dev]'
 	$(PIP) install -q --no-deps --require-hashes -r requirements-reference.txt
+	$(PIP) install -q --no-deps --require-hashes -r requirements-provenance.txt
 	touch $@
 
 install-dev: $(VENV)/.installed-dev
@@ -52,11 +53,12 @@ $(NETS)/.installed: models/nets/weights.py
 
 nets: $(NETS)/.installed
 
-# The runtime alone (no torch): what `make demo` needs.
-$(VENV)/.installed-runtime: pyproject.toml
+# The runtime alone (no torch): what `make demo` needs, with provenance (the texture watermark, C2PA manifests).
+$(VENV)/.installed-runtime: pyproject.toml requirements-provenance.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e .
+	$(PIP) install -q -e '.[provenance]'
+	$(PIP) install -q --no-deps --require-hashes -r requirements-provenance.txt
 	touch $@
 
 install: $(VENV)/.installed-runtime

@@ -67,6 +67,12 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         "$XDG_DATA_HOME/megalive/<model>.avatars.npz (~/.local/share when unset)",
     )
     serve.add_argument("--no-enroll", dest="enroll", action="store_false", help="refuse `enroll` (no bank file is read or written)")
+    serve.add_argument(
+        "--no-watermark",
+        dest="watermark",
+        action="store_false",
+        help="send textures without the provenance watermark (README: Provenance); reported in hello and stats",
+    )
     serve.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
     serve.set_defaults(run=_serve)
 
@@ -106,6 +112,7 @@ def _serve_config(args: argparse.Namespace) -> ServiceConfig:
         max_output_pixels=args.max_output**2,
         session_idle_s=args.idle_timeout,
         curve=curve,
+        watermark=args.watermark,
     )
     check_bind_address(config.bind, curve=curve is not None)
     return config
@@ -163,6 +170,14 @@ def _serve(args: argparse.Namespace) -> int:
         f"{' with CURVE' if config.curve else ''}",
         flush=True,
     )
+    if service.watermark_state.startswith("unavailable"):
+        print(
+            f"megalive serve: textures carry no watermark: {service.watermark_state.removeprefix('unavailable: ')}",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif not config.watermark:
+        print("megalive: the provenance watermark is off (--no-watermark)", flush=True)
     if engine.bank_path is not None:
         print(f"megalive: enrolled avatars are kept in {engine.bank_path}", flush=True)
     if engine.bank_problem is not None:

@@ -58,7 +58,7 @@ from client.protocol import (
     unpack_header,
 )
 from contract.avatar_bank import MAX_CONSENT_CHARACTERS, MAX_NAME_CHARACTERS
-from server import __version__, capture, drivers, imaging
+from server import __version__, capture, drivers, imaging, provenance
 from server.binding import BindRefused, check_bind_address
 from server.engine import Engine, enroll_unavailable
 from server.enrollment import EnrollmentError, enroll_portraits
@@ -103,6 +103,7 @@ class ServiceConfig:
     # A portrait may be a phone or camera photo, larger than any webcam frame; each is shrunk once decoded.
     max_portrait_pixels: int = 6000 * 4000
     max_avatars: int = 256  # the model's own avatars and the enrolled ones together
+    watermark: bool = True  # the provenance watermark on every texture; off only with `megalive serve --no-watermark`
 
     @property
     def max_reply_bytes(self) -> int:
@@ -149,6 +150,7 @@ class AvatarService:
             max_batch=config.max_batch,
             max_image_pixels=config.max_image_pixels,
             crop_idle_s=config.crop_idle_s,
+            watermark=config.watermark and provenance.unavailable_for(engine.resolution) is None,
         )
         self._connections = ConnectionTable()  # ROUTER identity -> its connection's socket (for disconnect events)
         self._backlogs: dict[bytes, ReplyBacklog] = {}  # ROUTER identity -> replies waiting for room in ZeroMQ's queue
@@ -541,11 +543,20 @@ class AvatarService:
                     "codecs": list(CODECS),
                     "enroll": enroll_state,
                     "curve": self.config.curve is not None,
+                    "watermark": self.watermark_state,
                 },
                 "limits": self.announced_limits(),
                 "engine": self._engine_state(),
             },
         )
+
+    @property
+    def watermark_state(self) -> str:
+        """`on`, `off` (``--no-watermark``) or `unavailable: <why>`, as `hello` and `stats` report it."""
+        if not self.config.watermark:
+            return "off"
+        problem = provenance.unavailable_for(self.engine.resolution)
+        return "on" if problem is None else f"unavailable: {problem}"
 
     def announced_limits(self) -> dict[str, int]:
         """Every bound the server enforces, as `hello` announces them."""
@@ -700,7 +711,7 @@ class AvatarService:
                     **{name: sum(v[name] for v in others) for name in COUNTER_NAMES},
                 },  # ... and totals
                 "engine": {**self.engine.counters.as_dict(), **self._engine_state()},
-                "server": self.counters.as_dict(),
+                "server": {**self.counters.as_dict(), "watermark": self.watermark_state},
             },
         )
 

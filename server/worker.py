@@ -18,7 +18,7 @@ import numpy as np
 import zmq
 
 from client.protocol import ProtocolError, encode, error_frames
-from server import capture, drivers, imaging
+from server import capture, drivers, imaging, provenance
 from server.engine import Engine
 from server.sessions import FrameJob, ServerCounters, Session
 
@@ -41,8 +41,10 @@ class RenderWorker:
         max_batch: int,
         max_image_pixels: int,
         crop_idle_s: float,
+        watermark: bool = False,
     ) -> None:
         self.engine = engine
+        self.watermark = watermark  # every texture carries the provenance watermark (server/provenance.py)
         self.counters = counters
         self.max_batch = max_batch
         self.max_image_pixels = max_image_pixels
@@ -213,7 +215,14 @@ class RenderWorker:
         for index, (job, _, extra) in enumerate(prepared):
             session = job.session
             encode_began = time.perf_counter()
-            buffer = imaging.encode_texture(pixels[index], output_format=session.output_format, size=session.size)
+            texture = pixels[index]
+            if self.watermark:
+                # On the texture as sent, at the session's size: Pillow resizes RGBA premultiplied, which wipes the
+                # mark where alpha is low, so it goes on after the resize (before it only for sizes too small to carry it).
+                if provenance.blocks_per_bit(*session.size) >= provenance.MIN_BLOCKS_PER_BIT:
+                    texture = imaging.resize_rgb(texture, session.size)
+                texture = provenance.watermark_texture(texture, session.avatar)
+            buffer = imaging.encode_texture(texture, output_format=session.output_format, size=session.size)
             session.counters.rendered += 1
             timings = {
                 "decode": 1000.0 * (decoded - began) / batch_jobs,

@@ -1,0 +1,120 @@
+"""Provenance (issue 15): the invisible watermark on real rendered frames (round trip, JPEG 75, a 50 % resize, no
+false positive), the server's `--no-watermark` and its report in hello/stats, `megalive verify`, and C2PA."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from server import imaging, provenance
+from server.engine import SHIPPED_MODEL, Engine
+
+pytestmark = pytest.mark.skipif(provenance.unavailable() is not None, reason=f"watermark library: {provenance.unavailable()}")
+
+
+@pytest.fixture(scope="module")
+def shipped_engine() -> Engine:
+    return Engine(model_path=SHIPPED_MODEL, max_batch=4)
+
+
+@pytest.fixture(scope="module")
+def rendered(shipped_engine: Engine) -> list[tuple[int, np.ndarray]]:
+    """Six textures (H×W×4 uint8) of the shipped model, driven by frames of its driver clip: (avatar, pixels)."""
+    from server.demo import read_clip
+
+    frames, _ = read_clip(SHIPPED_MODEL.parent / "driver.mp4")
+    out = []
+    for index in range(6):
+        driver = imaging.resize_rgb(frames[index * 7 % len(frames)], shipped_engine.resolution)
+        avatar = index % shipped_engine.num_avatars
+        output = shipped_engine.run(imaging.to_engine_batch([driver]), np.array([avatar]))
+        out.append((avatar, imaging.to_texture_pixels(output.rgb, output.alpha)[0]))
+    return out
+
+
+def jpeg_75(rgb: np.ndarray) -> np.ndarray:
+    encoded = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb[:, :, :3])).save(encoded, format="JPEG", quality=75)
+    return np.asarray(Image.open(io.BytesIO(encoded.getvalue())).convert("RGB"))
+
+
+def half_size(rgb: np.ndarray) -> np.ndarray:
+    height, width = rgb.shape[:2]
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb[:, :, :3])).resize((width // 2, height // 2), Image.BILINEAR))
+
+
+def test_payload_round_trip_and_magic() -> None:
+    for avatar in (0, 7, 255, 0xFFFF):
+        assert provenance.decode_payload(provenance.payload_bits(avatar)) == avatar
+    bits = provenance.payload_bits(3)
+    bits[0] ^= 1  # one bit of the magic wrong: not ours
+    assert provenance.decode_payload(bits) is None
+    with pytest.raises(ValueError):
+        provenance.payload_bits(0x10000)
+
+
+def test_watermark_survives_png_jpeg_75_and_half_size_on_rendered_frames(rendered: list[tuple[int, np.ndarray]], tmp_path: Path) -> None:
+    for avatar, texture in rendered:
+        marked = provenance.watermark_texture(texture, avatar + 40)
+        assert marked.shape == texture.shape and marked.dtype == np.uint8
+        assert np.array_equal(marked[:, :, 3], texture[:, :, 3])  # alpha untouched
+        difference = marked[:, :, :3].astype(float) - texture[:, :, :3]
+        assert 10 * np.log10(255.0**2 / np.mean(difference**2)) > 35.0  # PSNR: invisible, not a pattern painted on
+        png = tmp_path / "marked.png"
+        Image.fromarray(marked).save(png)
+        assert provenance.read_watermark(np.asarray(Image.open(png))) == avatar + 40
+        assert provenance.read_watermark(jpeg_75(marked)) == avatar + 40
+        assert provenance.read_watermark(half_size(marked)) == avatar + 40
+
+
+def test_no_false_positive_on_unmarked_pictures(rendered: list[tuple[int, np.ndarray]]) -> None:
+    from server.demo import read_clip
+
+    frames, _ = read_clip(SHIPPED_MODEL.parent / "driver.mp4")
+    rng = np.random.default_rng(0)
+    pictures = [texture for _, texture in rendered] + frames[::20] + [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)]
+    pictures += [np.zeros((256, 256, 3), np.uint8), np.full((300, 200, 3), 255, np.uint8)]
+    assert [provenance.read_watermark(picture) for picture in pictures] == [None] * len(pictures)
+
+
+def test_small_textures_are_reported_too_small() -> None:
+    assert provenance.unavailable_for((256, 256)) is None
+    assert "too small" in provenance.unavailable_for((32, 32))
+
+
+@pytest.mark.parametrize("watermark", [True, False])
+def test_server_marks_every_texture_unless_told_not_to_and_says_so(shipped_engine: Engine, watermark: bool) -> None:
+    from client.client import AvatarClient
+    from server.service import AvatarService, ServiceConfig
+    from tests.server.test_service import render_one
+
+    service = AvatarService(engine=shipped_engine, config=ServiceConfig(bind="tcp://127.0.0.1:*", max_batch=4, watermark=watermark))
+    service.start()
+    try:
+        with AvatarClient(address=service.bound_address) as client:
+            info = client.hello()
+            assert info.capabilities["watermark"] == ("on" if watermark else "off")
+            session = client.open(avatar=5, size=[512, 512])  # marked at the model's 256, then resized: still found
+            texture = render_one(client, session, np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8))
+            assert client.stats()["server"]["watermark"] == ("on" if watermark else "off")
+    finally:
+        service.stop()
+    pixels = texture.buffer.array()
+    assert pixels.shape == (512, 512, 4)
+    assert provenance.read_watermark(pixels) == (5 if watermark else None)
+
+
+def test_unavailable_library_is_reported_never_pretended(contract_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.service import AvatarService, ServiceConfig
+
+    small = AvatarService(engine=Engine(model_path=contract_model_path), config=ServiceConfig(bind="tcp://127.0.0.1:*"))
+    assert small.watermark_state.startswith("unavailable: the model's 32×32 textures are too small")
+    assert not small.worker.watermark
+    monkeypatch.setattr(provenance, "_loaded", (None, "the invisible-watermark package (imwatermark) is not installed"))
+    service = AvatarService(engine=Engine(model_path=SHIPPED_MODEL), config=ServiceConfig(bind="tcp://127.0.0.1:*"))
+    assert service.watermark_state == "unavailable: the invisible-watermark package (imwatermark) is not installed"
+    assert not service.worker.watermark
