@@ -207,6 +207,16 @@ def _add_keys(commands: argparse._SubParsersAction) -> None:
     new.add_argument("dir", type=Path, metavar="DIR", help="folder for the two files (made, mode 0700, when missing)")
     new.add_argument("--name", default="megalive", metavar="NAME", help="file name stem, e.g. server or the client's host name")
     new.set_defaults(run=_keys_new)
+    signing = actions.add_parser(
+        "signing",
+        help="make an ES256 key and certificate chain for signing C2PA manifests (demo video, baked frames)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    signing.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="folder for the two files; default: ~/.config/megalive/signing"
+    )
+    signing.add_argument("--name", default="MegaLive user", metavar="NAME", help="organisation named in the certificates")
+    signing.set_defaults(run=_keys_signing)
 
 
 def _keys_new(args: argparse.Namespace) -> int:
@@ -218,6 +228,108 @@ def _keys_new(args: argparse.Namespace) -> int:
         print(f"megalive keys: {error}", file=sys.stderr)
         return 2
     print(f"public key {public} (hand it out)\nsecret key {secret} (keep it; mode 0600)")
+    return 0
+
+
+def _keys_signing(args: argparse.Namespace) -> int:
+    from server.manifest import ManifestError, default_signing_dir, make_signing_keys, unavailable
+
+    if (problem := unavailable()) is not None:
+        print(f"megalive keys signing: {problem}", file=sys.stderr)
+        return 2
+    try:
+        cert, key = make_signing_keys(args.out or default_signing_dir(), name=args.name)
+    except (ManifestError, OSError) as error:
+        print(f"megalive keys signing: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"certificate chain {cert} (signing certificate + the local CA that issued it; untrusted by others)\nsigning key {key} (mode 0600)"
+    )
+    return 0
+
+
+def _signing_files(args: argparse.Namespace) -> tuple[Path, Path] | None:
+    """The --signing-cert/--signing-key pair, else the default folder's pair when it is there, else None."""
+    from server.manifest import CERT_FILE, KEY_FILE, default_signing_dir
+
+    if (args.signing_cert is None) != (args.signing_key is None):
+        raise ValueError("--signing-cert and --signing-key go together")
+    if args.signing_cert is not None:
+        return args.signing_cert, args.signing_key
+    folder = default_signing_dir()
+    return (folder / CERT_FILE, folder / KEY_FILE) if (folder / KEY_FILE).is_file() else None
+
+
+def _add_signing_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--signing-cert", type=Path, default=None, metavar="PEM", help="certificate chain (default: megalive keys signing's)"
+    )
+    parser.add_argument("--signing-key", type=Path, default=None, metavar="PEM", help="its private key (ES256)")
+
+
+def _add_verify(commands: argparse._SubParsersAction) -> None:
+    verify = commands.add_parser(
+        "verify",
+        help="report the provenance of PNG, JPEG and MP4 files: watermark found / C2PA manifest valid / neither",
+        description="One line per file. Exit status 0 when every file carries provenance (a watermark or a valid manifest), 1 otherwise.",
+    )
+    verify.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    verify.add_argument("--json", action="store_true", help="print a JSON list instead of lines")
+    verify.set_defaults(run=_verify)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from server.verify import verify_file
+
+    verdicts = [verify_file(path) for path in args.files]
+    if args.json:
+        print(json.dumps([v.as_dict() for v in verdicts], indent=2))
+    else:
+        for verdict in verdicts:
+            print(verdict.line())
+    return 0 if all(v.has_provenance for v in verdicts) else 1
+
+
+def _add_sign(commands: argparse._SubParsersAction) -> None:
+    sign = commands.add_parser(
+        "sign",
+        help="add a C2PA manifest to baked PNG/JPEG/MP4 files of an avatar (in place)",
+        description="Sign files MegaLive made with a manifest naming the tool, the avatar and its consent record's hash "
+        "(shipped synthetic avatars: 'synthetic avatar, no person'). The avatar is read from the files' watermark "
+        "unless --avatar names it.",
+    )
+    sign.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    sign.add_argument("--avatar", type=int, default=None, metavar="ID", help="the avatar's id (default: read from the watermark)")
+    sign.add_argument("--model", type=Path, default=None, metavar="PATH", help="the model whose avatar it is; default: the shipped model")
+    sign.add_argument("--bank", type=Path, default=None, metavar="FILE", help="the server's bank of enrolled avatars (see serve --bank)")
+    _add_signing_options(sign)
+    sign.set_defaults(run=_sign)
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from server.engine import Engine, ModelError, model_or_shipped
+    from server.manifest import AvatarNote, ManifestError, sign_file
+    from server.verify import verify_file
+
+    try:
+        signing = _signing_files(args)
+        if signing is None:
+            raise ValueError("no signing key: run `megalive keys signing` or pass --signing-cert and --signing-key")
+        model = model_or_shipped(args.model)
+        engine = Engine(model_path=model, bank_path=args.bank)
+        records = engine.avatar_records()
+        for path in args.files:
+            avatar = args.avatar if args.avatar is not None else verify_file(path).watermark
+            if avatar is None or not 0 <= avatar < engine.num_avatars:
+                raise ValueError(f"{path}: no avatar id (no MegaLive watermark found, and no --avatar); not signed")
+            record = records[avatar] if avatar < len(records) else None
+            consent = None if record is None or record.consent is None else record.consent.sha256
+            note = AvatarNote(id=avatar, name=engine.avatar_names[avatar], consent_sha256=consent)
+            sign_file(path, path, avatars=[note], cert_path=signing[0], key_path=signing[1])
+            print(f"signed {path} (avatar {avatar} {note.name!r})")
+    except (ManifestError, ModelError, ValueError, OSError) as error:
+        print(f"megalive sign: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -272,6 +384,7 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         help="every: render every frame | realtime: offer frames at the clip's rate, latest wins",
     )
     demo.add_argument("--avatars", type=int, default=8, metavar="N", help="most avatars to drive [1-64]")
+    _add_signing_options(demo)
     demo.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
     demo.set_defaults(run=_demo)
 
@@ -285,16 +398,29 @@ def _demo(args: argparse.Namespace) -> int:
     except ModelError as error:
         print(f"megalive demo: {error}", file=sys.stderr)
         return 2
-    config = DemoConfig(model=model, clip=args.clip or DEFAULT_CLIP, out_dir=args.out, pacing=args.pacing, max_avatars=args.avatars)
+    try:
+        signing = _signing_files(args)
+    except ValueError as error:
+        print(f"megalive demo: {error}", file=sys.stderr)
+        return 2
+    config = DemoConfig(
+        model=model, clip=args.clip or DEFAULT_CLIP, out_dir=args.out, pacing=args.pacing, max_avatars=args.avatars, signing=signing
+    )
     if args.dry_run:
         print(json.dumps(asdict(config), indent=2, default=str))
         return 0
+    from server.manifest import ManifestError
+
     try:
         report = run_demo(config)
-    except (DemoError, ModelError) as error:
+    except (DemoError, ModelError, ManifestError) as error:
         print(f"megalive demo: {error}", file=sys.stderr)
         return 2
     print(report.summary())
+    if signing is None:
+        print(f"{report.video} carries no C2PA manifest: no signing key (megalive keys signing, or --signing-cert/--signing-key)")
+    else:
+        print(f"{report.video} carries a C2PA manifest signed with {signing[0]}")
     return 0
 
 
@@ -382,3 +508,5 @@ def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
     _add_avatars(commands)
     _add_enroll(commands)
     _add_demo(commands)
+    _add_verify(commands)
+    _add_sign(commands)

@@ -45,6 +45,7 @@ class DemoConfig:
     max_avatars: int = 8
     window: int = 2
     timeout_s: float = 10.0
+    signing: tuple[Path, Path] | None = None  # (certificate chain, key): demo.mp4 gets a C2PA manifest (server/manifest.py)
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,12 @@ def run_demo(config: DemoConfig, *, progress: bool = True) -> DemoReport:
         video_frames.append(compose_row_frame(driver, newest, tile))
     video, still = config.out_dir / "demo.mp4", config.out_dir / "demo.png"
     write_video(video_frames, video, fps)
+    if config.signing is not None:
+        from server.manifest import AvatarNote, sign_file
+
+        # The demo drives the model's own avatars (ids 0..), the synthetic ones it ships: no person, no consent record.
+        notes = [AvatarNote(id=a, name=card.avatar_names[a], consent_sha256=None) for a in range(avatars)]
+        sign_file(video, video, avatars=notes, cert_path=config.signing[0], key_path=config.signing[1])
     temporary = still.with_name(f".{still.name}.tmp")
     Image.fromarray(video_frames[len(video_frames) // 2]).save(temporary, format="PNG")
     temporary.replace(still)

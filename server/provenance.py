@@ -183,6 +183,8 @@ def read_watermark(picture: np.ndarray, sizes: Iterable[int] = TEXTURE_SIZES) ->
         raise RuntimeError(f"watermark unavailable: {problem}")
     rgb = np.ascontiguousarray(picture[:, :, :3]) if picture.ndim == 3 else np.repeat(picture[:, :, None], 3, axis=2)
     for view in candidate_views(rgb, tuple(sizes)):
+        if blocks_per_bit(*view.shape[:2]) < MIN_BLOCKS_PER_BIT:
+            continue
         found = _read_one(module, view)
         if found is not None:
             return found

@@ -118,3 +118,68 @@ def test_unavailable_library_is_reported_never_pretended(contract_model_path: Pa
     service = AvatarService(engine=Engine(model_path=SHIPPED_MODEL), config=ServiceConfig(bind="tcp://127.0.0.1:*"))
     assert service.watermark_state == "unavailable: the invisible-watermark package (imwatermark) is not installed"
     assert not service.worker.watermark
+
+
+def write_mp4(path: Path, frames: list[np.ndarray]) -> None:
+    from server.demo import write_video
+
+    write_video([np.ascontiguousarray(f[:, :, :3]) for f in frames], path, 25.0)
+
+
+@pytest.fixture(scope="module")
+def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from megalive.cli import main
+
+    folder = tmp_path_factory.mktemp("signing")
+    assert main(["keys", "signing", "--out", str(folder)]) == 0
+    assert main(["keys", "signing", "--out", str(folder)]) == 2  # never overwrites a key
+    key = folder / "megalive-signing.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    return folder / "megalive-signing.pem", key
+
+
+def test_verify_png_jpeg_mp4_with_and_without_provenance(
+    rendered: list[tuple[int, np.ndarray]], signing_keys: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import json
+
+    from megalive.cli import main
+
+    avatar, texture = rendered[1]
+    marked = provenance.watermark_texture(texture, avatar)
+    Image.fromarray(marked).save(tmp_path / "marked.png")
+    Image.fromarray(np.ascontiguousarray(marked[:, :, :3])).save(tmp_path / "marked.jpg", quality=75)
+    Image.fromarray(texture).save(tmp_path / "plain.png")
+    Image.fromarray(np.ascontiguousarray(texture[:, :, :3])).save(tmp_path / "plain.jpg", quality=75)
+    write_mp4(tmp_path / "marked.mp4", [provenance.watermark_texture(t, 4) for _, t in rendered])
+    write_mp4(tmp_path / "plain.mp4", [t for _, t in rendered])
+    marked_files = [tmp_path / name for name in ("marked.png", "marked.jpg", "marked.mp4")]
+    plain_files = [tmp_path / name for name in ("plain.png", "plain.jpg", "plain.mp4")]
+
+    assert main(["verify", *map(str, marked_files)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [f"avatar {avatar})" in lines[0], f"avatar {avatar})" in lines[1], "avatar 4)" in lines[2]] == [True] * 3
+    assert main(["verify", "--json", *map(str, plain_files)]) == 1
+    verdicts = json.loads(capsys.readouterr().out)
+    assert [(v["provenance"], v["watermark"], v["manifest"]["present"]) for v in verdicts] == [(False, None, False)] * 3
+
+    # C2PA: the unmarked PNG and MP4 signed; valid (certificate untrusted: a local CA), then one tampered with.
+    cert, key = signing_keys
+    assert main(["sign", "--avatar", "2", "--signing-cert", str(cert), "--signing-key", str(key), *map(str, plain_files[::2])]) == 0
+    capsys.readouterr()
+    assert main(["verify", "--json", *map(str, plain_files[::2])]) == 0
+    for verdict in json.loads(capsys.readouterr().out):
+        report = verdict["manifest"]
+        assert report["valid"] and not report["trusted"] and verdict["watermark"] is None
+        assert report["tool"] == "MegaLive 0.1.0" and report["signer"].startswith("MegaLive signer")
+        assert report["avatars"] == [{"id": 2, "name": SHIPPED_AVATAR_NAMES[2], "consent_sha256": "synthetic avatar, no person"}]
+    assert main(["verify", str(plain_files[0])]) == 0
+    assert "C2PA manifest valid, certificate untrusted" in capsys.readouterr().out
+    data = bytearray((tmp_path / "plain.png").read_bytes())
+    data[data.rfind(b"IDAT") + 40] ^= 0xFF  # one byte of the picture changed after signing
+    (tmp_path / "tampered.png").write_bytes(bytes(data))
+    assert main(["verify", str(tmp_path / "tampered.png")]) == 1
+    assert "C2PA manifest INVALID (" in capsys.readouterr().out
+
+
+SHIPPED_AVATAR_NAMES = Engine(model_path=SHIPPED_MODEL).avatar_names if SHIPPED_MODEL.is_file() else ()
