@@ -19,7 +19,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +82,7 @@ class BenchReport:
     gflops_per_frame: float | None
     matmul_peak_gflops: float
     streams: tuple[StreamFigures, ...]
+    watermark: WatermarkCost | None = None  # live frame rate with and without the provenance watermark, interleaved
 
     def stream(self, sessions: int) -> StreamFigures:
         return next(s for s in self.streams if s.sessions == sessions)
@@ -108,6 +109,7 @@ class BenchReport:
                 str(s.sessions): {"fps": s.fps, "vs_1": s.fps / single.fps, "dropped": s.dropped, "mean_batch": s.mean_batch}
                 for s in self.streams
             },
+            "watermark": None if self.watermark is None else asdict(self.watermark),
         }
 
     def table(self) -> str:
@@ -140,6 +142,17 @@ class BenchReport:
                 (
                     f"{sessions} session(s): total FPS (× vs 1; mean batch)",
                     f"{entry['fps']:.1f} (×{entry['vs_1']:.2f}; {entry['mean_batch']:.2f})",
+                )
+            )
+        if self.watermark is not None:
+            cost = self.watermark
+            rows.append(
+                (
+                    "live FPS without / with watermark (ratio, target ≥ 0.85)",
+                    f"unavailable: {cost.unavailable}"
+                    if cost.unavailable
+                    else f"{cost.fps_without:.1f} / {cost.fps_with:.1f} "
+                    f"(×{cost.ratio:.2f}, target {'met' if cost.ratio >= 0.85 else 'NOT met'})",
                 )
             )
         width = max(len(name) for name, _ in rows)
@@ -262,6 +275,47 @@ def measure_capture_costs(engine: Engine, seconds: float, kinds: tuple[str, ...]
     )
 
 
+@dataclass(frozen=True)
+class WatermarkCost:
+    fps_without: float  # live frames per second (engine, texture pixels, rgba8 encode) at batch 1, median of the rounds
+    fps_with: float  # the same with the provenance watermark on each texture
+    ratio: float  # median over the rounds of (with / without) in the same round; the target is >= 0.85
+    unavailable: str | None = None
+
+
+def measure_watermark_cost(engine: Engine, seconds: float) -> WatermarkCost:
+    """The live frame rate at the model's resolution with and without the provenance watermark (server/provenance.py),
+    interleaved as measure_capture_costs does: rounds in which each variant runs for CAPTURE_TURN_S in turn."""
+    from server import imaging, provenance
+
+    problem = provenance.unavailable_for(engine.resolution)
+    if problem is not None:
+        return WatermarkCost(fps_without=float("nan"), fps_with=float("nan"), ratio=float("nan"), unavailable=problem)
+    signal, avatar = _engine_signal(engine, "image", 1), np.zeros(1, np.int64)
+
+    def live_frame(watermark: bool) -> None:
+        output = engine.run(signal, avatar)
+        texture = imaging.to_texture_pixels(output.rgb, output.alpha)[0]
+        if watermark:
+            texture = provenance.watermark_texture(texture, 0)
+        imaging.encode_texture(texture, output_format="rgba8", size=engine.resolution)
+
+    rounds: dict[bool, list[float]] = {False: [], True: []}
+    live_frame(True)  # untimed: the library's first call loads it
+    with PhaseProgress(seconds=seconds, description="live frame, with vs without the watermark, interleaved") as progress:
+        began = time.perf_counter()
+        while not rounds[True] or time.perf_counter() - began < seconds:
+            for watermark in (False, True):
+                runs, turn_began = 0, time.perf_counter()
+                while runs == 0 or time.perf_counter() - turn_began < CAPTURE_TURN_S:
+                    live_frame(watermark)
+                    runs += 1
+                rounds[watermark].append(runs / (time.perf_counter() - turn_began))
+            progress.show(time.perf_counter() - began)
+    without, with_ = np.array(rounds[False]), np.array(rounds[True])
+    return WatermarkCost(fps_without=float(np.median(without)), fps_with=float(np.median(with_)), ratio=float(np.median(with_ / without)))
+
+
 def start_server(model_path: Path, *, threads: int = 0, options: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     """A real `megalive serve` (with extra `options`) on an ephemeral loopback port; returns the process and its address."""
     command = [
@@ -341,6 +395,7 @@ def run_bench(config: BenchConfig) -> BenchReport:
     raw_fps = measure_raw_fps(engine, config.seconds)
     raw_batch4_fps = measure_raw_fps(engine, config.seconds, batch=4)
     capture = measure_capture_costs(engine, config.seconds, tuple(kind for kind in engine.drivers if kind != "image"))
+    watermark = measure_watermark_cost(engine, config.seconds)
     card, providers = engine.card, tuple(engine.providers)
     del engine  # the server process gets the cores to itself
     process, address = start_server(config.model_path, threads=config.threads)
@@ -363,4 +418,5 @@ def run_bench(config: BenchConfig) -> BenchReport:
         gflops_per_frame=card.gflops_per_frame,
         matmul_peak_gflops=matmul_peak,
         streams=streams,
+        watermark=watermark,
     )
