@@ -157,6 +157,8 @@ class EnrolledAvatar:
     frames: int  # the portraits it was embedded from
     notes: tuple[str, ...]  # e.g. several faces in a portrait (the largest was taken)
     seconds: float  # the server's time to make and store it
+    refinement_job: int | None = None  # the few-shot refinement running in the background (its progress: `stats`)
+    refinement_unavailable: str | None = None  # why no refinement runs though steps were asked for (e.g. no torch)
 
 
 @dataclass(frozen=True)
@@ -585,19 +587,38 @@ class AvatarClient:
             )
         return entries
 
-    def enroll(self, *, name: str, consent: str, portraits: list[Any]) -> EnrolledAvatar:
+    def enroll(self, *, name: str, consent: str, portraits: list[Any], refine_steps: int | None = None) -> EnrolledAvatar:
         """Send portraits (H×W×3 uint8 arrays, or EncodedBuffer PNG/JPEG files) of one person with a name and the
         consent statement of the person shown; returns the new avatar. ServerError when the server refuses (no
-        consent, a name in use, no face found, a model that cannot enroll)."""
+        consent, a name in use, no face found, a model that cannot enroll). ``refine_steps``: the few-shot refinement
+        that follows in the background (None: the server's default; 0: none)."""
         buffers = tuple(p if isinstance(p, EncodedBuffer) else protocol.raw_buffer_from_array(p) for p in portraits)
-        reply = self._request({"op": "enroll", "name": name, "consent": consent}, buffers)
+        fields: dict[str, Any] = {"op": "enroll", "name": name, "consent": consent}
+        if refine_steps is not None:
+            fields["refine_steps"] = refine_steps
+        reply = self._request(fields, buffers)
+        refinement = reply.get("refinement") if isinstance(reply.get("refinement"), dict) else {}
+        job, unavailable = refinement.get("job"), refinement.get("unavailable")
         return EnrolledAvatar(
             avatar=int(reply.get("avatar", -1)),
             name=str(reply.get("name", name)),
             frames=int(reply.get("frames", len(portraits))),
             notes=tuple(str(note) for note in reply.get("notes") or ()),
             seconds=float(reply.get("seconds", 0.0)),
+            refinement_job=job if isinstance(job, int) else None,
+            refinement_unavailable=str(unavailable) if unavailable else None,
         )
+
+    def refinement_jobs(self) -> list[dict[str, Any]]:
+        """The server's refinement jobs (`stats`): job, avatar, name, state (queued/running/done/failed/cancelled),
+        step of steps, loss, seconds, error."""
+        refinement = self._request({"op": "stats"}).get("refinement")
+        jobs = refinement.get("jobs") if isinstance(refinement, dict) else None
+        return [job for job in jobs or () if isinstance(job, dict)]
+
+    def cancel_refinement(self, job: int) -> bool:
+        """Stop a refinement job (the avatar stays as enrolled one-shot); False when it had already ended."""
+        return bool(self._request({"op": "cancel_refinement", "job": job}).get("cancelled"))
 
     def open(
         self,
@@ -664,7 +685,7 @@ class AvatarClient:
 
     def stats(self) -> dict[str, Any]:
         reply = self._request({"op": "stats"})
-        return {key: reply.get(key) for key in ("sessions", "engine", "server", "client", "other_clients")}
+        return {key: reply.get(key) for key in ("sessions", "engine", "server", "client", "other_clients", "refinement")}
 
     def in_flight(self, session: int) -> int:
         return len(self._sessions[session].in_flight)

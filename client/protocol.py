@@ -26,8 +26,8 @@ import msgpack
 PROTOCOL_VERSION = 1
 
 # Requests a client may send, and the reply op that answers each.
-REQUEST_OPS = ("hello", "avatars", "open", "frame", "close", "stats", "enroll")
-REPLY_OPS = ("hello", "avatars", "open", "texture", "dropped", "close", "stats", "enroll", "error")
+REQUEST_OPS = ("hello", "avatars", "open", "frame", "close", "stats", "enroll", "cancel_refinement")
+REPLY_OPS = ("hello", "avatars", "open", "texture", "dropped", "close", "stats", "enroll", "cancel_refinement", "error")
 
 # Error codes of the `error` reply. `unknown_session` is the v1 code for a session id the server
 # does not hold (a restarted server, a closed session); the rest are DESIGN §3's list.

@@ -109,6 +109,18 @@ class AvatarBank:
             records=(*self.records, record),
         )
 
+    def with_identity(self, index: int, *, identity: np.ndarray, provenance: dict[str, object]) -> AvatarBank:
+        """A new bank where avatar ``index`` has another identity tensor and provenance (a refined enrollment)."""
+        if not 0 <= index < len(self.records):
+            raise AvatarBankError(f"no avatar {index} in this bank of {len(self.records)}")
+        if identity.shape != self.identity.shape[1:]:
+            raise AvatarBankError(f"the identity tensor is {identity.shape}; this model's are {self.identity.shape[1:]}")
+        tensors = self.identity.copy()
+        tensors[index] = identity
+        records = list(self.records)
+        records[index] = replace(records[index], provenance=provenance)
+        return replace(self, identity=tensors, records=tuple(records))
+
 
 def check_name(name: str, *, taken: tuple[str, ...]) -> None:
     """An avatar name: 1 to MAX_NAME_CHARACTERS printable characters, not one already in the bank."""

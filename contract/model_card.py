@@ -52,6 +52,8 @@ class EnrollmentFiles:
     identity_shape: tuple[int, int, int]  # C_id, S, S
     bank_path: Path  # the shipped avatars (contract/avatar_bank.py)
     embedder_path: Path  # frames B×K×3×H×W -> identity B×C_id×S×S
+    weights_path: Path | None = None  # the student's PyTorch weights, for few-shot refinement; None: not exported
+    student_config: dict | None = None  # the student's config, to rebuild it around those weights
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -184,8 +186,22 @@ def _enrollment_files(card: dict, model_path: Path, card_path: Path) -> Enrollme
         embedder = model_path.parent / str(card["embedder"]["model_file"])
     except (KeyError, TypeError, ValueError) as error:
         raise ModelCardError(f"{card_path}: missing or malformed identity, bank or embedder field ({error})") from None
-    for path, entry in ((bank, card["bank"]), (embedder, card["embedder"])):
+    files = [(bank, card["bank"]), (embedder, card["embedder"])]
+    weights, student_config = None, None
+    if "weights" in card:  # optional: a model without them enrolls one-shot only
+        try:
+            weights, student_config = model_path.parent / str(card["weights"]["file"]), dict(card["weights"]["student"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelCardError(f"{card_path}: malformed weights field ({error})") from None
+        files.append((weights, card["weights"]))
+    for path, entry in files:
         if not path.is_file():
             raise ModelCardError(f"{card_path}: {path.name} is missing beside the model")
         _check_graph_digest(path, entry.get("sha256", entry.get("model_sha256")), card_path)
-    return EnrollmentFiles(identity_shape=(channels, height, width), bank_path=bank, embedder_path=embedder)
+    return EnrollmentFiles(
+        identity_shape=(channels, height, width),
+        bank_path=bank,
+        embedder_path=embedder,
+        weights_path=weights,
+        student_config=student_config,
+    )

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -187,6 +188,21 @@ def student_from_checkpoint(checkpoint: dict[str, Any], *, expect_preset: str | 
         model.load_state_dict(checkpoint["model"])
     except (TypeError, KeyError, RuntimeError) as error:
         raise TrainingError(f"checkpoint does not match the student it describes: {str(error).splitlines()[0]}") from None
+    return model
+
+
+def student_from_weights(weights_path: Path, student_config: dict[str, Any]) -> Student:
+    """The student of an exported contract-v2 model (its sidecar's ``weights`` entry: the config and the npz of its
+    weights, without identity tensors), for refinement; TrainingError (one line) when they do not match."""
+    try:
+        config = StudentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in student_config.items()})
+        model = Student(config=replace(config, num_avatars=1))
+        with np.load(weights_path, allow_pickle=False) as arrays:
+            state = {name: torch.from_numpy(arrays[name]) for name in arrays.files}
+        state["identity"] = model.identity.detach()  # a placeholder row: refinement brings its own tensor
+        model.load_state_dict(state)
+    except (TypeError, KeyError, RuntimeError, ValueError, OSError) as error:
+        raise TrainingError(f"{weights_path}: not the student's weights its sidecar describes ({str(error).splitlines()[0]})") from None
     return model
 
 

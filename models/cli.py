@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from models.commands import data, evaluate, train
+from models.commands import data, enroll, evaluate, train
 from models.commands.common import package_version
 
 
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_commands(commands)
     train.add_commands(commands)
     evaluate.add_commands(commands)
+    enroll.add_commands(commands)
     return parser
 
 

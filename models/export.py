@@ -77,11 +77,17 @@ class EnrollmentExport:
 
     embedder: nn.Module
     bank: AvatarBank  # the shipped avatars: identity tensors, thumbnails, records
+    student: nn.Module | None = None  # the Student: its weights go beside the graphs for few-shot refinement (torch)
 
 
 def embedder_path(model_path: Path) -> Path:
     """student.onnx -> student.embedder.onnx."""
     return model_path.with_name(f"{model_path.stem}.embedder.onnx")
+
+
+def weights_path(model_path: Path) -> Path:
+    """student.onnx -> student.weights.npz: the student's PyTorch weights, which few-shot refinement fits through."""
+    return model_path.with_name(f"{model_path.stem}.weights.npz")
 
 
 def extra_driver_path(model_path: Path, kind: str) -> Path:
@@ -289,6 +295,20 @@ def _write_enrollment(
         "parity_max_abs_error": error,
     }
     sidecar["bank"] = {"file": bank_file.name, "sha256": file_sha256(bank_temporary), "avatars": len(enrollment.bank.records)}
+    if enrollment.student is not None:
+        # Refinement runs in PyTorch (the graphs cannot be differentiated by ONNX Runtime): the encoder's and decoder's
+        # weights as plain arrays (no pickle), without the avatars' own identity tensors (the bank holds those).
+        weights_file = weights_path(out_path)
+        weights_temporary = stage(weights_file)
+        state = {name: tensor.detach().cpu().numpy() for name, tensor in enrollment.student.state_dict().items() if name != "identity"}
+        with open(weights_temporary, "wb") as handle:
+            np.savez(handle, **state)
+        sidecar["weights"] = {
+            "file": weights_file.name,
+            "sha256": file_sha256(weights_temporary),
+            "student": asdict(enrollment.student.config),
+            "use": "few-shot refinement of enrolled avatars in PyTorch (megalive-train enroll)",
+        }
     return error
 
 
@@ -460,7 +480,11 @@ def export_student(student: StudentExport, out_path: str | Path, *, command: str
             for name in student.checkpoint["avatar_names"]
         )
         identity = student.model.identity.detach().numpy().astype(np.float32)
-        enrollment = EnrollmentExport(embedder=student.embedder, bank=AvatarBank(identity=identity, thumbnails=thumbnails, records=records))
+        enrollment = EnrollmentExport(
+            embedder=student.embedder,
+            bank=AvatarBank(identity=identity, thumbnails=thumbnails, records=records),
+            student=student.model,
+        )
     return export_avatar_model(
         module,
         out_path=out_path,

@@ -8,9 +8,10 @@ import json
 import os
 import signal
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from server import __version__
 
@@ -68,6 +69,14 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--no-enroll", dest="enroll", action="store_false", help="refuse `enroll` (no bank file is read or written)")
     serve.add_argument(
+        "--refine-steps",
+        type=int,
+        default=120,
+        metavar="N",
+        help="few-shot refinement steps after each enrollment, in a separate process (needs torch); 0: none",
+    )
+    serve.add_argument("--refine-threads", type=int, default=0, metavar="N", help="torch threads of a refinement job; 0: torch's default")
+    serve.add_argument(
         "--no-watermark",
         dest="watermark",
         action="store_false",
@@ -95,6 +104,8 @@ def _serve_config(args: argparse.Namespace) -> ServiceConfig:
         "--max-sessions": (args.max_sessions, 1, 1024),
         "--max-sessions-per-client": (args.max_sessions_per_client, 1, 1024),
         "--max-output": (args.max_output, 16, 4096),
+        "--refine-steps": (args.refine_steps, 0, 1000),
+        "--refine-threads": (args.refine_threads, 0, 256),
     }
     for option, (value, low, high) in ranges.items():
         if not low <= value <= high:
@@ -113,6 +124,8 @@ def _serve_config(args: argparse.Namespace) -> ServiceConfig:
         session_idle_s=args.idle_timeout,
         curve=curve,
         watermark=args.watermark,
+        refine_steps=args.refine_steps,
+        refine_threads=args.refine_threads,
     )
     check_bind_address(config.bind, curve=curve is not None)
     return config
@@ -464,6 +477,14 @@ def _add_enroll(commands: argparse._SubParsersAction) -> None:
         "--consent", required=True, metavar="STATEMENT", help='the person\'s own words, e.g. "I, Ada Lee, agree to this avatar of my face"'
     )
     enroll.add_argument("--frames", type=int, default=8, metavar="K", help="frames taken from a video [1-8]")
+    enroll.add_argument(
+        "--refine-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="few-shot refinement after the one-shot avatar (server side, in the background); default: the server's; 0: none",
+    )
+    enroll.add_argument("--no-wait", action="store_true", help="return once the one-shot avatar is made; do not follow its refinement")
     enroll.add_argument("--server", default="tcp://127.0.0.1:5555", metavar="ADDR", help="server address")
     enroll.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds to wait for the server")
     enroll.add_argument("--dry-run", action="store_true", help="read the inputs and print what would be sent")
@@ -490,14 +511,47 @@ def _enroll(args: argparse.Namespace) -> int:
     try:
         with AvatarClient(address=args.server, timeout_s=args.timeout, name="megalive-enroll") as client:
             client.hello()
-            enrolled = client.enroll(name=args.name, consent=args.consent, portraits=portraits)
+            enrolled = client.enroll(name=args.name, consent=args.consent, portraits=portraits, refine_steps=args.refine_steps)
+            print(f"enrolled avatar {enrolled.avatar} {enrolled.name!r} from {enrolled.frames} portrait(s) in {enrolled.seconds:.2f} s")
+            for note in enrolled.notes:
+                print(f"  note: {note}")
+            if enrolled.refinement_unavailable:
+                print(f"  not refined: {enrolled.refinement_unavailable}")
+            if enrolled.refinement_job is not None and not args.no_wait:
+                return _follow_refinement(client, enrolled.refinement_job)
     except (ServerGoneError, ServerError) as error:
         print(f"megalive enroll: {error}", file=sys.stderr)
         return 2
-    print(f"enrolled avatar {enrolled.avatar} {enrolled.name!r} from {enrolled.frames} portrait(s) in {enrolled.seconds:.2f} s")
-    for note in enrolled.notes:
-        print(f"  note: {note}")
     return 0
+
+
+def _follow_refinement(client: Any, job_id: int) -> int:
+    """A progress bar of the server's refinement job until it ends; Ctrl-C cancels it (the one-shot avatar stays)."""
+    from tqdm import tqdm
+
+    job: dict[str, Any] = {}
+    with tqdm(desc="refining", unit="step") as bar:
+        try:
+            while True:
+                job = next((j for j in client.refinement_jobs() if j.get("job") == job_id), {"state": "gone"})
+                bar.total = job.get("steps") or bar.total
+                bar.n = int(job.get("step") or 0)
+                if job.get("loss") is not None:
+                    bar.set_postfix(loss=f"{job['loss']:.4f}")
+                bar.refresh()
+                if job["state"] not in ("queued", "running"):
+                    break
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            cancelled = client.cancel_refinement(job_id)
+            print(f"refinement {'cancelled' if cancelled else 'had already ended'}; the one-shot avatar stays")
+            return 130
+    if job["state"] == "done":
+        print(f"refined in {job.get('seconds') or 0:.0f} s ({job.get('steps')} steps): the avatar now draws its refined identity")
+        return 0
+    why = job.get("error") or "no reason given"
+    print(f"megalive enroll: refinement {job['state']}: {why}; the one-shot avatar stays", file=sys.stderr)
+    return 1
 
 
 def add_runtime_commands(commands: argparse._SubParsersAction) -> None:

@@ -307,6 +307,19 @@ class Engine:
         self._identity = self._joined_identity()
         return self.num_avatars - 1
 
+    def replace_identity(self, avatar: int, *, identity: np.ndarray, provenance: dict[str, object]) -> None:
+        """Give an enrolled avatar a new identity tensor and provenance (its refinement), in the bank file first (written,
+        then renamed) and then here. AvatarBankError for a shipped avatar or a wrong shape; the bank is then untouched."""
+        if self._shipped is None or self._enrolled is None or self.bank_path is None:
+            raise ModelError(f"{self.card.name} has no enrolled avatars")
+        shipped = len(self._shipped.records)
+        if avatar < shipped:
+            raise AvatarBankError(f"avatar {avatar} is one of the model's own: only enrolled avatars are refined")
+        changed = self._enrolled.with_identity(avatar - shipped, identity=identity, provenance=provenance)
+        write_bank(changed, self.bank_path)
+        self._enrolled = changed
+        self._identity = self._joined_identity()
+
     def avatar_records(self) -> tuple[AvatarRecord, ...]:
         """Every avatar's bank record in id order (a v1 model has none)."""
         if self._shipped is None or self._enrolled is None:

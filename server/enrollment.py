@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from contract.avatar_bank import AvatarBankError, AvatarRecord, ConsentRecord, check_name
-from contract.landmarks import crop_box_from_landmarks, crop_square
+from contract.landmarks import crop_box_from_landmarks, crop_square, landmarks_in_crop
 from server.capture import CropConfig, FaceCropper
 from server.engine import Engine
 
@@ -40,6 +40,9 @@ class EnrollmentReport:
     frames: int  # K: the portraits the identity was embedded from
     notes: tuple[str, ...]  # what the user should know (several faces in a portrait, ...)
     seconds: float  # face search, crops and embedding, bank written
+    crops: np.ndarray  # K×H×W×3 uint8: the aligned faces it was embedded from (what refinement fits to)
+    landmarks: np.ndarray  # K×68×2 float32: their landmarks in crop pixels
+    identity: np.ndarray  # C_id×S×S float32: the one-shot tensor
 
 
 def largest_face(faces: Sequence[np.ndarray]) -> np.ndarray:
@@ -74,10 +77,11 @@ def find_faces(finder: FaceCropper, picture: np.ndarray) -> list[np.ndarray]:
     return found
 
 
-def portrait_crops(portraits: Sequence[np.ndarray], *, size: int) -> tuple[np.ndarray, tuple[str, ...]]:
-    """K pictures -> K×size×size×3 uint8 aligned face crops (the largest face of each), and the notes."""
+def portrait_crops(portraits: Sequence[np.ndarray], *, size: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """K pictures -> K×size×size×3 uint8 aligned face crops (the largest face of each), their landmarks (K×68×2 float32
+    crop pixels), and the notes."""
     notes: list[str] = []
-    crops = []
+    crops, landmarks = [], []
     with FaceCropper(config=CropConfig(output_size=size, box_filter=None, max_faces=MAX_FACES_LOOKED_FOR, static_images=True)) as finder:
         for index, portrait in enumerate(portraits, start=1):
             faces = find_faces(finder, portrait)
@@ -85,8 +89,11 @@ def portrait_crops(portraits: Sequence[np.ndarray], *, size: int) -> tuple[np.nd
                 raise EnrollmentError(f"no face found in portrait {index} of {len(portraits)}: use a picture where the face is clear")
             if len(faces) > 1:
                 notes.append(f"portrait {index}: {len(faces)} faces; took the largest")
-            crops.append(crop_square(portrait, crop_box_from_landmarks(largest_face(faces)), output_size=size))
-    return np.stack(crops), tuple(notes)
+            face = largest_face(faces)
+            box = crop_box_from_landmarks(face)
+            crops.append(crop_square(portrait, box, output_size=size))
+            landmarks.append(landmarks_in_crop(face, box) * np.float32(size))  # [0, 1] of the crop -> crop pixels
+    return np.stack(crops), np.stack(landmarks), tuple(notes)
 
 
 def enroll_portraits(
@@ -105,7 +112,7 @@ def enroll_portraits(
         record_consent = ConsentRecord.of(name=name, statement=consent, recorded_at=datetime.now(UTC).isoformat(timespec="seconds"))
     except AvatarBankError as error:
         raise EnrollmentError(str(error)) from None
-    crops, notes = portrait_crops(portraits, size=engine.resolution[0])
+    crops, landmarks, notes = portrait_crops(portraits, size=engine.resolution[0])
     frames = crops.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)  # K×H×W×3 -> K×3×H×W in [0, 1]
     identity = engine.embed(frames)
     height, width = engine.thumbnail_size
@@ -126,4 +133,13 @@ def enroll_portraits(
         avatar = engine.enroll(identity=identity, thumbnail=thumbnail, record=record)
     except AvatarBankError as error:
         raise EnrollmentError(str(error)) from None
-    return EnrollmentReport(avatar=avatar, name=name, frames=len(crops), notes=notes, seconds=time.perf_counter() - began)
+    return EnrollmentReport(
+        avatar=avatar,
+        name=name,
+        frames=len(crops),
+        notes=notes,
+        seconds=time.perf_counter() - began,
+        crops=crops,
+        landmarks=landmarks,
+        identity=identity,
+    )

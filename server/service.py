@@ -57,14 +57,15 @@ from client.protocol import (
     require,
     unpack_header,
 )
-from contract.avatar_bank import MAX_CONSENT_CHARACTERS, MAX_NAME_CHARACTERS
+from contract.avatar_bank import MAX_CONSENT_CHARACTERS, MAX_NAME_CHARACTERS, AvatarBankError
 from server import __version__, capture, drivers, imaging, provenance
 from server.binding import BindRefused, check_bind_address
-from server.engine import Engine, enroll_unavailable
+from server.engine import Engine, ModelError, enroll_unavailable
 from server.enrollment import EnrollmentError, enroll_portraits
 from server.flow import SMALL_REPLY_BYTES, ConnectionTable, Incoming, MessageBudget, ReplyBacklog, as_dropped
 from server.keys import CurveServerKeys
 from server.portraits import shrunk_portrait
+from server.refinement import RefinementJobs
 from server.sessions import COUNTER_NAMES, FrameJob, ServerCounters, Session
 from server.worker import RenderWorker
 
@@ -103,6 +104,9 @@ class ServiceConfig:
     # A portrait may be a phone or camera photo, larger than any webcam frame; each is shrunk once decoded.
     max_portrait_pixels: int = 6000 * 4000
     max_avatars: int = 256  # the model's own avatars and the enrolled ones together
+    refine_steps: int = 120  # few-shot refinement after each enrollment unless its request asks otherwise (0: none)
+    max_refine_steps: int = 1000
+    refine_threads: int = 0  # torch threads of a refinement job (0: torch's default)
     watermark: bool = True  # the provenance watermark on every texture; off only with `megalive serve --no-watermark`
 
     @property
@@ -138,6 +142,7 @@ class AvatarService:
         self.bind_error: str | None = None
         self.failure: str | None = None  # set when the service loop itself failed: `megalive serve` exits non-zero
         self._thumbnails = engine.thumbnails()
+        self.refinement = RefinementJobs(card=engine.card, threads=config.refine_threads)
         # Face trackers belong to the worker thread; the main thread only queues the ids of closed sessions.
         # The engine thread's state (pending frames, face trackers) outlives a thread that died.
         self.worker = RenderWorker(
@@ -166,6 +171,7 @@ class AvatarService:
             "close": self._on_close,
             "stats": self._on_stats,
             "enroll": self._on_enroll,
+            "cancel_refinement": self._on_cancel_refinement,
         }  # `frame` is handled first, apart: it also needs the raw frames
 
     # -------------------------------------------------------------------------------- lifecycle
@@ -267,6 +273,7 @@ class AvatarService:
             results.close(linger=0)
             if self._auth is not None:
                 self._auth.stop()
+            self.refinement.close()
             if self._own_context:
                 self.context.term()
 
@@ -299,6 +306,7 @@ class AvatarService:
             if not self.engine_alive and not self._stop.is_set():
                 self._restart_worker()
             if time.monotonic() >= next_reap:
+                self._apply_refinements()
                 self._reap_idle_sessions()
                 self._reload_allow_list()
                 next_reap = time.monotonic() + 1.0
@@ -514,7 +522,7 @@ class AvatarService:
             )
         card = self.engine.card
         enroll_state = (
-            {"available": True, "bank_problem": self.engine.bank_problem}
+            {"available": True, "bank_problem": self.engine.bank_problem, "refinement": self._refinement_state()}
             if self.engine.can_enroll
             else {"available": False, "why": enroll_unavailable(self.engine)}
         )
@@ -575,6 +583,7 @@ class AvatarService:
             "max_batch": config.max_batch,
             "max_messages_per_s": int(config.max_messages_per_s),
             "max_enroll_portraits": config.max_enroll_portraits,
+            "max_refine_steps": config.max_refine_steps,
             "max_portrait_pixels": config.max_portrait_pixels,
             "max_avatars": config.max_avatars,
             "max_avatar_name_characters": MAX_NAME_CHARACTERS,
@@ -711,6 +720,7 @@ class AvatarService:
                     **{name: sum(v[name] for v in others) for name in COUNTER_NAMES},
                 },  # ... and totals
                 "engine": {**self.engine.counters.as_dict(), **self._engine_state()},
+                "refinement": {**self._refinement_state(), "jobs": self.refinement.as_dicts()},
                 "server": {**self.counters.as_dict(), "watermark": self.watermark_state},
             },
         )
@@ -728,6 +738,7 @@ class AvatarService:
             )
         if self.engine.num_avatars >= self.config.max_avatars:
             raise ProtocolError("too_large", f"the server holds its maximum of {self.config.max_avatars} avatars", request_id=rid)
+        steps = self._refine_steps(request)
         if not 1 <= len(request.buffers) <= self.config.max_enroll_portraits:
             raise ProtocolError(
                 "bad_request",
@@ -751,6 +762,19 @@ class AvatarService:
             raise ProtocolError("bad_request", str(error), request_id=rid) from None
         self._thumbnails = self.engine.thumbnails()
         log.info("enrolled avatar %d %r from %d portrait(s) in %.2f s", report.avatar, report.name, report.frames, report.seconds)
+        refinement: dict[str, Any] = {"steps": steps}
+        if steps and self.refinement.available:
+            refinement["job"] = self.refinement.start(
+                avatar=report.avatar,
+                name=report.name,
+                frames=report.crops,
+                landmarks=report.landmarks,
+                identity=report.identity,
+                steps=steps,
+            )
+            log.info("refining avatar %d %r: job %d, %d steps", report.avatar, report.name, refinement["job"], steps)
+        elif steps:
+            refinement["unavailable"] = self.refinement.problem
         self._reply(
             router,
             peer,
@@ -762,8 +786,49 @@ class AvatarService:
                 "frames": report.frames,
                 "notes": list(report.notes),
                 "seconds": report.seconds,
+                "refinement": refinement,
             },
         )
+
+    def _refine_steps(self, request: Message) -> int:
+        """The refinement steps an enroll request asks for (the server's default when it says nothing)."""
+        steps = request.get("refine_steps", self.config.refine_steps)
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 0 <= steps <= self.config.max_refine_steps:
+            raise ProtocolError(
+                "bad_request", f"refine_steps must be an integer in [0, {self.config.max_refine_steps}]", request_id=request.request_id
+            )
+        return steps
+
+    def _refinement_state(self) -> dict[str, Any]:
+        problem = self.refinement.problem
+        return {"available": True, "default_steps": self.config.refine_steps} if problem is None else {"available": False, "why": problem}
+
+    def _on_cancel_refinement(self, router: zmq.Socket, peer: bytes, request: Message) -> None:
+        job = require(request, "job", int)
+        try:
+            cancelled = self.refinement.cancel(job)
+        except KeyError:
+            raise ProtocolError("bad_request", f"no refinement job {job}", request_id=request.request_id) from None
+        if cancelled:
+            log.info("refinement job %d cancelled", job)
+        self._reply(router, peer, {"op": "cancel_refinement", "id": request.request_id, "job": job, "cancelled": cancelled})
+
+    def _apply_refinements(self) -> None:
+        """Swap in the tensors of refinement jobs that finished (each written to the bank first)."""
+        for job, output in self.refinement.finished():
+            records = self.engine.avatar_records()
+            provenance = dict(records[job.avatar].provenance) if job.avatar < len(records) else {}
+            provenance["refined"] = {
+                "how": "few-shot: the identity tensor fitted to the enrollment frames (self-reenactment), the student frozen",
+                **output.summary,
+            }
+            try:
+                self.engine.replace_identity(job.avatar, identity=output.identity, provenance=provenance)
+            except (AvatarBankError, ModelError, OSError) as error:
+                job.state, job.error = "failed", f"the refined avatar could not be stored: {error}"
+                log.error("refinement job %d: %s", job.job_id, job.error)
+                continue
+            log.info("avatar %d %r refined in %.0f s (%d steps)", job.avatar, job.name, job.seconds or 0, output.summary.get("steps", 0))
 
     def _on_frame(self, router: zmq.Socket, peer: bytes, request: Message, frames: tuple[zmq.Frame, ...]) -> None:
         session = self._owned_session(peer, request)

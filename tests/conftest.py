@@ -118,10 +118,9 @@ def multi_driver_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def enrollable_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def export_enrollable_model(out: Path, *, refinable: bool) -> Path:
     """A 64×64 untrained student of contract v2 (identity tensors in, an identity embedder, a bank of 3 avatars) with its
-    arkit driver, exported together: tests enrollment's plumbing, not looks."""
+    arkit driver, exported together; ``refinable``: with the student's weights beside it (few-shot refinement)."""
     import numpy as np
     import torch
 
@@ -147,7 +146,7 @@ def enrollable_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
         input_shape=CAPTURE_INPUTS["arkit"][1],
         config={"kind": "arkit"},
     )
-    out = tmp_path_factory.mktemp("models") / "enrollable.onnx"
+    embedder = IdentityEmbedder(config=embedder_config("tiny", student.config))
     report = export_avatar_model(
         graph,
         out_path=out,
@@ -156,7 +155,19 @@ def enrollable_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
         command="tests/conftest.py enrollable_model_path",
         config={"preset": "tiny"},
         extra_drivers=[arkit],
-        enrollment=EnrollmentExport(embedder=IdentityEmbedder(config=embedder_config("tiny", student.config)), bank=bank),
+        enrollment=EnrollmentExport(embedder=embedder, bank=bank, student=student if refinable else None),
     )
     assert report.max_abs_error < 1e-4
     return out
+
+
+@pytest.fixture(scope="session")
+def enrollable_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The untrained 64×64 contract-v2 model without student weights: tests enrollment's plumbing, not looks."""
+    return export_enrollable_model(tmp_path_factory.mktemp("models") / "enrollable.onnx", refinable=False)
+
+
+@pytest.fixture(scope="session")
+def refinable_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same model with its student's weights beside it, as `megalive-train export` writes a v2 model: it refines."""
+    return export_enrollable_model(tmp_path_factory.mktemp("models") / "refinable.onnx", refinable=True)

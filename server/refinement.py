@@ -1,0 +1,229 @@
+"""Few-shot refinement jobs (DESIGN §3 `enroll`, §4.3): after a one-shot enrollment, the avatar's identity tensor is
+fitted to its frames by `megalive-train enroll` in a separate process, so the torch-free server keeps serving.
+
+    enroll -> the one-shot avatar at once -> RefinementJobs.start: JOB.in.npz (crops, landmarks, identity), then
+    `python -m models.cli enroll --progress-lines` (it needs the `train` extra: torch) at a lower priority
+    -> a reader thread keeps the job's step and loss from its JSON lines (what `stats` shows)
+    -> RefinementJobs.finished (polled by the service loop): a complete JOB.out.npz -> the engine swaps the tensor in
+       (the bank written to a temporary file, then renamed). A job that fails, is cancelled or dies leaves the bank
+       and the one-shot avatar as they were.
+
+One job runs at a time (two cores: a second would only slow both); later ones wait in order. Job folders live in a
+temporary directory of the server's, removed on close.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from contract.model_card import ModelCard
+from contract.refinement_job import RefinementInput, RefinementJobError, RefinementOutput, parse_line, read_output, write_input
+
+JOB_NICENESS = 10  # below the live server's priority: frames keep coming while a job runs
+FINISHED_JOBS_KEPT = 16  # ended jobs `stats` still reports
+STDERR_LINES_KEPT = 20
+
+
+def refinement_unavailable(card: ModelCard) -> str | None:
+    """Why this server cannot refine avatars, or None when it can."""
+    if card.enrollment is None:
+        return f"{card.name} is a contract v1 model: it cannot enroll"
+    if card.enrollment.weights_path is None:
+        return f"{card.name} has no student weights beside it ({card.model_path.stem}.weights.npz): re-export it to refine"
+    if importlib.util.find_spec("torch") is None:
+        return "refinement needs PyTorch (pip install 'megalive[train]'); the one-shot avatar is enrolled without it"
+    return None
+
+
+@dataclass
+class RefinementJob:
+    job_id: int
+    avatar: int
+    name: str
+    steps: int
+    folder: Path
+    state: str = "queued"  # queued | running | done | failed | cancelled
+    step: int = 0
+    loss: float | None = None
+    first_loss: float | None = None
+    error: str | None = None
+    started_at: float | None = None
+    seconds: float | None = None
+    process: subprocess.Popen | None = None
+    stderr_tail: deque = field(default_factory=lambda: deque(maxlen=STDERR_LINES_KEPT))
+
+    @property
+    def input_path(self) -> Path:
+        return self.folder / "job.in.npz"
+
+    @property
+    def output_path(self) -> Path:
+        return self.folder / "job.out.npz"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "job": self.job_id,
+            "avatar": self.avatar,
+            "name": self.name,
+            "state": self.state,
+            "step": self.step,
+            "steps": self.steps,
+            "loss": self.loss,
+            "first_loss": self.first_loss,
+            "seconds": self.seconds if self.seconds is not None else (time.monotonic() - self.started_at if self.started_at else None),
+            "error": self.error,
+        }
+
+
+class RefinementJobs:
+    """The server's refinement jobs: start, cancel, poll; ``close`` ends them all."""
+
+    def __init__(self, *, card: ModelCard, command: tuple[str, ...] | None = None, threads: int = 0) -> None:
+        self.card = card
+        # The factory's command, run by the server's own interpreter (tests may pass another).
+        self.command = command or (sys.executable, "-m", "models.cli", "enroll")
+        self.threads = threads
+        self.problem = refinement_unavailable(card)
+        self._ids = itertools.count(1)
+        self._jobs: dict[int, RefinementJob] = {}
+        self._queue: deque[RefinementJob] = deque()
+        self._lock = threading.Lock()
+        self._root: Path | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.problem is None
+
+    def _folder(self, job_id: int) -> Path:
+        if self._root is None:
+            self._root = Path(tempfile.mkdtemp(prefix="megalive-refine-"))
+        folder = self._root / f"job-{job_id}"
+        folder.mkdir()
+        return folder
+
+    def start(self, *, avatar: int, name: str, frames: np.ndarray, landmarks: np.ndarray | None, identity: np.ndarray, steps: int) -> int:
+        """Queue a job for ``avatar`` (its crops K×H×W×3 uint8, their landmarks, its one-shot tensor); returns its id."""
+        if self.problem is not None:
+            raise RefinementJobError(self.problem)
+        job_id = next(self._ids)
+        job = RefinementJob(job_id=job_id, avatar=avatar, name=name, steps=steps, folder=self._folder(job_id))
+        write_input(RefinementInput(frames=frames, landmarks=landmarks, identity=identity.astype(np.float32)), job.input_path)
+        with self._lock:
+            self._jobs[job_id] = job
+            self._queue.append(job)
+        self._start_next()
+        return job_id
+
+    def _start_next(self) -> None:
+        with self._lock:
+            if any(job.state == "running" for job in self._jobs.values()) or not self._queue:
+                return
+            job = self._queue.popleft()
+            job.state, job.started_at = "running", time.monotonic()
+        arguments = [
+            *self.command,
+            "--model", str(self.card.model_path),
+            "--job", str(job.input_path),
+            "--out", str(job.output_path),
+            "--steps", str(job.steps),
+            "--nice", str(JOB_NICENESS),
+            "--threads", str(self.threads),
+            "--progress-lines",
+        ]  # fmt: skip
+        try:
+            job.process = subprocess.Popen(arguments, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        except OSError as error:
+            job.state, job.error = "failed", f"could not start the refinement: {error}"
+            return
+        threading.Thread(target=self._read_progress, args=(job,), daemon=True, name=f"refine-{job.job_id}").start()
+        threading.Thread(target=self._read_errors, args=(job,), daemon=True, name=f"refine-{job.job_id}-err").start()
+
+    @staticmethod
+    def _read_progress(job: RefinementJob) -> None:
+        assert job.process is not None and job.process.stdout is not None
+        for line in job.process.stdout:
+            entry = parse_line(line)
+            if entry is None or "step" not in entry:
+                continue
+            job.step, job.loss = int(entry["step"]), float(entry["loss"])
+            if job.first_loss is None:
+                job.first_loss = job.loss
+
+    @staticmethod
+    def _read_errors(job: RefinementJob) -> None:
+        assert job.process is not None and job.process.stderr is not None
+        for line in job.process.stderr:
+            if line.strip():
+                job.stderr_tail.append(line.rstrip())
+
+    def cancel(self, job_id: int) -> bool:
+        """Stop a queued or running job (the avatar stays as the one-shot made it); False when it had already ended."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise KeyError(job_id)
+            if job.state == "queued":
+                self._queue.remove(job)
+            elif job.state != "running":
+                return False
+            job.state = "cancelled"
+        if job.process is not None:
+            job.process.terminate()
+            try:
+                job.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                job.process.kill()
+                job.process.wait()
+        job.seconds = time.monotonic() - job.started_at if job.started_at else 0.0
+        self._start_next()
+        return True
+
+    def finished(self) -> list[tuple[RefinementJob, RefinementOutput]]:
+        """Jobs whose process ended since the last call, with their results (the failed ones are marked, not returned)."""
+        done: list[tuple[RefinementJob, RefinementOutput]] = []
+        for job in [job for job in self._jobs.values() if job.state == "running"]:
+            assert job.process is not None
+            code = job.process.poll()
+            if code is None:
+                continue
+            job.seconds = time.monotonic() - (job.started_at or time.monotonic())
+            try:
+                if code != 0:
+                    raise RefinementJobError(job.stderr_tail[-1] if job.stderr_tail else f"the refinement exited with status {code}")
+                output = read_output(job.output_path)
+            except RefinementJobError as error:
+                job.state, job.error = "failed", str(error)
+            else:
+                job.state = "done"
+                done.append((job, output))
+            self._start_next()
+        self._forget_old()
+        return done
+
+    def _forget_old(self) -> None:
+        ended = [job for job in self._jobs.values() if job.state in ("done", "failed", "cancelled")]
+        for job in ended[:-FINISHED_JOBS_KEPT]:
+            self._jobs.pop(job.job_id, None)
+            shutil.rmtree(job.folder, ignore_errors=True)
+
+    def as_dicts(self) -> list[dict[str, object]]:
+        return [job.as_dict() for job in list(self._jobs.values())]
+
+    def close(self) -> None:
+        for job in list(self._jobs.values()):
+            if job.state in ("queued", "running"):
+                self.cancel(job.job_id)
+        if self._root is not None:
+            shutil.rmtree(self._root, ignore_errors=True)

@@ -1,0 +1,140 @@
+"""Few-shot refinement on the server: after a one-shot enroll, `megalive-train enroll` runs in a separate process, its
+progress shows in `stats`, its result replaces the avatar's tensor in the bank (and survives a restart), a cancelled
+or failed job leaves the one-shot avatar as it was, and a server that cannot refine says why and still enrolls.
+The model is untrained (conftest.refinable_model_path): plumbing, not looks."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client.client import AvatarClient, ServerError
+from contract.avatar_bank import read_bank
+from server.engine import Engine
+from server.refinement import RefinementJobs
+from server.service import AvatarService, ServiceConfig
+from tests.server.test_enrollment import CONSENT
+
+JOB_COMMAND = (sys.executable, "-m", "models.cli", "enroll", "--allow-missing-nets")  # the suite's box may lack the nets
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    pytest.importorskip("mediapipe")
+    return pytest.importorskip("skimage.data").astronaut()
+
+
+def _service(model: Path, bank: Path, *, command: tuple[str, ...] | None = JOB_COMMAND) -> AvatarService:
+    engine = Engine(model_path=model, max_batch=4, bank_path=bank)
+    service = AvatarService(engine=engine, config=ServiceConfig(bind="tcp://127.0.0.1:*", max_batch=4, refine_steps=0))
+    if command is not None:
+        service.refinement = RefinementJobs(card=engine.card, command=command)
+    service.start()
+    return service
+
+
+def _wait_for_job(client: AvatarClient, job_id: int, states: tuple[str, ...], timeout_s: float = 240) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = next(j for j in client.refinement_jobs() if j["job"] == job_id)
+        if job["state"] in states:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} never reached {states}: {job}")
+
+
+def test_a_refined_avatar_replaces_the_one_shot_tensor_in_the_bank_and_survives_a_restart(
+    refinable_model_path: Path, tmp_path: Path, astronaut: np.ndarray
+) -> None:
+    bank = tmp_path / "bank.avatars.npz"
+    service = _service(refinable_model_path, bank)
+    try:
+        with AvatarClient(address=service.bound_address, timeout_s=30) as client:
+            assert client.hello().capabilities["enroll"]["refinement"]["available"] is True
+            enrolled = client.enroll(name="Eileen", consent=CONSENT, portraits=[astronaut], refine_steps=6)
+            assert enrolled.refinement_job is not None and enrolled.refinement_unavailable is None
+            one_shot = read_bank(bank).identity[0].copy()  # written at once, before any refinement
+            job = _wait_for_job(client, enrolled.refinement_job, ("done", "failed"))
+            assert job["state"] == "done", job
+            assert job["steps"] == 6 and job["step"] == 6 and job["avatar"] == 3 and job["loss"] is not None
+            deadline = time.monotonic() + 10  # the service loop swaps the tensor in within a second of the job's end
+            while np.array_equal(read_bank(bank).identity[0], one_shot) and time.monotonic() < deadline:
+                time.sleep(0.1)
+    finally:
+        service.stop()
+    stored = read_bank(bank)
+    assert not np.array_equal(stored.identity[0], one_shot)  # the refined tensor, not the one-shot one
+    assert stored.records[0].provenance["refined"]["steps"] == 6 and stored.records[0].consent is not None
+    restarted = Engine(model_path=refinable_model_path, bank_path=bank, warmup=False)
+    assert restarted.avatar_names[-1] == "Eileen"
+
+
+def test_a_cancelled_refinement_leaves_the_one_shot_avatar(refinable_model_path: Path, tmp_path: Path, astronaut: np.ndarray) -> None:
+    bank = tmp_path / "bank.avatars.npz"
+    service = _service(refinable_model_path, bank)
+    try:
+        with AvatarClient(address=service.bound_address, timeout_s=30) as client:
+            client.hello()
+            enrolled = client.enroll(name="Eileen", consent=CONSENT, portraits=[astronaut], refine_steps=1000)
+            assert enrolled.refinement_job is not None
+            one_shot = read_bank(bank).identity[0].copy()
+            _wait_for_job(client, enrolled.refinement_job, ("running",))
+            assert client.cancel_refinement(enrolled.refinement_job) is True
+            assert client.cancel_refinement(enrolled.refinement_job) is False  # it had already ended
+            job = _wait_for_job(client, enrolled.refinement_job, ("cancelled",))
+            assert job["step"] < 1000
+            with pytest.raises(ServerError, match="no refinement job 99"):
+                client.cancel_refinement(99)
+            with pytest.raises(ServerError, match="refine_steps must be an integer"):
+                client.enroll(name="Other", consent=CONSENT, portraits=[astronaut], refine_steps=100_000)
+            time.sleep(1.5)  # a poll of the service loop: nothing to apply
+        np.testing.assert_array_equal(read_bank(bank).identity[0], one_shot)
+    finally:
+        service.stop()
+
+
+def test_a_failed_job_leaves_the_bank_and_says_why(refinable_model_path: Path, tmp_path: Path, astronaut: np.ndarray) -> None:
+    bank = tmp_path / "bank.avatars.npz"
+    crashing = (sys.executable, "-c", "import sys; sys.stderr.write('refinement crashed: out of memory\\n'); sys.exit(3)")
+    service = _service(refinable_model_path, bank, command=crashing)
+    try:
+        with AvatarClient(address=service.bound_address, timeout_s=30) as client:
+            client.hello()
+            enrolled = client.enroll(name="Eileen", consent=CONSENT, portraits=[astronaut], refine_steps=5)
+            one_shot = read_bank(bank).identity[0].copy()
+            job = _wait_for_job(client, enrolled.refinement_job, ("failed", "done"))
+            assert job["state"] == "failed" and job["error"] == "refinement crashed: out of memory"
+        np.testing.assert_array_equal(read_bank(bank).identity[0], one_shot)
+    finally:
+        service.stop()
+
+
+def test_a_model_without_student_weights_enrolls_one_shot_and_says_it_cannot_refine(
+    enrollable_model_path: Path, tmp_path: Path, astronaut: np.ndarray
+) -> None:
+    service = _service(enrollable_model_path, tmp_path / "bank.avatars.npz", command=None)
+    try:
+        with AvatarClient(address=service.bound_address, timeout_s=30) as client:
+            refinement = client.hello().capabilities["enroll"]["refinement"]
+            assert refinement["available"] is False and "no student weights" in refinement["why"]
+            enrolled = client.enroll(name="Eileen", consent=CONSENT, portraits=[astronaut], refine_steps=10)
+            assert enrolled.avatar == 3 and enrolled.refinement_job is None
+            assert enrolled.refinement_unavailable is not None and "no student weights" in enrolled.refinement_unavailable
+    finally:
+        service.stop()
+
+
+def test_without_torch_the_server_says_refinement_needs_it(refinable_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from server import refinement
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(refinement.importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    engine = Engine(model_path=refinable_model_path, warmup=False, bank_path=None)
+    problem = refinement.refinement_unavailable(engine.card)
+    assert problem is not None and "needs PyTorch" in problem
