@@ -54,6 +54,8 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -105,6 +107,7 @@ class EvalConfig:
     centred: bool = False  # the motions drawn centred at the default size (always so for arkit: curves carry no framing)
     sources: int = 8  # held-out source identities when there is no --data (a teacher, or a student enrolling them)
     enroll_shots: int = 0  # K > 0: a contract-v2 student enrolls every source from K frames (its embedder), not its own avatars
+    refine_steps: int = 0  # with enroll_shots: each enrolled identity tensor is then refined on its K frames (few-shot)
     metric_size: int = 224  # side images are resized to for EfficientNet-Lite0 (its training size); 0: as they are
 
     @property
@@ -117,6 +120,7 @@ class EvalConfig:
         rows are always centred, and their name does not say it)."""
         centred = "-centred" if self.centred and self.driver != "arkit" else ""
         enrolled = f"-enrolled-k{self.enroll_shots}" if self.enroll_shots else ""
+        enrolled += f"-refined{self.refine_steps}" if self.enroll_shots and self.refine_steps else ""
         stem = f"{self.motions}{centred}" if self.driver == "image" else f"{self.motions}{centred}-{self.driver}"
         return stem + enrolled
 
@@ -169,6 +173,7 @@ class EvalReport:
     expression_zero_answer: float | None = None  # the ARKit error of answering 0 for every control (None without a regressor)
     networks: dict[str, str] = field(default_factory=dict)  # metric network -> "active" or "absent: <why>"
     notes: tuple[str, ...] = ()  # how to read figures whose meaning depends on this run (FD-EffNet's sample count)
+    enrollment_seconds: dict[str, float] | None = None  # --enroll-shots: per avatar, embedding (and refinement): median, worst
 
     def rows(self) -> list[tuple[str, Figures]]:
         rows = [
@@ -256,8 +261,9 @@ class AvatarModel(Protocol):
     def set_sources(self, sources: Tensor) -> None:
         """The avatars' source images, A×3×H×W in [0, 1] (a student checks only their number)."""
 
-    def enroll_sources(self, frames: Tensor) -> None:
-        """Make the avatars from A×K×3×H×W frames of each (a contract-v2 student's embedder); others refuse."""
+    def enroll_sources(self, frames: Tensor, landmarks: Tensor, *, refine_steps: int) -> list[float]:
+        """Make the avatars from A×K×3×H×W frames of each (a contract-v2 student's embedder), then refine each on its
+        frames (landmarks A×K×68×2) for ``refine_steps``; returns the seconds each avatar took. Others refuse."""
 
     def __call__(self, signal: Tensor, avatar: Tensor) -> AvatarOutput:
         """signal: B×… driving input; avatar: B indices into the sources."""
@@ -295,14 +301,51 @@ class OnnxAvatarModel:
         if len(sources) != len(self.avatar_names):
             raise ValueError(f"the model has {len(self.avatar_names)} avatars but the data has {len(sources)}")
 
-    def enroll_sources(self, frames: Tensor) -> None:
+    def enroll_sources(self, frames: Tensor, landmarks: Tensor, *, refine_steps: int) -> list[float]:
         import onnxruntime as ort
 
         if self.enrollment is None:
             raise ValueError(f"{self.path} cannot enroll: a contract v1 model (no identity embedder)")
         embedder = ort.InferenceSession(str(self.enrollment.embedder_path), providers=["CPUExecutionProvider"])
-        (identity,) = embedder.run(["identity"], {"frames": frames.numpy()})  # A×K×3×H×W -> A×C_id×S×S
-        self.identity = torch.from_numpy(identity)
+        seconds, identities = [], []
+        for index in range(len(frames)):  # one at a time, as a user enrolls: each avatar's own time
+            began = time.perf_counter()
+            (identity,) = embedder.run(["identity"], {"frames": frames[index : index + 1].numpy()})  # 1×K×3×H×W -> 1×C_id×S×S
+            identities.append(torch.from_numpy(identity[0]))
+            seconds.append(time.perf_counter() - began)
+        if refine_steps:
+            identities, refine_seconds = self._refine(identities, frames, landmarks, steps=refine_steps)
+            seconds = [a + b for a, b in zip(seconds, refine_seconds)]
+        self.identity = torch.stack(identities)  # A×C_id×S×S
+        return seconds
+
+    def _refine(self, identities: list[Tensor], frames: Tensor, landmarks: Tensor, *, steps: int) -> tuple[list[Tensor], list[float]]:
+        """Few-shot refinement of each identity tensor, as the server's job does it (models/training/refine_identity.py)."""
+        from models.checkpoints import student_from_weights
+        from models.nets.perceptual import PerceptualFeatures
+        from models.nets.weights import PERCEPTUAL_NETWORK, network_problem
+        from models.training.refine_identity import RefineConfig, refine_identity
+
+        files = self.enrollment
+        if files is None or files.weights_path is None or files.student_config is None:
+            raise ValueError(f"{self.path} cannot refine: no student weights beside it (re-export it)")
+        refined, seconds = [], []
+        with torch.inference_mode(False), torch.enable_grad():  # the evaluation runs in inference mode; a fit needs autograd
+            student = student_from_weights(files.weights_path, files.student_config)
+            perceptual = PerceptualFeatures() if network_problem(PERCEPTUAL_NETWORK) is None else None
+            for identity, own_frames, own_landmarks in zip(identities, frames, landmarks):
+                began = time.perf_counter()
+                result = refine_identity(
+                    student,
+                    identity=identity.clone(),
+                    frames=own_frames.clone(),
+                    landmarks=own_landmarks.clone(),
+                    config=RefineConfig(steps=steps),
+                    perceptual=perceptual,
+                )
+                refined.append(result.identity)
+                seconds.append(time.perf_counter() - began)
+        return refined, seconds
 
     def __call__(self, signal: Tensor, avatar: Tensor) -> AvatarOutput:
         who = {"avatar": avatar.numpy()} if self.identity is None else {"identity": self.identity[avatar].numpy()}
@@ -328,7 +371,7 @@ class TeacherAvatarModel:
     def set_sources(self, sources: Tensor) -> None:
         self.avatars.set_sources(sources)
 
-    def enroll_sources(self, frames: Tensor) -> None:
+    def enroll_sources(self, frames: Tensor, landmarks: Tensor, *, refine_steps: int) -> list[float]:
         raise ValueError("the teacher reads its source image as it is: --enroll-shots is for contract-v2 students")
 
     def __call__(self, signal: Tensor, avatar: Tensor) -> AvatarOutput:
@@ -419,6 +462,8 @@ def held_out_motions(config: EvalConfig) -> HeadMotion:
 
 
 def _source_identities(config: EvalConfig, model: AvatarModel) -> tuple[Identity, str]:
+    if config.refine_steps and not config.enroll_shots:
+        raise ValueError("--refine-steps refines enrolled avatars: it needs --enroll-shots")
     if config.data is not None:
         meta = read_meta(Path(config.data))
         return load_identities(meta.root / "avatars.npz"), f"the {meta.num_avatars} avatars of {meta.root}"
@@ -570,8 +615,13 @@ def evaluate(
     with torch.inference_mode():
         neutral_render = heads.render(avatars, neutral_motion(len(avatars)))  # A×3×H×W: the source images
         neutral = AvatarOutput(rgb=neutral_render.rgb, alpha=neutral_render.alpha)
+        enrollment_seconds = None
         if config.enroll_shots:
-            model.enroll_sources(enrollment_frames(heads, avatars, neutral.rgb, shots=config.enroll_shots, seed=config.seed + 3))
+            frames, frame_landmarks = enrollment_frames(
+                heads, avatars, neutral.rgb, neutral_render.landmarks, shots=config.enroll_shots, seed=config.seed + 3
+            )
+            seconds = model.enroll_sources(frames, frame_landmarks, refine_steps=config.refine_steps)
+            enrollment_seconds = {"median": float(statistics.median(seconds)), "worst": float(max(seconds))}
         else:
             model.set_sources(neutral.rgb)
         avatar_targets = regressor.standardise(avatars) if regressor is not None else None
@@ -626,24 +676,30 @@ def evaluate(
         expression_zero_answer=scorer.expression_zero_answer(),
         networks=dict(networks.status),
         notes=scorer.notes() + ((CENTRED_NOTE,) if config.is_centred else ()),
+        enrollment_seconds=enrollment_seconds,
     )
 
 
-def enrollment_frames(heads: SyntheticHeads, identities: Identity, sources: Tensor, *, shots: int, seed: int) -> Tensor:
+def enrollment_frames(
+    heads: SyntheticHeads, identities: Identity, sources: Tensor, source_landmarks: Tensor, *, shots: int, seed: int
+) -> tuple[Tensor, Tensor]:
     """What a user would enroll each avatar from: A×K×3×H×W, the source image (neutral) first, then K - 1 frames of a
-    talking-head clip of that identity (another seed than the benchmark's motions)."""
+    talking-head clip of that identity (another seed than the benchmark's motions); and their landmarks A×K×68×2."""
     if shots < 1:
         raise ValueError(f"--enroll-shots must be at least 1, got {shots}")
-    frames = [sources[:, None]]  # A×1×3×H×W
+    frames, landmarks = [sources[:, None]], [source_landmarks[:, None]]  # A×1×3×H×W, A×1×68×2
     if shots > 1:
         generator = torch.Generator().manual_seed(seed)
-        clip_frames = []
+        clip_frames, clip_landmarks = [], []
         for index in range(len(identities)):
             clip = sample_clip(ENROLLMENT_CLIP_FRAMES, generator=generator)
             picked = clip[torch.randperm(ENROLLMENT_CLIP_FRAMES, generator=generator)[: shots - 1]]
-            clip_frames.append(heads.render(identities[[index] * (shots - 1)], picked).rgb)  # (K-1)×3×H×W
+            render = heads.render(identities[[index] * (shots - 1)], picked)
+            clip_frames.append(render.rgb)  # (K-1)×3×H×W
+            clip_landmarks.append(render.landmarks)  # (K-1)×68×2
         frames.append(torch.stack(clip_frames))  # A×(K-1)×3×H×W
-    return torch.cat(frames, dim=1)
+        landmarks.append(torch.stack(clip_landmarks))
+    return torch.cat(frames, dim=1), torch.cat(landmarks, dim=1)
 
 
 ENROLLMENT_CLIP_FRAMES = 48

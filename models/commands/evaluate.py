@@ -150,6 +150,14 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         "K-1 clip frames) instead of using its own avatars; 0: its own avatars",
     )
     evaluate.add_argument(
+        "--refine-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --enroll-shots: refine each enrolled avatar for N steps on its K frames (few-shot: only its identity tensor "
+        "moves, as the server's refinement jobs do); 0: the embedder's tensors as they are",
+    )
+    evaluate.add_argument(
         "--metric-size",
         type=int,
         default=224,
@@ -177,6 +185,7 @@ def _eval(args: argparse.Namespace) -> int:
         centred=args.centred,
         sources=args.sources,
         enroll_shots=args.enroll_shots,
+        refine_steps=args.refine_steps,
         metric_size=args.metric_size,
     )
     if args.dry_run:

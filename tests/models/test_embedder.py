@@ -137,5 +137,12 @@ def test_an_enrollable_export_takes_identity_tensors_and_ships_its_bank_and_embe
     assert anew.cross.source_copy == own.cross.source_copy  # the same pairs
     assert anew.cross.model_output != own.cross.model_output  # other identity tensors
     assert EvalConfig(model="m", enroll_shots=8).name == "clips-enrolled-k8"
+    # Refined (few-shot), as the server's jobs do it, through the student's weights export wrote beside the graphs.
+    refined = evaluate(EvalConfig(**common, sources=2, enroll_shots=1, refine_steps=3), progress=False)
+    assert refined.cross.source_copy == held_out.cross.source_copy and refined.cross.model_output != held_out.cross.model_output
+    assert refined.enrollment_seconds is not None and held_out.enrollment_seconds is not None
+    assert EvalConfig(model="m", enroll_shots=8, refine_steps=100).name == "clips-enrolled-k8-refined100"
+    with pytest.raises(ValueError, match="needs --enroll-shots"):
+        evaluate(EvalConfig(**common, data=str(tiny_dataset), refine_steps=3), progress=False)
     with pytest.raises(ValueError, match="locked to its avatars"):
         evaluate(EvalConfig(**common), progress=False)
