@@ -160,8 +160,8 @@ class MEGALIVE_OT_enroll(bpy.types.Operator):
             if not settings.enroll_consent
             else "choose one or more PNG or JPEG portraits"
             if not paths
-            else "an enrollment is still running"
-            if runtime.enrolling is not None and not runtime.enrolling.done
+            else "an enrollment is still sending its portraits"
+            if runtime.enrolling is not None and runtime.enrolling.state in ("waiting", "sending")
             else ""
         )
         if problem:
@@ -186,14 +186,30 @@ class MEGALIVE_OT_enroll(bpy.types.Operator):
 
 
 def enroll_tick() -> float | None:
-    """Timer: when the enrollment ends, say how, and show the new avatar (thumbnails refreshed) when connected."""
+    """Timer: say how the enrollment goes; once its avatar exists (one-shot, before any refinement), show it (thumbnails
+    refreshed) when connected; keep reporting the refinement's progress until the job ends."""
     job = runtime.enrolling
     if job is None:
         return None
-    if not job.done:
-        return ENROLL_POLL_S
     runtime.message = job.describe()
-    controller = runtime.controller
-    if job.state == "enrolled" and controller is not None and controller.connect():  # hello + avatars again
-        load_thumbnails(controller.avatars)
-    return None
+    if job.result is not None and runtime.enroll_listed is not job:
+        runtime.enroll_listed = job
+        controller = runtime.controller
+        if controller is not None and controller.connect():  # hello + avatars again
+            load_thumbnails(controller.avatars)
+    return None if job.done else ENROLL_POLL_S
+
+
+class MEGALIVE_OT_enroll_cancel(bpy.types.Operator):
+    """Stop refining the new avatar: it stays as the one-shot enrollment made it"""
+
+    bl_idname = "megalive.enroll_cancel"
+    bl_label = "Stop refining"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return runtime.enrolling is not None and runtime.enrolling.state == "refining"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        runtime.enrolling.cancel()
+        return {"FINISHED"}

@@ -16,6 +16,7 @@ from .operators import (
     MEGALIVE_OT_create_plane,
     MEGALIVE_OT_disconnect,
     MEGALIVE_OT_enroll,
+    MEGALIVE_OT_enroll_cancel,
     MEGALIVE_OT_live,
     MEGALIVE_OT_pick_avatar,
 )
@@ -109,6 +110,8 @@ def _draw_enroll(box: bpy.types.UILayout, settings: MEGALIVE_SceneSettings) -> N
     job = runtime.enrolling
     if job is not None:
         box.label(text=job.describe(), icon="CHECKMARK" if job.state == "enrolled" else "TIME" if not job.done else "ERROR")
+        if job.state == "refining":
+            box.operator(MEGALIVE_OT_enroll_cancel.bl_idname, icon="CANCEL")
 
 
 def _draw_shape_key_settings(box: bpy.types.UILayout, settings: MEGALIVE_SceneSettings) -> None:

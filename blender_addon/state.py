@@ -28,6 +28,7 @@ class Runtime:
     write_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=240))  # tick cost when a texture was written
     bake_cancel: bool = False
     enrolling: object | None = None  # the last Enroll's EnrollmentJob (client/enrollment.py): running, or its outcome
+    enroll_listed: object | None = None  # the EnrollmentJob whose new avatar the panel has already listed
 
 
 runtime = Runtime()

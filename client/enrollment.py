@@ -4,8 +4,12 @@ on its timer or tick, and when asked.
 
     job = EnrollmentJob(request=EnrollRequest(name=..., consent=..., paths=(...), connection=LiveConfig(server=...)))
     job.start()
-    ... job.state  # "sending" -> "enrolled" | "refused" | "failed"
+    ... job.state  # "sending" -> ("refining" ->) "enrolled" | "refused" | "failed"
     job.describe()  # one line for the host's status: "enrolled avatar 8 'Ada' from 1 portrait(s) in 1.3 s"
+
+The one-shot avatar exists from "refining" on (``job.result``: usable in `open` at once); while the server refines it
+in the background the job follows its progress ("refining: step 40 of 120") until the refined one replaces it, and
+``job.cancel()`` stops the refinement (the one-shot avatar stays).
 
 The files go as they are (client/portrait_files.py: PNG or JPEG; the server decodes and finds the face). Refusals
 (no consent statement, a name in use, no face) are the server's one-line messages, unchanged.
@@ -20,7 +24,8 @@ from . import client as client_module
 from .live import LiveConfig, curve_keys
 from .portrait_files import PortraitFileError, encoded_portrait
 
-JOB_STATES = ("waiting", "sending", "enrolled", "refused", "failed")
+JOB_STATES = ("waiting", "sending", "refining", "enrolled", "refused", "failed")
+REFINEMENT_POLL_S = 1.0  # how often a refining job asks the server for its progress
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,7 @@ class EnrollRequest:
     consent: str  # the person's own words, as the host's checkbox showed them
     paths: tuple[str, ...]  # PNG or JPEG portrait files
     timeout_s: float = 30.0  # the face search and the embedder take a second or two on a CPU server
+    refine_steps: int | None = None  # few-shot refinement after the one-shot avatar: None the server's default, 0 none
     connection: LiveConfig = field(default_factory=LiveConfig)  # the server's address and CURVE key files, as the live session's
 
 
@@ -40,7 +46,8 @@ class EnrollmentJob:
         self._lock = threading.Lock()
         self._state = "waiting"
         self._message = ""
-        self.result: client_module.EnrolledAvatar | None = None
+        self.result: client_module.EnrolledAvatar | None = None  # the one-shot avatar, from "refining" on
+        self._cancel = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"megalive-enroll-{request.name}", daemon=True)
 
     @property
@@ -61,6 +68,10 @@ class EnrollmentJob:
         self._thread.join(timeout_s)
         return self.done
 
+    def cancel(self) -> None:
+        """Stop following and cancel the server's refinement of the avatar (the one-shot avatar stays)."""
+        self._cancel.set()
+
     def describe(self) -> str:
         with self._lock:
             return self._message
@@ -80,7 +91,13 @@ class EnrollmentJob:
                 address=request.connection.server, timeout_s=request.timeout_s, name="megalive-enroll", curve=keys
             ) as avatar_client:
                 avatar_client.hello()
-                enrolled = avatar_client.enroll(name=request.name, consent=request.consent, portraits=portraits)
+                enrolled = avatar_client.enroll(
+                    name=request.name, consent=request.consent, portraits=portraits, refine_steps=request.refine_steps
+                )
+                self.result = enrolled
+                summary = self._enrolled_line(enrolled)
+                if enrolled.refinement_job is not None:
+                    summary = self._follow(avatar_client, enrolled.refinement_job, summary)
         except (PortraitFileError, client_module.CurveKeyError) as error:
             self._set("refused", f"enroll {request.name!r}: {error}")
             return
@@ -88,11 +105,33 @@ class EnrollmentJob:
             self._set("refused", f"enroll {request.name!r} refused: {error.message}")
             return
         except (client_module.ServerGoneError, OSError) as error:
-            self._set("failed", f"enroll {request.name!r}: {error}")
+            if self.result is not None:  # the avatar was made; only following its refinement broke
+                self._set("enrolled", f"{self._enrolled_line(self.result)}; refinement not followed: {error}")
+            else:
+                self._set("failed", f"enroll {request.name!r}: {error}")
             return
-        self.result = enrolled
+        self._set("enrolled", summary)
+
+    @staticmethod
+    def _enrolled_line(enrolled: client_module.EnrolledAvatar) -> str:
         notes = "".join(f"; {note}" for note in enrolled.notes)
-        self._set(
-            "enrolled",
-            f"enrolled avatar {enrolled.avatar} {enrolled.name!r} from {enrolled.frames} portrait(s) in {enrolled.seconds:.1f} s{notes}",
-        )
+        if enrolled.refinement_unavailable:
+            notes += f"; not refined: {enrolled.refinement_unavailable}"
+        return f"enrolled avatar {enrolled.avatar} {enrolled.name!r} from {enrolled.frames} portrait(s) in {enrolled.seconds:.1f} s{notes}"
+
+    def _follow(self, avatar_client: client_module.AvatarClient, job_id: int, summary: str) -> str:
+        """Report the server's refinement of the avatar until it ends (or is cancelled here); the final line."""
+        self._set("refining", f"{summary}; refining")
+        while True:
+            if self._cancel.is_set():
+                cancelled = avatar_client.cancel_refinement(job_id)
+                return f"{summary}; refinement {'cancelled' if cancelled else 'had ended'}: the one-shot avatar stays"
+            job = next((j for j in avatar_client.refinement_jobs() if j.get("job") == job_id), {"state": "gone"})
+            state = job.get("state")
+            if state == "done":
+                return f"{summary}; refined in {float(job.get('seconds') or 0):.0f} s ({job.get('steps')} steps)"
+            if state not in ("queued", "running"):
+                return f"{summary}; refinement {state}: {job.get('error') or 'no reason given'} (the one-shot avatar stays)"
+            progress = "waiting for another refinement" if state == "queued" else f"step {job.get('step')} of {job.get('steps')}"
+            self._set("refining", f"{summary}; refining: {progress}")
+            self._cancel.wait(REFINEMENT_POLL_S)

@@ -418,6 +418,44 @@ def test_enroll_turns_a_portrait_into_an_avatar_without_waiting_and_refuses_with
         service.stop()
 
 
+def test_an_enrolled_avatar_is_listed_at_once_while_it_refines_and_stop_refining_keeps_it(
+    addon: ModuleType, scene: bpy.types.Scene, address: str, refinable_model_path: Path, tmp_path: Path
+) -> None:
+    import sys
+    import time
+
+    from server.refinement import RefinementJobs
+
+    pytest.importorskip("mediapipe")
+    photo = tmp_path / "me.png"
+    Image.fromarray(pytest.importorskip("skimage.data").astronaut()).save(photo)
+    engine = Engine(model_path=refinable_model_path, bank_path=tmp_path / "bank.avatars.npz", warmup=False)
+    service = AvatarService(engine=engine, config=ServiceConfig(bind=address, refine_steps=1000))
+    service.refinement = RefinementJobs(card=engine.card, command=(sys.executable, "-m", "models.cli", "enroll", "--allow-missing-nets"))
+    service.start()
+    try:
+        assert bpy.ops.megalive.connect() == {"FINISHED"}
+        settings, runtime = scene.megalive, addon.state.runtime
+        settings.enroll_name, settings.enroll_consent = "Eileen", True
+        assert bpy.ops.megalive.enroll(directory=str(tmp_path), files=[{"name": photo.name}]) == {"FINISHED"}
+        job = runtime.enrolling
+        deadline = time.monotonic() + 120
+        while "step" not in job.describe() and time.monotonic() < deadline:  # the server's job has started its steps
+            time.sleep(0.2)
+        assert job.state == "refining" and job.result is not None
+        assert addon.operators.enroll_tick() is not None  # keeps ticking while it refines ...
+        assert [a.name for a in runtime.controller.avatars][-1] == "Eileen" and 3 in runtime.thumbnail_icons  # ... listed already
+        assert "refining: step" in runtime.message
+        assert bpy.ops.megalive.enroll_cancel() == {"FINISHED"}
+        assert job.wait(30) and job.state == "enrolled"
+        assert addon.operators.enroll_tick() is None
+        assert "refinement cancelled: the one-shot avatar stays" in runtime.message
+        assert engine.avatar_names[-1] == "Eileen"
+    finally:
+        addon.timer.shutdown()
+        service.stop()
+
+
 def test_file_load_and_unregister_stop_everything(addon: ModuleType, server: AvatarService, scene: bpy.types.Scene) -> None:
     assert bpy.ops.megalive.connect() == {"FINISHED"}
     assert bpy.ops.megalive.live() == {"FINISHED"}

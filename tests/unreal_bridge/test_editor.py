@@ -137,6 +137,35 @@ def test_enroll_from_the_console_does_not_wait_and_status_says_the_new_avatar(en
         assert "enrolled avatar 3 'Ada' from 1 portrait(s)" in host.status()
         host.enroll(str(photo), "Bea", "", server=service.bound_address)
         assert host._enrolling.wait(60) and "consent statement is required" in host.status()
+        assert host.stop_refining() == "MegaLive: no refinement is running"
+    finally:
+        service.stop()
+
+
+@pytest.mark.usefixtures("restore_unreal")
+def test_status_follows_the_refinement_and_stop_refining_keeps_the_one_shot_avatar(refinable_model_path: Path, tmp_path: Path) -> None:
+    import sys
+    import time
+
+    from server.refinement import RefinementJobs
+
+    astronaut = pytest.importorskip("skimage.data").astronaut()
+    pytest.importorskip("mediapipe")
+    photo = tmp_path / "me.png"
+    Image.fromarray(astronaut).save(photo)
+    engine = Engine(model_path=refinable_model_path, bank_path=tmp_path / "bank.avatars.npz", warmup=False)
+    service = AvatarService(engine=engine, config=ServiceConfig(bind="tcp://127.0.0.1:*"))
+    service.refinement = RefinementJobs(card=engine.card, command=(sys.executable, "-m", "models.cli", "enroll", "--allow-missing-nets"))
+    service.start()
+    try:
+        host = host_with(fake_unreal.install(native=True))
+        host.enroll(str(photo), "Ada", "I, Ada, agree to this avatar of my face", server=service.bound_address, refine_steps=1000)
+        deadline = time.monotonic() + 120
+        while "refining: step" not in host.status() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "enrolled avatar 3 'Ada'" in host.status() and "refining: step" in host.status()
+        assert host.stop_refining().startswith("MegaLive: stopping the refinement")
+        assert host._enrolling.wait(30) and "refinement cancelled: the one-shot avatar stays" in host.status()
     finally:
         service.stop()
 

@@ -8,7 +8,8 @@ Console use (Output Log, Python mode), after copying the package into <Project>/
     megalive.stop()
     # your own face as an avatar (PNG or JPEG files; the consent statement of the person shown):
     megalive.enroll("D:/me.jpg", "Ada Lee", "I, Ada Lee, agree to this avatar of my face")
-    megalive.status()  # ... says when it is enrolled, and its avatar id
+    megalive.status()  # ... says when it is enrolled, and its avatar id; then its refinement's progress
+    megalive.stop_refining()  # keep the one-shot avatar as it is
     # a server on another machine, over CURVE (key files from `megalive keys`):
     megalive.start(server="tcp://stage-gpu:5555", video_path="D:/frames",
                    server_public_key="D:/keys/server.key", client_secret_key="D:/keys/editor.key_secret")
@@ -268,10 +269,12 @@ def enroll(
     timeout_s: float = 30.0,
     server_public_key: str = "",
     client_secret_key: str = "",
+    refine_steps: int = -1,
 ) -> str:
     """Turn a portrait into an avatar on the server: ``path`` a PNG or JPEG file (or several, separated by ";"),
     ``consent`` the statement of the person shown (required). It runs on a thread of its own, so the editor does not
-    wait; ``status()`` says when the avatar is enrolled and its id (then ``start(avatar=ID, ...)``)."""
+    wait; ``status()`` says when the avatar is enrolled and its id (then ``start(avatar=ID, ...)``), and how its
+    refinement goes (the server refines it in the background: ``refine_steps`` -1 the server's default, 0 none)."""
     global _enrolling
     request = enrollment.EnrollRequest(
         name=name,
@@ -279,9 +282,21 @@ def enroll(
         paths=tuple(part.strip() for part in path.split(";") if part.strip()),
         timeout_s=timeout_s,
         connection=live.LiveConfig(server=server, server_public_key=server_public_key, client_secret_key=client_secret_key),
+        refine_steps=None if refine_steps < 0 else refine_steps,
     )
     _enrolling = enrollment.EnrollmentJob(request=request)
     _enrolling.start()
     report = f"MegaLive: {_enrolling.describe()}"
+    unreal.log(report)
+    return report
+
+
+def stop_refining() -> str:
+    """Cancel the refinement of the last enrolled avatar (it stays as the one-shot enrollment made it)."""
+    if _enrolling is None or _enrolling.state != "refining":
+        report = "MegaLive: no refinement is running"
+    else:
+        _enrolling.cancel()
+        report = "MegaLive: stopping the refinement; status() says when it has stopped"
     unreal.log(report)
     return report
