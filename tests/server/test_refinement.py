@@ -138,3 +138,23 @@ def test_without_torch_the_server_says_refinement_needs_it(refinable_model_path:
     engine = Engine(model_path=refinable_model_path, warmup=False, bank_path=None)
     problem = refinement.refinement_unavailable(engine.card)
     assert problem is not None and "needs PyTorch" in problem
+
+
+def test_enroll_command_follows_the_refinement_to_its_end(refinable_model_path: Path, tmp_path: Path, astronaut: np.ndarray) -> None:
+    import subprocess
+
+    from PIL import Image
+
+    picture = tmp_path / "me.png"
+    Image.fromarray(astronaut).save(picture)
+    service = _service(refinable_model_path, tmp_path / "bank.avatars.npz")
+    try:
+        command = [sys.executable, "-m", "megalive", "enroll", "--name", "Me", "--consent", CONSENT, str(picture)]
+        done = subprocess.run(
+            [*command, "--server", service.bound_address, "--refine-steps", "3"], capture_output=True, text=True, timeout=240
+        )
+        assert done.returncode == 0, done.stderr
+        assert "enrolled avatar 3 'Me' from 1 portrait(s)" in done.stdout and "refined in" in done.stdout
+        assert "3 steps" in done.stdout
+    finally:
+        service.stop()
