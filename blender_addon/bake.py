@@ -35,6 +35,7 @@ class BakeJob:
     timeout_s: float
     scene_time: bool = False  # stamp frames with their scene time (capture sessions: the server's filter follows the timeline)
     written: list[Path] = field(default_factory=list)
+    signed: int = 0  # frames that came with a C2PA manifest (png sessions on a server with a signing key)
 
     def step(self) -> None:
         frame = self.frames[len(self.written)]
@@ -43,8 +44,12 @@ class BakeJob:
         texture = shared_live.render_one_frame(
             self.client, self.session, self.source.payload(frame), timeout_s=self.timeout_s, timestamp=timestamp
         )
-        rgba = texture.array()
-        self.written.append(pixels.write_png_atomically(self.folder / bake_frame_name(self.prefix, frame), rgba))
+        path = self.folder / bake_frame_name(self.prefix, frame)
+        if isinstance(texture.buffer, client_module.EncodedBuffer):  # png: written as the server made (and signed) it
+            self.written.append(pixels.write_file_atomically(path, bytes(texture.buffer.data)))
+            self.signed += bool(texture.c2pa)
+        else:
+            self.written.append(pixels.write_png_atomically(path, texture.buffer.array()))
 
     @property
     def done(self) -> bool:
@@ -87,12 +92,15 @@ def _open_bake(context: bpy.types.Context, source: shared_live.DriverSource) -> 
         raise BakeError(str(error)) from None
     driver = wire_driver_kind(settings.driver_kind)
     try:
-        client.hello()
+        info = client.hello()
+        # A server that makes PNG textures signs them with a C2PA manifest when it has a signing key: the frames go to
+        # disk as it sent them. An older server: rgba8, encoded here (unsigned).
+        output_format = "png" if "png" in info.capabilities.get("formats", ()) else "rgba8"
         session = client.open(
             avatar=settings.avatar_id,
             driver=driver,
             size=settings.output_size(),
-            output_format="rgba8",
+            output_format=output_format,
             crop="none",
             stabilise=session_stabilise(driver, settings.stabilise),
         )
@@ -137,7 +145,14 @@ def finish_bake(context: bpy.types.Context, job: BakeJob) -> str:
         node.image_user.frame_offset = first_frame - 1
         node.image_user.frame_duration = len(job.written)
         node.image_user.use_auto_refresh = True
-    return f"{len(job.written)} frame(s) in {job.folder}"
+    signed = (
+        "each with a C2PA manifest"
+        if job.signed == len(job.written)
+        else "without C2PA manifests (the server has no signing key: megalive keys signing)"
+        if not job.signed
+        else f"{job.signed} with a C2PA manifest"
+    )
+    return f"{len(job.written)} frame(s) in {job.folder}, {signed}"
 
 
 class MEGALIVE_OT_bake(bpy.types.Operator):

@@ -59,11 +59,16 @@ def encode_png(rgba: np.ndarray) -> bytes:
 
 def write_png_atomically(path: str | os.PathLike[str], rgba: np.ndarray) -> Path:
     """Write a PNG under a temporary name in the same folder, then rename it into place."""
+    return write_file_atomically(path, encode_png(rgba))
+
+
+def write_file_atomically(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write bytes (a PNG the server encoded and signed) under a temporary name in the same folder, then rename them."""
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     try:
         with open(partial, "wb") as file:
-            file.write(encode_png(rgba))
+            file.write(data)
         os.replace(partial, path)
     except OSError:
         partial.unlink(missing_ok=True)

@@ -163,7 +163,7 @@ class EnrolledAvatar:
 
 @dataclass(frozen=True)
 class Texture:
-    """A rendered frame. ``buffer`` is RawBuffer (rgba8/rgb8, H×W×C) or EncodedBuffer (jpeg)."""
+    """A rendered frame. ``buffer`` is RawBuffer (rgba8/rgb8, H×W×C) or EncodedBuffer (jpeg, png)."""
 
     session: int
     seq: int
@@ -173,6 +173,7 @@ class Texture:
     received_at: float
     face_found: bool | None = None  # crop "auto": False when no face was found and the last crop was reused
     landmarks: list[list[float]] | None = None  # crop "auto" with landmarks=True: 68 [x, y] in [0, 1] over the crop
+    c2pa: bool | None = None  # png: whether the server signed it with a C2PA manifest (None for other formats)
 
     @property
     def round_trip_ms(self) -> float:
@@ -507,7 +508,7 @@ class AvatarClient:
                 )
                 return
             timings = reply.get("timings") or {}
-            face_found, landmarks = reply.get("face_found"), reply.get("landmarks")
+            face_found, landmarks, signed = reply.get("face_found"), reply.get("landmarks"), reply.get("c2pa")
             self._events.append(
                 Texture(
                     session=handle,
@@ -518,6 +519,7 @@ class AvatarClient:
                     received_at=now,
                     face_found=face_found if isinstance(face_found, bool) else None,
                     landmarks=landmarks if isinstance(landmarks, list) else None,
+                    c2pa=signed if isinstance(signed, bool) else None,
                 )
             )
         else:

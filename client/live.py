@@ -479,8 +479,8 @@ class RenderError(RuntimeError):
 
 def render_one_frame(
     client: client_module.AvatarClient, session: int, payload: protocol.Buffer, *, timeout_s: float, timestamp: float | None = None
-) -> protocol.RawBuffer:
-    """Send one driver frame and wait (at most timeout_s) for its rgba8 texture.
+) -> client_module.Texture:
+    """Send one driver frame and wait (at most timeout_s) for its texture, in the session's format.
 
     ``timestamp``: the frame's capture time in seconds (a bake passes its scene time, so the server's
     filters see the animation's timing, not the bake's speed); None: now."""
@@ -494,9 +494,7 @@ def render_one_frame(
                 if event.seq != seq:
                     continue
                 if isinstance(event, client_module.Texture):
-                    if not isinstance(event.buffer, protocol.RawBuffer):
-                        raise RenderError("the server sent an encoded texture; this request asks for rgba8")
-                    return event.buffer
+                    return event
                 if isinstance(event, client_module.FrameError):
                     raise RenderError(f"{event.code}: {event.message}")
                 raise RenderError("the server dropped the frame")  # cannot happen with one frame in flight

@@ -48,7 +48,7 @@ DRIVER_KINDS = ("image", "landmarks", "arkit")
 # A `landmarks` frame is one float32 buffer N×2 (or N×3, z ignored) with N = 68 (iBUG order) or 478
 # (mediapipe face mesh): x right, y down, in [0, 1] over the aligned driver crop.
 LANDMARK_COUNTS = (68, 478)
-OUTPUT_FORMATS = ("rgba8", "rgb8", "jpeg")
+OUTPUT_FORMATS = ("rgba8", "rgb8", "jpeg", "png")  # png: lossless RGBA, C2PA-signed when the server has a signing key
 CROP_MODES = ("auto", "none")
 CODECS = ("jpeg", "png")
 

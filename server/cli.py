@@ -76,6 +76,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         help="few-shot refinement steps after each enrollment, in a separate process (needs torch); 0: none",
     )
     serve.add_argument("--refine-threads", type=int, default=0, metavar="N", help="torch threads of a refinement job; 0: torch's default")
+    _add_signing_options(serve)  # `png` textures (the Blender bake's) then carry C2PA manifests
     serve.add_argument(
         "--no-watermark",
         dest="watermark",
@@ -126,6 +127,7 @@ def _serve_config(args: argparse.Namespace) -> ServiceConfig:
         watermark=args.watermark,
         refine_steps=args.refine_steps,
         refine_threads=args.refine_threads,
+        signing=_signing_files(args),
     )
     check_bind_address(config.bind, curve=curve is not None)
     return config

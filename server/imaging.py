@@ -95,6 +95,10 @@ def encode_texture(rgba: np.ndarray, *, output_format: str, size: tuple[int, int
         return raw_buffer_from_array(rgba)
     if output_format == "rgb8":
         return raw_buffer_from_array(np.ascontiguousarray(rgba[:, :, :3]))
+    if output_format == "png":  # lossless, with alpha; the server signs it with a C2PA manifest when it has a key
+        encoded = io.BytesIO()
+        Image.fromarray(rgba, "RGBA").save(encoded, format="PNG", compress_level=1)
+        return EncodedBuffer(codec="png", data=memoryview(encoded.getvalue()))
     if output_format == "jpeg":
         encoded = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(rgba[:, :, :3]), "RGB").save(encoded, format="JPEG", quality=jpeg_quality)
@@ -103,8 +107,8 @@ def encode_texture(rgba: np.ndarray, *, output_format: str, size: tuple[int, int
 
 
 def decode_texture(buffer: Buffer) -> np.ndarray:
-    """A texture reply's pixels as H×W×C uint8 (C=4 for rgba8, 3 for rgb8 and jpeg)."""
+    """A texture reply's pixels as H×W×C uint8 (C=4 for rgba8 and png, 3 for rgb8 and jpeg)."""
     if isinstance(buffer, EncodedBuffer):
         with Image.open(io.BytesIO(buffer.data)) as image:
-            return np.asarray(image.convert("RGB"))
+            return np.asarray(image.convert("RGBA" if buffer.codec == "png" else "RGB"))
     return buffer.array()

@@ -34,6 +34,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -58,12 +59,13 @@ from client.protocol import (
     unpack_header,
 )
 from contract.avatar_bank import MAX_CONSENT_CHARACTERS, MAX_NAME_CHARACTERS, AvatarBankError
-from server import __version__, capture, drivers, imaging, provenance
+from server import __version__, capture, drivers, imaging, manifest, provenance
 from server.binding import BindRefused, check_bind_address
 from server.engine import Engine, ModelError, enroll_unavailable
 from server.enrollment import EnrollmentError, enroll_portraits
 from server.flow import SMALL_REPLY_BYTES, ConnectionTable, Incoming, MessageBudget, ReplyBacklog, as_dropped
 from server.keys import CurveServerKeys
+from server.manifest import ManifestError, ManifestSigner
 from server.portraits import shrunk_portrait
 from server.refinement import RefinementJobs
 from server.sessions import COUNTER_NAMES, FrameJob, ServerCounters, Session
@@ -108,6 +110,7 @@ class ServiceConfig:
     max_refine_steps: int = 1000
     refine_threads: int = 0  # torch threads of a refinement job (0: torch's default)
     watermark: bool = True  # the provenance watermark on every texture; off only with `megalive serve --no-watermark`
+    signing: tuple[Path, Path] | None = None  # (certificate chain, ES256 key): `png` textures get C2PA manifests
 
     @property
     def max_reply_bytes(self) -> int:
@@ -143,6 +146,7 @@ class AvatarService:
         self.failure: str | None = None  # set when the service loop itself failed: `megalive serve` exits non-zero
         self._thumbnails = engine.thumbnails()
         self.refinement = RefinementJobs(card=engine.card, threads=config.refine_threads)
+        self.signer, self.signing_problem = self._load_signer(config.signing)
         # Face trackers belong to the worker thread; the main thread only queues the ids of closed sessions.
         # The engine thread's state (pending frames, face trackers) outlives a thread that died.
         self.worker = RenderWorker(
@@ -156,6 +160,7 @@ class AvatarService:
             max_image_pixels=config.max_image_pixels,
             crop_idle_s=config.crop_idle_s,
             watermark=config.watermark and provenance.unavailable_for(engine.resolution) is None,
+            signer=self.signer,
         )
         self._connections = ConnectionTable()  # ROUTER identity -> its connection's socket (for disconnect events)
         self._backlogs: dict[bytes, ReplyBacklog] = {}  # ROUTER identity -> replies waiting for room in ZeroMQ's queue
@@ -274,6 +279,8 @@ class AvatarService:
             if self._auth is not None:
                 self._auth.stop()
             self.refinement.close()
+            if self.signer is not None:
+                self.signer.close()
             if self._own_context:
                 self.context.term()
 
@@ -552,11 +559,25 @@ class AvatarService:
                     "enroll": enroll_state,
                     "curve": self.config.curve is not None,
                     "watermark": self.watermark_state,
+                    "c2pa": "on" if self.signer is not None else f"off: {self.signing_problem}",
                 },
                 "limits": self.announced_limits(),
                 "engine": self._engine_state(),
             },
         )
+
+    @staticmethod
+    def _load_signer(signing: tuple[Path, Path] | None) -> tuple[ManifestSigner | None, str]:
+        """The C2PA signer of `png` textures, or None and why not (no key given, c2pa missing, an unusable key)."""
+        if signing is None:
+            return None, "no signing key (megalive keys signing, or --signing-cert and --signing-key)"
+        problem = manifest.unavailable()
+        if problem is not None:
+            return None, problem
+        try:
+            return ManifestSigner(cert_path=signing[0], key_path=signing[1]), ""
+        except ManifestError as error:
+            return None, str(error)
 
     @property
     def watermark_state(self) -> str:

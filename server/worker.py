@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 import zmq
 
-from client.protocol import ProtocolError, encode, error_frames
+from client.protocol import Buffer, EncodedBuffer, ProtocolError, encode, error_frames
 from server import capture, drivers, imaging, provenance
 from server.engine import Engine
+from server.manifest import AvatarNote, ManifestError, ManifestSigner
 from server.sessions import FrameJob, ServerCounters, Session
 
 log = logging.getLogger("megalive.server")
@@ -42,9 +43,11 @@ class RenderWorker:
         max_image_pixels: int,
         crop_idle_s: float,
         watermark: bool = False,
+        signer: ManifestSigner | None = None,
     ) -> None:
         self.engine = engine
         self.watermark = watermark  # every texture carries the provenance watermark (server/provenance.py)
+        self.signer = signer  # `png` textures carry a C2PA manifest when the server has a signing key (server/manifest.py)
         self.counters = counters
         self.max_batch = max_batch
         self.max_image_pixels = max_image_pixels
@@ -66,6 +69,25 @@ class RenderWorker:
             self.pending[job.session.session_id] = job
             self.pending_cv.notify()
         return superseded
+
+    def _signed(self, buffer: Buffer, *, avatar: int, seq: int) -> tuple[Buffer, bool]:
+        """A PNG texture with a C2PA manifest naming the tool, the avatar and the digest of its consent record, and
+        whether it has one (no signing key, or signing failed: the PNG as it is, and the reply says so)."""
+        if self.signer is None:
+            return buffer, False
+        records = self.engine.avatar_records()
+        record = records[avatar] if avatar < len(records) else None
+        note = AvatarNote(
+            id=avatar,
+            name=self.engine.avatar_names[avatar],
+            consent_sha256=None if record is None or record.consent is None else record.consent.sha256,
+        )
+        try:
+            data = self.signer.sign_bytes(bytes(buffer.data), "image/png", title=f"{note.name} frame {seq}", avatars=[note])
+        except ManifestError as error:
+            log.error("texture left unsigned: %s", error)
+            return buffer, False
+        return EncodedBuffer(codec="png", data=memoryview(data)), True
 
     def forget(self, session: Session) -> None:
         """Main thread: a closed session's pending frame is dropped and its face tracker released."""
@@ -223,6 +245,8 @@ class RenderWorker:
                     texture = imaging.resize_rgb(texture, session.size)
                 texture = provenance.watermark_texture(texture, session.avatar)
             buffer = imaging.encode_texture(texture, output_format=session.output_format, size=session.size)
+            if session.output_format == "png":
+                buffer, extra["c2pa"] = self._signed(buffer, avatar=session.avatar, seq=job.seq)
             session.counters.rendered += 1
             timings = {
                 "decode": 1000.0 * (decoded - began) / batch_jobs,
@@ -239,7 +263,7 @@ class RenderWorker:
                 "seq": job.seq,
                 "t": job.client_time,
                 "timings": timings,
-                "alpha": session.output_format == "rgba8",
+                "alpha": session.output_format in ("rgba8", "png"),
                 **extra,
             }
             replies.append((session.peer, encode(header, (buffer,))))

@@ -172,6 +172,30 @@ def test_bake_writes_the_servers_frames_and_wires_the_material(
     assert node.image_user.frame_start == 1 and node.image_user.frame_offset == 0
 
 
+def test_a_bake_on_a_server_with_a_signing_key_writes_c2pa_signed_frames(
+    addon: ModuleType, engine: Engine, address: str, scene: bpy.types.Scene, tmp_path: Path
+) -> None:
+    pytest.importorskip("c2pa")
+    from server.manifest import make_signing_keys, read_manifest
+
+    signing = make_signing_keys(tmp_path / "keys")
+    service = AvatarService(engine=engine, config=ServiceConfig(bind=address, signing=signing))
+    service.start()
+    try:
+        assert bpy.ops.megalive.bake() == {"FINISHED"}
+    finally:
+        service.stop()
+    written = sorted((tmp_path / "bake").iterdir())
+    assert len(written) == FRAMES and addon.state.runtime.message.endswith("each with a C2PA manifest")
+    for path in written:
+        report = read_manifest(path)  # the server's own bytes, written unchanged: the manifest checks out
+        assert report.valid and report.avatars == (
+            {"id": 1, "name": engine.avatar_names[1], "consent_sha256": "synthetic avatar, no person"},
+        )
+        with Image.open(path) as baked:
+            assert baked.mode == "RGBA" and baked.size == (32, 32)
+
+
 def test_a_cancelled_bake_keeps_the_frames_written(
     addon: ModuleType, server: AvatarService, scene: bpy.types.Scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -183,3 +183,34 @@ def test_verify_png_jpeg_mp4_with_and_without_provenance(
 
 
 SHIPPED_AVATAR_NAMES = Engine(model_path=SHIPPED_MODEL).avatar_names if SHIPPED_MODEL.is_file() else ()
+
+
+def test_png_textures_carry_a_c2pa_manifest_and_the_watermark_when_the_server_has_a_signing_key(
+    shipped_engine: Engine, signing_keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from client.client import AvatarClient
+    from server.manifest import read_manifest
+    from server.service import AvatarService, ServiceConfig
+    from tests.server.test_service import render_one
+
+    driver = np.random.default_rng(2).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    for signing in (signing_keys, None):
+        service = AvatarService(engine=shipped_engine, config=ServiceConfig(bind="tcp://127.0.0.1:*", signing=signing))
+        service.start()
+        try:
+            with AvatarClient(address=service.bound_address) as client:
+                capability = client.hello().capabilities["c2pa"]
+                texture = render_one(client, client.open(avatar=3, output_format="png"), driver)
+        finally:
+            service.stop()
+        path = tmp_path / f"signed-{signing is not None}.png"
+        path.write_bytes(bytes(texture.buffer.data))
+        report = read_manifest(path)
+        assert texture.buffer.codec == "png" and texture.c2pa is (signing is not None)
+        assert imaging.decode_texture(texture.buffer).shape == (256, 256, 4)
+        assert provenance.read_watermark(imaging.decode_texture(texture.buffer)) == 3
+        if signing is None:
+            assert capability.startswith("off: no signing key") and not report.present
+        else:
+            assert capability == "on" and report.valid
+            assert report.avatars == ({"id": 3, "name": SHIPPED_AVATAR_NAMES[3], "consent_sha256": "synthetic avatar, no person"},)
