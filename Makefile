@@ -6,6 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 TORCH  := torch==2.13.0
 STUDENT_STEPS ?= 2500
 POLISH_STEPS ?= 2900
+EMBEDDER_STEPS ?= 2000
 TEACHER_STEPS ?= 4000
 
 BIN    := $(VENV)/bin
@@ -89,20 +90,24 @@ bench: install-dev
 bench-hardening: install-dev
 	$(PY) bench/server_hardening.py --json runs/hardening.json
 
-# The default model's recipe (README: "The default model"). About 1.5 hours on 2 idle CPU cores; the student needs the
+# The default model's recipe (README: "The default model"). About 3 hours on 2 idle CPU cores; the student needs the
 # loss networks' weights (make nets, a prerequisite of install-dev). The student trains in two phases: the full objective,
 # then a copy of that run goes on 400 steps without the adversarial term (feature matching stays; the resumed schedule's
-# learning rate climbs from 1e-5 to 7e-5), which wins back the PSNR the GAN costs; both commands are in the provenance. The capture drivers need no training of their own
+# learning rate climbs from 1e-5 to 7e-5), which wins back the PSNR the GAN costs; both commands are in the provenance. Then the
+# identity embedder is meta-learned with it (about 1.5 hours), so the model is contract v2: it enrolls new faces, and ships its
+# avatars as a bank beside the graphs. The capture drivers need no training of their own
 # but the landmark solver (a few minutes): the puppet draws the wire's curves and the student reads the picture.
 default-model: install-dev
-	rm -rf runs/synth-256 runs/student-cpu256 runs/student-polish runs/landmark-solver
+	rm -rf runs/synth-256 runs/student-cpu256 runs/student-polish runs/embedder-cpu256 runs/landmark-solver
 	$(BIN)/megalive-train synth runs/synth-256 --resolution 256 --avatars 8 --drivers 200 --pairs 8000
 	$(BIN)/megalive-train student --data runs/synth-256 --run runs/student-cpu256 --preset cpu256 --steps $(STUDENT_STEPS) --batch 8
 	cp -r runs/student-cpu256 runs/student-polish
 	$(BIN)/megalive-train student --data runs/synth-256 --run runs/student-polish --preset cpu256 --steps $(POLISH_STEPS) --batch 8 \
 		--adversarial-weight 0
+	$(BIN)/megalive-train embedder --student runs/student-polish/checkpoint.pt --data runs/synth-256 --run runs/embedder-cpu256 \
+		--steps $(EMBEDDER_STEPS) --checkpoint-every 100
 	$(BIN)/megalive-train landmark-solver --out runs/landmark-solver/solver.pt
-	$(BIN)/megalive-train export --checkpoint runs/student-polish/checkpoint.pt --out assets/default/student.onnx --preset cpu256 \
+	$(BIN)/megalive-train export --checkpoint runs/embedder-cpu256/checkpoint.pt --out assets/default/student.onnx --preset cpu256 \
 		--landmark-solver runs/landmark-solver/solver.pt
 	$(BIN)/megalive-train demo-clip --out assets/default/driver.mp4 --resolution 256
 	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --out assets/default/eval --motions clips

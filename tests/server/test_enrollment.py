@@ -38,7 +38,9 @@ def bank(tmp_path: Path) -> Path:
 @pytest.fixture
 def service(enrollable_model_path: Path, bank: Path):
     engine = Engine(model_path=enrollable_model_path, max_batch=4, bank_path=bank)
-    service = AvatarService(engine=engine, config=ServiceConfig(bind="tcp://127.0.0.1:*", max_batch=4, max_enroll_portraits=3))
+    service = AvatarService(
+        engine=engine, config=ServiceConfig(bind="tcp://127.0.0.1:*", max_batch=4, max_enroll_portraits=3, refine_steps=0)
+    )
     service.start()
     yield service
     service.stop()
