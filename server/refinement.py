@@ -222,8 +222,12 @@ class RefinementJobs:
         return [job.as_dict() for job in list(self._jobs.values())]
 
     def close(self) -> None:
+        with self._lock:  # the queue first, so that ending the running job starts no other
+            for job in self._queue:
+                job.state = "cancelled"
+            self._queue.clear()
         for job in list(self._jobs.values()):
-            if job.state in ("queued", "running"):
+            if job.state == "running":
                 self.cancel(job.job_id)
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)

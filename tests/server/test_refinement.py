@@ -158,3 +158,24 @@ def test_enroll_command_follows_the_refinement_to_its_end(refinable_model_path: 
         assert "3 steps" in done.stdout
     finally:
         service.stop()
+
+
+def test_jobs_run_one_at_a_time_and_closing_ends_them_all(refinable_model_path: Path) -> None:
+    from contract.model_card import read_model_card
+
+    card = read_model_card(refinable_model_path)
+    sleeper = (sys.executable, "-c", "import time; time.sleep(60)")  # a job that never ends by itself
+    jobs = RefinementJobs(card=card, command=sleeper)
+    identity = np.zeros(card.enrollment.identity_shape, np.float32)
+    frames = np.zeros((1, 64, 64, 3), np.uint8)
+    first = jobs.start(avatar=3, name="a", frames=frames, landmarks=None, identity=identity, steps=5)
+    second = jobs.start(avatar=4, name="b", frames=frames, landmarks=None, identity=identity, steps=5)
+    states = {job["job"]: job["state"] for job in jobs.as_dicts()}
+    assert states == {first: "running", second: "queued"}
+    assert jobs.cancel(second) is True and jobs.finished() == []  # a queued job cancels without ever starting
+    third = jobs.start(avatar=5, name="c", frames=frames, landmarks=None, identity=identity, steps=5)
+    running = jobs._jobs[first].process
+    jobs.close()
+    assert running is not None and running.poll() is not None  # the running process was ended
+    assert {job["job"]: job["state"] for job in jobs.as_dicts()} == {first: "cancelled", second: "cancelled", third: "cancelled"}
+    assert jobs._jobs[third].process is None  # closing started nothing new
