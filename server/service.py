@@ -838,13 +838,13 @@ class AvatarService:
         """Swap in the tensors of refinement jobs that finished (each written to the bank first)."""
         for job, output in self.refinement.finished():
             records = self.engine.avatar_records()
-            provenance = dict(records[job.avatar].provenance) if job.avatar < len(records) else {}
-            provenance["refined"] = {
+            how_made = dict(records[job.avatar].provenance) if job.avatar < len(records) else {}
+            how_made["refined"] = {
                 "how": "few-shot: the identity tensor fitted to the enrollment frames (self-reenactment), the student frozen",
                 **output.summary,
             }
             try:
-                self.engine.replace_identity(job.avatar, identity=output.identity, provenance=provenance)
+                self.engine.replace_identity(job.avatar, identity=output.identity, provenance=how_made)
             except (AvatarBankError, ModelError, OSError) as error:
                 job.state, job.error = "failed", f"the refined avatar could not be stored: {error}"
                 log.error("refinement job %d: %s", job.job_id, job.error)
