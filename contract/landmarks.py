@@ -79,6 +79,19 @@ CropBox = tuple[float, float, float]  # (centre_x, centre_y, side) in source pix
 LEFT_EYE_POINTS = tuple(range(36, 42))  # image left
 RIGHT_EYE_POINTS = tuple(range(42, 48))
 MOUTH_POINTS = tuple(range(48, 68))
+# The 68 points as the polylines a landmark image draws (the few-shot talking heads' input, DESIGN §4.4): per part,
+# its points in drawing order and whether the line closes on itself. Each part has its own colour in the image.
+LANDMARK_POLYLINES: dict[str, tuple[tuple[int, ...], bool]] = {
+    "jaw": (tuple(range(0, 17)), False),
+    "brow_left": (tuple(range(17, 22)), False),  # image left
+    "brow_right": (tuple(range(22, 27)), False),
+    "nose_bridge": (tuple(range(27, 31)), False),
+    "nostrils": (tuple(range(30, 36)), True),
+    "eye_left": (LEFT_EYE_POINTS, True),
+    "eye_right": (RIGHT_EYE_POINTS, True),
+    "lips_outer": (tuple(range(48, 60)), True),
+    "lips_inner": (tuple(range(60, 68)), True),
+}
 FACE_REGIONS: dict[str, tuple[tuple[int, ...], float]] = {
     "eyes": (LEFT_EYE_POINTS + RIGHT_EYE_POINTS, 0.25),
     "mouth": (MOUTH_POINTS, 0.2),
