@@ -24,9 +24,11 @@ its connection, request, event and CURVE-handshake code share one socket's state
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -617,6 +619,20 @@ class AvatarClient:
         refinement = self._request({"op": "stats"}).get("refinement")
         jobs = refinement.get("jobs") if isinstance(refinement, dict) else None
         return [job for job in jobs or () if isinstance(job, dict)]
+
+    def follow_refinement(self, job: int, *, poll_s: float = 1.0, stop: threading.Event | None = None) -> Iterator[dict[str, Any]]:
+        """The refinement job's entry in `stats` every ``poll_s`` seconds until it has ended: the last one yielded is done,
+        failed, cancelled, or ``{"state": "gone"}`` when the server no longer knows the job. ``stop`` set ends the wait
+        early (the caller then decides what to do, e.g. cancel it)."""
+        while True:
+            entry = next((j for j in self.refinement_jobs() if j.get("job") == job), {"job": job, "state": "gone"})
+            yield entry
+            if entry.get("state") not in ("queued", "running"):
+                return
+            if stop is None:
+                time.sleep(poll_s)
+            elif stop.wait(poll_s):
+                return
 
     def cancel_refinement(self, job: int) -> bool:
         """Stop a refinement job (the avatar stays as enrolled one-shot); False when it had already ended."""

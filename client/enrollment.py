@@ -122,16 +122,15 @@ class EnrollmentJob:
     def _follow(self, avatar_client: client_module.AvatarClient, job_id: int, summary: str) -> str:
         """Report the server's refinement of the avatar until it ends (or is cancelled here); the final line."""
         self._set("refining", f"{summary}; refining")
-        while True:
-            if self._cancel.is_set():
-                cancelled = avatar_client.cancel_refinement(job_id)
-                return f"{summary}; refinement {'cancelled' if cancelled else 'had ended'}: the one-shot avatar stays"
-            job = next((j for j in avatar_client.refinement_jobs() if j.get("job") == job_id), {"state": "gone"})
-            state = job.get("state")
-            if state == "done":
-                return f"{summary}; refined in {float(job.get('seconds') or 0):.0f} s ({job.get('steps')} steps)"
-            if state not in ("queued", "running"):
-                return f"{summary}; refinement {state}: {job.get('error') or 'no reason given'} (the one-shot avatar stays)"
-            progress = "waiting for another refinement" if state == "queued" else f"step {job.get('step')} of {job.get('steps')}"
-            self._set("refining", f"{summary}; refining: {progress}")
-            self._cancel.wait(REFINEMENT_POLL_S)
+        job: dict = {}
+        for job in avatar_client.follow_refinement(job_id, poll_s=REFINEMENT_POLL_S, stop=self._cancel):
+            if job.get("state") in ("queued", "running"):
+                progress = "waiting for another refinement" if job["state"] == "queued" else f"step {job.get('step')} of {job.get('steps')}"
+                self._set("refining", f"{summary}; refining: {progress}")
+        state = job.get("state")
+        if state in ("queued", "running"):  # left on cancel()
+            cancelled = avatar_client.cancel_refinement(job_id)
+            return f"{summary}; refinement {'cancelled' if cancelled else 'had ended'}: the one-shot avatar stays"
+        if state == "done":
+            return f"{summary}; refined in {float(job.get('seconds') or 0):.0f} s ({job.get('steps')} steps)"
+        return f"{summary}; refinement {state}: {job.get('error') or 'no reason given'} (the one-shot avatar stays)"

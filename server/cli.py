@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -534,16 +533,12 @@ def _follow_refinement(client: Any, job_id: int) -> int:
     job: dict[str, Any] = {}
     with tqdm(desc="refining", unit="step") as bar:
         try:
-            while True:
-                job = next((j for j in client.refinement_jobs() if j.get("job") == job_id), {"state": "gone"})
+            for job in client.follow_refinement(job_id):
                 bar.total = job.get("steps") or bar.total
                 bar.n = int(job.get("step") or 0)
                 if job.get("loss") is not None:
                     bar.set_postfix(loss=f"{job['loss']:.4f}")
                 bar.refresh()
-                if job["state"] not in ("queued", "running"):
-                    break
-                time.sleep(1.0)
         except KeyboardInterrupt:
             cancelled = client.cancel_refinement(job_id)
             print(f"refinement {'cancelled' if cancelled else 'had already ended'}; the one-shot avatar stays")

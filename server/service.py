@@ -159,7 +159,7 @@ class AvatarService:
             max_batch=config.max_batch,
             max_image_pixels=config.max_image_pixels,
             crop_idle_s=config.crop_idle_s,
-            watermark=config.watermark and provenance.unavailable_for(engine.resolution) is None,
+            watermark=self.watermark_state == "on",  # one decision: what hello and stats report is what the worker does
             signer=self.signer,
         )
         self._connections = ConnectionTable()  # ROUTER identity -> its connection's socket (for disconnect events)
