@@ -648,13 +648,16 @@ class AvatarClient:
         crop: str = "none",
         landmarks: bool = False,
         stabilise: bool | dict[str, Any] | None = None,
+        retarget: bool = False,
     ) -> int:
         """Open a session; returns a client-side handle that stays valid across reconnects.
 
         ``driver``: image | arkit | landmarks. ``crop="auto"``: the server finds and aligns the face in
         full image frames (``landmarks=True`` returns the 68 points it found with each texture).
         ``stabilise``: the server's One-Euro filters: None = server defaults, False = off, or a map
-        ``{"pose"|"expression"|"box": {"min_cutoff_hz": .., "beta": ..} | False}``."""
+        ``{"pose"|"expression"|"box": {"min_cutoff_hz": .., "beta": ..} | False}``. ``retarget`` (landmark-driven models,
+        image and landmarks drivers): the session's first frame is the performer's neutral face, and every frame moves the
+        avatar's own face by the performer's displacement from it (cross-driving without the performer's face shape)."""
         fields: dict[str, Any] = {"op": "open", "avatar": avatar, "driver": driver, "format": output_format, "crop": crop}
         if size is not None:
             fields["size"] = [int(size[0]), int(size[1])]
@@ -662,6 +665,8 @@ class AvatarClient:
             fields["landmarks"] = True
         if stabilise is not None:
             fields["filter"] = stabilise
+        if retarget:
+            fields["retarget"] = True
         reply = self._request(fields)
         handle = self._next_handle
         self._next_handle += 1

@@ -43,6 +43,7 @@ class AdapterGraph:
     input_name: str
     input_shape: tuple[int, ...]  # per sample
     config: dict = field(default_factory=dict)  # what the exporter recorded about it (the puppet's settings, ...)
+    outputs: tuple[str, ...] = ("rgb", "alpha")  # ("landmarks",): a landmark-driven model's signal -> points graph
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +55,17 @@ class EnrollmentFiles:
     embedder_path: Path  # frames B×K×3×H×W -> identity B×C_id×S×S
     weights_path: Path | None = None  # the student's PyTorch weights, for few-shot refinement; None: not exported
     student_config: dict | None = None  # the student's config, to rebuild it around those weights
+
+
+@dataclass(frozen=True, kw_only=True)
+class LandmarkImageInput:
+    """A landmark-driven model (the few-shot talking heads, DESIGN §4.4): its main graph's ``driver`` is the landmark
+    image the server draws from 68 points (contract/landmark_image.py), not a camera picture. ``landmarks`` sessions
+    are drawn directly, ``image`` sessions through the server's face mesh (crop "auto"), ``arkit`` through the
+    adapter graph, which gives landmarks (``outputs: ["landmarks"]``) instead of pictures."""
+
+    line_thickness: float
+    neutral_landmarks: tuple[tuple[tuple[float, float], ...], ...]  # per avatar, 68 (x, y) in [0, 1]: for retargeting
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +83,7 @@ class ModelCard:
     gflops_per_frame: float | None  # from the exporter's layer count; None for models without it
     adapters: tuple[AdapterGraph, ...] = ()
     enrollment: EnrollmentFiles | None = None  # contract v2; None for v1 models (avatar index input)
+    landmark_input: LandmarkImageInput | None = None  # a landmark-driven model; None: the driver is a picture
 
     @property
     def contract(self) -> int:
@@ -149,6 +162,7 @@ def read_model_card(model_path: str | Path) -> ModelCard:
                 input_name=str(entry["input"]["name"]),
                 input_shape=tuple(int(n) for n in entry["input"]["shape"][1:]),
                 config=dict(entry.get("config") or {}),
+                outputs=tuple(str(name) for name in entry.get("outputs", ("rgb", "alpha"))),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ModelCardError(f"{card_path}: malformed adapters.{kind} ({error})") from None
@@ -158,7 +172,9 @@ def read_model_card(model_path: str | Path) -> ModelCard:
             raise ModelCardError(f"{card_path}: the {kind} graph {adapter.model_path.name} is missing beside the model")
         _check_graph_digest(adapter.model_path, entry.get("model_sha256"), card_path)
         adapters.append(adapter)
-    missing = [kind for kind in drivers if kind != "image" and kind not in {a.kind for a in adapters}]
+    landmark_input = _landmark_input(card, card_path, len(avatars))
+    native = {"image", "landmarks"} if landmark_input is not None else {"image"}  # the server draws landmarks itself
+    missing = [kind for kind in drivers if kind not in native and kind not in {a.kind for a in adapters}]
     if missing:
         raise ModelCardError(f"{card_path}: drivers {missing} have no graph under adapters")
     thumbnails = card.get("thumbnails")
@@ -175,7 +191,24 @@ def read_model_card(model_path: str | Path) -> ModelCard:
         gflops_per_frame=float(card["gflops_per_frame"]) if isinstance(card.get("gflops_per_frame"), (int, float)) else None,
         adapters=tuple(adapters),
         enrollment=enrollment,
+        landmark_input=landmark_input,
     )
+
+
+def _landmark_input(card: dict, card_path: Path, avatars: int) -> LandmarkImageInput | None:
+    entry = card.get("driver_input")
+    if entry is None:
+        return None
+    try:
+        if entry["kind"] != "landmark_image":
+            raise ValueError(f"unknown driver_input kind {entry['kind']!r}")
+        neutral = tuple(tuple((float(x), float(y)) for x, y in person) for person in entry["neutral_landmarks"])
+        thickness = float(entry["line_thickness"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelCardError(f"{card_path}: malformed driver_input ({error})") from None
+    if len(neutral) != avatars or any(len(person) != 68 for person in neutral) or not thickness > 0:
+        raise ModelCardError(f"{card_path}: driver_input needs 68 neutral landmarks per avatar ({avatars}) and a positive line thickness")
+    return LandmarkImageInput(line_thickness=thickness, neutral_landmarks=neutral)
 
 
 def _enrollment_files(card: dict, model_path: Path, card_path: Path) -> EnrollmentFiles:

@@ -6,13 +6,13 @@ imports a trainer. Errors are ``TrainingError`` with one line for the user.
 Layout. A checkpoint is one dict saved with torch.save, tensors and plain values only (read back with
 weights_only=True: no code runs on load). ``save_checkpoint(payload, path, kind=...)`` writes:
 
-    kind            which model it holds: one of KINDS (BASE_KIND, STUDENT_KIND, LANDMARK_SOLVER_KIND, REGRESSOR_KIND)
+    kind            which model it holds: one of KINDS (BASE_KIND, STUDENT_KIND, LANDMARK_SOLVER_KIND, REGRESSOR_KIND, FEWSHOT_KIND)
     format_version  FORMAT_VERSION; absent in files written before this layout
     config          the resolved config, under CONFIG_KEYS[kind]: the network's own config (enough to
                     rebuild it: "model_config") and the run's
                     "train_config"; the base model also keeps "resolved_config" (its run's config.json)
     weights         the state dicts, under WEIGHT_KEYS[kind] (base: "generator" and "discriminator";
-                    student, landmark solver and regressor: "model")
+                    student, landmark solver and regressor: "model"; few-shot: "generator", "embedder", "discriminator")
     digest          state_digest of those weights, in WEIGHT_KEYS order
     ...             the trainer's own state beside them (optimisers, schedulers, step, RNG, ...)
 
@@ -21,7 +21,7 @@ alike. Older files carry no format_version, and students no kind either: a file 
 student when it has "model" and "model_config" (``checkpoint_kind``). Anything else (the driver adapters
 that the puppet replaced included) is refused with one line naming the kind found.
 
-Loaders: ``load_base``, ``load_student``, ``load_landmark_solver`` here; the regressor's is
+Loaders: ``load_base``, ``load_student``, ``load_landmark_solver``, ``load_fewshot`` here; the regressor's is
 models.nets.parameter_regressor.load_regressor (its network is defined there, and that module writes here).
 """
 
@@ -31,12 +31,16 @@ import hashlib
 import pickle
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from models.fewshot.config import FewShotConfig
+from models.fewshot.discriminator import FewShotDiscriminator
+from models.fewshot.embedder import FewShotEmbedder
+from models.fewshot.generator import FewShotGenerator
 from models.megaportraits.base import BaseConfig, BaseModel, base_config
 from models.megaportraits.identity_embedder import IdentityEmbedder, IdentityEmbedderConfig
 from models.megaportraits.puppet import LandmarkSolver, LandmarkSolverConfig
@@ -48,24 +52,28 @@ BASE_KIND = "megaportraits-base"
 STUDENT_KIND = "megaportraits-student"
 LANDMARK_SOLVER_KIND = "megaportraits-landmark-solver"
 REGRESSOR_KIND = "megaportraits-parameter-regressor"
-KINDS = (BASE_KIND, STUDENT_KIND, LANDMARK_SOLVER_KIND, REGRESSOR_KIND)
+FEWSHOT_KIND = "fewshot-talking-heads"
+KINDS = (BASE_KIND, STUDENT_KIND, LANDMARK_SOLVER_KIND, REGRESSOR_KIND, FEWSHOT_KIND)
 WEIGHT_KEYS: dict[str, tuple[str, ...]] = {
     BASE_KIND: ("generator", "discriminator"),
     STUDENT_KIND: ("model",),
     LANDMARK_SOLVER_KIND: ("model",),
     REGRESSOR_KIND: ("model",),
+    FEWSHOT_KIND: ("generator", "embedder", "discriminator"),
 }
 CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     BASE_KIND: ("model_config", "train_config", "resolved_config"),
     STUDENT_KIND: ("model_config", "train_config"),
     LANDMARK_SOLVER_KIND: ("model_config", "train_config"),
     REGRESSOR_KIND: ("model_config", "train_config"),
+    FEWSHOT_KIND: ("model_config", "train_config"),
 }
 _DESCRIPTIONS = {
     BASE_KIND: "a MegaPortraits base-model checkpoint",
     STUDENT_KIND: "a student checkpoint",
     LANDMARK_SOLVER_KIND: "a landmark-solver checkpoint",
     REGRESSOR_KIND: "a parameter-regressor checkpoint",
+    FEWSHOT_KIND: "a few-shot talking heads checkpoint (megalive-train fewshot-meta)",
 }
 
 
@@ -237,6 +245,44 @@ def landmark_solver_from_checkpoint(checkpoint: dict[str, Any], *, path: Path) -
 
 def load_landmark_solver(path: Path) -> LandmarkSolver:
     return landmark_solver_from_checkpoint(load_checkpoint(path), path=path)
+
+
+# -- few-shot talking heads -----------------------------------------------------------------------------
+
+
+class FewShotNetworks(NamedTuple):
+    config: FewShotConfig
+    preset: str  # the preset the run was made with
+    generator: FewShotGenerator
+    embedder: FewShotEmbedder
+    discriminator: FewShotDiscriminator
+
+
+def fewshot_from_checkpoint(checkpoint: dict[str, Any], *, path: Path, expect_preset: str | None = None) -> FewShotNetworks:
+    """A `megalive-train fewshot-meta` checkpoint's networks (in train mode); anything else, or a checkpoint of another
+    preset than ``expect_preset``, raises TrainingError (one line)."""
+    check_kind(checkpoint, FEWSHOT_KIND, where=str(path))
+    preset = str(checkpoint["train_config"].get("preset", ""))
+    if expect_preset is not None and preset != expect_preset:
+        raise TrainingError(f"{path} is a few-shot checkpoint of preset {preset!r}, not {expect_preset!r}")
+    try:
+        config = FewShotConfig(**_tuples(checkpoint["model_config"]))
+        networks = FewShotNetworks(
+            config=config,
+            preset=preset,
+            generator=FewShotGenerator(config=config),
+            embedder=FewShotEmbedder(config=config),
+            discriminator=FewShotDiscriminator(config=config),
+        )
+        for key in WEIGHT_KEYS[FEWSHOT_KIND]:
+            getattr(networks, key).load_state_dict(checkpoint[key])
+    except (TypeError, KeyError, RuntimeError, ValueError) as error:
+        raise TrainingError(f"{path}: few-shot networks that do not match their config: {str(error).splitlines()[0]}") from None
+    return networks
+
+
+def load_fewshot(path: Path, *, expect_preset: str | None = None) -> FewShotNetworks:
+    return fewshot_from_checkpoint(load_checkpoint(path), path=path, expect_preset=expect_preset)
 
 
 def slim_checkpoint(source: Path, out: Path) -> Path:

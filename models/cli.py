@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from models.commands import data, enroll, evaluate, train
+from models.commands import data, enroll, evaluate, fewshot, train
 from models.commands.common import package_version
 
 
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     data.add_commands(commands)
     train.add_commands(commands)
+    fewshot.add_commands(commands)
     evaluate.add_commands(commands)
     enroll.add_commands(commands)
     return parser

@@ -60,6 +60,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_msssim import ssim
@@ -67,6 +68,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from contract.avatar_bank import read_bank
+from contract.landmark_image import draw_landmark_image, retarget_landmarks
 from contract.model_card import read_model_card
 from models.blocks import on_white
 from models.data.heads import (
@@ -109,6 +111,7 @@ class EvalConfig:
     enroll_shots: int = 0  # K > 0: a contract-v2 student enrolls every source from K frames (its embedder), not its own avatars
     refine_steps: int = 0  # with enroll_shots: each enrolled identity tensor is then refined on its K frames (few-shot)
     metric_size: int = 224  # side images are resized to for EfficientNet-Lite0 (its training size); 0: as they are
+    retarget: bool = False  # landmarks driver: the driver's displacement from its neutral, on the avatar's neutral landmarks
 
     @property
     def is_centred(self) -> bool:
@@ -121,6 +124,7 @@ class EvalConfig:
         centred = "-centred" if self.centred and self.driver != "arkit" else ""
         enrolled = f"-enrolled-k{self.enroll_shots}" if self.enroll_shots else ""
         enrolled += f"-refined{self.refine_steps}" if self.enroll_shots and self.refine_steps else ""
+        enrolled += "-retargeted" if self.retarget else ""
         stem = f"{self.motions}{centred}" if self.driver == "image" else f"{self.motions}{centred}-{self.driver}"
         return stem + enrolled
 
@@ -160,7 +164,7 @@ class SelfFigures:
 @dataclass(frozen=True)
 class EvalReport:
     model: str
-    model_kind: str  # student | teacher
+    model_kind: str  # student | teacher | fewshot
     motions: str
     driver: str
     pairs: int
@@ -285,11 +289,19 @@ class OnnxAvatarModel:
         self.resolution = card.resolution[0]
         self.avatar_names = card.avatar_names
         self.input_name, graph = "driver", path
-        if driver != "image":
+        # A landmark-driven model (few-shot): its main graph reads landmark images, drawn here from the points (or from
+        # the points its ARKit graph gives), as the server draws them.
+        self.landmark_input, self.signal_session = card.landmark_input, None
+        if self.landmark_input is not None and driver == "image":
+            raise ValueError(f"{path} is driven by landmarks: evaluate it with --driver landmarks or arkit")
+        if driver != "image" and not (self.landmark_input is not None and driver == "landmarks"):
             adapter = card.adapter(driver)
             if adapter is None:
                 raise ValueError(f"{path} has no {driver!r} driver (it has {list(card.drivers)})")
             self.input_name, graph = adapter.input_name, adapter.model_path
+            if self.landmark_input is not None:  # the adapter gives points; the main graph draws from them
+                self.signal_session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+                graph = path
         self.session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
         self.enrollment = card.enrollment
         # Contract v2: every avatar's identity tensor (the bank's, until enroll_sources replaces them).
@@ -349,6 +361,15 @@ class OnnxAvatarModel:
 
     def __call__(self, signal: Tensor, avatar: Tensor) -> AvatarOutput:
         who = {"avatar": avatar.numpy()} if self.identity is None else {"identity": self.identity[avatar].numpy()}
+        if self.landmark_input is not None:
+            points = signal.numpy()  # B×68×2 in [0, 1]
+            if self.signal_session is not None:
+                (points,) = self.signal_session.run(["landmarks"], {self.input_name: points, **who})
+            size = self.resolution
+            drawn = [draw_landmark_image(p * size, size=size, thickness=self.landmark_input.line_thickness) for p in points]
+            signal = torch.from_numpy(np.stack(drawn)).permute(0, 3, 1, 2).contiguous()  # B×H×W×3 -> B×3×H×W
+            rgb, alpha = self.session.run(["rgb", "alpha"], {"driver": signal.numpy(), **who})
+            return AvatarOutput(rgb=torch.from_numpy(rgb), alpha=torch.from_numpy(alpha))
         rgb, alpha = self.session.run(["rgb", "alpha"], {self.input_name: signal.numpy(), **who})
         return AvatarOutput(rgb=torch.from_numpy(rgb), alpha=torch.from_numpy(alpha))
 
@@ -380,13 +401,17 @@ class TeacherAvatarModel:
 
 
 def load_avatar_model(path: Path, *, driver: str) -> AvatarModel:
-    """A student .onnx or a teacher checkpoint (anything else: ValueError, one line)."""
+    """A student .onnx, a teacher checkpoint or a few-shot talking heads checkpoint (anything else: ValueError, one line)."""
     if path.suffix == ".onnx":
         return OnnxAvatarModel(path, driver=driver)
     if path.suffix in (".pt", ".pth"):
+        from models.checkpoints import FEWSHOT_KIND, checkpoint_kind, load_checkpoint
+        from models.fewshot.avatar_model import FewShotAvatarModel
         from models.training.common import TrainingError
 
         try:
+            if checkpoint_kind(load_checkpoint(path)) == FEWSHOT_KIND:
+                return FewShotAvatarModel(path, driver=driver)
             return TeacherAvatarModel(path, driver=driver)
         except TrainingError as error:
             raise ValueError(str(error)) from None
@@ -598,6 +623,8 @@ def evaluate(
         raise ValueError(f"unknown driver {config.driver!r} (known: {', '.join(DRIVER_KINDS)})")
     if config.metric_size < 0:
         raise ValueError("--metric-size must be 0 (as the images are) or a side in pixels")
+    if config.retarget and config.driver != "landmarks":
+        raise ValueError("--retarget moves landmarks: it needs --driver landmarks (ARKit graphs retarget already)")
     model = model if model is not None else load_avatar_model(Path(config.model), driver=config.driver)
     regressor = None if config.regressor is None else load_regressor(Path(config.regressor))
     networks = networks if networks is not None else load_metric_networks()
@@ -625,6 +652,9 @@ def evaluate(
         else:
             model.set_sources(neutral.rgb)
         avatar_targets = regressor.standardise(avatars) if regressor is not None else None
+        # Retargeting's neutrals: each driver identity's and each avatar's landmarks in the neutral motion (crop units).
+        driver_neutral = heads.landmarks(drivers, neutral_motion(len(drivers))) / model.resolution
+        avatar_neutral = neutral_render.landmarks / model.resolution
     scorer = FigureScorer(regressor=regressor, networks=networks, metric_size=config.metric_size)
     sheet_rows: list[Tensor] = []
     with torch.inference_mode(), tqdm(total=count, desc="evaluating", unit="pair", disable=not progress) as bar:
@@ -637,7 +667,10 @@ def evaluate(
             driver = AvatarOutput(rgb=driver_render.rgb, alpha=driver_render.alpha)
             truth = AvatarOutput(rgb=truth_render.rgb, alpha=truth_render.alpha)
             source = AvatarOutput(rgb=neutral.rgb[avatar], alpha=neutral.alpha[avatar])
-            cross = model(_signal(config.driver, motion, driver_render, model.resolution), avatar)
+            cross_signal = _signal(config.driver, motion, driver_render, model.resolution)
+            if config.retarget:  # self-reenactment needs none: its driver's neutral is the avatar's
+                cross_signal = retarget_landmarks(cross_signal, driver_neutral[driver_of[batch]], avatar_neutral[avatar]).float()
+            cross = model(cross_signal, avatar)
             itself = model(_signal(config.driver, motion, truth_render, model.resolution), avatar)
             guesses = {"cross": cross, "driver": driver, "self": itself, "source": source}
             if regressor is not None:

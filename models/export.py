@@ -68,6 +68,7 @@ class ExtraDriver:
     input_name: str  # "curves" | "landmarks"
     input_shape: tuple[int, ...]  # per sample, e.g. (61,) or (68, 2)
     config: Mapping[str, Any]  # recorded in the sidecar (the puppet's settings, the landmark solver's training config)
+    outputs: tuple[str, ...] = ("rgb", "alpha")  # ("landmarks",): a landmark-driven model's signal -> points graph
 
 
 @dataclass(frozen=True)
@@ -139,10 +140,13 @@ def export_avatar_model(
     thumbnails: np.ndarray | None = None,
     parity_batch: int = 2,
     enrollment: EnrollmentExport | None = None,
+    driver_input: Mapping[str, Any] | None = None,
 ) -> ExportReport:
     """module(driver B×3×H×W, avatar B) -> (rgb B×3×H×W, alpha B×1×H×W); writes OUT.onnx + OUT.json,
     and OUT.<kind>.onnx for every extra driver kind. With ``enrollment`` (contract v2) every module takes the identity
-    tensors B×C_id×S×S in place of the avatar index, and OUT.embedder.onnx and OUT.avatars.npz are written too."""
+    tensors B×C_id×S×S in place of the avatar index, and OUT.embedder.onnx and OUT.avatars.npz are written too.
+    ``driver_input`` (the sidecar's entry of that name) marks a landmark-driven model: its driver is a landmark image
+    (contract/model_card.py LandmarkImageInput) and "landmarks" is among its drivers without a graph of its own."""
     out_path = Path(out_path)
     kinds = [extra.kind for extra in extra_drivers]
     if len(set(kinds)) != len(kinds):
@@ -168,6 +172,7 @@ def export_avatar_model(
             parity_batch=parity_batch,
             stage=stage,
             enrollment=enrollment,
+            driver_input=driver_input,
         )
         for temporary in staged.values():
             _flush_to_disk(temporary)  # a power cut after a rename must find the bytes, not an empty file
@@ -196,6 +201,7 @@ def _write_staged(
     parity_batch: int,
     stage: Callable[[Path], Path],
     enrollment: EnrollmentExport | None,
+    driver_input: Mapping[str, Any] | None,
 ) -> float:
     """Write every file of the export to the temporary that stage(final path) gives (renames are the caller's);
     returns the largest parity error of its graphs."""
@@ -219,12 +225,13 @@ def _write_staged(
         signal = torch.rand(parity_batch, *extra.input_shape, generator=generator)
         path = extra_driver_path(out_path, extra.kind)
         temporary = stage(path)
-        error = _export_graph(extra.module.eval(), {extra.input_name: signal, **who}, temporary)
+        error = _export_graph(extra.module.eval(), {extra.input_name: signal, **who}, temporary, outputs=extra.outputs)
         max_abs_error = max(max_abs_error, error)
         adapters[extra.kind] = {
             "model_file": path.name,
             "model_sha256": file_sha256(temporary),  # renaming keeps the bytes: this is the final file's digest
             "input": {"name": extra.input_name, "dtype": "float32", "shape": ["B", *extra.input_shape]},
+            "outputs": list(extra.outputs),
             "parity_max_abs_error": error,
             "gflops_per_frame": 2 * conv_multiply_accumulates(extra.module, signal[:1], *first.values()) / 1e9,
             "config": dict(extra.config),
@@ -238,7 +245,7 @@ def _write_staged(
         "model_sha256": file_sha256(model_temporary),
         "resolution": [height, width],
         "avatars": list(avatar_names),
-        "drivers": ["image", *adapters],
+        "drivers": ["image", *(["landmarks"] if driver_input is not None else []), *adapters],
         "adapters": adapters,  # driver kind -> its graph beside this one (same avatars, same outputs)
         "inputs": {
             "driver": {"dtype": "float32", "shape": ["B", 3, height, width], "range": [0, 1]},
@@ -256,6 +263,8 @@ def _write_staged(
         "gflops_per_frame": gflops_per_frame,  # convolutions and linear layers, 2 FLOPs per multiply-accumulate
         "thumbnails": None,
     }
+    if driver_input is not None:
+        sidecar["driver_input"] = dict(driver_input)
     if thumbnails is not None:
         thumbnails_path = out_path.with_suffix(".thumbs.npy")
         with open(stage(thumbnails_path), "wb") as handle:

@@ -9,6 +9,10 @@ Phases, each `seconds` long, on this machine:
      its in-flight window; FPS and round-trip latency percentiles;
   3. throughput with 2 and 4 sessions of one client (the server batches them) versus 1.
 Figures are printed, never judged: speed is compared as ratios within one run.
+
+A landmark-driven model (server/engine.py) takes no camera picture without the face mesh, so its figures go through
+the landmarks driver instead (the drawing and the main graph; ``base_driver`` in the report): the raw and watermark
+phases time it, its arkit driver is compared with it, and the streams send landmark frames.
 """
 
 from __future__ import annotations
@@ -83,6 +87,9 @@ class BenchReport:
     matmul_peak_gflops: float
     streams: tuple[StreamFigures, ...]
     watermark: WatermarkCost | None = None  # live frame rate with and without the provenance watermark, interleaved
+    # The driver the raw, watermark and stream phases use, and the capture costs compare with: "image", or "landmarks"
+    # for a landmark-driven model (capture_cost_vs_image then holds the costs versus the landmarks driver).
+    base_driver: str = "image"
 
     def stream(self, sessions: int) -> StreamFigures:
         return next(s for s in self.streams if s.sessions == sessions)
@@ -92,6 +99,7 @@ class BenchReport:
         return {
             "machine": self.machine,
             "model": self.model,
+            "driver": self.base_driver,
             "resolution": list(self.resolution),
             "providers": list(self.providers),
             "raw_engine_fps": self.raw_fps,
@@ -119,7 +127,7 @@ class BenchReport:
             ("raw engine FPS (batch 4; × vs batch 1)", f"{self.raw_batch4_fps:.1f} (×{self.raw_batch4_fps / self.raw_fps:.2f})"),
             *(
                 (
-                    f"raw engine FPS, {kind} driver (cost per frame × vs image, interleaved)",
+                    f"raw engine FPS, {kind} driver (cost per frame × vs {self.base_driver}, interleaved)",
                     f"{fps:.1f} (×{self.capture_cost_vs_image[kind]:.2f})",
                 )
                 for kind, fps in self.capture_raw_fps.items()
@@ -156,8 +164,9 @@ class BenchReport:
                 )
             )
         width = max(len(name) for name, _ in rows)
+        driven = "" if self.base_driver == "image" else f" (landmark-driven: measured through the {self.base_driver} driver)"
         header = (
-            f"MegaLive bench — {self.model} {self.resolution[0]}×{self.resolution[1]} on {', '.join(self.providers)}\n"
+            f"MegaLive bench — {self.model} {self.resolution[0]}×{self.resolution[1]} on {', '.join(self.providers)}{driven}\n"
             f"machine: {self.machine}\n"
         )
         return header + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
@@ -187,9 +196,19 @@ class PhaseProgress:
         self.bar.close()
 
 
-def _driver_frames(resolution: tuple[int, int], count: int = 8) -> list[np.ndarray]:
+def _driver_frames(resolution: tuple[int, int], count: int = 8, *, driver: str = "image") -> list[np.ndarray]:
+    """Frames to stream: random pictures, or (driver landmarks) a neutral face's 68 points moved a little each frame."""
     generator = np.random.default_rng(0)
+    if driver == "landmarks":
+        face = np.asarray(canonical_ibug68(), np.float32)
+        return [(face + generator.normal(0.0, 0.003, face.shape)).astype(np.float32) for _ in range(count)]
     return [generator.integers(0, 256, (*resolution, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def base_driver(engine: Engine) -> str:
+    """The driver bench times the model through: the image path, or a landmark-driven model's landmarks (it draws them
+    itself; its pictures need the face mesh, which bench leaves out)."""
+    return "landmarks" if engine.landmark_driven else "image"
 
 
 def measure_matmul_peak_gflops(size: int = 1024, seconds: float = 2.0) -> float:
@@ -219,7 +238,9 @@ def _engine_signal(engine: Engine, kind: str, batch: int) -> np.ndarray:
         frames = np.stack(_driver_frames(engine.resolution, count=batch)).transpose(0, 3, 1, 2)  # B×H×W×3 -> B×3×H×W
         return np.ascontiguousarray(frames, dtype=np.float32) / np.float32(255.0)
     graph = engine.card.adapter(kind)
-    assert graph is not None, kind
+    if graph is None:  # a landmark-driven model draws its landmarks itself: no graph, 68 points per frame
+        assert kind == "landmarks" and engine.landmark_driven, kind
+        return capture_signal(kind, (68, 2), batch)
     return capture_signal(kind, graph.input_shape, batch)
 
 
@@ -243,24 +264,25 @@ CAPTURE_TURN_S = 0.25  # each graph's turn within a round of the interleaved cap
 @dataclass(frozen=True)
 class CaptureCosts:
     fps: dict[str, float]  # kind -> median over the rounds of its raw FPS at batch 1
-    cost_vs_image: dict[str, float]  # kind -> median over the rounds of (image FPS / its FPS) in the same round
+    cost_vs_image: dict[str, float]  # kind -> median over the rounds of (base driver's FPS / its FPS) in the same round
 
 
-def measure_capture_costs(engine: Engine, seconds: float, kinds: tuple[str, ...]) -> CaptureCosts:
-    """Each capture graph's cost per frame beside the image graph's, at batch 1: rounds in which the image graph and
-    then each of ``kinds`` run for CAPTURE_TURN_S in turn; a round's ratio compares graphs timed seconds apart, so a
-    box whose speed drifts between phases (these are shared) moves both sides of it alike."""
+def measure_capture_costs(engine: Engine, seconds: float, kinds: tuple[str, ...], *, base: str = "image") -> CaptureCosts:
+    """Each capture graph's cost per frame beside the ``base`` driver's (the image graph's, or a landmark-driven model's
+    landmarks), at batch 1: rounds in which the base and then each of ``kinds`` run for CAPTURE_TURN_S in turn; a
+    round's ratio compares graphs timed seconds apart, so a box whose speed drifts between phases (these are shared)
+    moves both sides of it alike."""
     if not kinds:
         return CaptureCosts(fps={}, cost_vs_image={})
-    graphs = ("image", *kinds)
+    graphs = (base, *kinds)
     signals = {kind: _engine_signal(engine, kind, 1) for kind in graphs}
     avatar = np.zeros(1, np.int64)
     rounds: dict[str, list[float]] = {kind: [] for kind in graphs}
     for kind in graphs:  # one untimed run each: first-run allocations stay out of the rounds
         engine.run(signals[kind], avatar, kind=kind)
-    with PhaseProgress(seconds=seconds, description=f"raw engine, image vs {' and '.join(kinds)}, interleaved") as progress:
+    with PhaseProgress(seconds=seconds, description=f"raw engine, {base} vs {' and '.join(kinds)}, interleaved") as progress:
         began = time.perf_counter()
-        while not rounds["image"] or time.perf_counter() - began < seconds:
+        while not rounds[base] or time.perf_counter() - began < seconds:
             for kind in graphs:
                 runs, turn_began = 0, time.perf_counter()
                 while runs == 0 or time.perf_counter() - turn_began < CAPTURE_TURN_S:
@@ -268,10 +290,10 @@ def measure_capture_costs(engine: Engine, seconds: float, kinds: tuple[str, ...]
                     runs += 1
                 rounds[kind].append(runs / (time.perf_counter() - turn_began))
             progress.show(time.perf_counter() - began)
-    image = np.array(rounds["image"])
+    reference = np.array(rounds[base])
     return CaptureCosts(
         fps={kind: float(np.median(rounds[kind])) for kind in kinds},
-        cost_vs_image={kind: float(np.median(image / np.array(rounds[kind]))) for kind in kinds},
+        cost_vs_image={kind: float(np.median(reference / np.array(rounds[kind]))) for kind in kinds},
     )
 
 
@@ -291,10 +313,11 @@ def measure_watermark_cost(engine: Engine, seconds: float) -> WatermarkCost:
     problem = provenance.unavailable_for(engine.resolution)
     if problem is not None:
         return WatermarkCost(fps_without=float("nan"), fps_with=float("nan"), ratio=float("nan"), unavailable=problem)
-    signal, avatar = _engine_signal(engine, "image", 1), np.zeros(1, np.int64)
+    kind = base_driver(engine)
+    signal, avatar = _engine_signal(engine, kind, 1), np.zeros(1, np.int64)
 
     def live_frame(watermark: bool) -> None:
-        output = engine.run(signal, avatar)
+        output = engine.run(signal, avatar, kind=kind)
         texture = imaging.to_texture_pixels(output.rgb, output.alpha)[0]
         if watermark:
             texture = provenance.watermark_texture(texture, 0)
@@ -350,11 +373,13 @@ def stop_server(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def measure_stream(address: str, *, sessions: int, seconds: float, window: int, resolution: tuple[int, int]) -> StreamFigures:
-    drivers = _driver_frames(resolution)
+def measure_stream(
+    address: str, *, sessions: int, seconds: float, window: int, resolution: tuple[int, int], driver: str = "image"
+) -> StreamFigures:
+    drivers = _driver_frames(resolution, driver=driver)
     with AvatarClient(address=address, max_in_flight=window, timeout_s=10.0, name="megalive-bench") as client:
         avatars = client.hello().models[0]["avatars"]
-        handles = [client.open(avatar=i % avatars) for i in range(sessions)]
+        handles = [client.open(avatar=i % avatars, driver=driver) for i in range(sessions)]
         engine_before = client.stats()["engine"]
         latencies: list[float] = []
         frames = dropped = sent = 0
@@ -392,16 +417,19 @@ def measure_stream(address: str, *, sessions: int, seconds: float, window: int, 
 def run_bench(config: BenchConfig) -> BenchReport:
     engine = Engine(model_path=config.model_path, intra_op_threads=config.threads, max_batch=4)
     matmul_peak = measure_matmul_peak_gflops()
-    raw_fps = measure_raw_fps(engine, config.seconds)
-    raw_batch4_fps = measure_raw_fps(engine, config.seconds, batch=4)
-    capture = measure_capture_costs(engine, config.seconds, tuple(kind for kind in engine.drivers if kind != "image"))
+    base = base_driver(engine)
+    raw_fps = measure_raw_fps(engine, config.seconds, kind=base)
+    raw_batch4_fps = measure_raw_fps(engine, config.seconds, batch=4, kind=base)
+    capture = measure_capture_costs(
+        engine, config.seconds, tuple(kind for kind in engine.drivers if kind not in ("image", base)), base=base
+    )
     watermark = measure_watermark_cost(engine, config.seconds)
     card, providers = engine.card, tuple(engine.providers)
     del engine  # the server process gets the cores to itself
     process, address = start_server(config.model_path, threads=config.threads)
     try:
         streams = tuple(
-            measure_stream(address, sessions=n, seconds=config.seconds, window=config.window, resolution=card.resolution)
+            measure_stream(address, sessions=n, seconds=config.seconds, window=config.window, resolution=card.resolution, driver=base)
             for n in config.session_counts
         )
     finally:
@@ -419,4 +447,5 @@ def run_bench(config: BenchConfig) -> BenchReport:
         matmul_peak_gflops=matmul_peak,
         streams=streams,
         watermark=watermark,
+        base_driver=base,
     )

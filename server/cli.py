@@ -180,7 +180,8 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     print(
         f"megalive {__version__}: serving {card.name} ({engine.num_avatars} avatars, "
-        f"{card.resolution[0]}×{card.resolution[1]}, {', '.join(engine.providers)}) on {address}"
+        f"{card.resolution[0]}×{card.resolution[1]}, {'landmark-driven, ' if engine.landmark_driven else ''}"
+        f"{', '.join(engine.providers)}) on {address}"
         f"{' with CURVE' if config.curve else ''}",
         flush=True,
     )

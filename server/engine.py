@@ -15,6 +15,20 @@ outputs and the capture signal in place of ``driver``:
     arkit      curves     float32  B×61     Live Link Face order (contract/arkit.py)
     landmarks  landmarks  float32  B×68×2   iBUG order, x/y in [0, 1] over the crop
 
+A landmark-driven model (the few-shot talking heads, DESIGN §4.4; the card's ``landmark_input``) has the same main
+graph, but its ``driver`` is a landmark image, not a camera picture: the engine draws each sample's 68 points with
+contract/landmark_image.py ``draw_landmark_image`` (the drawing the model was trained on, at the card's line
+thickness) and runs the main graph on the drawings. Its driver kinds, as ``run`` takes them:
+
+    landmarks  B×68×2  x/y in [0, 1] over the crop -> drawn -> main graph
+    arkit      B×61    -> ``<stem>.arkit.onnx`` (curves, avatar -> ``landmarks`` B×68×2, the puppet retargeted onto
+                          each avatar's neutral face) -> drawn -> main graph
+    image      refused: a camera picture is not a landmark image. The server's image sessions on such a model need
+               crop "auto" and send the face mesh's 68 points as kind landmarks (server/worker.py).
+
+The card also carries each avatar's neutral landmarks (``neutral_landmarks``), which the server retargets a driver's
+landmarks onto (``retarget`` sessions: contract/landmark_image.py ``retarget_landmarks``).
+
 Contract v2 (an enrollable model, DESIGN §4.3): every graph takes ``identity`` float32 B×C_id×S×S in place of
 ``avatar``. The engine keeps the avatars' identity tensors (contract/avatar_bank.py): the model's shipped bank
 first, then the avatars enrolled on this machine (the user bank, ``bank_path``), and looks each frame's avatar up
@@ -26,7 +40,7 @@ to the engine at once. A user bank that cannot be read leaves the shipped avatar
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +48,8 @@ import numpy as np
 import onnxruntime as ort
 
 from contract.avatar_bank import AvatarBank, AvatarBankError, AvatarRecord, check_name, read_bank, write_bank
+from contract.landmark_image import draw_landmark_image
+from contract.landmarks import NUM_LANDMARKS
 from contract.model_card import ModelCard, ModelCardError, read_model_card
 
 # Tried in this order; the first that the installed onnxruntime offers and that starts wins.
@@ -137,6 +153,12 @@ class Engine:
             adapter.kind: (self._open_graph(adapter.model_path, options, [self.session.get_providers()]), adapter)
             for adapter in self.card.adapters
         }
+        self._check_signal_graphs()
+        landmark_input = self.card.landmark_input
+        # A landmark-driven model's avatars' neutral faces (N×68×2 in [0, 1]), for retargeting; read-only, shared.
+        self._neutral = None if landmark_input is None else np.array(landmark_input.neutral_landmarks, np.float32)
+        if self._neutral is not None:
+            self._neutral.flags.writeable = False
         enrollment = self.card.enrollment
         self._embedder = None if enrollment is None else self._open_graph(enrollment.embedder_path, options, [self.session.get_providers()])
         self.counters = EngineCounters()
@@ -226,6 +248,16 @@ class Engine:
         return self.session.get_providers()
 
     @property
+    def landmark_driven(self) -> bool:
+        """True when the main graph's driver is a landmark image drawn from 68 points (see the module docstring)."""
+        return self.card.landmark_input is not None
+
+    @property
+    def neutral_landmarks(self) -> np.ndarray | None:
+        """A landmark-driven model's neutral face per avatar, N×68×2 float32 in [0, 1] (read-only); None otherwise."""
+        return self._neutral
+
+    @property
     def resolution(self) -> tuple[int, int]:
         return self.card.resolution
 
@@ -241,26 +273,42 @@ class Engine:
         shape = inputs["driver"].shape  # [B, 3, H, W]; B symbolic
         if len(shape) != 4 or (isinstance(shape[2], int) and tuple(shape[2:]) != self.card.resolution):
             raise ModelError(f"driver input shape {shape} disagrees with the sidecar resolution {self.card.resolution}")
+        height, width = self.card.resolution
+        if self.card.landmark_input is not None and height != width:
+            raise ModelError(f"{self.card.model_path.name} is landmark-driven but {height}×{width}: landmark images are square")
+
+    def _check_signal_graphs(self) -> None:
+        """Each capture graph gives what its card entry says: pictures (rgb, alpha), or, on a landmark-driven model only,
+        the 68 points the engine draws (landmarks)."""
+        for kind, (session, adapter) in self._signal_graphs.items():
+            outputs = {o.name for o in session.get_outputs()}
+            if adapter.outputs not in (("rgb", "alpha"), ("landmarks",)) or not set(adapter.outputs) <= outputs:
+                raise ModelError(
+                    f"the {kind} graph {adapter.model_path.name} gives {sorted(outputs)}, its card entry says {list(adapter.outputs)} "
+                    "(need rgb, alpha or landmarks)"
+                )
+            if adapter.outputs == ("landmarks",) and self.card.landmark_input is None:
+                raise ModelError(f"the {kind} graph {adapter.model_path.name} gives landmarks, but the model is not landmark-driven")
+            if kind == "landmarks" and self.card.landmark_input is not None:
+                raise ModelError(f"{self.card.model_path.name} is landmark-driven: it draws landmarks itself and takes no landmarks graph")
 
     def warm_up(self) -> None:
         """Run every graph once at batch 1 and at max batch so the first real frames do not pay allocation costs."""
         for batch in sorted({1, self.max_batch}):
             avatars = np.zeros(batch, np.int64)
-            self.run(np.zeros((batch, 3, *self.resolution), np.float32), avatars)
+            if self._neutral is not None:  # the drawing and the main graph, on the first avatar's own neutral face
+                self.run(np.repeat(self._neutral[:1], batch, axis=0), avatars, kind="landmarks")
+            else:
+                self.run(np.zeros((batch, 3, *self.resolution), np.float32), avatars)
             for kind, (_, adapter) in self._signal_graphs.items():
                 self.run(np.full((batch, *adapter.input_shape), 0.5, np.float32), avatars, kind=kind)
         self.counters = EngineCounters()
 
     def run(self, driver: np.ndarray, avatar: np.ndarray, *, kind: str = "image") -> EngineOutput:
-        """driver: B×3×H×W float32 in [0,1] (kind image) or the capture signal B×… of the kind's graph;
-        avatar: B int64 -> rgb B×3×H×W, alpha B×1×H×W."""
-        if kind == "image":
-            session, input_name, sample_shape = self.session, "driver", (3, *self.resolution)
-        elif kind in self._signal_graphs:
-            session, adapter = self._signal_graphs[kind]
-            input_name, sample_shape = adapter.input_name, adapter.input_shape
-        else:
-            raise ValueError(f"this model has no {kind!r} driver (it has {list(self.card.drivers)})")
+        """driver: B×3×H×W float32 in [0,1] (kind image), or the capture signal B×… of the kind's graph, or (a
+        landmark-driven model's kind landmarks) B×68×2 points in [0, 1] over the crop; avatar: B int64
+        -> rgb B×3×H×W, alpha B×1×H×W. ValueError for a kind the model lacks or shapes that do not fit."""
+        step, sample_shape = self._pipeline(kind)
         if driver.shape[1:] != sample_shape or avatar.shape != driver.shape[:1]:
             raise ValueError(f"engine input shapes {driver.shape} / {avatar.shape} do not match {kind} input {sample_shape}")
         identity = self._identity  # one reference for the whole call: enroll swaps the array, never edits it
@@ -272,11 +320,9 @@ class Engine:
             who, values = "avatar", avatar
         rgbs, alphas = [], []
         for start in range(0, len(driver), self.max_batch):
-            began = time.perf_counter()
-            rgb, alpha = session.run(
-                ["rgb", "alpha"],
-                {input_name: driver[start : start + self.max_batch], who: values[start : start + self.max_batch]},
-            )
+            chunk = slice(start, start + self.max_batch)
+            began = time.perf_counter()  # the whole path of the chunk: capture graph, drawing and main graph
+            rgb, alpha = step(driver[chunk], {who: values[chunk]})
             self.counters.infer_seconds += time.perf_counter() - began
             self.counters.runs += 1
             self.counters.frames += len(rgb)
@@ -285,6 +331,45 @@ class Engine:
         if len(rgbs) == 1:
             return EngineOutput(rgb=rgbs[0], alpha=alphas[0])
         return EngineOutput(rgb=np.concatenate(rgbs), alpha=np.concatenate(alphas))
+
+    def _pipeline(self, kind: str) -> tuple[Callable[[np.ndarray, dict[str, np.ndarray]], list[np.ndarray]], tuple[int, ...]]:
+        """What one chunk of driver ``kind`` goes through (chunk, avatar feed -> [rgb, alpha]), and its sample shape."""
+        landmark_driven = self.card.landmark_input is not None
+
+        def main_graph(images: np.ndarray, who: dict[str, np.ndarray]) -> list[np.ndarray]:
+            return self.session.run(["rgb", "alpha"], {"driver": images, **who})
+
+        def drawn(points: np.ndarray, who: dict[str, np.ndarray]) -> list[np.ndarray]:
+            return main_graph(self.draw_landmarks(points), who)
+
+        if kind == "image" and not landmark_driven:
+            return main_graph, (3, *self.resolution)
+        if kind == "landmarks" and landmark_driven:
+            return drawn, (NUM_LANDMARKS, 2)
+        if kind in self._signal_graphs:
+            session, adapter = self._signal_graphs[kind]
+
+            def capture_graph(signal: np.ndarray, who: dict[str, np.ndarray]) -> list[np.ndarray]:
+                if adapter.outputs == ("landmarks",):  # the graph gives points; they are drawn as a landmarks frame's are
+                    (points,) = session.run(["landmarks"], {adapter.input_name: signal, **who})
+                    return drawn(points, who)
+                return session.run(["rgb", "alpha"], {adapter.input_name: signal, **who})
+
+            return capture_graph, adapter.input_shape
+        if kind == "image":
+            raise ValueError(f"{self.card.name} is driven by landmarks: a camera picture is not its driver (run kind 'landmarks')")
+        raise ValueError(f"this model has no {kind!r} driver (it has {list(self.card.drivers)})")
+
+    def draw_landmarks(self, points: np.ndarray) -> np.ndarray:
+        """A landmark-driven model's driver input: B×68×2 points in [0, 1] over the crop -> B×3×H×W float32 landmark
+        images, each drawn by contract/landmark_image.py at the card's line thickness. ValueError for non-finite points."""
+        landmark_input = self.card.landmark_input
+        if landmark_input is None:
+            raise ValueError(f"{self.card.name} is not landmark-driven: its driver is a picture")
+        size = self.resolution[0]
+        images = [draw_landmark_image(sample * size, size=size, thickness=landmark_input.line_thickness) for sample in points]
+        stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.float32)
+        return np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))  # B×H×W×3 -> B×3×H×W
 
     def embed(self, frames: np.ndarray) -> np.ndarray:
         """K aligned portrait crops of one person, K×3×H×W float32 in [0, 1] -> their identity tensor C_id×S×S."""

@@ -24,6 +24,7 @@ live in their own modules.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import errno
 import hmac
 import importlib.util
@@ -549,6 +550,9 @@ class AvatarService:
                         "contract": self.engine.contract,
                         "drivers": list(card.drivers),
                         "providers": self.engine.providers,
+                        # True: the driver is a landmark image the server draws; image sessions need crop "auto", and
+                        # image and landmarks sessions may ask to retarget.
+                        "landmark_driven": self.engine.landmark_driven,
                     }
                 ],
                 "capabilities": {
@@ -632,6 +636,7 @@ class AvatarService:
         crop = request.get("crop", "none")
         size = request.get("size", list(self.engine.resolution))
         return_landmarks = request.get("landmarks", False)
+        retarget = request.get("retarget", False)
         if driver not in DRIVER_KINDS:
             raise ProtocolError("bad_request", f"driver {driver!r} not one of {list(DRIVER_KINDS)}", request_id=rid)
         if driver not in self.engine.card.drivers:
@@ -646,7 +651,13 @@ class AvatarService:
             raise ProtocolError("bad_request", f"crop 'auto' is for image drivers; {driver} frames are not pictures", request_id=rid)
         if not isinstance(return_landmarks, bool) or (return_landmarks and crop != "auto"):
             raise ProtocolError("bad_request", "landmarks: true needs crop 'auto' (the server finds them while cropping)", request_id=rid)
+        landmark_driven = self.engine.landmark_driven
         filter_config = drivers.filter_config_from_request(request.get("filter"), kind=driver, request_id=rid)
+        if landmark_driven and driver == "image":
+            # The face mesh's points drive the model, and they jitter by a pixel or so: the landmarks sessions' filters
+            # steady them (the crop box keeps the image sessions' own).
+            points = drivers.filter_config_from_request(request.get("filter"), kind="landmarks", request_id=rid)
+            filter_config = dataclasses.replace(filter_config, pose=points.pose, expression=points.expression)
         if (
             not isinstance(size, list)
             or len(size) != 2
@@ -661,6 +672,7 @@ class AvatarService:
             raise ProtocolError(
                 "unknown_avatar", f"avatar {avatar} does not exist (this model has {self.engine.num_avatars})", request_id=rid
             )
+        self._check_landmark_options(driver=driver, crop=crop, retarget=retarget, avatar=avatar, request_id=rid)
         if len(self.sessions) >= self.config.max_sessions:
             raise ProtocolError("busy", f"the server holds its maximum of {self.config.max_sessions} sessions", request_id=rid)
         if sum(s.peer == peer for s in self.sessions.values()) >= self.config.max_sessions_per_client:
@@ -690,7 +702,10 @@ class AvatarService:
             crop=crop,
             opened_at=now,
             last_seen=now,
-            stabiliser=drivers.SignalStabiliser(kind=driver, config=filter_config) if driver != "image" else None,
+            retarget=retarget,
+            stabiliser=drivers.SignalStabiliser(kind=driver if driver != "image" else "landmarks", config=filter_config)
+            if driver != "image" or landmark_driven
+            else None,
             crop_config=crop_config,
             return_landmarks=return_landmarks,
         )
@@ -698,8 +713,44 @@ class AvatarService:
         self._reply(
             router,
             peer,
-            {"op": "open", "id": rid, "session": session.session_id, "token": session.token, "size": size, "format": output_format},
+            {
+                "op": "open",
+                "id": rid,
+                "session": session.session_id,
+                "token": session.token,
+                "size": size,
+                "format": output_format,
+                "retarget": retarget,
+            },
         )
+
+    def _check_landmark_options(self, *, driver: str, crop: str, retarget: object, avatar: int, request_id: int) -> None:
+        """A landmark-driven model's image sessions need the face mesh (crop "auto"); ``retarget`` is for its image and
+        landmarks sessions only (the arkit graph retargets onto each avatar already)."""
+        name = self.engine.card.name
+        if not isinstance(retarget, bool):
+            raise ProtocolError("bad_request", f"retarget must be true or false, got {retarget!r}", request_id=request_id)
+        if not self.engine.landmark_driven:
+            if retarget:
+                raise ProtocolError(
+                    "bad_request", f"retarget is for landmark-driven models; {name} is driven by pictures", request_id=request_id
+                )
+            return
+        if driver == "image" and crop != "auto":
+            raise ProtocolError(
+                "bad_request", "this model is driven by landmarks: open the image driver with crop 'auto'", request_id=request_id
+            )
+        if retarget and driver == "arkit":
+            raise ProtocolError(
+                "bad_request",
+                "retarget is for image and landmarks drivers: the arkit graph retargets onto the avatar already",
+                request_id=request_id,
+            )
+        neutral = self.engine.neutral_landmarks
+        if retarget and (neutral is None or not 0 <= avatar < len(neutral)):
+            raise ProtocolError(
+                "bad_request", f"avatar {avatar} has no neutral landmarks in {name}'s card to retarget onto", request_id=request_id
+            )
 
     def _owned_session(self, peer: bytes, request: Message) -> Session:
         """The request's session, when this connection opened it and the request carries its token."""

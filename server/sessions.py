@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import zmq
 
 from client.protocol import Buffer
@@ -38,10 +39,14 @@ class Session:
     last_seen: float
     counters: SessionCounters = field(default_factory=SessionCounters)
     clock: SignalClock = field(default_factory=SignalClock)  # main thread: the filters' time
+    # Landmark-driven models (server/engine.py): the driver's landmarks become the avatar's neutral face plus the driver's
+    # displacement from its own neutral, which is the session's first frame (contract/landmark_image.py retarget_landmarks).
+    retarget: bool = False
     # Worker-thread state (only the worker touches these after `open`):
-    stabiliser: drivers.SignalStabiliser | None = None  # arkit / landmarks sessions
+    stabiliser: drivers.SignalStabiliser | None = None  # arkit / landmarks sessions; image sessions of a landmark-driven model
     crop_config: capture.CropConfig | None = None  # image sessions with crop "auto"; the worker makes the cropper
     return_landmarks: bool = False  # crop "auto": send the 68 landmarks found with each texture
+    driver_neutral: np.ndarray | None = None  # retarget: the first frame's 68×2 landmarks (set by the worker)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +55,7 @@ class Session:
             "driver": self.driver,
             "size": list(self.size),
             "format": self.output_format,
+            "retarget": self.retarget,
             **self.counter_values(),
         }
 

@@ -4,6 +4,11 @@ call per driver kind, and pushes the finished replies to the service's main thre
 Any failure a frame causes is that frame's error reply; a failure of the thread itself is recorded in
 ``failure`` and the service (server/service.py) restarts it. Face trackers of `crop: "auto"` sessions
 belong to this thread alone: made at a session's first frame, released on close and when idle.
+
+On a landmark-driven model (server/engine.py) an image session's frames (crop "auto", which `open` insists on) become
+the face mesh's 68 points over the crop, steadied by the landmarks filters and batched with the landmarks sessions'
+frames; the engine draws them. ``retarget`` sessions keep their first frame's points as the driver's neutral face and
+send each frame's points retargeted onto the avatar's neutral face (contract/landmark_image.py retarget_landmarks).
 """
 
 from __future__ import annotations
@@ -18,12 +23,17 @@ import numpy as np
 import zmq
 
 from client.protocol import Buffer, EncodedBuffer, ProtocolError, encode, error_frames
+from contract.landmark_image import retarget_landmarks
 from server import capture, drivers, imaging, provenance
 from server.engine import Engine
 from server.manifest import AvatarNote, ManifestError, ManifestSigner
 from server.sessions import FrameJob, ServerCounters, Session
 
 log = logging.getLogger("megalive.server")
+
+# Crop units between the eyes' centres below which a first frame cannot be a retarget session's neutral face (a real face
+# has about 0.3): retargeting divides by it.
+MIN_NEUTRAL_EYE_DISTANCE = 1e-3
 
 
 class RenderWorker:
@@ -171,17 +181,18 @@ class RenderWorker:
         self.croppers[session.session_id] = (cropper, time.monotonic())
         return cropper
 
-    def _prepare(self, job: FrameJob) -> tuple[np.ndarray, dict[str, Any]]:
-        """A job's engine input (one sample) and the extra reply fields; ProtocolError for a bad frame."""
+    def _prepare(self, job: FrameJob) -> tuple[str, np.ndarray, dict[str, Any]]:
+        """A job's engine kind, its engine input (one sample) and the extra reply fields; ProtocolError for a bad frame."""
         session, rid = job.session, job.request_id
         if session.driver == "arkit":
             curves = drivers.arkit_curves(job.driver, job.curve_names, request_id=rid)
-            return session.stabiliser(curves, job.signal_time_s), {}
+            return "arkit", session.stabiliser(curves, job.signal_time_s), {}
         if session.driver == "landmarks":
-            return session.stabiliser(drivers.landmarks_68(job.driver, request_id=rid), job.signal_time_s), {}
+            points = session.stabiliser(drivers.landmarks_68(job.driver, request_id=rid), job.signal_time_s)
+            return "landmarks", self._retargeted(session, points, request_id=rid), {}
         image = imaging.decode_driver_image(job.driver, max_pixels=self.max_image_pixels, request_id=rid)
         if session.crop_config is None:
-            return imaging.resize_rgb(image, self.engine.resolution), {}
+            return "image", imaging.resize_rgb(image, self.engine.resolution), {}
         crop_began = time.perf_counter()
         try:
             cropped = self._cropper_for(session)(np.ascontiguousarray(image), job.signal_time_s)
@@ -192,7 +203,29 @@ class RenderWorker:
         extra: dict[str, Any] = {"face_found": cropped.face_found, "crop_ms": 1000.0 * (time.perf_counter() - crop_began)}
         if session.return_landmarks:
             extra["landmarks"] = cropped.landmarks.round(5).tolist()  # 68 [x, y] in [0, 1] over the crop
-        return imaging.resize_rgb(cropped.image, self.engine.resolution), extra
+        if self.engine.landmark_driven:  # the mesh's points drive the model; the crop's pixels are not its input
+            assert session.stabiliser is not None  # `open` gives image sessions of a landmark-driven model one
+            points = session.stabiliser(cropped.landmarks, job.signal_time_s)
+            return "landmarks", self._retargeted(session, points, request_id=rid), extra
+        return "image", imaging.resize_rgb(cropped.image, self.engine.resolution), extra
+
+    def _retargeted(self, session: Session, points: np.ndarray, *, request_id: int) -> np.ndarray:
+        """A retarget session's 68 points moved onto its avatar's neutral face; the first frame's points become the
+        driver's neutral. Other sessions' points as they are."""
+        if not session.retarget:
+            return points
+        neutral = self.engine.neutral_landmarks
+        assert neutral is not None  # `open` allows retarget on landmark-driven models only
+        if session.driver_neutral is None:
+            eyes = points[drivers.LEFT_EYE].mean(axis=0) - points[drivers.RIGHT_EYE].mean(axis=0)
+            if float(np.hypot(*eyes)) < MIN_NEUTRAL_EYE_DISTANCE:
+                raise ProtocolError(
+                    "bad_request",
+                    "retarget: the first frame's eyes coincide, so it cannot be the driver's neutral face",
+                    request_id=request_id,
+                )
+            session.driver_neutral = points.copy()
+        return retarget_landmarks(points, session.driver_neutral, neutral[session.avatar]).astype(np.float32)
 
     def _render(self, jobs: list[FrameJob]) -> list[tuple[bytes, list]]:
         """Decode, batch (one engine call per driver kind), infer and encode; (peer, reply frames) per job."""
@@ -201,8 +234,8 @@ class RenderWorker:
         by_kind: dict[str, list[tuple[FrameJob, np.ndarray, dict[str, Any]]]] = {}
         for job in jobs:
             try:
-                sample, extra = self._prepare(job)
-                by_kind.setdefault(job.session.driver, []).append((job, sample, extra))
+                kind, sample, extra = self._prepare(job)  # kind: an image session of a landmark-driven model sends landmarks
+                by_kind.setdefault(kind, []).append((job, sample, extra))
             except Exception as error:  # any failure a frame causes is that frame's error, never the worker's end
                 if isinstance(error, ProtocolError):
                     code, message = error.code, error.message

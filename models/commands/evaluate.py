@@ -93,7 +93,9 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         type=Path,
         required=True,
         metavar="PATH",
-        help="an exported student (.onnx with sidecar) or a teacher (`megalive-train base` RUN/checkpoint.pt)",
+        help="an exported student (.onnx with sidecar), a teacher (`megalive-train base` RUN/checkpoint.pt) or the few-shot "
+        "talking heads (`megalive-train fewshot-meta` RUN/checkpoint.pt: with --enroll-shots K, --refine-steps N fine-tunes, "
+        "--driver landmarks or arkit)",
     )
     evaluate.add_argument(
         "--data",
@@ -165,6 +167,12 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         help="side images are resized to for EfficientNet-Lite0 (perceptual distance, FD-EffNet), so models of different "
         "resolutions compare; 0: as they are",
     )
+    evaluate.add_argument(
+        "--retarget",
+        action="store_true",
+        help="--driver landmarks: cross-driving moves the driver's expression and pose onto the avatar's own face shape (its "
+        "neutral landmarks plus the driver's displacement from the driver's neutral)",
+    )
     evaluate.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     evaluate.set_defaults(run=_eval)
 
@@ -187,6 +195,7 @@ def _eval(args: argparse.Namespace) -> int:
         enroll_shots=args.enroll_shots,
         refine_steps=args.refine_steps,
         metric_size=args.metric_size,
+        retarget=args.retarget,
     )
     if args.dry_run:
         print(json.dumps({"eval": asdict(config)}, indent=2))

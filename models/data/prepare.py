@@ -84,7 +84,7 @@ class PrepareError(Exception):
     """Preparation cannot start or produced nothing; one line for the user (nothing was written)."""
 
 
-class _Skip(Exception):
+class UnusableVideo(Exception):
     """This one input cannot be prepared; the message is the reason listed in meta.json."""
 
 
@@ -152,7 +152,7 @@ class PrepareReport:
 # -- discovery ----------------------------------------------------------------------------------------------------
 
 
-def _natural_key(name: str) -> list[int | str]:
+def natural_key(name: str) -> list[int | str]:
     """frame2 before frame10."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
@@ -164,9 +164,9 @@ def discover_inputs(src: Path) -> list[VideoInput]:
         raise PrepareError(f"{src}: no such folder")
     found: list[tuple[Path, Literal["video", "frames"]]] = []
     for folder, subfolders, files in os.walk(src):
-        subfolders[:] = sorted((name for name in subfolders if not name.startswith(".")), key=_natural_key)
+        subfolders[:] = sorted((name for name in subfolders if not name.startswith(".")), key=natural_key)
         visible = [name for name in files if not name.startswith(".")]
-        found += [(Path(folder) / name, "video") for name in sorted(visible, key=_natural_key) if name.lower().endswith(VIDEO_SUFFIXES)]
+        found += [(Path(folder) / name, "video") for name in sorted(visible, key=natural_key) if name.lower().endswith(VIDEO_SUFFIXES)]
         if any(name.lower().endswith(IMAGE_SUFFIXES) for name in visible):
             found.append((Path(folder), "frames"))
     inputs, used = [], set()
@@ -200,18 +200,18 @@ def _ffmpeg_reason(error: Exception) -> str:
     return "unreadable: " + (lines[0] if lines else type(error).__name__)
 
 
-def _open_video(path: Path) -> tuple[float, Iterator[np.ndarray]]:
-    """The fps and the frames (H×W×3 uint8 RGB) of a video file; _Skip when ffmpeg cannot open it."""
+def open_video(path: Path) -> tuple[float, Iterator[np.ndarray]]:
+    """The fps and the frames (H×W×3 uint8 RGB) of a video file; UnusableVideo when ffmpeg cannot open it."""
     import imageio_ffmpeg
 
     if path.stat().st_size == 0:
-        raise _Skip("empty file (0 bytes)")
+        raise UnusableVideo("empty file (0 bytes)")
     reader = imageio_ffmpeg.read_frames(str(path))
     try:
         meta = next(reader)
     except (OSError, RuntimeError, StopIteration) as error:
         reader.close()
-        raise _Skip(_ffmpeg_reason(error)) from None
+        raise UnusableVideo(_ffmpeg_reason(error)) from None
     fps = float(meta.get("fps") or 0.0)
     width, height = (int(value) for value in meta["size"])
 
@@ -219,19 +219,19 @@ def _open_video(path: Path) -> tuple[float, Iterator[np.ndarray]]:
         try:
             for raw in reader:
                 if len(raw) != width * height * 3:
-                    raise _Skip(f"decoded a frame of {len(raw)} bytes, expected {width}×{height}×3")
+                    raise UnusableVideo(f"decoded a frame of {len(raw)} bytes, expected {width}×{height}×3")
                 yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)  # bytes -> H×W×3
         except (OSError, RuntimeError) as error:
-            raise _Skip(_ffmpeg_reason(error)) from None
+            raise UnusableVideo(_ffmpeg_reason(error)) from None
         finally:
             reader.close()
 
     return (fps if math.isfinite(fps) and fps > 0 else 25.0), frames()
 
 
-def _image_frames(folder: Path) -> Iterator[np.ndarray]:
+def image_frames(folder: Path) -> Iterator[np.ndarray]:
     names = sorted(
-        (name for name in os.listdir(folder) if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")), key=_natural_key
+        (name for name in os.listdir(folder) if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")), key=natural_key
     )
     size: tuple[int, int] | None = None
     for name in names:
@@ -239,21 +239,21 @@ def _image_frames(folder: Path) -> Iterator[np.ndarray]:
             with Image.open(folder / name) as image:
                 frame = np.asarray(image.convert("RGB"))
         except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise _Skip(f"unreadable image {name}: {error}") from None
+            raise UnusableVideo(f"unreadable image {name}: {error}") from None
         if size is None:
             size = frame.shape[1], frame.shape[0]
         elif (frame.shape[1], frame.shape[0]) != size:
-            raise _Skip(f"frames of mixed sizes ({size[0]}×{size[1]}, then {frame.shape[1]}×{frame.shape[0]} at {name})")
+            raise UnusableVideo(f"frames of mixed sizes ({size[0]}×{size[1]}, then {frame.shape[1]}×{frame.shape[0]} at {name})")
         yield frame
 
 
 def _open(video: VideoInput, config: PrepareConfig) -> tuple[float, Iterator[np.ndarray]]:
-    """The frame rate after thinning and the kept frames (H×W×3 uint8 RGB) of an input; _Skip on unreadable or
+    """The frame rate after thinning and the kept frames (H×W×3 uint8 RGB) of an input; UnusableVideo on unreadable or
     inconsistent data (raised here or while iterating)."""
     if video.kind == "frames":
-        fps, frames = config.frame_folder_fps, _image_frames(video.path)
+        fps, frames = config.frame_folder_fps, image_frames(video.path)
     else:
-        fps, frames = _open_video(video.path)
+        fps, frames = open_video(video.path)
     return fps / config.every, (frame for index, frame in enumerate(frames) if index % config.every == 0)
 
 
@@ -314,7 +314,7 @@ class _Graph(Protocol):
     def process(self, image: np.ndarray) -> Any: ...
 
 
-def _face_landmarks(mesh: _Graph, frame: np.ndarray) -> np.ndarray | None:
+def face_landmarks(mesh: _Graph, frame: np.ndarray) -> np.ndarray | None:
     """The 68 iBUG landmarks (68×2 source pixels) of the face in ``frame``, or None."""
     results = mesh.process(np.ascontiguousarray(frame))
     faces = getattr(results, "multi_face_landmarks", None)
@@ -341,10 +341,10 @@ def _track_faces(video: VideoInput, config: PrepareConfig) -> tuple[np.ndarray, 
     ) as mesh:
         for frame in frames:
             size = frame.shape[1], frame.shape[0]
-            points = _face_landmarks(mesh, frame)
+            points = face_landmarks(mesh, frame)
             landmarks.append(np.full((68, 2), np.nan) if points is None else points)
     if not landmarks:
-        raise _Skip("no frames decoded")
+        raise UnusableVideo("no frames decoded")
     stacked = np.stack(landmarks)  # N×68×2
     return stacked, ~np.isnan(stacked).any(axis=(1, 2)), size, fps
 
@@ -354,7 +354,7 @@ def _prepare_one(job: _Job) -> _Outcome:
     video, config = job.video, job.config
     try:
         return _Outcome(prepared=_prepare_into(video, job.out_dir, config), skipped=None)
-    except _Skip as reason:
+    except UnusableVideo as reason:
         shutil.rmtree(job.out_dir, ignore_errors=True)
         return _Outcome(prepared=None, skipped=SkippedVideo(source=video.source, reason=str(reason)))
 
@@ -369,12 +369,12 @@ def _prepare_into(video: VideoInput, out_dir: Path, config: PrepareConfig) -> Pr
             found[index] = False
     count, with_face = len(found), int(found.sum())
     if count < 2:
-        raise _Skip(f"only {count} frame (a source/driver pair needs 2)")
+        raise UnusableVideo(f"only {count} frame (a source/driver pair needs 2)")
     if with_face == 0:
-        raise _Skip(f"no face found in any of {count} frames")
+        raise UnusableVideo(f"no face found in any of {count} frames")
     fraction = with_face / count
     if with_face < 2 or fraction < config.min_face_fraction:
-        raise _Skip(f"a face in only {with_face} of {count} frames ({fraction:.0%}; the minimum is {config.min_face_fraction:.0%})")
+        raise UnusableVideo(f"a face in only {with_face} of {count} frames ({fraction:.0%}; the minimum is {config.min_face_fraction:.0%})")
 
     landmarks_px = _interpolate_missing(np.nan_to_num(landmarks_px), found)  # N×68×2
     boxes = _interpolate_missing(raw_boxes, found)
@@ -395,14 +395,14 @@ def _prepare_into(video: VideoInput, out_dir: Path, config: PrepareConfig) -> Pr
     with mediapipe.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as segmentation:
         for index, frame in enumerate(_open(video, config)[1]):  # pass 2: crop and segment
             if index >= count:
-                raise _Skip(f"decoded {count} frames the first time and more the second")
+                raise UnusableVideo(f"decoded {count} frames the first time and more the second")
             crop = crop_square(frame, tuple(boxes[index]), output_size=resolution)
             mask = segmentation.process(np.ascontiguousarray(crop)).segmentation_mask  # S×S float32 in [0, 1]
             frames[index] = crop
             masks[index] = np.clip(np.asarray(mask) * 255 + 0.5, 0, 255).astype(np.uint8)
             written = index + 1
     if written != count:
-        raise _Skip(f"decoded {count} frames the first time and {written} the second")
+        raise UnusableVideo(f"decoded {count} frames the first time and {written} the second")
     frames.flush()
     masks.flush()
     del frames, masks  # unmap before the folder may be renamed

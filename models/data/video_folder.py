@@ -169,7 +169,7 @@ class VideoFolder(Dataset[VideoSample]):
         other = int(pool[rng.integers(pool.size)])
         return video, source, driver, other, int(rng.choice(self.videos[other].usable))
 
-    def _image(self, video: int, frame: int) -> tuple[Tensor, Tensor]:
+    def frame_image(self, video: int, frame: int) -> tuple[Tensor, Tensor]:
         """RGB (3×H×W) and mask (1×H×W) of one frame, floats in [0, 1] at ``self.resolution``."""
         arrays = self.arrays(video)
         rgb = torch.from_numpy(np.array(arrays.frames[frame])).permute(2, 0, 1)  # S×S×3 -> 3×S×S
@@ -185,9 +185,9 @@ class VideoFolder(Dataset[VideoSample]):
         if not 0 <= index < len(self):
             raise IndexError(f"sample {index} out of range [0, {len(self)})")
         video, source_frame, driver_frame, other, cross_frame = self.draw(index)
-        source, _ = self._image(video, source_frame)
-        driver, driver_alpha = self._image(video, driver_frame)
-        cross_driver, _ = self._image(other, cross_frame)
+        source, _ = self.frame_image(video, source_frame)
+        driver, driver_alpha = self.frame_image(video, driver_frame)
+        cross_driver, _ = self.frame_image(other, cross_frame)
         return VideoSample(
             source=source,
             driver=driver,

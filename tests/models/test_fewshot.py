@@ -7,12 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from contract.landmark_image import PART_COLOURS
 from contract.landmarks import LANDMARK_POLYLINES, canonical_ibug68
 from models.fewshot.config import FEWSHOT_PRESETS, FewShotConfig, fewshot_config
 from models.fewshot.discriminator import FewShotDiscriminator
 from models.fewshot.embedder import FewShotEmbedder
 from models.fewshot.generator import FewShotGenerator
-from models.fewshot.landmark_raster import PART_COLOURS, LandmarkRaster
+from models.fewshot.landmark_raster import LandmarkRaster
 
 
 def canonical_landmarks(batch: int, size: int) -> torch.Tensor:
