@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -48,11 +49,18 @@ def _add_meta(commands: argparse._SubParsersAction) -> None:
         help="meta-learn the few-shot talking heads (embedder, generator, projection discriminator) in K-shot episodes",
         description="Meta-learning of Zakharov et al. 2019 on SyntheticHeads videos rendered when the run starts (or a "
         "`megalive-train prepare` folder with --data): each episode embeds K frames of a video and redraws another of its frames "
-        "from that frame's landmark image. Resumes from RUN/checkpoint.pt when it exists.",
+        "from that frame's landmark image. Resumes from RUN/checkpoint.pt when it exists. Under torchrun --nproc_per_node=N: "
+        "DistributedDataParallel (gloo on CPU, nccl on CUDA), rank 0 writes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     meta.add_argument(
-        "--run", dest="run_dir", type=Path, required=True, metavar="DIR", help="run folder (config, checkpoint, log, samples)"
+        "--run",
+        "--run-dir",
+        dest="run_dir",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="run folder (config, checkpoint, log, samples, tensorboard); under torchrun write --run-dir",
     )
     meta.add_argument("--preset", default=defaults.preset, metavar="NAME", help="few-shot preset (tiny, cpu128, paper256)")
     meta.add_argument("--data", type=Path, default=None, metavar="DIR", help="a prepared real-video folder (default: SyntheticHeads)")
@@ -66,7 +74,7 @@ def _add_meta(commands: argparse._SubParsersAction) -> None:
     _add_loss_options(meta, content=defaults.content, losses=defaults.losses)
     meta.add_argument("--seed", type=int, default=defaults.seed, metavar="N", help="seed of weights, videos and episodes")
     meta.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every, metavar="N", help="steps between checkpoints")
-    meta.add_argument("--device", default=defaults.device, choices=("cpu", "cuda"), help="where to train")
+    meta.add_argument("--device", default=defaults.device, choices=("auto", "cpu", "cuda"), help="where to train (auto: CUDA if present)")
     meta.add_argument("--dry-run", action="store_true", help="check the inputs, print the resolved config and exit")
     meta.set_defaults(run=_meta)
 
@@ -74,6 +82,7 @@ def _add_meta(commands: argparse._SubParsersAction) -> None:
 def _meta(args: argparse.Namespace) -> int:
     from models.export import current_command
     from models.training.common import TrainingError
+    from models.training.distributed import end_process, world_size_from_environment
     from models.training.train_fewshot_meta import check_meta_config, train_fewshot_meta
 
     try:
@@ -103,12 +112,13 @@ def _meta(args: argparse.Namespace) -> int:
             return 0
         summary = train_fewshot_meta(config)
     except (TrainingError, ValueError, OSError) as error:
-        return refuse("fewshot-meta", error)
-    print(
-        f"meta-trained to step {summary.steps} in {summary.run_dir}; last losses {summary.final_losses}; "
-        f"{summary.samples_per_second:.2f} episodes/s"
-    )
-    return 0
+        return end_process(refuse("fewshot-meta", error), distributed=world_size_from_environment() > 1)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
+        print(
+            f"meta-trained to step {summary.steps} in {summary.run_dir}; last losses {summary.final_losses}; "
+            f"{summary.samples_per_second:.2f} episodes/s"
+        )
+    return end_process(0, distributed=world_size_from_environment() > 1)
 
 
 def _add_finetune(commands: argparse._SubParsersAction) -> None:

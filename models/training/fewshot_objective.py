@@ -72,15 +72,10 @@ class FewShotObjective:
             total = total + losses.embedding_match * terms["match"]
         return ObjectiveTerms(total=total, terms=terms)
 
-    def discriminator_loss(
-        self, rgb: Tensor, batch: FewShotBatch, *, discriminator: FewShotDiscriminator, rows: Tensor, embedding: Tensor | None
-    ) -> dict[str, Tensor]:
-        """The discriminator's hinge on target (real) and detached output (fake), and the match term pulling its rows
-        toward the (detached) embedding; "total" is what to minimise."""
-        judged = discriminator.realism_with(
-            torch.cat([batch.target, rgb.detach()]), batch.landmark_image.repeat(2, 1, 1, 1), rows.repeat(2, 1)
-        )
-        real, fake = judged.realism.chunk(2)
+    def discriminator_loss(self, real: Tensor, fake: Tensor, *, rows: Tensor, embedding: Tensor | None) -> dict[str, Tensor]:
+        """The discriminator's hinge on its realism for the targets (real, B) and the detached outputs (fake, B), and
+        the match term pulling its rows (B×E) toward the (detached) embedding; "total" is what to minimise. The caller
+        runs the discriminator (a DistributedDataParallel wrapper must see the forward)."""
         hinge = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
         out = {"d_hinge": hinge, "d_real": real.mean().detach(), "d_fake": fake.mean().detach()}
         total = hinge

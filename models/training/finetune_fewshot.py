@@ -90,9 +90,12 @@ def finetune_person(
         optimiser.zero_grad(set_to_none=True)
         terms.total.backward()
         optimiser.step()
-        d_terms = objective.discriminator_loss(
-            output.rgb, batch, discriminator=discriminator, rows=row[None].expand(count, -1), embedding=None
+        rows = row[None].expand(count, -1)
+        judged = discriminator.realism_with(
+            torch.cat([batch.target, output.rgb.detach()]), batch.landmark_image.repeat(2, 1, 1, 1), rows.repeat(2, 1)
         )
+        real, fake = judged.realism.chunk(2)  # 2B -> B, B
+        d_terms = objective.discriminator_loss(real, fake, rows=rows, embedding=None)
         d_optimiser.zero_grad(set_to_none=True)
         d_terms["total"].backward()
         d_optimiser.step()

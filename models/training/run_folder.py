@@ -71,6 +71,17 @@ def trim_log(path: Path, step: int) -> None:
     path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
 
+def summary_writer(run_dir: Path, *, purge_step: int | None) -> Any:
+    """TensorBoard's writer for RUN/tensorboard (None, said once, when TensorBoard is not installed); ``purge_step``
+    drops the events a resumed run will write again."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        tqdm.write("TensorBoard is not installed (pip install tensorboard): scalars go to log.jsonl only")
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
+
+
 class RunProgress:
     """The step loop's progress bar and log.jsonl, counting steps from where the run resumed."""
 

@@ -99,7 +99,7 @@ from models.training.distributed import (
     start_processes,
     stop_processes,
 )
-from models.training.run_folder import RunFolder
+from models.training.run_folder import RunFolder, summary_writer
 
 # Multi-scale PatchGAN per preset (this project's widths; the paper's published code uses pix2pixHD's).
 DISCRIMINATOR_PRESETS: dict[str, DiscriminatorConfig] = {
@@ -304,15 +304,6 @@ def _adamw_with_cosine(module: nn.Module, config: BaseTrainConfig) -> tuple[torc
     return optimiser, torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.steps, eta_min=config.final_learning_rate)
 
 
-def _summary_writer(run_dir: Path, *, purge_step: int | None) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        tqdm.write("TensorBoard is not installed (pip install tensorboard): scalars go to log.jsonl only")
-        return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge_step)
-
-
 def _sample_sheet(batch: ReenactmentSample, drivers: Tensor, output: ReenactmentOutput, rows: int = 4) -> Tensor:
     """Per sample one row: source, aug(d), output, target | aug(d*), output, target (outputs and targets on white)."""
     count = min(rows, batch.source.shape[0])
@@ -417,7 +408,7 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
 
     if processes.main:
         run.write_config(resolved)
-    writer = _summary_writer(run.path, purge_step=step if step > 0 else None) if processes.main else None
+    writer = summary_writer(run.path, purge_step=step if step > 0 else None) if processes.main else None
     weights, loss_config, augment = config.loss_config.weights, config.loss_config, config.augmentation
     autocast = torch.autocast(device_type=device.type, dtype=precision, enabled=precision is not None)
     model.train()

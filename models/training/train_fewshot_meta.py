@@ -11,18 +11,22 @@ time-scales), both cosine-annealed.
 
 A run folder as every trainer's (run_folder.py): config.json, log.jsonl, checkpoint.pt (kind fewshot-talking-heads:
 generator, embedder, discriminator and both optimisers; resumable), samples.png (per row: the first embedded frame,
-the target's landmark image, the output, the target). SyntheticHeads videos are rendered when the run starts (the
+the target's landmark image, the output, the target), tensorboard/ (the losses and the samples). One plain process, or
+torchrun's N (distributed.py: DistributedDataParallel over the embedder-and-generator pass and over the discriminator,
+each rank its own shard of the episodes; rank 0 logs and writes). SyntheticHeads videos are rendered when the run starts (the
 same ones again on resume: a pure function of the seed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from models.checkpoints import FEWSHOT_KIND, fewshot_from_checkpoint, save_checkpoint
@@ -32,10 +36,11 @@ from models.fewshot.config import FEWSHOT_PRESETS, fewshot_config
 from models.fewshot.discriminator import FewShotDiscriminator
 from models.fewshot.embedder import FewShotEmbedder
 from models.fewshot.generator import FewShotGenerator
-from models.training.common import TrainingError, TrainSummary, adam_with_cosine, endless_batches
+from models.training.common import TrainingError, TrainSummary, adam_with_cosine
+from models.training.distributed import DEVICES, Processes, distributed_batches, mean_over_processes, start_processes, stop_processes
 from models.training.fewshot_objective import FewShotBatch, FewShotObjective
 from models.training.fewshot_settings import FewShotMetaConfig
-from models.training.run_folder import RunFolder, optimiser_state, restore_optimiser_state
+from models.training.run_folder import RunFolder, optimiser_state, restore_optimiser_state, summary_writer
 from models.training.student_objective import load_loss_networks
 
 ADAM_BETAS = (0.5, 0.999)
@@ -50,8 +55,8 @@ def check_meta_config(config: FewShotMetaConfig) -> None:
         raise TrainingError(f"--frames-per-video ({config.frames_per_video}) must exceed --shots ({config.shots})")
     if config.data and not Path(config.data).is_dir():
         raise TrainingError(f"--data {config.data}: no such folder (a `megalive-train prepare` output)")
-    if config.device not in ("cpu", "cuda") or (config.device == "cuda" and not torch.cuda.is_available()):
-        raise TrainingError(f"--device {config.device}: not available here")
+    if config.device not in DEVICES:
+        raise TrainingError(f"--device must be one of {', '.join(DEVICES)}, got {config.device!r}")
 
 
 def episodes_for(config: FewShotMetaConfig, *, resolution: int, progress: bool) -> SyntheticEpisodes | VideoEpisodes:
@@ -66,21 +71,41 @@ def episodes_for(config: FewShotMetaConfig, *, resolution: int, progress: bool) 
     return SyntheticEpisodes(config=episodes, progress=progress)
 
 
+class EpisodePass(nn.Module):
+    """The generator's side of a step as one module (what DistributedDataParallel wraps): K frames -> ê, then the target's
+    landmark image and ê -> the output. Returns rgb B×3×H×W, alpha B×1×H×W, ê B×E."""
+
+    def __init__(self, *, embedder: FewShotEmbedder, generator: FewShotGenerator) -> None:
+        super().__init__()
+        self.embedder, self.generator = embedder, generator
+
+    def forward(self, frames: Tensor, frame_landmark_images: Tensor, landmark_image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        embedding = self.embedder(frames, frame_landmark_images)  # B×K×3×H×W -> B×E
+        output = self.generator(landmark_image, embedding)
+        return output.rgb, output.alpha, embedding
+
+
 def train_fewshot_meta(config: FewShotMetaConfig, *, progress: bool = True) -> TrainSummary:
     check_meta_config(config)
+    processes = start_processes(config.device)
+    try:
+        return _train(config, processes=processes, progress=progress and processes.main)
+    finally:
+        stop_processes(processes)
+
+
+def _train(config: FewShotMetaConfig, *, processes: Processes, progress: bool) -> TrainSummary:
     run = RunFolder(config.run_dir)
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    device = torch.device(config.device)
+    device = processes.device
     checkpoint = run.saved_checkpoint()
     resolution = FEWSHOT_PRESETS[config.preset].resolution
     dataset = episodes_for(config, resolution=resolution, progress=progress)
+    torch.manual_seed(config.seed)  # the same initial weights in every process
+    random.seed(config.seed)
     if checkpoint is not None:
         networks = fewshot_from_checkpoint(checkpoint, path=run.checkpoint_path, expect_preset=config.preset)
         if networks.config.num_videos != dataset.num_videos:
-            raise TrainingError(
-                f"{run.checkpoint_path} was trained on {networks.config.num_videos} videos, the data has {dataset.num_videos}"
-            )
+            raise TrainingError(f"{run.checkpoint_path}: trained on {networks.config.num_videos} videos, the data has {dataset.num_videos}")
         generator, embedder, discriminator = networks.generator, networks.embedder, networks.discriminator
         model_config = networks.config
     else:
@@ -115,19 +140,32 @@ def train_fewshot_meta(config: FewShotMetaConfig, *, progress: bool = True) -> T
         step = restore_optimiser_state(checkpoint, optimiser, scheduler)
         d_optimiser.load_state_dict(checkpoint["d_optimiser"])
         d_scheduler.load_state_dict(checkpoint["d_scheduler"])
-    run.write_config(
-        {
-            "train": asdict(config),
-            "model": asdict(model_config),
-            "objective": objective.describe(networks_for_loss),
-            "data": dataset.describe(),
-        }
-    )
-    for network, status in networks_for_loss.status.items():
-        if status != "active":
-            tqdm.write(f"loss network {network}: {status}")
-    batches = endless_batches(dataset, batch_size=config.batch, workers=0, seed=config.seed, step=step)
-    with run.progress(total=config.steps, step=step, description="fewshot-meta", show=progress) as steps:
+    episode_pass: nn.Module = EpisodePass(embedder=embedder, generator=generator)
+    judge: nn.Module = discriminator
+    if processes.world_size > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        episode_pass = DistributedDataParallel(episode_pass, device_ids=device_ids)
+        judge = DistributedDataParallel(discriminator, device_ids=device_ids)
+    if processes.main:
+        run.write_config(
+            {
+                "train": asdict(config),
+                "model": asdict(model_config),
+                "objective": objective.describe(networks_for_loss),
+                "data": dataset.describe(),
+                "world_size": processes.world_size,
+                "device": str(device),
+            }
+        )
+        for network, status in networks_for_loss.status.items():
+            if status != "active":
+                tqdm.write(f"loss network {network}: {status}")
+    writer = summary_writer(run.path, purge_step=step if step > 0 else None) if processes.main else None
+    batches = distributed_batches(dataset, batch_size=config.batch, processes=processes, seed=config.seed, workers=0, start_step=step)
+    stepping = run.progress(total=config.steps, step=step, description="fewshot-meta", show=progress, write_log=processes.main)
+    with contextlib.closing(batches), stepping as steps, contextlib.ExitStack() as cleanup:
+        if writer is not None:
+            cleanup.callback(writer.close)
         while steps.running:
             episode = EpisodeSample(*(field.to(device) for field in next(batches)))
             batch = FewShotBatch(
@@ -136,29 +174,36 @@ def train_fewshot_meta(config: FewShotMetaConfig, *, progress: bool = True) -> T
                 target_landmarks=episode.target_landmarks,
                 landmark_image=episode.target_landmark_image,
             )
-            embedding = embedder(episode.frames, episode.frame_landmark_images)  # B×K×3×H×W -> B×E
-            output = generator(episode.target_landmark_image, embedding)
+            rgb, alpha, embedding = episode_pass(episode.frames, episode.frame_landmark_images, episode.target_landmark_image)
             rows = discriminator.video_rows(episode.video)  # B×E: W_i
-            terms = objective.generator_terms(output.rgb, output.alpha, batch, discriminator=discriminator, rows=rows, embedding=embedding)
+            terms = objective.generator_terms(rgb, alpha, batch, discriminator=discriminator, rows=rows, embedding=embedding)
             optimiser.zero_grad(set_to_none=True)
             terms.total.backward()
             optimiser.step()
             scheduler.step()
-            d_terms = objective.discriminator_loss(
-                output.rgb, batch, discriminator=discriminator, rows=discriminator.video_rows(episode.video), embedding=embedding
+            judged = judge(
+                torch.cat([episode.target, rgb.detach()]), episode.target_landmark_image.repeat(2, 1, 1, 1), episode.video.repeat(2)
             )
+            real, fake = judged.realism.chunk(2)  # 2B -> B, B
+            d_terms = objective.discriminator_loss(real, fake, rows=discriminator.video_rows(episode.video), embedding=embedding)
             d_optimiser.zero_grad(set_to_none=True)
             d_terms["total"].backward()
             d_optimiser.step()
             d_scheduler.step()
             steps.advance()
             if steps.due(config.log_every):
+                logged = terms.as_floats() | {name: float(value.detach()) for name, value in d_terms.items() if name != "total"}
+                logged = mean_over_processes(logged, processes)
+                generator_names = terms.as_floats().keys()
                 steps.log(
-                    terms.as_floats(),
+                    {name: logged[name] for name in generator_names},
                     learning_rate=scheduler.get_last_lr()[0],
-                    extra={name: float(value.detach()) for name, value in d_terms.items() if name != "total"},
+                    extra={name: value for name, value in logged.items() if name not in generator_names},
                 )
-            if steps.due(config.checkpoint_every):
+                if writer is not None:
+                    for name, value in logged.items():
+                        writer.add_scalar(f"loss/{name}", value, steps.step)
+            if steps.due(config.checkpoint_every) and processes.main:
                 save_checkpoint(
                     {
                         "generator": generator.state_dict(),
@@ -174,8 +219,11 @@ def train_fewshot_meta(config: FewShotMetaConfig, *, progress: bool = True) -> T
                     run.checkpoint_path,
                     kind=FEWSHOT_KIND,
                 )
-                run.save_samples(episode_sheet(episode, output.rgb.detach()))
-    return steps.summary(run_dir=run.path, batch_size=config.batch)
+                sheet = episode_sheet(episode, rgb.detach())
+                run.save_samples(sheet)
+                if writer is not None:
+                    writer.add_image("samples", sheet, steps.step)
+    return steps.summary(run_dir=run.path, batch_size=config.batch * processes.world_size)
 
 
 def episode_sheet(episode: EpisodeSample, rgb: Tensor, *, rows: int = 4) -> Tensor:

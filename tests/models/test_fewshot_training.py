@@ -6,6 +6,9 @@ nothing written), the ARKit graph's retargeting, and the benchmark's few-shot ro
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +71,22 @@ def test_meta_training_writes_a_resumable_checkpoint(meta_run: Path) -> None:
     assert main(["fewshot-meta", "--run", str(meta_run), *META, "--steps", "6"]) == 0  # resumes at 4
     steps = [json.loads(line)["step"] for line in (meta_run / "log.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps[-1] == 6 and load_checkpoint(meta_run / "checkpoint.pt")["step"] == 6
+
+
+def test_meta_training_runs_under_torchrun_with_two_processes(tmp_path: Path) -> None:
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "models.cli", "fewshot-meta"]
+    result = subprocess.run(
+        [*command, "--run-dir", str(run), *META, "--steps", "2", "--checkpoint-every", "2"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("meta-trained to step 2") == 1  # rank 0 reports
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2 and load_checkpoint(run / "checkpoint.pt")["step"] == 2
 
 
 def test_meta_training_refuses_bad_settings_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
