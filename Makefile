@@ -8,11 +8,13 @@ STUDENT_STEPS ?= 2500
 POLISH_STEPS ?= 2900
 EMBEDDER_STEPS ?= 2000
 TEACHER_STEPS ?= 4000
+FEWSHOT_STEPS ?= 2000
+FEWSHOT_TUNE ?= 100
 
 BIN    := $(VENV)/bin
 NETS   := .nets
 
-.PHONY: demo test lint install install-dev nets bench bench-hardening default-model teacher-cpu clean
+.PHONY: demo test lint install install-dev nets bench bench-hardening default-model teacher-cpu fewshot-cpu clean
 
 # torch first, so pip takes the local CPU build instead of a CUDA one from the registry. Then the reference
 # implementations the suite checks models/nets/ against (pinned with their checksums); the nets' weights first.
@@ -130,6 +132,25 @@ teacher-cpu: install-dev
 	$(BIN)/megalive-train eval --model runs/teacher-cpu128/checkpoint.pt --data runs/synth-256 --regressor runs/regressor/regressor.pt --out docs/teacher-cpu128/avatars
 	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --regressor runs/regressor/regressor.pt --out docs/teacher-cpu128/student-avatars
 	$(BIN)/megalive-train eval-table docs/teacher-cpu128/avatars/eval-clips.json docs/teacher-cpu128/student-avatars/eval-clips.json --out docs/teacher-cpu128/side-by-side.md
+
+# The few-shot talking heads on two CPU cores (README "Few-shot talking heads"): meta-learning, then the benchmark on held-out
+# identities (K = 1, 8, 32; feed-forward and fine-tuned; retargeted cross-driving, and K = 8 without), the astronaut as a
+# K = 1 personal model (read from scikit-image at run time, never committed) with its preview and frame rate.
+FEWSHOT_EVAL := --driver landmarks --sources 8 --clips 8 --frames 25
+fewshot-cpu: install-dev
+	rm -rf runs/fewshot-cpu128
+	$(BIN)/megalive-train fewshot-meta --run runs/fewshot-cpu128 --preset cpu128 --steps $(FEWSHOT_STEPS) --match-weight 1
+	for K in 1 8 32; do \
+		$(BIN)/megalive-train eval --model runs/fewshot-cpu128/checkpoint.pt $(FEWSHOT_EVAL) --enroll-shots $$K --retarget --out docs/fewshot || exit 1; \
+		$(BIN)/megalive-train eval --model runs/fewshot-cpu128/checkpoint.pt $(FEWSHOT_EVAL) --enroll-shots $$K --refine-steps $(FEWSHOT_TUNE) --retarget --out docs/fewshot || exit 1; \
+	done
+	$(BIN)/megalive-train eval --model runs/fewshot-cpu128/checkpoint.pt $(FEWSHOT_EVAL) --enroll-shots 8 --refine-steps $(FEWSHOT_TUNE) --out docs/fewshot
+	mkdir -p runs/fewshot-astronaut
+	$(PY) -c "import skimage.data, PIL.Image; PIL.Image.fromarray(skimage.data.astronaut()).save('runs/fewshot-astronaut/astronaut.png')"
+	$(BIN)/megalive-train fewshot-finetune --checkpoint runs/fewshot-cpu128/checkpoint.pt --frames runs/fewshot-astronaut/astronaut.png --k 1 \
+		--steps $(FEWSHOT_TUNE) --out runs/fewshot-astronaut/astronaut.onnx
+	$(BIN)/megalive-train fewshot-preview --model runs/fewshot-astronaut/astronaut.onnx --out docs/fewshot/astronaut-preview.png
+	$(BIN)/megalive bench --model runs/fewshot-astronaut/astronaut.onnx
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

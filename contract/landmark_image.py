@@ -95,3 +95,11 @@ def retarget_landmarks(driver: Any, driver_neutral: Any, target_neutral: Any) ->
     torch tensors alike (any leading batch shape; points in any one unit)."""
     scale = _inter_ocular(target_neutral) / _inter_ocular(driver_neutral)
     return target_neutral + (driver - driver_neutral) * scale[..., None, None]
+
+
+def draw_landmark_images(points: np.ndarray, *, size: int, thickness: float = LINE_THICKNESS) -> np.ndarray:
+    """A batch as a landmark-driven model's graph takes it: B×68×2 points in [0, 1] over the crop -> B×3×size×size
+    float32 (each drawn by ``draw_landmark_image`` at size × the points)."""
+    images = [draw_landmark_image(sample * size, size=size, thickness=thickness) for sample in np.asarray(points, np.float64)]
+    stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.float32)
+    return np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))  # B×H×W×3 -> B×3×H×W

@@ -60,7 +60,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_msssim import ssim
@@ -68,7 +67,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from contract.avatar_bank import read_bank
-from contract.landmark_image import draw_landmark_image, retarget_landmarks
+from contract.landmark_image import draw_landmark_images, retarget_landmarks
 from contract.model_card import read_model_card
 from models.blocks import on_white
 from models.data.heads import (
@@ -365,10 +364,8 @@ class OnnxAvatarModel:
             points = signal.numpy()  # B×68×2 in [0, 1]
             if self.signal_session is not None:
                 (points,) = self.signal_session.run(["landmarks"], {self.input_name: points, **who})
-            size = self.resolution
-            drawn = [draw_landmark_image(p * size, size=size, thickness=self.landmark_input.line_thickness) for p in points]
-            signal = torch.from_numpy(np.stack(drawn)).permute(0, 3, 1, 2).contiguous()  # B×H×W×3 -> B×3×H×W
-            rgb, alpha = self.session.run(["rgb", "alpha"], {"driver": signal.numpy(), **who})
+            drawn = draw_landmark_images(points, size=self.resolution, thickness=self.landmark_input.line_thickness)
+            rgb, alpha = self.session.run(["rgb", "alpha"], {"driver": drawn, **who})
             return AvatarOutput(rgb=torch.from_numpy(rgb), alpha=torch.from_numpy(alpha))
         rgb, alpha = self.session.run(["rgb", "alpha"], {self.input_name: signal.numpy(), **who})
         return AvatarOutput(rgb=torch.from_numpy(rgb), alpha=torch.from_numpy(alpha))

@@ -48,7 +48,7 @@ import numpy as np
 import onnxruntime as ort
 
 from contract.avatar_bank import AvatarBank, AvatarBankError, AvatarRecord, check_name, read_bank, write_bank
-from contract.landmark_image import draw_landmark_image
+from contract.landmark_image import draw_landmark_images
 from contract.landmarks import NUM_LANDMARKS
 from contract.model_card import ModelCard, ModelCardError, read_model_card
 
@@ -366,10 +366,7 @@ class Engine:
         landmark_input = self.card.landmark_input
         if landmark_input is None:
             raise ValueError(f"{self.card.name} is not landmark-driven: its driver is a picture")
-        size = self.resolution[0]
-        images = [draw_landmark_image(sample * size, size=size, thickness=landmark_input.line_thickness) for sample in points]
-        stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.float32)
-        return np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))  # B×H×W×3 -> B×3×H×W
+        return draw_landmark_images(points, size=self.resolution[0], thickness=landmark_input.line_thickness)
 
     def embed(self, frames: np.ndarray) -> np.ndarray:
         """K aligned portrait crops of one person, K×3×H×W float32 in [0, 1] -> their identity tensor C_id×S×S."""

@@ -17,6 +17,7 @@ from models.training.objective_weights import ObjectiveWeights
 def add_commands(commands: argparse._SubParsersAction) -> None:
     _add_meta(commands)
     _add_finetune(commands)
+    _add_preview(commands)
 
 
 def _add_loss_options(parser: argparse.ArgumentParser, *, content: ObjectiveWeights, losses: FewShotLossWeights) -> None:
@@ -212,4 +213,39 @@ def _finetune(args: argparse.Namespace) -> int:
         f"fine-tuned {config.steps} steps on {len(frames)} frames in {result.seconds:.1f} s (loss {result.first_loss:.4f} -> "
         f"{result.last_loss:.4f}); wrote {report.model_path} (parity {report.max_abs_error:.1e})"
     )
+    return 0
+
+
+def _add_preview(commands: argparse._SubParsersAction) -> None:
+    preview = commands.add_parser(
+        "fewshot-preview",
+        help="a contact sheet of a personal few-shot model driven by held-out synthetic performers (landmarks and ARKit)",
+        description="Drive an exported landmark-driven model with held-out SyntheticHeads clips: per frame the performer, the "
+        "landmark image the model reads (the performer's points retargeted onto the person's neutral landmarks), the output, and "
+        "the output for the same motion as ARKit curves. No ground truth exists for a real person: this is for looking at.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    preview.add_argument("--model", type=Path, required=True, metavar="PATH", help="the personal model (.onnx with its card)")
+    preview.add_argument("--out", type=Path, required=True, metavar="PATH", help="the contact sheet to write (.png)")
+    preview.add_argument("--clips", type=int, default=3, metavar="N", help="held-out performers (one clip each)")
+    preview.add_argument("--frames", type=int, default=4, metavar="N", help="frames per clip")
+    preview.add_argument("--dry-run", action="store_true", help="check the model and exit")
+    preview.set_defaults(run=_preview)
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from contract.model_card import ModelCardError, read_model_card
+    from models.fewshot.preview import preview_sheet
+
+    try:
+        if args.clips < 1 or args.frames < 1:
+            raise ValueError("--clips and --frames must be at least 1")
+        if args.dry_run:
+            card = read_model_card(args.model)
+            print(json.dumps({"model": str(args.model), "landmark_driven": card.landmark_input is not None, "drivers": card.drivers}))
+            return 0
+        rows = preview_sheet(args.model, args.out, clips=args.clips, frames=args.frames)
+    except (ModelCardError, ValueError, OSError) as error:
+        return refuse("fewshot-preview", error)
+    print(f"wrote {args.out}: {rows} frames (driver, landmark image, output from landmarks, output from ARKit curves)")
     return 0

@@ -150,6 +150,10 @@ def test_fewshot_finetune_writes_a_landmark_driven_model_from_one_photograph(met
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     rgb, alpha = session.run(["rgb", "alpha"], {"driver": image, "avatar": np.zeros(1, np.int64)})
     assert rgb.shape == (1, 3, 64, 64) and alpha.shape == (1, 1, 64, 64)
+    sheet = tmp_path / "preview.png"  # the exported model driven by held-out synthetic performers, landmarks and ARKit
+    assert main(["fewshot-preview", "--model", str(out), "--out", str(sheet), "--clips", "1", "--frames", "2"]) == 0
+    with Image.open(sheet) as picture:
+        assert picture.width > 4 * 64 and picture.height > 2 * 64  # four columns, two rows
 
 
 @pytest.mark.parametrize(
