@@ -89,6 +89,15 @@ def test_meta_training_runs_under_torchrun_with_two_processes(tmp_path: Path) ->
     assert json.loads((run / "config.json").read_text())["world_size"] == 2 and load_checkpoint(run / "checkpoint.pt")["step"] == 2
 
 
+def test_meta_training_reads_a_prepared_real_video_folder(prepared_videos: tuple[Path, int, str], tmp_path: Path) -> None:
+    prepared, code, _ = prepared_videos
+    assert code == 0
+    run = tmp_path / "real"
+    assert main(["fewshot-meta", "--run", str(run), "--data", str(prepared), *META, "--steps", "1", "--checkpoint-every", "1"]) == 0
+    data = json.loads((run / "config.json").read_text())["data"]
+    assert data["source"] == "video" and load_checkpoint(run / "checkpoint.pt")["model_config"]["num_videos"] == data["videos"] == 2
+
+
 def test_meta_training_refuses_bad_settings_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["fewshot-meta", "--run", str(tmp_path / "r"), *META, "--steps", "2", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["train"]["preset"] == "tiny"
@@ -154,6 +163,11 @@ def test_fewshot_finetune_writes_a_landmark_driven_model_from_one_photograph(met
     assert main(["fewshot-preview", "--model", str(out), "--out", str(sheet), "--clips", "1", "--frames", "2"]) == 0
     with Image.open(sheet) as picture:
         assert picture.width > 4 * 64 and picture.height > 2 * 64  # four columns, two rows
+    graph = bytearray(out.read_bytes())
+    graph[-1] ^= 0xFF  # a model whose card no longer matches it: refused in one line, nothing written
+    out.write_bytes(bytes(graph))
+    assert main(["fewshot-preview", "--model", str(out), "--out", str(tmp_path / "again.png")]) == 2
+    assert not (tmp_path / "again.png").exists()
 
 
 @pytest.mark.parametrize(
