@@ -139,7 +139,7 @@ teacher-cpu: install-dev
 FEWSHOT_EVAL := --driver landmarks --sources 8 --clips 8 --frames 25
 fewshot-cpu: install-dev
 	rm -rf runs/fewshot-cpu128
-	$(BIN)/megalive-train fewshot-meta --run runs/fewshot-cpu128 --preset cpu128 --steps $(FEWSHOT_STEPS) --match-weight 1
+	$(BIN)/megalive-train fewshot-meta --run runs/fewshot-cpu128 --preset cpu128 --steps $(FEWSHOT_STEPS) --embedder-match-weight 0
 	for K in 1 8 32; do \
 		$(BIN)/megalive-train eval --model runs/fewshot-cpu128/checkpoint.pt $(FEWSHOT_EVAL) --enroll-shots $$K --retarget --out docs/fewshot || exit 1; \
 		$(BIN)/megalive-train eval --model runs/fewshot-cpu128/checkpoint.pt $(FEWSHOT_EVAL) --enroll-shots $$K --refine-steps $(FEWSHOT_TUNE) --retarget --out docs/fewshot || exit 1; \

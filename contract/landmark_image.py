@@ -8,18 +8,20 @@ points before the few-shot graph), so a served model sees exactly the pictures i
 
 A pixel's intensity for a segment is 1 within ``thickness / 2`` pixels of it (distance from the pixel centre), falling
 linearly to 0 one pixel further out (anti-aliased lines); where lines overlap the brighter wins per channel. Each
-segment is evaluated only over its own bounding box (plus the line's reach), so a frame costs about a millisecond.
-numpy only (imported here: the hosts never draw landmark images).
+segment is evaluated only over its own bounding box (plus the line's reach), so a frame costs a few milliseconds.
+Standard library at module level, numpy inside the functions (contract's rule: the hosts ship this package as is).
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from contract.landmarks import LANDMARK_POLYLINES, NUM_LANDMARKS
+
+if TYPE_CHECKING:  # annotations only: numpy is imported lazily
+    import numpy as np
 
 LINE_THICKNESS = 1.5  # pixels, at every resolution the models use (64 to 256)
 
@@ -37,23 +39,21 @@ PART_COLOURS: dict[str, tuple[float, float, float]] = {
 }
 
 
-def polyline_segments() -> tuple[np.ndarray, np.ndarray]:
-    """Every segment of every part as point index pairs (N_seg×2 int64) and its part's colour (N_seg×3 float32)."""
-    pairs: list[tuple[int, int]] = []
-    colours: list[tuple[float, float, float]] = []
+@functools.cache
+def polyline_segments() -> tuple[tuple[tuple[int, int], tuple[float, float, float]], ...]:
+    """Every segment of every part: (its two point indices, its part's colour)."""
+    segments: list[tuple[tuple[int, int], tuple[float, float, float]]] = []
     for part, (points, closed) in LANDMARK_POLYLINES.items():
         ends = list(zip(points[:-1], points[1:])) + ([(points[-1], points[0])] if closed else [])
-        pairs += ends
-        colours += [PART_COLOURS[part]] * len(ends)
-    return np.array(pairs, np.int64), np.array(colours, np.float32)
-
-
-_PAIRS, _COLOURS = polyline_segments()
+        segments += [(end, PART_COLOURS[part]) for end in ends]
+    return tuple(segments)
 
 
 def draw_landmark_image(points: np.ndarray, *, size: int, thickness: float = LINE_THICKNESS) -> np.ndarray:
     """68×2 landmark pixels -> size×size×3 float32 landmark image (see the module docstring). Points off the image
     draw what falls on it; non-finite points raise ValueError."""
+    import numpy as np
+
     points = np.asarray(points, np.float64)
     if points.shape != (NUM_LANDMARKS, 2):
         raise ValueError(f"landmarks must be {NUM_LANDMARKS}×2, got {points.shape}")
@@ -63,7 +63,7 @@ def draw_landmark_image(points: np.ndarray, *, size: int, thickness: float = LIN
         raise ValueError(f"a landmark image needs size ≥ 8 and a positive thickness, got {size} and {thickness}")
     image = np.zeros((size, size, 3), np.float32)
     reach = thickness / 2 + 1  # beyond this distance a segment draws nothing
-    for (first, second), colour in zip(_PAIRS, _COLOURS):
+    for (first, second), colour in polyline_segments():
         start, end = points[first], points[second]
         x0 = max(0, math.floor(min(start[0], end[0]) - reach))
         x1 = min(size, math.ceil(max(start[0], end[0]) + reach))
@@ -79,7 +79,7 @@ def draw_landmark_image(points: np.ndarray, *, size: int, thickness: float = LIN
         distance = np.hypot(xs[None, :] - along * direction[0], ys[:, None] - along * direction[1])  # h×w
         strength = np.clip(1 - (distance - thickness / 2), 0, 1).astype(np.float32)  # 1 on the line, 0 a pixel out
         window = image[y0:y1, x0:x1]
-        np.maximum(window, strength[..., None] * colour, out=window)
+        np.maximum(window, strength[..., None] * np.asarray(colour, np.float32), out=window)
     return image
 
 
@@ -100,6 +100,8 @@ def retarget_landmarks(driver: Any, driver_neutral: Any, target_neutral: Any) ->
 def draw_landmark_images(points: np.ndarray, *, size: int, thickness: float = LINE_THICKNESS) -> np.ndarray:
     """A batch as a landmark-driven model's graph takes it: B×68×2 points in [0, 1] over the crop -> B×3×size×size
     float32 (each drawn by ``draw_landmark_image`` at size × the points)."""
+    import numpy as np
+
     images = [draw_landmark_image(sample * size, size=size, thickness=thickness) for sample in np.asarray(points, np.float64)]
     stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.float32)
     return np.ascontiguousarray(stacked.transpose(0, 3, 1, 2))  # B×H×W×3 -> B×3×H×W

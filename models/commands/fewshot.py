@@ -31,7 +31,14 @@ def _add_loss_options(parser: argparse.ArgumentParser, *, content: ObjectiveWeig
     )
     parser.add_argument("--matching-weight", type=float, default=losses.feature_matching, metavar="W", help="feature matching λ (paper 10)")
     parser.add_argument(
-        "--match-weight", type=float, default=losses.embedding_match, metavar="W", help="embedding match |W_i - ê| λ (paper 80)"
+        "--match-weight", type=float, default=losses.embedding_match, metavar="W", help="embedding match: W_i pulled toward ê (paper 80)"
+    )
+    parser.add_argument(
+        "--embedder-match-weight",
+        type=float,
+        default=losses.embedder_match,
+        metavar="W",
+        help="embedding match: ê pulled toward W_i (paper 80; the CPU recipe 0)",
     )
     parser.add_argument("--allow-missing-nets", action="store_true", help="train without a loss network whose weights are missing")
 
@@ -39,7 +46,12 @@ def _add_loss_options(parser: argparse.ArgumentParser, *, content: ObjectiveWeig
 def _weights(args: argparse.Namespace, content: ObjectiveWeights) -> tuple[ObjectiveWeights, FewShotLossWeights]:
     return (
         replace(content, region=args.region_weight, perceptual=args.perceptual_weight, face=args.face_weight),
-        FewShotLossWeights(adversarial=args.adversarial_weight, feature_matching=args.matching_weight, embedding_match=args.match_weight),
+        FewShotLossWeights(
+            adversarial=args.adversarial_weight,
+            feature_matching=args.matching_weight,
+            embedding_match=args.match_weight,
+            embedder_match=args.embedder_match_weight,
+        ),
     )
 
 

@@ -5,10 +5,12 @@ Generator (and embedder) step, for the output (rgb, alpha) of G(target landmark 
                 perceptual EfficientNet-Lite0, face dlib ResNet) in place of the paper's VGG19 and VGGFace
     adversarial -D(output): hinge, on the projection discriminator's realism r = v · (w + w0) + b
     matching    L1 between D's block features of the output and of the target (the target's detached)
-    match       mean |ê - w|: the embedder's ê pulled toward the discriminator's row w (detached here)
+    match       mean |ê - w|: the embedder's ê pulled toward the discriminator's row w (detached here), λ embedder_match
 Discriminator step: hinge on the target (real) and the detached output (fake), plus the same match term with ê
-detached, pulling w toward ê. Meta-learning's w is the video's row W_i; fine-tuning's is ê_new (the paper's w' =
-ê_new + w0, trained from there), so the match term is then off.
+detached, pulling w toward ê (λ embedding_match). The paper's one term moves both; its two sides have their own λ here
+because on a short CPU run the generator's side pinned ê near the rows' small initial values (README, "Few-shot").
+Meta-learning's w is the video's row W_i; fine-tuning's is ê_new (the paper's w' =
+ê_new + w0, trained from there), so the match terms are then off.
 """
 
 from __future__ import annotations
@@ -67,9 +69,9 @@ class FewShotObjective:
             terms["adversarial"] = -fake.realism.mean()
             terms["matching"] = torch.stack([F.l1_loss(f, r) for f, r in zip(fake.features, real.features)]).mean()
             total = total + losses.adversarial * terms["adversarial"] + losses.feature_matching * terms["matching"]
-        if embedding is not None and losses.embedding_match:
+        if embedding is not None:
             terms["match"] = (embedding - rows.detach()).abs().mean()
-            total = total + losses.embedding_match * terms["match"]
+            total = total + losses.embedder_match * terms["match"]
         return ObjectiveTerms(total=total, terms=terms)
 
     def discriminator_loss(self, real: Tensor, fake: Tensor, *, rows: Tensor, embedding: Tensor | None) -> dict[str, Tensor]:

@@ -10,11 +10,13 @@ from models.training.objective_weights import ObjectiveWeights
 
 @dataclass(frozen=True)
 class FewShotLossWeights:
-    """The terms beside the content ones (fewshot_objective.py). The paper's λ: feature matching 10, embedding match 80."""
+    """The terms beside the content ones (fewshot_objective.py). The paper's λ: feature matching 10, embedding match 80
+    (one term, so it moves both W_i and ê; here each side has its own λ)."""
 
     adversarial: float = 1.0  # hinge on the projection discriminator's realism
     feature_matching: float = 10.0  # L1 between the discriminator's features of output and target, per block
-    embedding_match: float = 80.0  # mean |W_i - ê_i|: the embedder's ê and the discriminator's row of the video
+    embedding_match: float = 80.0  # mean |W_i - ê_i| in the discriminator's step: its row of the video pulled toward ê
+    embedder_match: float = 80.0  # the same term in the generator's step: ê pulled toward W_i (the paper has both)
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():

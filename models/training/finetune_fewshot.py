@@ -68,9 +68,8 @@ def finetune_person(
     adain = torch.nn.Parameter(generator.adain_parameters(embedding[None]).detach()[0])  # ψ' = P·ê_new
     row = torch.nn.Parameter(embedding.detach().clone())  # w' = ê_new
     content = config.content if alphas is not None else replace(config.content, mask=0.0)
-    objective = FewShotObjective(
-        content=content, losses=replace(config.losses, embedding_match=0.0), networks=loss_networks, perceptual_size=config.perceptual_size
-    )
+    no_match = replace(config.losses, embedding_match=0.0, embedder_match=0.0)  # no W_i to match when fine-tuning
+    objective = FewShotObjective(content=content, losses=no_match, networks=loss_networks, perceptual_size=config.perceptual_size)
     optimiser = torch.optim.Adam([*generator.parameters(), adain], lr=config.learning_rate, betas=ADAM_BETAS)
     d_optimiser = torch.optim.Adam([*discriminator.parameters(), row], lr=config.learning_rate, betas=ADAM_BETAS)
     generator_draws = torch.Generator().manual_seed(config.seed)
