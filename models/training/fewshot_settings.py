@@ -63,7 +63,7 @@ class FewShotFinetuneConfig:
     shots: int = 8  # K frames used
     steps: int = 100
     batch: int = 4  # frames per step (drawn from the K)
-    learning_rate: float = 5e-5  # generator, ψ and discriminator (the paper fine-tunes all of G and D)
+    learning_rate: float = 2e-4  # generator, ψ' and discriminator: meta-learning's generator rate, as the paper fine-tunes at its own
     content: ObjectiveWeights = field(default_factory=_content)
     losses: FewShotLossWeights = field(default_factory=FewShotLossWeights)
     perceptual_size: int = 0
