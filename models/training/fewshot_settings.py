@@ -30,6 +30,12 @@ def _content() -> ObjectiveWeights:
     return ObjectiveWeights(adversarial=0.0, feature_matching=0.0)
 
 
+def _content_only() -> FewShotLossWeights:
+    # Fine-tuning without the discriminator: with the paper's hinge and feature matching (λ 1, 10) a CPU-trained
+    # discriminator drove K = 8 fine-tuning below the feed-forward model (README, "Few-shot talking heads").
+    return FewShotLossWeights(adversarial=0.0, feature_matching=0.0)
+
+
 @dataclass(frozen=True)
 class FewShotMetaConfig:
     run_dir: str
@@ -65,7 +71,7 @@ class FewShotFinetuneConfig:
     batch: int = 4  # frames per step (drawn from the K)
     learning_rate: float = 2e-4  # generator, ψ' and discriminator: meta-learning's generator rate, as the paper fine-tunes at its own
     content: ObjectiveWeights = field(default_factory=_content)
-    losses: FewShotLossWeights = field(default_factory=FewShotLossWeights)
+    losses: FewShotLossWeights = field(default_factory=_content_only)  # README "Few-shot": the adversarial terms hurt here
     perceptual_size: int = 0
     allow_missing_nets: bool = False
     threads: int = 0  # torch threads (0: torch's default)

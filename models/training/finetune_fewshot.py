@@ -4,8 +4,10 @@
     ψ' = P·ê_new (a new parameter: the generator's AdaIN scales and shifts for this person); the generator's weights
     w' = ê_new (the discriminator's row for this person; r = v · (w' + w0) + b)
 Then ``steps`` steps of self-reenactment on the K frames (each step a batch drawn from them: the frame's own landmark
-image in, the frame as the target), training the generator with ψ' and the discriminator with w' on the objective of
-fewshot_objective.py (the embedding-match term is off: there is no W_i to match). ``steps`` 0 is the feed-forward
+image in, the frame as the target), training the generator with ψ' (and, when the adversarial or feature-matching
+weight is on, the discriminator with w') on the objective of fewshot_objective.py (the embedding-match term is off:
+there is no W_i to match). The default is content only (fewshot_settings.py: the CPU-trained discriminator's terms made
+fine-tuning worse than none). ``steps`` 0 is the feed-forward
 model: ψ = P·ê_new, nothing trained.
 
 Frames without alpha (photographs, video) train without the mask term; the output's alpha is then the meta-learned
@@ -73,6 +75,7 @@ def finetune_person(
     optimiser = torch.optim.Adam([*generator.parameters(), adain], lr=config.learning_rate, betas=ADAM_BETAS)
     d_optimiser = torch.optim.Adam([*discriminator.parameters(), row], lr=config.learning_rate, betas=ADAM_BETAS)
     generator_draws = torch.Generator().manual_seed(config.seed)
+    adversarial = bool(config.losses.adversarial or config.losses.feature_matching)
     first = last = float("nan")
     for step in range(config.steps):
         chosen = torch.randint(len(frames), (min(config.batch, len(frames)),), generator=generator_draws)
@@ -89,15 +92,15 @@ def finetune_person(
         optimiser.zero_grad(set_to_none=True)
         terms.total.backward()
         optimiser.step()
-        rows = row[None].expand(count, -1)
-        judged = discriminator.realism_with(
-            torch.cat([batch.target, output.rgb.detach()]), batch.landmark_image.repeat(2, 1, 1, 1), rows.repeat(2, 1)
-        )
-        real, fake = judged.realism.chunk(2)  # 2B -> B, B
-        d_terms = objective.discriminator_loss(real, fake, rows=rows, embedding=None)
-        d_optimiser.zero_grad(set_to_none=True)
-        d_terms["total"].backward()
-        d_optimiser.step()
+        if adversarial:  # the discriminator trains only when its terms are on
+            judged = discriminator.realism_with(
+                torch.cat([batch.target, output.rgb.detach()]), batch.landmark_image.repeat(2, 1, 1, 1), rows.repeat(2, 1)
+            )
+            real, fake = judged.realism.chunk(2)  # 2B -> B, B
+            d_terms = objective.discriminator_loss(real, fake, rows=rows, embedding=None)
+            d_optimiser.zero_grad(set_to_none=True)
+            d_terms["total"].backward()
+            d_optimiser.step()
         last = float(terms.total.detach())
         first = last if step == 0 else first
         if on_step is not None:
