@@ -134,7 +134,7 @@ teacher-cpu: install-dev
 	$(BIN)/megalive-train eval-table docs/teacher-cpu128/avatars/eval-clips.json docs/teacher-cpu128/student-avatars/eval-clips.json --out docs/teacher-cpu128/side-by-side.md
 
 # The few-shot talking heads on two CPU cores (README "Few-shot talking heads"): meta-learning, then the benchmark on held-out
-# identities (K = 1, 8, 32; feed-forward and fine-tuned; retargeted cross-driving, and K = 8 feed-forward without), the astronaut as a
+# identities (K = 1, 8, 32; feed-forward and fine-tuned; retargeted cross-driving, and K = 8 without), the astronaut as a
 # K = 1 personal model (read from scikit-image at run time, never committed) with its preview and frame rate.
 FEWSHOT_EVAL := --driver landmarks --sources 8 --clips 8 --frames 25
 fewshot-cpu: install-dev
@@ -145,6 +145,7 @@ fewshot-cpu: install-dev
 		$(BIN)/megalive-train eval --model runs/fewshot-cpu128/checkpoint.pt $(FEWSHOT_EVAL) --enroll-shots $$K --refine-steps $(FEWSHOT_TUNE) --retarget --out docs/fewshot || exit 1; \
 	done
 	$(BIN)/megalive-train eval --model runs/fewshot-cpu128/checkpoint.pt $(FEWSHOT_EVAL) --enroll-shots 8 --out docs/fewshot
+	$(BIN)/megalive-train eval --model runs/fewshot-cpu128/checkpoint.pt $(FEWSHOT_EVAL) --enroll-shots 8 --refine-steps $(FEWSHOT_TUNE) --out docs/fewshot
 	mkdir -p runs/fewshot-astronaut
 	$(PY) -c "import skimage.data, PIL.Image; PIL.Image.fromarray(skimage.data.astronaut()).save('runs/fewshot-astronaut/astronaut.png')"
 	$(BIN)/megalive-train fewshot-finetune --checkpoint runs/fewshot-cpu128/checkpoint.pt --frames runs/fewshot-astronaut/astronaut.png --k 1 \
