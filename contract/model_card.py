@@ -14,6 +14,11 @@ in place of the avatar index; the shipped avatars' tensors are in the avatar ban
 contract/avatar_bank.py, digest-checked like the graphs), and the identity embedder's graph (``embedder``: portrait
 frames B×K×3×H×W -> identity B×C×S×S) enrolls new ones. Version-1 cards (avatar index) still load.
 
+Three families of model share the contract (``ModelCard.family``): a MegaPortraits **student** (the default), a
+few-shot **personal** model (``driver_input``: landmark-driven) and a MegaPortraits **teacher** served directly
+(``teacher``: a contract-v2 model whose identity tensor is the source portrait's encoded state, one-shot, driven by
+pictures only; models/export_teacher.py).
+
 Standard library only (the hosts ship a copy of this file).
 """
 
@@ -69,6 +74,22 @@ class LandmarkImageInput:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TeacherModel:
+    """A MegaPortraits base model (the teacher, DESIGN §4.1) served as a one-shot avatar model (the sidecar's ``teacher``
+    entry, written by models/export_teacher.py). Its identity tensor is the source portrait's encoded state (the
+    canonical volume and the appearance descriptor, packed as the entry's ``identity`` says); the embedder graph
+    encodes one portrait (the first of K); the main graph runs the driver's half of the teacher, plus the enhancer
+    when ``enhancer`` is set (the card's resolution is then twice ``teacher_resolution``)."""
+
+    preset: str  # the base model's preset (tiny, cpu128, paper256, paper512)
+    teacher_resolution: int  # the base model's own side
+    pose_source: str  # "pretrained" (a frozen head-pose network inside E_mtn) or "learned" (E_mtn's own pose head)
+    pose: str  # where the head pose comes from, in words
+    enhancer: bool  # the high-resolution enhancer is part of the graph
+    entry: dict = field(default_factory=dict)  # the whole sidecar entry (`hello` shows it without its files and commands)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelCard:
     """What the sidecar says about a model."""
 
@@ -84,10 +105,18 @@ class ModelCard:
     adapters: tuple[AdapterGraph, ...] = ()
     enrollment: EnrollmentFiles | None = None  # contract v2; None for v1 models (avatar index input)
     landmark_input: LandmarkImageInput | None = None  # a landmark-driven model; None: the driver is a picture
+    teacher: TeacherModel | None = None  # a MegaPortraits teacher served directly; None: another family
 
     @property
     def contract(self) -> int:
         return 1 if self.enrollment is None else 2
+
+    @property
+    def family(self) -> str:
+        """The model's family: teacher, personal (a landmark-driven few-shot model) or student."""
+        if self.teacher is not None:
+            return "teacher"
+        return "personal" if self.landmark_input is not None else "student"
 
     @property
     def num_avatars(self) -> int:
@@ -179,6 +208,9 @@ def read_model_card(model_path: str | Path) -> ModelCard:
         raise ModelCardError(f"{card_path}: drivers {missing} have no graph under adapters")
     thumbnails = card.get("thumbnails")
     enrollment = _enrollment_files(card, model_path, card_path) if card["format_version"] == SIDECAR_FORMAT_VERSION_IDENTITY else None
+    teacher = _teacher_model(card, card_path, resolution=(height, width), drivers=drivers, enrollment=enrollment)
+    if teacher is not None and landmark_input is not None:
+        raise ModelCardError(f"{card_path}: a teacher model is driven by pictures, not by landmark images (driver_input)")
     return ModelCard(
         model_path=model_path,
         name=str(card.get("name", model_path.stem)),
@@ -192,6 +224,7 @@ def read_model_card(model_path: str | Path) -> ModelCard:
         adapters=tuple(adapters),
         enrollment=enrollment,
         landmark_input=landmark_input,
+        teacher=teacher,
     )
 
 
@@ -209,6 +242,35 @@ def _landmark_input(card: dict, card_path: Path, avatars: int) -> LandmarkImageI
     if len(neutral) != avatars or any(len(person) != 68 for person in neutral) or not thickness > 0:
         raise ModelCardError(f"{card_path}: driver_input needs 68 neutral landmarks per avatar ({avatars}) and a positive line thickness")
     return LandmarkImageInput(line_thickness=thickness, neutral_landmarks=neutral)
+
+
+def _teacher_model(
+    card: dict, card_path: Path, *, resolution: tuple[int, int], drivers: tuple[str, ...], enrollment: EnrollmentFiles | None
+) -> TeacherModel | None:
+    """The ``teacher`` entry of a teacher served directly, checked against the rest of the card; None without one."""
+    entry = card.get("teacher")
+    if entry is None:
+        return None
+    try:
+        teacher = TeacherModel(
+            preset=str(entry["preset"]),
+            teacher_resolution=int(entry["teacher_resolution"]),
+            pose_source=str(entry["pose_source"]),
+            pose=str(entry["pose"]),
+            enhancer=entry.get("enhancer") is not None,
+            entry=dict(entry),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelCardError(f"{card_path}: malformed teacher entry ({error})") from None
+    if enrollment is None:
+        raise ModelCardError(f"{card_path}: a teacher model takes identity tensors (contract v2), but the card is version 1")
+    if drivers != ("image",):
+        raise ModelCardError(f"{card_path}: a teacher model is driven by pictures only, the card lists drivers {list(drivers)}")
+    side = teacher.teacher_resolution * (2 if teacher.enhancer else 1)
+    if resolution != (side, side):
+        what = f"a {teacher.teacher_resolution} px teacher" + (" with its enhancer" if teacher.enhancer else "")
+        raise ModelCardError(f"{card_path}: {what} draws {side}×{side}, the card says {resolution[0]}×{resolution[1]}")
+    return teacher
 
 
 def _enrollment_files(card: dict, model_path: Path, card_path: Path) -> EnrollmentFiles:

@@ -9,6 +9,8 @@ ONNX Runtime CPU).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -141,19 +143,19 @@ class SPADEResBlock(nn.Module):
 
 
 def conv_multiply_accumulates(module: nn.Module, *inputs: Tensor) -> int:
-    """Multiply-accumulates per sample of every Conv2d/Linear in one forward pass (hooks; FLOPs ≈ 2×)."""
+    """Multiply-accumulates per sample of every Conv2d/Conv3d/Linear in one forward pass (hooks; FLOPs ≈ 2×)."""
     total = 0
 
     def count(layer: nn.Module, layer_inputs: tuple[Tensor, ...], output: Tensor) -> None:
         nonlocal total
-        per_sample_outputs = output[0].numel()  # output[0]: the first sample's C×H×W
-        if isinstance(layer, nn.Conv2d):
-            kernel_height, kernel_width = layer.kernel_size
-            total += per_sample_outputs * (layer.in_channels // layer.groups) * kernel_height * kernel_width
+        per_sample_outputs = output[0].numel()  # output[0]: the first sample's C×H×W (C×D×H×W for a Conv3d)
+        if isinstance(layer, (nn.Conv2d, nn.Conv3d)):
+            total += per_sample_outputs * (layer.in_channels // layer.groups) * math.prod(layer.kernel_size)
         elif isinstance(layer, nn.Linear):
             total += per_sample_outputs * layer.in_features
 
-    handles = [layer.register_forward_hook(count) for layer in module.modules() if isinstance(layer, (nn.Conv2d, nn.Linear))]
+    counted = (nn.Conv2d, nn.Conv3d, nn.Linear)
+    handles = [layer.register_forward_hook(count) for layer in module.modules() if isinstance(layer, counted)]
     try:
         with torch.no_grad():
             module(*inputs)

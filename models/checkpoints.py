@@ -53,13 +53,17 @@ STUDENT_KIND = "megaportraits-student"
 LANDMARK_SOLVER_KIND = "megaportraits-landmark-solver"
 REGRESSOR_KIND = "megaportraits-parameter-regressor"
 FEWSHOT_KIND = "fewshot-talking-heads"
-KINDS = (BASE_KIND, STUDENT_KIND, LANDMARK_SOLVER_KIND, REGRESSOR_KIND, FEWSHOT_KIND)
+HEAD_POSE_KIND = "megaportraits-head-pose"
+ENHANCER_KIND = "megaportraits-enhancer"
+KINDS = (BASE_KIND, STUDENT_KIND, LANDMARK_SOLVER_KIND, REGRESSOR_KIND, FEWSHOT_KIND, HEAD_POSE_KIND, ENHANCER_KIND)
 WEIGHT_KEYS: dict[str, tuple[str, ...]] = {
     BASE_KIND: ("generator", "discriminator"),
     STUDENT_KIND: ("model",),
     LANDMARK_SOLVER_KIND: ("model",),
     REGRESSOR_KIND: ("model",),
     FEWSHOT_KIND: ("generator", "embedder", "discriminator"),
+    HEAD_POSE_KIND: ("model",),
+    ENHANCER_KIND: ("enhancer", "discriminator"),
 }
 CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     BASE_KIND: ("model_config", "train_config", "resolved_config"),
@@ -67,6 +71,8 @@ CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     LANDMARK_SOLVER_KIND: ("model_config", "train_config"),
     REGRESSOR_KIND: ("model_config", "train_config"),
     FEWSHOT_KIND: ("model_config", "train_config"),
+    HEAD_POSE_KIND: ("model_config", "train_config"),
+    ENHANCER_KIND: ("model_config", "train_config"),
 }
 _DESCRIPTIONS = {
     BASE_KIND: "a MegaPortraits base-model checkpoint",
@@ -74,6 +80,8 @@ _DESCRIPTIONS = {
     LANDMARK_SOLVER_KIND: "a landmark-solver checkpoint",
     REGRESSOR_KIND: "a parameter-regressor checkpoint",
     FEWSHOT_KIND: "a few-shot talking heads checkpoint (megalive-train fewshot-meta)",
+    HEAD_POSE_KIND: "a head-pose network checkpoint (megalive-train head-pose)",
+    ENHANCER_KIND: "a high-resolution enhancer checkpoint (megalive-train enhancer)",
 }
 
 
@@ -158,7 +166,9 @@ def check_base_checkpoint(checkpoint: dict[str, Any], *, path: Path, preset: str
     saved = checkpoint.get("train_config", {}).get("preset")
     if saved != preset:
         raise TrainingError(f"{role} {path} holds a base model of preset {saved!r}, not {preset!r}")
-    if _tuples(checkpoint["model_config"]) != asdict(base_config(preset)):
+    saved_config = _tuples(checkpoint["model_config"])
+    pose = {"pose_source": saved_config.get("pose_source", "learned"), "head_pose_preset": saved_config.get("head_pose_preset", "")}
+    if saved_config != asdict(base_config(preset, **pose)):
         raise TrainingError(f"{role} {path}: its model config differs from preset {preset!r} (the preset changed since)")
 
 
@@ -166,7 +176,7 @@ def base_model_from_checkpoint(checkpoint: dict[str, Any], *, path: Path, expect
     """The generator saved in a checkpoint, rebuilt from the config saved beside it."""
     preset = checkpoint.get("train_config", {}).get("preset") if expect_preset is None else expect_preset
     check_base_checkpoint(checkpoint, path=path, preset=str(preset), role="checkpoint")
-    model = BaseModel(config=BaseConfig(**_tuples(checkpoint["model_config"])))
+    model = BaseModel(config=BaseConfig(**_tuples(checkpoint["model_config"])))  # pose source and head-pose preset as saved
     load_state(model, checkpoint, "generator", path=path)
     return model
 

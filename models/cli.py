@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from models.commands import data, enroll, evaluate, fewshot, train
+from models.commands import data, enhance, enroll, evaluate, export_teacher, fewshot, train
 from models.commands.common import package_version
 
 
@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     fewshot.add_commands(commands)
     evaluate.add_commands(commands)
     enroll.add_commands(commands)
+    enhance.add_commands(commands)
+    export_teacher.add_commands(commands)
     return parser
 
 

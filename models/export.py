@@ -141,12 +141,15 @@ def export_avatar_model(
     parity_batch: int = 2,
     enrollment: EnrollmentExport | None = None,
     driver_input: Mapping[str, Any] | None = None,
+    teacher: Mapping[str, Any] | None = None,
 ) -> ExportReport:
     """module(driver B×3×H×W, avatar B) -> (rgb B×3×H×W, alpha B×1×H×W); writes OUT.onnx + OUT.json,
     and OUT.<kind>.onnx for every extra driver kind. With ``enrollment`` (contract v2) every module takes the identity
     tensors B×C_id×S×S in place of the avatar index, and OUT.embedder.onnx and OUT.avatars.npz are written too.
     ``driver_input`` (the sidecar's entry of that name) marks a landmark-driven model: its driver is a landmark image
-    (contract/model_card.py LandmarkImageInput) and "landmarks" is among its drivers without a graph of its own."""
+    (contract/model_card.py LandmarkImageInput) and "landmarks" is among its drivers without a graph of its own.
+    ``teacher`` (the sidecar's entry of that name, with ``enrollment``) marks a MegaPortraits teacher served directly
+    (contract/model_card.py TeacherModel; models/export_teacher.py)."""
     out_path = Path(out_path)
     kinds = [extra.kind for extra in extra_drivers]
     if len(set(kinds)) != len(kinds):
@@ -173,6 +176,7 @@ def export_avatar_model(
             stage=stage,
             enrollment=enrollment,
             driver_input=driver_input,
+            teacher=teacher,
         )
         for temporary in staged.values():
             _flush_to_disk(temporary)  # a power cut after a rename must find the bytes, not an empty file
@@ -202,6 +206,7 @@ def _write_staged(
     stage: Callable[[Path], Path],
     enrollment: EnrollmentExport | None,
     driver_input: Mapping[str, Any] | None,
+    teacher: Mapping[str, Any] | None = None,
 ) -> float:
     """Write every file of the export to the temporary that stage(final path) gives (renames are the caller's);
     returns the largest parity error of its graphs."""
@@ -265,6 +270,8 @@ def _write_staged(
     }
     if driver_input is not None:
         sidecar["driver_input"] = dict(driver_input)
+    if teacher is not None:
+        sidecar["teacher"] = dict(teacher)
     if thumbnails is not None:
         thumbnails_path = out_path.with_suffix(".thumbs.npy")
         with open(stage(thumbnails_path), "wb") as handle:

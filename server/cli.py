@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from server import __version__
 
 if TYPE_CHECKING:
+    from contract.model_card import TeacherModel
     from server.service import ServiceConfig
 
 
@@ -132,6 +133,14 @@ def _serve_config(args: argparse.Namespace) -> ServiceConfig:
     return config
 
 
+def _teacher_words(teacher: TeacherModel | None) -> str:
+    """What the serve line says of a teacher served directly ("" for other models)."""
+    if teacher is None:
+        return ""
+    enhanced = " + enhancer" if teacher.enhancer else ""
+    return f"MegaPortraits teacher {teacher.preset}{enhanced}, one-shot, pose: {teacher.pose_source}, "
+
+
 def _serve(args: argparse.Namespace) -> int:
     from server.engine import Engine, ModelError, load_model_card, model_or_shipped
     from server.service import AvatarService
@@ -181,6 +190,7 @@ def _serve(args: argparse.Namespace) -> int:
     print(
         f"megalive {__version__}: serving {card.name} ({engine.num_avatars} avatars, "
         f"{card.resolution[0]}×{card.resolution[1]}, {'landmark-driven, ' if engine.landmark_driven else ''}"
+        f"{_teacher_words(card.teacher)}"
         f"{', '.join(engine.providers)}) on {address}"
         f"{' with CURVE' if config.curve else ''}",
         flush=True,

@@ -35,6 +35,11 @@ first, then the avatars enrolled on this machine (the user bank, ``bank_path``),
 there, so callers still name avatars by id. ``embed`` runs the identity embedder's graph (portrait frames ->
 identity tensor) and ``enroll`` appends an avatar to the user bank (written to a temporary file, then renamed) and
 to the engine at once. A user bank that cannot be read leaves the shipped avatars, and ``bank_problem`` says why.
+
+A MegaPortraits teacher served directly (the card's ``teacher``: models/export_teacher.py) is a contract-v2 model
+driven by pictures only: its identity tensor is the source portrait's encoded state (canonical volume and appearance
+descriptor), its embedder graph the teacher's source half. It is one-shot: ``embed`` hands it the first of the K
+frames. ``run`` and the banks are as for any v2 model.
 """
 
 from __future__ import annotations
@@ -248,6 +253,16 @@ class Engine:
         return self.session.get_providers()
 
     @property
+    def family(self) -> str:
+        """What the card says the model is: "student", "personal" (landmark-driven few-shot) or "teacher"."""
+        return self.card.family
+
+    @property
+    def teacher(self) -> bool:
+        """True for a MegaPortraits teacher served directly: one-shot, driven by pictures only."""
+        return self.card.teacher is not None
+
+    @property
     def landmark_driven(self) -> bool:
         """True when the main graph's driver is a landmark image drawn from 68 points (see the module docstring)."""
         return self.card.landmark_input is not None
@@ -369,11 +384,14 @@ class Engine:
         return draw_landmark_images(points, size=self.resolution[0], thickness=landmark_input.line_thickness)
 
     def embed(self, frames: np.ndarray) -> np.ndarray:
-        """K aligned portrait crops of one person, K×3×H×W float32 in [0, 1] -> their identity tensor C_id×S×S."""
+        """K aligned portrait crops of one person, K×3×H×W float32 in [0, 1] -> their identity tensor C_id×S×S (a teacher:
+        the first crop's encoded state)."""
         if self._embedder is None or self.card.enrollment is None:
             raise ModelError(f"{self.card.name} cannot enroll avatars: it is a contract v1 model (avatar index input)")
         if frames.ndim != 4 or frames.shape[1:] != (3, *self.resolution):
             raise ValueError(f"portrait frames must be K×3×{self.resolution[0]}×{self.resolution[1]}, got {frames.shape}")
+        if self.card.teacher is not None:
+            frames = frames[:1]  # the teacher is one-shot: its embedder encodes the first portrait only
         (identity,) = self._embedder.run(["identity"], {"frames": frames[None].astype(np.float32)})  # 1×K×3×H×W -> 1×C×S×S
         return identity[0]
 

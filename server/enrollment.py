@@ -113,6 +113,12 @@ def enroll_portraits(
     except AvatarBankError as error:
         raise EnrollmentError(str(error)) from None
     crops, landmarks, notes = portrait_crops(portraits, size=engine.resolution[0])
+    how = "enrolled one-shot: the identity embedder on the portraits' face crops"
+    if engine.teacher:
+        how = "enrolled one-shot: the teacher's source half (E_app, E_mtn, W_s→c, G3D) on the first portrait's face crop"
+        if len(crops) > 1:
+            notes += (f"the teacher is one-shot: it encoded portrait 1 and left the other {len(crops) - 1}",)
+        crops, landmarks = crops[:1], landmarks[:1]
     frames = crops.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)  # K×H×W×3 -> K×3×H×W in [0, 1]
     identity = engine.embed(frames)
     height, width = engine.thumbnail_size
@@ -121,7 +127,7 @@ def enroll_portraits(
         name=name,
         consent=record_consent,
         provenance={
-            "how": "enrolled one-shot: the identity embedder on the portraits' face crops",
+            "how": how,
             "frames": len(crops),
             "frames_sha256": hashlib.sha256(crops.tobytes()).hexdigest(),
             "model": engine.card.name,

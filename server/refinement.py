@@ -40,6 +40,8 @@ def refinement_unavailable(card: ModelCard) -> str | None:
     """Why this server cannot refine avatars, or None when it can."""
     if card.enrollment is None:
         return f"{card.name} is a contract v1 model: it cannot enroll"
+    if card.teacher is not None:
+        return f"{card.name} is a MegaPortraits teacher: its avatars are one-shot (the portrait's encoding), with nothing to refine"
     if card.enrollment.weights_path is None:
         return f"{card.name} has no student weights beside it ({card.model_path.stem}.weights.npz): re-export it to refine"
     if importlib.util.find_spec("torch") is None:

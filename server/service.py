@@ -60,6 +60,7 @@ from client.protocol import (
     unpack_header,
 )
 from contract.avatar_bank import MAX_CONSENT_CHARACTERS, MAX_NAME_CHARACTERS, AvatarBankError
+from contract.model_card import TeacherModel
 from server import __version__, capture, drivers, imaging, manifest, provenance
 from server.binding import BindRefused, check_bind_address
 from server.engine import Engine, ModelError, enroll_unavailable
@@ -121,6 +122,16 @@ class ServiceConfig:
     def max_queued_reply_bytes(self) -> int:
         """The most reply bytes the server keeps for one client (beyond the kernel's socket buffer)."""
         return self.queued_replies_per_client * self.max_reply_bytes + self.backlog_bytes_per_client
+
+
+def _teacher_description(teacher: TeacherModel) -> dict[str, Any]:
+    """What `hello` says of a teacher served directly: its card entry without the files and commands that made it."""
+    shown = ("system", "preset", "teacher_resolution", "one_shot", "pose_source", "pose", "per_frame", "per_avatar")
+    return {
+        **{key: teacher.entry[key] for key in shown if key in teacher.entry},
+        "identity_shape": teacher.entry.get("identity", {}).get("shape"),
+        "enhancer": teacher.enhancer,
+    }
 
 
 class AvatarService:
@@ -553,6 +564,10 @@ class AvatarService:
                         # True: the driver is a landmark image the server draws; image sessions need crop "auto", and
                         # image and landmarks sessions may ask to retarget.
                         "landmark_driven": self.engine.landmark_driven,
+                        # "student", "personal" (landmark-driven few-shot) or "teacher" (MegaPortraits served directly:
+                        # one-shot, pictures only); a teacher's card entry (preset, pose, identity layout, enhancer) beside it.
+                        "family": self.engine.family,
+                        "teacher": None if card.teacher is None else _teacher_description(card.teacher),
                     }
                 ],
                 "capabilities": {
@@ -639,6 +654,13 @@ class AvatarService:
         retarget = request.get("retarget", False)
         if driver not in DRIVER_KINDS:
             raise ProtocolError("bad_request", f"driver {driver!r} not one of {list(DRIVER_KINDS)}", request_id=rid)
+        if driver != "image" and self.engine.teacher:
+            raise ProtocolError(
+                "bad_request",
+                f"{self.engine.card.name} is a MegaPortraits teacher, driven by pictures only: open it with driver 'image' "
+                f"({driver} drivers are for students and personal models)",
+                request_id=rid,
+            )
         if driver not in self.engine.card.drivers:
             raise ProtocolError(
                 "bad_request", f"the loaded model has no {driver!r} input (it accepts {list(self.engine.card.drivers)})", request_id=rid

@@ -16,6 +16,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     _add_student(commands)
     _add_embedder(commands)
     _add_landmark_solver(commands)
+    _add_head_pose(commands)
     _add_base(commands)
     _add_regressor(commands)
 
@@ -244,13 +245,65 @@ def _landmark_solver(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_head_pose(commands: argparse._SubParsersAction) -> None:
+    head_pose = commands.add_parser(
+        "head-pose",
+        help="pretrain the teacher's frozen head-pose network (scale, rotation, translation) on SyntheticHeads renders",
+        description="Pretrain the head-pose network the teacher reads its pose from (`megalive-train base --pose-network`), as the "
+        "paper's pretrained pose estimator: full-frame renders with their exact pose labels, augmented as the teacher's drivers "
+        "(colour jitter, thin-plate-spline warp, blur). Its errors on held-out renders (degrees) are printed and stored.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    head_pose.add_argument("--out", type=Path, required=True, metavar="PATH", help="checkpoint to write (.pt)")
+    head_pose.add_argument("--preset", default="cpu", metavar="NAME", help="network: tiny (tests), cpu, resnet18 (the follow-up code's)")
+    head_pose.add_argument("--resolution", type=int, default=128, metavar="PX", help="render size: the teacher's image size")
+    head_pose.add_argument("--renders", type=int, default=8000, metavar="N", help="training images, rendered once")
+    head_pose.add_argument(
+        "--videos", default=None, metavar="DIR", help="also a `megalive-train prepare` folder: real frames with their solved poses"
+    )
+    head_pose.add_argument("--real-share", type=float, default=0.5, metavar="X", help="with --videos: share of each batch from it")
+    head_pose.add_argument("--steps", type=int, default=1500, metavar="N", help="optimiser steps")
+    head_pose.add_argument("--batch", type=int, default=64, metavar="N", help="images per step")
+    head_pose.add_argument("--lr", type=float, default=2e-3, metavar="LR", help="initial learning rate (cosine to 1/100 of it)")
+    head_pose.add_argument("--held-out", type=int, default=512, metavar="N", help="fresh renders per held-out measurement")
+    head_pose.add_argument("--seed", type=int, default=11, metavar="N", help="seed of identities, motions, weights and batches")
+    head_pose.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    head_pose.set_defaults(run=_head_pose)
+
+
+def _head_pose(args: argparse.Namespace) -> int:
+    from models.export import current_command
+    from models.megaportraits.head_pose import head_pose_config
+    from models.training.common import TrainingError
+    from models.training.train_head_pose import HeadPoseTrainConfig, check_head_pose_config, train_head_pose
+
+    config = HeadPoseTrainConfig(
+        out=str(args.out), preset=args.preset, render_resolution=args.resolution, renders=args.renders, steps=args.steps,
+        batch_size=args.batch, learning_rate=args.lr, held_out=args.held_out, seed=args.seed, videos=args.videos,
+        real_share=args.real_share, command=current_command(),
+    )  # fmt: skip
+    try:
+        check_head_pose_config(config)
+        if args.dry_run:
+            print(json.dumps({"train": asdict(config), "model": asdict(head_pose_config(config.preset))}, indent=2))
+            return 0
+        summary = train_head_pose(config)
+    except (TrainingError, OSError) as error:
+        return refuse("head-pose", error)
+    print(summary.describe())
+    return 0
+
+
 def _add_base(commands: argparse._SubParsersAction) -> None:
     base = commands.add_parser(
         "base",
         help="train the MegaPortraits base model (the teacher), plain or under torchrun (DDP)",
         description="Train the MegaPortraits base model on self- and cross-reenactment pairs. One process, or "
         "`torchrun --nproc_per_node=N -m models.cli base ...` (DDP: gloo on CPU, nccl on GPU; --batch is per process). "
-        "Resumes exactly from RUN/checkpoint.pt when it exists. Perceptual losses run only with local weights files.",
+        "Resumes exactly from RUN/checkpoint.pt when it exists. With --pose-network the head pose comes from a frozen, pretrained "
+        "network (the paper's way; `megalive-train head-pose` makes one), else E_mtn learns it. Losses on the foreground: L1, mask, "
+        "perceptual (EfficientNet-Lite0) λ 20 and face (dlib ResNet) λ 4 from `make nets` (gaze: absent), PatchGAN hinge, feature "
+        "matching λ 40, contrastive λ 2.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     base.add_argument("--preset", default="cpu128", metavar="NAME", help="model preset: tiny (64 px, tests), cpu128, paper256, paper512")
@@ -280,9 +333,14 @@ def _add_base(commands: argparse._SubParsersAction) -> None:
     base.add_argument("--workers", type=int, default=1, metavar="N", help="data loader processes per training process")
     base.add_argument("--checkpoint-every", type=int, default=500, metavar="N", help="steps between checkpoints (and samples.png)")
     base.add_argument("--log-every", type=int, default=25, metavar="N", help="steps between log lines and TensorBoard scalars")
-    base.add_argument("--vgg-weights", default=None, metavar="PATH", help="local VGG19 `features` state dict (perceptual λ=20)")
-    base.add_argument("--face-weights", default=None, metavar="PATH", help="local VGG-Face state dict (perceptual λ=4)")
-    base.add_argument("--gaze-weights", default=None, metavar="PATH", help="local gaze network state dict (perceptual λ=5)")
+    base.add_argument(
+        "--pose-network", default=None, metavar="PATH", help="`megalive-train head-pose` checkpoint: frozen head pose (default: learned)"
+    )
+    base.add_argument("--perceptual-weight", type=float, default=20.0, metavar="W", help="perceptual (EfficientNet-Lite0) λ; 0: off")
+    base.add_argument("--face-weight", type=float, default=4.0, metavar="W", help="face (dlib ResNet) λ; 0: off")
+    base.add_argument(
+        "--allow-missing-nets", action="store_true", help="train without a loss network whose weights are missing (recorded in the run)"
+    )
     base.add_argument("--init", default=None, metavar="PATH", help="start from this base checkpoint's weights (same preset)")
     base.add_argument("--device", default="auto", metavar="DEV", help="auto | cpu | cuda (under torchrun: one GPU per process)")
     base.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bfloat16, else float16 with scaling)")
@@ -320,9 +378,10 @@ def _base(args: argparse.Namespace) -> int:
         workers=args.workers,
         checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,
-        vgg_weights=args.vgg_weights,
-        face_weights=args.face_weights,
-        gaze_weights=args.gaze_weights,
+        perceptual_weight=args.perceptual_weight,
+        face_weight=args.face_weight,
+        allow_missing_nets=args.allow_missing_nets,
+        pose_network=args.pose_network,
         init=args.init,
         device=args.device,
         amp=args.amp,
@@ -333,7 +392,9 @@ def _base(args: argparse.Namespace) -> int:
         if args.dry_run:
             device = resolve_device(config.device)
             data = training_data(config, resolution=base_config(config.preset).resolution).describe()
-            print(json.dumps(resolved_config(config, world_size=world_size_from_environment(), device=device, data=data), indent=2))
+            networks = {"perceptual": "not loaded (--dry-run)", "face": "not loaded (--dry-run)"}
+            resolved = resolved_config(config, world_size=world_size_from_environment(), device=device, data=data, networks=networks)
+            print(json.dumps(resolved, indent=2))
             return 0
         summary = train_base(config, stop_at=args.stop_at)
     except (TrainingError, ValueError, OSError) as error:

@@ -12,12 +12,16 @@ mesh tracks across the frames of one stream):
 1. Decode every frame; mediapipe's face mesh (legacy ``mp.solutions.face_mesh``, bundled in the 0.10.21 wheel,
    478 points) finds the face; ``MEDIAPIPE_TO_IBUG68`` picks the 68 iBUG landmarks. The square box that carries
    them onto the canonical ones (``contract.landmarks``) by a least-squares scale + shift (no rotation: head roll
-   is motion the model must see) frames the face the way SyntheticHeads frames its heads.
-2. Frames where no face is found take their box and landmarks by linear interpolation from the nearest frames
-   that have one (held at the ends) and are marked in ``face_found``.
+   is motion the model must see) frames the face the way SyntheticHeads frames its heads. The mesh's 468 points
+   (x, y) are kept too, for the head pose.
+2. Frames where no face is found take their box, landmarks and mesh points by linear interpolation from the
+   nearest frames that have one (held at the ends) and are marked in ``face_found``.
 3. The box track (cx, cy, side) is smoothed over the whole video, non-causally: a Savitzky-Golay fit (a local
    quadratic over ``smoothing_seconds``), which removes the mesh's pixel jitter without the lag a causal filter
    (the server's One-Euro) must accept, and without flattening real head motion as a moving average would.
+   The head pose of every frame is solved from its mesh points in its crop (models/data/face_pose.py: mediapipe's
+   canonical face mesh fitted by weak perspective), in the renderer's convention: the labels the head-pose network
+   learns from real video (DESIGN.md §4.1). The canonical mesh comes from the nets folder (``make nets``).
 4. Decode again, crop each frame with its smoothed box (bilinear, antialiased when shrinking, edge-replicated
    where the box leaves the frame), and run mediapipe's selfie segmentation on the crop (the general 256×256
    model: a head-and-shoulders crop is what it was made for) for the foreground mask.
@@ -31,13 +35,16 @@ never leaves a half-written dataset under the final name; DST must not exist):
     meta.json                     format, version, resolution, the producing command, the config, the prepared
                                   videos (name, source, person, frames, source size, fps, face fraction) and the
                                   skipped ones ({source, reason}: unreadable, empty, no video stream, too few
-                                  frames, no face in enough frames, frames of mixed sizes, ...)
+                                  frames, no face in enough frames, frames of mixed sizes, ...); ``poses``: how
+                                  poses.npy was solved (its labels, convention and canonical mesh)
     preview.png                   a few crops per video with the mask (background dimmed) and the 68 landmarks
     videos/<name>/frames.npy      N×S×S×3 uint8   RGB crops
     videos/<name>/masks.npy       N×S×S   uint8   foreground probability × 255 (selfie segmentation of the crop)
     videos/<name>/landmarks.npy   N×68×2  float32 iBUG order, x right / y down in crop units ([0, 1] over the crop)
     videos/<name>/boxes.npy       N×3     float32 smoothed box (centre x, centre y, side) in source pixels
     videos/<name>/face_found.npy  N       bool    False: box and landmarks interpolated from neighbouring frames
+    videos/<name>/poses.npy       N×6     float32 head pose over the crop: yaw, pitch, roll (radians), tx, ty, scale
+                                                  (head_pose.py's convention; read by face_pose.load_poses)
 
 Frames as one uint8 .npy per video rather than PNGs: a training sample needs two random frames of one video and
 one of another; a memory-mapped array gives any frame without decoding, and its pages are shared by every
@@ -72,12 +79,14 @@ from tqdm import tqdm
 # The 68-point table, the canonical framing and the box fit are the server's too (one copy, in contract/).
 from contract.landmarks import MEDIAPIPE_TO_IBUG68, crop_box_from_landmarks, crop_square
 from models.config_checks import check_ranges
+from models.data.face_pose import GEOMETRY_FILE, MESH_VERTICES, POSE_NAMES, CanonicalFace, canonical_face, solve_head_pose
+from models.nets.weights import FILES, NetWeightsError
 
 PREPARED_FORMAT = "megalive-video-crops"
 PREPARED_VERSION = 1
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-VIDEO_FILES = ("frames.npy", "masks.npy", "landmarks.npy", "boxes.npy", "face_found.npy")
+VIDEO_FILES = ("frames.npy", "masks.npy", "landmarks.npy", "boxes.npy", "face_found.npy", "poses.npy")
 
 
 class PrepareError(Exception):
@@ -300,6 +309,7 @@ class _Job:
     video: VideoInput
     out_dir: Path  # DST's staging folder / videos / name
     config: PrepareConfig
+    face: CanonicalFace  # read once by prepare_videos: the workers need no nets folder
 
 
 @dataclass(frozen=True)
@@ -314,24 +324,31 @@ class _Graph(Protocol):
     def process(self, image: np.ndarray) -> Any: ...
 
 
-def face_landmarks(mesh: _Graph, frame: np.ndarray) -> np.ndarray | None:
-    """The 68 iBUG landmarks (68×2 source pixels) of the face in ``frame``, or None."""
+def face_mesh_points(mesh: _Graph, frame: np.ndarray) -> np.ndarray | None:
+    """The face mesh's points (478×2 source pixels, x and y; 468 without iris refinement) of the face in ``frame``,
+    or None."""
     results = mesh.process(np.ascontiguousarray(frame))
     faces = getattr(results, "multi_face_landmarks", None)
     if not faces:
         return None
     height, width = frame.shape[:2]
     points = np.array([(point.x, point.y) for point in faces[0].landmark])  # 478×2 in [0, 1]
-    return (points[list(MEDIAPIPE_TO_IBUG68)] * (width, height)).astype(np.float64)  # 478×2 -> 68×2 pixels
+    return points * (width, height)  # 478×2 pixels
 
 
-def _track_faces(video: VideoInput, config: PrepareConfig) -> tuple[np.ndarray, np.ndarray, tuple[int, int], float]:
-    """Pass 1: landmarks (N×68×2 source pixels, NaN where no face), found (N bool), the frame size and the kept
-    frames' rate."""
+def face_landmarks(mesh: _Graph, frame: np.ndarray) -> np.ndarray | None:
+    """The 68 iBUG landmarks (68×2 source pixels) of the face in ``frame``, or None."""
+    points = face_mesh_points(mesh, frame)
+    return None if points is None else points[list(MEDIAPIPE_TO_IBUG68)].astype(np.float64)  # 478×2 -> 68×2 pixels
+
+
+def _track_faces(video: VideoInput, config: PrepareConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int], float]:
+    """Pass 1: landmarks (N×68×2 source pixels, NaN where no face), mesh points (N×468×2 float32 source pixels, NaN
+    where no face), found (N bool), the frame size and the kept frames' rate."""
     fps, frames = _open(video, config)  # an unreadable file fails here, before mediapipe is loaded
     import mediapipe
 
-    landmarks, size = [], (0, 0)
+    landmarks, meshes, size = [], [], (0, 0)
     with mediapipe.solutions.face_mesh.FaceMesh(
         static_image_mode=False,  # video: tracks the face from frame to frame, detects again when lost
         max_num_faces=1,
@@ -341,26 +358,27 @@ def _track_faces(video: VideoInput, config: PrepareConfig) -> tuple[np.ndarray, 
     ) as mesh:
         for frame in frames:
             size = frame.shape[1], frame.shape[0]
-            points = face_landmarks(mesh, frame)
-            landmarks.append(np.full((68, 2), np.nan) if points is None else points)
+            points = face_mesh_points(mesh, frame)
+            landmarks.append(np.full((68, 2), np.nan) if points is None else points[list(MEDIAPIPE_TO_IBUG68)])
+            meshes.append(np.full((MESH_VERTICES, 2), np.nan, np.float32) if points is None else points[:MESH_VERTICES].astype(np.float32))
     if not landmarks:
         raise UnusableVideo("no frames decoded")
     stacked = np.stack(landmarks)  # N×68×2
-    return stacked, ~np.isnan(stacked).any(axis=(1, 2)), size, fps
+    return stacked, np.stack(meshes), ~np.isnan(stacked).any(axis=(1, 2)), size, fps
 
 
 def _prepare_one(job: _Job) -> _Outcome:
     """Prepare one input into job.out_dir; a bad input comes back as a SkippedVideo (its folder removed)."""
     video, config = job.video, job.config
     try:
-        return _Outcome(prepared=_prepare_into(video, job.out_dir, config), skipped=None)
+        return _Outcome(prepared=_prepare_into(video, job.out_dir, config, face=job.face), skipped=None)
     except UnusableVideo as reason:
         shutil.rmtree(job.out_dir, ignore_errors=True)
         return _Outcome(prepared=None, skipped=SkippedVideo(source=video.source, reason=str(reason)))
 
 
-def _prepare_into(video: VideoInput, out_dir: Path, config: PrepareConfig) -> PreparedVideo:
-    landmarks_px, found, size, fps = _track_faces(video, config)
+def _prepare_into(video: VideoInput, out_dir: Path, config: PrepareConfig, *, face: CanonicalFace) -> PreparedVideo:
+    landmarks_px, mesh_px, found, size, fps = _track_faces(video, config)
     raw_boxes = np.zeros((len(found), 3))  # N×3; rows without a face are filled in below
     for index in np.flatnonzero(found):
         try:
@@ -383,6 +401,8 @@ def _prepare_into(video: VideoInput, out_dir: Path, config: PrepareConfig) -> Pr
     boxes[:, 2] = np.maximum(boxes[:, 2], 1.0)  # a fit never turns a box inside out
     origins = boxes[:, None, :2] - boxes[:, None, 2:] / 2  # N×1×2
     landmarks = ((landmarks_px - origins) / boxes[:, None, 2:]).astype(np.float32)  # N×68×2 in crop units
+    mesh_px = _interpolate_missing(np.nan_to_num(mesh_px), found)  # N×468×2
+    poses = solve_head_pose((mesh_px - origins) / boxes[:, None, 2:], face=face).astype(np.float32)  # N×468×2 crop units -> N×6
 
     out_dir.mkdir(parents=True)
     resolution = config.resolution
@@ -409,6 +429,7 @@ def _prepare_into(video: VideoInput, out_dir: Path, config: PrepareConfig) -> Pr
     np.save(out_dir / "landmarks.npy", landmarks, allow_pickle=False)
     np.save(out_dir / "boxes.npy", boxes.astype(np.float32), allow_pickle=False)
     np.save(out_dir / "face_found.npy", found, allow_pickle=False)
+    np.save(out_dir / "poses.npy", poses, allow_pickle=False)
     return PreparedVideo(
         name=video.name,
         source=video.source,
@@ -429,8 +450,8 @@ def prepare_videos(
     """Prepare every video and frame folder under ``src`` into the new folder ``dst`` (layout: module docstring).
 
     ``workers`` processes (spawned; 1: in this process) each take one video at a time. Raises PrepareError when
-    ``src`` is missing or holds no inputs, ``dst`` exists, or no input could be prepared; in each case nothing is
-    left behind.
+    ``src`` is missing or holds no inputs, ``dst`` exists, the canonical face mesh is not installed (``make nets``),
+    or no input could be prepared; in each case nothing is left behind.
     """
     src, dst = Path(src), Path(dst)
     if workers < 1:
@@ -440,11 +461,15 @@ def prepare_videos(
     inputs = discover_inputs(src)
     if not inputs:
         raise PrepareError(f"{src}: no videos ({' '.join(VIDEO_SUFFIXES)}) or folders of PNG/JPEG frames found")
+    try:
+        face = canonical_face()  # before any work: every video's poses are solved against it
+    except NetWeightsError as error:
+        raise PrepareError(f"cannot solve head poses: {error}") from None
     dst.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; a dataset is ordinary data
     try:
-        jobs = [_Job(video=video, out_dir=staging / "videos" / video.name, config=config) for video in inputs]
+        jobs = [_Job(video=video, out_dir=staging / "videos" / video.name, config=config, face=face) for video in inputs]
         outcomes = _run_jobs(jobs, workers=workers, progress=progress)
         prepared = sorted((o.prepared for o in outcomes if o.prepared is not None), key=lambda video: video.name)
         skipped = sorted((o.skipped for o in outcomes if o.skipped is not None), key=lambda video: video.source)
@@ -459,6 +484,14 @@ def prepare_videos(
             "source": str(src),
             "config": asdict(config),
             "videos": [asdict(video) for video in prepared],
+            "poses": {
+                "file": "poses.npy",
+                "labels": list(POSE_NAMES),
+                "convention": "over each crop: x right, y up over [-1, 1]; R = Rz(roll)·Ry(yaw)·Rx(-pitch); scale = skull "
+                "half-height in image half-heights (models/megaportraits/head_pose.py)",
+                "solver": "weak-perspective fit of mediapipe's canonical face mesh (models/data/face_pose.py)",
+                "canonical_mesh": FILES[GEOMETRY_FILE].source,
+            },
             "skipped": [asdict(video) for video in skipped],
         }
         _write_preview(staging, prepared, path=staging / "preview.png")

@@ -37,6 +37,8 @@ class ReenactmentSample(NamedTuple):
     cross_driver: Tensor  # 3×H×W: another identity in another clip
     cross_target: Tensor  # 3×H×W: identity A with the cross driver's motion
     cross_target_alpha: Tensor  # 1×H×W
+    driver_landmarks: Tensor  # 68×2: the driver's iBUG landmarks in pixels (pixel i spans [i, i+1)), for the face loss
+    cross_target_landmarks: Tensor  # 68×2: the cross target's
 
 
 def derived_seed(*parts: int | str) -> int:
@@ -103,10 +105,11 @@ class SyntheticPairs(Dataset[ReenactmentSample]):
         # Four heads in one render: source, driver, cross driver, cross target.
         motions = HeadMotion.cat([motion[source_frame], motion[driver_frame], cross_motion, cross_motion])
         renders = self.heads.render(self.identities[who], motions)
-        rgb, alpha = renders.rgb, renders.alpha  # 4×3×H×W, 4×1×H×W
+        rgb, alpha, landmarks = renders.rgb, renders.alpha, renders.landmarks  # 4×3×H×W, 4×1×H×W, 4×68×2
         return ReenactmentSample(
-            source=rgb[0], driver=rgb[1], driver_alpha=alpha[1], cross_driver=rgb[2], cross_target=rgb[3], cross_target_alpha=alpha[3]
-        )
+            source=rgb[0], driver=rgb[1], driver_alpha=alpha[1], cross_driver=rgb[2], cross_target=rgb[3], cross_target_alpha=alpha[3],
+            driver_landmarks=landmarks[1], cross_target_landmarks=landmarks[3],
+        )  # fmt: skip
 
     def describe(self) -> dict[str, object]:
         """What the data is, for the run's config.json."""

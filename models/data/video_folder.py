@@ -56,6 +56,8 @@ class VideoSample(NamedTuple):
     cross_driver: Tensor  # 3×H×W: another video's frame
     cross_target: Tensor  # 3×H×W: zeros (no ground truth in real video; see cross_valid)
     cross_target_alpha: Tensor  # 1×H×W: zeros
+    driver_landmarks: Tensor  # 68×2: the driver's iBUG landmarks in pixels of the sample's resolution
+    cross_target_landmarks: Tensor  # 68×2: zeros (no cross target)
     cross_valid: Tensor  # 0-dim float32: 0 here, cross_target is not a target (module docstring)
 
 
@@ -188,6 +190,7 @@ class VideoFolder(Dataset[VideoSample]):
         source, _ = self.frame_image(video, source_frame)
         driver, driver_alpha = self.frame_image(video, driver_frame)
         cross_driver, _ = self.frame_image(other, cross_frame)
+        landmarks = torch.from_numpy(np.array(self.arrays(video).landmarks[driver_frame])) * self.resolution  # 68×2 crop units -> pixels
         return VideoSample(
             source=source,
             driver=driver,
@@ -195,6 +198,8 @@ class VideoFolder(Dataset[VideoSample]):
             cross_driver=cross_driver,
             cross_target=torch.zeros_like(source),
             cross_target_alpha=torch.zeros_like(driver_alpha),
+            driver_landmarks=landmarks.float(),
+            cross_target_landmarks=torch.zeros_like(landmarks).float(),
             cross_valid=torch.tensor(0.0),
         )
 

@@ -36,7 +36,8 @@ from torch import Tensor, nn
 
 from models.megaportraits.appearance import Appearance, AppearanceEncoder
 from models.megaportraits.decoder import Decoder
-from models.megaportraits.motion import HeadPose, Motion, MotionEncoder, PoseSource
+from models.megaportraits.head_pose import head_pose_config
+from models.megaportraits.motion import POSE_SOURCES, HeadPose, Motion, MotionEncoder, PoseSource
 from models.megaportraits.volume import VolumeGenerator
 from models.megaportraits.warping import WarpGenerator, canonical_to_driver_grid, identity_grid, source_to_canonical_grid, warp
 
@@ -70,7 +71,8 @@ class BaseConfig:
     decoder_channels: tuple[int, ...]  # G2D: widths at S, 2S, …, resolution
     decoder_blocks: int  # G2D ResBlocks at S
     expression_dropout: float = 0.0
-    pose_source: PoseSource = "learned"  # learned by E_mtn, or given by the caller (see motion.py)
+    pose_source: PoseSource = "learned"  # pretrained (frozen head-pose network), learned by E_mtn, or given by the caller (motion.py)
+    head_pose_preset: str = ""  # the frozen head-pose network's preset (head_pose.py) with pose_source "pretrained"
     volume_generator_blocks: int = 1  # ResBlocks per G3D level and direction
 
     def __post_init__(self) -> None:
@@ -107,8 +109,12 @@ class BaseConfig:
             raise ValueError("bottleneck descriptor widths must be divisible by 4")
         if not 0.0 <= self.expression_dropout < 1.0:
             raise ValueError(f"expression_dropout must be in [0, 1), got {self.expression_dropout}")
-        if self.pose_source not in ("learned", "given"):
-            raise ValueError(f"pose_source must be 'learned' or 'given', got {self.pose_source!r}")
+        if self.pose_source not in POSE_SOURCES:
+            raise ValueError(f"pose_source must be one of {', '.join(POSE_SOURCES)}, got {self.pose_source!r}")
+        if (self.pose_source == "pretrained") != bool(self.head_pose_preset):
+            raise ValueError("head_pose_preset names the frozen head-pose network of pose_source 'pretrained', and only of it")
+        if self.head_pose_preset:
+            head_pose_config(self.head_pose_preset)  # raises on an unknown preset
 
     @property
     def volume_shape(self) -> tuple[int, int, int, int]:
@@ -166,12 +172,12 @@ BASE_PRESETS: dict[str, BaseConfig] = {
 }  # fmt: skip
 
 
-def base_config(preset: str, *, pose_source: PoseSource | None = None) -> BaseConfig:
-    """The named preset (optionally with the pose given by the caller instead of learned)."""
+def base_config(preset: str, *, pose_source: PoseSource | None = None, head_pose_preset: str = "") -> BaseConfig:
+    """The named preset (optionally with another pose source; "pretrained" names its head-pose network's preset)."""
     if preset not in BASE_PRESETS:
         raise ValueError(f"unknown preset {preset!r} (known: {', '.join(BASE_PRESETS)})")
     config = BASE_PRESETS[preset]
-    return config if pose_source is None else dataclasses.replace(config, pose_source=pose_source)
+    return config if pose_source is None else dataclasses.replace(config, pose_source=pose_source, head_pose_preset=head_pose_preset)
 
 
 class Warped(NamedTuple):
@@ -221,6 +227,7 @@ class BaseModel(nn.Module):
             expression_dim=config.expression_dim,
             expression_dropout=config.expression_dropout,
             pose_source=config.pose_source,
+            head_pose=head_pose_config(config.head_pose_preset) if config.head_pose_preset else None,
         )
         self.warp_to_canonical = self._warp_generator(config)  # W_s→c
         self.warp_to_driver = self._warp_generator(config)  # W_c→d
@@ -261,15 +268,19 @@ class BaseModel(nn.Module):
         return identity_grid(depth=depth, height=height, width=width, device=like.device, dtype=like.dtype)  # D×S×S×3
 
     def to_canonical(self, volume: Tensor, *, descriptor: Tensor, motion: Motion) -> Warped:
-        """v_s -> canonical (before G3D): pull at R_s (p + W_s→c(e_s, z_s)) + t_s."""
+        """v_s -> canonical (before G3D): pull at k_s R_s (p + W_s→c(e_s, z_s)) + t_s."""
         deltas = self.warp_to_canonical(descriptor, motion.expression)  # B×D×S×S×3
-        grid = source_to_canonical_grid(self._identity_grid(volume), deltas, rotation=motion.rotation, translation=motion.translation)
+        grid = source_to_canonical_grid(
+            self._identity_grid(volume), deltas, rotation=motion.rotation, translation=motion.translation, scale=motion.scale
+        )
         return Warped(volume=warp(volume, grid), grid=grid)
 
     def to_driver(self, volume: Tensor, *, descriptor: Tensor, motion: Motion) -> Warped:
-        """canonical -> driver: pull at R_dᵀ (q - t_d) + W_c→d(e_s, z_d)."""
+        """canonical -> driver: pull at R_dᵀ (q - t_d) / k_d + W_c→d(e_s, z_d)."""
         deltas = self.warp_to_driver(descriptor, motion.expression)  # B×D×S×S×3
-        grid = canonical_to_driver_grid(self._identity_grid(volume), deltas, rotation=motion.rotation, translation=motion.translation)
+        grid = canonical_to_driver_grid(
+            self._identity_grid(volume), deltas, rotation=motion.rotation, translation=motion.translation, scale=motion.scale
+        )
         return Warped(volume=warp(volume, grid), grid=grid)
 
     def render(self, appearance: Appearance, *, source_motion: Motion, driver_motion: Motion) -> BaseOutput:

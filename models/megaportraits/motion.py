@@ -3,14 +3,18 @@
 From an image (source or driver) it computes the head pose — rotation (yaw, pitch, roll) and
 translation t — and an expression vector z (paper: 512; EMOPortraits: 128 with dropout).
 
-The paper takes the pose from a pretrained, frozen head-pose network. None can be downloaded here,
-so the config chooses (``BaseConfig.pose_source``):
-- ``"learned"``: a pose head on the same trunk, trained end to end with the rest of the model;
-- ``"given"``: no pose head; the caller passes the pose (e.g. solved from landmarks) to ``forward``.
+The paper takes the pose from a pretrained, frozen head-pose network; the config chooses
+(``BaseConfig.pose_source``):
+- ``"pretrained"``: the paper's way: a frozen head-pose network (head_pose.py, pretrained by
+  `megalive-train head-pose`) gives the pose, the trunk here only the expression;
+- ``"learned"``: a pose head on the same trunk, trained end to end with the rest of the model (the
+  project's first teacher: it never learned to turn the head);
+- ``"given"``: no pose head; the caller passes the pose to ``forward`` (tests).
 
-Pose conventions (used by ``warping.py``): angles in radians; yaw turns about the volume's y axis
-(image rows), pitch about x (image columns), roll about z (depth); translation is in normalised
-volume units (the volume spans [-1, 1] on every axis, so one voxel along x is 2/S).
+Pose conventions (used by ``warping.py``): angles in radians, R = Rz(roll)·Ry(yaw)·Rx(pitch) about the
+volume's z (depth), y (image rows) and x (image columns) axes; translation in normalised volume units
+(the volume spans [-1, 1] on every axis, so one voxel along x is 2/S); scale relative to the canonical
+head (1: the canonical size). head_pose.volume_pose maps the renderer's convention onto this one.
 
 Shapes (ResNet-18 trunk, ``paper512``): image B×3×512×512 -> resized B×3×256×256 -> trunk
 B×512×8×8 -> pooled B×512 -> rotation B×3, translation B×3, z B×512.
@@ -24,24 +28,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.megaportraits.head_pose import HeadPose, HeadPoseConfig, HeadPoseNetwork, volume_pose
 from models.megaportraits.teacher_blocks import ResNetTrunk
 
-PoseSource = Literal["learned", "given"]
-
-
-class HeadPose(NamedTuple):
-    rotation: Tensor  # B×3: yaw, pitch, roll in radians
-    translation: Tensor  # B×3: x, y, z in normalised volume units
+PoseSource = Literal["learned", "given", "pretrained"]
+POSE_SOURCES = ("learned", "given", "pretrained")
 
 
 class Motion(NamedTuple):
     rotation: Tensor  # B×3: yaw, pitch, roll in radians
     translation: Tensor  # B×3: x, y, z in normalised volume units
+    scale: Tensor  # B×1: head size relative to the canonical head
     expression: Tensor  # z: B×Z
 
     @property
     def pose(self) -> HeadPose:
-        return HeadPose(rotation=self.rotation, translation=self.translation)
+        return HeadPose(rotation=self.rotation, translation=self.translation, scale=self.scale)
 
 
 class MotionEncoder(nn.Module):
@@ -57,10 +59,13 @@ class MotionEncoder(nn.Module):
         expression_dim: int,
         expression_dropout: float,
         pose_source: PoseSource,
+        head_pose: HeadPoseConfig | None = None,
     ) -> None:
         super().__init__()
-        if pose_source not in ("learned", "given"):
-            raise ValueError(f"pose_source must be 'learned' or 'given', got {pose_source!r}")
+        if pose_source not in POSE_SOURCES:
+            raise ValueError(f"pose_source must be one of {', '.join(POSE_SOURCES)}, got {pose_source!r}")
+        if (pose_source == "pretrained") != (head_pose is not None):
+            raise ValueError("a head-pose network config goes with pose_source 'pretrained', and only with it")
         self.input_resolution = input_resolution
         self.pose_source = pose_source
         self.trunk = ResNetTrunk(in_channels=3, stem_channels=stem_channels, widths=widths, blocks=blocks, bottleneck=False)
@@ -73,13 +78,15 @@ class MotionEncoder(nn.Module):
             self.pose = nn.Linear(widths[-1], 6)
             nn.init.zeros_(self.pose.weight)
             nn.init.zeros_(self.pose.bias)
+        # Frozen from the start; its weights come from a `megalive-train head-pose` checkpoint (load_head_pose).
+        self.head_pose = None if head_pose is None else HeadPoseNetwork(config=head_pose).freeze()
 
     def forward(self, image: Tensor, *, pose: HeadPose | None = None) -> Motion:
-        """image: B×3×H×W in [0, 1]; ``pose`` is required with pose_source "given", refused with "learned"."""
-        if pose is None and self.pose is None:
+        """image: B×3×H×W in [0, 1]; ``pose`` is required with pose_source "given", refused otherwise."""
+        if pose is None and self.pose_source == "given":
             raise ValueError("pose_source is 'given': pass the head pose")
-        if pose is not None and self.pose is not None:
-            raise ValueError("pose_source is 'learned': E_mtn predicts the pose; do not pass one")
+        if pose is not None and self.pose_source != "given":
+            raise ValueError(f"pose_source is {self.pose_source!r}: E_mtn finds the pose; do not pass one")
         x = image * 2 - 1  # [0, 1] -> [-1, 1]
         if x.shape[-1] != self.input_resolution or x.shape[-2] != self.input_resolution:
             x = F.interpolate(x, size=(self.input_resolution, self.input_resolution), mode="bilinear", align_corners=False, antialias=True)
@@ -87,12 +94,14 @@ class MotionEncoder(nn.Module):
         expression = self.dropout(self.expression(features))  # -> B×Z
         if self.pose is not None:
             rotation, translation = self.pose(features).split([3, 3], dim=1)  # B×6 -> B×3, B×3
-            return Motion(rotation=rotation, translation=translation, expression=expression)
+            return Motion(rotation=rotation, translation=translation, scale=torch.ones_like(rotation[:, :1]), expression=expression)
+        if self.head_pose is not None:
+            pose = volume_pose(self.head_pose(image))
         assert pose is not None
-        return Motion(rotation=pose.rotation, translation=pose.translation, expression=expression)
+        return Motion(rotation=pose.rotation, translation=pose.translation, scale=pose.scale, expression=expression)
 
 
 def identity_pose(batch: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None) -> HeadPose:
-    """Frontal, centred head: zero angles and zero translation."""
+    """Frontal, centred head at the canonical size: zero angles, zero translation, scale 1."""
     zeros = torch.zeros(batch, 3, device=device, dtype=dtype)
-    return HeadPose(rotation=zeros, translation=zeros.clone())
+    return HeadPose(rotation=zeros, translation=zeros.clone(), scale=torch.ones(batch, 1, device=device, dtype=dtype))

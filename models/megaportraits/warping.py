@@ -47,7 +47,8 @@ def identity_grid(*, depth: int, height: int, width: int, device: torch.device |
 
 
 def rotation_matrix(rotation: Tensor) -> Tensor:
-    """B×3 (yaw, pitch, roll) in radians -> B×3×3, R = R_y(yaw) · R_x(pitch) · R_z(roll)."""
+    """B×3 (yaw, pitch, roll) in radians -> B×3×3, R = R_z(roll) · R_y(yaw) · R_x(pitch) (SyntheticHeads' order,
+    so that head_pose.volume_pose is exact)."""
     yaw, pitch, roll = rotation.unbind(dim=1)
     one, zero = torch.ones_like(yaw), torch.zeros_like(yaw)
 
@@ -60,35 +61,44 @@ def rotation_matrix(rotation: Tensor) -> Tensor:
     about_x = matrix([[one, zero, zero], [zero, cos, -sin], [zero, sin, cos]])
     cos, sin = torch.cos(roll), torch.sin(roll)
     about_z = matrix([[cos, -sin, zero], [sin, cos, zero], [zero, zero, one]])
-    return about_y @ about_x @ about_z
+    return about_z @ about_y @ about_x
 
 
-def posed(points: Tensor, *, rotation: Tensor, translation: Tensor) -> Tensor:
-    """R p + t for points B×D×H×W×3 (or D×H×W×3, broadcast over the batch) -> B×D×H×W×3."""
+def posed(points: Tensor, *, rotation: Tensor, translation: Tensor, scale: Tensor | None = None) -> Tensor:
+    """k R p + t for points B×D×H×W×3 (or D×H×W×3, broadcast over the batch) -> B×D×H×W×3; scale k B×1 (None: 1)."""
     matrices = rotation_matrix(rotation)  # B×3×3
+    if scale is not None:
+        matrices = matrices * scale.view(-1, 1, 1)
     if points.dim() == 4:
         points = points.unsqueeze(0)  # D×H×W×3 -> 1×D×H×W×3
     rotated = torch.einsum("bij,bdhwj->bdhwi", matrices.to(points.dtype), points.expand(matrices.shape[0], -1, -1, -1, -1))
     return rotated + translation[:, None, None, None, :]  # + B×1×1×1×3
 
 
-def unposed(points: Tensor, *, rotation: Tensor, translation: Tensor) -> Tensor:
-    """Rᵀ (p - t), the inverse of ``posed``, for points B×D×H×W×3 or D×H×W×3 -> B×D×H×W×3."""
+def unposed(points: Tensor, *, rotation: Tensor, translation: Tensor, scale: Tensor | None = None) -> Tensor:
+    """Rᵀ (p - t) / k, the inverse of ``posed``, for points B×D×H×W×3 or D×H×W×3 -> B×D×H×W×3."""
     matrices = rotation_matrix(rotation)  # B×3×3
+    if scale is not None:
+        matrices = matrices / scale.view(-1, 1, 1)
     if points.dim() == 4:
         points = points.unsqueeze(0)  # D×H×W×3 -> 1×D×H×W×3
     centred = points - translation[:, None, None, None, :]  # B×D×H×W×3
     return torch.einsum("bji,bdhwj->bdhwi", matrices.to(points.dtype), centred)  # Rᵀ: note the swapped indices
 
 
-def source_to_canonical_grid(identity: Tensor, deltas: Tensor, *, rotation: Tensor, translation: Tensor) -> Tensor:
-    """R_s (p + Δ_s) + t_s: where each canonical voxel p is found in the source volume. identity: D×H×W×3, deltas: B×D×H×W×3."""
-    return posed(identity + deltas, rotation=rotation, translation=translation)
+def source_to_canonical_grid(
+    identity: Tensor, deltas: Tensor, *, rotation: Tensor, translation: Tensor, scale: Tensor | None = None
+) -> Tensor:
+    """k_s R_s (p + Δ_s) + t_s: where each canonical voxel p is found in the source volume. identity: D×H×W×3,
+    deltas: B×D×H×W×3."""
+    return posed(identity + deltas, rotation=rotation, translation=translation, scale=scale)
 
 
-def canonical_to_driver_grid(identity: Tensor, deltas: Tensor, *, rotation: Tensor, translation: Tensor) -> Tensor:
-    """R_dᵀ (q - t_d) + Δ_d: where each driver voxel q is found in the canonical volume."""
-    return unposed(identity, rotation=rotation, translation=translation) + deltas
+def canonical_to_driver_grid(
+    identity: Tensor, deltas: Tensor, *, rotation: Tensor, translation: Tensor, scale: Tensor | None = None
+) -> Tensor:
+    """R_dᵀ (q - t_d) / k_d + Δ_d: where each driver voxel q is found in the canonical volume."""
+    return unposed(identity, rotation=rotation, translation=translation, scale=scale) + deltas
 
 
 def warp(volume: Tensor, grid: Tensor) -> Tensor:

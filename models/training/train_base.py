@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -69,8 +70,6 @@ from models.losses import (
     LossConfig,
     LossWeights,
     MultiScaleDiscriminator,
-    PerceptualLoss,
-    WeightsFileError,
     cycle_contrastive_loss,
     foreground,
     hinge_generator_loss,
@@ -83,8 +82,9 @@ from models.losses import (
     weighted_mean,
 )
 from models.megaportraits.appearance import Appearance
-from models.megaportraits.base import BASE_PRESETS, BaseModel, base_config
+from models.megaportraits.base import BASE_PRESETS, BaseConfig, BaseModel, base_config
 from models.megaportraits.motion import Motion
+from models.nets.face_descriptor import align_face_chips
 from models.training.augment import DriverAugmentation
 from models.training.common import TrainingError
 from models.training.distributed import (
@@ -99,7 +99,10 @@ from models.training.distributed import (
     start_processes,
     stop_processes,
 )
+from models.training.objective_weights import ObjectiveWeights
 from models.training.run_folder import RunFolder, summary_writer
+from models.training.student_objective import LossNetworks, load_loss_networks
+from models.training.train_head_pose import load_head_pose_weights, read_head_pose_checkpoint
 
 # Multi-scale PatchGAN per preset (this project's widths; the paper's published code uses pix2pixHD's).
 DISCRIMINATOR_PRESETS: dict[str, DiscriminatorConfig] = {
@@ -122,9 +125,10 @@ class BaseTrainConfig:
     weight_decay: float = 1e-2
     l1_weight: float = 10.0  # foreground L1 of rgb (this project's term)
     mask_weight: float = 10.0  # L1 of the alpha mask (this project's term)
-    vgg_weights: str | None = None  # local VGG19 ``features`` state dict; None: the VGG19 term is absent
-    face_weights: str | None = None  # local VGG-Face state dict; None: absent
-    gaze_weights: str | None = None  # local gaze network state dict; None: absent
+    perceptual_weight: float = 20.0  # perceptual (EfficientNet-Lite0) distance on the foreground: the paper's VGG19 λ
+    face_weight: float = 4.0  # face (dlib ResNet) descriptor distance: the paper's face-network λ (gaze, λ 5, is absent)
+    allow_missing_nets: bool = False  # train without a loss network whose weights are missing (recorded in the run)
+    pose_network: str | None = None  # `megalive-train head-pose` checkpoint: the frozen pose network (None: E_mtn learns the pose)
     colour_jitter: float = 0.5  # driver colour jitter strength [0-1]
     warp: float = 0.06  # driver thin-plate-spline displacement [0-0.2]
     identities: int = 1000  # synthetic identity pool
@@ -139,9 +143,18 @@ class BaseTrainConfig:
 
     @property
     def loss_config(self) -> LossConfig:
-        return LossConfig(
-            weights=LossWeights(), vgg19_file=self.vgg_weights, face_recognition_file=self.face_weights, gaze_file=self.gaze_weights
-        )
+        return LossConfig(weights=LossWeights())
+
+    @property
+    def network_weights(self) -> ObjectiveWeights:
+        """The pretrained networks' λ (the other ObjectiveWeights terms are the student's and unused here)."""
+        return ObjectiveWeights(perceptual=self.perceptual_weight, face=self.face_weight)
+
+    def model_config(self, pose_network_preset: str | None) -> BaseConfig:
+        """The preset, with the frozen head-pose network when one is given."""
+        if self.pose_network is None:
+            return base_config(self.preset)
+        return base_config(self.preset, pose_source="pretrained", head_pose_preset=str(pose_network_preset))
 
     @property
     def augmentation(self) -> DriverAugmentation:
@@ -159,9 +172,9 @@ RUN_DEFINING_FIELDS = (
     "weight_decay",
     "l1_weight",
     "mask_weight",
-    "vgg_weights",
-    "face_weights",
-    "gaze_weights",
+    "perceptual_weight",
+    "face_weight",
+    "pose_network",
     "colour_jitter",
     "warp",
     "identities",
@@ -190,14 +203,12 @@ def check_base_config(config: BaseTrainConfig) -> None:
         raise TrainingError(f"driver augmentation: {error}") from None
     if config.data != "synthetic":
         training_data(config, resolution=base_config(config.preset).resolution)  # reads meta.json, maps the arrays: cheap
-    for option, path in (
-        ("--vgg-weights", config.vgg_weights),
-        ("--face-weights", config.face_weights),
-        ("--gaze-weights", config.gaze_weights),
-        ("--init", config.init),
-    ):
-        if path is not None and not Path(path).is_file():
-            raise TrainingError(f"{option} {path}: no such file")
+    if not (0 <= config.perceptual_weight <= 1000 and 0 <= config.face_weight <= 1000):
+        raise TrainingError("--perceptual-weight and --face-weight must be in [0, 1000]")
+    if config.init is not None and not Path(config.init).is_file():
+        raise TrainingError(f"--init {config.init}: no such file")
+    if config.pose_network is not None:
+        read_head_pose_checkpoint(Path(config.pose_network), image_resolution=base_config(config.preset).resolution)
     if config.amp and resolve_device(config.device).type != "cuda":
         raise TrainingError("--amp needs a CUDA device; this run is on the CPU")
 
@@ -213,20 +224,38 @@ def training_data(config: BaseTrainConfig, *, resolution: int) -> SyntheticPairs
         raise TrainingError(" ".join(str(error).split())) from None
 
 
-def resolved_config(config: BaseTrainConfig, *, world_size: int, device: torch.device, data: dict[str, object]) -> dict[str, object]:
-    """Everything that defines the run, as saved in config.json and in every checkpoint."""
+def pose_network_preset(config: BaseTrainConfig) -> str | None:
+    """The head-pose preset of ``config.pose_network`` (None without one); refuses a wrong checkpoint (TrainingError)."""
+    if config.pose_network is None:
+        return None
+    checkpoint = read_head_pose_checkpoint(Path(config.pose_network), image_resolution=base_config(config.preset).resolution)
+    return str(checkpoint["train_config"]["preset"])
+
+
+def resolved_config(
+    config: BaseTrainConfig, *, world_size: int, device: torch.device, data: dict[str, object], networks: dict[str, str]
+) -> dict[str, object]:
+    """Everything that defines the run, as saved in config.json and in every checkpoint. ``networks``: the loss
+    networks' status (load_loss_networks)."""
     amp = {None: "off", torch.bfloat16: "bfloat16", torch.float16: "float16 with gradient scaling"}[amp_dtype(config, device)]
     losses = config.loss_config
+    weights = losses.weights
     return {
         "train": asdict(config),
-        "model": asdict(base_config(config.preset)),
+        "model": asdict(config.model_config(pose_network_preset(config))),
+        "pose": "frozen head-pose network from " + config.pose_network if config.pose_network else "learned by E_mtn",
         "discriminator": asdict(DISCRIMINATOR_PRESETS[config.preset]),
         "losses": {
-            "weights": asdict(losses.weights),
             "l1": config.l1_weight,
             "mask": config.mask_weight,
-            "cycle": {"scale": losses.cycle_scale, "margin": losses.cycle_margin},
-            "perceptual": losses.describe(),
+            "perceptual (EfficientNet-Lite0, in place of VGG19)": config.perceptual_weight,
+            "face (dlib ResNet, in place of the paper's face network)": config.face_weight,
+            "gaze": "absent: no gaze network can be loaded here",
+            "adversarial": weights.adversarial,
+            "feature_matching": weights.feature_matching,
+            "cycle": {"weight": weights.cycle, "scale": losses.cycle_scale, "margin": losses.cycle_margin},
+            "networks": networks,
+            "on": "the foreground (target masks; the output's own alpha where there is no target)",
         },
         "augmentation": asdict(config.augmentation),
         "data": data,
@@ -287,7 +316,25 @@ class ReenactmentPass(nn.Module):
         )
 
 
-LOSS_NAMES = ("generator", "l1", "mask", "perceptual", "adversarial", "feature_matching", "cycle", "discriminator")
+LOSS_NAMES = ("generator", "l1", "mask", "perceptual", "face", "adversarial", "feature_matching", "cycle", "discriminator")
+
+
+def network_terms(
+    networks: LossNetworks, rgb: Tensor, targets: Tensor, masks: Tensor, landmarks: Tensor, valid: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Perceptual (EfficientNet-Lite0) and face (dlib ResNet) distances on the foreground, each a mean over the
+    elements with a target (``valid``); 0 for an absent network. rgb, targets: N×3×H×W; masks: N×1×H×W (the
+    targets'); landmarks: N×68×2 pixels of the targets (any valid face where ``valid`` is 0: it is weighted out)."""
+    zero = rgb.new_zeros(())
+    fake, real = foreground(rgb, masks), foreground(targets, masks)
+    perceptual = zero if networks.perceptual is None else weighted_mean(networks.perceptual.perceptual_distance(fake, real), valid)
+    if networks.face is None:
+        return perceptual, zero
+    with torch.autocast(device_type=rgb.device.type, enabled=False):  # the alignment solves a least-squares fit
+        chips = align_face_chips(torch.cat([fake, real]).float(), torch.cat([landmarks, landmarks]).float() - 0.5)  # 2N×3×150×150
+        fake_descriptor, real_descriptor = networks.face(chips).chunk(2)  # N×128 each
+    face = weighted_mean(1 - F.cosine_similarity(fake_descriptor, real_descriptor.detach(), dim=1), valid)
+    return perceptual, face
 
 
 def _on_device(batch: Any, device: torch.device) -> tuple[ReenactmentSample, Tensor]:
@@ -300,7 +347,8 @@ def _on_device(batch: Any, device: torch.device) -> tuple[ReenactmentSample, Ten
 
 
 def _adamw_with_cosine(module: nn.Module, config: BaseTrainConfig) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.CosineAnnealingLR]:
-    optimiser = torch.optim.AdamW(module.parameters(), lr=config.learning_rate, betas=(0.5, 0.999), weight_decay=config.weight_decay)
+    trainable = [parameter for parameter in module.parameters() if parameter.requires_grad]  # not the frozen head-pose network
+    optimiser = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=(0.5, 0.999), weight_decay=config.weight_decay)
     return optimiser, torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.steps, eta_min=config.final_learning_rate)
 
 
@@ -347,13 +395,13 @@ def train_base(config: BaseTrainConfig, *, progress: bool = True, stop_at: int |
 def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, stop_at: int | None) -> BaseTrainSummary:
     device, run = processes.device, RunFolder(config.run_dir)
     checkpoint_path = run.checkpoint_path
-    model_config, discriminator_config = base_config(config.preset), DISCRIMINATOR_PRESETS[config.preset]
+    model_config, discriminator_config = config.model_config(pose_network_preset(config)), DISCRIMINATOR_PRESETS[config.preset]
 
     # Everything that can refuse the run comes before anything is written.
-    try:
-        perceptual = PerceptualLoss(config=config.loss_config).to(device)
-    except WeightsFileError as error:
-        raise TrainingError(str(error)) from None
+    networks = load_loss_networks(config.network_weights, allow_missing=config.allow_missing_nets)
+    for network in (networks.perceptual, networks.face):
+        if network is not None:
+            network.to(device).eval().requires_grad_(False)
     checkpoint = run.saved_checkpoint()
     if checkpoint is not None:
         check_base_checkpoint(checkpoint, path=checkpoint_path, preset=config.preset, role="resume: the run's checkpoint")
@@ -383,9 +431,18 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
         where = checkpoint_path if checkpoint is not None else Path(str(config.init))
         load_state(model, source, "generator", path=where)
         load_state(discriminator, source, "discriminator", path=where)
+    if config.pose_network is not None:
+        pose_path = Path(config.pose_network)
+        head_pose = model.motion_encoder.head_pose
+        assert head_pose is not None
+        pose_checkpoint = read_head_pose_checkpoint(pose_path, image_resolution=model_config.resolution)
+        if source is None:
+            load_head_pose_weights(head_pose, pose_checkpoint, path=pose_path)
+        elif state_digest(head_pose.state_dict()) != state_digest(pose_checkpoint["model"]):
+            raise TrainingError(f"{where} was trained with another head-pose network than --pose-network {pose_path}")
     optimiser_g, scheduler_g = _adamw_with_cosine(model, config)
     optimiser_d, scheduler_d = _adamw_with_cosine(discriminator, config)
-    resolved = resolved_config(config, world_size=processes.world_size, device=device, data=dataset.describe())
+    resolved = resolved_config(config, world_size=processes.world_size, device=device, data=dataset.describe(), networks=networks.status)
     precision = amp_dtype(config, device)
     scaler = torch.amp.GradScaler("cuda", enabled=precision is torch.float16)
     step = 0
@@ -459,7 +516,12 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
                 l1 = masked_l1(rgb, targets, weighted_masks)
                 mask_loss = weighted_mean(per_sample_l1(output.alpha.float(), masks), valid)
                 # Target-less elements are zero on both sides (feature L1 exactly 0): rescale the batch mean to theirs.
-                perceptual_loss = perceptual(rgb, targets, mask=weighted_masks).total * (valid.numel() / valid.sum().clamp_min(1e-8))
+                # Elements without a target borrow their self pair's landmarks (weighted out, but the face alignment needs a face).
+                self_landmarks = torch.cat([batch.driver_landmarks, batch.driver_landmarks])
+                target_landmarks = torch.where(
+                    valid.view(-1, 1, 1) > 0, torch.cat([batch.driver_landmarks, batch.cross_target_landmarks]), self_landmarks
+                )
+                perceptual_loss, face_loss = network_terms(networks, rgb, targets, weighted_masks, target_landmarks, valid)
                 judged = discriminator(torch.cat([real, foreground(rgb, fake_masks)]))
                 _, fake_logits, real_features, fake_features = split_discriminator_output(judged, 2 * half)
                 adversarial = hinge_generator_loss([logits.float() for logits in fake_logits])
@@ -477,7 +539,8 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
                 total = (
                     config.l1_weight * l1
                     + config.mask_weight * mask_loss
-                    + perceptual_loss
+                    + config.perceptual_weight * perceptual_loss
+                    + config.face_weight * face_loss
                     + weights.adversarial * adversarial
                     + weights.feature_matching * matching
                     + weights.cycle * cycle
@@ -504,7 +567,7 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
             step = steps.step
 
             if steps.due(config.log_every):
-                values = [total, l1, mask_loss, perceptual_loss, adversarial, matching, cycle, discriminator_loss]
+                values = [total, l1, mask_loss, perceptual_loss, face_loss, adversarial, matching, cycle, discriminator_loss]
                 losses = mean_over_processes(
                     {name: float(value.detach()) for name, value in zip(LOSS_NAMES, values, strict=True)}, processes
                 )

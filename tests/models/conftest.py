@@ -86,13 +86,42 @@ def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         train_base(
             BaseTrainConfig(
-                run_dir=str(run), preset="tiny", steps=2, batch_size=1, identities=8, workers=0, log_every=1, checkpoint_every=2
-            ),
+                run_dir=str(run),
+                preset="tiny",
+                steps=2,
+                batch_size=1,
+                identities=8,
+                workers=0,
+                log_every=1,
+                checkpoint_every=2,
+                perceptual_weight=0.0,
+                face_weight=0.0,
+            ),  # fmt: skip
             progress=False,
         )
     finally:
         torch.set_num_threads(threads)
     return run / "checkpoint.pt"
+
+
+@pytest.fixture(scope="session")
+def head_pose_network(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny head-pose network checkpoint (64 px renders, 3 steps): for plumbing, not accuracy."""
+    import torch
+
+    from models.training.train_head_pose import HeadPoseTrainConfig, train_head_pose
+
+    out = tmp_path_factory.mktemp("head-pose") / "head_pose.pt"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_head_pose(
+            HeadPoseTrainConfig(out=str(out), preset="tiny", renders=32, render_resolution=64, steps=3, batch_size=8, held_out=16),
+            progress=False,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return out
 
 
 def _place(photo: np.ndarray, *, canvas: tuple[int, int, float], scale: float, shift: tuple[float, float]) -> np.ndarray:

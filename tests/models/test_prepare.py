@@ -17,6 +17,7 @@ from PIL import Image
 
 from contract.landmarks import canonical_ibug68
 from models.cli import main
+from models.data.face_pose import POSE_NAMES, load_poses
 from models.data.paired import DatasetError
 from models.data.prepare import PrepareConfig, discover_inputs, smooth_over_time
 from models.data.video_folder import VideoFolder
@@ -71,6 +72,20 @@ def test_prepare_finds_the_face_in_every_frame_of_both_inputs(prepared: tuple[Pa
             np.testing.assert_allclose(box[:2], base * (centre_in_photo * scale + np.add(OFFSET, shift)), atol=2.0)
             assert abs(box[2] / (boxes[0, 2] * scale / scale_0) - 1) < 0.03
     assert (dst / "preview.png").is_file()
+
+
+def test_prepare_solves_one_head_pose_per_frame(prepared: tuple[Path, int, str]) -> None:
+    dst, _, _ = prepared
+    meta = json.loads((dst / "meta.json").read_text())
+    assert meta["poses"]["file"] == "poses.npy" and meta["poses"]["labels"] == list(POSE_NAMES)
+    for video in meta["videos"]:
+        poses = load_poses(dst / "videos" / video["name"], frames=video["frames"])  # FRAMES×6
+        assert poses.shape == (FRAMES, 6) and poses.dtype == np.float32 and np.isfinite(poses).all()
+        # The photo only moves and zooms, and each crop follows it: one head pose in every crop, near frontal (the
+        # astronaut looks into the camera), centred and at the synthetic heads' size, as the crops are framed.
+        assert np.degrees(np.ptp(poses[:, :3], axis=0)).max() < 3.0, np.degrees(np.ptp(poses[:, :3], axis=0))
+        assert np.degrees(np.abs(poses[:, :3])).max() < 10.0, np.degrees(poses[:, :3])
+        assert np.abs(poses[:, 3:5]).max() < 0.06 and np.abs(poses[:, 5] - 0.68).max() < 0.06, poses[:, 3:]
 
 
 def test_bad_inputs_are_listed_with_reasons_and_the_rest_prepared(prepared: tuple[Path, int, str]) -> None:

@@ -35,7 +35,7 @@ def _grid() -> torch.Tensor:
 def _pose(
     batch: int, *, rotation: tuple[float, float, float] = (0.0, 0.0, 0.0), translation: tuple[float, float, float] = (0.0, 0.0, 0.0)
 ) -> HeadPose:
-    return HeadPose(rotation=torch.tensor([rotation] * batch), translation=torch.tensor([translation] * batch))
+    return HeadPose(rotation=torch.tensor([rotation] * batch), translation=torch.tensor([translation] * batch), scale=torch.ones(batch, 1))
 
 
 def _images(batch: int, resolution: int, *, seed: int) -> torch.Tensor:

@@ -22,7 +22,10 @@ from models.training.augment import DriverAugmentation, colour_jitter, thin_plat
 from models.training.train_base import BaseTrainConfig, train_base
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TINY = dict(preset="tiny", steps=2, batch_size=1, identities=8, workers=0, log_every=1, checkpoint_every=2)
+# Without the pretrained loss networks (they cost most of a tiny step); tiny_runs turns them and the pose network on.
+TINY = dict(
+    preset="tiny", steps=2, batch_size=1, identities=8, workers=0, log_every=1, checkpoint_every=2, perceptual_weight=0.0, face_weight=0.0
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -84,13 +87,15 @@ def test_synthetic_pairs_are_a_function_of_seed_and_index() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The same 2-step tiny run twice: straight through, and stopped after step 1 then resumed."""
+def tiny_runs(tmp_path_factory: pytest.TempPathFactory, head_pose_network: Path) -> tuple[Path, Path]:
+    """The same 2-step tiny run twice (the frozen head-pose network and every loss term on): straight through,
+    and stopped after step 1 then resumed."""
     straight, resumed = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("resumed")
-    train_base(BaseTrainConfig(run_dir=str(straight), **TINY), progress=False)
-    stopped = train_base(BaseTrainConfig(run_dir=str(resumed), **TINY), progress=False, stop_at=1)
+    settings = {**TINY, "perceptual_weight": 20.0, "face_weight": 4.0, "pose_network": str(head_pose_network)}
+    train_base(BaseTrainConfig(run_dir=str(straight), **settings), progress=False)
+    stopped = train_base(BaseTrainConfig(run_dir=str(resumed), **settings), progress=False, stop_at=1)
     assert stopped.steps == 1 and load_checkpoint(resumed / "checkpoint.pt")["step"] == 1
-    train_base(BaseTrainConfig(run_dir=str(resumed), **TINY), progress=False)
+    train_base(BaseTrainConfig(run_dir=str(resumed), **settings), progress=False)
     return straight, resumed
 
 
@@ -98,8 +103,10 @@ def test_a_run_writes_its_resolved_config_checkpoint_log_samples_and_tensorboard
     run, _ = tiny_runs
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["preset"] == "tiny" and config["model"]["resolution"] == 64
-    assert config["losses"]["weights"]["feature_matching"] == 40 and config["losses"]["weights"]["cycle"] == 2
-    assert config["losses"]["perceptual"]["vgg19"].startswith("absent")
+    losses = config["losses"]
+    assert losses["feature_matching"] == 40 and losses["cycle"]["weight"] == 2 and losses["gaze"].startswith("absent")
+    assert losses["networks"] == {"perceptual (EfficientNet-Lite0)": "active", "face (dlib ResNet)": "active"}
+    assert config["model"]["pose_source"] == "pretrained" and config["model"]["head_pose_preset"] == "tiny"
     assert config["processes"] == {"world_size": 1, "device": "cpu", "backend": "none", "samples_per_step": 1, "amp": "off"}
     assert config["data"]["source"] == "synthetic"
     checkpoint = load_checkpoint(run / "checkpoint.pt")
@@ -116,9 +123,14 @@ def test_a_run_writes_its_resolved_config_checkpoint_log_samples_and_tensorboard
         "train_config",
     }
     assert not any(key.startswith("module.") for key in checkpoint["generator"])  # saved unwrapped
+    # The frozen pose network is saved inside the teacher, unchanged by training.
+    pose = load_checkpoint(Path(config["train"]["pose_network"]))["model"]
+    for name, weights in pose.items():
+        assert torch.equal(checkpoint["generator"][f"motion_encoder.head_pose.{name}"], weights), name
     log = _log(run)
     assert [entry["step"] for entry in log if "event" not in entry] == [1, 2]
     assert all(entry["generator"] == entry["generator"] for entry in log if "event" not in entry)  # finite, not NaN
+    assert all(entry["perceptual"] > 0 and entry["face"] > 0 for entry in log if "event" not in entry)
     assert log[-1]["event"] == "end" and log[-1]["replicas_agree"]
     assert (run / "samples.png").stat().st_size > 0
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
@@ -174,6 +186,10 @@ def _torchrun(run: Path, *options: str) -> subprocess.CompletedProcess:
         "0",
         "--log-every",
         "1",
+        "--perceptual-weight",
+        "0",
+        "--face-weight",
+        "0",
         *options,
     ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
@@ -218,7 +234,7 @@ def _refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 
 
 def test_a_checkpoint_of_another_preset_is_refused_and_nothing_is_overwritten(
-    tiny_runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_runs: tuple[Path, Path], head_pose_network: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     straight, _ = tiny_runs
     run = tmp_path / "run"
@@ -233,19 +249,24 @@ def test_a_checkpoint_of_another_preset_is_refused_and_nothing_is_overwritten(
     assert "--init" in error and "'tiny'" in error and not (tmp_path / "fresh").exists()
     # The same preset starts from the checkpoint's weights (here: stops before the first step).
     start = train_base(
-        BaseTrainConfig(run_dir=str(tmp_path / "init"), init=str(straight / "checkpoint.pt"), **TINY), progress=False, stop_at=0
+        BaseTrainConfig(run_dir=str(tmp_path / "init"), init=str(straight / "checkpoint.pt"), pose_network=str(head_pose_network), **TINY),
+        progress=False,
+        stop_at=0,
     )
     assert start.steps == 0 and start.weights_digest == _checkpoint_digest(straight / "checkpoint.pt")
 
 
-def test_perceptual_weights_with_wrong_shapes_are_refused_before_anything_is_written(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_a_pose_network_of_the_wrong_kind_or_resolution_is_refused_before_anything_is_written(
+    tiny_runs: tuple[Path, Path], head_pose_network: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    weights = tmp_path / "vgg19.pt"
-    torch.save({"features.0.weight": torch.zeros(8, 3, 3, 3), "features.0.bias": torch.zeros(8)}, weights)
+    straight, _ = tiny_runs
     run = tmp_path / "run"
-    error = _refused(capsys, "--run", str(run), "--preset", "tiny", "--vgg-weights", str(weights))
-    assert str(weights) in error and "features.0.weight" in error and "(8, 3, 3, 3)" in error
+    error = _refused(capsys, "--run", str(run), "--preset", "tiny", "--pose-network", str(straight / "checkpoint.pt"))
+    assert "is not a head-pose network checkpoint" in error and "megaportraits-base" in error
+    # Trained on 64 px renders: refused for a 128 px teacher.
+    error = _refused(capsys, "--run", str(run), "--preset", "cpu128", "--pose-network", str(head_pose_network))
+    assert "64 px renders" in error and "128 px" in error
+    assert "no such file" in _refused(capsys, "--run", str(run), "--pose-network", str(tmp_path / "none.pt"))
     assert not run.exists()
 
 
@@ -261,5 +282,7 @@ def test_dry_run_prints_the_resolved_config(tmp_path: Path, capsys: pytest.Captu
     assert main(["base", "--run", str(tmp_path / "run"), "--preset", "tiny", "--dry-run"]) == 0
     resolved = json.loads(capsys.readouterr().out)
     assert resolved["model"]["resolution"] == 64 and resolved["train"]["batch_size"] == 2
-    assert set(resolved["losses"]["perceptual"]) == {"vgg19", "face_recognition", "gaze"}
+    assert resolved["losses"]["perceptual (EfficientNet-Lite0, in place of VGG19)"] == 20
+    assert resolved["losses"]["face (dlib ResNet, in place of the paper's face network)"] == 4
+    assert resolved["pose"] == "learned by E_mtn"
     assert not (tmp_path / "run").exists()
