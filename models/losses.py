@@ -1,10 +1,8 @@
 """Losses of the MegaPortraits base model (DESIGN.md §4.1), usable by the other networks too.
 
-- Perceptual L1 over feature maps of frozen, pretrained networks: VGG19 (λ=20), a face-recognition
-  network (λ=4) and a gaze network (λ=5). None can be downloaded here, so each is loaded from a
-  local weights file the user gives (a plain tensor state dict, read with ``weights_only=True``);
-  without a file the network is **absent**: it contributes nothing, and ``LossConfig.describe()``
-  (saved with a run's config) and the log say so. A random network is never used in its place.
+- The paper's perceptual terms (VGG19 λ 20, a face-recognition network λ 4, a gaze network λ 5) use
+  networks that cannot be loaded here: the trainers use EfficientNet-Lite0 and dlib's ResNet in their
+  place (models/nets/, via models/training/student_objective.load_loss_networks), and no gaze term.
 - Multi-scale PatchGAN discriminator (spectral norm) with the hinge loss (λ=1) and feature matching
   (λ=40).
 - The cycle / contrastive loss on motion descriptors of cross-reenacted outputs (λ=2): descriptors of
@@ -16,11 +14,8 @@
 
 from __future__ import annotations
 
-import logging
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -28,16 +23,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-logger = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class LossWeights:
-    """λ of every term (DESIGN.md §4.1, from the paper)."""
+    """λ of the adversarial terms and the contrastive loss (DESIGN.md §4.1, from the paper)."""
 
-    vgg19: float = 20.0
-    face_recognition: float = 4.0
-    gaze: float = 5.0
     adversarial: float = 1.0
     feature_matching: float = 40.0
     cycle: float = 2.0
@@ -46,22 +36,8 @@ class LossWeights:
 @dataclass(frozen=True)
 class LossConfig:
     weights: LossWeights = field(default_factory=LossWeights)
-    vgg19_file: str | None = None  # local state dict of torchvision's VGG19 ``features``; None = absent
-    face_recognition_file: str | None = None  # local VGG-Face state dict in VGG16 ``features`` layout; None = absent
-    gaze_file: str | None = None  # local gaze network state dict in VGG16 ``features`` layout; None = absent
     cycle_scale: float = 5.0  # s
     cycle_margin: float = 0.2  # m
-
-    def weights_file(self, network: str) -> str | None:
-        return {"vgg19": self.vgg19_file, "face_recognition": self.face_recognition_file, "gaze": self.gaze_file}[network]
-
-    def describe(self) -> dict[str, str]:
-        """Which perceptual networks run, in words (record this with the run's config)."""
-        status = {}
-        for name in BACKBONES:
-            path = self.weights_file(name)
-            status[name] = "absent: no local weights file given" if path is None else f"active: weights from {path}"
-        return status
 
 
 # -- masks ------------------------------------------------------------------------------------------
@@ -78,188 +54,6 @@ def masked_l1(prediction: Tensor, target: Tensor, mask: Tensor | None = None) ->
         return F.l1_loss(prediction, target)
     weight = mask.expand_as(prediction)  # B×1×H×W -> B×C×H×W
     return ((prediction - target).abs() * weight).sum() / weight.sum().clamp_min(1.0)
-
-
-# -- perceptual networks ----------------------------------------------------------------------------
-
-VGG16_LAYOUT: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
-VGG19_LAYOUT: tuple[int | str, ...] = (
-    64,
-    64,
-    "M",
-    128,
-    128,
-    "M",
-    256,
-    256,
-    256,
-    256,
-    "M",
-    512,
-    512,
-    512,
-    512,
-    "M",
-    512,
-    512,
-    512,
-    512,
-    "M",
-)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A VGG-style feature trunk: ``layout`` as torchvision's VGG configs (int = 3×3 conv + ReLU,
-    "M" = 2×2 max-pool), so that a torchvision-layout ``features.{i}.weight`` state dict loads.
-    ``taps``: indices in ``features`` after which feature maps are compared. Images in [0, 1] are
-    normalised with ``mean`` and ``std`` first."""
-
-    name: str
-    layout: tuple[int | str, ...]
-    taps: tuple[int, ...]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    # torchvision's VGG19 ``features``; taps relu1_1, relu2_1, relu3_1, relu4_1, relu5_1.
-    "vgg19": BackboneSpec(name="vgg19", layout=VGG19_LAYOUT, taps=(1, 6, 11, 20, 29), mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    # VGG-Face (a VGG16) converted to torchvision's VGG16 ``features`` layout, RGB input with the
-    # release's average image (129.1863, 104.7624, 93.5940 on 0-255) subtracted and no scaling.
-    # Taps relu1_1 … relu5_1.
-    "face_recognition": BackboneSpec(
-        name="face_recognition", layout=VGG16_LAYOUT, taps=(1, 6, 11, 18, 25),
-        mean=(129.1863 / 255, 104.7624 / 255, 93.5940 / 255), std=(1 / 255, 1 / 255, 1 / 255),
-    ),
-    # A gaze network whose trunk has torchvision's VGG16 ``features`` layout and ImageNet input
-    # normalisation. Gaze networks usually read eye crops: pass crops to the loss when available.
-    # Networks of another layout need their architecture added here.
-    "gaze": BackboneSpec(name="gaze", layout=VGG16_LAYOUT, taps=(1, 6, 11, 18, 25), mean=IMAGENET_MEAN, std=IMAGENET_STD),
-}  # fmt: skip
-
-
-class WeightsFileError(ValueError):
-    """A perceptual network's weights file cannot be used; the message is one line naming the file."""
-
-
-class FeatureBackbone(nn.Module):
-    """A frozen VGG-style trunk returning the feature maps at ``spec.taps``.
-
-    Constructing one gives random weights: only ``load_backbone`` (a user's weights file) makes one
-    that a loss may use.
-    """
-
-    def __init__(self, *, spec: BackboneSpec) -> None:
-        super().__init__()
-        self.spec = spec
-        layers: list[nn.Module] = []
-        channels = 3
-        for item in spec.layout:
-            if item == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                assert isinstance(item, int)
-                layers += [nn.Conv2d(channels, item, 3, padding=1), nn.ReLU(inplace=False)]
-                channels = item
-        self.features = nn.Sequential(*layers)
-        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True) -> FeatureBackbone:
-        return super().train(False)  # frozen: always in inference mode
-
-    def forward(self, image: Tensor) -> list[Tensor]:
-        """B×3×H×W in [0, 1] -> feature maps at the taps (finest first)."""
-        x = (image - self.mean) / self.std
-        taps, last = set(self.spec.taps), max(self.spec.taps)
-        features = []
-        for index, layer in enumerate(self.features):
-            x = layer(x)
-            if index in taps:
-                features.append(x)
-            if index == last:
-                break
-        return features
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
-def load_backbone(spec: BackboneSpec, path: str | Path) -> FeatureBackbone:
-    """The network of ``spec`` with the weights in ``path`` (a tensor state dict in torchvision's
-    ``features.{i}.weight`` / ``.bias`` layout; ``classifier.*`` entries are ignored).
-
-    Raises WeightsFileError (one line, naming the file and the first offending tensor) when the file
-    is missing, is not a plain state dict, or its tensors do not match the architecture."""
-    path = Path(path)
-    where = f"{spec.name} weights file {path}"
-    if not path.is_file():
-        raise WeightsFileError(f"{where} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-        raise WeightsFileError(f"{where} is not a plain tensor state dict ({_first_line(error)})") from None
-    if not isinstance(state, dict):
-        raise WeightsFileError(f"{where} holds a {type(state).__name__}, not a state dict")
-    backbone = FeatureBackbone(spec=spec)
-    expected = backbone.state_dict()
-    for key, tensor in expected.items():  # in layer order, so the first mismatch is reported
-        if key not in state:
-            raise WeightsFileError(f"{where}: tensor {key!r} is missing")
-        found = state[key]
-        if not isinstance(found, Tensor) or found.shape != tensor.shape:
-            shape = tuple(found.shape) if isinstance(found, Tensor) else type(found).__name__
-            raise WeightsFileError(f"{where}: tensor {key!r} has shape {shape}, expected {tuple(tensor.shape)}")
-    unexpected = [key for key in state if key not in expected and not str(key).startswith("classifier.")]
-    if unexpected:
-        raise WeightsFileError(f"{where}: unexpected tensor {unexpected[0]!r} (not a {spec.name} layout)")
-    backbone.load_state_dict({key: state[key] for key in expected})
-    return backbone
-
-
-class PerceptualTerms(NamedTuple):
-    total: Tensor  # Σ λ_n · term_n over the active networks (0 when none is active)
-    terms: dict[str, Tensor]  # per active network: mean over its taps of the feature L1
-
-
-class PerceptualLoss(nn.Module):
-    """Feature L1 of the active networks (those with a weights file in the config), weighted by λ."""
-
-    def __init__(self, *, config: LossConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.networks = nn.ModuleDict()
-        for name, spec in BACKBONES.items():
-            path = config.weights_file(name)
-            if path is not None:
-                self.networks[name] = load_backbone(spec, path)
-        for name, status in config.describe().items():
-            logger.info("perceptual loss: %s %s", name, status)
-
-    @property
-    def active(self) -> tuple[str, ...]:
-        return tuple(self.networks.keys())
-
-    def forward(self, prediction: Tensor, target: Tensor, *, mask: Tensor | None = None) -> PerceptualTerms:
-        """prediction, target: B×3×H×W in [0, 1]; ``mask`` B×1×H×W keeps the foreground only."""
-        prediction, target = foreground(prediction, mask), foreground(target, mask)
-        terms: dict[str, Tensor] = {}
-        total = prediction.new_zeros(())
-        for name, network in self.networks.items():
-            with torch.no_grad():
-                target_features = network(target)
-            predicted_features = network(prediction)
-            term = torch.stack([F.l1_loss(p, t) for p, t in zip(predicted_features, target_features)]).mean()
-            terms[name] = term
-            total = total + getattr(self.config.weights, name) * term
-        return PerceptualTerms(total=total, terms=terms)
 
 
 # -- multi-scale PatchGAN ---------------------------------------------------------------------------

@@ -1,30 +1,23 @@
-"""Losses: perceptual networks from local weights files (absent without), PatchGAN hinge and feature
+"""Losses: PatchGAN hinge and feature
 matching, the cycle/contrastive loss on motion descriptors, masked variants, loss weights."""
 
 import dataclasses
-import logging
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from models.losses import (
-    BACKBONES,
     DiscriminatorConfig,
-    FeatureBackbone,
     LossConfig,
     LossWeights,
     MultiScaleDiscriminator,
-    PerceptualLoss,
-    WeightsFileError,
     cycle_contrastive_loss,
     feature_matching_loss,
     foreground,
     hinge_discriminator_loss,
     hinge_generator_loss,
-    load_backbone,
     masked_l1,
     other_drivers,
 )
@@ -35,104 +28,6 @@ TINY_DISCRIMINATOR = DiscriminatorConfig(scales=3, channels=(8, 16, 32))
 def _images(batch: int, *, seed: int, size: int = 64) -> torch.Tensor:
     coarse = torch.rand(batch, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
     return F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
-
-
-@pytest.fixture(scope="module")
-def vgg19_state() -> dict[str, torch.Tensor]:
-    """A freshly initialised VGG19 state dict: a fixture of the file-loading path, not a pretrained network."""
-    torch.manual_seed(0)
-    return FeatureBackbone(spec=BACKBONES["vgg19"]).state_dict()
-
-
-@pytest.fixture(scope="module")
-def vgg19_file(vgg19_state: dict[str, torch.Tensor], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("weights") / "vgg19-features.pth"
-    torch.save(vgg19_state, path)
-    return path
-
-
-# -- perceptual -------------------------------------------------------------------------------------
-
-
-def test_perceptual_networks_are_absent_without_files_and_say_so(caplog: pytest.LogCaptureFixture) -> None:
-    config = LossConfig()
-    assert config.describe() == {name: "absent: no local weights file given" for name in ("vgg19", "face_recognition", "gaze")}
-    with caplog.at_level(logging.INFO, logger="models.losses"):
-        loss = PerceptualLoss(config=config)
-    assert loss.active == ()
-    for name in ("vgg19", "face_recognition", "gaze"):
-        assert f"perceptual loss: {name} absent: no local weights file given" in caplog.text
-    out = loss(_images(2, seed=1), _images(2, seed=2))
-    assert out.terms == {} and float(out.total) == 0.0
-
-
-def test_a_weights_file_with_wrong_shapes_is_a_one_line_error_naming_file_and_tensor(
-    vgg19_state: dict[str, torch.Tensor], tmp_path: Path
-) -> None:
-    first = tmp_path / "first.pth"
-    torch.save({"features.0.weight": torch.zeros(32, 3, 3, 3)}, first)
-    with pytest.raises(WeightsFileError) as caught:
-        PerceptualLoss(config=LossConfig(vgg19_file=str(first)))
-    message = str(caught.value)
-    assert "\n" not in message
-    assert str(first) in message and "'features.0.weight'" in message and "(32, 3, 3, 3)" in message and "(64, 3, 3, 3)" in message
-
-    later = tmp_path / "later.pth"  # every tensor right but one deep in the trunk: that one is named
-    torch.save({**vgg19_state, "features.28.weight": torch.zeros(512, 256, 3, 3)}, later)
-    with pytest.raises(WeightsFileError, match=r"'features\.28\.weight' has shape \(512, 256, 3, 3\), expected \(512, 512, 3, 3\)"):
-        load_backbone(BACKBONES["vgg19"], later)
-
-
-def test_missing_unreadable_and_foreign_weights_files_are_one_line_errors(vgg19_state: dict[str, torch.Tensor], tmp_path: Path) -> None:
-    spec = BACKBONES["vgg19"]
-    pickled_module = tmp_path / "module.pth"
-    torch.save(torch.nn.Linear(2, 2), pickled_module)  # a pickled module, not a state dict: refused by weights_only
-    vgg16 = tmp_path / "vgg16.pth"
-    torch.save(FeatureBackbone(spec=BACKBONES["gaze"]).state_dict(), vgg16)  # a VGG16 layout given as VGG19
-    extra = tmp_path / "extra.pth"
-    torch.save({**vgg19_state, "head.weight": torch.zeros(1)}, extra)
-    for path, expected in [
-        (tmp_path / "nowhere.pth", "does not exist"),
-        (pickled_module, "is not a plain tensor state dict"),
-        (vgg16, "tensor 'features.16.weight' is missing"),
-        (extra, "unexpected tensor 'head.weight'"),
-    ]:
-        with pytest.raises(WeightsFileError) as caught:
-            load_backbone(spec, path)
-        assert str(path) in str(caught.value) and expected in str(caught.value)
-        assert "\n" not in str(caught.value)
-
-
-def test_a_file_with_the_right_shapes_loads_and_gives_a_finite_loss_zero_for_identical_images(
-    vgg19_state: dict[str, torch.Tensor], vgg19_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    config = LossConfig(vgg19_file=str(vgg19_file))
-    assert config.describe()["vgg19"] == f"active: weights from {vgg19_file}"
-    assert config.describe()["gaze"] == "absent: no local weights file given"
-    with caplog.at_level(logging.INFO, logger="models.losses"):
-        loss = PerceptualLoss(config=config)
-    assert loss.active == ("vgg19",)
-    assert f"vgg19 active: weights from {vgg19_file}" in caplog.text
-    for key, tensor in loss.networks["vgg19"].state_dict().items():  # the file's weights, not fresh ones
-        assert torch.equal(tensor, vgg19_state[key]), key
-    assert not any(parameter.requires_grad for parameter in loss.parameters())
-
-    images = _images(2, seed=1)
-    same = loss(images, images.clone())
-    assert float(same.total) == 0.0 and float(same.terms["vgg19"]) == 0.0
-    prediction = _images(2, seed=2).requires_grad_(True)
-    different = loss(prediction, images)
-    assert torch.isfinite(different.total) and different.total > 0
-    torch.testing.assert_close(different.total, 20.0 * different.terms["vgg19"])  # λ_vgg19 = 20
-    different.total.backward()
-    assert prediction.grad is not None and prediction.grad.abs().sum() > 0
-    # Foreground variant: outside the mask nothing counts.
-    empty_mask = torch.zeros(2, 1, 64, 64)
-    assert float(loss(prediction.detach(), images, mask=empty_mask).total) == 0.0
-
-    full_model = tmp_path / "with-classifier.pth"  # torchvision's whole-model files also hold classifier.*
-    torch.save({**vgg19_state, "classifier.0.weight": torch.zeros(1, 25088)}, full_model)
-    assert isinstance(load_backbone(BACKBONES["vgg19"], full_model), FeatureBackbone)
 
 
 # -- PatchGAN ---------------------------------------------------------------------------------------
@@ -251,10 +146,8 @@ def test_masked_l1_and_foreground() -> None:
 
 def test_loss_weights_are_the_design_values_and_frozen() -> None:
     weights = LossWeights()
-    assert dataclasses.asdict(weights) == {
-        "vgg19": 20.0, "face_recognition": 4.0, "gaze": 5.0, "adversarial": 1.0, "feature_matching": 40.0, "cycle": 2.0,
-    }  # fmt: skip
+    assert dataclasses.asdict(weights) == {"adversarial": 1.0, "feature_matching": 40.0, "cycle": 2.0}
     config = LossConfig()
     assert (config.cycle_scale, config.cycle_margin) == (5.0, 0.2)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        weights.vgg19 = 1.0  # type: ignore[misc]
+        weights.cycle = 1.0  # type: ignore[misc]
