@@ -12,17 +12,23 @@ video folder): the source s, its clip's driver d and another video's driver d*; 
     x_{s→d*} = G(s, aug(d*))  target: s's identity in d*'s motion (SyntheticHeads has it; real video has not)
 
 Per element, ``cross_valid`` (VideoSample's field; 1 for a ReenactmentSample) weights the cross half's
-target terms: L1, mask, perceptual and feature matching, and whether the discriminator sees its target as
+target terms: L1, mask, perceptual, face and feature matching, and whether the discriminator sees its target as
 real (models/data/video_folder.py). The terms that need no target stay for every element: the generator's
 hinge on both outputs and the cycle/contrastive loss.
 
-Generator loss (λ from DESIGN.md §4.1 via ``LossWeights``; the reconstruction and mask terms are this
-project's: without local perceptual weights the L1 is what ties the output to its target):
+The head pose: with ``pose_network`` (a `megalive-train head-pose` checkpoint) E_mtn reads it from that frozen,
+pretrained network, as the paper does (its weights are loaded once, saved inside every checkpoint, and kept out
+of the optimiser); without one E_mtn learns it.
 
-    λ_l1 · L1 on the foreground + λ_mask · L1(alpha, mask) + perceptual (only networks with weights files)
+Generator loss (λ from DESIGN.md §4.1; the L1 and mask terms are this project's):
+
+    λ_l1 · L1 on the foreground + λ_mask · L1(alpha, mask)
+    + λ_perceptual · perceptual distance (EfficientNet-Lite0, in place of VGG19) on the foreground
+    + λ_face · (1 - cosine of dlib ResNet descriptors of chips aligned by the target's landmarks), foreground
     + λ_adv · hinge + λ_fm · feature matching (multi-scale PatchGAN on foreground-masked images)
     + λ_cycle · contrastive loss on E_mtn's z: z(x_{s→d}) pulled to z(d), pushed from the other drivers
 
+(no gaze term: no gaze network can be loaded here; the run's config.json says so)
 then one discriminator step (hinge). AdamW (0.5, 0.999), weight decay 1e-2, cosine learning rate
 2e-4 -> 1e-6 for both networks. Mixed precision (``amp``) only on CUDA: bfloat16 where supported,
 else float16 with a gradient scaler.
