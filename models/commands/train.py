@@ -34,7 +34,13 @@ def _add_student(commands: argparse._SubParsersAction) -> None:
     student.add_argument(
         "--run", dest="run_dir", type=Path, required=True, metavar="DIR", help="run folder (config, checkpoint, log, samples)"
     )
-    student.add_argument("--preset", default="cpu256", metavar="NAME", help="student preset (tiny, cpu256)")
+    student.add_argument("--preset", default="cpu256", metavar="NAME", help="student preset (tiny, cpu256, cpu512)")
+    student.add_argument(
+        "--init",
+        default=None,
+        metavar="PATH",
+        help="a new run starts from this student checkpoint's weights where they fit (e.g. cpu256 into cpu512; same avatars)",
+    )
     student.add_argument(
         "--target", default="renderer", metavar="SRC", help="target source: renderer (ground truth) | teacher (distillation from --teacher)"
     )
@@ -107,6 +113,7 @@ def _student(args: argparse.Namespace) -> int:
         device=args.device,
         amp=args.amp,
         teacher=args.teacher,
+        init=args.init,
         command=current_command(),
     )
     try:
@@ -339,6 +346,9 @@ def _add_base(commands: argparse._SubParsersAction) -> None:
     base.add_argument("--perceptual-weight", type=float, default=20.0, metavar="W", help="perceptual (EfficientNet-Lite0) λ; 0: off")
     base.add_argument("--face-weight", type=float, default=4.0, metavar="W", help="face (dlib ResNet) λ; 0: off")
     base.add_argument(
+        "--region-weight", type=float, default=0.0, metavar="W", help="λ of the L1 inside the target's eye and mouth boxes; 0: off"
+    )
+    base.add_argument(
         "--allow-missing-nets", action="store_true", help="train without a loss network whose weights are missing (recorded in the run)"
     )
     base.add_argument("--init", default=None, metavar="PATH", help="start from this base checkpoint's weights (same preset)")
@@ -380,6 +390,7 @@ def _base(args: argparse.Namespace) -> int:
         log_every=args.log_every,
         perceptual_weight=args.perceptual_weight,
         face_weight=args.face_weight,
+        region_weight=args.region_weight,
         allow_missing_nets=args.allow_missing_nets,
         pose_network=args.pose_network,
         init=args.init,

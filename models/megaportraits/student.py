@@ -14,6 +14,12 @@ Shapes for the ``cpu256`` preset (B = batch):
     -> 3×3 conv + pixel shuffle -> rgb B×3×256×256, alpha B×1×256×256
 The 128² stage has no SPADE block: at 2 CPU cores it would cost a quarter of the frame time
 (measured: 32 vs 42 frames/s); identity is injected at 16²-64² where most of the work is.
+
+``cpu512``: the same network on the driver area-downsampled to 256, then one stage back up:
+    driver B×3×512×512 -> avg pool B×3×256×256 -> (cpu256's encoder and decoder) -> B×16×128×128
+    -> nearest ×2, 3×3 conv B×16×256×256 -> 3×3 conv + pixel shuffle -> rgb B×3×512×512, alpha B×1×512×512
+The upsampling stage starts as nearest upsampling (Dirac weights), so a trained cpu256 student loaded into it
+(`megalive-train student --init`) draws from the first step.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ class StudentConfig:
     decoder_blocks: tuple[int, ...] = ()  # SPADE res blocks per decoder stage (coarsest first); () = one each
     spade_hidden_channels: int = 32  # hidden width of each SPADE's modulation convs
     identity_init_std: float = 1.0  # std of a fresh identity tensor's entries
+    driver_downsample: int = 1  # the encoder reads the driver area-downsampled by this factor (1 or 2)
+    refine_channels: int = 0  # 0, or a last upsampling stage of this width at H/2 (with driver_downsample 2)
 
     def __post_init__(self) -> None:
         stages = len(self.encoder_channels)
@@ -61,6 +69,8 @@ class StudentConfig:
             raise ValueError(f"resolution must be a power of two, got {self.resolution}")
         if self.encoder_blocks_per_stage < 1:
             raise ValueError("encoder_blocks_per_stage must be at least 1")
+        if self.driver_downsample not in (1, 2) or (self.driver_downsample == 2) != (self.refine_channels > 0):
+            raise ValueError("driver_downsample is 1, or 2 with refine_channels > 0 (the stage that brings H/4 back to H/2)")
         if self.decoder_blocks and (len(self.decoder_blocks) != stages or min(self.decoder_blocks) < 0 or self.decoder_blocks[0] < 1):
             raise ValueError("decoder_blocks needs one count ≥ 0 per decoder stage, the coarsest ≥ 1")
 
@@ -68,9 +78,9 @@ class StudentConfig:
         return self.decoder_blocks or (1,) * len(self.decoder_channels)
 
     def decoder_resolutions(self) -> tuple[int, ...]:
-        """Resolution of each decoder stage, coarsest first."""
+        """Resolution of each decoder stage, coarsest first (the encoder's, mirrored)."""
         stages = len(self.decoder_channels)
-        return tuple(self.resolution // 2 ** (stages - k) for k in range(stages))
+        return tuple(self.resolution // self.driver_downsample // 2 ** (stages - k) for k in range(stages))
 
 
 STUDENT_PRESETS: dict[str, StudentConfig] = {
@@ -85,6 +95,13 @@ STUDENT_PRESETS: dict[str, StudentConfig] = {
         resolution=256, num_avatars=1, identity_channels=32, identity_size=32,
         encoder_channels=(16, 32, 64, 96), decoder_channels=(96, 64, 32, 16),
         decoder_blocks=(1, 1, 1, 0), spade_hidden_channels=32,  # no SPADE block at 128²: see the module docstring
+    ),
+    # 512 px out at ≥ 30 frames/s on two CPU cores: cpu256's encoder and decoder on the driver read at 256, then one
+    # cheap stage back up (as LivePortrait's generator decodes at a quarter and upsamples in its last stages).
+    "cpu512": StudentConfig(
+        resolution=512, num_avatars=1, identity_channels=32, identity_size=32,
+        encoder_channels=(16, 32, 64, 96), decoder_channels=(96, 64, 32, 16),
+        decoder_blocks=(1, 1, 1, 0), spade_hidden_channels=32, driver_downsample=2, refine_channels=16,
     ),
 }  # fmt: skip
 
@@ -111,8 +128,9 @@ class DriverEncoder(nn.Module):
     Returns every stage's features, finest first: the last is the bottleneck, the others skips.
     """
 
-    def __init__(self, *, channels: tuple[int, ...], blocks_per_stage: int) -> None:
+    def __init__(self, *, channels: tuple[int, ...], blocks_per_stage: int, driver_downsample: int = 1) -> None:
         super().__init__()
+        self.driver_downsample = driver_downsample
         stem = ConvNormAct(in_channels=3, out_channels=channels[0], stride=2)
         stages: list[nn.Module] = [stem]
         for in_channels, out_channels in zip(channels[:-1], channels[1:]):
@@ -124,6 +142,8 @@ class DriverEncoder(nn.Module):
     def forward(self, driver: Tensor) -> list[Tensor]:
         features = []
         x = driver * 2 - 1  # [0, 1] -> [-1, 1]
+        if self.driver_downsample > 1:  # B×3×H×W -> B×3×H/f×W/f
+            x = F.avg_pool2d(x, kernel_size=self.driver_downsample)
         for stage in self.stages:
             x = stage(x)
             features.append(x)
@@ -169,9 +189,14 @@ class IdentityDecoder(nn.Module):
         # and a plain ReLU there died in training (measured: 13 of 16 channels of the first shipped
         # model were never positive), which left a blurry average face.
         self.head_norm = nn.GroupNorm(group_count(decoder_channels[-1]), decoder_channels[-1])
+        # With a downsampled driver, one stage from H/4 back to H/2: nearest ×2 and a 3×3 conv, nothing else at that size.
+        self.refine = nn.Conv2d(decoder_channels[-1], config.refine_channels, 3, padding=1) if config.refine_channels else None
+        if self.refine is not None:  # starts as nearest upsampling: a student of half the size, loaded into it, still draws
+            nn.init.dirac_(self.refine.weight)
+            nn.init.zeros_(self.refine.bias)
         # rgb + alpha at full resolution: 3×3 conv to 4·2·2 channels at H/2, then pixel shuffle
         # (cheaper on CPU than upsampling the features and convolving at H).
-        self.head = nn.Conv2d(decoder_channels[-1], 4 * 2 * 2, 3, padding=1)
+        self.head = nn.Conv2d(config.refine_channels or decoder_channels[-1], 4 * 2 * 2, 3, padding=1)
 
     def forward(self, encoder_features: list[Tensor], identity: Tensor) -> Tensor:
         """encoder_features: finest first; identity: B×C_id×S×S. Returns logits B×4×H×W."""
@@ -188,7 +213,10 @@ class IdentityDecoder(nn.Module):
             hidden_map = hidden(condition)  # B×C_hidden×min(S,r)×min(S,r)
             for block in blocks:
                 x = block(x, hidden_map)
-        logits = self.head(F.leaky_relu(self.head_norm(x), LEAKY_SLOPE))  # B×16×H/2×W/2
+        x = F.leaky_relu(self.head_norm(x), LEAKY_SLOPE)
+        if self.refine is not None:  # B×C×H/4×W/4 -> B×C_refine×H/2×W/2
+            x = F.leaky_relu(self.refine(resize(x, factor=2, mode="nearest")), LEAKY_SLOPE)
+        logits = self.head(x)  # B×16×H/2×W/2
         return F.pixel_shuffle(logits, 2)  # B×(4·2·2)×H/2×W/2 -> B×4×H×W
 
 
@@ -198,7 +226,11 @@ class Student(nn.Module):
         self.config = config
         shape = (config.num_avatars, config.identity_channels, config.identity_size, config.identity_size)
         self.identity = nn.Parameter(torch.randn(shape) * config.identity_init_std)  # N×C_id×S×S
-        self.encoder = DriverEncoder(channels=config.encoder_channels, blocks_per_stage=config.encoder_blocks_per_stage)
+        self.encoder = DriverEncoder(
+            channels=config.encoder_channels,
+            blocks_per_stage=config.encoder_blocks_per_stage,
+            driver_downsample=config.driver_downsample,
+        )
         self.decoder = IdentityDecoder(config=config)
 
     @property

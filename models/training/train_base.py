@@ -20,9 +20,9 @@ The head pose: with ``pose_network`` (a `megalive-train head-pose` checkpoint) E
 pretrained network, as the paper does (its weights are loaded once, saved inside every checkpoint, and kept out
 of the optimiser); without one E_mtn learns it.
 
-Generator loss (λ from DESIGN.md §4.1; the L1 and mask terms are this project's):
+Generator loss (λ from DESIGN.md §4.1; the L1, mask and region terms are this project's):
 
-    λ_l1 · L1 on the foreground + λ_mask · L1(alpha, mask)
+    λ_l1 · L1 on the foreground + λ_mask · L1(alpha, mask) + λ_region · L1 inside the eye and mouth boxes
     + λ_perceptual · perceptual distance (EfficientNet-Lite0, in place of VGG19) on the foreground
     + λ_face · (1 - cosine of dlib ResNet descriptors of chips aligned by the target's landmarks), foreground
     + λ_adv · hinge + λ_fm · feature matching (multi-scale PatchGAN on foreground-masked images)
@@ -71,6 +71,7 @@ from models.data.heads import contact_sheet
 from models.data.paired import DatasetError
 from models.data.synthetic_pairs import ReenactmentSample, SyntheticPairs, SyntheticPairsConfig
 from models.data.video_folder import VideoFolder
+from models.face_regions import region_masks
 from models.losses import (
     DiscriminatorConfig,
     LossConfig,
@@ -131,6 +132,7 @@ class BaseTrainConfig:
     weight_decay: float = 1e-2
     l1_weight: float = 10.0  # foreground L1 of rgb (this project's term)
     mask_weight: float = 10.0  # L1 of the alpha mask (this project's term)
+    region_weight: float = 0.0  # L1 inside the target's eye and mouth boxes (this project's term; the student's region L1)
     perceptual_weight: float = 20.0  # perceptual (EfficientNet-Lite0) distance on the foreground: the paper's VGG19 λ
     face_weight: float = 4.0  # face (dlib ResNet) descriptor distance: the paper's face-network λ (gaze, λ 5, is absent)
     allow_missing_nets: bool = False  # train without a loss network whose weights are missing (recorded in the run)
@@ -178,6 +180,7 @@ RUN_DEFINING_FIELDS = (
     "weight_decay",
     "l1_weight",
     "mask_weight",
+    "region_weight",
     "perceptual_weight",
     "face_weight",
     "pose_network",
@@ -209,8 +212,8 @@ def check_base_config(config: BaseTrainConfig) -> None:
         raise TrainingError(f"driver augmentation: {error}") from None
     if config.data != "synthetic":
         training_data(config, resolution=base_config(config.preset).resolution)  # reads meta.json, maps the arrays: cheap
-    if not (0 <= config.perceptual_weight <= 1000 and 0 <= config.face_weight <= 1000):
-        raise TrainingError("--perceptual-weight and --face-weight must be in [0, 1000]")
+    if not all(0 <= weight <= 1000 for weight in (config.perceptual_weight, config.face_weight, config.region_weight)):
+        raise TrainingError("--perceptual-weight, --face-weight and --region-weight must be in [0, 1000]")
     if config.init is not None and not Path(config.init).is_file():
         raise TrainingError(f"--init {config.init}: no such file")
     if config.pose_network is not None:
@@ -254,6 +257,7 @@ def resolved_config(
         "losses": {
             "l1": config.l1_weight,
             "mask": config.mask_weight,
+            "region (L1 in the target's eye and mouth boxes)": config.region_weight,
             "perceptual (EfficientNet-Lite0, in place of VGG19)": config.perceptual_weight,
             "face (dlib ResNet, in place of the paper's face network)": config.face_weight,
             "gaze": "absent: no gaze network can be loaded here",
@@ -322,7 +326,15 @@ class ReenactmentPass(nn.Module):
         )
 
 
-LOSS_NAMES = ("generator", "l1", "mask", "perceptual", "face", "adversarial", "feature_matching", "cycle", "discriminator")
+LOSS_NAMES = ("generator", "l1", "mask", "region", "perceptual", "face", "adversarial", "feature_matching", "cycle", "discriminator")
+
+
+def region_l1(rgb: Tensor, targets: Tensor, landmarks: Tensor, valid: Tensor) -> Tensor:
+    """Mean |rgb - target| inside the targets' eye and mouth boxes, where the element has a target (``valid``):
+    the expression lives in a few percent of the pixels, which the frame-wide terms all but ignore.
+    rgb, targets: N×3×H×W; landmarks: N×68×2 pixels of the targets; valid: N."""
+    boxes = region_masks(landmarks, size=rgb.shape[-1]).amax(dim=1, keepdim=True)  # N×R×H×W -> N×1×H×W
+    return masked_l1(rgb, targets, boxes.to(rgb) * valid.view(-1, 1, 1, 1))
 
 
 def network_terms(
@@ -527,6 +539,7 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
                 target_landmarks = torch.where(
                     valid.view(-1, 1, 1) > 0, torch.cat([batch.driver_landmarks, batch.cross_target_landmarks]), self_landmarks
                 )
+                region_loss = region_l1(rgb, targets, target_landmarks, valid) if config.region_weight > 0 else l1.new_zeros(())
                 perceptual_loss, face_loss = network_terms(networks, rgb, targets, weighted_masks, target_landmarks, valid)
                 judged = discriminator(torch.cat([real, foreground(rgb, fake_masks)]))
                 _, fake_logits, real_features, fake_features = split_discriminator_output(judged, 2 * half)
@@ -545,6 +558,7 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
                 total = (
                     config.l1_weight * l1
                     + config.mask_weight * mask_loss
+                    + config.region_weight * region_loss
                     + config.perceptual_weight * perceptual_loss
                     + config.face_weight * face_loss
                     + weights.adversarial * adversarial
@@ -573,7 +587,7 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
             step = steps.step
 
             if steps.due(config.log_every):
-                values = [total, l1, mask_loss, perceptual_loss, face_loss, adversarial, matching, cycle, discriminator_loss]
+                values = [total, l1, mask_loss, region_loss, perceptual_loss, face_loss, adversarial, matching, cycle, discriminator_loss]
                 losses = mean_over_processes(
                     {name: float(value.detach()) for name, value in zip(LOSS_NAMES, values, strict=True)}, processes
                 )

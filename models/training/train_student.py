@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from models.checkpoints import STUDENT_KIND, save_checkpoint, student_from_checkpoint
+from models.checkpoints import STUDENT_KIND, check_kind, load_checkpoint, save_checkpoint, student_from_checkpoint
 from models.data.heads import contact_sheet
 from models.data.paired import PairedHeads, load_identities
 from models.megaportraits.distill import TeacherAvatars, TeacherTargets
@@ -57,6 +57,7 @@ class StudentTrainConfig:
     device: str = "auto"  # auto (CUDA when there is one), cpu, cuda
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on the CPU)
     teacher: str | None = None  # base-model checkpoint (with target "teacher")
+    init: str | None = None  # a fresh run starts from this student checkpoint's weights where names and shapes agree
     colour_jitter: float = 0.3
     warp: float = 0.04
     seed: int = 0
@@ -73,8 +74,9 @@ def check_student_config(config: StudentTrainConfig) -> None:
         raise TrainingError("--target teacher needs --teacher RUN/checkpoint.pt (a `megalive-train base` checkpoint)")
     if config.target == "renderer" and config.teacher is not None:
         raise TrainingError("--teacher is only used with --target teacher")
-    if config.teacher is not None and not Path(config.teacher).is_file():
-        raise TrainingError(f"--teacher {config.teacher}: no such file")
+    for option, path in (("--teacher", config.teacher), ("--init", config.init)):
+        if path is not None and not Path(path).is_file():
+            raise TrainingError(f"{option} {path}: no such file")
     if config.discriminator not in STUDENT_DISCRIMINATORS:
         raise TrainingError(f"--discriminator must be one of {', '.join(STUDENT_DISCRIMINATORS)}, got {config.discriminator!r}")
     if not (config.perceptual_size == 0 or 32 <= config.perceptual_size <= 1024):
@@ -95,6 +97,28 @@ def teacher_targets(path: Path, dataset: PairedHeads) -> TeacherTargets:
     return TeacherTargets(
         teacher=TeacherAvatars.from_checkpoint(path), avatars=avatars, resolution=dataset.meta.resolution, checkpoint=path
     )
+
+
+def initial_weights(model: Student, discriminator: torch.nn.Module | None, path: Path, *, avatar_names: list[str]) -> list[str]:
+    """Load another student run's weights into a fresh ``model`` (and its discriminator) wherever a tensor's name and
+    shape agree: cpu256 into cpu512 fills all but the stage that upsamples the last H/4 features (it starts as nearest
+    upsampling). The avatars must be the same, in the same order. Returns the model's tensors left as initialised."""
+    checkpoint = load_checkpoint(path)
+    check_kind(checkpoint, STUDENT_KIND)
+    if list(checkpoint.get("avatar_names") or []) != avatar_names:
+        raise TrainingError(f"--init {path}: its avatars {checkpoint.get('avatar_names')} are not this dataset's {avatar_names}")
+    fresh = []
+    for module, saved in ((model, checkpoint["model"]), (discriminator, checkpoint.get("discriminator") or {})):
+        if module is None:
+            continue
+        state = module.state_dict()
+        agreeing = {name: value for name, value in saved.items() if name in state and state[name].shape == value.shape}
+        module.load_state_dict({**state, **agreeing})
+        if module is model:
+            fresh = [name for name in state if name not in agreeing]
+    if len(fresh) == len(model.state_dict()):
+        raise TrainingError(f"--init {path}: none of its tensors fits this preset")
+    return fresh
 
 
 def training_commands(checkpoint: dict | None, command: str) -> list[str]:
@@ -142,6 +166,9 @@ def train_student(config: StudentTrainConfig, *, progress: bool = True) -> Train
         model = student_from_checkpoint(checkpoint)
         if objective.discriminator is not None:
             objective.discriminator.load_state_dict(checkpoint["discriminator"])
+    elif config.init is not None:
+        fresh = initial_weights(model, objective.discriminator, Path(config.init), avatar_names=list(dataset.meta.avatar_names))
+        tqdm.write(f"--init {config.init}: all weights but {', '.join(fresh) or 'none'}")
     model, objective = model.to(device), objective.to(device)
     schedule = {"final_learning_rate": config.final_learning_rate, "steps": config.steps}
     optimiser, scheduler = adam_with_cosine(model.parameters(), learning_rate=config.learning_rate, **schedule)

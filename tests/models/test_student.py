@@ -1,13 +1,17 @@
 """The MegaPortraits student: shapes, identity conditioning, gradients, learning, enrolment, ONNX export."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from models.checkpoints import student_from_checkpoint
 from models.export import export_avatar_model
 from models.megaportraits.student import STUDENT_PRESETS, Student, StudentOutput, student_config
+from models.training.common import TrainingError
+from models.training.train_student import initial_weights
 
 
 def _student(preset: str = "tiny", *, num_avatars: int = 4, seed: int = 0) -> Student:
@@ -133,3 +137,31 @@ def test_onnx_export_parity_and_mixed_batch(tmp_path: Path) -> None:
     assert rgb.shape == (3, 3, 64, 64) and alpha.shape == (3, 1, 64, 64)
     np.testing.assert_allclose(rgb, expected.rgb.numpy(), atol=1e-4)
     np.testing.assert_allclose(alpha, expected.alpha.numpy(), atol=1e-4)
+
+
+def test_cpu512_reads_the_driver_at_half_size_and_draws_512() -> None:
+    model = _student("cpu512", num_avatars=1).eval()
+    assert model.config.decoder_resolutions() == (16, 32, 64, 128)  # cpu256's, on the driver read at 256
+    with torch.no_grad():
+        out = model(_drivers(1, 512), torch.zeros(1, dtype=torch.long))
+    assert out.rgb.shape == (1, 3, 512, 512) and out.alpha.shape == (1, 1, 512, 512)
+    with pytest.raises(ValueError, match="driver_downsample"):
+        dataclasses.replace(STUDENT_PRESETS["cpu512"], refine_channels=0)
+
+
+def test_a_half_size_student_starts_the_upsampling_one(tiny_run: Path, tiny_dataset: Path) -> None:
+    """--init: a tiny (64 px) run's weights fill a 128 px student reading its driver at 64 px, all but the upsampling
+    stage; its encoder then sees a 128 px driver exactly as the 64 px student sees the driver area-downsampled."""
+    checkpoint = torch.load(tiny_run / "checkpoint.pt", weights_only=True)
+    names = list(checkpoint["avatar_names"])
+    small = student_from_checkpoint(checkpoint).eval()
+    double = Student(config=dataclasses.replace(small.config, resolution=128, driver_downsample=2, refine_channels=8)).eval()
+    fresh = initial_weights(double, None, tiny_run / "checkpoint.pt", avatar_names=names)
+    assert fresh == ["decoder.refine.weight", "decoder.refine.bias"]
+    driver = _drivers(2, 128)
+    with torch.no_grad():
+        for got, want in zip(double.encoder(driver), small.encoder(torch.nn.functional.avg_pool2d(driver, 2)), strict=True):
+            torch.testing.assert_close(got, want)
+        assert double(driver, torch.tensor([0, 1])).rgb.shape == (2, 3, 128, 128)
+    with pytest.raises(TrainingError, match="avatars"):
+        initial_weights(double, None, tiny_run / "checkpoint.pt", avatar_names=names[::-1])

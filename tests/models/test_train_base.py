@@ -19,7 +19,8 @@ from models.cli import main
 from models.data.heads import HeadMotion
 from models.data.synthetic_pairs import SyntheticPairs, SyntheticPairsConfig
 from models.training.augment import DriverAugmentation, colour_jitter, thin_plate_spline_grids
-from models.training.train_base import BaseTrainConfig, train_base
+from models.face_regions import region_masks
+from models.training.train_base import BaseTrainConfig, region_l1, train_base
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Without the pretrained loss networks (they cost most of a tiny step); tiny_runs turns them and the pose network on.
@@ -286,3 +287,19 @@ def test_dry_run_prints_the_resolved_config(tmp_path: Path, capsys: pytest.Captu
     assert resolved["losses"]["face (dlib ResNet, in place of the paper's face network)"] == 4
     assert resolved["pose"] == "learned by E_mtn"
     assert not (tmp_path / "run").exists()
+
+
+def test_the_region_term_sees_only_the_eye_and_mouth_boxes_of_elements_with_a_target() -> None:
+    """--region-weight's L1: zero for a difference outside the targets' eye and mouth boxes, the mean difference
+    inside them otherwise, and nothing from an element without a target."""
+    size = 64
+    pairs = SyntheticPairs(config=SyntheticPairsConfig(resolution=size, identities=4, seed=3))
+    landmarks = torch.stack([pairs[0].driver_landmarks, pairs[1].driver_landmarks])  # 2×68×2
+    boxes = region_masks(landmarks, size=size).amax(dim=1, keepdim=True)  # 2×1×H×W
+    targets = torch.zeros(2, 3, size, size)
+    outside = targets + 0.5 * (1 - boxes)
+    inside = targets + 0.25 * boxes
+    both, first_only = torch.ones(2), torch.tensor([1.0, 0.0])
+    assert boxes.sum() > 0 and float(region_l1(outside, targets, landmarks, both)) == 0.0
+    assert float(region_l1(inside, targets, landmarks, both)) == pytest.approx(0.25)
+    assert float(region_l1(inside * torch.tensor([0.0, 1.0]).view(2, 1, 1, 1), targets, landmarks, first_only)) == 0.0
