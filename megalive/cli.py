@@ -10,6 +10,8 @@ import sys
 from blender_addon.package import add_addon_commands
 from server import __version__
 from server.cli import add_runtime_commands
+from server.feed import open_texture_publisher
+from server.view import add_view_command
 from unreal_bridge.cli import add_livelink_commands, add_unreal_commands
 
 
@@ -19,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     add_runtime_commands(commands)
-    add_livelink_commands(commands)
+    add_view_command(commands)
+    add_livelink_commands(commands, open_feed=open_texture_publisher)  # the relay's --publish feed is the server's
     add_unreal_commands(commands)
     add_addon_commands(commands)
     return parser

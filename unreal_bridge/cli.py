@@ -16,9 +16,13 @@ import threading
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from .livelink.receiver import DEFAULT_BIND_ADDRESS, DEFAULT_PORT
 from .livelink.take import DEFAULT_TAKE_MAX_BYTES, TAKE_MAGIC
+
+if TYPE_CHECKING:
+    from .relay import OpenFeed
 
 _Subparsers = argparse._SubParsersAction  # argparse has no public name for it
 
@@ -55,8 +59,11 @@ def _megabytes(text: str) -> float:
     return megabytes
 
 
-def add_livelink_commands(subparsers: _Subparsers) -> None:
-    """Register `livelink relay` and `livelink replay` on a `megalive` subparsers object."""
+def add_livelink_commands(subparsers: _Subparsers, *, open_feed: OpenFeed | None = None) -> None:
+    """Register `livelink relay` and `livelink replay` on a `megalive` subparsers object.
+
+    ``open_feed`` binds the relay's texture feed for ``--publish`` (megalive/cli.py passes server/feed.py's;
+    this package may not import the server). Without it ``--publish`` ends with one line, exit 2."""
     livelink = subparsers.add_parser(
         "livelink", help="Live Link Face relay and take replay", description="Live Link Face (iPhone ARKit over UDP) tools."
     )
@@ -108,9 +115,35 @@ def add_livelink_commands(subparsers: _Subparsers) -> None:
     relay.add_argument(
         "--client-key", type=Path, default=None, metavar="FILE", help="CURVE encryption: this client's secret key file (with --server-key)"
     )
+    relay.add_argument(
+        "--publish",
+        default=None,
+        metavar="ADDR",
+        help="also publish every texture to subscribers (render nodes, `megalive view`) on this ZeroMQ address, "
+        "e.g. tcp://127.0.0.1:5570; another host only with --publish-curve-secret and --publish-allow. "
+        "A subscriber that falls behind loses textures and never slows the relay or the others",
+    )
+    relay.add_argument(
+        "--publish-curve-secret", type=Path, default=None, metavar="FILE", help="CURVE for the feed: the relay's .key_secret file"
+    )
+    relay.add_argument(
+        "--publish-allow",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="CURVE for the feed: folder of allowed subscribers' public .key files",
+    )
+    relay.add_argument(
+        "--record-png",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write every texture as DIR/frame_NNNNNN.png (NNNNNN: the feed's seq; each file renamed into place "
+        "when complete); DIR must hold no sequence yet. Frames the disk cannot keep up with are counted, not queued",
+    )
     relay.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds; none: run until stopped")
     relay.add_argument("--dry-run", action="store_true", help="print the resolved options and exit")
-    relay.set_defaults(run=_relay)
+    relay.set_defaults(run=_relay, open_feed=open_feed)
 
     replay = commands.add_parser(
         "replay",
@@ -141,7 +174,7 @@ def add_unreal_commands(subparsers: _Subparsers) -> None:
 
 
 def _print_options(args: argparse.Namespace) -> None:
-    options = {key: value for key, value in vars(args).items() if key not in ("run", "dry_run", "verbose")}
+    options = {key: value for key, value in vars(args).items() if key not in ("run", "dry_run", "verbose", "open_feed")}
     print(json.dumps(options, indent=2, default=str))
 
 
@@ -166,6 +199,10 @@ def _relay(args: argparse.Namespace) -> int:
         server_key=args.server_key,
         client_key=args.client_key,
         duration_s=args.duration,
+        publish=args.publish,
+        publish_curve_secret=args.publish_curve_secret,
+        publish_allow=args.publish_allow,
+        record_png=args.record_png,
     )
     if args.dry_run:
         print(json.dumps(asdict(config), indent=2, default=str))
@@ -177,7 +214,7 @@ def _relay(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return run_relay(config, stop=stop)
+        return run_relay(config, open_feed=args.open_feed, stop=stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -16,8 +16,21 @@ and exits with ``EXIT_REFUSED``. It never fakes output.
 
 Local problems are found before the server is contacted and end the relay with one line and
 ``EXIT_USAGE``: a bad CURVE key file, the UDP port already held by another receiver, a take that
-cannot be opened. A take is capped at ``record_max_bytes``; reaching the cap finishes the take and
-the relay goes on forwarding.
+cannot be opened, a publish address that is refused or taken, a PNG folder that already holds a
+sequence. A take is capped at ``record_max_bytes``; reaching the cap finishes the take and the relay
+goes on forwarding.
+
+Where the textures go (none of it ever makes the loop wait):
+
+- ``publish``: a texture feed (client/feed.py has the wire format) that any number of render nodes and
+  ``megalive view`` windows subscribe to. Loopback without keys; another address only with CURVE
+  (``publish_curve_secret`` + ``publish_allow``, the server's rules). A node that reads slowly or never
+  loses textures; the relay and the other nodes go on at full rate. The publisher comes from the
+  ``open_feed`` the caller passes (the `megalive` command passes server/feed.py's).
+- ``record_png``: ``frame_NNNNNN.png`` per texture in a folder, each written under a temporary name and
+  renamed into place, on a thread of its own; frames it cannot keep up with are counted, not queued.
+
+Texture NNNNNN (from 0, +1 per rendered texture) is the feed's ``seq`` and the PNG's number alike.
 """
 
 from __future__ import annotations
@@ -28,13 +41,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from .client_shim import client as client_module
 from .client_shim import protocol
 from .livelink.packet import VALUE_COUNT, FaceFrame
 from .livelink.receiver import DEFAULT_BIND_ADDRESS, DEFAULT_PORT, LiveLinkFaceReceiver, PortInUseError
 from .livelink.take import DEFAULT_TAKE_MAX_BYTES, TakeWriter
+
+if TYPE_CHECKING:  # imported where used: inside Unreal only the vendored client exists (live_texture imports this module)
+    from client.png_sequence import PngSequenceWriter
 
 EXIT_OK = 0
 EXIT_REFUSED = 2  # the server refused the session (no ARKit input, unknown avatar, ...)
@@ -62,6 +78,28 @@ class RelayConfig:
     max_packets_per_poll: int = 256
     progress_interval_s: float = 1.0
     duration_s: float | None = None  # stop after this long (None: until Ctrl-C / SIGTERM)
+    publish: str | None = None  # texture feed address to bind (None: no feed), e.g. tcp://127.0.0.1:5570
+    publish_curve_secret: Path | None = None  # CURVE for the feed: the relay's .key_secret file (with publish_allow)
+    publish_allow: Path | None = None  # CURVE for the feed: folder of allowed subscribers' public .key files
+    record_png: Path | None = None  # folder for a PNG sequence of the textures (None: none)
+
+
+class TextureFeed(Protocol):
+    """The publishing end of a texture feed (server/feed.py's TexturePublisher)."""
+
+    address: str  # the bound address (a port given as * resolved)
+
+    def publish(self, texture: protocol.RawBuffer, *, seq: int, source_seq: int, avatar: int) -> bool: ...
+
+    def poll_subscribers(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class OpenFeed(Protocol):
+    """Binds a feed; raises ValueError with one line when it cannot (bad keys, refused or busy address)."""
+
+    def __call__(self, *, bind: str, curve_secret: Path | None, allow: Path | None) -> TextureFeed: ...
 
 
 @dataclass
@@ -72,6 +110,7 @@ class RelayCounters:
     errors: int = 0
     skipped_busy: int = 0  # new frames not sent because the in-flight window was full
     unrecorded: int = 0  # datagrams received after the take reached its size cap
+    published: int = 0  # textures sent to the feed's subscribers
 
 
 class RelayStartError(Exception):
@@ -123,26 +162,123 @@ def open_take(config: RelayConfig) -> TakeWriter | None:
         raise RelayStartError(f"cannot record to {config.record}: {_one_line(error)}") from None
 
 
-def _start_locally(config: RelayConfig) -> tuple[client_module.CurveClientKeys | None, LiveLinkFaceReceiver, TakeWriter | None]:
-    """Everything local, before any network wait: keys, the UDP port, the take. Raises RelayStartError."""
+class TextureOutputs:
+    """Where rendered textures go: the feed and/or the PNG sequence. Every call returns without waiting."""
+
+    def __init__(self, *, feed: TextureFeed | None, png: PngSequenceWriter | None, avatar: int) -> None:
+        self.feed = feed
+        self.png = png
+        self.avatar = avatar
+        self.next_seq = 0
+        self.subscribers = 0
+        self._png_failure_said = False
+
+    def deliver(self, texture: client_module.Texture, counters: RelayCounters) -> None:
+        buffer = texture.buffer
+        seq = self.next_seq
+        self.next_seq += 1
+        if not isinstance(buffer, protocol.RawBuffer) or buffer.dtype != "|u1" or len(buffer.shape) != 3:
+            return  # the relay opens rgba8 sessions: always raw H×W×4 bytes
+        if self.feed is not None and self.feed.publish(buffer, seq=seq, source_seq=texture.seq, avatar=self.avatar):
+            counters.published += 1
+        if self.png is not None:
+            height, width, channels = buffer.shape
+            self.png.submit(seq=seq, pixels=buffer.data, width=width, height=height, channels=channels)
+
+    def poll(self) -> None:
+        if self.feed is not None:
+            self.subscribers = self.feed.poll_subscribers()
+
+    def progress(self, counters: RelayCounters) -> str:
+        """The progress line's part about the outputs."""
+        text = ""
+        if self.feed is not None:
+            text += f"  published {counters.published} to {self.subscribers} subscribers"
+        if self.png is not None:
+            text += f"  png {self.png.written}"
+            if self.png.not_written:
+                text += f" ({self.png.not_written} not written)"
+        return text
+
+    def png_failure(self) -> str | None:
+        """The PNG writer's failure, once (None afterwards and while it writes)."""
+        if self.png is None or self.png.failure is None or self._png_failure_said:
+            return None
+        self._png_failure_said = True
+        return self.png.failure
+
+    def close(self) -> None:
+        if self.feed is not None:
+            self.feed.close()
+        if self.png is not None:
+            self.png.close()
+
+
+def open_outputs(config: RelayConfig, open_feed: OpenFeed | None) -> TextureOutputs | None:
+    """The feed and PNG sequence named by the config (None: neither); RelayStartError if one cannot start."""
+    if config.publish is None and (config.publish_curve_secret is not None or config.publish_allow is not None):
+        raise RelayStartError("--publish-curve-secret and --publish-allow secure a feed: give --publish ADDR too")
+    png = None
+    if config.record_png is not None:
+        from client.png_sequence import PngSequenceWriter, SequenceFolderError
+
+        try:
+            png = PngSequenceWriter(directory=config.record_png)
+        except SequenceFolderError as error:
+            raise RelayStartError(str(error)) from None
+    feed = None
+    if config.publish is not None:
+        try:
+            if open_feed is None:
+                raise RelayStartError("publishing needs a feed implementation (the megalive command passes one)")
+            try:
+                feed = open_feed(bind=config.publish, curve_secret=config.publish_curve_secret, allow=config.publish_allow)
+            except ValueError as error:
+                raise RelayStartError(_one_line(error)) from None
+        except RelayStartError:
+            if png is not None:
+                png.close()
+            raise
+    if feed is None and png is None:
+        return None
+    return TextureOutputs(feed=feed, png=png, avatar=config.avatar)
+
+
+def _start_locally(
+    config: RelayConfig, open_feed: OpenFeed | None
+) -> tuple[client_module.CurveClientKeys | None, LiveLinkFaceReceiver, TakeWriter | None, TextureOutputs | None]:
+    """Everything local, before any network wait: keys, the UDP port, the take, the outputs. Raises RelayStartError."""
     curve = load_curve_keys(config)
     receiver = bind_receiver(config)
+    writer = None
     try:
         writer = open_take(config)
+        outputs = open_outputs(config, open_feed)
     except RelayStartError:
         receiver.close()
+        if writer is not None:
+            writer.discard()
         raise
-    return curve, receiver, writer
+    return curve, receiver, writer, outputs
 
 
-def run_relay(config: RelayConfig, *, stop: threading.Event | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """Run the relay until ``stop`` is set (or ``duration_s`` passes); returns the exit code."""
+def run_relay(
+    config: RelayConfig,
+    *,
+    open_feed: OpenFeed | None = None,
+    stop: threading.Event | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Run the relay until ``stop`` is set (or ``duration_s`` passes); returns the exit code.
+
+    ``open_feed`` binds the texture feed when ``config.publish`` asks for one."""
     stop = stop or threading.Event()
     out = out or sys.stdout  # looked up per call, so redirected streams are honoured
     err = err or sys.stderr
     try:
         # A second relay on the port or a bad key file fails at once, not after a server timeout.
-        curve, receiver, writer = _start_locally(config)
+        curve, receiver, writer, outputs = _start_locally(config, open_feed)
     except RelayStartError as error:
         print(f"megalive livelink relay: {error}", file=err, flush=True)
         return EXIT_USAGE
@@ -177,13 +313,15 @@ def run_relay(config: RelayConfig, *, stop: threading.Event | None = None, out: 
             f"megalive livelink relay: {info.server} at {config.server}, avatar {config.avatar}, arkit session open", file=out, flush=True
         )
         relaying = True
-        return _relay_loop(config, client, session, stop, out, err, receiver=receiver, writer=writer)
+        return _relay_loop(config, client, session, stop, out, err, receiver=receiver, writer=writer, outputs=outputs)
     finally:
         if client is not None:
             client.close()
         receiver.close()
         if writer is not None and not relaying:
             writer.discard()  # nothing was relayed: no empty take left behind
+        if outputs is not None and not relaying:
+            outputs.close()
 
 
 def _relay_loop(
@@ -196,8 +334,9 @@ def _relay_loop(
     *,
     receiver: LiveLinkFaceReceiver,
     writer: TakeWriter | None,
+    outputs: TextureOutputs | None = None,
 ) -> int:
-    """Relay until stopped; closes ``receiver`` and finishes ``writer``'s take."""
+    """Relay until stopped; closes ``receiver`` and ``outputs`` and finishes ``writer``'s take."""
     counters = RelayCounters()
     if writer is not None:
         cap_mb = f"{config.record_max_bytes / 1e6:g}"
@@ -220,6 +359,10 @@ def _relay_loop(
         receiver.on_datagram = record
     subject = config.subject or "any subject"
     print(f"megalive livelink relay: listening on UDP {config.listen}:{receiver.port} for {subject}", file=out, flush=True)
+    if outputs is not None and outputs.feed is not None:
+        print(f"megalive livelink relay: publishing textures on {outputs.feed.address}", file=out, flush=True)
+    if outputs is not None and outputs.png is not None:
+        print(f"megalive livelink relay: writing textures as PNGs to {outputs.png.directory}", file=out, flush=True)
     started = last_report = time.monotonic()
     reported_forwarded = 0
     last_sent: FaceFrame | None = None
@@ -231,6 +374,8 @@ def _relay_loop(
             if config.duration_s is not None and now - started >= config.duration_s:
                 break
             receiver.poll()
+            if outputs is not None:
+                outputs.poll()
             try:
                 if not connected:
                     if now < next_reconnect:
@@ -250,6 +395,8 @@ def _relay_loop(
                 for event in client.poll(timeout_ms=config.poll_ms):
                     if isinstance(event, client_module.Texture):
                         counters.rendered += 1
+                        if outputs is not None:
+                            outputs.deliver(event, counters)
                     elif isinstance(event, client_module.FrameDropped):
                         counters.dropped += 1
                     else:
@@ -265,12 +412,16 @@ def _relay_loop(
             if now - last_report >= config.progress_interval_s:
                 fps = (counters.forwarded - reported_forwarded) / (now - last_report)
                 unrecorded = f"  unrecorded {counters.unrecorded}" if counters.unrecorded else ""
+                delivered = outputs.progress(counters) if outputs is not None else ""
                 print(
                     f"forwarded {counters.forwarded}  {fps:5.1f} fps  rendered {counters.rendered}  dropped {counters.dropped}"
-                    f"  errors {counters.errors}  malformed packets {receiver.stats().malformed}{unrecorded}",
+                    f"  errors {counters.errors}  malformed packets {receiver.stats().malformed}{unrecorded}{delivered}",
                     file=out,
                     flush=True,
                 )
+                png_failure = outputs.png_failure() if outputs is not None else None
+                if png_failure is not None:
+                    print(f"megalive livelink relay: PNG sequence stopped: {png_failure}; still relaying", file=err, flush=True)
                 last_report, reported_forwarded = now, counters.forwarded
     finally:
         receiver.close()
@@ -278,5 +429,13 @@ def _relay_loop(
             path = writer.close()
             capped = f" (size cap reached; {counters.unrecorded} later packets not recorded)" if counters.unrecorded else ""
             print(f"megalive livelink relay: recorded {writer.records} packets to {path}{capped}", file=out, flush=True)
+        if outputs is not None:
+            outputs.close()  # the PNG writer finishes its queue first
+            if outputs.feed is not None:
+                print(f"megalive livelink relay: published {counters.published} textures", file=out, flush=True)
+            if outputs.png is not None:
+                png = outputs.png
+                missing = f" ({png.not_written} not written{': ' + png.failure if png.failure else ''})" if png.not_written else ""
+                print(f"megalive livelink relay: wrote {png.written} PNGs to {png.directory}{missing}", file=out, flush=True)
     print(f"megalive livelink relay: stopped after forwarding {counters.forwarded} frames", file=out, flush=True)
     return EXIT_OK
