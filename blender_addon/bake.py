@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import bpy
+import numpy as np
 import zmq
 
 from . import pixels
@@ -16,14 +17,18 @@ from .material import ensure_material
 from .properties import live_config
 from .sources import close_source, make_driver_source
 from .state import runtime
-from .vocabulary import BakeError, bake_frame_name, session_stabilise, wire_driver_kind
+from .vocabulary import BakeError, bake_frame_name, is_no_face_error, session_stabilise, wire_driver_kind
 from .wire import client as client_module
 from .wire import live as shared_live  # the controller both hosts ship (client/live.py)
 
 
 @dataclass
 class BakeJob:
-    """Renders scene frames through the server one at a time and writes PNGs (atomically)."""
+    """Renders scene frames through the server one at a time and writes PNGs (atomically).
+
+    Under crop "auto" a frame with no face found (a take that starts before the performer is in view) is written
+    as a transparent frame of the textures' size, so the sequence has no holes; the bake goes on. Before the first
+    texture that size is unknown: such frames wait and are written when it comes."""
 
     scene: bpy.types.Scene
     source: shared_live.DriverSource
@@ -36,24 +41,56 @@ class BakeJob:
     scene_time: bool = False  # stamp frames with their scene time (capture sessions: the server's filter follows the timeline)
     written: list[Path] = field(default_factory=list)
     signed: int = 0  # frames that came with a C2PA manifest (png sessions on a server with a signing key)
+    position: int = 0  # frames done (written, or waiting for their transparent stand-in)
+    no_face: list[int] = field(default_factory=list)  # scene frames where the server found no face
+    _texture_size: tuple[int, int] | None = field(default=None, init=False)  # (width, height) of the textures, once one came
+    _waiting: list[int] = field(default_factory=list, init=False)  # no-face frames before the first texture
 
     def step(self) -> None:
-        frame = self.frames[len(self.written)]
+        frame = self.frames[self.position]
         render = self.scene.render
         timestamp = frame * render.fps_base / render.fps if self.scene_time else None
-        texture = shared_live.render_one_frame(
-            self.client, self.session, self.source.payload(frame), timeout_s=self.timeout_s, timestamp=timestamp
-        )
+        try:
+            texture = shared_live.render_one_frame(
+                self.client, self.session, self.source.payload(frame), timeout_s=self.timeout_s, timestamp=timestamp
+            )
+        except shared_live.RenderError as error:
+            if not is_no_face_error(str(error)):
+                raise
+            self.no_face.append(frame)
+            if self._texture_size is None:
+                self._waiting.append(frame)
+            else:
+                self._write_blank(frame)
+            self.position += 1
+            return
+        if isinstance(texture.buffer, client_module.EncodedBuffer):
+            size = pixels.png_size(texture.buffer.data) if texture.buffer.codec == "png" else None
+        else:
+            height, width = texture.buffer.shape[:2]
+            size = (width, height)
+        if self._texture_size is None and size is not None:
+            self._texture_size = size
+            for waiting in self._waiting:
+                self._write_blank(waiting)
+            self._waiting.clear()
         path = self.folder / bake_frame_name(self.prefix, frame)
         if isinstance(texture.buffer, client_module.EncodedBuffer):  # png: written as the server made (and signed) it
             self.written.append(pixels.write_file_atomically(path, bytes(texture.buffer.data)))
             self.signed += bool(texture.c2pa)
         else:
             self.written.append(pixels.write_png_atomically(path, texture.buffer.array()))
+        self.position += 1
+
+    def _write_blank(self, frame: int) -> None:
+        assert self._texture_size is not None
+        width, height = self._texture_size
+        blank = np.zeros((height, width, 4), dtype=np.uint8)  # transparent: nothing to show where no face was found
+        self.written.append(pixels.write_png_atomically(self.folder / bake_frame_name(self.prefix, frame), blank))
 
     @property
     def done(self) -> bool:
-        return len(self.written) == len(self.frames)
+        return self.position == len(self.frames)
 
 
 def bake_folder(scene: bpy.types.Scene) -> Path:
@@ -101,7 +138,7 @@ def _open_bake(context: bpy.types.Context, source: shared_live.DriverSource) -> 
             driver=driver,
             size=settings.output_size(),
             output_format=output_format,
-            crop="none",
+            crop=settings.crop(),
             stabilise=session_stabilise(driver, settings.stabilise),
         )
     except client_module.ServerGoneError as error:
@@ -131,8 +168,9 @@ def finish_bake(context: bpy.types.Context, job: BakeJob) -> str:
     """Close the bake's session; wire the frames written (even of a cancelled bake) into the material."""
     job.client.close()
     close_source(job.source)
+    no_face = f"; no face found in {len(job.no_face)} of them (written transparent)" if job.no_face and job.written else ""
     if not job.written:
-        return "no frames written"
+        return f"no frames written: no face found in any of the {len(job.no_face)} frame(s)" if job.no_face else "no frames written"
     first_frame = job.frames[0]
     sequence = bpy.data.images.load(str(job.written[0]), check_existing=False)
     sequence.name = f"{job.prefix} (baked)"
@@ -152,7 +190,7 @@ def finish_bake(context: bpy.types.Context, job: BakeJob) -> str:
         if not job.signed
         else f"{job.signed} with a C2PA manifest"
     )
-    return f"{len(job.written)} frame(s) in {job.folder}, {signed}"
+    return f"{len(job.written)} frame(s) in {job.folder}, {signed}{no_face}"
 
 
 class MEGALIVE_OT_bake(bpy.types.Operator):
@@ -181,6 +219,8 @@ class MEGALIVE_OT_bake(bpy.types.Operator):
         self._job = None
         context.window_manager.progress_end()
         summary = finish_bake(context, job)
+        if error is None and job.done and not job.written and job.no_face:
+            error = BakeError("Auto Crop found no face")
         if error is not None:
             runtime.message = f"Bake stopped: {error} ({summary})"
             self.report({"ERROR"}, runtime.message)
@@ -202,7 +242,7 @@ class MEGALIVE_OT_bake(bpy.types.Operator):
             return error
         except OSError as error:
             return BakeError(f"cannot write a frame: {error.strerror or error}")
-        context.window_manager.progress_update(len(job.written))
+        context.window_manager.progress_update(job.position)
         return None
 
     def execute(self, context: bpy.types.Context) -> set[str]:
@@ -232,7 +272,7 @@ class MEGALIVE_OT_bake(bpy.types.Operator):
         job = self._job
         assert job is not None
         error = None if runtime.bake_cancel else self._step(context)
-        context.workspace.status_text_set(f"MegaLive bake: {len(job.written)}/{len(job.frames)} (Esc cancels)")
+        context.workspace.status_text_set(f"MegaLive bake: {job.position}/{len(job.frames)} (Esc cancels)")
         if error is None and not job.done and not runtime.bake_cancel:
             return {"RUNNING_MODAL"}
         context.window_manager.event_timer_remove(self._timer)

@@ -8,6 +8,11 @@ looks into the cache (``cached``: never waits); a blocking user command (the bak
 which waits for the decoder. A frame before the decoder's position, or far ahead of it, that is not
 cached restarts ffmpeg with an input ``-ss`` (accurate seek) at that frame.
 
+Frames come upright and at their own aspect: ffmpeg applies a phone video's rotation metadata (its
+display matrix) as it decodes, as Blender's movie clip does (the clip's size and the frames agree). A
+movie larger than ``MAX_FRAME_PIXELS`` (a 4K frame) is decoded scaled down to fit, aspect kept: a raw
+frame above the wire's limits would be refused by the server.
+
 Frame mapping (``MovieSource``): movie frame index = scene frame - ``frame_start`` + ``offset``
 (0-based; Blender's clip frame 1 is index 0), **clamped**: scene frames before the clip show its first
 frame, frames past its end its last (the true frame count is learnt when the decoder reaches the end).
@@ -29,8 +34,22 @@ INSTALL_HINT = (
     "extension zip; or run Blender's python -m pip install imageio-ffmpeg)"
 )
 
-# (meta dict, iterator of RGB24 frame bytes) for a movie decoded from frame ``start`` at ``fps``.
-ReaderFactory = Callable[[Path, int, float], tuple[dict, Iterator[bytes]]]
+# (meta dict, iterator of RGB24 frame bytes) for a movie decoded from frame ``start`` at ``fps``, scaled to ``size``
+# (width, height; None: as stored, turned upright).
+ReaderFactory = Callable[[Path, int, float, "tuple[int, int] | None"], tuple[dict, Iterator[bytes]]]
+
+# The largest driver frame sent: 3840×2160 RGB is 24 MiB, within the protocol's default limits (a 32 MiB buffer,
+# 4096×2304 pixels); an 8K movie is decoded at about 4K.
+MAX_FRAME_PIXELS = 3840 * 2160
+
+
+def fitting_size(width: int, height: int, *, max_pixels: int) -> tuple[int, int] | None:
+    """The (width, height) to decode a movie at so a frame holds at most ``max_pixels``, aspect kept (even sides, as
+    the scaler likes them); None when it fits as it is."""
+    if width * height <= max_pixels:
+        return None
+    scale = (max_pixels / (width * height)) ** 0.5
+    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
 
 
 def imageio_ffmpeg_available() -> bool:
@@ -52,8 +71,9 @@ def _make_bundled_ffmpeg_executable(module: object) -> None:
         pass  # imageio-ffmpeg then falls back to a system ffmpeg, or says there is none
 
 
-def imageio_reader(path: Path, start: int, fps: float) -> tuple[dict, Iterator[bytes]]:
-    """ffmpeg through imageio-ffmpeg, from frame ``start`` (input -ss half a frame early: exactly that frame)."""
+def imageio_reader(path: Path, start: int, fps: float, size: tuple[int, int] | None = None) -> tuple[dict, Iterator[bytes]]:
+    """ffmpeg through imageio-ffmpeg, from frame ``start`` (input -ss half a frame early: exactly that frame), scaled
+    to ``size`` when given."""
     try:
         import imageio_ffmpeg
     except ImportError:
@@ -61,7 +81,8 @@ def imageio_reader(path: Path, start: int, fps: float) -> tuple[dict, Iterator[b
     _make_bundled_ffmpeg_executable(imageio_ffmpeg)
     input_params = ["-ss", f"{max(0.0, (start - 0.5) / fps):.6f}"] if start > 0 else []
     try:
-        frames = imageio_ffmpeg.read_frames(str(path), input_params=input_params)
+        output_params = ["-vf", f"scale={size[0]}:{size[1]}"] if size is not None else []
+        frames = imageio_ffmpeg.read_frames(str(path), input_params=input_params, output_params=output_params)
         meta = next(frames)
     except (OSError, RuntimeError, StopIteration) as error:
         message = str(error).strip().splitlines()
@@ -79,12 +100,13 @@ class MovieFrames:
         max_cached_bytes: int = 256 * 1024 * 1024,
         lookahead: int = 8,
         reader: ReaderFactory = imageio_reader,
+        max_pixels: int = MAX_FRAME_PIXELS,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise live.DriverError(f"movie {self.path}: no such file")
         self._reader_factory = reader
-        meta, frames = reader(self.path, 0, 0.0)  # reads the header: an unreadable file fails here, synchronously
+        meta, frames = reader(self.path, 0, 0.0, None)  # reads the header: an unreadable file fails here, synchronously
         try:
             self.width, self.height = (int(n) for n in meta["size"])
             self.fps = float(meta.get("fps") or 0.0)
@@ -93,6 +115,15 @@ class MovieFrames:
         except (KeyError, TypeError, ValueError):
             _close(frames)
             raise live.DriverError(f"cannot read movie {self.path.name}: no video stream") from None
+        self.stored_size = (self.width, self.height)  # upright, before any scaling
+        self.scaled_to = fitting_size(self.width, self.height, max_pixels=max_pixels)
+        if self.scaled_to is not None:
+            _close(frames)
+            meta, frames = reader(self.path, 0, self.fps, self.scaled_to)
+            if tuple(int(n) for n in meta.get("size", ())) != self.scaled_to:
+                _close(frames)
+                raise live.DriverError(f"movie {self.path.name}: cannot scale its {self.width}×{self.height} frames down")
+            self.width, self.height = self.scaled_to
         self.frame_bytes = self.width * self.height * 3
         self.max_cached_frames = max(2, max_cached_bytes // self.frame_bytes)
         self.lookahead = max(0, min(lookahead, self.max_cached_frames - 1))
@@ -200,7 +231,7 @@ class MovieFrames:
                 if restart is not None:
                     _close(frames)
                     try:
-                        _, frames = self._reader_factory(self.path, restart, self.fps)
+                        _, frames = self._reader_factory(self.path, restart, self.fps, self.scaled_to)
                     except live.DriverError as error:
                         self._fail(error)
                         return

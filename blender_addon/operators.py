@@ -91,11 +91,20 @@ class MEGALIVE_OT_live(bpy.types.Operator):
             self.report({"ERROR"}, f"driver: {error}")
             return {"CANCELLED"}
         driver = wire_driver_kind(settings.driver_kind)
+        crop = settings.crop()
         if not controller.start_live(
-            avatar=settings.avatar_id, size=settings.output_size(), driver=driver, stabilise=session_stabilise(driver, settings.stabilise)
+            avatar=settings.avatar_id,
+            size=settings.output_size(),
+            driver=driver,
+            stabilise=session_stabilise(driver, settings.stabilise),
+            crop=crop,
         ):
             close_source(source)
-            self.report({"ERROR"}, controller_status_line(controller))
+            message = controller_status_line(controller)
+            if crop == "auto" and "crop 'auto'" in message:  # e.g. a server without mediapipe
+                message += " (or untick Auto Crop: the frames must then be face crops)"
+            runtime.message = message
+            self.report({"ERROR"}, message)
             return {"CANCELLED"}
         runtime.message = ""
         runtime.source = source

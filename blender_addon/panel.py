@@ -62,10 +62,12 @@ class MEGALIVE_PT_panel(bpy.types.Panel):
         box.prop(settings, "driver_kind")
         if settings.driver_kind == "IMAGE_SEQUENCE":
             box.prop(settings, "sequence_path")
+            box.prop(settings, "auto_crop_sequence")
         elif settings.driver_kind == "MOVIE_CLIP":
             box.prop(settings, "movie_clip")
             if settings.movie_clip is None:
                 box.prop(settings, "movie_path")
+            box.prop(settings, "auto_crop_movie")
             if not movie.imageio_ffmpeg_available():
                 box.label(text="Needs imageio-ffmpeg (ships in the extension zip; or pip install it", icon="ERROR")
                 box.label(text="into Blender's Python)")
@@ -73,6 +75,7 @@ class MEGALIVE_PT_panel(bpy.types.Panel):
             _draw_shape_key_settings(box, settings)
         else:
             box.prop(settings, "camera_driver_size")
+            box.prop(settings, "auto_crop_camera")
 
         box = layout.box()
         box.prop(settings, "image_name")

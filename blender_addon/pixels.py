@@ -57,6 +57,15 @@ def encode_png(rgba: np.ndarray) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b"")
 
 
+def png_size(data: bytes | memoryview) -> tuple[int, int]:
+    """(width, height) from a PNG's header (its IHDR chunk, which comes first)."""
+    header = bytes(data[:24])
+    if len(header) < 24 or header[:8] != b"\x89PNG\r\n\x1a\n" or header[12:16] != b"IHDR":
+        raise ValueError("not a PNG")
+    width, height = struct.unpack(">II", header[16:24])
+    return int(width), int(height)
+
+
 def write_png_atomically(path: str | os.PathLike[str], rgba: np.ndarray) -> Path:
     """Write a PNG under a temporary name in the same folder, then rename it into place."""
     return write_file_atomically(path, encode_png(rgba))

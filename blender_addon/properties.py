@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import bpy
 
-from .vocabulary import CLIENT_NAME
+from .vocabulary import CLIENT_NAME, session_crop
 from .wire import client as client_module
 from .wire import live as shared_live  # the controller both hosts ship (client/live.py)
 
@@ -53,6 +53,13 @@ class MEGALIVE_AddonPreferences(bpy.types.AddonPreferences):
         row = layout.row()
         row.prop(self, "timeout_s")
         row.prop(self, "max_in_flight")
+
+
+AUTO_CROP_HELP = (
+    "The server finds the face in every whole frame (any aspect: a phone video, a wide shot) and cuts the square crop "
+    "the avatar needs; frames with no face are said in the panel and skipped. Off: the frames are face crops already "
+    "(one of another aspect is centre-cut to square, never stretched). Needs mediapipe on the server"
+)
 
 
 def _is_shape_key_mesh(_settings: bpy.types.PropertyGroup, obj: bpy.types.Object) -> bool:
@@ -117,7 +124,29 @@ class MEGALIVE_SceneSettings(bpy.types.PropertyGroup):
         description="The server's One-Euro smoothing of the curves (for noisy capture); off: every frame exactly as sent",
     )
     camera_driver_size: bpy.props.IntProperty(
-        name="Render Size", default=256, min=16, max=2048, description="Square size of the camera render sent as driver"
+        name="Render Size",
+        default=512,
+        min=16,
+        max=4096,
+        description="Long side of the camera render sent as driver, in pixels: at the scene's aspect with Auto Crop "
+        "(a face under about 40 px wide in it is not found), a square render without",
+    )
+    # crop "auto" per driver source: footage (movie clips, camera renders) is whole frames by nature, an image
+    # sequence is often face crops already. The server then finds the face in each frame, sent at its own aspect.
+    auto_crop_movie: bpy.props.BoolProperty(
+        name="Auto Crop",
+        default=True,
+        description=AUTO_CROP_HELP,
+    )
+    auto_crop_camera: bpy.props.BoolProperty(
+        name="Auto Crop",
+        default=True,
+        description=AUTO_CROP_HELP,
+    )
+    auto_crop_sequence: bpy.props.BoolProperty(
+        name="Auto Crop",
+        default=False,
+        description=AUTO_CROP_HELP,
     )
     image_name: bpy.props.StringProperty(name="Image", default="MegaLive", description="Output image (reused, float RGBA)")
     output_width: bpy.props.IntProperty(name="Width", default=0, min=0, max=4096, description="0: the model's resolution")
@@ -132,6 +161,13 @@ class MEGALIVE_SceneSettings(bpy.types.PropertyGroup):
         default=False,
         description="Tick only when the statement below is true; it is stored with the avatar, word for word",
     )
+
+    def crop(self) -> str:
+        """The session's crop for the chosen driver source: "auto" or "none" (shape keys: curves, never cropped)."""
+        return session_crop(
+            self.driver_kind,
+            {"MOVIE_CLIP": self.auto_crop_movie, "CAMERA": self.auto_crop_camera, "IMAGE_SEQUENCE": self.auto_crop_sequence},
+        )
 
     def output_size(self) -> tuple[int, int] | None:
         """(height, width) for the session, or None for the model's own resolution."""

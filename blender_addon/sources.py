@@ -13,7 +13,7 @@ import bpy
 import numpy as np
 
 from . import movie, shape_keys
-from .vocabulary import sequence_index
+from .vocabulary import frame_size_at, sequence_index
 from .wire import live as shared_live  # the controller both hosts ship (client/live.py)
 from .wire import protocol
 
@@ -34,14 +34,26 @@ class ImageSequenceSource:
 
 
 class CameraRenderSource:
-    """The scene camera's render at a small size, through a temporary PNG (Render Result pixels are
-    not readable from Python). Blocks for one render per new frame: use a fast engine for live."""
+    """The scene camera's render, through a temporary PNG (Render Result pixels are not readable from
+    Python). Blocks for one render per new frame: use a fast engine for live.
 
-    def __init__(self, scene: bpy.types.Scene, size: int) -> None:
+    ``whole_frame`` (crop "auto"): the render keeps the scene's aspect (its resolution and pixel aspect) with its
+    long side ``size``, and the server finds the face in it; else a ``size``² render (the camera's view fitted to a
+    square by Blender itself), the face crop as it is."""
+
+    def __init__(self, scene: bpy.types.Scene, size: int, *, whole_frame: bool = False) -> None:
         if scene.camera is None:
             raise shared_live.DriverError(f"scene {scene.name!r} has no camera")
         self.scene = scene
         self.size = size
+        self.whole_frame = whole_frame
+
+    def render_size(self) -> tuple[int, int]:
+        """(width, height) of the driver render, with square pixels."""
+        if not self.whole_frame:
+            return self.size, self.size
+        render = self.scene.render
+        return frame_size_at(render.resolution_x * render.pixel_aspect_x, render.resolution_y * render.pixel_aspect_y, long_side=self.size)
 
     def frame_key(self) -> Hashable | None:
         return self.scene.frame_current
@@ -49,11 +61,14 @@ class CameraRenderSource:
     def payload(self, key: Hashable) -> protocol.Buffer:
         assert isinstance(key, int)
         scene, render = self.scene, self.scene.render
+        width, height = self.render_size()
         saved = (
             render.filepath,
             render.resolution_x,
             render.resolution_y,
             render.resolution_percentage,
+            render.pixel_aspect_x,
+            render.pixel_aspect_y,
             render.image_settings.file_format,
             render.image_settings.color_mode,
             scene.frame_current,
@@ -64,8 +79,9 @@ class CameraRenderSource:
                 if scene.frame_current != key:
                     scene.frame_set(key)
                 render.filepath = str(path)
-                render.resolution_x = render.resolution_y = self.size
+                render.resolution_x, render.resolution_y = width, height
                 render.resolution_percentage = 100
+                render.pixel_aspect_x = render.pixel_aspect_y = 1.0  # the aspect is in the resolution: square pixels
                 render.image_settings.file_format = "PNG"
                 render.image_settings.color_mode = "RGB"
                 bpy.ops.render.render(write_still=True, scene=scene.name)
@@ -78,6 +94,8 @@ class CameraRenderSource:
                     render.resolution_x,
                     render.resolution_y,
                     render.resolution_percentage,
+                    render.pixel_aspect_x,
+                    render.pixel_aspect_y,
                     render.image_settings.file_format,
                     render.image_settings.color_mode,
                     frame,
@@ -221,7 +239,7 @@ def make_driver_source(scene: bpy.types.Scene) -> shared_live.DriverSource:
             raise shared_live.DriverError("choose an image sequence folder")
         return ImageSequenceSource(scene, settings.sequence_path)
     if settings.driver_kind == "CAMERA":
-        return CameraRenderSource(scene, settings.camera_driver_size)
+        return CameraRenderSource(scene, settings.camera_driver_size, whole_frame=settings.crop() == "auto")
     if settings.driver_kind == "SHAPE_KEYS":
         return ShapeKeySource(scene)
     raise shared_live.DriverError(f"unknown driver source {settings.driver_kind!r}")

@@ -29,6 +29,21 @@ def session_stabilise(wire_kind: str, stabilise: bool) -> bool | None:
     return False if wire_kind != "image" and not stabilise else None
 
 
+def session_crop(driver_kind: str, auto_crop: dict[str, bool]) -> str:
+    """The `open` request's ``crop`` for a panel driver source: "auto" where its Auto Crop box is ticked (``auto_crop``:
+    panel driver -> the box), else "none"; curves (SHAPE_KEYS) are never cropped."""
+    return "auto" if wire_driver_kind(driver_kind) == "image" and auto_crop.get(driver_kind, False) else "none"
+
+
+# The server's per-frame error when crop "auto" has found no face yet (server/worker.py). A bake keeps going past such
+# frames (a take that starts without the performer in view); any other frame error stops it.
+NO_FACE_ERROR = "no face found"
+
+
+def is_no_face_error(message: str) -> bool:
+    return NO_FACE_ERROR in message
+
+
 # The controller's phases as the panel shows them.
 PHASE_LABELS = {
     "disconnected": "Disconnected",
@@ -44,6 +59,15 @@ def status_line(controller: live.LiveController) -> str:
     """One line for the panel: the phase's label, then why."""
     label = PHASE_LABELS[controller.phase]
     return f"{label}: {controller.detail}" if controller.detail else label
+
+
+def frame_size_at(width: float, height: float, *, long_side: int) -> tuple[int, int]:
+    """(width, height) in whole pixels of a frame of this aspect whose long side is ``long_side``: a render sent whole
+    keeps its aspect (at least 1 px each way)."""
+    if not (width > 0 and height > 0):
+        raise ValueError(f"a frame needs a positive width and height, got {width}×{height}")
+    scale = long_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def sequence_index(frame: int, *, frame_start: int) -> int:

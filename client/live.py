@@ -177,6 +177,10 @@ class SessionRequest:
     driver: str = "image"
     size: tuple[int, int] | None = None  # (height, width); None: the model's resolution
     stabilise: bool | None = None  # the server's One-Euro filters: None = its defaults, False = off
+    # "auto": frames go whole, at their own aspect, and the server finds and cuts the square face crop (video, movie
+    # clips, camera renders); "none": the frame is the face crop already (one of another aspect is centre-cut, never
+    # stretched).
+    crop: str = "none"
 
 
 class LiveController:
@@ -209,6 +213,7 @@ class LiveController:
         self._worker_error: BaseException | None = None
         self._worker_session: int | None = None
         self._closed = False
+        self._frame_error = ""  # the last frame's error (e.g. no face yet) until a texture comes again
         if self._key_error:
             self._set("refused", self._key_error)
 
@@ -222,6 +227,12 @@ class LiveController:
     def detail(self) -> str:
         """Why the phase is what it is (the error, the server), or the last frame/driver error; may be empty."""
         return self._detail
+
+    @property
+    def frame_error(self) -> str:
+        """The newest per-frame error ("code: message", e.g. no face found yet under crop "auto") since the last
+        texture; empty once textures come again. The live loop goes on either way: hosts show it."""
+        return self._frame_error
 
     @property
     def closed(self) -> bool:
@@ -261,8 +272,10 @@ class LiveController:
         self._set("live" if self._session is not None else "connected", f"{info.server}, {len(self.avatars)} avatars")
         return True
 
-    def start_live(self, *, avatar: int, size: tuple[int, int] | None = None, driver: str = "image", stabilise: bool | None = None) -> bool:
-        """Open the live session after ``connect`` (blocking, at most the client timeout).
+    def start_live(
+        self, *, avatar: int, size: tuple[int, int] | None = None, driver: str = "image", stabilise: bool | None = None, crop: str = "none"
+    ) -> bool:
+        """Open the live session after ``connect`` (blocking, at most the client timeout). ``crop``: see SessionRequest.
 
         False (and a detail) when it fails; a refused open leaves the controller connected, to pick again."""
         if self._phase not in ("connected", "live") or self.worker_running:
@@ -271,7 +284,7 @@ class LiveController:
         if self._session is not None:
             self.stop_live()
         try:
-            self._session = self._open(SessionRequest(avatar=avatar, driver=driver, size=size, stabilise=stabilise))
+            self._session = self._open(SessionRequest(avatar=avatar, driver=driver, size=size, stabilise=stabilise, crop=crop))
         except client_module.ServerGoneError as error:
             self._server_gone(str(error))
             self._session = None
@@ -283,7 +296,7 @@ class LiveController:
         return True
 
     def connect_and_start_live(
-        self, *, avatar: int, size: tuple[int, int] | None = None, driver: str = "image", stabilise: bool | None = None
+        self, *, avatar: int, size: tuple[int, int] | None = None, driver: str = "image", stabilise: bool | None = None, crop: str = "none"
     ) -> bool:
         """hello + open in one user command (blocking, at most the client timeout).
 
@@ -295,7 +308,7 @@ class LiveController:
         if self._phase != "disconnected" or self.worker_running:
             self._detail = "already connected"
             return False
-        request = SessionRequest(avatar=avatar, driver=driver, size=size, stabilise=stabilise)
+        request = SessionRequest(avatar=avatar, driver=driver, size=size, stabilise=stabilise, crop=crop)
         self._pending_open = request
         try:
             self.client.hello()
@@ -365,6 +378,10 @@ class LiveController:
             for event in client.poll(timeout_ms=0):
                 if isinstance(event, client_module.Texture):
                     newest = event
+                    if self._frame_error:  # e.g. the face is back: the frame error's message is old news
+                        self._frame_error = ""
+                        if self._detail.startswith("frame error: "):
+                            self._detail = ""
                     self.figures.textures += 1
                     self.figures.received_at.append(event.received_at)
                     self.figures.round_trip_ms.append(event.round_trip_ms)
@@ -379,7 +396,9 @@ class LiveController:
                         # round trip), so hand the reopen to the background worker instead.
                         self._server_gone(f"the server forgot the session ({event.message})", immediately=True)
                         return newest
-                    self._detail = f"frame error: {event.code}: {event.message}"
+                    # One frame refused (no face yet, a frame too large...): said, and the next frame goes as usual.
+                    self._frame_error = f"{event.code}: {event.message}"
+                    self._detail = f"frame error: {self._frame_error}"
             if source is None or not client.connected or not client.can_send(session):
                 return newest
             key = source.frame_key()
@@ -400,7 +419,12 @@ class LiveController:
 
     def _open(self, request: SessionRequest) -> int:
         return self.client.open(
-            avatar=request.avatar, driver=request.driver, size=request.size, output_format="rgba8", crop="none", stabilise=request.stabilise
+            avatar=request.avatar,
+            driver=request.driver,
+            size=request.size,
+            output_format="rgba8",
+            crop=request.crop,
+            stabilise=request.stabilise,
         )
 
     def _start_worker(self) -> None:
@@ -448,6 +472,7 @@ class LiveController:
 
     def _went_live(self, detail: str) -> None:
         self._last_sent_key = None  # resend the current frame to the (possibly new) session
+        self._frame_error = ""
         self._delay_s = self.config.reconnect_delay_s
         self._set("live", detail)
 

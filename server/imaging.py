@@ -73,6 +73,23 @@ def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(image), mode).resize((width, height), Image.BILINEAR))
 
 
+def fill_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An H×W×C uint8 driver frame at size (h, w) without stretching: the largest centred part of the frame with that
+    aspect, resized bilinearly (a 16:9 frame into a square model loses its sides). A crop "none" session's frame is
+    meant to be the face crop already; one of another aspect is cut, never stretched, which would squash the face."""
+    height, width = size
+    frame_height, frame_width = image.shape[:2]
+    if frame_width * height > width * frame_height:  # wider than the target: keep the middle columns
+        keep = max(1, round(frame_height * width / height))
+        left = (frame_width - keep) // 2
+        image = image[:, left : left + keep]
+    elif frame_width * height < width * frame_height:  # taller: keep the middle rows
+        keep = max(1, round(frame_width * height / width))
+        top = (frame_height - keep) // 2
+        image = image[top : top + keep]
+    return resize_rgb(image, size)
+
+
 def to_engine_batch(images: list[np.ndarray]) -> np.ndarray:
     """B images H×W×3 uint8 -> B×3×H×W float32 in [0,1]."""
     batch = np.stack(images)  # B×H×W×3

@@ -192,7 +192,7 @@ class RenderWorker:
             return "landmarks", self._retargeted(session, points, request_id=rid), {}
         image = imaging.decode_driver_image(job.driver, max_pixels=self.max_image_pixels, request_id=rid)
         if session.crop_config is None:
-            return "image", imaging.resize_rgb(image, self.engine.resolution), {}
+            return "image", imaging.fill_rgb(image, self.engine.resolution), {}  # another aspect is cut, not stretched
         crop_began = time.perf_counter()
         try:
             cropped = self._cropper_for(session)(np.ascontiguousarray(image), job.signal_time_s)

@@ -298,6 +298,7 @@ def test_movie_clip_drives_live_and_bake(
     clip.frame_start = 3  # scene frame 3 shows the clip's first frame
     settings = scene.megalive
     settings.driver_kind, settings.movie_clip, settings.avatar_id = "MOVIE_CLIP", clip, 2
+    settings.auto_crop_movie = False  # flat colours, no face: frame by frame as decoded (test_footage.py: Auto Crop)
     try:
         assert bpy.ops.megalive.connect() == {"FINISHED"}
         scene.frame_set(7)  # clip frame 5: index 4
@@ -334,7 +335,7 @@ def test_movie_clip_drives_live_and_bake(
         assert bpy.ops.megalive.live() == {"FINISHED"}
         tick_until(addon, lambda: addon.state.runtime.controller.figures.textures >= 1)
     finally:
-        settings.driver_kind, settings.movie_clip = "IMAGE_SEQUENCE", None
+        settings.driver_kind, settings.movie_clip, settings.auto_crop_movie = "IMAGE_SEQUENCE", None, True
         addon.timer.shutdown()
 
 

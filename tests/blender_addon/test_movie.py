@@ -10,7 +10,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-from blender_addon.movie import MovieFrames, MovieSource
+from blender_addon.movie import MAX_FRAME_PIXELS, MovieFrames, MovieSource, fitting_size
 from client.live import DriverError
 from tests.blender_addon.conftest import movie_colour, write_test_movie
 
@@ -76,7 +76,7 @@ def test_a_frame_not_decoded_yet_skips_the_tick() -> None:
     release = threading.Event()
     size = 4 * 2 * 3
 
-    def slow_reader(path: Path, start: int, fps: float):
+    def slow_reader(path: Path, start: int, fps: float, scale_to: tuple[int, int] | None):
         def frames():
             for index in range(start, 10):
                 release.wait(5)
@@ -107,3 +107,19 @@ def test_an_unreadable_file_is_a_driver_error(tmp_path: Path) -> None:
         MovieFrames(garbage)
     with pytest.raises(DriverError, match="no such file"):
         MovieFrames(tmp_path / "missing.mp4")
+
+
+def test_a_movie_too_large_for_a_driver_frame_is_decoded_scaled_down_with_its_aspect(movie: Path, tmp_path: Path) -> None:
+    assert fitting_size(7680, 4320, max_pixels=MAX_FRAME_PIXELS) == (3840, 2160)  # 8K -> 4K, within the wire's limits
+    assert fitting_size(3840, 2160, max_pixels=MAX_FRAME_PIXELS) is None and MAX_FRAME_PIXELS * 3 <= 32 * 1024 * 1024
+    wide = write_test_movie(tmp_path / "wide.mp4", frames=4, size=(64, 32))
+    frames = MovieFrames(wide, max_pixels=800, max_cached_bytes=2 * 40 * 20 * 3, lookahead=1)  # as if 8K: 2048 px > 800
+    try:
+        assert frames.stored_size == (64, 32) and (frames.width, frames.height) == frames.scaled_to == (40, 20)
+        for index in (0, 3, 1):  # a backward seek restarts ffmpeg: still scaled
+            pixels = frames.raw_buffer(frames.frame(index, timeout_s=10)).array()
+            assert pixels.shape == (20, 40, 3)
+            assert np.abs(pixels.astype(int) - movie_colour(index)).max() <= 8
+        assert frames.reader_starts >= 2
+    finally:
+        frames.close()

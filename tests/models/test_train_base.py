@@ -18,8 +18,8 @@ from models.checkpoints import load_checkpoint, state_digest
 from models.cli import main
 from models.data.heads import HeadMotion
 from models.data.synthetic_pairs import SyntheticPairs, SyntheticPairsConfig
-from models.training.augment import DriverAugmentation, colour_jitter, thin_plate_spline_grids
 from models.face_regions import region_masks
+from models.training.augment import DriverAugmentation, colour_jitter, thin_plate_spline_grids
 from models.training.train_base import BaseTrainConfig, region_l1, train_base
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -74,6 +74,8 @@ def test_crop_config_refuses_nonsense() -> None:
         CropConfig(output_size=64, max_faces=0)
     with pytest.raises(ValueError, match="confidence"):
         CropConfig(output_size=64, min_detection_confidence=1.5)
+    with pytest.raises(ValueError, match="small_face_px"):
+        CropConfig(output_size=64, small_face_px=-1.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,3 +255,48 @@ def test_no_face_reuses_the_last_box_and_never_invents_one(astronaut: np.ndarray
             cropper(face[:, :, 0], 0.6)
     with pytest.raises(RuntimeError, match="closed"):
         cropper(face, 0.7)
+
+
+# The face mesh alone misses faces under about 74 px wide (jaw end to jaw end) in 640×480 (bench/auto_crop_floor.py).
+SMALL_FACE_WIDTH = 48.0
+
+
+def test_a_face_below_the_meshs_floor_is_found_by_the_small_face_pass(astronaut: np.ndarray) -> None:
+    with FaceCropper(config=CropConfig(output_size=CROP_SIZE, box_filter=None, static_images=True, small_faces=False)) as finder:
+        (full_size,) = finder.faces(np.ascontiguousarray(astronaut))  # 68×2 on the 512² photo
+    scale = SMALL_FACE_WIDTH / float(np.linalg.norm(full_size[16] - full_size[0]))
+    shift = (150.0, -60.0)  # off centre, up and right
+    frame = place(astronaut, scale=scale, shift=shift)
+    truth = full_size * scale + np.add(BASE_OFFSET, shift)  # where the small face's points are in the frame
+
+    with FaceCropper(config=CropConfig(output_size=CROP_SIZE, box_filter=None, small_faces=False)) as mesh_alone:
+        for t in (0.0, 0.1):
+            with pytest.raises(NoFaceError):
+                mesh_alone(frame, t)
+    with FaceCropper(config=CropConfig(output_size=CROP_SIZE, box_filter=None)) as cropper:
+        results = [cropper(frame, t) for t in (0.0, 0.1, 0.2)]  # detector, then followed in a cut around the last face
+        assert cropper._detector is not None
+    assert cropper._detector is None and cropper._cut_mesh is None  # close() freed every graph
+    for result in results:
+        assert result.face_found and result.found_by == "small-face pass"
+        side = result.box[2]
+        found = result.landmarks * side + (result.box[0] - side / 2, result.box[1] - side / 2)  # crop units -> frame px
+        assert float(np.linalg.norm(found - truth, axis=1).mean()) < 0.05 * SMALL_FACE_WIDTH
+        np.testing.assert_allclose(result.box, crop_box_from_landmarks(truth), rtol=0.05, atol=2.0)
+    grey = np.full_like(frame, 128)
+    with FaceCropper(config=CropConfig(output_size=CROP_SIZE)) as cropper:
+        with pytest.raises(NoFaceError):  # the detector invents nothing in an empty frame
+            cropper(grey, 0.0)
+
+
+def test_a_frame_of_another_aspect_is_centre_cut_never_stretched() -> None:
+    from server.imaging import fill_rgb, resize_rgb
+
+    wide = np.zeros((90, 160, 3), dtype=np.uint8)
+    wide[:, :35], wide[:, 35:125], wide[:, 125:] = 255, (0, 200, 0), 255  # white sides, a green middle 90 wide
+    out = fill_rgb(wide, (32, 32))
+    assert out.shape == (32, 32, 3) and np.array_equal(out, resize_rgb(wide[:, 35:125], (32, 32)))
+    assert (out == (0, 200, 0)).all()  # only the middle square: no side squeezed in
+    tall = np.ascontiguousarray(wide.transpose(1, 0, 2))  # 160 tall, 90 wide
+    assert (fill_rgb(tall, (16, 16)) == (0, 200, 0)).all()
+    assert fill_rgb(wide, (9, 16)).shape == (9, 16, 3) and fill_rgb(wide, (90, 160)) is wide  # its own aspect: resized only

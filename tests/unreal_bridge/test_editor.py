@@ -209,8 +209,8 @@ def test_a_video_file_drives_the_live_texture(service: AvatarService, engine: En
 
     fake = fake_unreal.install(native=True)
     host = host_with(fake)
-    report = host.start(server=service.bound_address, avatar=0, driver="video", video_path=str(video))
-    assert "MegaLive: connected" in report and "video" in report
+    report = host.start(server=service.bound_address, avatar=0, driver="video", video_path=str(video), crop="none")  # no face in it
+    assert "MegaLive: connected" in report and "video" in report and "crop auto" not in report
     tick_until(fake, lambda: fake.created_textures and fake.created_textures[0].updates >= 1)
     host.stop()
 
@@ -259,3 +259,107 @@ def test_curve_keys_reach_the_server_and_a_bad_key_file_is_said_in_the_report(
         host.stop()
     finally:
         service.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# Footage: crop "auto" (the default for video files), frames at their own aspect, a take that starts without a face
+
+WIDE = (480, 270)  # 16:9, (width, height)
+
+
+def server_decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The shape of every driver frame the server decodes (its own decoder, called through)."""
+    shapes: list[tuple[int, ...]] = []
+    decode = imaging.decode_driver_image
+
+    def recording(buffer: Any, *, max_pixels: int, request_id: int | None = None) -> np.ndarray:
+        image = decode(buffer, max_pixels=max_pixels, request_id=request_id)
+        shapes.append(image.shape)
+        return image
+
+    monkeypatch.setattr(imaging, "decode_driver_image", recording)
+    return shapes
+
+
+@pytest.mark.usefixtures("restore_unreal")
+def test_a_wide_video_goes_whole_and_the_servers_auto_crop_finds_the_face(
+    service: AvatarService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("mediapipe")
+    from contract.landmarks import crop_box_from_landmarks
+    from tests.blender_addon.footage import face_frame, write_movie
+
+    received = server_decodes(monkeypatch)
+    frame, truth = face_frame(size=WIDE, face_width=80.0, centre=(340.0, 110.0))
+    video = write_movie(tmp_path / "wide.mp4", [frame] * 10)
+    fake = fake_unreal.install(native=True)
+    host = host_with(fake)
+    report = host.start(server=service.bound_address, avatar=1, video_path=str(video))  # crop: auto for a video file
+    assert "MegaLive: connected" in report and "crop auto" in report
+    tick_until(fake, lambda: fake.created_textures and fake.created_textures[0].updates >= 1)
+    assert received and set(received) == {(WIDE[1], WIDE[0], 3)}  # its own aspect
+    ((cropper, _),) = service.worker.croppers.values()
+    expected = crop_box_from_landmarks(truth)
+    assert abs(cropper._last_box[0] - expected[0]) < 4 and abs(cropper._last_box[1] - expected[1]) < 4
+    assert abs(cropper._last_box[2] / expected[2] - 1) < 0.06
+    host.stop()
+
+
+@pytest.mark.usefixtures("restore_unreal")
+def test_a_video_that_starts_without_a_face_says_so_and_goes_on(service: AvatarService, tmp_path: Path) -> None:
+    pytest.importorskip("mediapipe")
+    from tests.blender_addon.footage import face_frame, grey_frame, write_movie
+
+    frame, _ = face_frame(size=WIDE, face_width=80.0, centre=(240.0, 135.0))
+    video = write_movie(tmp_path / "late.mp4", [grey_frame(WIDE)] * 5 + [frame] * 5)  # the face from 0.5 s on
+    fake = fake_unreal.install(native=True)
+    host = host_with(fake)
+    host.start(server=service.bound_address, avatar=0, video_path=str(video))
+    controller = host._active.controller
+    tick_until(fake, lambda: controller.figures.frame_errors >= 1)
+    assert "frame error: bad_request: no face found" in host.status() and controller.phase == "live"
+    tick_until(fake, lambda: fake.created_textures and fake.created_textures[0].updates >= 1)  # the loop went on
+    assert "frame error:" not in host.status() and host._active.last_error == ""
+    host.stop()
+
+
+@pytest.mark.usefixtures("restore_unreal")
+def test_start_refuses_a_crop_it_does_not_know(service: AvatarService, driver_image: tuple[Path, np.ndarray]) -> None:
+    fake = fake_unreal.install(native=True)
+    host = host_with(fake)
+    with pytest.raises(ValueError, match="crop must be 'auto' or 'none'"):
+        host.start(server=service.bound_address, video_path=str(driver_image[0]), crop="square")
+    with pytest.raises(ValueError, match="arkit curves are not pictures"):
+        host.start(server=service.bound_address, driver="arkit", crop="auto")
+    assert host._active is None and fake.tick_callbacks == {}
+    report = host.start(server=service.bound_address, avatar=1, video_path=str(driver_image[0]))  # a still: crop "none"
+    assert "crop auto" not in report
+    host.stop()
+
+
+def first_decoded(source: Any) -> np.ndarray:
+    deadline = time.monotonic() + 10
+    while source.frame_key() is None:
+        assert time.monotonic() < deadline and source.error is None, source.error
+        time.sleep(0.01)
+    return source.payload(source.frame_key()).array()
+
+
+def test_a_phone_video_arrives_upright_and_a_huge_one_scaled_down_with_its_aspect(tmp_path: Path) -> None:
+    from tests.blender_addon.footage import face_frame, write_movie
+    from unreal_bridge.editor.live_texture import VideoFileSource
+
+    upright, _ = face_frame(size=(WIDE[1], WIDE[0]), face_width=80.0, centre=(100.0, 300.0))
+    phone = write_movie(tmp_path / "phone.mp4", [upright] * 3, display_rotation=90)  # stored 480×270, turned
+    source = VideoFileSource(path=phone)
+    try:
+        pixels = first_decoded(source)
+        assert pixels.shape == (WIDE[0], WIDE[1], 3)  # 480 tall, 270 wide: as the phone was held
+        assert np.abs(pixels.astype(int) - upright.astype(int)).mean() < 4  # and not turned
+    finally:
+        source.close()
+    source = VideoFileSource(path=phone, max_pixels=480 * 270 // 4)  # as if it were an 8K video
+    try:
+        assert first_decoded(source).shape == (WIDE[0] // 2, WIDE[1] // 2 // 2 * 2, 3)  # 240×134: half each way, even
+    finally:
+        source.close()

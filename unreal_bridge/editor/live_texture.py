@@ -73,6 +73,9 @@ class ImageSequenceSource:
 
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
+# The largest driver frame sent: 3840×2160 RGB is 24 MiB, within the protocol's default limits (a 32 MiB buffer,
+# 4096×2304 pixels).
+MAX_FRAME_PIXELS = 3840 * 2160
 
 
 class VideoFileSource:
@@ -80,11 +83,15 @@ class VideoFileSource:
 
     Decoding uses the ffmpeg that the `imageio-ffmpeg` wheel bundles (install it into Unreal's Python
     beside pyzmq and msgpack). The tick only picks up the newest decoded frame: ``frame_key()`` never
-    waits for the decoder."""
+    waits for the decoder. Frames go at their own aspect (crop "auto" lets the server find the face),
+    upright (ffmpeg applies a phone video's rotation metadata); one larger than ``max_pixels`` (a 4K
+    frame, within the wire's limits) is decoded scaled down, aspect kept."""
 
     driver_kind = "image"
 
-    def __init__(self, *, path: str | os.PathLike[str], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, path: str | os.PathLike[str], clock: Callable[[], float] = time.monotonic, max_pixels: int = MAX_FRAME_PIXELS
+    ) -> None:
         try:
             import imageio_ffmpeg
         except ImportError:
@@ -97,6 +104,7 @@ class VideoFileSource:
             raise ValueError(f"video file not found: {self.path}")
         self._imageio_ffmpeg = imageio_ffmpeg
         self._clock = clock
+        self.max_pixels = max_pixels
         self._lock = threading.Lock()
         self._newest: tuple[int, protocol.RawBuffer] | None = None  # written by the decoder thread
         self._picked: tuple[int, protocol.RawBuffer] | None = None  # the tick's snapshot, for payload()
@@ -113,6 +121,14 @@ class VideoFileSource:
                 frames = self._imageio_ffmpeg.read_frames(str(self.path))
                 meta = next(frames)
                 width, height = meta["size"]
+                if width * height > self.max_pixels:  # e.g. 8K: decode at about 4K, aspect kept (even sides)
+                    frames.close()
+                    scale = (self.max_pixels / (width * height)) ** 0.5
+                    width, height = max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+                    frames = self._imageio_ffmpeg.read_frames(str(self.path), output_params=["-vf", f"scale={width}:{height}"])
+                    meta = next(frames)
+                    if tuple(meta["size"]) != (width, height):
+                        raise ValueError(f"cannot scale its frames down to {width}×{height}")
                 self.fps = float(meta.get("fps") or 25.0)
                 began = self._clock()
                 for number, raw in enumerate(frames):

@@ -3,7 +3,8 @@
 Console use (Output Log, Python mode), after copying the package into <Project>/Content/Python/:
 
     from megalive_bridge.editor import unreal_host as megalive
-    megalive.start(server="tcp://127.0.0.1:5555", avatar=0, driver="video", video_path="D:/frames")
+    megalive.start(server="tcp://127.0.0.1:5555", avatar=0, driver="video", video_path="D:/take.mp4")  # crop "auto"
+    megalive.start(avatar=0, video_path="D:/face_crops", crop="none")  # frames that are face crops already
     megalive.status()
     megalive.stop()
     # your own face as an avatar (PNG or JPEG files; the consent statement of the person shown):
@@ -111,10 +112,13 @@ class UnrealLiveTexture:
     """Wires the shared LiveController and a driver source to Slate's post-tick and to a texture on the
     selected actor."""
 
-    def __init__(self, *, controller: live.LiveController, source: EditorDriverSource, avatar: int, host_config: HostConfig) -> None:
+    def __init__(
+        self, *, controller: live.LiveController, source: EditorDriverSource, avatar: int, host_config: HostConfig, crop: str = "none"
+    ) -> None:
         self.controller = controller
         self.source = source
         self.avatar = avatar
+        self.crop = crop  # the session's crop: "auto" (the server finds the face in whole frames) or "none"
         self.host_config = host_config
         self.pixels = _NativePixels() if hasattr(unreal, NATIVE_LIBRARY) else _ImportedPixels(max_fps=host_config.fallback_max_fps)
         self.material = _selected_material_instance()
@@ -134,7 +138,7 @@ class UnrealLiveTexture:
     def start(self) -> str:
         # hello + open may block up to the timeout (this is a user command); an absent server is retried
         # in the background from the tick.
-        self.controller.connect_and_start_live(avatar=self.avatar, driver=self.source.driver_kind)
+        self.controller.connect_and_start_live(avatar=self.avatar, driver=self.source.driver_kind, crop=self.crop)
         self._tick_handle = unreal.register_slate_post_tick_callback(self._on_tick)
         return self.state
 
@@ -174,12 +178,14 @@ class UnrealLiveTexture:
         lines = [
             f"MegaLive: {self.state}",
             f"  server {self.controller.config.server}{' (CURVE)' if self.controller.client.curve else ''}, "
-            f"avatar {self.avatar}, driver {self.source.describe()}",
+            f"avatar {self.avatar}, driver {self.source.describe()}" + (", crop auto" if self.crop == "auto" else ""),
             f"  pixel path: {self.pixels.name}",
             f"  material: {material}",
             f"  sent {counters.sent}, textures {counters.textures}, shown {self.frames_shown}, dropped {counters.dropped}, "
             f"frame errors {counters.frame_errors}, reconnects {counters.reconnects}",
         ]
+        if self.controller.frame_error:  # e.g. no face in the take yet: the texture waits, the loop goes on
+            lines.append(f"  frame error: {self.controller.frame_error}")
         if self.last_error:
             lines.append(f"  last error: {self.last_error}")
         return "\n".join(lines)
@@ -201,6 +207,7 @@ def start(
     server_public_key: str = "",
     client_secret_key: str = "",
     listen: str = "127.0.0.1",
+    crop: str | None = None,
 ) -> str:
     """Connect and start updating the live texture. ``driver``: "video" (a video file — needs
     imageio-ffmpeg in Unreal's Python — or an image-sequence folder, or one image at ``video_path``)
@@ -209,20 +216,32 @@ def start(
 
     A server on another machine is reached over CURVE: ``server_public_key`` is its NAME.key file,
     ``client_secret_key`` this machine's NAME.key_secret (``megalive keys``); both empty: plain TCP.
-    A key file that cannot be used is said in the report (state "refused"), nothing is connected."""
+    A key file that cannot be used is said in the report (state "refused"), nothing is connected.
+
+    ``crop``: "auto" (the default for video files) sends every frame whole, at its own aspect, and the server finds
+    and cuts the square face crop (a phone video, a wide shot; frames with no face are said in ``status()`` and
+    skipped); "none" (the default for image folders and stills) means the frames are face crops already (another
+    aspect is centre-cut to square, never stretched). Auto needs mediapipe on the server."""
     global _active
+    if crop not in (None, "auto", "none"):
+        raise ValueError(f"crop must be 'auto' or 'none', got {crop!r}")
+    if driver == "arkit" and crop == "auto":
+        raise ValueError("crop 'auto' is for video and image drivers; arkit curves are not pictures")
     if _active is not None:
         stop()
     source: EditorDriverSource
     if driver in ("video", "image"):
         if video_path is None:
             raise ValueError("driver 'video' needs video_path: a video file, a folder of PNG/JPEG frames or one image")
-        if Path(video_path).suffix.lower() in VIDEO_SUFFIXES:
+        is_video_file = Path(video_path).suffix.lower() in VIDEO_SUFFIXES
+        if is_video_file:
             source = VideoFileSource(path=video_path)
         else:
             source = ImageSequenceSource(path=video_path, fps=fps)
+        crop = crop or ("auto" if is_video_file else "none")
     elif driver == "arkit":
         source = LiveLinkFaceSource(subject=subject, bind_address=listen)
+        crop = "none"
     else:
         raise ValueError(f"driver must be 'video' or 'arkit', got {driver!r}")
     config = live.LiveConfig(
@@ -234,7 +253,7 @@ def start(
     )
     controller = live.LiveController(config=config)
     _active = UnrealLiveTexture(
-        controller=controller, source=source, avatar=avatar, host_config=HostConfig(material_parameter=material_parameter)
+        controller=controller, source=source, avatar=avatar, host_config=HostConfig(material_parameter=material_parameter), crop=crop
     )
     _active.start()
     report = _active.status()
