@@ -102,6 +102,16 @@ def _flush_to_disk(path: Path) -> None:
 
 
 AVATAR_OUTPUTS = ("rgb", "alpha")
+PRECISIONS = ("fp32", "fp16")
+
+
+def _to_half_precision(path: Path) -> None:
+    """Rewrite a graph with fp16 weights and arithmetic but fp32 inputs and outputs (casts at its edges), so that the
+    card's contract and the engine stay as they are: the GPU providers' fast path. ONNX Runtime's own converter."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True), str(path))
 
 
 def _export_graph(
@@ -111,9 +121,10 @@ def _export_graph(
     *,
     outputs: tuple[str, ...] = AVATAR_OUTPUTS,
     dynamic_axes: dict[str, dict[int, str]] | None = None,
+    precision: str = "fp32",
 ) -> float:
     """Write one graph (inputs..., outputs; the batch axis of each dynamic unless ``dynamic_axes`` says more) to
-    out_path; returns its parity error."""
+    out_path, in ``precision``; returns its parity error (an fp16 graph's against the fp32 module)."""
     batch_axis = {0: "batch"}
     torch.onnx.export(
         module,
@@ -125,6 +136,8 @@ def _export_graph(
         opset_version=OPSET,
         dynamo=False,
     )
+    if precision == "fp16":
+        _to_half_precision(out_path)
     return _parity(module, out_path, inputs, outputs=outputs)
 
 
@@ -142,6 +155,7 @@ def export_avatar_model(
     enrollment: EnrollmentExport | None = None,
     driver_input: Mapping[str, Any] | None = None,
     teacher: Mapping[str, Any] | None = None,
+    precision: str = "fp32",
 ) -> ExportReport:
     """module(driver B×3×H×W, avatar B) -> (rgb B×3×H×W, alpha B×1×H×W); writes OUT.onnx + OUT.json,
     and OUT.<kind>.onnx for every extra driver kind. With ``enrollment`` (contract v2) every module takes the identity
@@ -149,7 +163,10 @@ def export_avatar_model(
     ``driver_input`` (the sidecar's entry of that name) marks a landmark-driven model: its driver is a landmark image
     (contract/model_card.py LandmarkImageInput) and "landmarks" is among its drivers without a graph of its own.
     ``teacher`` (the sidecar's entry of that name, with ``enrollment``) marks a MegaPortraits teacher served directly
-    (contract/model_card.py TeacherModel; models/export_teacher.py)."""
+    (contract/model_card.py TeacherModel; models/export_teacher.py). ``precision`` "fp16": every graph computes in fp16
+    with fp32 inputs and outputs (the sidecar's ``precision``; parity errors are then fp16's, about 1e-2)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     out_path = Path(out_path)
     kinds = [extra.kind for extra in extra_drivers]
     if len(set(kinds)) != len(kinds):
@@ -177,6 +194,7 @@ def export_avatar_model(
             enrollment=enrollment,
             driver_input=driver_input,
             teacher=teacher,
+            precision=precision,
         )
         for temporary in staged.values():
             _flush_to_disk(temporary)  # a power cut after a rename must find the bytes, not an empty file
@@ -207,6 +225,7 @@ def _write_staged(
     enrollment: EnrollmentExport | None,
     driver_input: Mapping[str, Any] | None,
     teacher: Mapping[str, Any] | None = None,
+    precision: str = "fp32",
 ) -> float:
     """Write every file of the export to the temporary that stage(final path) gives (renames are the caller's);
     returns the largest parity error of its graphs."""
@@ -222,7 +241,7 @@ def _write_staged(
         who = {"identity": torch.from_numpy(enrollment.bank.identity)[rows]}
         who_entry = {"identity": {"dtype": "float32", "shape": ["B", *enrollment.bank.identity_shape]}}
     model_temporary = stage(out_path)
-    max_abs_error = _export_graph(module, {"driver": driver, **who}, model_temporary)
+    max_abs_error = _export_graph(module, {"driver": driver, **who}, model_temporary, precision=precision)
     first = {name: tensor[:1] for name, tensor in who.items()}
     gflops_per_frame = 2 * conv_multiply_accumulates(module, driver[:1], *first.values()) / 1e9
     adapters: dict[str, Any] = {}
@@ -230,7 +249,7 @@ def _write_staged(
         signal = torch.rand(parity_batch, *extra.input_shape, generator=generator)
         path = extra_driver_path(out_path, extra.kind)
         temporary = stage(path)
-        error = _export_graph(extra.module.eval(), {extra.input_name: signal, **who}, temporary, outputs=extra.outputs)
+        error = _export_graph(extra.module.eval(), {extra.input_name: signal, **who}, temporary, outputs=extra.outputs, precision=precision)
         max_abs_error = max(max_abs_error, error)
         adapters[extra.kind] = {
             "model_file": path.name,
@@ -261,6 +280,7 @@ def _write_staged(
             "alpha": {"dtype": "float32", "shape": ["B", 1, height, width], "range": [0, 1]},
         },
         "opset": OPSET,
+        "precision": precision,  # of the arithmetic; inputs and outputs are float32 either way
         "command": command,
         "config": dict(config),
         "config_hash": config_hash(config),
@@ -278,14 +298,20 @@ def _write_staged(
             np.save(handle, np.ascontiguousarray(thumbnails, dtype=np.uint8), allow_pickle=False)
         sidecar["thumbnails"] = thumbnails_path.name
     if enrollment is not None:
-        error = _write_enrollment(enrollment, out_path=out_path, resolution=resolution, sidecar=sidecar, stage=stage)
+        error = _write_enrollment(enrollment, out_path=out_path, resolution=resolution, sidecar=sidecar, stage=stage, precision=precision)
         max_abs_error = max(max_abs_error, error)
     stage(out_path.with_suffix(".json")).write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
     return max_abs_error
 
 
 def _write_enrollment(
-    enrollment: EnrollmentExport, *, out_path: Path, resolution: tuple[int, int], sidecar: dict[str, Any], stage: Callable[[Path], Path]
+    enrollment: EnrollmentExport,
+    *,
+    out_path: Path,
+    resolution: tuple[int, int],
+    sidecar: dict[str, Any],
+    stage: Callable[[Path], Path],
+    precision: str = "fp32",
 ) -> float:
     """Contract v2's embedder graph and shipped bank, staged, and their sidecar entries; returns the embedder's parity
     error (checked at two frame counts: K is dynamic in the graph)."""
@@ -296,7 +322,7 @@ def _write_enrollment(
     temporary = stage(path)
     embedder = enrollment.embedder.eval()
     dynamic = {"frames": {0: "batch", 1: "shots"}}
-    error = _export_graph(embedder, {"frames": frames}, temporary, outputs=("identity",), dynamic_axes=dynamic)
+    error = _export_graph(embedder, {"frames": frames}, temporary, outputs=("identity",), dynamic_axes=dynamic, precision=precision)
     error = max(error, _parity(embedder, temporary, {"frames": frames[:1, :1]}, outputs=("identity",)))  # one frame
     bank_file = bank_path(out_path)
     bank_temporary = stage(bank_file)
@@ -477,9 +503,10 @@ def neutral_thumbnails(dataset_root: str | Path, size: int = THUMBNAIL_SIZE) -> 
     return np.stack([np.asarray(Image.fromarray(frame[:, :, :3]).resize((size, size), Image.BILINEAR)) for frame in neutral])
 
 
-def export_student(student: StudentExport, out_path: str | Path, *, command: str) -> ExportReport:
+def export_student(student: StudentExport, out_path: str | Path, *, command: str, precision: str = "fp32") -> ExportReport:
     """Write a loaded student (and its capture drivers' graphs) as OUT.onnx + sidecar + thumbnails; ``command`` is this
-    export's own command line, recorded after the commands that made the dataset, the student and the landmark solver."""
+    export's own command line, recorded after the commands that made the dataset, the student and the landmark solver.
+    ``precision``: as export_avatar_model's."""
     resolution = student.resolution
     provenance = student.provenance(command)
     thumbnails = neutral_thumbnails(student.dataset_root)
@@ -511,4 +538,5 @@ def export_student(student: StudentExport, out_path: str | Path, *, command: str
         extra_drivers=student.extra_drivers,
         thumbnails=thumbnails,
         enrollment=enrollment,
+        precision=precision,
     )

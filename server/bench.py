@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from client.client import AvatarClient, Texture
 from contract.landmarks import canonical_ibug68
-from server.engine import Engine
+from server.engine import Engine, providers_for
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +54,7 @@ class BenchConfig:
     window: int = 2
     threads: int = 0
     session_counts: tuple[int, ...] = (1, 2, 4)
+    provider: str | None = None  # cpu | cuda | tensorrt (server/engine.py PROVIDER_CHOICES); None: the best installed
 
 
 @dataclass(frozen=True)
@@ -415,7 +416,8 @@ def measure_stream(
 
 
 def run_bench(config: BenchConfig) -> BenchReport:
-    engine = Engine(model_path=config.model_path, intra_op_threads=config.threads, max_batch=4)
+    providers = None if config.provider is None else providers_for(config.provider)  # ModelError (one line) when absent
+    engine = Engine(model_path=config.model_path, providers=providers, intra_op_threads=config.threads, max_batch=4)
     matmul_peak = measure_matmul_peak_gflops()
     base = base_driver(engine)
     raw_fps = measure_raw_fps(engine, config.seconds, kind=base)
@@ -426,7 +428,8 @@ def run_bench(config: BenchConfig) -> BenchReport:
     watermark = measure_watermark_cost(engine, config.seconds)
     card, providers = engine.card, tuple(engine.providers)
     del engine  # the server process gets the cores to itself
-    process, address = start_server(config.model_path, threads=config.threads)
+    served_on = () if providers is None else ("--providers", ",".join(providers))
+    process, address = start_server(config.model_path, threads=config.threads, options=served_on)
     try:
         streams = tuple(
             measure_stream(address, sessions=n, seconds=config.seconds, window=config.window, resolution=card.resolution, driver=base)

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from server import __version__
+from server.proxy_cli import add_proxy_command
+from server.triton_export import add_export_triton
 
 if TYPE_CHECKING:
     from contract.model_card import TeacherModel
@@ -56,6 +58,16 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument(
         "--idle-timeout", type=float, default=120.0, metavar="S", help="close a session after this many seconds without a message"
+    )
+    serve.add_argument(
+        "--engine",
+        default="onnxruntime",
+        metavar="ENGINE",
+        help="onnxruntime: run the graphs in this process | triton://HOST:PORT[/NAME]: on an NVIDIA Triton server's gRPC port, "
+        "serving the repository `megalive export-triton` wrote from --model",
+    )
+    serve.add_argument(
+        "--engine-timeout", type=float, default=10.0, metavar="S", help="a Triton call failing after this long fails its frames"
     )
     serve.add_argument("--providers", default="", metavar="LIST", help="comma-separated ONNX Runtime providers; empty: best available")
     serve.add_argument("--threads", type=int, default=0, metavar="N", help="ONNX Runtime intra-op threads; 0: one per core")
@@ -144,12 +156,14 @@ def _teacher_words(teacher: TeacherModel | None) -> str:
 def _serve(args: argparse.Namespace) -> int:
     from server.engine import Engine, ModelError, load_model_card, model_or_shipped
     from server.service import AvatarService
+    from server.triton_engine import TritonEngine, parse_engine_address
 
     providers = [p for p in args.providers.split(",") if p] or None
     try:
         config = _serve_config(args)
         args.model = model_or_shipped(args.model)
         card = load_model_card(args.model)
+        triton = None if args.engine == "onnxruntime" else parse_engine_address(args.engine)  # ValueError for a bad one
         if args.dry_run:
             shown = {
                 **asdict(config),
@@ -163,6 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
                         "service": shown,
                         "model": {**asdict(card), "model_path": str(card.model_path), "thumbnails_path": str(card.thumbnails_path)},
                         "providers": providers,
+                        "engine": str(triton or args.engine),
                         "bank": None if not args.enroll or card.enrollment is None else str(args.bank or default_bank_path(card.name)),
                     },
                     indent=2,
@@ -173,9 +188,16 @@ def _serve(args: argparse.Namespace) -> int:
         bank = None
         if args.enroll and card.enrollment is not None:
             bank = args.bank if args.bank is not None else default_bank_path(card.name)
-        engine = Engine(
-            model_path=args.model, providers=providers, intra_op_threads=args.threads, max_batch=config.max_batch, bank_path=bank
-        )
+        if triton is None:
+            engine = Engine(
+                model_path=args.model, providers=providers, intra_op_threads=args.threads, max_batch=config.max_batch, bank_path=bank
+            )
+        else:
+            if providers is not None or args.threads:
+                raise ValueError("--providers and --threads are the in-process engine's; Triton's config.pbtxt places the graphs")
+            engine = TritonEngine(
+                model_path=args.model, address=triton, timeout_s=args.engine_timeout, max_batch=config.max_batch, bank_path=bank
+            )
         service = AvatarService(engine=engine, config=config)
         address = service.start()
     except (ModelError, ValueError) as error:  # BindRefused and KeyFileError are ValueErrors with one-line messages
@@ -370,6 +392,9 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--seconds", type=float, default=10.0, metavar="S", help="length of each measured phase")
     bench.add_argument("--window", type=int, default=2, metavar="N", help="frames in flight per session")
     bench.add_argument("--threads", type=int, default=0, metavar="N", help="ONNX Runtime intra-op threads; 0: one per core")
+    bench.add_argument(
+        "--provider", default=None, metavar="NAME", help="cpu | cuda | tensorrt (needs onnxruntime-gpu); default: the best installed"
+    )
     bench.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures as JSON")
     bench.set_defaults(run=_bench)
 
@@ -380,7 +405,13 @@ def _bench(args: argparse.Namespace) -> int:
 
     try:
         report = run_bench(
-            BenchConfig(model_path=model_or_shipped(args.model), seconds=args.seconds, window=args.window, threads=args.threads)
+            BenchConfig(
+                model_path=model_or_shipped(args.model),
+                seconds=args.seconds,
+                window=args.window,
+                threads=args.threads,
+                provider=args.provider,
+            )
         )
     except ModelError as error:
         print(f"megalive bench: {error}", file=sys.stderr)
@@ -572,3 +603,5 @@ def add_runtime_commands(commands: argparse._SubParsersAction) -> None:
     _add_demo(commands)
     _add_verify(commands)
     _add_sign(commands)
+    add_proxy_command(commands)
+    add_export_triton(commands)
