@@ -9,13 +9,14 @@ POLISH_STEPS ?= 2900
 EMBEDDER_STEPS ?= 2000
 TEACHER_STEPS ?= 3000
 TEACHER_POLISH_STEPS ?= 300
+TEACHER_EXPRESSION_STEPS ?= 800
 FEWSHOT_STEPS ?= 2000
 FEWSHOT_TUNE ?= 100
 
 BIN    := $(VENV)/bin
 NETS   := .nets
 
-.PHONY: demo test lint install install-dev nets bench bench-hardening default-model teacher-cpu fewshot-cpu clean
+.PHONY: demo test lint install install-dev install-gpu nets bench bench-hardening default-model teacher-cpu fewshot-cpu clean
 
 # torch first, so pip takes the local CPU build instead of a CUDA one from the registry. Then the reference
 # implementations the suite checks models/nets/ against (pinned with their checksums); the nets' weights first.
@@ -81,6 +82,14 @@ $(VENV)/.installed-runtime: pyproject.toml requirements-provenance.txt
 
 install: $(VENV)/.installed-runtime
 
+# The GPU path (README "GPU"): onnxruntime-gpu with its CUDA 13 and cuDNN 9 wheels, pinned as pyproject's `gpu` extra.
+# It installs the same `onnxruntime` module as the CPU package, so both go first (removing one deletes files the other
+# wrote) and the GPU one comes back alone. Run it again after anything reinstalls the project (make install-dev).
+ORT_GPU := onnxruntime-gpu[cuda,cudnn]==1.31.1
+install-gpu: install-dev
+	$(PIP) uninstall -q -y onnxruntime onnxruntime-gpu
+	$(PIP) install -q '$(ORT_GPU)'
+
 # Streams the shipped driver clip through a local server to the 8 shipped avatars: out/demo.mp4, out/demo.png.
 demo: install
 	$(BIN)/megalive demo --out out
@@ -137,16 +146,18 @@ default-model: install-dev
 # The CPU recipe of the teacher (README: "The teacher on two CPU cores"): the frozen head-pose network pretrained on
 # SyntheticHeads renders, the cpu128 base model on SyntheticHeads pairs with it (L1, mask, PatchGAN, feature matching,
 # contrastive), then a polish with the pretrained perceptual (EfficientNet-Lite0) and face (dlib ResNet) terms on
-# (they triple a CPU step), the benchmark's parameter regressor, then the benchmark: the teacher on held-out identities,
-# and teacher beside the default student on the student's avatars (runs/synth-256, made as in default-model).
-TEACHER := runs/teacher-cpu128-polish/checkpoint.pt
+# (they triple a CPU step), then a stage with the L1 inside the eye and mouth boxes weighted up (--region-weight), the
+# benchmark's parameter regressor, then the benchmark: the teacher on held-out identities, and teacher beside the default student on the student's avatars (runs/synth-256, made as in default-model).
+TEACHER := runs/teacher-cpu128-expressions/checkpoint.pt
 teacher-cpu: install-dev
-	rm -rf runs/head-pose runs/teacher-cpu128 runs/teacher-cpu128-polish runs/regressor
+	rm -rf runs/head-pose runs/teacher-cpu128 runs/teacher-cpu128-polish runs/teacher-cpu128-expressions runs/regressor
 	$(BIN)/megalive-train head-pose --out runs/head-pose/head_pose.pt --steps 6000 --renders 16000
 	$(BIN)/megalive-train base --preset cpu128 --steps $(TEACHER_STEPS) --batch 2 --run runs/teacher-cpu128 \
 		--pose-network runs/head-pose/head_pose.pt --perceptual-weight 0 --face-weight 0 --checkpoint-every 250
 	$(BIN)/megalive-train base --preset cpu128 --steps $(TEACHER_POLISH_STEPS) --batch 2 --run runs/teacher-cpu128-polish \
 		--pose-network runs/head-pose/head_pose.pt --init runs/teacher-cpu128/checkpoint.pt --checkpoint-every 100
+	$(BIN)/megalive-train base --preset cpu128 --steps $(TEACHER_EXPRESSION_STEPS) --batch 2 --run runs/teacher-cpu128-expressions \
+		--pose-network runs/head-pose/head_pose.pt --init runs/teacher-cpu128-polish/checkpoint.pt --region-weight 40 --checkpoint-every 100
 	$(BIN)/megalive-train regressor --out runs/regressor/regressor.pt
 	$(BIN)/megalive-train eval --model $(TEACHER) --regressor runs/regressor/regressor.pt --sources 16 --out docs/teacher-cpu128/held-out
 	$(BIN)/megalive-train eval --model $(TEACHER) --regressor runs/regressor/regressor.pt --sources 16 --out docs/teacher-cpu128/held-out --motions random

@@ -48,6 +48,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -107,13 +108,85 @@ class EngineCounters:
         }
 
 
-def choose_providers(requested: Sequence[str] | None) -> list[str]:
-    available = ort.get_available_providers()
+def choose_providers(requested: Sequence[str] | None, *, available: Sequence[str] | None = None) -> list[str]:
+    """The providers to open graphs with: ``requested`` as given, or the best of PREFERRED_PROVIDERS that this
+    onnxruntime offers (``available``: ort.get_available_providers() unless given). ModelError when one is missing."""
+    available = list(ort.get_available_providers() if available is None else available)
     wanted = list(requested) if requested else [p for p in PREFERRED_PROVIDERS if p in available]
     missing = [p for p in wanted if p not in available]
     if missing:
-        raise ModelError(f"execution providers {missing} are not available (installed: {available})")
+        gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(missing)
+        hint = " (the GPU providers come with onnxruntime-gpu: make install-gpu)" if gpu else ""
+        raise ModelError(f"execution providers {missing} are not available{hint}; this onnxruntime offers {', '.join(available)}")
     return wanted
+
+
+# `--provider` of bench: a short name -> the providers tried, best first. ONNX Runtime runs any node the GPU provider
+# has no kernel for on the CPU provider, so the CPU stays last in every list.
+PROVIDER_CHOICES = {
+    "cpu": ("CPUExecutionProvider",),
+    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+
+
+def providers_for(choice: str, *, available: Sequence[str] | None = None) -> list[str]:
+    """The providers of a PROVIDER_CHOICES name, checked against this onnxruntime's; ModelError (one line) when the
+    name is unknown or its first provider is not installed."""
+    if choice not in PROVIDER_CHOICES:
+        raise ModelError(f"unknown provider {choice!r}: choose one of {', '.join(PROVIDER_CHOICES)}")
+    return choose_providers(PROVIDER_CHOICES[choice], available=available)
+
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def io_binding_device(providers: Sequence[str]) -> str | None:
+    """The device a session on ``providers`` (as it started, best first) is fed through IO binding on: "cuda" when a
+    GPU provider leads, else None (on the CPU plain run() copies nothing that binding would save)."""
+    return "cuda" if providers and providers[0] in GPU_PROVIDERS else None
+
+
+class IoBoundSession:
+    """An ONNX Runtime session fed through IO binding: each input is copied into a buffer on ``device`` that is kept
+    per (name, shape, dtype) and reused by later calls of that shape, the outputs are allocated by ONNX Runtime on
+    the device and copied to the host once per call. Offers the part of InferenceSession that the engine uses."""
+
+    def __init__(self, *, session: ort.InferenceSession, device: str, device_id: int = 0) -> None:
+        self.session = session
+        self.device = device
+        self.device_id = device_id
+        self._buffers: dict[tuple[str, tuple[int, ...], str], ort.OrtValue] = {}
+
+    @property
+    def input_buffers(self) -> dict[tuple[str, tuple[int, ...], str], ort.OrtValue]:
+        """The device buffers kept so far, by (input name, shape, dtype)."""
+        return dict(self._buffers)
+
+    def get_inputs(self) -> list[ort.NodeArg]:
+        return self.session.get_inputs()
+
+    def get_outputs(self) -> list[ort.NodeArg]:
+        return self.session.get_outputs()
+
+    def get_providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def run(self, output_names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        binding = self.session.io_binding()
+        for name, array in feed.items():
+            array = np.ascontiguousarray(array)
+            key = (name, array.shape, array.dtype.str)
+            buffer = self._buffers.get(key)
+            if buffer is None:
+                buffer = self._buffers[key] = ort.OrtValue.ortvalue_from_numpy(array, self.device, self.device_id)
+            else:
+                buffer.update_inplace(array)  # host -> device into the kept buffer: no allocation per frame
+            binding.bind_ortvalue_input(name, buffer)
+        for name in output_names:
+            binding.bind_output(name, self.device, self.device_id)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
 
 
 def enroll_unavailable(engine: Engine) -> str:
@@ -137,38 +210,68 @@ class Engine:
         max_batch: int = 8,
         warmup: bool = True,
         bank_path: str | Path | None = None,
+        io_binding: bool | None = None,
     ) -> None:
+        """``io_binding``: feed the graphs through IO binding (IoBoundSession); None: when a GPU provider leads."""
         self.card = load_model_card(model_path)
         self.bank_path = Path(bank_path) if bank_path is not None else None  # where enrolled avatars are kept (v2)
         self.bank_problem: str | None = None  # why the user bank was not read, when it was not
         self._shipped, self._enrolled = self._read_banks()
         self._identity = self._joined_identity()  # v2: every avatar's tensor in id order, swapped whole by enroll
         self.max_batch = max_batch
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads  # 0: ORT picks (all physical cores)
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        chosen = choose_providers(providers)
-        # A GPU provider that fails to start (missing CUDA libraries, say) falls back to the CPU,
-        # unless the user named the providers.
-        attempts = [chosen] if providers is not None or chosen == ["CPUExecutionProvider"] else [chosen, ["CPUExecutionProvider"]]
-        self.session = self._open_graph(self.card.model_path, options, attempts)
+        self._requested_providers = None if providers is None else list(providers)
+        self._intra_op_threads = intra_op_threads
+        self._io_binding = io_binding
+        # The graphs: objects with InferenceSession's get_inputs, get_outputs, get_providers and run (a subclass may
+        # run them elsewhere: server/triton_engine.py).
+        self.session, signal_sessions, self._embedder = self._open_graphs()
         self._check_contract()
-        # One more ONNX Runtime session per capture kind, on the providers the main graph started with.
-        self._signal_graphs = {
-            adapter.kind: (self._open_graph(adapter.model_path, options, [self.session.get_providers()]), adapter)
-            for adapter in self.card.adapters
-        }
+        self._signal_graphs = {adapter.kind: (signal_sessions[adapter.kind], adapter) for adapter in self.card.adapters}
         self._check_signal_graphs()
         landmark_input = self.card.landmark_input
         # A landmark-driven model's avatars' neutral faces (N×68×2 in [0, 1]), for retargeting; read-only, shared.
         self._neutral = None if landmark_input is None else np.array(landmark_input.neutral_landmarks, np.float32)
         if self._neutral is not None:
             self._neutral.flags.writeable = False
-        enrollment = self.card.enrollment
-        self._embedder = None if enrollment is None else self._open_graph(enrollment.embedder_path, options, [self.session.get_providers()])
         self.counters = EngineCounters()
         if warmup:
             self.warm_up()
+
+    def _open_graphs(self) -> tuple[Any, dict[str, Any], Any | None]:
+        """(main graph, capture kind -> its graph, embedder graph or None), as ONNX Runtime sessions in this process."""
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._intra_op_threads  # 0: ORT picks (all physical cores)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        requested = self._requested_providers
+        chosen = choose_providers(requested)
+        # A GPU provider that fails to start (missing CUDA libraries, say) falls back to the CPU,
+        # unless the user named the providers.
+        attempts = [chosen] if requested is not None or chosen == ["CPUExecutionProvider"] else [chosen, ["CPUExecutionProvider"]]
+        if chosen[0] in GPU_PROVIDERS:
+            # The CUDA and cuDNN libraries of the `gpu` extra are wheels (nvidia-*), not on the loader's path: ONNX
+            # Runtime's own preloader finds them there (and falls back to the system's when they are absent).
+            ort.preload_dlls()
+        main = self._open_graph(self.card.model_path, options, attempts)
+        started = main.get_providers()
+        if requested and started[0] != chosen[0]:
+            # ONNX Runtime falls back to the next provider with a warning when one cannot start (no driver, no CUDA
+            # libraries); a provider the user named must run, or the figures would be the CPU's under its name.
+            raise ModelError(f"{chosen[0]} is installed but did not start (ONNX Runtime fell back to {', '.join(started)})")
+        # The other graphs on the providers the main graph started with.
+        signals = {adapter.kind: self._open_graph(adapter.model_path, options, [started]) for adapter in self.card.adapters}
+        enrollment = self.card.enrollment
+        embedder = None if enrollment is None else self._open_graph(enrollment.embedder_path, options, [started])
+        device = io_binding_device(started)
+        if self._io_binding is not None:  # asked for (on the CPU too: the same code path, testable without a GPU) or refused
+            device = (device or "cpu") if self._io_binding else None
+        if device is None:
+            return main, signals, embedder
+        bound = {kind: IoBoundSession(session=session, device=device) for kind, session in signals.items()}
+        return (
+            IoBoundSession(session=main, device=device),
+            bound,
+            None if embedder is None else IoBoundSession(session=embedder, device=device),
+        )
 
     @staticmethod
     def _open_graph(path: Path, options: ort.SessionOptions, attempts: list[list[str]]) -> ort.InferenceSession:
