@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,14 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         "--curve-secret", type=Path, default=None, metavar="FILE", help="the server's CURVE .key_secret file (megalive keys new)"
     )
     serve.add_argument("--allow", type=Path, default=None, metavar="DIR", help="folder of allowed clients' CURVE public .key files")
-    serve.add_argument("--max-batch", type=int, default=8, metavar="N", help="most frames of different sessions in one engine call [1-64]")
+    serve.add_argument(
+        "--max-batch",
+        type=_batch_option,
+        default="auto",
+        metavar="N",
+        help="most frames of different sessions in one engine call [1-64]; auto: measured at start, up to "
+        f"{AUTO_BATCH_LIMIT} (the smallest batch within 5%% of the best frames/s on this machine)",
+    )
     serve.add_argument("--max-sessions", type=int, default=64, metavar="N", help="sessions held at once; more get a 'busy' error [1-1024]")
     serve.add_argument("--max-sessions-per-client", type=int, default=16, metavar="N", help="sessions one connection may hold [1-1024]")
     serve.add_argument(
@@ -106,6 +113,19 @@ def default_bank_path(model_name: str) -> Path:
     return data_home / "megalive" / f"{model_name}.avatars.npz"
 
 
+AUTO_BATCH_LIMIT = 8  # the largest batch `--max-batch auto` tries
+AUTO_BATCH_SECONDS = 1.5  # how long `--max-batch auto` measures, all batch sizes together
+
+
+def _batch_option(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be auto or a whole number, got {text!r}") from None
+
+
 def _serve_config(args: argparse.Namespace) -> ServiceConfig:
     """The service configuration from `serve`'s options; ValueError (one line) for a bad one."""
     from server.binding import check_bind_address
@@ -113,7 +133,7 @@ def _serve_config(args: argparse.Namespace) -> ServiceConfig:
     from server.service import ServiceConfig
 
     ranges = {
-        "--max-batch": (args.max_batch, 1, 64),
+        "--max-batch": (AUTO_BATCH_LIMIT if args.max_batch == "auto" else args.max_batch, 1, 64),
         "--max-sessions": (args.max_sessions, 1, 1024),
         "--max-sessions-per-client": (args.max_sessions_per_client, 1, 1024),
         "--max-output": (args.max_output, 16, 4096),
@@ -130,7 +150,7 @@ def _serve_config(args: argparse.Namespace) -> ServiceConfig:
     curve = None if args.curve_secret is None else load_server_keys(secret_file=args.curve_secret, allow_dir=args.allow)
     config = ServiceConfig(
         bind=args.bind,
-        max_batch=args.max_batch,
+        max_batch=AUTO_BATCH_LIMIT if args.max_batch == "auto" else args.max_batch,
         max_sessions=args.max_sessions,
         max_sessions_per_client=args.max_sessions_per_client,
         max_output_pixels=args.max_output**2,
@@ -154,7 +174,7 @@ def _teacher_words(teacher: TeacherModel | None) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from server.engine import Engine, ModelError, load_model_card, model_or_shipped
+    from server.engine import Engine, ModelError, batch_candidates, best_batch, load_model_card, model_or_shipped
     from server.service import AvatarService
     from server.triton_engine import TritonEngine, parse_engine_address
 
@@ -167,6 +187,7 @@ def _serve(args: argparse.Namespace) -> int:
         if args.dry_run:
             shown = {
                 **asdict(config),
+                "max_batch": config.max_batch if args.max_batch != "auto" else f"auto (measured at start, up to {config.max_batch})",
                 "curve": None
                 if config.curve is None
                 else {"public": config.curve.public.decode(), "allow_dir": str(config.curve.allow_dir)},
@@ -198,6 +219,11 @@ def _serve(args: argparse.Namespace) -> int:
             engine = TritonEngine(
                 model_path=args.model, address=triton, timeout_s=args.engine_timeout, max_batch=config.max_batch, bank_path=bank
             )
+        measured = None
+        if triton is None and args.max_batch == "auto":  # Triton batches by its own config.pbtxt
+            measured = engine.frames_per_second_by_batch(batch_candidates(config.max_batch), seconds=AUTO_BATCH_SECONDS)
+            engine.max_batch = best_batch(measured)
+            config = replace(config, max_batch=engine.max_batch)
         service = AvatarService(engine=engine, config=config)
         address = service.start()
     except (ModelError, ValueError) as error:  # BindRefused and KeyFileError are ValueErrors with one-line messages
@@ -217,6 +243,9 @@ def _serve(args: argparse.Namespace) -> int:
         f"{' with CURVE' if config.curve else ''}",
         flush=True,
     )
+    if measured is not None:
+        rates = ", ".join(f"{batch}: {rate:.1f}" for batch, rate in measured.items())
+        print(f"megalive: engine batch {engine.max_batch} (measured frames/s by batch: {rates})", flush=True)
     if service.watermark_state.startswith("unavailable"):
         print(
             f"megalive serve: textures carry no watermark: {service.watermark_state.removeprefix('unavailable: ')}",

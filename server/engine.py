@@ -198,6 +198,20 @@ def enroll_unavailable(engine: Engine) -> str:
     return ""
 
 
+def best_batch(frames_per_second: dict[int, float], *, tolerance: float = 0.05) -> int:
+    """The smallest batch whose frames/s is within ``tolerance`` of the best: a bigger batch costs every session in it
+    latency, so it must pay for itself in throughput (on two CPU cores it often does not)."""
+    if not frames_per_second:
+        raise ValueError("no batch sizes were measured")
+    best = max(frames_per_second.values())
+    return min(batch for batch, rate in frames_per_second.items() if rate >= (1 - tolerance) * best)
+
+
+def batch_candidates(limit: int) -> tuple[int, ...]:
+    """The batch sizes a server measures up to ``limit``: powers of two, and the limit itself."""
+    return tuple(sorted({*(2**k for k in range(limit.bit_length()) if 2**k <= limit), limit}))
+
+
 class Engine:
     """One ONNX Runtime session for one avatar model; thread-compatible (one caller at a time)."""
 
@@ -410,17 +424,38 @@ class Engine:
             if kind == "landmarks" and self.card.landmark_input is not None:
                 raise ModelError(f"{self.card.model_path.name} is landmark-driven: it draws landmarks itself and takes no landmarks graph")
 
+    def _probe(self, batch: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """A batch of the main path's input (driver, avatars, kind) that any model takes."""
+        avatars = np.zeros(batch, np.int64)
+        if self._neutral is not None:  # the drawing and the main graph, on the first avatar's own neutral face
+            return np.repeat(self._neutral[:1], batch, axis=0), avatars, "landmarks"
+        return np.zeros((batch, 3, *self.resolution), np.float32), avatars, "image"
+
     def warm_up(self) -> None:
         """Run every graph once at batch 1 and at max batch so the first real frames do not pay allocation costs."""
         for batch in sorted({1, self.max_batch}):
-            avatars = np.zeros(batch, np.int64)
-            if self._neutral is not None:  # the drawing and the main graph, on the first avatar's own neutral face
-                self.run(np.repeat(self._neutral[:1], batch, axis=0), avatars, kind="landmarks")
-            else:
-                self.run(np.zeros((batch, 3, *self.resolution), np.float32), avatars)
+            driver, avatars, kind = self._probe(batch)
+            self.run(driver, avatars, kind=kind)
             for kind, (_, adapter) in self._signal_graphs.items():
                 self.run(np.full((batch, *adapter.input_shape), 0.5, np.float32), avatars, kind=kind)
         self.counters = EngineCounters()
+
+    def frames_per_second_by_batch(self, batches: Sequence[int], *, seconds: float, rounds: int = 3) -> dict[int, float]:
+        """Frames/s of the main path at each batch size: each batch runs seconds / (rounds · len(batches)) per round,
+        the batches taking turns, so that the machine's drift falls on all of them alike; the median over the rounds."""
+        turn_s = seconds / (rounds * len(batches))
+        measured: dict[int, list[float]] = {batch: [] for batch in batches}
+        for _ in range(rounds):
+            for batch in batches:
+                driver, avatars, kind = self._probe(batch)
+                self.run(driver, avatars, kind=kind)  # this size's buffers allocated outside the timing
+                frames, began = 0, time.perf_counter()
+                while time.perf_counter() - began < turn_s:
+                    self.run(driver, avatars, kind=kind)
+                    frames += batch
+                measured[batch].append(frames / (time.perf_counter() - began))
+        self.counters = EngineCounters()
+        return {batch: float(np.median(values)) for batch, values in measured.items()}
 
     def run(self, driver: np.ndarray, avatar: np.ndarray, *, kind: str = "image") -> EngineOutput:
         """driver: B×3×H×W float32 in [0,1] (kind image), or the capture signal B×… of the kind's graph, or (a

@@ -13,7 +13,7 @@ import pytest
 
 from models.contract_model import ContractModel, ContractModelConfig
 from models.export import export_avatar_model
-from server.engine import Engine, ModelError, load_model_card
+from server.engine import Engine, ModelError, batch_candidates, best_batch, load_model_card
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,6 +49,21 @@ def test_engine_batches_and_splits_above_max_batch(contract_model_path: Path) ->
     np.testing.assert_allclose(single.rgb[0], output.rgb[3], atol=1e-5)
     with pytest.raises(ValueError):
         engine.run(np.zeros((1, 3, 16, 16), np.float32), np.zeros(1, np.int64))
+
+
+def test_the_server_takes_the_smallest_batch_that_pays_for_itself(contract_model_path: Path) -> None:
+    """`serve --max-batch auto`: every candidate measured, and a bigger batch only where it beats the smaller ones by
+    more than the tolerance (on two CPU cores a batch of 4 has run slower per frame than 1)."""
+    assert batch_candidates(8) == (1, 2, 4, 8) and batch_candidates(6) == (1, 2, 4, 6) and batch_candidates(1) == (1,)
+    assert best_batch({1: 55.0, 2: 54.0, 4: 42.0}) == 1  # within 5 % of the best: the smallest
+    assert best_batch({1: 40.0, 2: 55.0, 4: 56.0}) == 2
+    assert best_batch({1: 40.0, 2: 45.0, 4: 60.0}) == 4
+    with pytest.raises(ValueError, match="no batch"):
+        best_batch({})
+    engine = Engine(model_path=contract_model_path, max_batch=4)
+    measured = engine.frames_per_second_by_batch((1, 2, 4), seconds=0.3)
+    assert sorted(measured) == [1, 2, 4] and all(rate > 0 for rate in measured.values())
+    assert engine.counters.runs == 0  # the measuring runs are not the server's frames
 
 
 def test_model_card_errors_are_one_line(contract_model_path: Path, tmp_path: Path) -> None:
