@@ -17,8 +17,8 @@ The 128² stage has no SPADE block: at 2 CPU cores it would cost a quarter of th
 
 ``cpu512``: the same network on the driver area-downsampled to 256, then one stage back up:
     driver B×3×512×512 -> avg pool B×3×256×256 -> (cpu256's encoder and decoder) -> B×16×128×128
-    -> nearest ×2, 3×3 conv B×16×256×256 -> 3×3 conv + pixel shuffle -> rgb B×3×512×512, alpha B×1×512×512
-The upsampling stage starts as nearest upsampling (Dirac weights), so a trained cpu256 student loaded into it
+    -> bilinear ×2, 3×3 conv B×16×256×256 -> 3×3 conv + pixel shuffle -> rgb B×3×512×512, alpha B×1×512×512
+The upsampling stage starts as bilinear upsampling (Dirac weights), so a trained cpu256 student loaded into it
 (`megalive-train student --init`) draws from the first step.
 """
 
@@ -37,6 +37,7 @@ from models.blocks import ConvNormAct, DownBlock, IdentityHidden, ResBlock, SPAD
 
 MAX_IDENTITY_SIZE = 64
 LEAKY_SLOPE = 0.2  # before the output head, as in SPADE-GAN's generator
+REFINE_UPSAMPLING = "bilinear"  # nearest left 4-pixel steps at 512 px that 275 steps of training had not smoothed
 
 
 @dataclass(frozen=True)
@@ -189,9 +190,9 @@ class IdentityDecoder(nn.Module):
         # and a plain ReLU there died in training (measured: 13 of 16 channels of the first shipped
         # model were never positive), which left a blurry average face.
         self.head_norm = nn.GroupNorm(group_count(decoder_channels[-1]), decoder_channels[-1])
-        # With a downsampled driver, one stage from H/4 back to H/2: nearest ×2 and a 3×3 conv, nothing else at that size.
+        # With a downsampled driver, one stage from H/4 back to H/2: bilinear ×2 and a 3×3 conv, nothing else at that size.
         self.refine = nn.Conv2d(decoder_channels[-1], config.refine_channels, 3, padding=1) if config.refine_channels else None
-        if self.refine is not None:  # starts as nearest upsampling: a student of half the size, loaded into it, still draws
+        if self.refine is not None:  # starts as plain upsampling: a student of half the size, loaded into it, still draws
             nn.init.dirac_(self.refine.weight)
             nn.init.zeros_(self.refine.bias)
         # rgb + alpha at full resolution: 3×3 conv to 4·2·2 channels at H/2, then pixel shuffle
@@ -215,7 +216,7 @@ class IdentityDecoder(nn.Module):
                 x = block(x, hidden_map)
         x = F.leaky_relu(self.head_norm(x), LEAKY_SLOPE)
         if self.refine is not None:  # B×C×H/4×W/4 -> B×C_refine×H/2×W/2
-            x = F.leaky_relu(self.refine(resize(x, factor=2, mode="nearest")), LEAKY_SLOPE)
+            x = F.leaky_relu(self.refine(resize(x, factor=2, mode=REFINE_UPSAMPLING)), LEAKY_SLOPE)
         logits = self.head(x)  # B×16×H/2×W/2
         return F.pixel_shuffle(logits, 2)  # B×(4·2·2)×H/2×W/2 -> B×4×H×W
 

@@ -101,8 +101,8 @@ def teacher_targets(path: Path, dataset: PairedHeads) -> TeacherTargets:
 
 def initial_weights(model: Student, discriminator: torch.nn.Module | None, path: Path, *, avatar_names: list[str]) -> list[str]:
     """Load another student run's weights into a fresh ``model`` (and its discriminator) wherever a tensor's name and
-    shape agree: cpu256 into cpu512 fills all but the stage that upsamples the last H/4 features (it starts as nearest
-    upsampling). The avatars must be the same, in the same order. Returns the model's tensors left as initialised."""
+    shape agree: cpu256 into cpu512 fills all but the stage that upsamples the last H/4 features (it starts as plain
+    bilinear upsampling). The avatars must be the same, in the same order. Returns the model's tensors left as initialised."""
     checkpoint = load_checkpoint(path)
     check_kind(checkpoint, STUDENT_KIND)
     if list(checkpoint.get("avatar_names") or []) != avatar_names:
