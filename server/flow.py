@@ -32,6 +32,55 @@ class ReplyBacklog:
     nbytes: int = 0
 
 
+def send_or_hold(
+    socket: zmq.Socket, peer: bytes, frames: list, backlogs: dict[bytes, ReplyBacklog], *, limit_bytes: int
+) -> tuple[int, zmq.ZMQError | None]:
+    """Send a reply to ``peer`` on a ROUTER at once, or hold it in the peer's small backlog when ZeroMQ's queue for it
+    is full (the server's and the proxy's replies alike). A texture that does not fit becomes a `dropped` reply (so a
+    frame still ends in exactly one event); the backlog holds small replies only, up to ``limit_bytes``. Returns how
+    many replies overflowed (0-2) and the error of a peer that cannot be routed to (for the caller to handle)."""
+    backlog = backlogs.get(peer)
+    if backlog is None:
+        try:
+            socket.send_multipart([peer, *frames], zmq.NOBLOCK, copy=False)
+            return 0, None
+        except zmq.ZMQError as error:
+            if error.errno != zmq.EAGAIN:
+                return 0, error
+        backlog = backlogs[peer] = ReplyBacklog()
+    overflowed = 0
+    if sum(len(frame) for frame in frames) > SMALL_REPLY_BYTES:
+        overflowed += 1
+        dropped = as_dropped(frames)
+        if dropped is None:
+            return overflowed, None
+        frames = dropped
+    size = sum(len(frame) for frame in frames)
+    if backlog.nbytes + size > limit_bytes:
+        return overflowed + 1, None
+    backlog.replies.append(frames)
+    backlog.nbytes += size
+    return overflowed, None
+
+
+def flush_backlogs(socket: zmq.Socket, backlogs: dict[bytes, ReplyBacklog]) -> list[tuple[bytes, zmq.ZMQError]]:
+    """Send what the backlogs hold while ZeroMQ has room; returns the peers that cannot be routed to, with the error."""
+    unroutable = []
+    for peer in list(backlogs):
+        backlog = backlogs[peer]
+        while backlog.replies:
+            try:
+                socket.send_multipart([peer, *backlog.replies[0]], zmq.NOBLOCK, copy=False)
+            except zmq.ZMQError as error:
+                if error.errno != zmq.EAGAIN:
+                    unroutable.append((peer, error))
+                break
+            backlog.nbytes -= sum(len(frame) for frame in backlog.replies.popleft())
+        if not backlog.replies:
+            del backlogs[peer]
+    return unroutable
+
+
 def as_dropped(frames: list) -> list | None:
     """A texture reply's `dropped` stand-in (same id, session, seq); None for any other large reply."""
     try:

@@ -56,7 +56,7 @@ from client.protocol import (
     unpack_header,
 )
 from server.binding import BindRefused, check_bind_address
-from server.flow import SMALL_REPLY_BYTES, ConnectionTable, Incoming, MessageBudget, ReplyBacklog, as_dropped
+from server.flow import ConnectionTable, Incoming, MessageBudget, ReplyBacklog, flush_backlogs, send_or_hold
 from server.keys import CurveServerKeys
 from server.sessions import COUNTER_NAMES
 
@@ -864,42 +864,14 @@ class AvatarProxy:
 
     def _send_front(self, front: zmq.Socket, identity: bytes, frames: list) -> None:
         """As the server sends: at once, or into the client's small backlog; a texture with no room becomes `dropped`."""
-        backlog = self._backlogs.get(identity)
-        if backlog is None:
-            try:
-                front.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
-                return
-            except zmq.ZMQError as error:
-                if error.errno != zmq.EAGAIN:
-                    self._unroutable(identity, error)
-                    return
-            backlog = self._backlogs[identity] = ReplyBacklog()
-        if sum(len(frame) for frame in frames) > SMALL_REPLY_BYTES:
-            self.counters.reply_overflow += 1
-            dropped = as_dropped(frames)
-            if dropped is None:
-                return
-            frames = dropped
-        size = sum(len(frame) for frame in frames)
-        if backlog.nbytes + size > self.config.backlog_bytes_per_client:
-            self.counters.reply_overflow += 1
-            return
-        backlog.replies.append(frames)
-        backlog.nbytes += size
+        overflowed, error = send_or_hold(front, identity, frames, self._backlogs, limit_bytes=self.config.backlog_bytes_per_client)
+        self.counters.reply_overflow += overflowed
+        if error is not None:
+            self._unroutable(identity, error)
 
     def _flush_backlogs(self, front: zmq.Socket) -> None:
-        for identity in list(self._backlogs):
-            backlog = self._backlogs[identity]
-            while backlog.replies:
-                try:
-                    front.send_multipart([identity, *backlog.replies[0]], zmq.NOBLOCK, copy=False)
-                except zmq.ZMQError as error:
-                    if error.errno != zmq.EAGAIN:
-                        self._unroutable(identity, error)
-                    break
-                backlog.nbytes -= sum(len(frame) for frame in backlog.replies.popleft())
-            if not backlog.replies and identity in self._backlogs:
-                del self._backlogs[identity]
+        for identity, error in flush_backlogs(front, self._backlogs):
+            self._unroutable(identity, error)
 
     def _unroutable(self, identity: bytes, error: zmq.ZMQError) -> None:
         if error.errno != zmq.EHOSTUNREACH:

@@ -65,7 +65,7 @@ from server import __version__, capture, drivers, imaging, manifest, provenance
 from server.binding import BindRefused, check_bind_address
 from server.engine import Engine, ModelError, enroll_unavailable
 from server.enrollment import EnrollmentError, enroll_portraits
-from server.flow import SMALL_REPLY_BYTES, ConnectionTable, Incoming, MessageBudget, ReplyBacklog, as_dropped
+from server.flow import ConnectionTable, Incoming, MessageBudget, ReplyBacklog, flush_backlogs, send_or_hold
 from server.keys import CurveServerKeys
 from server.manifest import ManifestError, ManifestSigner
 from server.portraits import shrunk_portrait
@@ -442,41 +442,14 @@ class AvatarService:
         A texture that does not fit becomes a `dropped` reply (so the frame still ends in exactly one
         event), and the backlog holds small replies only, up to backlog_bytes_per_client: a client
         that does not read costs queued_replies_per_client replies plus that, never more."""
-        backlog = self._backlogs.get(peer)
-        if backlog is None:
-            try:
-                router.send_multipart([peer, *frames], zmq.NOBLOCK, copy=False)
-                return
-            except zmq.ZMQError as error:
-                if error.errno != zmq.EAGAIN:
-                    self._unroutable(peer, error)
-                    return
-            backlog = self._backlogs[peer] = ReplyBacklog()
-        if sum(len(frame) for frame in frames) > SMALL_REPLY_BYTES:
-            self.counters.reply_overflow += 1
-            frames = as_dropped(frames)
-            if frames is None:
-                return
-        size = sum(len(frame) for frame in frames)
-        if backlog.nbytes + size > self.config.backlog_bytes_per_client:
-            self.counters.reply_overflow += 1
-            return
-        backlog.replies.append(frames)
-        backlog.nbytes += size
+        overflowed, error = send_or_hold(router, peer, frames, self._backlogs, limit_bytes=self.config.backlog_bytes_per_client)
+        self.counters.reply_overflow += overflowed
+        if error is not None:
+            self._unroutable(peer, error)
 
     def _flush_backlogs(self, router: zmq.Socket) -> None:
-        for peer in list(self._backlogs):
-            backlog = self._backlogs[peer]
-            while backlog.replies:
-                try:
-                    router.send_multipart([peer, *backlog.replies[0]], zmq.NOBLOCK, copy=False)
-                except zmq.ZMQError as error:
-                    if error.errno != zmq.EAGAIN:
-                        self._unroutable(peer, error)
-                    break
-                backlog.nbytes -= sum(len(frame) for frame in backlog.replies.popleft())
-            if not backlog.replies and peer in self._backlogs:
-                del self._backlogs[peer]
+        for peer, error in flush_backlogs(router, self._backlogs):
+            self._unroutable(peer, error)
 
     def _unroutable(self, peer: bytes, error: zmq.ZMQError) -> None:
         if error.errno != zmq.EHOSTUNREACH:
