@@ -424,7 +424,8 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
     if checkpoint is not None:
         check_base_checkpoint(checkpoint, path=checkpoint_path, preset=config.preset, role="resume: the run's checkpoint")
         saved = checkpoint.get("train_config", {})
-        changed = [name for name in RUN_DEFINING_FIELDS if saved.get(name) != getattr(config, name)]
+        # A field a run saved before it existed had its default then (e.g. region_weight: 0).
+        changed = [name for name in RUN_DEFINING_FIELDS if saved.get(name, getattr(BaseTrainConfig, name)) != getattr(config, name)]
         if changed:
             raise TrainingError(
                 f"{checkpoint_path} belongs to a run with another {changed[0]} ({saved.get(changed[0])!r}, "
