@@ -32,6 +32,17 @@ def _check_ipc_path(address: str) -> None:
         )
 
 
+def is_loopback_tcp(address: str) -> bool:
+    """Whether a tcp://HOST:PORT address names this machine's loopback (localhost, 127.x, ::1)."""
+    host = address[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def check_bind_address(address: str, *, curve: bool = False) -> None:
     """Loopback, private ipc and inproc; any other host only with CURVE keys (frames would travel in clear)."""
     if address.startswith("inproc://"):
@@ -41,14 +52,8 @@ def check_bind_address(address: str, *, curve: bool = False) -> None:
         return
     if not address.startswith("tcp://"):
         raise BindRefused(f"unsupported bind address {address!r}: use tcp://127.0.0.1:PORT")
-    host = address[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
-    if curve or host == "localhost":
+    if curve or is_loopback_tcp(address):
         return
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
-    except ValueError:
-        pass
     raise BindRefused(
         f"refusing to bind {address} without CURVE keys (frames would travel unencrypted): "
         "pass --curve-secret FILE --allow DIR, or bind tcp://127.0.0.1:PORT"

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import ipaddress
 import itertools
 import logging
 import threading
@@ -55,7 +54,7 @@ from client.protocol import (
     require,
     unpack_header,
 )
-from server.binding import BindRefused, check_bind_address
+from server.binding import BindRefused, check_bind_address, is_loopback_tcp
 from server.flow import ConnectionTable, Incoming, MessageBudget, ReplyBacklog, flush_backlogs, send_or_hold
 from server.keys import CurveServerKeys
 from server.sessions import COUNTER_NAMES
@@ -125,14 +124,8 @@ def check_backend_address(address: str, *, curve: bool) -> None:
         return
     if not address.startswith("tcp://") or ":" not in address[len("tcp://") :]:
         raise ProxyConfigError(f"backend {address!r} is not a ZeroMQ address like tcp://HOST:PORT")
-    host = address[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
-    if curve or host == "localhost":
+    if curve or is_loopback_tcp(address):
         return
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
-    except ValueError:
-        pass
     raise ProxyConfigError(
         f"backend {address} is on another host, where a server listens only with CURVE: "
         "pass --backend-key (its public key) and --proxy-key (the proxy's key pair)"
