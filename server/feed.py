@@ -13,7 +13,6 @@ than PUB only to count subscribers: ZeroMQ passes their subscribe and unsubscrib
 from __future__ import annotations
 
 import errno
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import zmq
 from client.feed import DEFAULT_SEND_QUEUE, encode_feed_message
 from client.protocol import RawBuffer
 from server.binding import BindRefused, check_bind_address
-from server.keys import CurveServerKeys, KeyFileError, load_server_keys
+from server.keys import CurveServerKeys, KeyFileError, load_server_keys, serve_with_curve
 
 MAX_SUBSCRIPTION_BYTES = 4096  # a subscriber sends subscriptions (one byte + a topic, empty here) and its handshake
 
@@ -91,14 +90,7 @@ class TexturePublisher:
         if "[" in config.bind:
             socket.setsockopt(zmq.IPV6, 1)
         if config.curve is not None:
-            from zmq.auth.thread import ThreadAuthenticator
-
-            self._auth = ThreadAuthenticator(self._context, log=logging.getLogger("megalive.feed.auth"))
-            self._auth.start()
-            self._auth.configure_curve(domain="*", location=str(config.curve.allow_dir))
-            socket.curve_secretkey = config.curve.secret
-            socket.curve_publickey = config.curve.public
-            socket.curve_server = True
+            self._auth = serve_with_curve(socket, self._context, config.curve, log_name="megalive.feed.auth")
 
     def poll_subscribers(self) -> int:
         """Read the subscription messages that arrived (never waits); returns the subscriber count."""

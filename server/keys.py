@@ -8,6 +8,7 @@ against that folder (nothing here re-implements the handshake or the check).
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
 
 
 class KeyFileError(ValueError):
@@ -76,3 +78,15 @@ def load_server_keys(*, secret_file: Path, allow_dir: Path) -> CurveServerKeys:
     for public_file in allow_dir.glob("*.key"):
         _load(public_file, need_secret=False)  # a broken file in the allow folder is said now, not at the first client
     return keys
+
+
+def serve_with_curve(socket: zmq.Socket, context: zmq.Context, keys: CurveServerKeys, *, log_name: str) -> ThreadAuthenticator:
+    """Make ``socket`` a CURVE server that admits only the public keys in ``keys.allow_dir``; returns the started
+    authenticator (ZeroMQ's ZAP handler on its own thread), for the caller to stop."""
+    authenticator = ThreadAuthenticator(context, log=logging.getLogger(log_name))
+    authenticator.start()
+    authenticator.configure_curve(domain="*", location=str(keys.allow_dir))
+    socket.curve_secretkey = keys.secret
+    socket.curve_publickey = keys.public
+    socket.curve_server = True
+    return authenticator

@@ -56,7 +56,7 @@ from client.protocol import (
 )
 from server.binding import BindRefused, check_bind_address, is_loopback_tcp
 from server.flow import ConnectionTable, Incoming, MessageBudget, ReplyBacklog, flush_backlogs, send_or_hold
-from server.keys import CurveServerKeys
+from server.keys import CurveServerKeys, serve_with_curve
 from server.sessions import COUNTER_NAMES
 
 log = logging.getLogger("megalive.proxy")
@@ -328,15 +328,8 @@ class AvatarProxy:
         if "[" in config.bind:
             front.setsockopt(zmq.IPV6, 1)
         if config.curve is not None:
-            from zmq.auth.thread import ThreadAuthenticator
-
-            self._auth = ThreadAuthenticator(self.context, log=logging.getLogger("megalive.auth"))
-            self._auth.start()
-            self._auth.configure_curve(domain="*", location=str(config.curve.allow_dir))
+            self._auth = serve_with_curve(front, self.context, config.curve, log_name="megalive.auth")
             self._allow_mtime = config.curve.allow_dir.stat().st_mtime
-            front.curve_secretkey = config.curve.secret
-            front.curve_publickey = config.curve.public
-            front.curve_server = True
 
     def _watch(self, socket: zmq.Socket, kind: str, what: Any) -> None:
         self._sockets[socket] = (kind, what)

@@ -66,7 +66,7 @@ from server.binding import BindRefused, check_bind_address
 from server.engine import Engine, ModelError, enroll_unavailable
 from server.enrollment import EnrollmentError, enroll_portraits
 from server.flow import ConnectionTable, Incoming, MessageBudget, ReplyBacklog, flush_backlogs, send_or_hold
-from server.keys import CurveServerKeys
+from server.keys import CurveServerKeys, serve_with_curve
 from server.manifest import ManifestError, ManifestSigner
 from server.portraits import shrunk_portrait
 from server.refinement import RefinementJobs
@@ -235,15 +235,8 @@ class AvatarService:
             router.setsockopt(zmq.IPV6, 1)  # tcp://[::1]:PORT
         curve = self.config.curve
         if curve is not None:
-            from zmq.auth.thread import ThreadAuthenticator
-
-            self._auth = ThreadAuthenticator(self.context, log=logging.getLogger("megalive.auth"))
-            self._auth.start()
-            self._auth.configure_curve(domain="*", location=str(curve.allow_dir))
+            self._auth = serve_with_curve(router, self.context, curve, log_name="megalive.auth")
             self._allow_mtime = curve.allow_dir.stat().st_mtime
-            router.curve_secretkey = curve.secret
-            router.curve_publickey = curve.public
-            router.curve_server = True
 
     def _bind(self, router: zmq.Socket) -> bool:
         try:
