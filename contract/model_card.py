@@ -32,6 +32,7 @@ from pathlib import Path
 SIDECAR_FORMAT = "megalive-avatar-model"
 SIDECAR_FORMAT_VERSION = 1  # contract v1: the graphs take an avatar index
 SIDECAR_FORMAT_VERSION_IDENTITY = 2  # contract v2: the graphs take identity tensors; a bank and an embedder beside them
+PRECISIONS = ("fp32", "fp16")  # the sidecar's "precision": the graphs' arithmetic (inputs and outputs are float32 either way)
 SIDECAR_FORMAT_VERSIONS = (SIDECAR_FORMAT_VERSION, SIDECAR_FORMAT_VERSION_IDENTITY)
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 # The sidecar's schema and the digest it records are contract's: the server and the evaluation read them back.
 from contract.avatar_bank import AvatarBank, AvatarRecord, bank_path, save_bank
-from contract.model_card import SIDECAR_FORMAT, SIDECAR_FORMAT_VERSION, SIDECAR_FORMAT_VERSION_IDENTITY, file_sha256
+from contract.model_card import PRECISIONS, SIDECAR_FORMAT, SIDECAR_FORMAT_VERSION, SIDECAR_FORMAT_VERSION_IDENTITY, file_sha256
 from models.blocks import conv_multiply_accumulates
 
 OPSET = 20  # 5-D GridSample needs opset 20
@@ -102,7 +102,6 @@ def _flush_to_disk(path: Path) -> None:
 
 
 AVATAR_OUTPUTS = ("rgb", "alpha")
-PRECISIONS = ("fp32", "fp16")
 
 
 def _to_half_precision(path: Path) -> None:

@@ -53,6 +53,7 @@ class BenchConfig:
     seconds: float = 10.0
     window: int = 2
     threads: int = 0
+    spin_wait: bool = False  # ONNX Runtime's busy-waiting threads, in the engine and the served server alike
     session_counts: tuple[int, ...] = (1, 2, 4)
     provider: str | None = None  # cpu | cuda | tensorrt (server/engine.py PROVIDER_CHOICES); None: the best installed
 
@@ -91,6 +92,7 @@ class BenchReport:
     # The driver the raw, watermark and stream phases use, and the capture costs compare with: "image", or "landmarks"
     # for a landmark-driven model (capture_cost_vs_image then holds the costs versus the landmarks driver).
     base_driver: str = "image"
+    spin_wait: bool = False  # ONNX Runtime's threads busy-waited (bench --spin-wait)
 
     def stream(self, sessions: int) -> StreamFigures:
         return next(s for s in self.streams if s.sessions == sessions)
@@ -103,6 +105,7 @@ class BenchReport:
             "driver": self.base_driver,
             "resolution": list(self.resolution),
             "providers": list(self.providers),
+            "spin_wait": self.spin_wait,
             "raw_engine_fps": self.raw_fps,
             "raw_engine_fps_batch4": self.raw_batch4_fps,
             "capture_raw_fps": dict(self.capture_raw_fps),
@@ -167,7 +170,8 @@ class BenchReport:
         width = max(len(name) for name, _ in rows)
         driven = "" if self.base_driver == "image" else f" (landmark-driven: measured through the {self.base_driver} driver)"
         header = (
-            f"MegaLive bench — {self.model} {self.resolution[0]}×{self.resolution[1]} on {', '.join(self.providers)}{driven}\n"
+            f"MegaLive bench — {self.model} {self.resolution[0]}×{self.resolution[1]} on {', '.join(self.providers)}{driven}, "
+            f"ONNX Runtime threads {'spinning' if self.spin_wait else 'not spinning'} between operators\n"
             f"machine: {self.machine}\n"
         )
         return header + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
@@ -417,7 +421,9 @@ def measure_stream(
 
 def run_bench(config: BenchConfig) -> BenchReport:
     providers = None if config.provider is None else providers_for(config.provider)  # ModelError (one line) when absent
-    engine = Engine(model_path=config.model_path, providers=providers, intra_op_threads=config.threads, max_batch=4)
+    engine = Engine(
+        model_path=config.model_path, providers=providers, intra_op_threads=config.threads, max_batch=4, spin_wait=config.spin_wait
+    )
     matmul_peak = measure_matmul_peak_gflops()
     base = base_driver(engine)
     raw_fps = measure_raw_fps(engine, config.seconds, kind=base)
@@ -428,7 +434,7 @@ def run_bench(config: BenchConfig) -> BenchReport:
     watermark = measure_watermark_cost(engine, config.seconds)
     card, providers = engine.card, tuple(engine.providers)
     del engine  # the server process gets the cores to itself
-    served_on = () if providers is None else ("--providers", ",".join(providers))
+    served_on = (() if providers is None else ("--providers", ",".join(providers))) + (("--spin-wait",) if config.spin_wait else ())
     process, address = start_server(config.model_path, threads=config.threads, options=served_on)
     try:
         streams = tuple(
@@ -451,4 +457,5 @@ def run_bench(config: BenchConfig) -> BenchReport:
         streams=streams,
         watermark=watermark,
         base_driver=base,
+        spin_wait=config.spin_wait,
     )

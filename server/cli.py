@@ -52,7 +52,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         default="auto",
         metavar="N",
         help="most frames of different sessions in one engine call [1-64]; auto: measured at start, up to "
-        f"{AUTO_BATCH_LIMIT} (the smallest batch within 5%% of the best frames/s on this machine)",
+        f"{AUTO_BATCH_LIMIT} (the largest batch within 5%% of the best frames/s on this machine)",
     )
     serve.add_argument("--max-sessions", type=int, default=64, metavar="N", help="sessions held at once; more get a 'busy' error [1-1024]")
     serve.add_argument("--max-sessions-per-client", type=int, default=16, metavar="N", help="sessions one connection may hold [1-1024]")
@@ -78,6 +78,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--providers", default="", metavar="LIST", help="comma-separated ONNX Runtime providers; empty: best available")
     serve.add_argument("--threads", type=int, default=0, metavar="N", help="ONNX Runtime intra-op threads; 0: one per core")
+    serve.add_argument("--spin-wait", action="store_true", help=SPIN_WAIT_HELP)
     serve.add_argument(
         "--bank",
         type=Path,
@@ -113,6 +114,7 @@ def default_bank_path(model_name: str) -> Path:
     return data_home / "megalive" / f"{model_name}.avatars.npz"
 
 
+SPIN_WAIT_HELP = "ONNX Runtime's threads busy-wait between operators (faster on idle cores, slower beside other work)"
 AUTO_BATCH_LIMIT = 8  # the largest batch `--max-batch auto` tries
 AUTO_BATCH_SECONDS = 1.5  # how long `--max-batch auto` measures, all batch sizes together
 
@@ -199,6 +201,7 @@ def _serve(args: argparse.Namespace) -> int:
                         "model": {**asdict(card), "model_path": str(card.model_path), "thumbnails_path": str(card.thumbnails_path)},
                         "providers": providers,
                         "engine": str(triton or args.engine),
+                        "spin_wait": args.spin_wait,
                         "bank": None if not args.enroll or card.enrollment is None else str(args.bank or default_bank_path(card.name)),
                     },
                     indent=2,
@@ -211,11 +214,18 @@ def _serve(args: argparse.Namespace) -> int:
             bank = args.bank if args.bank is not None else default_bank_path(card.name)
         if triton is None:
             engine = Engine(
-                model_path=args.model, providers=providers, intra_op_threads=args.threads, max_batch=config.max_batch, bank_path=bank
+                model_path=args.model,
+                providers=providers,
+                intra_op_threads=args.threads,
+                max_batch=config.max_batch,
+                bank_path=bank,
+                spin_wait=args.spin_wait,
             )
         else:
-            if providers is not None or args.threads:
-                raise ValueError("--providers and --threads are the in-process engine's; Triton's config.pbtxt places the graphs")
+            if providers is not None or args.threads or args.spin_wait:
+                raise ValueError(
+                    "--providers, --threads and --spin-wait are the in-process engine's; Triton's config.pbtxt places the graphs"
+                )
             engine = TritonEngine(
                 model_path=args.model, address=triton, timeout_s=args.engine_timeout, max_batch=config.max_batch, bank_path=bank
             )
@@ -421,6 +431,7 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--seconds", type=float, default=10.0, metavar="S", help="length of each measured phase")
     bench.add_argument("--window", type=int, default=2, metavar="N", help="frames in flight per session")
     bench.add_argument("--threads", type=int, default=0, metavar="N", help="ONNX Runtime intra-op threads; 0: one per core")
+    bench.add_argument("--spin-wait", action="store_true", help=SPIN_WAIT_HELP + " in the engine and the served server")
     bench.add_argument(
         "--provider", default=None, metavar="NAME", help="cpu | cuda | tensorrt (needs onnxruntime-gpu); default: the best installed"
     )
@@ -439,6 +450,7 @@ def _bench(args: argparse.Namespace) -> int:
                 seconds=args.seconds,
                 window=args.window,
                 threads=args.threads,
+                spin_wait=args.spin_wait,
                 provider=args.provider,
             )
         )

@@ -199,12 +199,14 @@ def enroll_unavailable(engine: Engine) -> str:
 
 
 def best_batch(frames_per_second: dict[int, float], *, tolerance: float = 0.05) -> int:
-    """The smallest batch whose frames/s is within ``tolerance`` of the best: a bigger batch costs every session in it
-    latency, so it must pay for itself in throughput (on two CPU cores it often does not)."""
+    """The largest batch whose frames/s is within ``tolerance`` of the best. The worker batches only the frames that are
+    waiting (one per session), so a single session still runs at batch 1; with more sessions than the batch, the rest
+    wait a turn and their next frames supersede the waiting ones (dropped, sent again): a batch that takes them all
+    costs no throughput and drops nothing. A batch slower per frame than the tolerance allows is never chosen."""
     if not frames_per_second:
         raise ValueError("no batch sizes were measured")
     best = max(frames_per_second.values())
-    return min(batch for batch, rate in frames_per_second.items() if rate >= (1 - tolerance) * best)
+    return max(batch for batch, rate in frames_per_second.items() if rate >= (1 - tolerance) * best)
 
 
 def batch_candidates(limit: int) -> tuple[int, ...]:
@@ -225,8 +227,12 @@ class Engine:
         warmup: bool = True,
         bank_path: str | Path | None = None,
         io_binding: bool | None = None,
+        spin_wait: bool = False,
     ) -> None:
-        """``io_binding``: feed the graphs through IO binding (IoBoundSession); None: when a GPU provider leads."""
+        """``io_binding``: feed the graphs through IO binding (IoBoundSession); None: when a GPU provider leads.
+        ``spin_wait``: ONNX Runtime's threads busy-wait between operators (its default). Off here: beside the server's
+        other threads and a client on the same cores, the spinning threads take the CPU the others need (on the 2-core
+        box a 512 px student served 27.5 frames/s without spinning against 16.6 with it, another job running; README)."""
         self.card = load_model_card(model_path)
         self.bank_path = Path(bank_path) if bank_path is not None else None  # where enrolled avatars are kept (v2)
         self.bank_problem: str | None = None  # why the user bank was not read, when it was not
@@ -236,6 +242,7 @@ class Engine:
         self._requested_providers = None if providers is None else list(providers)
         self._intra_op_threads = intra_op_threads
         self._io_binding = io_binding
+        self._spin_wait = spin_wait
         # The graphs: objects with InferenceSession's get_inputs, get_outputs, get_providers and run (a subclass may
         # run them elsewhere: server/triton_engine.py).
         self.session, signal_sessions, self._embedder = self._open_graphs()
@@ -255,6 +262,7 @@ class Engine:
         """(main graph, capture kind -> its graph, embedder graph or None), as ONNX Runtime sessions in this process."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._intra_op_threads  # 0: ORT picks (all physical cores)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self._spin_wait else "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         requested = self._requested_providers
         chosen = choose_providers(requested)

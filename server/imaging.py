@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from types import ModuleType
 
 import numpy as np
 from PIL import Image
@@ -97,12 +98,43 @@ def to_engine_batch(images: list[np.ndarray]) -> np.ndarray:
 
 
 def to_texture_pixels(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Engine outputs (B×3×H×W rgb, B×1×H×W alpha, floats in [0,1]) -> B×H×W×4 uint8 RGBA."""
-    rgba = np.concatenate([rgb, alpha], axis=1)  # B×4×H×W
-    np.clip(rgba, 0.0, 1.0, out=rgba)
+    """Engine outputs (B×3×H×W rgb, B×1×H×W alpha, floats in [0,1]) -> B×H×W×4 uint8 RGBA: each value times 255
+    (in double precision, where the product of a float32 is exact), rounded to the nearest integer and clipped to
+    [0, 255] (the one exact half, 0.5 -> 127.5, goes to 128). OpenCV does it in one pass where it is
+    installed (the capture and provenance extras bring it; a 512 px texture in a quarter of numpy's time), numpy
+    otherwise: the same bytes either way (tests/server/test_imaging.py)."""
+    cv2 = _opencv()
+    return _texture_pixels_numpy(rgb, alpha) if cv2 is None else _texture_pixels_opencv(cv2, rgb, alpha)
+
+
+def _opencv() -> ModuleType | None:
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
+def _texture_pixels_opencv(cv2: ModuleType, rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    batch, _, height, width = rgb.shape
+    out = np.empty((batch, height, width, 4), np.uint8)
+    for index in range(batch):
+        planes = [np.ascontiguousarray(plane) for plane in (rgb[index, 0], rgb[index, 1], rgb[index, 2], alpha[index, 0])]
+        interleaved = cv2.merge(planes)  # 4 planes H×W -> H×W×4 float32
+        # OpenCV multiplies in double, then its saturating cast rounds to nearest and clips to [0, 255].
+        out[index] = cv2.multiply(interleaved, (255.0, 255.0, 255.0, 255.0), dtype=cv2.CV_8U)
+    return out
+
+
+def _texture_pixels_numpy(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    batch, _, height, width = rgb.shape
+    rgba = np.empty((batch, height, width, 4), np.float64)
+    rgba[..., :3] = rgb.transpose(0, 2, 3, 1)  # B×3×H×W -> B×H×W×3
+    rgba[..., 3] = alpha[:, 0]
     rgba *= 255.0
-    rgba += 0.5
-    return np.ascontiguousarray(rgba.astype(np.uint8).transpose(0, 2, 3, 1))  # B×4×H×W -> B×H×W×4
+    np.rint(rgba, out=rgba)
+    np.clip(rgba, 0.0, 255.0, out=rgba)
+    return rgba.astype(np.uint8)
 
 
 def encode_texture(rgba: np.ndarray, *, output_format: str, size: tuple[int, int], jpeg_quality: int = 90) -> Buffer:

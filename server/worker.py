@@ -1,8 +1,10 @@
 """The engine thread: it takes the newest pending frame of every session, batches them into one engine
-call per driver kind, and pushes the finished replies to the service's main thread (inproc PUSH/PULL).
+call per driver kind, and hands the outputs to its finishing thread (TextureFinisher: texture pixels, watermark,
+encoding), which pushes the replies to the service's main thread (inproc PUSH/PULL) while the engine runs the next
+batch.
 
-Any failure a frame causes is that frame's error reply; a failure of the thread itself is recorded in
-``failure`` and the service (server/service.py) restarts it. Face trackers of `crop: "auto"` sessions
+Any failure a frame causes is that frame's error reply; a failure of either thread is recorded in
+``failure`` and the service (server/service.py) restarts them. Face trackers of `crop: "auto"` sessions
 belong to this thread alone: made at a session's first frame, released on close and when idle.
 
 On a landmark-driven model (server/engine.py) an image session's frames (crop "auto", which `open` insists on) become
@@ -15,8 +17,11 @@ from __future__ import annotations
 
 import collections
 import logging
+import queue
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,7 +30,7 @@ import zmq
 from client.protocol import Buffer, EncodedBuffer, ProtocolError, encode, error_frames
 from contract.landmark_image import retarget_landmarks
 from server import capture, drivers, imaging, provenance
-from server.engine import Engine
+from server.engine import Engine, EngineOutput
 from server.manifest import AvatarNote, ManifestError, ManifestSigner
 from server.sessions import FrameJob, ServerCounters, Session
 
@@ -34,6 +39,75 @@ log = logging.getLogger("megalive.server")
 # Crop units between the eyes' centres below which a first frame cannot be a retarget session's neutral face (a real face
 # has about 0.3): retargeting divides by it.
 MIN_NEUTRAL_EYE_DISTANCE = 1e-3
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferredBatch:
+    """One engine call's frames on their way to the finishing thread."""
+
+    prepared: list[tuple[FrameJob, np.ndarray, dict[str, Any]]]  # (job, engine input, extra reply fields) per frame
+    output: EngineOutput  # the batch's rgb B×3×H×W and alpha B×1×H×W
+    decode_ms: float  # per frame, of the whole claimed batch
+    infer_ms: float
+    began: float  # perf_counter when the engine thread took the batch
+
+
+@dataclass
+class RenderedFrames:
+    """What the engine thread hands the finishing thread for one claimed batch: every job is in exactly one of these."""
+
+    replies: list[tuple[bytes, list]] = field(default_factory=list)  # error replies decided while preparing or inferring
+    batches: list[InferredBatch] = field(default_factory=list)  # one per driver kind that the engine ran
+
+    def jobs(self) -> list[FrameJob]:
+        return [job for batch in self.batches for job, _, _ in batch.prepared]
+
+
+class TextureFinisher:
+    """The finishing thread: texture pixels, watermark, encoding and sending, for one batch while the engine thread runs
+    the next. On two cores a 512 px frame's watermark and 1 MiB texture otherwise wait for the engine, and it for them.
+    It holds one batch at a time (``put`` waits while it is busy); replies leave in the order the engine made them, so a
+    session's textures keep their order. A failure finishing a batch answers its frames with errors and is recorded in
+    ``failure``: the engine thread then ends, and the supervisor restarts both."""
+
+    def __init__(self, *, finish: Callable[[RenderedFrames], list[tuple[bytes, list]]], context: zmq.Context, endpoint: str) -> None:
+        self._finish = finish
+        self._context = context
+        self._endpoint = endpoint
+        self._work: queue.Queue[RenderedFrames | None] = queue.Queue(maxsize=1)
+        self.failure: str | None = None
+        self._linger_ms = 0  # set by close: how long unsent replies may wait for their peers at the end
+        self._thread = threading.Thread(target=self._run, name="megalive-finish", daemon=True)
+        self._thread.start()
+
+    def put(self, rendered: RenderedFrames) -> None:
+        self._work.put(rendered)
+
+    def close(self, *, linger_ms: int) -> None:
+        """Finish what was handed over (each claimed frame ends in one reply), then stop."""
+        self._linger_ms = linger_ms
+        self._work.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        results = self._context.socket(zmq.PUSH)
+        results.setsockopt(zmq.LINGER, 0)
+        results.connect(self._endpoint)
+        try:
+            while (rendered := self._work.get()) is not None:
+                try:
+                    replies = self._finish(rendered)
+                except Exception as error:  # a bug of ours: this batch's frames get errors, the supervisor restarts us
+                    self.failure = f"{type(error).__name__}: {error}"
+                    log.exception("finishing textures failed")
+                    message = "the server failed to finish this texture; its engine is being restarted"
+                    replies = list(rendered.replies) + [
+                        (job.session.peer, error_frames("internal", message, request_id=job.request_id)) for job in rendered.jobs()
+                    ]
+                for peer, frames in replies:
+                    results.send_multipart([peer, *frames], copy=False)
+        finally:
+            results.close(linger=self._linger_ms)
 
 
 class RenderWorker:
@@ -125,12 +199,15 @@ class RenderWorker:
         while self.croppers:
             self.croppers.popitem()[1][0].close()
 
-    def _take_batch(self, *, wait: bool) -> list[FrameJob]:
-        """Claim the oldest pending frames (one per session, at most max_batch); wait for one if asked."""
+    def _claim(self, *, wait: bool) -> list[FrameJob]:
+        """Claim every pending frame (one per session), oldest first; wait for one if asked. All of them: a session's
+        next frame then waits behind its claimed one instead of superseding it. Left pending, it would be superseded by
+        the one after, and that by the next (each dropped and sent again by a client streaming flat out), so that more
+        sessions than one engine batch cost throughput; claimed, they run in engine batches of ``max_batch``, in turn."""
         while True:
             with self.pending_cv:
                 if self.pending or not wait or self._stop.is_set():
-                    jobs = sorted(self.pending.values(), key=lambda job: job.received_at)[: self.max_batch]
+                    jobs = sorted(self.pending.values(), key=lambda job: job.received_at)
                     for job in jobs:
                         del self.pending[job.session.session_id]
                     return jobs
@@ -138,21 +215,27 @@ class RenderWorker:
             self._tidy_croppers()  # outside the lock: closing a tracker must not hold up receiving
 
     def run(self) -> None:
-        results = self._context.socket(zmq.PUSH)
+        results = self._context.socket(zmq.PUSH)  # this thread's own replies: those of a batch in hand when it fails
         results.setsockopt(zmq.LINGER, 0)
         results.connect(self._endpoint)
         self._close_croppers()  # a tracker left by a worker that died may be mid-frame: start afresh
+        finisher = TextureFinisher(finish=self._finish, context=self._context, endpoint=self._endpoint)
         in_hand: list[FrameJob] = []
         try:
             while not self._stop.is_set():
+                if finisher.failure is not None:
+                    raise RuntimeError(f"finishing textures failed: {finisher.failure}")
                 self._tidy_croppers()
-                in_hand = in_hand or self._take_batch(wait=True)
-                replies = self._render(in_hand) if in_hand else []
-                # Claim the next frames before the clients hear back: a client answered now sends a
-                # new frame at once, and it must queue behind the claimed one, not supersede it.
-                in_hand = self._take_batch(wait=False)
-                for peer, frames in replies:
-                    results.send_multipart([peer, *frames], copy=False)
+                in_hand = in_hand or self._claim(wait=True)
+                batch = in_hand[: self.max_batch]  # the frames in hand stay listed until the finisher has them
+                rendered = self._render(batch) if batch else None
+                if len(in_hand) == len(batch):
+                    # Claim the next frames before the clients hear back: a client answered now sends a
+                    # new frame at once, and it must queue behind the claimed one, not supersede it.
+                    in_hand = batch + self._claim(wait=False)
+                if rendered is not None:
+                    finisher.put(rendered)  # waits while the finisher still holds the batch before
+                in_hand = in_hand[len(batch) :]
         except Exception as error:  # a bug of ours: the supervisor (main thread) restarts the worker
             self.failure = f"{type(error).__name__}: {error}"
             log.exception("engine thread failed")
@@ -165,7 +248,9 @@ class RenderWorker:
                     copy=False,
                 )
         finally:
-            results.close(linger=0 if self._stop.is_set() else 1000)
+            linger_ms = 0 if self._stop.is_set() else 1000
+            finisher.close(linger_ms=linger_ms)  # what it was handed is finished and sent first
+            results.close(linger=linger_ms)
             if self._stop.is_set():
                 self._close_croppers()
 
@@ -227,9 +312,10 @@ class RenderWorker:
             session.driver_neutral = points.copy()
         return retarget_landmarks(points, session.driver_neutral, neutral[session.avatar]).astype(np.float32)
 
-    def _render(self, jobs: list[FrameJob]) -> list[tuple[bytes, list]]:
-        """Decode, batch (one engine call per driver kind), infer and encode; (peer, reply frames) per job."""
-        replies: list[tuple[bytes, list]] = []
+    def _render(self, jobs: list[FrameJob]) -> RenderedFrames:
+        """The engine thread's part: decode and batch (one engine call per driver kind), infer. Every job ends in the
+        result: as an engine output to finish, or as its error reply."""
+        rendered = RenderedFrames()
         began = time.perf_counter()
         by_kind: dict[str, list[tuple[FrameJob, np.ndarray, dict[str, Any]]]] = {}
         for job in jobs:
@@ -244,60 +330,64 @@ class RenderWorker:
                     code, message = "internal", f"the server could not prepare this frame: {type(error).__name__}: {error}"
                 job.session.counters.bad_frames += 1
                 self.counters.bad_frames += 1
-                replies.append((job.session.peer, error_frames(code, message, request_id=job.request_id)))
-        decoded = time.perf_counter()
+                rendered.replies.append((job.session.peer, error_frames(code, message, request_id=job.request_id)))
+        decode_ms = 1000.0 * (time.perf_counter() - began) / max(len(jobs), 1)
         for kind, prepared in by_kind.items():
-            replies += self._infer_and_encode(kind, prepared, began=began, decoded=decoded, batch_jobs=len(jobs))
-        return replies
+            good = [job for job, _, _ in prepared]
+            samples = [sample for _, sample, _ in prepared]
+            batch = imaging.to_engine_batch(samples) if kind == "image" else np.stack(samples).astype(np.float32)
+            infer_began = time.perf_counter()
+            try:
+                output = self.engine.run(batch, np.array([job.session.avatar for job in good], np.int64), kind=kind)
+            except Exception as error:  # the engine is C++; one bad batch must not kill the worker
+                log.exception("engine failed")
+                for job in good:
+                    job.session.counters.bad_frames += 1
+                    rendered.replies.append(
+                        (job.session.peer, error_frames("internal", f"engine failed: {error}", request_id=job.request_id))
+                    )
+                continue
+            infer_ms = 1000.0 * (time.perf_counter() - infer_began)
+            rendered.batches.append(InferredBatch(prepared=prepared, output=output, decode_ms=decode_ms, infer_ms=infer_ms, began=began))
+        return rendered
 
-    def _infer_and_encode(
-        self, kind: str, prepared: list[tuple[FrameJob, np.ndarray, dict[str, Any]]], *, began: float, decoded: float, batch_jobs: int
-    ) -> list[tuple[bytes, list]]:
-        good = [job for job, _, _ in prepared]
-        samples = [sample for _, sample, _ in prepared]
-        batch = imaging.to_engine_batch(samples) if kind == "image" else np.stack(samples).astype(np.float32)
-        infer_began = time.perf_counter()
-        try:
-            output = self.engine.run(batch, np.array([job.session.avatar for job in good], np.int64), kind=kind)
-        except Exception as error:  # the engine is C++; one bad batch must not kill the worker
-            log.exception("engine failed")
-            for job in good:
-                job.session.counters.bad_frames += 1
-            return [(job.session.peer, error_frames("internal", f"engine failed: {error}", request_id=job.request_id)) for job in good]
-        inferred = time.perf_counter()
-        pixels = imaging.to_texture_pixels(output.rgb, output.alpha)  # B×H×W×4 uint8, one pass for the batch
-        replies = []
-        for index, (job, _, extra) in enumerate(prepared):
-            session = job.session
-            encode_began = time.perf_counter()
-            texture = pixels[index]
-            if self.watermark:
-                # On the texture as sent, at the session's size: Pillow resizes RGBA premultiplied, which wipes the
-                # mark where alpha is low, so it goes on after the resize (before it only for sizes too small to carry it).
-                if provenance.blocks_per_bit(*session.size) >= provenance.MIN_BLOCKS_PER_BIT:
-                    texture = imaging.resize_rgb(texture, session.size)
-                texture = provenance.watermark_texture(texture, session.avatar)
-            buffer = imaging.encode_texture(texture, output_format=session.output_format, size=session.size)
-            if session.output_format == "png":
-                buffer, extra["c2pa"] = self._signed(buffer, avatar=session.avatar, seq=job.seq)
-            session.counters.rendered += 1
-            timings = {
-                "decode": 1000.0 * (decoded - began) / batch_jobs,
-                "crop": extra.pop("crop_ms", 0.0),
-                "infer": 1000.0 * (inferred - infer_began),
-                "encode": 1000.0 * (time.perf_counter() - encode_began),
-                "queue": 1000.0 * (began - job.received_at),
-                "batch": len(good),
-            }
-            header = {
-                "op": "texture",
-                "id": job.request_id,
-                "session": session.session_id,
-                "seq": job.seq,
-                "t": job.client_time,
-                "timings": timings,
-                "alpha": session.output_format in ("rgba8", "png"),
-                **extra,
-            }
-            replies.append((session.peer, encode(header, (buffer,))))
+    def _finish(self, rendered: RenderedFrames) -> list[tuple[bytes, list]]:
+        """The finishing thread's part: texture pixels (one pass per batch), watermark, encoding; (peer, reply frames)
+        per job, the errors first."""
+        replies = list(rendered.replies)
+        for inferred in rendered.batches:
+            pixels = imaging.to_texture_pixels(inferred.output.rgb, inferred.output.alpha)  # B×H×W×4 uint8
+            for index, (job, _, extra) in enumerate(inferred.prepared):
+                session = job.session
+                encode_began = time.perf_counter()
+                texture = pixels[index]
+                if self.watermark:
+                    # On the texture as sent, at the session's size: Pillow resizes RGBA premultiplied, which wipes the
+                    # mark where alpha is low, so it goes on after the resize (before it only for sizes too small to carry it).
+                    if provenance.blocks_per_bit(*session.size) >= provenance.MIN_BLOCKS_PER_BIT:
+                        texture = imaging.resize_rgb(texture, session.size)
+                    texture = provenance.watermark_texture(texture, session.avatar)
+                buffer = imaging.encode_texture(texture, output_format=session.output_format, size=session.size)
+                if session.output_format == "png":
+                    buffer, extra["c2pa"] = self._signed(buffer, avatar=session.avatar, seq=job.seq)
+                session.counters.rendered += 1
+                timings = {
+                    "decode": inferred.decode_ms,
+                    "crop": extra.pop("crop_ms", 0.0),
+                    "infer": inferred.infer_ms,
+                    "encode": 1000.0 * (time.perf_counter() - encode_began),
+                    "queue": 1000.0 * (inferred.began - job.received_at),
+                    "batch": len(inferred.prepared),
+                }
+                header = {
+                    "op": "texture",
+                    "id": job.request_id,
+                    "session": session.session_id,
+                    "seq": job.seq,
+                    "t": job.client_time,
+                    "timings": timings,
+                    "alpha": session.output_format in ("rgba8", "png"),
+                    **extra,
+                }
+                replies.append((session.peer, encode(header, (buffer,))))
         return replies

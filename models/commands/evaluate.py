@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from contract.model_card import PRECISIONS
 from models.commands.common import refuse
 
 
@@ -43,6 +44,12 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--no-capture", dest="capture", action="store_false", help="the image driver only (no OUT.arkit.onnx / OUT.landmarks.onnx)"
     )
+    export.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="the graphs' arithmetic: fp16 halves the weights for GPU providers (inputs and outputs stay float32)",
+    )
     export.add_argument("--dry-run", action="store_true", help="check the checkpoint and print what would be written")
     export.set_defaults(run=_export)
 
@@ -65,9 +72,9 @@ def _export(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(student.describe(args.out), indent=2))
         return 0
-    report = export_student(student, args.out, command=current_command())
+    report = export_student(student, args.out, command=current_command(), precision=args.precision)
     print(
-        f"wrote {report.model_path} ({report.onnx_bytes / 1e6:.1f} MB) with drivers {', '.join(student.drivers)}, "
+        f"wrote {report.model_path} ({report.onnx_bytes / 1e6:.1f} MB, {args.precision}) with drivers {', '.join(student.drivers)}, "
         f"{report.sidecar_path}; ONNX Runtime vs PyTorch max abs error {report.max_abs_error:.2e}"
     )
     return 0

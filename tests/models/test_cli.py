@@ -78,3 +78,15 @@ def test_export_dry_run_describes_what_it_would_write(tiny_run: Path, tmp_path: 
     assert described["capture"]["arkit"] == {"design": "puppet", "puppet": {"render_resolution": 24, "resolution": 64}}
     assert list(tmp_path.iterdir()) == []
     assert "checkpoint not found" in _refused(capsys, "export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(out))
+
+
+def test_export_precision_fp16_writes_an_fp16_graph_behind_float32_edges(tiny_run: Path, tmp_path: Path) -> None:
+    import onnx
+
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(tiny_run / "checkpoint.pt"), "--out", str(out), "--no-capture", "--precision", "fp16"]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["precision"] == "fp16"
+    graph = onnx.load(str(out)).graph
+    assert {value.type.tensor_type.elem_type for value in [*graph.input, *graph.output]} <= {onnx.TensorProto.FLOAT, onnx.TensorProto.INT64}
+    float_weights = [i.data_type for i in graph.initializer if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    assert float_weights.count(onnx.TensorProto.FLOAT16) > float_weights.count(onnx.TensorProto.FLOAT)

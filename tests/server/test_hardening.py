@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -26,6 +27,7 @@ from server.binding import BindRefused, check_bind_address
 from server.engine import Engine
 from server.one_euro import OneEuroConfig, OneEuroFilter, SignalClock
 from server.service import AvatarService, ServiceConfig
+from server.worker import RenderWorker
 
 SMALL_LIMITS = protocol.Limits(max_buffer_bytes=64 * 1024)
 
@@ -36,7 +38,7 @@ def module_engine(contract_model_path: Path) -> Engine:
 
 
 def started(engine: Engine, **options) -> AvatarService:
-    service = AvatarService(engine=engine, config=ServiceConfig(bind="tcp://127.0.0.1:*", max_batch=4, **options))
+    service = AvatarService(engine=engine, config=ServiceConfig(**{"bind": "tcp://127.0.0.1:*", "max_batch": 4, **options}))
     service.start()
     return service
 
@@ -374,6 +376,103 @@ def test_a_dead_engine_thread_is_restarted_and_reported(service: AvatarService, 
     stats = peer.request("stats")
     assert stats.header["server"]["engine_restarts"] == 1 and stats.header["engine"]["restarts"] == 1
     peer.close()
+
+
+def test_a_failure_finishing_textures_answers_its_frames_and_restarts_the_engine(
+    module_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The finishing thread (pixels, watermark, encoding) fails on one batch: that batch's frames get `internal` errors,
+    both threads are restarted, and the next frame is a texture."""
+    original = RenderWorker._finish
+    calls = {"n": 0}
+
+    def fails_once(worker: RenderWorker, rendered):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("finisher bug")
+        return original(worker, rendered)
+
+    monkeypatch.setattr(RenderWorker, "_finish", fails_once)
+    service = started(module_engine)
+    try:
+        peer = Peer(service.bound_address)
+        session, token = peer.open()
+        first = peer.frame(session, token, frame_buffer(1))
+        assert first.op == "error" and first.header["code"] == "internal"
+        replies = []
+        deadline = time.monotonic() + 10
+        while service.counters.engine_restarts < 1 and time.monotonic() < deadline:
+            replies.append(peer.frame(session, token, frame_buffer(2)).op)  # the engine thread sees it at its next batch
+        assert service.counters.engine_restarts == 1 and "finisher bug" in str(service.worker.failure)
+        assert set(replies) <= {"texture", "error"}
+        deadline = time.monotonic() + 10
+        while not service.engine_alive and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert peer.frame(session, token, frame_buffer(3)).op == "texture"
+        peer.close()
+    finally:
+        service.stop()
+
+
+def test_frames_waiting_beyond_one_engine_batch_are_claimed_and_not_superseded(
+    module_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Engine batches of two, five sessions: while the engine runs, four sessions' frames wait; all four are claimed
+    (run two at a time), so new frames of the last two sessions queue behind theirs instead of superseding them. Claiming
+    one batch only, those two would be dropped (and, from clients streaming flat out, sent again and again)."""
+    entered = {call: threading.Event() for call in (1, 2)}
+    release = {call: threading.Event() for call in (1, 2)}
+    calls = {"n": 0}
+    original = module_engine.run
+
+    def gated_run(driver, avatar, *, kind="image"):
+        calls["n"] += 1
+        call = calls["n"]
+        if call in entered:
+            entered[call].set()
+            assert release[call].wait(20)
+        return original(driver, avatar, kind=kind)
+
+    monkeypatch.setattr(module_engine, "run", gated_run)
+    service = started(module_engine, max_batch=2)
+    try:
+        peer = Peer(service.bound_address)
+        sessions = [peer.open() for _ in range(5)]
+        ids = iter(range(1000, 2000))
+
+        def send(index: int, seq: int) -> None:
+            session, token = sessions[index]
+            frame = {"op": "frame", "id": next(ids), "session": session, "token": token, "seq": seq}
+            peer.send(protocol.encode(frame, (frame_buffer(seq),)))
+
+        def wait_pending(count: int) -> None:
+            deadline = time.monotonic() + 10
+            while len(service.worker.pending) != count and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(service.worker.pending) == count
+
+        send(0, 0)
+        assert entered[1].wait(10)  # session 0's frame in the engine
+        for index in range(1, 5):
+            send(index, 0)
+        wait_pending(4)
+        release[1].set()
+        assert entered[2].wait(10)  # sessions 1 and 2 in the engine; 3 and 4 claimed beside them
+        wait_pending(0)
+        send(3, 1)
+        send(4, 1)
+        wait_pending(2)
+        release[2].set()
+        replies = [peer.receive() for _ in range(7)]
+        assert all(reply is not None for reply in replies), "a frame got no reply"
+        got = sorted((sessions.index(next(s for s in sessions if s[0] == r.header["session"])), r.header["seq"], r.op) for r in replies)
+        assert got == [(0, 0, "texture"), (1, 0, "texture"), (2, 0, "texture"), (3, 0, "texture"), (3, 1, "texture"),
+                       (4, 0, "texture"), (4, 1, "texture")]  # fmt: skip
+        peer.close()
+    finally:
+        release[1].set()
+        release[2].set()
+        service.stop()
 
 
 def test_an_engine_thread_that_keeps_dying_stops_the_service_with_a_failure(module_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
