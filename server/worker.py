@@ -20,7 +20,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,10 @@ from server.manifest import AvatarNote, ManifestError, ManifestSigner
 from server.sessions import FrameJob, ServerCounters, Session
 
 log = logging.getLogger("megalive.server")
+
+# Claimed frames a session may have waiting in the engine thread's hands (beyond the batch running): two in flight
+# behind the one rendering, as a client with a window of three keeps.
+MAX_HELD_PER_SESSION = 2
 
 # Crop units between the eyes' centres below which a first frame cannot be a retarget session's neutral face (a real face
 # has about 0.3): retargeting divides by it.
@@ -199,15 +203,21 @@ class RenderWorker:
         while self.croppers:
             self.croppers.popitem()[1][0].close()
 
-    def _claim(self, *, wait: bool) -> list[FrameJob]:
-        """Claim every pending frame (one per session), oldest first; wait for one if asked. All of them: a session's
-        next frame then waits behind its claimed one instead of superseding it. Left pending, it would be superseded by
+    def _claim(self, *, wait: bool, held: Sequence[FrameJob] = ()) -> list[FrameJob]:
+        """Claim the pending frames (one per session, oldest first) of the sessions with fewer than MAX_HELD_PER_SESSION
+        frames in ``held`` (claimed, still to run); wait for one if asked. A claimed frame is never superseded: the
+        session's next frame waits behind it. Left pending while another session's frames run, it would be superseded by
         the one after, and that by the next (each dropped and sent again by a client streaming flat out), so that more
-        sessions than one engine batch cost throughput; claimed, they run in engine batches of ``max_batch``, in turn."""
+        sessions than one engine batch would cost throughput. The cap bounds what a client sending without a window can
+        make the worker hold; its surplus frames supersede each other in the pending table, as any latest-wins frame."""
         while True:
             with self.pending_cv:
                 if self.pending or not wait or self._stop.is_set():
-                    jobs = sorted(self.pending.values(), key=lambda job: job.received_at)
+                    holding = collections.Counter(job.session.session_id for job in held)
+                    jobs = sorted(
+                        (job for job in self.pending.values() if holding[job.session.session_id] < MAX_HELD_PER_SESSION),
+                        key=lambda job: job.received_at,
+                    )
                     for job in jobs:
                         del self.pending[job.session.session_id]
                     return jobs
@@ -229,10 +239,9 @@ class RenderWorker:
                 in_hand = in_hand or self._claim(wait=True)
                 batch = in_hand[: self.max_batch]  # the frames in hand stay listed until the finisher has them
                 rendered = self._render(batch) if batch else None
-                if len(in_hand) == len(batch):
-                    # Claim the next frames before the clients hear back: a client answered now sends a
-                    # new frame at once, and it must queue behind the claimed one, not supersede it.
-                    in_hand = batch + self._claim(wait=False)
+                # Claim the next frames before the clients hear back: a client answered now sends a
+                # new frame at once, and it must queue behind the claimed one, not supersede it.
+                in_hand = in_hand + self._claim(wait=False, held=in_hand[len(batch) :])
                 if rendered is not None:
                     finisher.put(rendered)  # waits while the finisher still holds the batch before
                 in_hand = in_hand[len(batch) :]

@@ -27,7 +27,7 @@ from server.binding import BindRefused, check_bind_address
 from server.engine import Engine
 from server.one_euro import OneEuroConfig, OneEuroFilter, SignalClock
 from server.service import AvatarService, ServiceConfig
-from server.worker import RenderWorker
+from server.worker import MAX_HELD_PER_SESSION, RenderWorker
 
 SMALL_LIMITS = protocol.Limits(max_buffer_bytes=64 * 1024)
 
@@ -472,6 +472,41 @@ def test_frames_waiting_beyond_one_engine_batch_are_claimed_and_not_superseded(
     finally:
         release[1].set()
         release[2].set()
+        service.stop()
+
+
+def test_a_session_with_two_frames_held_gets_no_more_claimed(module_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim's cap: a session that already has MAX_HELD_PER_SESSION frames waiting in the engine thread's hands keeps
+    its newest frame pending (where a client sending without a window supersedes its own frames), while other sessions'
+    frames are claimed; what a client can make the worker hold stays bounded."""
+    entered, release = threading.Event(), threading.Event()
+    original = module_engine.run
+
+    def gated_run(driver, avatar, *, kind="image"):
+        entered.set()
+        assert release.wait(20)
+        return original(driver, avatar, kind=kind)
+
+    monkeypatch.setattr(module_engine, "run", gated_run)
+    service = started(module_engine, max_batch=1)
+    try:
+        peer = Peer(service.bound_address)
+        (first, first_token), (second, second_token) = peer.open(), peer.open()
+        ids = iter(range(1000, 2000))
+        for session, token, seq in ((first, first_token, 0), (first, first_token, 1), (second, second_token, 0)):
+            peer.send(protocol.encode({"op": "frame", "id": next(ids), "session": session, "token": token, "seq": seq}, (frame_buffer(),)))
+            if seq == 0 and session == first:
+                assert entered.wait(10)  # the first frame in the engine; the next two wait
+        deadline = time.monotonic() + 10
+        while len(service.worker.pending) != 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        held = service.worker.pending[first]
+        claimed = service.worker._claim(wait=False, held=[held] * MAX_HELD_PER_SESSION)  # the engine thread is in the engine
+        assert [job.session.session_id for job in claimed] == [second]
+        assert list(service.worker.pending) == [first]
+        peer.close()
+    finally:
+        release.set()
         service.stop()
 
 
