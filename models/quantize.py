@@ -55,7 +55,10 @@ def calibration_frames(synth_folder: Path, *, count: int, resolution: tuple[int,
     path = synth_folder / "driver_rgba.npy"
     if not path.is_file():
         raise QuantizeError(f"--data {synth_folder}: no driver_rgba.npy (a `megalive-train synth` folder has one)")
-    drivers = np.load(path, mmap_mode="r")  # N×S×S×4 uint8
+    try:
+        drivers = np.load(path, mmap_mode="r")  # N×S×S×4 uint8
+    except (OSError, ValueError) as error:
+        raise QuantizeError(f"{path} is unreadable: {error}") from None
     if drivers.ndim != 4 or drivers.shape[3] != 4 or drivers.dtype != np.uint8 or len(drivers) == 0:
         raise QuantizeError(f"{path}: expected N×S×S×4 uint8 driver frames, got {drivers.dtype} {drivers.shape}")
     if count < 1:

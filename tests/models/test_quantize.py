@@ -56,6 +56,10 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(
     model, data = ("--model", str(exported)), ("--data", str(tiny_dataset))
     assert "the model's own folder" in refused(*model, *data, "--out", str(exported.parent))
     assert "no driver_rgba.npy" in refused(*model, "--data", str(tmp_path), "--out", str(tmp_path / "a"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "driver_rgba.npy").write_bytes(b"not an array")
+    assert "is unreadable" in refused(*model, "--data", str(broken), "--out", str(tmp_path / "a"))
     assert "model file not found" in refused("--model", str(tmp_path / "none.onnx"), *data, "--out", str(tmp_path / "b"))
     assert main(["quantize", *model, *data, "--out", str(tmp_path / "c"), "--dry-run"]) == 0
     drivers = len(np.load(tiny_dataset / "driver_rgba.npy", mmap_mode="r"))
