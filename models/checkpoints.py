@@ -167,7 +167,11 @@ def check_base_checkpoint(checkpoint: dict[str, Any], *, path: Path, preset: str
     if saved != preset:
         raise TrainingError(f"{role} {path} holds a base model of preset {saved!r}, not {preset!r}")
     saved_config = _tuples(checkpoint["model_config"])
-    pose = {"pose_source": saved_config.get("pose_source", "learned"), "head_pose_preset": saved_config.get("head_pose_preset", "")}
+    pose = {
+        "pose_source": saved_config.get("pose_source", "learned"),
+        "head_pose_preset": saved_config.get("head_pose_preset", ""),
+        "feature_crops": saved_config.get("feature_crops", False),
+    }
     if saved_config != asdict(base_config(preset, **pose)):
         raise TrainingError(f"{role} {path}: its model config differs from preset {preset!r} (the preset changed since)")
 

@@ -343,6 +343,11 @@ def _add_base(commands: argparse._SubParsersAction) -> None:
     base.add_argument(
         "--pose-network", default=None, metavar="PATH", help="`megalive-train head-pose` checkpoint: frozen head pose (default: learned)"
     )
+    base.add_argument(
+        "--feature-crops",
+        action="store_true",
+        help="E_mtn's expression also reads eye and mouth crops placed by the frozen head pose (needs --pose-network)",
+    )
     base.add_argument("--perceptual-weight", type=float, default=20.0, metavar="W", help="perceptual (EfficientNet-Lite0) λ; 0: off")
     base.add_argument("--face-weight", type=float, default=4.0, metavar="W", help="face (dlib ResNet) λ; 0: off")
     base.add_argument(
@@ -393,6 +398,7 @@ def _base(args: argparse.Namespace) -> int:
         region_weight=args.region_weight,
         allow_missing_nets=args.allow_missing_nets,
         pose_network=args.pose_network,
+        feature_crops=args.feature_crops,
         init=args.init,
         device=args.device,
         amp=args.amp,

@@ -74,6 +74,7 @@ class BaseConfig:
     pose_source: PoseSource = "learned"  # pretrained (frozen head-pose network), learned by E_mtn, or given by the caller (motion.py)
     head_pose_preset: str = ""  # the frozen head-pose network's preset (head_pose.py) with pose_source "pretrained"
     volume_generator_blocks: int = 1  # ResBlocks per G3D level and direction
+    feature_crops: bool = False  # E_mtn's z also reads eye and mouth crops placed by the frozen head pose (motion.py)
 
     def __post_init__(self) -> None:
         if not _power_of_two(self.resolution):
@@ -115,6 +116,8 @@ class BaseConfig:
             raise ValueError("head_pose_preset names the frozen head-pose network of pose_source 'pretrained', and only of it")
         if self.head_pose_preset:
             head_pose_config(self.head_pose_preset)  # raises on an unknown preset
+        if self.feature_crops and self.pose_source != "pretrained":
+            raise ValueError("feature_crops are placed by the frozen head-pose network: they need pose_source 'pretrained'")
 
     @property
     def volume_shape(self) -> tuple[int, int, int, int]:
@@ -172,12 +175,17 @@ BASE_PRESETS: dict[str, BaseConfig] = {
 }  # fmt: skip
 
 
-def base_config(preset: str, *, pose_source: PoseSource | None = None, head_pose_preset: str = "") -> BaseConfig:
-    """The named preset (optionally with another pose source; "pretrained" names its head-pose network's preset)."""
+def base_config(
+    preset: str, *, pose_source: PoseSource | None = None, head_pose_preset: str = "", feature_crops: bool = False
+) -> BaseConfig:
+    """The named preset (optionally with another pose source; "pretrained" names its head-pose network's preset, and
+    may add E_mtn's feature crops)."""
     if preset not in BASE_PRESETS:
         raise ValueError(f"unknown preset {preset!r} (known: {', '.join(BASE_PRESETS)})")
     config = BASE_PRESETS[preset]
-    return config if pose_source is None else dataclasses.replace(config, pose_source=pose_source, head_pose_preset=head_pose_preset)
+    if pose_source is None:
+        return config
+    return dataclasses.replace(config, pose_source=pose_source, head_pose_preset=head_pose_preset, feature_crops=feature_crops)
 
 
 class Warped(NamedTuple):
@@ -228,6 +236,7 @@ class BaseModel(nn.Module):
             expression_dropout=config.expression_dropout,
             pose_source=config.pose_source,
             head_pose=head_pose_config(config.head_pose_preset) if config.head_pose_preset else None,
+            feature_crops=config.feature_crops,
         )
         self.warp_to_canonical = self._warp_generator(config)  # W_s→c
         self.warp_to_driver = self._warp_generator(config)  # W_c→d

@@ -43,15 +43,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contract.arkit import NUM_BLENDSHAPES
-from contract.landmarks import LEFT_EYE_POINTS, MOUTH_POINTS, NUM_LANDMARKS, RIGHT_EYE_POINTS
+from contract.landmarks import NUM_LANDMARKS
 from models.blocks import ConvNormAct, DownBlock, on_white, resize_square
 from models.checkpoints import REGRESSOR_KIND, checkpoint_kind, kind_found, load_checkpoint
 from models.data.heads import HeadMotion, Identity, SyntheticHeads, sample_clip_frames, sample_identities, sample_motions
 from models.data.synthetic_pairs import derived_seed
+from models.face_crops import CropBranch, FaceFrame, FeatureCrops, feature_crops
 from models.training.common import TrainingError
 
 # Checkpoints record the design they hold; those of the first design (the whole image at 64 px, no crops, its
@@ -97,79 +97,6 @@ def identity_features(identity: Identity) -> Tensor:
     return torch.cat([getattr(identity, name).reshape(len(identity), -1).float() for name in IDENTITY_FIELDS], dim=1)
 
 
-# -- where the crops are --------------------------------------------------------------------------
-
-# Each crop in the face frame, in inter-ocular distances: (half width, half height) and its centre's offset
-# below the feature's centre (negative: above). Measured on 512 random renders: a brow's points lie 0.08-0.55
-# above its eye's centre and the eye's 0.25 above to 0.19 below; the mouth's points 0.34 above to 0.49 below
-# their centre (jaw open), 0.48 to either side.
-EYE_CROP = ((0.6, 0.45), -0.15)
-MOUTH_CROP = ((0.6, 0.6), 0.075)
-
-
-class FaceFrame(NamedTuple):
-    """Where a face's features are, in pixels of its image: the crops are placed and turned by it."""
-
-    left_eye: Tensor  # B×2, the image-left eye's centre (the mean of its 6 points)
-    right_eye: Tensor  # B×2
-    mouth: Tensor  # B×2, the mean of the 20 mouth points
-    axis: Tensor  # B×2, unit vector from the left eye's centre to the right's
-    spread: Tensor  # B, inter-ocular distance (pixels)
-
-    @classmethod
-    def from_landmarks(cls, landmarks: Tensor) -> FaceFrame:
-        """B×68×2 landmarks in pixels (pixel i spans [i, i+1)) -> the frame."""
-        left = landmarks[:, list(LEFT_EYE_POINTS)].mean(dim=1)  # B×2
-        right = landmarks[:, list(RIGHT_EYE_POINTS)].mean(dim=1)
-        between = right - left
-        spread = between.norm(dim=1).clamp_min(1e-3)  # B
-        mouth = landmarks[:, list(MOUTH_POINTS)].mean(dim=1)
-        return cls(left_eye=left, right_eye=right, mouth=mouth, axis=between / spread[:, None], spread=spread)
-
-    def scaled(self, factor: float) -> FaceFrame:
-        """The same frame in an image resized by ``factor``."""
-        return self._replace(
-            left_eye=self.left_eye * factor, right_eye=self.right_eye * factor, mouth=self.mouth * factor, spread=self.spread * factor
-        )
-
-    def perturbed(self, *, shift: float, scale: float, angle: float, generator: torch.Generator) -> FaceFrame:
-        """Each face's frame moved (σ ``shift`` inter-ocular distances, each feature its own way), scaled (σ ``scale``,
-        log) and turned (σ ``angle`` radians) at random: landmarks as a landmark detector would give them."""
-        count = len(self.spread)
-
-        def moved(point: Tensor) -> Tensor:
-            return point + torch.randn(count, 2, generator=generator) * (shift * self.spread)[:, None]
-
-        turn = torch.randn(count, generator=generator) * angle
-        cos, sin = turn.cos(), turn.sin()
-        axis = torch.stack([cos * self.axis[:, 0] - sin * self.axis[:, 1], sin * self.axis[:, 0] + cos * self.axis[:, 1]], dim=1)
-        spread = self.spread * torch.exp(torch.randn(count, generator=generator) * scale)
-        return FaceFrame(left_eye=moved(self.left_eye), right_eye=moved(self.right_eye), mouth=moved(self.mouth), axis=axis, spread=spread)
-
-
-def sample_crop(
-    image: Tensor, centre: Tensor, frame: FaceFrame, *, half_size: tuple[float, float], size: tuple[int, int], mirror: bool = False
-) -> Tensor:
-    """A B×3×h×w crop of B×3×S×S images (outside: white) around ``centre`` (B×2 pixels), turned with the frame's
-    axis and ``half_size`` (half width, half height) inter-ocular distances large; ``mirror`` flips it left-right."""
-    height, width = size
-    across = (torch.arange(width, dtype=image.dtype, device=image.device) + 0.5) / width * 2 - 1  # w, pixel centres in [-1, 1]
-    down = (torch.arange(height, dtype=image.dtype, device=image.device) + 0.5) / height * 2 - 1  # h
-    if mirror:
-        across = -across
-    axis = frame.axis.to(image)  # B×2
-    downward = torch.stack([-axis[:, 1], axis[:, 0]], dim=1)  # B×2: the axis turned 90°, y down
-    step_across = axis * (half_size[0] * frame.spread.to(image))[:, None]  # B×2 pixels per unit of `across`
-    step_down = downward * (half_size[1] * frame.spread.to(image))[:, None]
-    points = (
-        centre.to(image)[:, None, None, :]
-        + across[None, None, :, None] * step_across[:, None, None, :]
-        + down[None, :, None, None] * step_down[:, None, None, :]
-    )  # B×h×w×2, pixels
-    grid = points / image.shape[-1] * 2 - 1  # align_corners=False: -1 and 1 are the image's outer edges
-    return F.grid_sample(image - 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 1  # white outside
-
-
 # -- the network ----------------------------------------------------------------------------------
 
 
@@ -210,25 +137,6 @@ def expression_median(value: Tensor, activity: Tensor) -> Tensor:
     return value.clamp(0, 1) * ((2 * active - 1) / active).clamp(0, 1)
 
 
-class CropBranch(nn.Module):
-    """B×3×h×w crop -> B×features: a stride-2 conv, stride-2 ResBlocks, then the flattened map through a linear layer
-    (flattened, not pooled: where a lid or a lip is in the crop is the signal)."""
-
-    def __init__(self, *, size: tuple[int, int], stem: int, channels: tuple[int, ...], features: int) -> None:
-        super().__init__()
-        widths = (stem, *channels)
-        self.stem = ConvNormAct(in_channels=3, out_channels=stem, stride=2)
-        self.trunk = nn.Sequential(*(DownBlock(in_channels=a, out_channels=b) for a, b in zip(widths[:-1], widths[1:], strict=True)))
-        height, width = size
-        for _ in widths:  # each stride-2 layer: ⌈n / 2⌉
-            height, width = (height + 1) // 2, (width + 1) // 2
-        self.out = nn.Sequential(nn.Linear(channels[-1] * height * width, features), nn.ReLU())
-
-    def forward(self, crop: Tensor) -> Tensor:
-        features = self.trunk(self.stem(crop * 2 - 1))  # B×C×h'×w'
-        return self.out(features.flatten(1))  # B×(C·h'·w') -> B×features
-
-
 class ParameterRegressor(nn.Module):
     def __init__(self, *, config: RegressorConfig, identity_mean: Tensor, identity_std: Tensor) -> None:
         super().__init__()
@@ -257,23 +165,11 @@ class ParameterRegressor(nn.Module):
         """B×3×H×W foreground on white at any size -> B×3×r×r, area-resized (no aliasing from large outputs)."""
         return resize_square(foreground, self.config.resolution)
 
-    def crops(self, foreground: Tensor, frame: FaceFrame) -> tuple[Tensor, Tensor, Tensor]:
+    def crops(self, foreground: Tensor, frame: FaceFrame) -> FeatureCrops:
         """The left eye's, the (mirrored) right eye's and the mouth's crops of B×3×S×S images, ``frame`` in their pixels."""
-        size = foreground.shape[-1]
-        if size > self.config.crop_resolution:  # no aliasing: sample from the area-resized image
-            foreground = resize_square(foreground, self.config.crop_resolution)
-            frame = frame.scaled(self.config.crop_resolution / size)
-        (eye_half, eye_lower), (mouth_half, mouth_lower) = EYE_CROP, MOUTH_CROP
-        downward = torch.stack([-frame.axis[:, 1], frame.axis[:, 0]], dim=1)  # B×2
-
-        def centre(point: Tensor, lower: float) -> Tensor:
-            return point + downward * (lower * frame.spread)[:, None]
-
-        eye, mouth = self.config.eye_size, self.config.mouth_size
-        return (
-            sample_crop(foreground, centre(frame.left_eye, eye_lower), frame, half_size=eye_half, size=eye),
-            sample_crop(foreground, centre(frame.right_eye, eye_lower), frame, half_size=eye_half, size=eye, mirror=True),
-            sample_crop(foreground, centre(frame.mouth, mouth_lower), frame, half_size=mouth_half, size=mouth),
+        config = self.config
+        return feature_crops(
+            foreground, frame, crop_resolution=config.crop_resolution, eye_size=config.eye_size, mouth_size=config.mouth_size
         )
 
     def forward(self, foreground: Tensor, landmarks: Tensor | None = None, *, frame: FaceFrame | None = None) -> RegressedParameters:

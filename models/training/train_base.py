@@ -137,6 +137,7 @@ class BaseTrainConfig:
     face_weight: float = 4.0  # face (dlib ResNet) descriptor distance: the paper's face-network λ (gaze, λ 5, is absent)
     allow_missing_nets: bool = False  # train without a loss network whose weights are missing (recorded in the run)
     pose_network: str | None = None  # `megalive-train head-pose` checkpoint: the frozen pose network (None: E_mtn learns the pose)
+    feature_crops: bool = False  # E_mtn's z also reads eye and mouth crops placed by that network's pose (motion.py)
     colour_jitter: float = 0.5  # driver colour jitter strength [0-1]
     warp: float = 0.06  # driver thin-plate-spline displacement [0-0.2]
     identities: int = 1000  # synthetic identity pool
@@ -162,7 +163,9 @@ class BaseTrainConfig:
         """The preset, with the frozen head-pose network when one is given."""
         if self.pose_network is None:
             return base_config(self.preset)
-        return base_config(self.preset, pose_source="pretrained", head_pose_preset=str(pose_network_preset))
+        return base_config(
+            self.preset, pose_source="pretrained", head_pose_preset=str(pose_network_preset), feature_crops=self.feature_crops
+        )
 
     @property
     def augmentation(self) -> DriverAugmentation:
@@ -184,6 +187,7 @@ RUN_DEFINING_FIELDS = (
     "perceptual_weight",
     "face_weight",
     "pose_network",
+    "feature_crops",
     "colour_jitter",
     "warp",
     "identities",
@@ -218,6 +222,8 @@ def check_base_config(config: BaseTrainConfig) -> None:
         raise TrainingError(f"--init {config.init}: no such file")
     if config.pose_network is not None:
         read_head_pose_checkpoint(Path(config.pose_network), image_resolution=base_config(config.preset).resolution)
+    elif config.feature_crops:
+        raise TrainingError("--feature-crops are placed by the frozen head pose: give --pose-network")
     if config.amp and resolve_device(config.device).type != "cuda":
         raise TrainingError("--amp needs a CUDA device; this run is on the CPU")
 

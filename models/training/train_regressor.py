@@ -39,10 +39,10 @@ from models.blocks import on_white
 from models.checkpoints import REGRESSOR_KIND, save_checkpoint
 from models.data.heads import HeadMotion, Identity, SyntheticHeads, control_weights, sample_identities, sample_motion_pool
 from models.data.synthetic_pairs import derived_seed
+from models.face_crops import FaceFrame
 from models.nets.parameter_regressor import (
     ACTIVE_CONTROL,
     REGRESSOR_DESIGN,
-    FaceFrame,
     ParameterErrors,
     ParameterRegressor,
     RegressorConfig,

@@ -37,7 +37,10 @@ PARITY = 1e-4  # ONNX Runtime CPU against PyTorch, rgb and alpha in [0, 1]
 
 def random_teacher(*, pose: str = "learned") -> BaseModel:
     torch.manual_seed(0)
-    config = base_config("tiny") if pose == "learned" else base_config("tiny", pose_source="pretrained", head_pose_preset="tiny")
+    if pose == "learned":
+        config = base_config("tiny")
+    else:  # "pretrained", or "crops": the frozen pose network placing E_mtn's eye and mouth crops too
+        config = base_config("tiny", pose_source="pretrained", head_pose_preset="tiny", feature_crops=pose == "crops")
     return BaseModel(config=config).eval().requires_grad_(False)
 
 
@@ -123,12 +126,13 @@ def test_export_teacher_writes_a_card_and_graphs_that_agree_with_pytorch(teacher
     assert onnx_versus_torch(out, TeacherRenderer(teacher=model, enhancer=None), inputs) < PARITY
 
 
-def test_a_teacher_with_a_frozen_head_pose_network_exports_it_inside_the_graph(tmp_path: Path) -> None:
-    model = random_teacher(pose="pretrained")
-    assert model.motion_encoder.head_pose is not None
+@pytest.mark.parametrize("pose", ["pretrained", "crops"])
+def test_a_teacher_with_a_frozen_head_pose_network_exports_it_inside_the_graph(pose: str, tmp_path: Path) -> None:
+    model = random_teacher(pose=pose)
+    assert model.motion_encoder.head_pose is not None and (model.motion_encoder.crops is not None) == (pose == "crops")
     config = TeacherExportConfig(checkpoint="unused", out=str(tmp_path / "posed.onnx"), synthetic_avatars=1, command="tests")
     written = export_teacher(config, teacher=loaded(model))
-    print(f"pretrained-pose teacher: ONNX Runtime vs PyTorch max abs error {written.report.max_abs_error:.2e}")
+    print(f"{pose} teacher: ONNX Runtime vs PyTorch max abs error {written.report.max_abs_error:.2e}")
     assert written.report.max_abs_error < PARITY
     card = read_model_card(written.report.model_path)
     assert (

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.checkpoints import load_checkpoint, state_digest
+from models.checkpoints import load_base, load_checkpoint, state_digest
 from models.cli import main
 from models.data.heads import HeadMotion
 from models.data.synthetic_pairs import SyntheticPairs, SyntheticPairsConfig
@@ -269,6 +269,23 @@ def test_a_pose_network_of_the_wrong_kind_or_resolution_is_refused_before_anythi
     assert "64 px renders" in error and "128 px" in error
     assert "no such file" in _refused(capsys, "--run", str(run), "--pose-network", str(tmp_path / "none.pt"))
     assert not run.exists()
+
+
+def test_feature_crops_train_with_a_pose_network_and_are_refused_without_one(
+    head_pose_network: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert "--pose-network" in _refused(capsys, "--run", str(tmp_path / "bare"), "--preset", "tiny", "--feature-crops")
+    assert not (tmp_path / "bare").exists()
+    run = tmp_path / "crops"
+    argv = ["base", "--run", str(run), "--preset", "tiny", "--steps", "1", "--batch", "1", "--pose-network", str(head_pose_network)]
+    argv += ["--feature-crops", "--perceptual-weight", "0", "--face-weight", "0", "--log-every", "1"]
+    assert main(argv) == 0
+    model = load_base(run / "checkpoint.pt")
+    assert model.config.feature_crops and model.motion_encoder.crops is not None
+    # Resuming it without the crops is another run: refused, not silently rebuilt.
+    capsys.readouterr()
+    assert main([value for value in argv if value != "--feature-crops"]) == 2
+    assert "another feature_crops" in capsys.readouterr().err
 
 
 def test_other_bad_input_gets_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

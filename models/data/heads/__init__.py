@@ -6,7 +6,8 @@ What lives where:
                  ``sample_motions``, ``sample_clip``, ``sample_clip_frames``, ``sample_motion_pool``, ``neutral_motion``),
                  ``MODELLED_BLENDSHAPES`` and the loss weights per control (``control_weights``);
     geometry.py  the face layout (identity + expression -> feature geometry), the skull surface, the
-                 lid, brow and lip curves, the 68 landmarks, pose rotation, ray casting and projection;
+                 lid, brow and lip curves, the 68 landmarks (and ``mean_feature_points``, where neutral faces
+                 have their eyes and mouth), pose rotation, ray casting and projection (``project_head_points``);
     render.py    the renderer ``SyntheticHeads`` and its output ``HeadRender``, plus ``draw_landmarks``
                  and ``contact_sheet`` for looking at renders.
 
@@ -14,6 +15,7 @@ What lives where:
 ``models.megaportraits.motion.Motion``, a different thing.
 """
 
+from models.data.heads.geometry import mean_feature_points, project_head_points
 from models.data.heads.params import (
     DEFAULT_SCALE,
     MODELLED_BLENDSHAPES,
@@ -39,7 +41,9 @@ __all__ = [
     "contact_sheet",
     "control_weights",
     "draw_landmarks",
+    "mean_feature_points",
     "neutral_motion",
+    "project_head_points",
     "sample_clip",
     "sample_clip_frames",
     "sample_identities",

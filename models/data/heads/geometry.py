@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from contract.arkit import ARKIT_INDEX
-from models.data.heads.params import HeadMotion, Identity
+from contract.landmarks import LEFT_EYE_POINTS, MOUTH_POINTS, RIGHT_EYE_POINTS
+from models.data.heads.params import HeadMotion, Identity, neutral_motion
 
 # --------------------------------------------------------------------------------------------
 # Face layout: identity + expression -> per-sample feature geometry (all B×1, head units)
@@ -338,13 +339,32 @@ def intersect_ellipsoid(
     return out
 
 
+def landmarks_3d(lay: Layout) -> Tensor:
+    """iBUG-68 landmarks of a layout on the skull's front surface, in head space: B×3×68 (x, y, z)."""
+    hx, hy = head_landmarks(lay)  # B×68 each
+    return torch.stack([hx, hy, surface_z(hx, hy, lay)], dim=1)  # B×3×68
+
+
+def project_head_points(head: Tensor, *, rotation: Tensor, translation: Tensor, scale: Tensor, resolution: int) -> Tensor:
+    """Head-space points B×3×K posed and projected: B×K×2 pixel (x, y), pixel centres at i + 0.5. rotation: B×3 (yaw,
+    pitch, roll), translation: B×2 (tx, ty), scale: B, as in HeadMotion."""
+    matrix = rotation_matrix(rotation[:, 0], rotation[:, 1], rotation[:, 2]).to(head)  # B×3×3
+    world = scale.to(head).view(-1, 1, 1) * (matrix @ head)  # B×3×K
+    px = (world[:, 0] + translation[:, :1].to(head) + 1) / 2 * resolution  # B×K
+    py = (1 - (world[:, 1] + translation[:, 1:].to(head))) / 2 * resolution
+    return torch.stack([px, py], dim=2)  # B×K×2
+
+
 def project_landmarks(lay: Layout, motion: HeadMotion, resolution: int) -> Tensor:
     """iBUG-68 landmarks of a layout, posed by motion and projected: B×68×2 pixel (x, y), pixel centres at i + 0.5."""
-    hx, hy = head_landmarks(lay)  # B×68 each
-    hz = surface_z(hx, hy, lay)
-    head = torch.stack([hx, hy, hz], dim=1)  # B×3×68
-    rotation = rotation_matrix(motion.yaw, motion.pitch, motion.roll)  # B×3×3
-    world = motion.scale.view(-1, 1, 1) * (rotation @ head)  # B×3×68
-    px = (world[:, 0] + motion.tx.unsqueeze(1) + 1) / 2 * resolution
-    py = (1 - (world[:, 1] + motion.ty.unsqueeze(1))) / 2 * resolution
-    return torch.stack([px, py], dim=2)  # B×68×2
+    rotation = torch.stack([motion.yaw, motion.pitch, motion.roll], dim=1)  # B×3
+    translation = torch.stack([motion.tx, motion.ty], dim=1)  # B×2
+    return project_head_points(landmarks_3d(lay), rotation=rotation, translation=translation, scale=motion.scale, resolution=resolution)
+
+
+def mean_feature_points(identities: Identity) -> Tensor:
+    """Where neutral faces have their features, averaged over ``identities``, in head space: 3×3, rows the
+    image-left eye's centre, the image-right eye's and the mouth's (each the mean of its iBUG points), columns x, y, z."""
+    points = landmarks_3d(face_layout(identities, neutral_motion(len(identities)))).mean(dim=0)  # B×3×68 -> 3×68
+    groups = (LEFT_EYE_POINTS, RIGHT_EYE_POINTS, MOUTH_POINTS)
+    return torch.stack([points[:, list(group)].mean(dim=1) for group in groups])  # 3 groups × (x, y, z)
