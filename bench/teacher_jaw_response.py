@@ -2,15 +2,19 @@
 with jawOpen raised, and what changes is measured:
 
 - z change: |z(open) - z(closed)| / |z(closed)|, E_mtn's expression code of the two drivers;
+- warp change: the mean length of the difference of W_c→d's two delta fields (normalised volume units; one voxel is
+  2/S), against the fields' own mean length;
 - mouth change of the outputs: the mean absolute difference of the two outputs inside the mouth box (the open
   target's mouth landmarks, padded as the benchmark's region metrics pad them), against the same figure of the two
   targets (the source's identity rendered by SyntheticHeads with the driver's two motions); their ratio is the
   jaw response (1: the output's mouth changes as much as the truth's; 0: not at all);
 - mouth PSNR of the open output against the open target, and of the closed output against the open target.
 
+Outputs and targets are compared as the benchmark compares them: each foreground on white by its own mask.
+
 Sources and drivers are new identities (seeds far from the training pool's), drivers turned at random within the
 renderer's clip range, every other control 0. Writes OUT/jaw-response.json and OUT/jaw-response.png (rows: source,
-driver closed, driver open, output closed, output open, target open).
+driver closed, driver open, output closed, output open, target open; the last three on white).
 
     python bench/teacher_jaw_response.py --model runs/teacher-cpu128-expressions/checkpoint.pt --out docs/teacher-cpu128
 """
@@ -30,6 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from contract.arkit import ARKIT_INDEX  # noqa: E402
+from models.blocks import on_white  # noqa: E402
 from models.checkpoints import load_base  # noqa: E402
 from models.data.heads import HeadMotion, SyntheticHeads, contact_sheet, neutral_motion, sample_identities  # noqa: E402
 from models.face_regions import REGION_NAMES, region_masks  # noqa: E402
@@ -85,36 +90,51 @@ def main(argv: list[str] | None = None) -> int:
         appearance = model.encode_appearance(source.rgb)
         source_motion = model.encode_motion(source.rgb)
         motion_closed, motion_open = model.encode_motion(driver_closed.rgb), model.encode_motion(driver_open.rgb)
-        output_closed = model.render(appearance, source_motion=source_motion, driver_motion=motion_closed).rgb
-        output_open = model.render(appearance, source_motion=source_motion, driver_motion=motion_open).rgb
+        # Foregrounds on white, as the benchmark compares them (the teacher draws no background).
+        output_closed, output_open = (
+            on_white(output.rgb, output.alpha)
+            for output in (
+                model.render(appearance, source_motion=source_motion, driver_motion=motion) for motion in (motion_closed, motion_open)
+            )
+        )
+    target_closed_rgb, target_open_rgb = (on_white(target.rgb, target.alpha) for target in (target_closed, target_open))
     mouth = region_masks(target_open.landmarks, size=size)[:, REGION_NAMES.index("mouth") : REGION_NAMES.index("mouth") + 1].float()
 
     def mouth_change(a: torch.Tensor, b: torch.Tensor) -> float:
         return float(((a - b).abs() * mouth).sum() / (mouth.sum() * 3))
 
+    with torch.no_grad():
+        deltas_closed, deltas_open = (
+            model.warp_to_driver(appearance.descriptor, motion.expression) for motion in (motion_closed, motion_open)
+        )
+    warp_change = float((deltas_open - deltas_closed).norm(dim=-1).mean())  # B×D×S×S×3 -> mean length
     z_change = (motion_open.expression - motion_closed.expression).norm(dim=1) / motion_closed.expression.norm(dim=1).clamp_min(1e-8)
-    output_change, target_change = mouth_change(output_open, output_closed), mouth_change(target_open.rgb, target_closed.rgb)
+    output_change, target_change = mouth_change(output_open, output_closed), mouth_change(target_open_rgb, target_closed_rgb)
     report = {
         "model": str(args.model),
         "pairs": args.pairs,
         "jaw_open": args.jaw,
         "z_change": float(z_change.mean()),
+        "warp_change": warp_change,
+        "warp_length": float(deltas_closed.norm(dim=-1).mean()),
+        "voxel": 2 / model.config.volume_size,
         "output_mouth_change": output_change,
         "target_mouth_change": target_change,
         "jaw_response": output_change / max(target_change, 1e-8),
-        "mouth_psnr_open_output_vs_open_target": _psnr(output_open, target_open.rgb, mouth),
-        "mouth_psnr_closed_output_vs_open_target": _psnr(output_closed, target_open.rgb, mouth),
+        "mouth_psnr_open_output_vs_open_target": _psnr(output_open, target_open_rgb, mouth),
+        "mouth_psnr_closed_output_vs_open_target": _psnr(output_closed, target_open_rgb, mouth),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "jaw-response.json").write_text(json.dumps(report, indent=2) + "\n")
-    rows = [source.rgb, driver_closed.rgb, driver_open.rgb, output_closed, output_open, target_open.rgb]
+    rows = [source.rgb, driver_closed.rgb, driver_open.rgb, output_closed, output_open, target_open_rgb]
     shown = min(args.pairs, 8)
     sheet = contact_sheet(torch.cat([row[:shown].clamp(0, 1) for row in rows]), columns=shown)
     from PIL import Image
 
     Image.fromarray((sheet.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(args.out / "jaw-response.png")
     print(
-        f"{args.model}: {args.pairs} pairs, jawOpen 0 -> {args.jaw}: z changes {report['z_change']:.1%}; mouth box changes "
+        f"{args.model}: {args.pairs} pairs, jawOpen 0 -> {args.jaw}: z changes {report['z_change']:.1%}, W_c→d's deltas by "
+        f"{warp_change:.5f} (their length {report['warp_length']:.4f}, a voxel {report['voxel']:.4f}); mouth box changes "
         f"{output_change:.4f} (targets {target_change:.4f}): jaw response {report['jaw_response']:.2f}; open mouth PSNR "
         f"{report['mouth_psnr_open_output_vs_open_target']:.2f} dB (closed output against the open target: "
         f"{report['mouth_psnr_closed_output_vs_open_target']:.2f})"

@@ -176,6 +176,26 @@ def check_base_checkpoint(checkpoint: dict[str, Any], *, path: Path, preset: str
         raise TrainingError(f"{role} {path}: its model config differs from preset {preset!r} (the preset changed since)")
 
 
+def load_base_weights(model: BaseModel, checkpoint: dict[str, Any], *, path: Path) -> None:
+    """A base checkpoint's generator weights into ``model``. A checkpoint without E_mtn's feature crops starts a model
+    with them exactly where it was: the crop branches as built, their columns of z's linear layer zero (the output is
+    the checkpoint's until training moves them). One the other way round raises TrainingError (one line)."""
+    saved_crops = bool(checkpoint.get("model_config", {}).get("feature_crops", False))
+    if saved_crops == model.config.feature_crops:
+        load_state(model, checkpoint, "generator", path=path)
+        return
+    if saved_crops:
+        raise TrainingError(f"{path} reads eye and mouth crops (feature_crops) and this model does not: add --feature-crops")
+    own = model.state_dict()
+    state = dict(checkpoint.get("generator", {}))
+    key = "motion_encoder.expression.weight"  # Z×w in the checkpoint, Z×(w + crop features) here
+    if key in state:
+        saved = state[key]
+        state[key] = torch.cat([saved, saved.new_zeros(saved.shape[0], own[key].shape[1] - saved.shape[1])], dim=1)
+    state.update({name: value for name, value in own.items() if name.startswith("motion_encoder.crops.")})
+    load_state(model, {"generator": state}, "generator", path=path)
+
+
 def base_model_from_checkpoint(checkpoint: dict[str, Any], *, path: Path, expect_preset: str | None = None) -> BaseModel:
     """The generator saved in a checkpoint, rebuilt from the config saved beside it."""
     preset = checkpoint.get("train_config", {}).get("preset") if expect_preset is None else expect_preset

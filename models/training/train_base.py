@@ -66,7 +66,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from models.blocks import on_white
-from models.checkpoints import BASE_KIND, check_base_checkpoint, load_checkpoint, load_state, save_checkpoint, state_digest
+from models.checkpoints import (
+    BASE_KIND,
+    check_base_checkpoint,
+    load_base_weights,
+    load_checkpoint,
+    load_state,
+    save_checkpoint,
+    state_digest,
+)
 from models.data.heads import contact_sheet
 from models.data.paired import DatasetError
 from models.data.synthetic_pairs import ReenactmentSample, SyntheticPairs, SyntheticPairsConfig
@@ -454,7 +462,7 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
     source = checkpoint if checkpoint is not None else initial
     if source is not None:
         where = checkpoint_path if checkpoint is not None else Path(str(config.init))
-        load_state(model, source, "generator", path=where)
+        load_base_weights(model, source, path=where)
         load_state(discriminator, source, "discriminator", path=where)
     if config.pose_network is not None:
         pose_path = Path(config.pose_network)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -14,11 +15,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.checkpoints import load_base, load_checkpoint, state_digest
+from models.checkpoints import load_base, load_base_weights, load_checkpoint, state_digest
 from models.cli import main
 from models.data.heads import HeadMotion
 from models.data.synthetic_pairs import SyntheticPairs, SyntheticPairsConfig
 from models.face_regions import region_masks
+from models.megaportraits.base import BaseModel
 from models.training.augment import DriverAugmentation, colour_jitter, thin_plate_spline_grids
 from models.training.train_base import BaseTrainConfig, region_l1, train_base
 
@@ -286,6 +288,30 @@ def test_feature_crops_train_with_a_pose_network_and_are_refused_without_one(
     capsys.readouterr()
     assert main([value for value in argv if value != "--feature-crops"]) == 2
     assert "another feature_crops" in capsys.readouterr().err
+
+
+def test_a_teacher_without_crops_starts_one_with_them_exactly_where_it_was(
+    tiny_runs: tuple[Path, Path], head_pose_network: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    straight, _ = tiny_runs
+    plain = load_base(straight / "checkpoint.pt").eval()
+    crops = BaseModel(config=dataclasses.replace(plain.config, feature_crops=True)).eval()
+    load_base_weights(crops, load_checkpoint(straight / "checkpoint.pt"), path=straight / "checkpoint.pt")
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        before, after = plain(images, images.flip(0)), crops(images, images.flip(0))
+    torch.testing.assert_close(after.rgb, before.rgb, atol=1e-5, rtol=0)  # the crops' columns of z's layer start at zero
+    torch.testing.assert_close(after.driver_motion.expression, before.driver_motion.expression, atol=1e-5, rtol=0)
+    # `--init` does the same in a run, which then trains the crops.
+    settings = {**TINY, "pose_network": str(head_pose_network), "init": str(straight / "checkpoint.pt")}
+    train_base(BaseTrainConfig(run_dir=str(tmp_path / "crops"), feature_crops=True, **settings), progress=False, stop_at=1)
+    trained = load_base(tmp_path / "crops" / "checkpoint.pt")
+    assert trained.motion_encoder.expression.weight[:, -trained.motion_encoder.crops.features :].abs().sum() > 0
+    # The other way round would drop what the crops learned: refused in one line.
+    init = str(tmp_path / "crops" / "checkpoint.pt")
+    argv = ("--run", str(tmp_path / "back"), "--preset", "tiny", "--pose-network", str(head_pose_network), "--init", init)
+    assert "add --feature-crops" in _refused(capsys, *argv)
+    assert not (tmp_path / "back").exists()
 
 
 def test_other_bad_input_gets_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
