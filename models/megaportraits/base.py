@@ -183,8 +183,8 @@ def base_config(
     if preset not in BASE_PRESETS:
         raise ValueError(f"unknown preset {preset!r} (known: {', '.join(BASE_PRESETS)})")
     config = BASE_PRESETS[preset]
-    if pose_source is None:
-        return config
+    if pose_source is None:  # crops asked for without the pretrained pose are refused by BaseConfig, not dropped
+        return dataclasses.replace(config, feature_crops=True) if feature_crops else config
     return dataclasses.replace(config, pose_source=pose_source, head_pose_preset=head_pose_preset, feature_crops=feature_crops)
 
 

@@ -268,6 +268,8 @@ def test_feature_crops_need_the_frozen_pose_network_and_train_with_the_rest() ->
 
     with pytest.raises(ValueError, match="feature_crops"):
         dataclasses.replace(BASE_PRESETS["tiny"], feature_crops=True)  # learned pose: nothing to place the crops
+    with pytest.raises(ValueError, match="feature_crops"):
+        base_config("tiny", feature_crops=True)
     model = _crops_teacher().train()
     crops = model.motion_encoder.crops
     assert crops is not None and crops.eye_size == (12, 16) and crops.mouth_size == (16, 16)  # 64 px: half of 128 px's
