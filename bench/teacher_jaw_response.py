@@ -8,7 +8,7 @@ with jawOpen raised, and what changes is measured:
   target's mouth landmarks, padded as the benchmark's region metrics pad them), against the same figure of the two
   targets (the source's identity rendered by SyntheticHeads with the driver's two motions); their ratio is the
   jaw response (1: the output's mouth changes as much as the truth's; 0: not at all);
-- mouth PSNR of the open output against the open target, and of the closed output against the open target.
+- mouth PSNR (the benchmark's, per pair, averaged) of the open output against the open target, and of the closed output against it.
 
 Outputs and targets are compared as the benchmark compares them: each foreground on white by its own mask.
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -37,7 +36,9 @@ from contract.arkit import ARKIT_INDEX  # noqa: E402
 from models.blocks import on_white  # noqa: E402
 from models.checkpoints import load_base  # noqa: E402
 from models.data.heads import HeadMotion, SyntheticHeads, contact_sheet, neutral_motion, sample_identities  # noqa: E402
+from models.evaluation import region_psnr  # noqa: E402
 from models.face_regions import REGION_NAMES, region_masks  # noqa: E402
+from models.losses import masked_l1  # noqa: E402
 from models.training.common import TrainingError  # noqa: E402
 
 SOURCE_SEED, DRIVER_SEED, POSE_SEED = 900_001, 900_002, 900_003  # far from any training pool's seed
@@ -55,12 +56,6 @@ def _driver_motions(count: int, *, jaw: float, generator: torch.Generator) -> tu
     expression = closed.expression.clone()
     expression[:, ARKIT_INDEX["jawOpen"]] = jaw
     return closed, dataclasses.replace(closed, expression=expression)
-
-
-def _psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
-    """PSNR inside ``mask`` (N×1×H×W), pooled over the batch."""
-    squared = ((a - b) ** 2 * mask).sum() / (mask.sum() * a.shape[1]).clamp_min(1)
-    return float(10 * math.log10(1 / max(float(squared), 1e-10)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,10 +93,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     target_closed_rgb, target_open_rgb = (on_white(target.rgb, target.alpha) for target in (target_closed, target_open))
-    mouth = region_masks(target_open.landmarks, size=size)[:, REGION_NAMES.index("mouth") : REGION_NAMES.index("mouth") + 1].float()
+    mouth_index = REGION_NAMES.index("mouth")
+    mouth = region_masks(target_open.landmarks, size=size)[:, mouth_index : mouth_index + 1].to(output_open)  # B×1×S×S
 
     def mouth_change(a: torch.Tensor, b: torch.Tensor) -> float:
-        return float(((a - b).abs() * mouth).sum() / (mouth.sum() * 3))
+        return float(masked_l1(a, b, mouth))
+
+    def mouth_psnr(guess: torch.Tensor) -> float:  # the benchmark's mouth PSNR against the open target, mean over pairs
+        return float(region_psnr(guess, target_open_rgb, target_open.landmarks)[:, mouth_index].mean())
 
     with torch.no_grad():
         deltas_closed, deltas_open = (
@@ -121,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         "output_mouth_change": output_change,
         "target_mouth_change": target_change,
         "jaw_response": output_change / max(target_change, 1e-8),
-        "mouth_psnr_open_output_vs_open_target": _psnr(output_open, target_open_rgb, mouth),
-        "mouth_psnr_closed_output_vs_open_target": _psnr(output_closed, target_open_rgb, mouth),
+        "mouth_psnr_open_output_vs_open_target": mouth_psnr(output_open),
+        "mouth_psnr_closed_output_vs_open_target": mouth_psnr(output_closed),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "jaw-response.json").write_text(json.dumps(report, indent=2) + "\n")
