@@ -171,28 +171,43 @@ def check_base_checkpoint(checkpoint: dict[str, Any], *, path: Path, preset: str
         "pose_source": saved_config.get("pose_source", "learned"),
         "head_pose_preset": saved_config.get("head_pose_preset", ""),
         "feature_crops": saved_config.get("feature_crops", False),
+        "decoder_expression": saved_config.get("decoder_expression", False),
     }
     if saved_config != asdict(base_config(preset, **pose)):
         raise TrainingError(f"{role} {path}: its model config differs from preset {preset!r} (the preset changed since)")
 
 
 def load_base_weights(model: BaseModel, checkpoint: dict[str, Any], *, path: Path) -> None:
-    """A base checkpoint's generator weights into ``model``. A checkpoint without E_mtn's feature crops starts a model
-    with them exactly where it was: the crop branches as built, their columns of z's linear layer zero (the output is
-    the checkpoint's until training moves them). One the other way round raises TrainingError (one line)."""
-    saved_crops = bool(checkpoint.get("model_config", {}).get("feature_crops", False))
-    if saved_crops == model.config.feature_crops:
-        load_state(model, checkpoint, "generator", path=path)
-        return
-    if saved_crops:
-        raise TrainingError(f"{path} reads eye and mouth crops (feature_crops) and this model does not: add --feature-crops")
-    own = model.state_dict()
+    """A base checkpoint's generator weights into ``model``, which may add what the checkpoint lacks, each starting
+    exactly where the checkpoint was (the output is the checkpoint's until training moves the new weights):
+    - E_mtn's feature crops: the crop branches as built, their columns of z's linear layer zero;
+    - G2D's expression conditioning: each adaptive GroupNorm's shift and scale biases are the plain GroupNorm's affine
+      parameters (scale: weight - 1), their weights on z zero.
+    A checkpoint with either that the model lacks raises TrainingError (one line)."""
+    saved_config = checkpoint.get("model_config", {})
+    added = {
+        name: (bool(saved_config.get(name, False)), bool(getattr(model.config, name))) for name in ("feature_crops", "decoder_expression")
+    }
+    for name, (saved, wanted) in added.items():
+        if saved and not wanted:
+            raise TrainingError(f"{path} was trained with {name} and this model is not: add --{name.replace('_', '-')}")
     state = dict(checkpoint.get("generator", {}))
-    key = "motion_encoder.expression.weight"  # Z×w in the checkpoint, Z×(w + crop features) here
-    if key in state:
-        saved = state[key]
-        state[key] = torch.cat([saved, saved.new_zeros(saved.shape[0], own[key].shape[1] - saved.shape[1])], dim=1)
-    state.update({name: value for name, value in own.items() if name.startswith("motion_encoder.crops.")})
+    own = model.state_dict()
+    if added["feature_crops"] == (False, True):
+        key = "motion_encoder.expression.weight"  # Z×w in the checkpoint, Z×(w + crop features) here
+        if key in state:
+            saved = state[key]
+            state[key] = torch.cat([saved, saved.new_zeros(saved.shape[0], own[key].shape[1] - saved.shape[1])], dim=1)
+        state.update({name: value for name, value in own.items() if name.startswith("motion_encoder.crops.")})
+    if added["decoder_expression"] == (False, True):
+        for name in [name for name in state if name.startswith("decoder.") and ".norm_" in name]:
+            norm, parameter = name.rsplit(".", 1)  # e.g. decoder.up.0.norm_first, weight (C) or bias (C)
+            if f"{norm}.scale.bias" not in own:
+                continue  # a plain GroupNorm here too (the head's)
+            value = state.pop(name)
+            target = "scale" if parameter == "weight" else "shift"
+            state[f"{norm}.{target}.bias"] = value - 1 if parameter == "weight" else value
+            state[f"{norm}.{target}.weight"] = torch.zeros_like(own[f"{norm}.{target}.weight"])
     load_state(model, {"generator": state}, "generator", path=path)
 
 

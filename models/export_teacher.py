@@ -165,7 +165,7 @@ class TeacherRenderer(nn.Module):
             driver = area_downsample(driver)  # B×3×2r×2r -> B×3×r×r
         motion = self.teacher.encode_motion(driver)
         to_driver = self.teacher.to_driver(canonical, descriptor=descriptor, motion=motion)
-        image = self.teacher.decoder(to_driver.volume)  # B×C×D×S×S -> rgb B×3×r×r, alpha B×1×r×r
+        image = self.teacher.decode(to_driver.volume, motion=motion)  # B×C×D×S×S -> rgb B×3×r×r, alpha B×1×r×r
         if self.enhancer is None:
             return image.rgb, image.alpha
         enhanced = self.enhancer(image.rgb, image.alpha)  # -> B×3×2r×2r, B×1×2r×2r

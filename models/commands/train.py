@@ -348,6 +348,11 @@ def _add_base(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="E_mtn's expression also reads eye and mouth crops placed by the frozen head pose (needs --pose-network)",
     )
+    base.add_argument(
+        "--decoder-expression",
+        action="store_true",
+        help="G2D's norms also read the driver's expression z, to draw what warps cannot move (an open mouth's inside)",
+    )
     base.add_argument("--perceptual-weight", type=float, default=20.0, metavar="W", help="perceptual (EfficientNet-Lite0) λ; 0: off")
     base.add_argument("--face-weight", type=float, default=4.0, metavar="W", help="face (dlib ResNet) λ; 0: off")
     base.add_argument(
@@ -399,6 +404,7 @@ def _base(args: argparse.Namespace) -> int:
         allow_missing_nets=args.allow_missing_nets,
         pose_network=args.pose_network,
         feature_crops=args.feature_crops,
+        decoder_expression=args.decoder_expression,
         init=args.init,
         device=args.device,
         amp=args.amp,

@@ -35,7 +35,7 @@ from typing import NamedTuple
 from torch import Tensor, nn
 
 from models.megaportraits.appearance import Appearance, AppearanceEncoder
-from models.megaportraits.decoder import Decoder
+from models.megaportraits.decoder import DecodedImage, Decoder
 from models.megaportraits.head_pose import head_pose_config
 from models.megaportraits.motion import POSE_SOURCES, HeadPose, Motion, MotionEncoder, PoseSource
 from models.megaportraits.volume import VolumeGenerator
@@ -75,6 +75,7 @@ class BaseConfig:
     head_pose_preset: str = ""  # the frozen head-pose network's preset (head_pose.py) with pose_source "pretrained"
     volume_generator_blocks: int = 1  # ResBlocks per G3D level and direction
     feature_crops: bool = False  # E_mtn's z also reads eye and mouth crops placed by the frozen head pose (motion.py)
+    decoder_expression: bool = False  # G2D's GroupNorms read the driver's z (decoder.py; this project's addition)
 
     def __post_init__(self) -> None:
         if not _power_of_two(self.resolution):
@@ -176,16 +177,22 @@ BASE_PRESETS: dict[str, BaseConfig] = {
 
 
 def base_config(
-    preset: str, *, pose_source: PoseSource | None = None, head_pose_preset: str = "", feature_crops: bool = False
+    preset: str,
+    *,
+    pose_source: PoseSource | None = None,
+    head_pose_preset: str = "",
+    feature_crops: bool = False,
+    decoder_expression: bool = False,
 ) -> BaseConfig:
-    """The named preset (optionally with another pose source; "pretrained" names its head-pose network's preset, and
-    may add E_mtn's feature crops)."""
+    """The named preset, optionally with another pose source ("pretrained" names its head-pose network's preset), E_mtn's
+    feature crops and G2D's expression conditioning (crops asked for without the pretrained pose are refused by
+    BaseConfig, not dropped)."""
     if preset not in BASE_PRESETS:
         raise ValueError(f"unknown preset {preset!r} (known: {', '.join(BASE_PRESETS)})")
     config = BASE_PRESETS[preset]
-    if pose_source is None:  # crops asked for without the pretrained pose are refused by BaseConfig, not dropped
-        return dataclasses.replace(config, feature_crops=True) if feature_crops else config
-    return dataclasses.replace(config, pose_source=pose_source, head_pose_preset=head_pose_preset, feature_crops=feature_crops)
+    if pose_source is not None:
+        config = dataclasses.replace(config, pose_source=pose_source, head_pose_preset=head_pose_preset)
+    return dataclasses.replace(config, feature_crops=feature_crops, decoder_expression=decoder_expression)
 
 
 class Warped(NamedTuple):
@@ -250,6 +257,7 @@ class BaseModel(nn.Module):
             volume_depth=config.volume_depth,
             channels=config.decoder_channels,
             blocks=config.decoder_blocks,
+            condition_dim=config.expression_dim if config.decoder_expression else 0,
         )  # projection + G2D
 
     @staticmethod
@@ -292,12 +300,16 @@ class BaseModel(nn.Module):
         )
         return Warped(volume=warp(volume, grid), grid=grid)
 
+    def decode(self, volume: Tensor, *, motion: Motion) -> DecodedImage:
+        """Projection + G2D: the driver volume B×C×D×S×S -> rgb, alpha (G2D reads the driver's z when configured so)."""
+        return self.decoder(volume, motion.expression if self.config.decoder_expression else None)
+
     def render(self, appearance: Appearance, *, source_motion: Motion, driver_motion: Motion) -> BaseOutput:
         """The source's appearance with the driver's pose and expression."""
         to_canonical = self.to_canonical(appearance.volume, descriptor=appearance.descriptor, motion=source_motion)
         canonical = self.volume_generator(to_canonical.volume)  # G3D: B×C×D×S×S -> B×C×D×S×S
         to_driver = self.to_driver(canonical, descriptor=appearance.descriptor, motion=driver_motion)
-        image = self.decoder(to_driver.volume)
+        image = self.decode(to_driver.volume, motion=driver_motion)
         return BaseOutput(
             rgb=image.rgb,
             alpha=image.alpha,

@@ -9,7 +9,8 @@ teacher's 2-D and 3-D blocks live here:
 - pre-activation residual blocks (GroupNorm -> ReLU -> conv, twice, plus a shortcut) in 2-D
   (basic and bottleneck) and 3-D, and a ResNet trunk built from them;
 - ``AdaptiveGroupNorm``: GroupNorm whose scale and shift come from a conditioning vector (the warp
-  generators' expression code z and appearance descriptor e_s).
+  generators' expression code z and appearance descriptor e_s; G2D's z with ``BaseConfig.decoder_expression``),
+  and ``AdaptiveResBlock``, the 2-D or 3-D block built on it.
 
 Output heads (rgb, alpha, warp deltas, pose) are plain convs/linears: weight standardisation fixes
 each filter's norm, which a head that must start near zero cannot have.
@@ -181,18 +182,22 @@ class AdaptiveGroupNorm(nn.Module):
         return F.group_norm(x, self.groups) * scale + shift
 
 
-class AdaptiveResBlock3D(nn.Module):
-    """ResBlock3D whose two GroupNorms are adaptive (conditioned on a vector)."""
+class AdaptiveResBlock(nn.Module):
+    """ResBlock2D or ResBlock3D (``spatial_dims``) whose two GroupNorms are adaptive (conditioned on a vector):
+    x B×in×… , condition B×N -> B×out×… ."""
 
-    def __init__(self, *, in_channels: int, out_channels: int, condition_dim: int) -> None:
+    def __init__(self, *, in_channels: int, out_channels: int, condition_dim: int, spatial_dims: int) -> None:
         super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        conv = WSConv2d if spatial_dims == 2 else WSConv3d
         self.norm_first = AdaptiveGroupNorm(channels=in_channels, condition_dim=condition_dim)
-        self.conv_first = WSConv3d(in_channels, out_channels, 3)
+        self.conv_first = conv(in_channels, out_channels, 3)
         self.norm_second = AdaptiveGroupNorm(channels=out_channels, condition_dim=condition_dim)
-        self.conv_second = WSConv3d(out_channels, out_channels, 3)
+        self.conv_second = conv(out_channels, out_channels, 3)
         self.shortcut: nn.Module = nn.Identity()
         if in_channels != out_channels:
-            self.shortcut = WSConv3d(in_channels, out_channels, 1, bias=False)
+            self.shortcut = conv(in_channels, out_channels, 1, bias=False)
 
     def forward(self, x: Tensor, condition: Tensor) -> Tensor:
         residual = self.conv_first(F.relu(self.norm_first(x, condition)))

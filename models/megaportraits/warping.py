@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from models.megaportraits.teacher_blocks import AdaptiveResBlock3D, WSConv2d, norm
+from models.megaportraits.teacher_blocks import AdaptiveResBlock, WSConv2d, norm
 
 ALIGN_CORNERS = False
 
@@ -143,7 +143,7 @@ class WarpGenerator(nn.Module):
         condition_dim = descriptor_channels + expression_dim
         self.input = WSConv2d(condition_dim, channels[0] * start_depth, 1)
         self.stages = nn.ModuleList(
-            AdaptiveResBlock3D(in_channels=in_channels, out_channels=out_channels, condition_dim=condition_dim)
+            AdaptiveResBlock(in_channels=in_channels, out_channels=out_channels, condition_dim=condition_dim, spatial_dims=3)
             for in_channels, out_channels in zip(channels[:-1], channels[1:])
         )
         self.head_norm = norm(channels[-1])

@@ -146,6 +146,7 @@ class BaseTrainConfig:
     allow_missing_nets: bool = False  # train without a loss network whose weights are missing (recorded in the run)
     pose_network: str | None = None  # `megalive-train head-pose` checkpoint: the frozen pose network (None: E_mtn learns the pose)
     feature_crops: bool = False  # E_mtn's z also reads eye and mouth crops placed by that network's pose (motion.py)
+    decoder_expression: bool = False  # G2D's GroupNorms read the driver's z (decoder.py)
     colour_jitter: float = 0.5  # driver colour jitter strength [0-1]
     warp: float = 0.06  # driver thin-plate-spline displacement [0-0.2]
     identities: int = 1000  # synthetic identity pool
@@ -170,9 +171,13 @@ class BaseTrainConfig:
     def model_config(self, pose_network_preset: str | None) -> BaseConfig:
         """The preset, with the frozen head-pose network when one is given."""
         if self.pose_network is None:
-            return base_config(self.preset)
+            return base_config(self.preset, decoder_expression=self.decoder_expression)
         return base_config(
-            self.preset, pose_source="pretrained", head_pose_preset=str(pose_network_preset), feature_crops=self.feature_crops
+            self.preset,
+            pose_source="pretrained",
+            head_pose_preset=str(pose_network_preset),
+            feature_crops=self.feature_crops,
+            decoder_expression=self.decoder_expression,
         )
 
     @property
@@ -196,6 +201,7 @@ RUN_DEFINING_FIELDS = (
     "face_weight",
     "pose_network",
     "feature_crops",
+    "decoder_expression",
     "colour_jitter",
     "warp",
     "identities",

@@ -39,8 +39,9 @@ def random_teacher(*, pose: str = "learned") -> BaseModel:
     torch.manual_seed(0)
     if pose == "learned":
         config = base_config("tiny")
-    else:  # "pretrained", or "crops": the frozen pose network placing E_mtn's eye and mouth crops too
-        config = base_config("tiny", pose_source="pretrained", head_pose_preset="tiny", feature_crops=pose == "crops")
+    else:  # "pretrained"; "crops": the frozen pose network placing E_mtn's eye and mouth crops too; "crops-decoder": and G2D reading z
+        crops, decoder = pose.startswith("crops"), pose == "crops-decoder"
+        config = base_config("tiny", pose_source="pretrained", head_pose_preset="tiny", feature_crops=crops, decoder_expression=decoder)
     return BaseModel(config=config).eval().requires_grad_(False)
 
 
@@ -73,7 +74,7 @@ def tiny_enhancer_checkpoint(path: Path, *, teacher_preset: str, seed: int = 0) 
     return path
 
 
-@pytest.mark.parametrize("pose", ["learned", "pretrained"])
+@pytest.mark.parametrize("pose", ["learned", "pretrained", "crops-decoder"])
 def test_the_teacher_split_at_its_canonical_volume_gives_its_own_output(pose: str) -> None:
     model = random_teacher(pose=pose)
     encoder, renderer = TeacherSourceEncoder(teacher=model, downsample=False), TeacherRenderer(teacher=model, enhancer=None)
@@ -126,10 +127,11 @@ def test_export_teacher_writes_a_card_and_graphs_that_agree_with_pytorch(teacher
     assert onnx_versus_torch(out, TeacherRenderer(teacher=model, enhancer=None), inputs) < PARITY
 
 
-@pytest.mark.parametrize("pose", ["pretrained", "crops"])
+@pytest.mark.parametrize("pose", ["pretrained", "crops", "crops-decoder"])
 def test_a_teacher_with_a_frozen_head_pose_network_exports_it_inside_the_graph(pose: str, tmp_path: Path) -> None:
     model = random_teacher(pose=pose)
-    assert model.motion_encoder.head_pose is not None and (model.motion_encoder.crops is not None) == (pose == "crops")
+    assert model.motion_encoder.head_pose is not None and (model.motion_encoder.crops is not None) == pose.startswith("crops")
+    assert model.decoder.condition_dim == (16 if pose == "crops-decoder" else 0)
     config = TeacherExportConfig(checkpoint="unused", out=str(tmp_path / "posed.onnx"), synthetic_avatars=1, command="tests")
     written = export_teacher(config, teacher=loaded(model))
     print(f"{pose} teacher: ONNX Runtime vs PyTorch max abs error {written.report.max_abs_error:.2e}")

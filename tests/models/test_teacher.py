@@ -311,3 +311,25 @@ def test_feature_crops_sit_on_the_renders_eyes_and_mouth() -> None:
     print(f"crop centres off by {placed.mean():.3f} (worst {placed.max():.3f}) inter-ocular distances; yaw flipped: {flipped.mean():.3f}")
     assert placed.mean() < 0.05 and placed.max() < 0.15  # the crops are 1.2 inter-ocular distances wide
     assert flipped.mean() > 2 * placed.max()
+
+
+# -- G2D reading the driver's expression ------------------------------------------------------------
+
+
+def test_a_decoder_that_reads_z_draws_differently_for_another_z_and_trains_its_conditioning() -> None:
+    torch.manual_seed(0)
+    model = BaseModel(config=base_config("tiny", decoder_expression=True)).train()
+    assert model.decoder.condition_dim == model.config.expression_dim
+    volume = torch.randn(2, *model.config.volume_shape)
+    z = torch.randn(2, model.config.expression_dim)
+    with torch.no_grad():
+        first, second = model.decoder(volume, z), model.decoder(volume, z.flip(0))
+    assert (first.rgb - second.rgb).abs().max() > 1e-3  # the same volume, another z: another picture
+    with pytest.raises(ValueError, match="reads the expression code"):
+        model.decoder(volume)
+    with pytest.raises(ValueError, match="takes no expression code"):
+        BaseModel(config=base_config("tiny")).decoder(volume, z)
+    out = model(_images(2, 64, seed=1), _images(2, 64, seed=2))
+    out.rgb.mean().backward()
+    scale = model.decoder.up[0].norm_first.scale.weight  # G2D's norm on z
+    assert scale.grad is not None and scale.grad.abs().sum() > 0

@@ -314,6 +314,30 @@ def test_a_teacher_without_crops_starts_one_with_them_exactly_where_it_was(
     assert not (tmp_path / "back").exists()
 
 
+def test_a_teacher_whose_decoder_ignores_z_starts_one_that_reads_it_exactly_where_it_was(
+    tiny_runs: tuple[Path, Path], head_pose_network: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    straight, _ = tiny_runs
+    plain = load_base(straight / "checkpoint.pt").eval()
+    reading = BaseModel(config=dataclasses.replace(plain.config, decoder_expression=True)).eval()
+    load_base_weights(reading, load_checkpoint(straight / "checkpoint.pt"), path=straight / "checkpoint.pt")
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        before, after = plain(images, images.flip(0)), reading(images, images.flip(0))
+    torch.testing.assert_close(after.rgb, before.rgb, atol=1e-5, rtol=0)  # each norm's z weights start at zero
+    torch.testing.assert_close(after.alpha, before.alpha, atol=1e-5, rtol=0)
+    # `--init` does the same in a run, which then trains G2D's reading of z.
+    settings = {**TINY, "pose_network": str(head_pose_network), "init": str(straight / "checkpoint.pt")}
+    train_base(BaseTrainConfig(run_dir=str(tmp_path / "reads"), decoder_expression=True, **settings), progress=False, stop_at=1)
+    trained = load_base(tmp_path / "reads" / "checkpoint.pt")
+    assert trained.config.decoder_expression and trained.decoder.up[0].norm_first.scale.weight.abs().sum() > 0
+    # The other way round would drop what G2D learned from z: refused in one line, nothing written.
+    init = str(tmp_path / "reads" / "checkpoint.pt")
+    argv = ("--run", str(tmp_path / "back"), "--preset", "tiny", "--pose-network", str(head_pose_network), "--init", init)
+    assert "add --decoder-expression" in _refused(capsys, *argv)
+    assert not (tmp_path / "back").exists()
+
+
 def test_other_bad_input_gets_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "prepared video folder not found" in _refused(capsys, "--run", str(tmp_path / "run"), "--data", str(tmp_path / "nowhere"))
     assert "no meta.json" in _refused(capsys, "--run", str(tmp_path / "run"), "--data", str(tmp_path))
