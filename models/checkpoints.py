@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-from dataclasses import asdict, replace
+from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -159,6 +159,10 @@ def load_state(module: nn.Module, checkpoint: dict[str, Any], key: str, *, path:
 # -- base model (the teacher) -------------------------------------------------------------------------
 
 
+# A BaseConfig field added after a checkpoint was saved is read as its default (the option off).
+BASE_CONFIG_DEFAULTS: dict[str, Any] = {field.name: field.default for field in fields(BaseConfig) if field.default is not MISSING}
+
+
 def check_base_checkpoint(checkpoint: dict[str, Any], *, path: Path, preset: str, role: str) -> None:
     """Refuse a checkpoint that is not a base model of ``preset`` (one line, naming ``role``: resume or --init)."""
     if checkpoint.get("kind") != BASE_KIND or not isinstance(checkpoint.get("model_config"), dict):
@@ -166,14 +170,9 @@ def check_base_checkpoint(checkpoint: dict[str, Any], *, path: Path, preset: str
     saved = checkpoint.get("train_config", {}).get("preset")
     if saved != preset:
         raise TrainingError(f"{role} {path} holds a base model of preset {saved!r}, not {preset!r}")
-    saved_config = _tuples(checkpoint["model_config"])
-    pose = {
-        "pose_source": saved_config.get("pose_source", "learned"),
-        "head_pose_preset": saved_config.get("head_pose_preset", ""),
-        "feature_crops": saved_config.get("feature_crops", False),
-        "decoder_expression": saved_config.get("decoder_expression", False),
-    }
-    if saved_config != asdict(base_config(preset, **pose)):
+    saved_config = {**BASE_CONFIG_DEFAULTS, **_tuples(checkpoint["model_config"])}
+    options = {name: saved_config[name] for name in ("pose_source", "head_pose_preset", "feature_crops", "decoder_expression")}
+    if saved_config != asdict(base_config(preset, **options)):
         raise TrainingError(f"{role} {path}: its model config differs from preset {preset!r} (the preset changed since)")
 
 

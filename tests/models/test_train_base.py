@@ -338,6 +338,17 @@ def test_a_teacher_whose_decoder_ignores_z_starts_one_that_reads_it_exactly_wher
     assert not (tmp_path / "back").exists()
 
 
+def test_a_checkpoint_saved_before_an_option_existed_loads_with_the_option_off(tiny_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    straight, _ = tiny_runs
+    checkpoint = load_checkpoint(straight / "checkpoint.pt")
+    for option in ("feature_crops", "decoder_expression"):  # fields BaseConfig gained after teachers had been trained
+        del checkpoint["model_config"][option]
+    torch.save(checkpoint, tmp_path / "older.pt")
+    older = load_base(tmp_path / "older.pt")
+    assert not older.config.feature_crops and not older.config.decoder_expression
+    assert state_digest(older.state_dict()) == state_digest(load_base(straight / "checkpoint.pt").state_dict())
+
+
 def test_other_bad_input_gets_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "prepared video folder not found" in _refused(capsys, "--run", str(tmp_path / "run"), "--data", str(tmp_path / "nowhere"))
     assert "no meta.json" in _refused(capsys, "--run", str(tmp_path / "run"), "--data", str(tmp_path))
