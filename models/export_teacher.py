@@ -251,6 +251,17 @@ def pose_in_words(model: BaseModel) -> str:
     return "E_mtn's own pose head, learned end to end with the teacher (part of the graph)"
 
 
+def per_frame_in_words(model: BaseModel, *, enhancer: bool) -> str:
+    config = model.config
+    return (
+        "E_mtn on the driver"
+        + (" (with its eye and mouth crops)" if config.feature_crops else "")
+        + ", W_c→d, the 5-D warp of v_c, G2D"
+        + (" (reading the driver's z)" if config.decoder_expression else "")
+        + (", the enhancer" if enhancer else "")
+    )
+
+
 class ShippedAvatars(NamedTuple):
     pictures: np.ndarray  # N×H×W×3 uint8 at the model's resolution
     names: tuple[str, ...]
@@ -347,7 +358,7 @@ def export_teacher(config: TeacherExportConfig, *, teacher: LoadedTeacher | None
         "pose_source": model.config.pose_source,
         "pose": pose_in_words(model),
         "identity": layout.describe(),
-        "per_frame": "E_mtn on the driver, W_c→d, the 5-D warp of v_c, G2D" + (", the enhancer" if teacher.enhancer else ""),
+        "per_frame": per_frame_in_words(model, enhancer=teacher.enhancer is not None),
         "per_avatar": "E_app, E_mtn on the source, W_s→c, the 5-D warp of v_s, G3D (the embedder graph, once)",
         "enhancer": teacher.enhancer_entry,
         "checkpoint": {"path": config.checkpoint, "step": teacher.step, "digest": teacher.digest},

@@ -142,6 +142,8 @@ def test_a_teacher_with_a_frozen_head_pose_network_exports_it_inside_the_graph(p
         and card.teacher.pose_source == "pretrained"
         and "frozen head-pose network (preset tiny)" in card.teacher.pose
     )
+    assert ("crops" in card.teacher.entry["per_frame"]) == pose.startswith("crops")
+    assert ("reading the driver's z" in card.teacher.entry["per_frame"]) == (pose == "crops-decoder")
 
 
 def test_the_enhancer_appended_doubles_the_side_and_agrees_with_pytorch(tmp_path: Path) -> None:
