@@ -11,8 +11,9 @@ B×1536×64×64 -> 1×1 conv B×512×64×64 -> ResBlocks -> B×256×128² -> B×
 
 With ``condition_dim`` (``BaseConfig.decoder_expression``, this project's addition) every ResBlock's GroupNorms are
 adaptive, their scale and shift read from the driver's expression code z (B×Z). The paper's G2D sees only the
-warped volume: at cpu128's 32×32 volume an open mouth's inside is about 2×2 voxels that no voxel of a closed-mouth
-source holds, so warps alone cannot draw it (the cpu128 teachers' mouths stayed closed while z moved with the jaw).
+warped volume, and what it draws must then come from voxels the warps move; an open mouth's inside (about 2×2 voxels
+of cpu128's 32×32 volume) is in no voxel of a closed-mouth source. The cpu128 teachers without it kept their mouths
+closed even where z moved with the jaw (README, "The teacher on two CPU cores").
 """
 
 from __future__ import annotations
