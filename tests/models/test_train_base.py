@@ -290,51 +290,37 @@ def test_feature_crops_train_with_a_pose_network_and_are_refused_without_one(
     assert "another feature_crops" in capsys.readouterr().err
 
 
-def test_a_teacher_without_crops_starts_one_with_them_exactly_where_it_was(
-    tiny_runs: tuple[Path, Path], head_pose_network: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+# Options a trained teacher can be extended with, and where each one's new weights live (zero when it starts).
+ADDED_WEIGHTS = {
+    "feature_crops": lambda model: model.motion_encoder.expression.weight[:, -model.motion_encoder.crops.features :],  # z's crop columns
+    "decoder_expression": lambda model: model.decoder.up[0].norm_first.scale.weight,  # a G2D norm's weights on z
+}
+
+
+@pytest.mark.parametrize("option", ADDED_WEIGHTS)
+def test_a_teacher_without_an_option_starts_one_with_it_exactly_where_it_was(
+    option: str, tiny_runs: tuple[Path, Path], head_pose_network: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     straight, _ = tiny_runs
     plain = load_base(straight / "checkpoint.pt").eval()
-    crops = BaseModel(config=dataclasses.replace(plain.config, feature_crops=True)).eval()
-    load_base_weights(crops, load_checkpoint(straight / "checkpoint.pt"), path=straight / "checkpoint.pt")
+    extended = BaseModel(config=dataclasses.replace(plain.config, **{option: True})).eval()
+    load_base_weights(extended, load_checkpoint(straight / "checkpoint.pt"), path=straight / "checkpoint.pt")
+    assert ADDED_WEIGHTS[option](extended).abs().sum() == 0
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        before, after = plain(images, images.flip(0)), crops(images, images.flip(0))
-    torch.testing.assert_close(after.rgb, before.rgb, atol=1e-5, rtol=0)  # the crops' columns of z's layer start at zero
-    torch.testing.assert_close(after.driver_motion.expression, before.driver_motion.expression, atol=1e-5, rtol=0)
-    # `--init` does the same in a run, which then trains the crops.
-    settings = {**TINY, "pose_network": str(head_pose_network), "init": str(straight / "checkpoint.pt")}
-    train_base(BaseTrainConfig(run_dir=str(tmp_path / "crops"), feature_crops=True, **settings), progress=False, stop_at=1)
-    trained = load_base(tmp_path / "crops" / "checkpoint.pt")
-    assert trained.motion_encoder.expression.weight[:, -trained.motion_encoder.crops.features :].abs().sum() > 0
-    # The other way round would drop what the crops learned: refused in one line.
-    init = str(tmp_path / "crops" / "checkpoint.pt")
-    argv = ("--run", str(tmp_path / "back"), "--preset", "tiny", "--pose-network", str(head_pose_network), "--init", init)
-    assert "add --feature-crops" in _refused(capsys, *argv)
-    assert not (tmp_path / "back").exists()
-
-
-def test_a_teacher_whose_decoder_ignores_z_starts_one_that_reads_it_exactly_where_it_was(
-    tiny_runs: tuple[Path, Path], head_pose_network: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    straight, _ = tiny_runs
-    plain = load_base(straight / "checkpoint.pt").eval()
-    reading = BaseModel(config=dataclasses.replace(plain.config, decoder_expression=True)).eval()
-    load_base_weights(reading, load_checkpoint(straight / "checkpoint.pt"), path=straight / "checkpoint.pt")
-    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
-    with torch.no_grad():
-        before, after = plain(images, images.flip(0)), reading(images, images.flip(0))
-    torch.testing.assert_close(after.rgb, before.rgb, atol=1e-5, rtol=0)  # each norm's z weights start at zero
+        before, after = plain(images, images.flip(0)), extended(images, images.flip(0))
+    torch.testing.assert_close(after.rgb, before.rgb, atol=1e-5, rtol=0)
     torch.testing.assert_close(after.alpha, before.alpha, atol=1e-5, rtol=0)
-    # `--init` does the same in a run, which then trains G2D's reading of z.
+    torch.testing.assert_close(after.driver_motion.expression, before.driver_motion.expression, atol=1e-5, rtol=0)
+    # `--init` does the same in a run, which then trains the new weights.
     settings = {**TINY, "pose_network": str(head_pose_network), "init": str(straight / "checkpoint.pt")}
-    train_base(BaseTrainConfig(run_dir=str(tmp_path / "reads"), decoder_expression=True, **settings), progress=False, stop_at=1)
-    trained = load_base(tmp_path / "reads" / "checkpoint.pt")
-    assert trained.config.decoder_expression and trained.decoder.up[0].norm_first.scale.weight.abs().sum() > 0
-    # The other way round would drop what G2D learned from z: refused in one line, nothing written.
-    init = str(tmp_path / "reads" / "checkpoint.pt")
+    train_base(BaseTrainConfig(run_dir=str(tmp_path / "extended"), **{option: True}, **settings), progress=False, stop_at=1)
+    trained = load_base(tmp_path / "extended" / "checkpoint.pt")
+    assert getattr(trained.config, option) and ADDED_WEIGHTS[option](trained).abs().sum() > 0
+    # The other way round would drop what the new weights learned: refused in one line, nothing written.
+    init = str(tmp_path / "extended" / "checkpoint.pt")
     argv = ("--run", str(tmp_path / "back"), "--preset", "tiny", "--pose-network", str(head_pose_network), "--init", init)
-    assert "add --decoder-expression" in _refused(capsys, *argv)
+    assert f"add --{option.replace('_', '-')}" in _refused(capsys, *argv)
     assert not (tmp_path / "back").exists()
 
 
