@@ -336,6 +336,13 @@ def _add_base(commands: argparse._SubParsersAction) -> None:
     base.add_argument("--jitter", type=float, default=0.5, metavar="X", help="driver colour jitter strength [0-1]")
     base.add_argument("--warp", type=float, default=0.06, metavar="X", help="driver thin-plate-spline displacement [0-0.2]")
     base.add_argument("--identities", type=int, default=1000, metavar="N", help="synthetic identity pool [2-]")
+    base.add_argument(
+        "--open-mouth-share",
+        type=float,
+        default=0.0,
+        metavar="X",
+        help="share of synthetic samples drawn as a closed-mouth source with open-mouth drivers [0-1]",
+    )
     base.add_argument("--seed", type=int, default=0, metavar="N", help="seed of weights, data order and augmentation")
     base.add_argument("--workers", type=int, default=1, metavar="N", help="data loader processes per training process")
     base.add_argument("--checkpoint-every", type=int, default=500, metavar="N", help="steps between checkpoints (and samples.png)")
@@ -394,6 +401,7 @@ def _base(args: argparse.Namespace) -> int:
         colour_jitter=args.jitter,
         warp=args.warp,
         identities=args.identities,
+        open_mouth_share=args.open_mouth_share,
         seed=args.seed,
         workers=args.workers,
         checkpoint_every=args.checkpoint_every,

@@ -9,6 +9,11 @@ A sample is what one training step of the base model needs per batch element (DE
 Real video has no cross-reenactment ground truth; SyntheticHeads has it because identity and motion
 are separate inputs of its renderer. Clips are smooth talking-head performances (``sample_clip``).
 
+Open mouths are rare in the clips (jawOpen ≥ 0.3 in about one frame in six), and a closed-mouth source
+driven to an open mouth rarer still. ``open_mouth_share`` draws that share of samples as exactly that
+case: the source among its clip's closed-mouth frames, the driver and the cross driver among their
+clips' open-mouth frames (this project's sampling, to show the teacher the jaw more often).
+
 Every sample is a pure function of (seed, index): identities come from the seed, each identity's
 clips from (seed, identity, clip), the choice of identities, clips and frames from (seed, index). So
 shards drawn by a ``DistributedSampler`` are reproducible, any DataLoader worker renders the same
@@ -25,6 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from contract.arkit import ARKIT_INDEX
 from models.data.heads import HeadMotion, SyntheticHeads, sample_clip, sample_identities
 
 
@@ -47,6 +53,10 @@ def derived_seed(*parts: int | str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
+OPEN_JAW = 0.3  # jawOpen at or above which a frame's mouth counts as open (about the clips' 83rd percentile)
+CLOSED_JAW = 0.1  # and below which it counts as closed
+
+
 @dataclass(frozen=True)
 class SyntheticPairsConfig:
     resolution: int
@@ -55,8 +65,11 @@ class SyntheticPairsConfig:
     frames_per_clip: int = 64  # 2.6 s at 25 fps
     length: int = 100_000  # samples per epoch (each index is a different draw)
     seed: int = 0
+    open_mouth_share: float = 0.0  # share of samples drawn as closed-mouth source, open-mouth drivers [0-1]
 
     def __post_init__(self) -> None:
+        if not 0 <= self.open_mouth_share <= 1:
+            raise ValueError(f"open_mouth_share must be in [0, 1], got {self.open_mouth_share}")
         if self.identities < 2:
             raise ValueError(f"synthetic pairs need at least 2 identities (cross drivers come from another one), got {self.identities}")
         if self.clips_per_identity < 1 or self.frames_per_clip < 2 or self.length < 1:
@@ -93,7 +106,17 @@ class SyntheticPairs(Dataset[ReenactmentSample]):
         source_frame, driver_frame = (int(f) for f in torch.randperm(config.frames_per_clip, generator=generator)[:2])
         other = pick(config.identities - 1)
         other += other >= identity  # any identity but A
-        return identity, clip, source_frame, driver_frame, other, pick(config.clips_per_identity), pick(config.frames_per_clip)
+        other_clip, cross_frame = pick(config.clips_per_identity), pick(config.frames_per_clip)
+        # Only a share above 0 draws more numbers, so runs without it see exactly the samples they always did.
+        if config.open_mouth_share > 0 and float(torch.rand(1, generator=generator)) < config.open_mouth_share:
+            jaw = self.clip(identity, clip).expression[:, ARKIT_INDEX["jawOpen"]]  # frames_per_clip
+            closed, opened = (jaw < CLOSED_JAW).nonzero()[:, 0], (jaw >= OPEN_JAW).nonzero()[:, 0]
+            if len(closed) and len(opened):  # a clip without both keeps its uniform draw
+                source_frame, driver_frame = int(closed[pick(len(closed))]), int(opened[pick(len(opened))])
+            cross_opened = (self.clip(other, other_clip).expression[:, ARKIT_INDEX["jawOpen"]] >= OPEN_JAW).nonzero()[:, 0]
+            if len(cross_opened):
+                cross_frame = int(cross_opened[pick(len(cross_opened))])
+        return identity, clip, source_frame, driver_frame, other, other_clip, cross_frame
 
     def __getitem__(self, index: int) -> ReenactmentSample:
         if not 0 <= index < len(self):
@@ -125,4 +148,6 @@ class SyntheticPairs(Dataset[ReenactmentSample]):
             "seed": config.seed,
             "pairs": "source and driver from one clip of one identity; cross driver from another identity's clip; "
             "cross target = the source identity rendered with the cross driver's motion",
+            "open_mouth_share": f"{config.open_mouth_share:g} of samples: source with jawOpen < {CLOSED_JAW}, driver and cross "
+            f"driver with jawOpen ≥ {OPEN_JAW} (where their clips have such frames)",
         }

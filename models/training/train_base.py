@@ -150,6 +150,7 @@ class BaseTrainConfig:
     colour_jitter: float = 0.5  # driver colour jitter strength [0-1]
     warp: float = 0.06  # driver thin-plate-spline displacement [0-0.2]
     identities: int = 1000  # synthetic identity pool
+    open_mouth_share: float = 0.0  # synthetic samples drawn as a closed-mouth source with open-mouth drivers (synthetic_pairs.py)
     seed: int = 0
     workers: int = 1  # DataLoader processes per rank
     log_every: int = 25
@@ -205,6 +206,7 @@ RUN_DEFINING_FIELDS = (
     "colour_jitter",
     "warp",
     "identities",
+    "open_mouth_share",
     "seed",
 )
 
@@ -220,6 +222,8 @@ def check_base_config(config: BaseTrainConfig) -> None:
         (config.workers < 0, "--workers must be 0 or more"),
         (config.log_every < 1 or config.checkpoint_every < 1, "--log-every and --checkpoint-every must be at least 1"),
         (config.identities < 2, "--identities must be at least 2 (cross drivers come from another identity)"),
+        (not 0 <= config.open_mouth_share <= 1, "--open-mouth-share must be in [0, 1]"),
+        (config.open_mouth_share > 0 and config.data != "synthetic", "--open-mouth-share draws SyntheticHeads clips: use --data synthetic"),
         (config.device not in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
     ) if bad]  # fmt: skip
     if problems:
@@ -246,7 +250,11 @@ def training_data(config: BaseTrainConfig, *, resolution: int) -> SyntheticPairs
     """The data source named by ``config.data``: "synthetic", or a `megalive-train prepare` folder (resized to
     ``resolution``); a missing or corrupt folder raises TrainingError (one line)."""
     if config.data == "synthetic":
-        return SyntheticPairs(config=SyntheticPairsConfig(resolution=resolution, identities=config.identities, seed=config.seed))
+        return SyntheticPairs(
+            config=SyntheticPairsConfig(
+                resolution=resolution, identities=config.identities, seed=config.seed, open_mouth_share=config.open_mouth_share
+            )
+        )
     try:
         return VideoFolder(config.data, resolution=resolution, seed=config.seed)
     except DatasetError as error:

@@ -15,10 +15,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from contract.arkit import ARKIT_INDEX
 from models.checkpoints import load_base, load_base_weights, load_checkpoint, state_digest
 from models.cli import main
 from models.data.heads import HeadMotion
-from models.data.synthetic_pairs import SyntheticPairs, SyntheticPairsConfig
+from models.data.synthetic_pairs import CLOSED_JAW, OPEN_JAW, SyntheticPairs, SyntheticPairsConfig
 from models.face_regions import region_masks
 from models.megaportraits.base import BaseModel
 from models.training.augment import DriverAugmentation, colour_jitter, thin_plate_spline_grids
@@ -84,6 +85,35 @@ def test_synthetic_pairs_are_a_function_of_seed_and_index() -> None:
     driver = dataset.heads.render(dataset.identities[[other]], motion)
     assert torch.allclose(sample.cross_driver, driver.rgb[0], atol=1e-5)
     assert isinstance(motion, HeadMotion) and len(dataset) == 10
+
+
+def test_open_mouth_sampling_drives_closed_mouths_open_in_its_share_and_leaves_other_runs_alone() -> None:
+    def jaws(dataset: SyntheticPairs, identity: int, clip: int) -> torch.Tensor:
+        return dataset.clip(identity, clip).expression[:, ARKIT_INDEX["jawOpen"]]  # frames_per_clip
+
+    def closed_to_open(dataset: SyntheticPairs, index: int) -> tuple[bool, bool, bool]:
+        """(the self pair is a closed source with an open driver, the cross driver is open, the clips allow both)"""
+        identity, clip, source_frame, driver_frame, other, other_clip, cross_frame = dataset.draw(index)
+        jaw, cross_jaw = jaws(dataset, identity, clip), jaws(dataset, other, other_clip)
+        possible = bool((jaw < CLOSED_JAW).any() and (jaw >= OPEN_JAW).any() and (cross_jaw >= OPEN_JAW).any())
+        return bool(jaw[source_frame] < CLOSED_JAW and jaw[driver_frame] >= OPEN_JAW), bool(cross_jaw[cross_frame] >= OPEN_JAW), possible
+
+    base = SyntheticPairsConfig(resolution=32, identities=50, seed=3)
+    plain, always, half = (SyntheticPairs(config=dataclasses.replace(base, open_mouth_share=share)) for share in (0.0, 1.0, 0.5))
+    indices = range(120)
+    always_draws = [closed_to_open(always, i) for i in indices]
+    # Every sample whose clips have closed and open frames is drawn as a closed source with open drivers (most can)...
+    assert all(pair and cross for pair, cross, possible in always_draws if possible)
+    possible = [i for i, (_, _, can) in zip(indices, always_draws, strict=True) if can]
+    assert len(possible) >= len(indices) // 3
+    # ...about half of them at 0.5, and few by chance without it.
+    assert 0.25 * len(possible) <= sum(closed_to_open(half, i)[0] for i in possible) <= 0.75 * len(possible)
+    assert sum(pair for pair, _, _ in (closed_to_open(plain, i) for i in indices)) <= 0.15 * len(indices)
+    # Identities and clips are drawn as before; a share of 0 draws exactly what a run before the option drew.
+    assert all(always.draw(i)[:2] == plain.draw(i)[:2] and always.draw(i)[4:6] == plain.draw(i)[4:6] for i in indices)
+    assert "open_mouth_share" in always.describe()
+    with pytest.raises(ValueError, match="open_mouth_share"):
+        SyntheticPairsConfig(resolution=32, open_mouth_share=1.5)
 
 
 # -- one process ------------------------------------------------------------------------------------
@@ -340,6 +370,8 @@ def test_other_bad_input_gets_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert "no meta.json" in _refused(capsys, "--run", str(tmp_path / "run"), "--data", str(tmp_path))
     assert "--amp" in _refused(capsys, "--run", str(tmp_path / "run"), "--amp", "--device", "cpu")
     assert "unknown preset" in _refused(capsys, "--run", str(tmp_path / "run"), "--preset", "huge")
+    assert "--open-mouth-share must be" in _refused(capsys, "--run", str(tmp_path / "run"), "--open-mouth-share", "2")
+    assert "use --data synthetic" in _refused(capsys, "--run", str(tmp_path / "run"), "--open-mouth-share", "0.5", "--data", str(tmp_path))
     assert not (tmp_path / "run").exists()
 
 
