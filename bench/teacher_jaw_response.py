@@ -13,7 +13,9 @@ with jawOpen raised, and what changes is measured:
 Outputs and targets are compared as the benchmark compares them: each foreground on white by its own mask.
 
 Sources and drivers are new identities (seeds far from the training pool's), drivers turned at random within the
-renderer's clip range, every other control 0. Writes OUT/jaw-response.json and OUT/jaw-response.png (rows: source,
+renderer's clip range, every other control 0. With --trained-identities they are the identities the checkpoint's run
+trained on instead (each source driven by the next one in its pool): whether the teacher can open a mouth at all, on
+faces it has learned, apart from whether it generalises. Writes OUT/jaw-response.json and OUT/jaw-response.png (rows: source,
 driver closed, driver open, output closed, output open, target open; the last three on white).
 
     python bench/teacher_jaw_response.py --model runs/teacher-cpu128-expressions/checkpoint.pt --out docs/teacher-cpu128
@@ -34,8 +36,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from contract.arkit import ARKIT_INDEX  # noqa: E402
 from models.blocks import on_white  # noqa: E402
-from models.checkpoints import load_base  # noqa: E402
-from models.data.heads import HeadMotion, SyntheticHeads, contact_sheet, neutral_motion, sample_identities  # noqa: E402
+from models.checkpoints import load_base, load_checkpoint  # noqa: E402
+from models.data.heads import HeadMotion, Identity, SyntheticHeads, contact_sheet, neutral_motion, sample_identities  # noqa: E402
+from models.data.synthetic_pairs import SyntheticPairs, SyntheticPairsConfig  # noqa: E402
 from models.evaluation import region_psnr  # noqa: E402
 from models.face_regions import REGION_NAMES, region_masks  # noqa: E402
 from models.losses import masked_l1  # noqa: E402
@@ -58,25 +61,42 @@ def _driver_motions(count: int, *, jaw: float, generator: torch.Generator) -> tu
     return closed, dataclasses.replace(closed, expression=expression)
 
 
+def _trained_identities(model: Path, count: int, *, resolution: int) -> tuple[Identity, Identity]:
+    """Sources and drivers from the SyntheticHeads identity pool ``model``'s run trained on: source i is the pool's
+    identity i (cycling), its driver the next one. Raises TrainingError for a run on other data."""
+    train = load_checkpoint(model)["train_config"]
+    if train["data"] != "synthetic":
+        raise TrainingError(f"--trained-identities: {model} trained on {train['data']}, not on SyntheticHeads identities")
+    pool = SyntheticPairs(config=SyntheticPairsConfig(resolution=resolution, identities=train["identities"], seed=train["seed"])).identities
+    order = torch.arange(count) % train["identities"]  # count
+    return pool[order], pool[(order + 1) % train["identities"]]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, metavar="PT", help="`megalive-train base` checkpoint")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for jaw-response.json and .png")
     parser.add_argument("--pairs", type=int, default=16, metavar="N", help="sources (each with its own driver) [1-256]")
     parser.add_argument("--jaw", type=float, default=0.9, metavar="X", help="jawOpen of the open driver (0-1]")
+    parser.add_argument(
+        "--trained-identities", action="store_true", help="sources and drivers from the run's own training pool, not new identities"
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.pairs <= 256 or not 0 < args.jaw <= 1:
         print("error: --pairs must be in [1, 256] and --jaw in (0, 1]", file=sys.stderr)
         return 2
     try:
         model = load_base(args.model).eval()
+        size = model.config.resolution
+        if args.trained_identities:
+            sources, drivers = _trained_identities(args.model, args.pairs, resolution=size)
+        else:
+            sources = sample_identities(args.pairs, generator=torch.Generator().manual_seed(SOURCE_SEED))
+            drivers = sample_identities(args.pairs, generator=torch.Generator().manual_seed(DRIVER_SEED))
     except TrainingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    size = model.config.resolution
     renderer = SyntheticHeads(resolution=size)
-    sources = sample_identities(args.pairs, generator=torch.Generator().manual_seed(SOURCE_SEED))
-    drivers = sample_identities(args.pairs, generator=torch.Generator().manual_seed(DRIVER_SEED))
     closed, opened = _driver_motions(args.pairs, jaw=args.jaw, generator=torch.Generator().manual_seed(POSE_SEED))
     source = renderer.render(sources, neutral_motion(args.pairs))
     driver_closed, driver_open = renderer.render(drivers, closed), renderer.render(drivers, opened)
@@ -113,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": str(args.model),
         "pairs": args.pairs,
         "jaw_open": args.jaw,
+        "identities": "the run's training pool" if args.trained_identities else "new (held out)",
         "z_change": float(z_change.mean()),
         "warp_change": warp_change,
         "warp_length": float(deltas_closed.norm(dim=-1).mean()),
