@@ -38,7 +38,7 @@ from contract.arkit import ARKIT_INDEX  # noqa: E402
 from models.blocks import on_white  # noqa: E402
 from models.checkpoints import load_base, load_checkpoint  # noqa: E402
 from models.data.heads import HeadMotion, Identity, SyntheticHeads, contact_sheet, neutral_motion, sample_identities  # noqa: E402
-from models.data.synthetic_pairs import SyntheticPairs, SyntheticPairsConfig  # noqa: E402
+from models.data.synthetic_pairs import identity_pool  # noqa: E402
 from models.evaluation import region_psnr  # noqa: E402
 from models.face_regions import REGION_NAMES, region_masks  # noqa: E402
 from models.losses import masked_l1  # noqa: E402
@@ -61,13 +61,13 @@ def _driver_motions(count: int, *, jaw: float, generator: torch.Generator) -> tu
     return closed, dataclasses.replace(closed, expression=expression)
 
 
-def _trained_identities(model: Path, count: int, *, resolution: int) -> tuple[Identity, Identity]:
+def _trained_identities(model: Path, count: int) -> tuple[Identity, Identity]:
     """Sources and drivers from the SyntheticHeads identity pool ``model``'s run trained on: source i is the pool's
     identity i (cycling), its driver the next one. Raises TrainingError for a run on other data."""
     train = load_checkpoint(model)["train_config"]
     if train["data"] != "synthetic":
         raise TrainingError(f"--trained-identities: {model} trained on {train['data']}, not on SyntheticHeads identities")
-    pool = SyntheticPairs(config=SyntheticPairsConfig(resolution=resolution, identities=train["identities"], seed=train["seed"])).identities
+    pool = identity_pool(train["identities"], seed=train["seed"])
     order = torch.arange(count) % train["identities"]  # count
     return pool[order], pool[(order + 1) % train["identities"]]
 
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_base(args.model).eval()
         size = model.config.resolution
         if args.trained_identities:
-            sources, drivers = _trained_identities(args.model, args.pairs, resolution=size)
+            sources, drivers = _trained_identities(args.model, args.pairs)
         else:
             sources = sample_identities(args.pairs, generator=torch.Generator().manual_seed(SOURCE_SEED))
             drivers = sample_identities(args.pairs, generator=torch.Generator().manual_seed(DRIVER_SEED))

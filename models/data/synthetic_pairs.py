@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from contract.arkit import ARKIT_INDEX
-from models.data.heads import HeadMotion, SyntheticHeads, sample_clip, sample_identities
+from models.data.heads import HeadMotion, Identity, SyntheticHeads, sample_clip, sample_identities
 
 
 class ReenactmentSample(NamedTuple):
@@ -55,6 +55,11 @@ def derived_seed(*parts: int | str) -> int:
 
 OPEN_JAW = 0.3  # jawOpen at or above which a frame's mouth counts as open (about the clips' 83rd percentile)
 CLOSED_JAW = 0.1  # and below which it counts as closed
+
+
+def identity_pool(count: int, *, seed: int) -> Identity:
+    """The ``count`` identities a run with this seed trains on (also read back by benchmarks of that run)."""
+    return sample_identities(count, generator=torch.Generator().manual_seed(derived_seed(seed, "identities")))
 
 
 @dataclass(frozen=True)
@@ -82,8 +87,7 @@ class SyntheticPairs(Dataset[ReenactmentSample]):
     def __init__(self, *, config: SyntheticPairsConfig) -> None:
         self.config = config
         self.heads = SyntheticHeads(resolution=config.resolution)
-        generator = torch.Generator().manual_seed(derived_seed(config.seed, "identities"))
-        self.identities = sample_identities(config.identities, generator=generator)
+        self.identities = identity_pool(config.identities, seed=config.seed)
 
     def __len__(self) -> int:
         return self.config.length
@@ -92,6 +96,10 @@ class SyntheticPairs(Dataset[ReenactmentSample]):
         """The motion of one clip of one identity: frames_per_clip frames."""
         generator = torch.Generator().manual_seed(derived_seed(self.config.seed, "clip", identity, clip))
         return sample_clip(self.config.frames_per_clip, generator=generator)
+
+    def clip_jaw(self, identity: int, clip: int) -> Tensor:
+        """jawOpen of each frame of one clip: frames_per_clip values in [0, 1]."""
+        return self.clip(identity, clip).expression[:, ARKIT_INDEX["jawOpen"]]
 
     def draw(self, index: int) -> tuple[int, int, int, int, int, int, int]:
         """(A, c, i, j, B, c', k) of the sample at ``index``: identities, clips and frames."""
@@ -109,11 +117,11 @@ class SyntheticPairs(Dataset[ReenactmentSample]):
         other_clip, cross_frame = pick(config.clips_per_identity), pick(config.frames_per_clip)
         # Only a share above 0 draws more numbers, so runs without it see exactly the samples they always did.
         if config.open_mouth_share > 0 and float(torch.rand(1, generator=generator)) < config.open_mouth_share:
-            jaw = self.clip(identity, clip).expression[:, ARKIT_INDEX["jawOpen"]]  # frames_per_clip
+            jaw = self.clip_jaw(identity, clip)
             closed, opened = (jaw < CLOSED_JAW).nonzero()[:, 0], (jaw >= OPEN_JAW).nonzero()[:, 0]
             if len(closed) and len(opened):  # a clip without both keeps its uniform draw
                 source_frame, driver_frame = int(closed[pick(len(closed))]), int(opened[pick(len(opened))])
-            cross_opened = (self.clip(other, other_clip).expression[:, ARKIT_INDEX["jawOpen"]] >= OPEN_JAW).nonzero()[:, 0]
+            cross_opened = (self.clip_jaw(other, other_clip) >= OPEN_JAW).nonzero()[:, 0]
             if len(cross_opened):
                 cross_frame = int(cross_opened[pick(len(cross_opened))])
         return identity, clip, source_frame, driver_frame, other, other_clip, cross_frame

@@ -13,7 +13,7 @@ from PIL import Image
 
 from models.checkpoints import BASE_KIND, load_checkpoint, save_checkpoint
 from models.data.heads import SyntheticHeads, neutral_motion
-from models.data.synthetic_pairs import SyntheticPairs, SyntheticPairsConfig
+from models.data.synthetic_pairs import identity_pool
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "bench" / "teacher_jaw_response.py"
@@ -40,7 +40,7 @@ def test_trained_identities_are_the_runs_own_pool_and_a_run_on_video_is_refused(
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "trained" / "jaw-response.json").read_text())["identities"] == "the run's training pool"
     # The sheet's first source is the first identity of the pool the teacher trained on (conftest: 8 identities, seed 0).
-    pool = SyntheticPairs(config=SyntheticPairsConfig(resolution=64, identities=8, seed=0)).identities
+    pool = identity_pool(8, seed=0)
     expected = (SyntheticHeads(resolution=64).render(pool[[0]], neutral_motion(1)).rgb[0].permute(1, 2, 0).numpy() * 255).round()
     sheet = np.asarray(Image.open(tmp_path / "trained" / "jaw-response.png"), dtype=np.float64)
     assert np.abs(sheet[2:66, 2:66] - expected).max() <= 1

@@ -88,13 +88,10 @@ def test_synthetic_pairs_are_a_function_of_seed_and_index() -> None:
 
 
 def test_open_mouth_sampling_drives_closed_mouths_open_in_its_share_and_leaves_other_runs_alone() -> None:
-    def jaws(dataset: SyntheticPairs, identity: int, clip: int) -> torch.Tensor:
-        return dataset.clip(identity, clip).expression[:, ARKIT_INDEX["jawOpen"]]  # frames_per_clip
-
     def closed_to_open(dataset: SyntheticPairs, index: int) -> tuple[bool, bool, bool]:
         """(the self pair is a closed source with an open driver, the cross driver is open, the clips allow both)"""
         identity, clip, source_frame, driver_frame, other, other_clip, cross_frame = dataset.draw(index)
-        jaw, cross_jaw = jaws(dataset, identity, clip), jaws(dataset, other, other_clip)
+        jaw, cross_jaw = dataset.clip_jaw(identity, clip), dataset.clip_jaw(other, other_clip)
         possible = bool((jaw < CLOSED_JAW).any() and (jaw >= OPEN_JAW).any() and (cross_jaw >= OPEN_JAW).any())
         return bool(jaw[source_frame] < CLOSED_JAW and jaw[driver_frame] >= OPEN_JAW), bool(cross_jaw[cross_frame] >= OPEN_JAW), possible
 
@@ -109,8 +106,11 @@ def test_open_mouth_sampling_drives_closed_mouths_open_in_its_share_and_leaves_o
     # ...about half of them at 0.5, and few by chance without it.
     assert 0.25 * len(possible) <= sum(closed_to_open(half, i)[0] for i in possible) <= 0.75 * len(possible)
     assert sum(pair for pair, _, _ in (closed_to_open(plain, i) for i in indices)) <= 0.15 * len(indices)
-    # Identities and clips are drawn as before; a share of 0 draws exactly what a run before the option drew.
+    # Identities and clips are drawn as before; a share of 0 draws exactly what a run before the option drew (these
+    # draws were made by the code before it).
     assert all(always.draw(i)[:2] == plain.draw(i)[:2] and always.draw(i)[4:6] == plain.draw(i)[4:6] for i in indices)
+    assert [plain.draw(i) for i in range(3)] == [(11, 3, 35, 27, 13, 1, 38), (16, 1, 0, 46, 14, 2, 7), (22, 3, 0, 44, 46, 1, 5)]
+    assert torch.equal(plain.clip_jaw(11, 3), plain.clip(11, 3).expression[:, ARKIT_INDEX["jawOpen"]])
     assert "open_mouth_share" in always.describe()
     with pytest.raises(ValueError, match="open_mouth_share"):
         SyntheticPairsConfig(resolution=32, open_mouth_share=1.5)
