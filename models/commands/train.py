@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from models.commands.common import refuse
+from models.losses import LossWeights
 from models.training.embedder_config import EmbedderTrainConfig
 from models.training.objective_weights import ObjectiveWeights
 
@@ -366,6 +367,25 @@ def _add_base(commands: argparse._SubParsersAction) -> None:
         "--region-weight", type=float, default=0.0, metavar="W", help="λ of the L1 inside the target's eye and mouth boxes; 0: off"
     )
     base.add_argument(
+        "--adversarial-weight", type=float, default=LossWeights.adversarial, metavar="W", help="λ of the PatchGAN hinge (paper: 1); 0: off"
+    )
+    base.add_argument(
+        "--feature-matching-weight",
+        type=float,
+        default=LossWeights.feature_matching,
+        metavar="W",
+        help="λ of the discriminator feature matching (paper: 40); 0: off",
+    )
+    base.add_argument(
+        "--cycle-weight", type=float, default=LossWeights.cycle, metavar="W", help="λ of the contrastive loss on z (paper: 2); 0: off"
+    )
+    base.add_argument(
+        "--cycle-trains",
+        default="all",
+        metavar="WHAT",
+        help="what the contrastive loss trains: all (E_mtn and the generator) | generator (E_mtn frozen for it)",
+    )
+    base.add_argument(
         "--allow-missing-nets", action="store_true", help="train without a loss network whose weights are missing (recorded in the run)"
     )
     base.add_argument("--init", default=None, metavar="PATH", help="start from this base checkpoint's weights (same preset)")
@@ -409,6 +429,10 @@ def _base(args: argparse.Namespace) -> int:
         perceptual_weight=args.perceptual_weight,
         face_weight=args.face_weight,
         region_weight=args.region_weight,
+        adversarial_weight=args.adversarial_weight,
+        feature_matching_weight=args.feature_matching_weight,
+        cycle_weight=args.cycle_weight,
+        cycle_trains=args.cycle_trains,
         allow_missing_nets=args.allow_missing_nets,
         pose_network=args.pose_network,
         feature_crops=args.feature_crops,

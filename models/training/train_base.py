@@ -27,6 +27,7 @@ Generator loss (λ from DESIGN.md §4.1; the L1, mask and region terms are this 
     + λ_face · (1 - cosine of dlib ResNet descriptors of chips aligned by the target's landmarks), foreground
     + λ_adv · hinge + λ_fm · feature matching (multi-scale PatchGAN on foreground-masked images)
     + λ_cycle · contrastive loss on E_mtn's z: z(x_{s→d}) pulled to z(d), pushed from the other drivers
+      (``cycle_trains`` "generator": E_mtn frozen for this term, the drivers' z fixed targets; CYCLE_SCOPES)
 
 (no gaze term: no gaze network can be loaded here; the run's config.json says so)
 then one discriminator step (hinge). AdamW (0.5, 0.999), weight decay 1e-2, cosine learning rate
@@ -143,6 +144,10 @@ class BaseTrainConfig:
     region_weight: float = 0.0  # L1 inside the target's eye and mouth boxes (this project's term; the student's region L1)
     perceptual_weight: float = 20.0  # perceptual (EfficientNet-Lite0) distance on the foreground: the paper's VGG19 λ
     face_weight: float = 4.0  # face (dlib ResNet) descriptor distance: the paper's face-network λ (gaze, λ 5, is absent)
+    adversarial_weight: float = LossWeights.adversarial  # hinge on the PatchGAN (the paper's λ 1)
+    feature_matching_weight: float = LossWeights.feature_matching  # the paper's λ 40
+    cycle_weight: float = LossWeights.cycle  # contrastive loss on E_mtn's z (the paper's λ 2)
+    cycle_trains: str = "all"  # what the contrastive loss trains: "all" (E_mtn too) or "generator" (see CYCLE_SCOPES)
     allow_missing_nets: bool = False  # train without a loss network whose weights are missing (recorded in the run)
     pose_network: str | None = None  # `megalive-train head-pose` checkpoint: the frozen pose network (None: E_mtn learns the pose)
     feature_crops: bool = False  # E_mtn's z also reads eye and mouth crops placed by that network's pose (motion.py)
@@ -162,7 +167,9 @@ class BaseTrainConfig:
 
     @property
     def loss_config(self) -> LossConfig:
-        return LossConfig(weights=LossWeights())
+        return LossConfig(
+            weights=LossWeights(adversarial=self.adversarial_weight, feature_matching=self.feature_matching_weight, cycle=self.cycle_weight)
+        )
 
     @property
     def network_weights(self) -> ObjectiveWeights:
@@ -186,6 +193,12 @@ class BaseTrainConfig:
         return DriverAugmentation(colour=self.colour_jitter, warp=self.warp)
 
 
+# What the contrastive loss on z trains. "all": E_mtn (through the outputs' z and the drivers') and the generator,
+# as the loss is usually written. "generator": E_mtn is frozen for this term and the drivers' z are fixed targets, so
+# the term asks the generator to draw the motion E_mtn reads, and cannot teach E_mtn to stop reading what the
+# generator does not draw yet (on two cores the jaw: README, "The contrastive loss and the mouth").
+CYCLE_SCOPES = ("all", "generator")
+
 # Fields that define what a run computes: a resumed run must have the same ones.
 RUN_DEFINING_FIELDS = (
     "preset",
@@ -200,6 +213,10 @@ RUN_DEFINING_FIELDS = (
     "region_weight",
     "perceptual_weight",
     "face_weight",
+    "adversarial_weight",
+    "feature_matching_weight",
+    "cycle_weight",
+    "cycle_trains",
     "pose_network",
     "feature_crops",
     "decoder_expression",
@@ -225,6 +242,7 @@ def check_base_config(config: BaseTrainConfig) -> None:
         (not 0 <= config.open_mouth_share <= 1, "--open-mouth-share must be in [0, 1]"),
         (config.open_mouth_share > 0 and config.data != "synthetic", "--open-mouth-share draws SyntheticHeads clips: use --data synthetic"),
         (config.device not in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
+        (config.cycle_trains not in CYCLE_SCOPES, f"--cycle-trains must be one of {', '.join(CYCLE_SCOPES)}"),
     ) if bad]  # fmt: skip
     if problems:
         raise TrainingError(problems[0])
@@ -234,8 +252,13 @@ def check_base_config(config: BaseTrainConfig) -> None:
         raise TrainingError(f"driver augmentation: {error}") from None
     if config.data != "synthetic":
         training_data(config, resolution=base_config(config.preset).resolution)  # reads meta.json, maps the arrays: cheap
-    if not all(0 <= weight <= 1000 for weight in (config.perceptual_weight, config.face_weight, config.region_weight)):
-        raise TrainingError("--perceptual-weight, --face-weight and --region-weight must be in [0, 1000]")
+    weights = (config.perceptual_weight, config.face_weight, config.region_weight, config.adversarial_weight,
+               config.feature_matching_weight, config.cycle_weight)  # fmt: skip
+    if not all(0 <= weight <= 1000 for weight in weights):
+        raise TrainingError(
+            "--perceptual-weight, --face-weight, --region-weight, --adversarial-weight, --feature-matching-weight and "
+            "--cycle-weight must be in [0, 1000]"
+        )
     if config.init is not None and not Path(config.init).is_file():
         raise TrainingError(f"--init {config.init}: no such file")
     if config.pose_network is not None:
@@ -291,7 +314,7 @@ def resolved_config(
             "gaze": "absent: no gaze network can be loaded here",
             "adversarial": weights.adversarial,
             "feature_matching": weights.feature_matching,
-            "cycle": {"weight": weights.cycle, "scale": losses.cycle_scale, "margin": losses.cycle_margin},
+            "cycle": {"weight": weights.cycle, "scale": losses.cycle_scale, "margin": losses.cycle_margin, "trains": config.cycle_trains},
             "networks": networks,
             "on": "the foreground (target masks; the output's own alpha where there is no target)",
         },
@@ -326,11 +349,20 @@ class ReenactmentOutput(NamedTuple):
 
 class ReenactmentPass(nn.Module):
     """The generator's whole forward of one step, as one module (so that DDP sees one forward): the
-    source encoded once and driven by both drivers in one batch, and E_mtn of the outputs."""
+    source encoded once and driven by both drivers in one batch, and E_mtn of the outputs (with
+    ``frozen_output_motion``, through E_mtn's weights detached: gradients reach the outputs, not E_mtn)."""
 
-    def __init__(self, *, model: BaseModel) -> None:
+    def __init__(self, *, model: BaseModel, frozen_output_motion: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.frozen_output_motion = frozen_output_motion
+
+    def _output_motion(self, rgb: Tensor) -> Motion:
+        if not self.frozen_output_motion:
+            return self.model.encode_motion(rgb)
+        encoder = self.model.motion_encoder
+        detached = {name: parameter.detach() for name, parameter in encoder.named_parameters()}
+        return torch.func.functional_call(encoder, detached, (rgb,))
 
     def forward(self, source: Tensor, driver: Tensor, cross_driver: Tensor) -> ReenactmentOutput:
         """source, driver, cross_driver: B×3×H×W in [0, 1]."""
@@ -348,7 +380,7 @@ class ReenactmentPass(nn.Module):
             source_motion=Motion(*(twice(part) for part in source_motion)),
             driver_motion=driver_motion,
         )
-        output_motion = self.model.encode_motion(output.rgb)
+        output_motion = self._output_motion(output.rgb)
         return ReenactmentOutput(
             rgb=output.rgb, alpha=output.alpha, driver_expression=driver_motion.expression, output_expression=output_motion.expression
         )
@@ -502,7 +534,7 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
             scaler.load_state_dict(checkpoint["grad_scaler"])
         step = int(checkpoint["step"])
 
-    reenact: nn.Module = ReenactmentPass(model=model)
+    reenact: nn.Module = ReenactmentPass(model=model, frozen_output_motion=config.cycle_trains == "generator")
     judge: nn.Module = discriminator
     if processes.world_size > 1:
         device_ids = [device.index] if device.type == "cuda" else None
@@ -577,6 +609,8 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
                     [[f.float() for f in s] for s in real_features], [[f.float() for f in s] for s in fake_features], valid
                 )
                 driver_z = output.driver_expression.float()
+                if config.cycle_trains == "generator":
+                    driver_z = driver_z.detach()  # fixed targets: this term does not move the drivers' z
                 cycle = cycle_contrastive_loss(
                     output.output_expression.float(),
                     driver_z,
