@@ -380,12 +380,6 @@ def _add_base(commands: argparse._SubParsersAction) -> None:
         "--cycle-weight", type=float, default=LossWeights.cycle, metavar="W", help="λ of the contrastive loss on z (paper: 2); 0: off"
     )
     base.add_argument(
-        "--cycle-trains",
-        default="all",
-        metavar="WHAT",
-        help="what the contrastive loss trains: all (E_mtn and the generator) | generator (E_mtn frozen for it)",
-    )
-    base.add_argument(
         "--allow-missing-nets", action="store_true", help="train without a loss network whose weights are missing (recorded in the run)"
     )
     base.add_argument("--init", default=None, metavar="PATH", help="start from this base checkpoint's weights (same preset)")
@@ -432,7 +426,6 @@ def _base(args: argparse.Namespace) -> int:
         adversarial_weight=args.adversarial_weight,
         feature_matching_weight=args.feature_matching_weight,
         cycle_weight=args.cycle_weight,
-        cycle_trains=args.cycle_trains,
         allow_missing_nets=args.allow_missing_nets,
         pose_network=args.pose_network,
         feature_crops=args.feature_crops,

@@ -27,7 +27,6 @@ Generator loss (λ from DESIGN.md §4.1; the L1, mask and region terms are this 
     + λ_face · (1 - cosine of dlib ResNet descriptors of chips aligned by the target's landmarks), foreground
     + λ_adv · hinge + λ_fm · feature matching (multi-scale PatchGAN on foreground-masked images)
     + λ_cycle · contrastive loss on E_mtn's z: z(x_{s→d}) pulled to z(d), pushed from the other drivers
-      (``cycle_trains`` "generator": E_mtn frozen for this term, the drivers' z fixed targets; CYCLE_SCOPES)
 
 (no gaze term: no gaze network can be loaded here; the run's config.json says so)
 then one discriminator step (hinge). AdamW (0.5, 0.999), weight decay 1e-2, cosine learning rate
@@ -147,7 +146,6 @@ class BaseTrainConfig:
     adversarial_weight: float = LossWeights.adversarial  # hinge on the PatchGAN (the paper's λ 1)
     feature_matching_weight: float = LossWeights.feature_matching  # the paper's λ 40
     cycle_weight: float = LossWeights.cycle  # contrastive loss on E_mtn's z (the paper's λ 2)
-    cycle_trains: str = "all"  # what the contrastive loss trains: "all" (E_mtn too) or "generator" (see CYCLE_SCOPES)
     allow_missing_nets: bool = False  # train without a loss network whose weights are missing (recorded in the run)
     pose_network: str | None = None  # `megalive-train head-pose` checkpoint: the frozen pose network (None: E_mtn learns the pose)
     feature_crops: bool = False  # E_mtn's z also reads eye and mouth crops placed by that network's pose (motion.py)
@@ -193,12 +191,6 @@ class BaseTrainConfig:
         return DriverAugmentation(colour=self.colour_jitter, warp=self.warp)
 
 
-# What the contrastive loss on z trains. "all": E_mtn (through the outputs' z and the drivers') and the generator,
-# as the loss is usually written. "generator": E_mtn is frozen for this term and the drivers' z are fixed targets, so
-# the term asks the generator to draw the motion E_mtn reads, and cannot teach E_mtn to stop reading what the
-# generator does not draw yet (on two cores the jaw: README, "The contrastive loss and the mouth").
-CYCLE_SCOPES = ("all", "generator")
-
 # Fields that define what a run computes: a resumed run must have the same ones.
 RUN_DEFINING_FIELDS = (
     "preset",
@@ -216,7 +208,6 @@ RUN_DEFINING_FIELDS = (
     "adversarial_weight",
     "feature_matching_weight",
     "cycle_weight",
-    "cycle_trains",
     "pose_network",
     "feature_crops",
     "decoder_expression",
@@ -242,7 +233,6 @@ def check_base_config(config: BaseTrainConfig) -> None:
         (not 0 <= config.open_mouth_share <= 1, "--open-mouth-share must be in [0, 1]"),
         (config.open_mouth_share > 0 and config.data != "synthetic", "--open-mouth-share draws SyntheticHeads clips: use --data synthetic"),
         (config.device not in DEVICES, f"--device must be one of {', '.join(DEVICES)}"),
-        (config.cycle_trains not in CYCLE_SCOPES, f"--cycle-trains must be one of {', '.join(CYCLE_SCOPES)}"),
     ) if bad]  # fmt: skip
     if problems:
         raise TrainingError(problems[0])
@@ -314,7 +304,7 @@ def resolved_config(
             "gaze": "absent: no gaze network can be loaded here",
             "adversarial": weights.adversarial,
             "feature_matching": weights.feature_matching,
-            "cycle": {"weight": weights.cycle, "scale": losses.cycle_scale, "margin": losses.cycle_margin, "trains": config.cycle_trains},
+            "cycle": {"weight": weights.cycle, "scale": losses.cycle_scale, "margin": losses.cycle_margin},
             "networks": networks,
             "on": "the foreground (target masks; the output's own alpha where there is no target)",
         },
@@ -349,20 +339,11 @@ class ReenactmentOutput(NamedTuple):
 
 class ReenactmentPass(nn.Module):
     """The generator's whole forward of one step, as one module (so that DDP sees one forward): the
-    source encoded once and driven by both drivers in one batch, and E_mtn of the outputs (with
-    ``frozen_output_motion``, through E_mtn's weights detached: gradients reach the outputs, not E_mtn)."""
+    source encoded once and driven by both drivers in one batch, and E_mtn of the outputs."""
 
-    def __init__(self, *, model: BaseModel, frozen_output_motion: bool = False) -> None:
+    def __init__(self, *, model: BaseModel) -> None:
         super().__init__()
         self.model = model
-        self.frozen_output_motion = frozen_output_motion
-
-    def _output_motion(self, rgb: Tensor) -> Motion:
-        if not self.frozen_output_motion:
-            return self.model.encode_motion(rgb)
-        encoder = self.model.motion_encoder
-        detached = {name: parameter.detach() for name, parameter in encoder.named_parameters()}
-        return torch.func.functional_call(encoder, detached, (rgb,))
 
     def forward(self, source: Tensor, driver: Tensor, cross_driver: Tensor) -> ReenactmentOutput:
         """source, driver, cross_driver: B×3×H×W in [0, 1]."""
@@ -380,7 +361,7 @@ class ReenactmentPass(nn.Module):
             source_motion=Motion(*(twice(part) for part in source_motion)),
             driver_motion=driver_motion,
         )
-        output_motion = self._output_motion(output.rgb)
+        output_motion = self.model.encode_motion(output.rgb)
         return ReenactmentOutput(
             rgb=output.rgb, alpha=output.alpha, driver_expression=driver_motion.expression, output_expression=output_motion.expression
         )
@@ -534,7 +515,7 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
             scaler.load_state_dict(checkpoint["grad_scaler"])
         step = int(checkpoint["step"])
 
-    reenact: nn.Module = ReenactmentPass(model=model, frozen_output_motion=config.cycle_trains == "generator")
+    reenact: nn.Module = ReenactmentPass(model=model)
     judge: nn.Module = discriminator
     if processes.world_size > 1:
         device_ids = [device.index] if device.type == "cuda" else None
@@ -609,8 +590,6 @@ def _train(config: BaseTrainConfig, processes: Processes, *, progress: bool, sto
                     [[f.float() for f in s] for s in real_features], [[f.float() for f in s] for s in fake_features], valid
                 )
                 driver_z = output.driver_expression.float()
-                if config.cycle_trains == "generator":
-                    driver_z = driver_z.detach()  # fixed targets: this term does not move the drivers' z
                 cycle = cycle_contrastive_loss(
                     output.output_expression.float(),
                     driver_z,
