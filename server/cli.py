@@ -96,6 +96,21 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         help="few-shot refinement steps after each enrollment, in a separate process (needs torch); 0: none",
     )
     serve.add_argument("--refine-threads", type=int, default=0, metavar="N", help="torch threads of a refinement job; 0: torch's default")
+    serve.add_argument(
+        "--refine-teacher",
+        type=Path,
+        default=None,
+        metavar="PT",
+        help="refinement fits a frozen MegaPortraits teacher's reenactments of the enrollment frames (a `megalive-train base` "
+        "checkpoint; checked at start) instead of the frames themselves",
+    )
+    serve.add_argument(
+        "--refine-enhancer",
+        type=Path,
+        default=None,
+        metavar="PT",
+        help="with --refine-teacher: a `megalive-train enhancer` checkpoint of that teacher's preset (reenactments at twice its side)",
+    )
     _add_signing_options(serve)  # `png` textures (the Blender bake's) then carry C2PA manifests
     serve.add_argument(
         "--no-watermark",
@@ -132,6 +147,7 @@ def _serve_config(args: argparse.Namespace) -> ServiceConfig:
     """The service configuration from `serve`'s options; ValueError (one line) for a bad one."""
     from server.binding import check_bind_address
     from server.keys import load_server_keys
+    from server.refinement import RefinementTarget
     from server.service import ServiceConfig
 
     ranges = {
@@ -149,6 +165,8 @@ def _serve_config(args: argparse.Namespace) -> ServiceConfig:
         raise ValueError("--idle-timeout must be a positive number of seconds")
     if (args.curve_secret is None) != (args.allow is None):
         raise ValueError("--curve-secret and --allow go together")
+    if args.refine_teacher is not None and not args.enroll:
+        raise ValueError("--refine-teacher refines enrolled avatars: not with --no-enroll")
     curve = None if args.curve_secret is None else load_server_keys(secret_file=args.curve_secret, allow_dir=args.allow)
     config = ServiceConfig(
         bind=args.bind,
@@ -161,6 +179,7 @@ def _serve_config(args: argparse.Namespace) -> ServiceConfig:
         watermark=args.watermark,
         refine_steps=args.refine_steps,
         refine_threads=args.refine_threads,
+        refine_target=RefinementTarget(teacher=args.refine_teacher, enhancer=args.refine_enhancer),
         signing=_signing_files(args),
     )
     check_bind_address(config.bind, curve=curve is not None)
@@ -177,6 +196,7 @@ def _teacher_words(teacher: TeacherModel | None) -> str:
 
 def _serve(args: argparse.Namespace) -> int:
     from server.engine import Engine, ModelError, batch_candidates, best_batch, load_model_card, model_or_shipped
+    from server.refinement import check_refinement_target
     from server.service import AvatarService
     from server.triton_engine import TritonEngine, parse_engine_address
 
@@ -186,6 +206,8 @@ def _serve(args: argparse.Namespace) -> int:
         args.model = model_or_shipped(args.model)
         card = load_model_card(args.model)
         triton = None if args.engine == "onnxruntime" else parse_engine_address(args.engine)  # ValueError for a bad one
+        if args.enroll:
+            check_refinement_target(card, config.refine_target)  # a wrong teacher stops here, not in every job
         if args.dry_run:
             shown = {
                 **asdict(config),

@@ -10,6 +10,11 @@ fitted to its frames by `megalive-train enroll` in a separate process, so the to
 
 One job runs at a time (two cores: a second would only slow both); later ones wait in order. Job folders live in a
 temporary directory of the server's, removed on close.
+
+What a job fits (``RefinementTarget``): the avatar's own frames, self-driven (the default), or a frozen MegaPortraits
+teacher's reenactments of them, optionally enhanced (`megalive serve --refine-teacher BASE.pt [--refine-enhancer ENH.pt]`).
+A teacher target is checked once at start (``check_refinement_target``: the job command's dry run loads the model, the
+teacher and the enhancer), so a wrong checkpoint stops the server in one line instead of failing every job.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from contract.model_card import ModelCard
 from contract.refinement_job import RefinementInput, RefinementJobError, RefinementOutput, parse_line, read_output, write_input
 
 JOB_NICENESS = 10  # below the live server's priority: frames keep coming while a job runs
+TARGET_CHECK_TIMEOUT_S = 300  # the start-up dry run: import torch, load the model's weights, the teacher and the enhancer
 FINISHED_JOBS_KEPT = 16  # ended jobs `stats` still reports
 STDERR_LINES_KEPT = 20
 
@@ -47,6 +53,59 @@ def refinement_unavailable(card: ModelCard) -> str | None:
     if importlib.util.find_spec("torch") is None:
         return "refinement needs PyTorch (pip install 'megalive[train]'); the one-shot avatar is enrolled without it"
     return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefinementTarget:
+    """What a refinement job fits the identity tensor to: the enrollment frames (teacher None) or a frozen teacher's
+    reenactments of them (`megalive-train enroll --target teacher`), enhanced when an enhancer is given."""
+
+    teacher: Path | None = None  # a `megalive-train base` checkpoint
+    enhancer: Path | None = None  # a `megalive-train enhancer` checkpoint behind that teacher's preset
+
+    def __post_init__(self) -> None:
+        if self.enhancer is not None and self.teacher is None:
+            raise ValueError("--refine-enhancer enhances a teacher's reenactments: give --refine-teacher as well")
+
+    @property
+    def kind(self) -> str:
+        return "frames" if self.teacher is None else "teacher"
+
+    def options(self) -> tuple[str, ...]:
+        """The job command's options for this target."""
+        if self.teacher is None:
+            return ()
+        enhancer = () if self.enhancer is None else ("--enhancer", str(self.enhancer))
+        return ("--target", "teacher", "--teacher", str(self.teacher), *enhancer)
+
+    def describe(self) -> dict[str, object]:
+        """What `hello` and `stats` say of it: the kind and the checkpoints' file names (not the server's folders)."""
+        if self.teacher is None:
+            return {"kind": "frames"}
+        return {"kind": "teacher", "teacher": self.teacher.name, "enhancer": None if self.enhancer is None else self.enhancer.name}
+
+
+def job_command() -> tuple[str, ...]:
+    """The refinement job's command, run by the server's own interpreter."""
+    return (sys.executable, "-m", "models.cli", "enroll")
+
+
+def check_refinement_target(card: ModelCard, target: RefinementTarget, *, command: tuple[str, ...] | None = None) -> None:
+    """ValueError (one line) when this server's jobs could not fit ``target``: a server that cannot refine at all, or the
+    job command's dry run refusing the model, the teacher or the enhancer. The frames target needs no check."""
+    if target.teacher is None:
+        return
+    problem = refinement_unavailable(card)
+    if problem is not None:
+        raise ValueError(f"--refine-teacher: this server cannot refine avatars: {problem}")
+    arguments = [*(command or job_command()), "--model", str(card.model_path), *target.options(), "--dry-run"]
+    try:
+        finished = subprocess.run(arguments, capture_output=True, text=True, timeout=TARGET_CHECK_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise ValueError(f"--refine-teacher: the refinement's check could not run: {error}") from None
+    if finished.returncode != 0:
+        lines = [line for line in finished.stderr.splitlines() if line.strip()]
+        raise ValueError(f"--refine-teacher: {lines[-1] if lines else f'the refinement check exited with status {finished.returncode}'}")
 
 
 @dataclass
@@ -92,11 +151,13 @@ class RefinementJob:
 class RefinementJobs:
     """The server's refinement jobs: start, cancel, poll; ``close`` ends them all."""
 
-    def __init__(self, *, card: ModelCard, command: tuple[str, ...] | None = None, threads: int = 0) -> None:
+    def __init__(
+        self, *, card: ModelCard, command: tuple[str, ...] | None = None, threads: int = 0, target: RefinementTarget = RefinementTarget()
+    ) -> None:
         self.card = card
-        # The factory's command, run by the server's own interpreter (tests may pass another).
-        self.command = command or (sys.executable, "-m", "models.cli", "enroll")
+        self.command = command or job_command()  # tests may pass another
         self.threads = threads
+        self.target = target
         self.problem = refinement_unavailable(card)
         self._ids = itertools.count(1)
         self._jobs: dict[int, RefinementJob] = {}
@@ -143,6 +204,7 @@ class RefinementJobs:
             "--nice", str(JOB_NICENESS),
             "--threads", str(self.threads),
             "--progress-lines",
+            *self.target.options(),
         ]  # fmt: skip
         try:
             job.process = subprocess.Popen(arguments, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)

@@ -69,7 +69,7 @@ from server.flow import ConnectionTable, Incoming, MessageBudget, ReplyBacklog, 
 from server.keys import CurveServerKeys, serve_with_curve
 from server.manifest import ManifestError, ManifestSigner
 from server.portraits import shrunk_portrait
-from server.refinement import RefinementJobs
+from server.refinement import RefinementJobs, RefinementTarget
 from server.sessions import COUNTER_NAMES, FrameJob, ServerCounters, Session
 from server.worker import RenderWorker
 
@@ -111,6 +111,7 @@ class ServiceConfig:
     refine_steps: int = 120  # few-shot refinement after each enrollment unless its request asks otherwise (0: none)
     max_refine_steps: int = 1000
     refine_threads: int = 0  # torch threads of a refinement job (0: torch's default)
+    refine_target: RefinementTarget = RefinementTarget()  # the enrollment frames, or a teacher's reenactments of them
     watermark: bool = True  # the provenance watermark on every texture; off only with `megalive serve --no-watermark`
     signing: tuple[Path, Path] | None = None  # (certificate chain, ES256 key): `png` textures get C2PA manifests
 
@@ -157,7 +158,7 @@ class AvatarService:
         self.bind_error: str | None = None
         self.failure: str | None = None  # set when the service loop itself failed: `megalive serve` exits non-zero
         self._thumbnails = engine.thumbnails()
-        self.refinement = RefinementJobs(card=engine.card, threads=config.refine_threads)
+        self.refinement = RefinementJobs(card=engine.card, threads=config.refine_threads, target=config.refine_target)
         self.signer, self.signing_problem = self._load_signer(config.signing)
         # Face trackers belong to the worker thread; the main thread only queues the ids of closed sessions.
         # The engine thread's state (pending frames, face trackers) outlives a thread that died.
@@ -861,7 +862,9 @@ class AvatarService:
 
     def _refinement_state(self) -> dict[str, Any]:
         problem = self.refinement.problem
-        return {"available": True, "default_steps": self.config.refine_steps} if problem is None else {"available": False, "why": problem}
+        if problem is not None:
+            return {"available": False, "why": problem}
+        return {"available": True, "default_steps": self.config.refine_steps, "target": self.refinement.target.describe()}
 
     def _on_cancel_refinement(self, router: zmq.Socket, peer: bytes, request: Message) -> None:
         job = require(request, "job", int)
@@ -878,10 +881,12 @@ class AvatarService:
         for job, output in self.refinement.finished():
             records = self.engine.avatar_records()
             how_made = dict(records[job.avatar].provenance) if job.avatar < len(records) else {}
-            how_made["refined"] = {
-                "how": "few-shot: the identity tensor fitted to the enrollment frames (self-reenactment), the student frozen",
-                **output.summary,
-            }
+            fitted_to = (
+                "a frozen teacher's reenactments of the enrollment frames"
+                if output.summary.get("target", {}).get("kind") == "teacher"
+                else "the enrollment frames (self-reenactment)"
+            )
+            how_made["refined"] = {"how": f"few-shot: the identity tensor fitted to {fitted_to}, the student frozen", **output.summary}
             try:
                 self.engine.replace_identity(job.avatar, identity=output.identity, provenance=how_made)
             except (AvatarBankError, ModelError, OSError) as error:

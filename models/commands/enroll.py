@@ -36,8 +36,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     enroll.add_argument("--model", type=Path, required=True, metavar="PATH", help="the contract-v2 model (student.onnx)")
-    enroll.add_argument("--job", type=Path, required=True, metavar="PATH", help="the job's input (JOB.in.npz: frames, landmarks, identity)")
-    enroll.add_argument("--out", type=Path, required=True, metavar="PATH", help="where the refined identity goes (JOB.out.npz)")
+    enroll.add_argument(
+        "--job", type=Path, metavar="PATH", help="the job's input (JOB.in.npz: frames, landmarks, identity); required but with --dry-run"
+    )
+    enroll.add_argument(
+        "--out", type=Path, metavar="PATH", help="where the refined identity goes (JOB.out.npz); required but with --dry-run"
+    )
     enroll.add_argument("--steps", type=int, default=defaults.steps, metavar="N", help="optimiser steps")
     enroll.add_argument("--lr", type=float, default=defaults.learning_rate, metavar="LR", help="Adam's learning rate")
     enroll.add_argument("--frames-per-step", type=int, default=defaults.frames_per_step, metavar="N", help="frames driven per step")
@@ -66,7 +70,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     enroll.add_argument("--nice", type=int, default=0, metavar="N", help="lower this process's priority by N (the server's jobs: 10)")
     enroll.add_argument("--progress-lines", action="store_true", help="one JSON line per step on stdout (what the server reads)")
     enroll.add_argument("--allow-missing-nets", action="store_true", help="without EfficientNet-Lite0's weights, fit by L1 alone")
-    enroll.add_argument("--dry-run", action="store_true", help="check the model and the job, print the config and exit")
+    enroll.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the model, the target and the job (when given), print the config and exit (what `megalive serve` runs at start)",
+    )
     enroll.set_defaults(run=_enroll)
 
 
@@ -98,6 +106,8 @@ def _enroll(args: argparse.Namespace) -> int:
             raise TrainingError(f"{', '.join(teacher_only)}: only with --target teacher")
         if args.target == "teacher" and args.teacher is None:
             raise TrainingError("--target teacher needs --teacher (a `megalive-train base` checkpoint)")
+        if not args.dry_run and (args.job is None or args.out is None):
+            raise TrainingError("--job and --out are required (only --dry-run goes without them)")
         config = RefineConfig(
             steps=args.steps,
             learning_rate=args.lr,
@@ -111,8 +121,8 @@ def _enroll(args: argparse.Namespace) -> int:
         files = card.enrollment
         if files is None or files.weights_path is None or files.student_config is None:
             raise TrainingError(f"{args.model} cannot refine avatars: it has no student weights beside it (a contract-v2 export)")
-        job = read_input(args.job)
-        if job.frames.shape[1:3] != card.resolution or job.identity.shape != files.identity_shape:
+        job = None if args.job is None else read_input(args.job)  # None: a --dry-run of the model and target alone
+        if job is not None and (job.frames.shape[1:3] != card.resolution or job.identity.shape != files.identity_shape):
             raise TrainingError(
                 f"{args.job}: frames {job.frames.shape[1:3]} and identity {job.identity.shape} do not fit {card.name} "
                 f"({card.resolution}, {files.identity_shape})"
@@ -121,7 +131,7 @@ def _enroll(args: argparse.Namespace) -> int:
         if problem is not None and not args.allow_missing_nets:
             raise TrainingError(f"the perceptual network cannot be loaded: {problem} (or --allow-missing-nets)")
         objective = {
-            "l1": "eyes and mouth weighted" if job.landmarks is not None else "plain",
+            "l1": "plain" if job is not None and job.landmarks is None else "eyes and mouth weighted",
             "perceptual": problem or "EfficientNet-Lite0",
         }
         teacher = None if args.target == "frames" else load_teacher_target(teacher=args.teacher, enhancer=args.enhancer)
@@ -129,7 +139,8 @@ def _enroll(args: argparse.Namespace) -> int:
         if teacher is not None:
             target = {"kind": "teacher", **teacher.describe(), **describe_reenactments(reenactment_config), "with_frames": args.with_frames}
         if args.dry_run:
-            print(json.dumps({"refine": asdict(config), "frames": len(job.frames), "objective": objective, "target": target}, indent=2))
+            frame_count = None if job is None else len(job.frames)
+            print(json.dumps({"refine": asdict(config), "frames": frame_count, "objective": objective, "target": target}, indent=2))
             return 0
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -137,6 +148,7 @@ def _enroll(args: argparse.Namespace) -> int:
         perceptual = PerceptualFeatures() if problem is None else None
     except (TrainingError, ModelCardError, RefinementJobError, ValueError) as error:
         return refuse("enroll", error)
+    assert job is not None and args.out is not None  # checked above: only a dry run goes without them
     frames = torch.from_numpy(job.frames).permute(0, 3, 1, 2).float() / 255  # K×H×W×3 uint8 -> K×3×H×W in [0, 1]
     landmarks = None if job.landmarks is None else torch.from_numpy(job.landmarks).float()
     reenactments = None

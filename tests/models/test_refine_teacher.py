@@ -34,7 +34,7 @@ from models.training.teacher_reenactments import (
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _teacher(path: Path, preset: str = "tiny", *, pose_source: PoseSource = "learned", seed: int = 0) -> Path:
+def random_teacher_checkpoint(path: Path, preset: str = "tiny", *, pose_source: PoseSource = "learned", seed: int = 0) -> Path:
     """A base-model checkpoint of random weights, as the base trainer lays one out."""
     torch.manual_seed(seed)
     config = base_config(preset, pose_source=pose_source)
@@ -77,11 +77,11 @@ def _enhancer(path: Path, *, preset: str, teacher: Path, digest: str, seed: int 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("teacher-target")
-    tiny = _teacher(folder / "tiny.pt")
+    tiny = random_teacher_checkpoint(folder / "tiny.pt")
     digest = state_digest(load_checkpoint(tiny)["generator"])
     return {
         "teacher": tiny,
-        "given_teacher": _teacher(folder / "given.pt", pose_source="given"),
+        "given_teacher": random_teacher_checkpoint(folder / "given.pt", pose_source="given"),
         "enhancer": _enhancer(folder / "enhancer.pt", preset="tiny", teacher=tiny, digest=digest),
         # An enhancer is checked against the teacher preset its checkpoint records: no cpu128 teacher is needed.
         "other_enhancer": _enhancer(folder / "enhancer-cpu128.pt", preset="cpu128", teacher=folder / "cpu128.pt", digest="0" * 16),
@@ -260,3 +260,15 @@ def test_enroll_refuses_a_bad_teacher_target_in_one_line_writing_nothing(
     error = capsys.readouterr().err
     assert error.startswith("megalive-train enroll: ") and error.count("\n") == 1 and expected in error, error
     assert not out.exists()
+
+
+def test_enroll_needs_a_job_and_an_out_but_for_a_dry_run(
+    refinable_model_path: Path, checkpoints: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = ["enroll", "--model", str(refinable_model_path), "--allow-missing-nets"]
+    assert main(model) == 2
+    assert "--job and --out are required (only --dry-run goes without them)" in capsys.readouterr().err
+    # What `megalive serve --refine-teacher` runs at start: the model and the teacher checked, no job.
+    assert main([*model, "--target", "teacher", "--teacher", str(checkpoints["teacher"]), "--dry-run"]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert planned["frames"] is None and planned["target"]["kind"] == "teacher"

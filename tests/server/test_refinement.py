@@ -1,7 +1,9 @@
 """Few-shot refinement on the server: after a one-shot enroll, `megalive-train enroll` runs in a separate process, its
 progress shows in `stats`, its result replaces the avatar's tensor in the bank (and survives a restart), a cancelled
-or failed job leaves the one-shot avatar as it was, and a server that cannot refine says why and still enrolls.
-The model is untrained (conftest.refinable_model_path): plumbing, not looks."""
+or failed job leaves the one-shot avatar as it was, and a server that cannot refine says why and still enrolls. With
+a teacher target (`serve --refine-teacher`) the jobs fit the teacher's reenactments, and a wrong teacher stops the
+server at start in one line. The model and the teacher are untrained (conftest.refinable_model_path, a random tiny
+teacher): plumbing, not looks."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import pytest
 from client.client import AvatarClient, ServerError
 from contract.avatar_bank import read_bank
 from server.engine import Engine
-from server.refinement import RefinementJobs
+from server.refinement import RefinementJobs, RefinementTarget, check_refinement_target
 from server.service import AvatarService, ServiceConfig
 from tests.server.test_enrollment import CONSENT
 
@@ -28,11 +30,15 @@ def astronaut() -> np.ndarray:
     return pytest.importorskip("skimage.data").astronaut()
 
 
-def _service(model: Path, bank: Path, *, command: tuple[str, ...] | None = JOB_COMMAND) -> AvatarService:
+def _service(
+    model: Path, bank: Path, *, command: tuple[str, ...] | None = JOB_COMMAND, target: RefinementTarget | None = None
+) -> AvatarService:
+    target = target or RefinementTarget()  # the frames
     engine = Engine(model_path=model, max_batch=4, bank_path=bank)
-    service = AvatarService(engine=engine, config=ServiceConfig(bind="tcp://127.0.0.1:*", max_batch=4, refine_steps=0))
+    config = ServiceConfig(bind="tcp://127.0.0.1:*", max_batch=4, refine_steps=0, refine_target=target)
+    service = AvatarService(engine=engine, config=config)
     if command is not None:
-        service.refinement = RefinementJobs(card=engine.card, command=command)
+        service.refinement = RefinementJobs(card=engine.card, command=command, target=target)
     service.start()
     return service
 
@@ -179,3 +185,66 @@ def test_jobs_run_one_at_a_time_and_closing_ends_them_all(refinable_model_path: 
     assert running is not None and running.poll() is not None  # the running process was ended
     assert {job["job"]: job["state"] for job in jobs.as_dicts()} == {first: "cancelled", second: "cancelled", third: "cancelled"}
     assert jobs._jobs[third].process is None  # closing started nothing new
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.models.test_refine_teacher import random_teacher_checkpoint
+
+    return random_teacher_checkpoint(tmp_path_factory.mktemp("teacher") / "teacher.pt")
+
+
+def test_a_teacher_target_fits_its_reenactments_and_says_so(
+    refinable_model_path: Path, tmp_path: Path, astronaut: np.ndarray, tiny_teacher: Path
+) -> None:
+    bank = tmp_path / "bank.avatars.npz"
+    service = _service(refinable_model_path, bank, target=RefinementTarget(teacher=tiny_teacher))
+    try:
+        with AvatarClient(address=service.bound_address, timeout_s=30) as client:
+            refinement = client.hello().capabilities["enroll"]["refinement"]
+            assert refinement["target"] == {"kind": "teacher", "teacher": "teacher.pt", "enhancer": None}  # no server folders
+            enrolled = client.enroll(name="Eileen", consent=CONSENT, portraits=[astronaut], refine_steps=3)
+            job = _wait_for_job(client, enrolled.refinement_job, ("done", "failed"))
+            assert job["state"] == "done", job
+            deadline = time.monotonic() + 10
+            while "refined" not in read_bank(bank).records[0].provenance and time.monotonic() < deadline:
+                time.sleep(0.1)
+    finally:
+        service.stop()
+    refined = read_bank(bank).records[0].provenance["refined"]
+    assert refined["target"]["kind"] == "teacher" and refined["target"]["teacher"]["path"] == str(tiny_teacher)
+    assert "a frozen teacher's reenactments" in refined["how"] and refined["steps"] == 3
+
+
+def test_a_wrong_refinement_teacher_is_refused_at_start_in_one_line(
+    refinable_model_path: Path, enrollable_model_path: Path, tmp_path: Path, tiny_teacher: Path
+) -> None:
+    from contract.model_card import read_model_card
+
+    card = read_model_card(refinable_model_path)
+    check_refinement_target(card, RefinementTarget())  # the frames target: nothing to check
+    check_refinement_target(card, RefinementTarget(teacher=tiny_teacher), command=JOB_COMMAND)
+    not_a_checkpoint = tmp_path / "notes.pt"
+    not_a_checkpoint.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="^--refine-teacher: megalive-train enroll: .*unreadable") as refused:
+        check_refinement_target(card, RefinementTarget(teacher=not_a_checkpoint), command=JOB_COMMAND)
+    assert "\n" not in str(refused.value)
+    with pytest.raises(ValueError, match="^--refine-teacher: this server cannot refine avatars: .*no student weights"):
+        check_refinement_target(read_model_card(enrollable_model_path), RefinementTarget(teacher=tiny_teacher), command=JOB_COMMAND)
+    with pytest.raises(ValueError, match="give --refine-teacher as well"):
+        RefinementTarget(enhancer=tiny_teacher)
+
+
+def test_serve_refuses_a_wrong_refinement_teacher_in_one_line(refinable_model_path: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    not_a_checkpoint = tmp_path / "notes.pt"
+    not_a_checkpoint.write_text("not a checkpoint")
+    serve = [sys.executable, "-m", "megalive", "serve", "--model", str(refinable_model_path), "--bank", str(tmp_path / "bank.npz")]
+    for options, expected in (
+        (["--refine-teacher", str(not_a_checkpoint)], "megalive serve: --refine-teacher: megalive-train enroll: "),
+        (["--refine-enhancer", str(not_a_checkpoint)], "megalive serve: --refine-enhancer enhances a teacher's reenactments"),
+        (["--refine-teacher", str(not_a_checkpoint), "--no-enroll"], "megalive serve: --refine-teacher refines enrolled avatars"),
+    ):
+        done = subprocess.run([*serve, *options, "--dry-run"], capture_output=True, text=True, timeout=240)
+        assert done.returncode == 2 and done.stderr.startswith(expected) and done.stderr.count("\n") == 1, done.stderr
