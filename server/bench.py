@@ -7,7 +7,9 @@ Phases, each `seconds` long, on this machine:
      the box's drift between phases does not enter the ratio;
   2. end-to-end: a real `megalive serve` subprocess on loopback, one client session streaming with
      its in-flight window; FPS and round-trip latency percentiles;
-  3. throughput with 2 and 4 sessions of one client (the server batches them) versus 1.
+  3. throughput with 2 and 4 sessions of one client (the server batches them) versus 1, in interleaved rounds (1, 2,
+     4 sessions, then again): each round's ratio compares phases seconds apart, so the box's drift between phases
+     (as large as the gap at 512 px) does not enter it; the median of the rounds' ratios is reported.
 Figures are printed, never judged: speed is compared as ratios within one run.
 
 A landmark-driven model (server/engine.py) takes no camera picture without the face mesh, so its figures go through
@@ -54,7 +56,8 @@ class BenchConfig:
     window: int = 2
     threads: int = 0
     spin_wait: bool = False  # ONNX Runtime's busy-waiting threads, in the engine and the served server alike
-    session_counts: tuple[int, ...] = (1, 2, 4)
+    session_counts: tuple[int, ...] = (1, 2, 4)  # the first is the reference of the ratios
+    session_rounds: int = 3  # interleaved rounds of the session phases; each phase is seconds / session_rounds long
     provider: str | None = None  # cpu | cuda | tensorrt (server/engine.py PROVIDER_CHOICES); None: the best installed
 
 
@@ -65,11 +68,30 @@ class StreamFigures:
     seconds: float
     dropped: int
     latencies_ms: tuple[float, ...] = field(repr=False)
-    mean_batch: float
+    engine_frames: int  # what the server's engine ran meanwhile (its stats), in engine_runs batches
+    engine_runs: int
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds
+
+    @property
+    def mean_batch(self) -> float:
+        return self.engine_frames / self.engine_runs if self.engine_runs else 0.0
+
+    @classmethod
+    def combined(cls, parts: list[StreamFigures]) -> StreamFigures:
+        """One figure of several phases with the same session count: frames over their summed seconds."""
+        assert parts and len({part.sessions for part in parts}) == 1, [part.sessions for part in parts]
+        return cls(
+            sessions=parts[0].sessions,
+            frames=sum(part.frames for part in parts),
+            seconds=sum(part.seconds for part in parts),
+            dropped=sum(part.dropped for part in parts),
+            latencies_ms=tuple(latency for part in parts for latency in part.latencies_ms),
+            engine_frames=sum(part.engine_frames for part in parts),
+            engine_runs=sum(part.engine_runs for part in parts),
+        )
 
     def percentile_ms(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
@@ -87,7 +109,10 @@ class BenchReport:
     capture_cost_vs_image: dict[str, float]  # driver kind -> its cost per frame / the image path's, interleaved (median)
     gflops_per_frame: float | None
     matmul_peak_gflops: float
-    streams: tuple[StreamFigures, ...]
+    streams: tuple[StreamFigures, ...]  # each session count's rounds combined
+    # sessions -> median over the interleaved rounds of (total FPS with that many sessions / with the first count's)
+    session_ratios: dict[int, float]
+    session_rounds: int
     watermark: WatermarkCost | None = None  # live frame rate with and without the provenance watermark, interleaved
     # The driver the raw, watermark and stream phases use, and the capture costs compare with: "image", or "landmarks"
     # for a landmark-driven model (capture_cost_vs_image then holds the costs versus the landmarks driver).
@@ -117,8 +142,9 @@ class BenchReport:
             "end_to_end_over_raw": single.fps / self.raw_fps,
             "round_trip_p50_ms": single.percentile_ms(50),
             "round_trip_p99_ms": single.percentile_ms(99),
+            "session_rounds": self.session_rounds,
             "throughput": {
-                str(s.sessions): {"fps": s.fps, "vs_1": s.fps / single.fps, "dropped": s.dropped, "mean_batch": s.mean_batch}
+                str(s.sessions): {"fps": s.fps, "vs_1": self.session_ratios[s.sessions], "dropped": s.dropped, "mean_batch": s.mean_batch}
                 for s in self.streams
             },
             "watermark": None if self.watermark is None else asdict(self.watermark),
@@ -152,7 +178,7 @@ class BenchReport:
         for sessions, entry in figures["throughput"].items():
             rows.append(
                 (
-                    f"{sessions} session(s): total FPS (× vs 1; mean batch)",
+                    f"{sessions} session(s): total FPS (× vs 1, median of {self.session_rounds} interleaved rounds; mean batch)",
                     f"{entry['fps']:.1f} (×{entry['vs_1']:.2f}; {entry['mean_batch']:.2f})",
                 )
             )
@@ -412,10 +438,46 @@ def measure_stream(
                 progress.show(now - warm_until + warm_up_s)
         elapsed = time.perf_counter() - began
         engine_after = client.stats()["engine"]
-    runs = engine_after["runs"] - engine_before["runs"]
-    mean_batch = (engine_after["frames"] - engine_before["frames"]) / runs if runs else 0.0
     return StreamFigures(
-        sessions=sessions, frames=frames, seconds=elapsed, dropped=dropped, latencies_ms=tuple(latencies), mean_batch=mean_batch
+        sessions=sessions,
+        frames=frames,
+        seconds=elapsed,
+        dropped=dropped,
+        latencies_ms=tuple(latencies),
+        engine_frames=engine_after["frames"] - engine_before["frames"],
+        engine_runs=engine_after["runs"] - engine_before["runs"],
+    )
+
+
+@dataclass(frozen=True)
+class SessionRounds:
+    streams: tuple[StreamFigures, ...]  # per session count, its rounds combined
+    ratios: dict[int, float]  # sessions -> median over the rounds of (its FPS / the first count's FPS in the same round)
+
+
+def measure_session_rounds(
+    address: str, *, counts: tuple[int, ...], rounds: int, seconds: float, window: int, resolution: tuple[int, int], driver: str
+) -> SessionRounds:
+    """Each session count streamed for ``seconds / rounds`` in turn, ``rounds`` times over (1, 2, 4, 1, 2, 4, …)."""
+    phase_s = seconds / rounds
+    return combine_session_rounds(
+        [
+            [measure_stream(address, sessions=n, seconds=phase_s, window=window, resolution=resolution, driver=driver) for n in counts]
+            for _ in range(rounds)
+        ]
+    )
+
+
+def combine_session_rounds(measured: list[list[StreamFigures]]) -> SessionRounds:
+    """Rounds of phases (each round: one phase per session count, in the same order) into one figure per count and the
+    median over the rounds of each count's FPS over the round's first phase's."""
+    counts = [part.sessions for part in measured[0]]
+    assert all([part.sessions for part in round_] == counts for round_ in measured), "every round streams the same counts"
+    per_count = [[round_[i] for round_ in measured] for i in range(len(counts))]  # count -> its phases, one per round
+    reference = np.array([part.fps for part in per_count[0]])
+    return SessionRounds(
+        streams=tuple(StreamFigures.combined(parts) for parts in per_count),
+        ratios={n: float(np.median(np.array([part.fps for part in parts]) / reference)) for n, parts in zip(counts, per_count)},
     )
 
 
@@ -437,9 +499,14 @@ def run_bench(config: BenchConfig) -> BenchReport:
     served_on = (() if providers is None else ("--providers", ",".join(providers))) + (("--spin-wait",) if config.spin_wait else ())
     process, address = start_server(config.model_path, threads=config.threads, options=served_on)
     try:
-        streams = tuple(
-            measure_stream(address, sessions=n, seconds=config.seconds, window=config.window, resolution=card.resolution, driver=base)
-            for n in config.session_counts
+        sessions = measure_session_rounds(
+            address,
+            counts=config.session_counts,
+            rounds=config.session_rounds,
+            seconds=config.seconds,
+            window=config.window,
+            resolution=card.resolution,
+            driver=base,
         )
     finally:
         stop_server(process)
@@ -454,7 +521,9 @@ def run_bench(config: BenchConfig) -> BenchReport:
         capture_cost_vs_image=capture.cost_vs_image,
         gflops_per_frame=card.gflops_per_frame,
         matmul_peak_gflops=matmul_peak,
-        streams=streams,
+        streams=sessions.streams,
+        session_ratios=sessions.ratios,
+        session_rounds=config.session_rounds,
         watermark=watermark,
         base_driver=base,
         spin_wait=config.spin_wait,

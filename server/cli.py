@@ -446,12 +446,21 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         "bench",
         help="measure engine and server speed on this machine",
         description="Measure raw engine FPS, end-to-end FPS through a real server on loopback, round-trip latency "
-        "and batched throughput with 1, 2 and 4 sessions. Prints one table; never passes or fails on a time.",
+        "and batched throughput with 1, 2 and 4 sessions (interleaved rounds). Prints one table; never passes or fails on a time.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     bench.add_argument("--model", type=Path, default=None, metavar="PATH", help="avatar model .onnx; default: the shipped model")
-    bench.add_argument("--seconds", type=float, default=10.0, metavar="S", help="length of each measured phase")
+    bench.add_argument(
+        "--seconds", type=float, default=10.0, metavar="S", help="length of each measured phase (sessions: S per count, over the rounds)"
+    )
     bench.add_argument("--window", type=int, default=2, metavar="N", help="frames in flight per session")
+    bench.add_argument(
+        "--session-rounds",
+        type=int,
+        default=3,
+        metavar="N",
+        help="the 1-, 2- and 4-session phases in N interleaved rounds (each S / N long); their ratios are the rounds' median",
+    )
     bench.add_argument("--threads", type=int, default=0, metavar="N", help="ONNX Runtime intra-op threads; 0: one per core")
     bench.add_argument("--spin-wait", action="store_true", help=SPIN_WAIT_HELP + " in the engine and the served server")
     bench.add_argument(
@@ -465,12 +474,16 @@ def _bench(args: argparse.Namespace) -> int:
     from server.bench import BenchConfig, run_bench
     from server.engine import ModelError, model_or_shipped
 
+    if not 1 <= args.session_rounds <= 100:
+        print(f"megalive bench: --session-rounds must be between 1 and 100, got {args.session_rounds}", file=sys.stderr)
+        return 2
     try:
         report = run_bench(
             BenchConfig(
                 model_path=model_or_shipped(args.model),
                 seconds=args.seconds,
                 window=args.window,
+                session_rounds=args.session_rounds,
                 threads=args.threads,
                 spin_wait=args.spin_wait,
                 provider=args.provider,

@@ -14,6 +14,7 @@ import pytest
 from megalive.cli import main as megalive_main
 from models.contract_model import ContractModel, ContractModelConfig
 from models.export import export_avatar_model
+from server.bench import StreamFigures, combine_session_rounds
 from server.engine import Engine, ModelError, batch_candidates, best_batch, load_model_card
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -135,14 +136,46 @@ def test_contract_model_command_and_bench_print_a_table(tmp_path: Path) -> None:
     assert made.returncode == 0 and "max abs error" in made.stdout, made.stderr
     assert json.loads(model.with_suffix(".json").read_text())["command"].endswith("--width 8")
     figures = tmp_path / "bench.json"
-    bench = run_cli("megalive", "bench", "--model", str(model), "--seconds", "0.5", "--json", str(figures))
+    bench = run_cli("megalive", "bench", "--model", str(model), "--seconds", "0.5", "--session-rounds", "2", "--json", str(figures))
     assert bench.returncode == 0, bench.stderr
-    for row in ("raw engine FPS", "end-to-end / raw", "p99 / p50", "4 session(s)"):
+    for row in ("raw engine FPS", "end-to-end / raw", "p99 / p50", "4 session(s)", "median of 2 interleaved rounds"):
         assert row in bench.stdout
     report = json.loads(figures.read_text())
     assert report["raw_engine_fps"] > 0 and report["throughput"]["4"]["fps"] > 0
+    assert report["session_rounds"] == 2 and report["throughput"]["1"]["vs_1"] == 1.0
+    refused = run_cli("megalive", "bench", "--model", str(model), "--session-rounds", "0")
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "megalive bench: --session-rounds must be between 1 and 100, got 0"
+    ]
     bad = run_cli("models.cli", "contract-model", "--out", str(tmp_path / "x.onnx"), "--resolution", "30")
     assert bad.returncode == 2 and "multiple of 4" in bad.stderr
+
+
+def phase(sessions: int, fps: float, *, seconds: float = 2.0) -> StreamFigures:
+    frames = round(fps * seconds)
+    return StreamFigures(
+        sessions=sessions,
+        frames=frames,
+        seconds=seconds,
+        dropped=0,
+        latencies_ms=(10.0,),
+        engine_frames=frames,
+        engine_runs=frames // sessions,
+    )
+
+
+def test_session_ratios_compare_phases_within_a_round_so_drift_between_rounds_stays_out() -> None:
+    # A box that halves its speed between rounds: 4 sessions get exactly what one gets within each round, but the
+    # second round's 4-session phase is slower than the first round's single session.
+    measured = [[phase(1, 100.0), phase(4, 100.0)], [phase(1, 50.0), phase(4, 50.0)], [phase(1, 80.0), phase(4, 88.0)]]
+    rounds = combine_session_rounds(measured)
+    assert rounds.ratios == {1: 1.0, 4: 1.0}  # the median of 1.0, 1.0 and 1.1
+    single, four = rounds.streams
+    assert (single.sessions, single.frames, single.seconds) == (1, 460, 6.0)
+    assert (four.sessions, four.frames, four.mean_batch) == (4, 476, 476 / (200 // 4 + 100 // 4 + 176 // 4))
+    assert len(four.latencies_ms) == 3
+    with pytest.raises(AssertionError, match="same counts"):
+        combine_session_rounds([[phase(1, 10.0), phase(4, 10.0)], [phase(4, 10.0), phase(1, 10.0)]])
 
 
 def test_bench_times_each_capture_driver_beside_the_image_path(multi_driver_model_path: Path, tmp_path: Path) -> None:
