@@ -52,7 +52,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         default="auto",
         metavar="N",
         help="most frames of different sessions in one engine call [1-64]; auto: measured at start, up to "
-        f"{AUTO_BATCH_LIMIT} (the largest batch within 5%% of the best frames/s on this machine)",
+        f"{AUTO_BATCH_LIMIT} (the smallest batch within 5%% of the best frames/s on this machine)",
     )
     serve.add_argument("--max-sessions", type=int, default=64, metavar="N", help="sessions held at once; more get a 'busy' error [1-1024]")
     serve.add_argument("--max-sessions-per-client", type=int, default=16, metavar="N", help="sessions one connection may hold [1-1024]")

@@ -199,14 +199,14 @@ def enroll_unavailable(engine: Engine) -> str:
 
 
 def best_batch(frames_per_second: dict[int, float], *, tolerance: float = 0.05) -> int:
-    """The largest batch whose frames/s is within ``tolerance`` of the best. The worker batches only the frames that are
-    waiting (one per session), so a single session still runs at batch 1; with more sessions than the batch, the rest
-    wait a turn and their next frames supersede the waiting ones (dropped, sent again): a batch that takes them all
-    costs no throughput and drops nothing. A batch slower per frame than the tolerance allows is never chosen."""
+    """The smallest batch whose frames/s is within ``tolerance`` of the best. More sessions than the batch cost no
+    throughput (the worker claims every waiting frame and runs them in turns, none superseded), so a larger batch is
+    worth taking only where it is faster per frame by more than the start-up measurement's noise; one that merely ties
+    adds latency, and a tie in a short start-up measurement is often a loss over a longer run (README, "512 px")."""
     if not frames_per_second:
         raise ValueError("no batch sizes were measured")
     best = max(frames_per_second.values())
-    return max(batch for batch, rate in frames_per_second.items() if rate >= (1 - tolerance) * best)
+    return min(batch for batch, rate in frames_per_second.items() if rate >= (1 - tolerance) * best)
 
 
 def batch_candidates(limit: int) -> tuple[int, ...]:
