@@ -11,6 +11,7 @@ TEACHER_STEPS ?= 3000
 TEACHER_POLISH_STEPS ?= 300
 TEACHER_EXPRESSION_STEPS ?= 800
 TEACHER_OPTIONS ?=
+TEACHER_EXPRESSION_OPTIONS ?=
 FEWSHOT_STEPS ?= 2000
 FEWSHOT_TUNE ?= 100
 
@@ -149,7 +150,8 @@ default-model: install-dev
 # contrastive), then a polish with the pretrained perceptual (EfficientNet-Lite0) and face (dlib ResNet) terms on
 # (they triple a CPU step), then a stage with the L1 inside the eye and mouth boxes weighted up (--region-weight), the
 # benchmark's parameter regressor, then the benchmark: the teacher on held-out identities, and teacher beside the default student on the student's avatars (runs/synth-256, made as in default-model).
-# TEACHER_OPTIONS go to every base stage (e.g. TEACHER_OPTIONS="--feature-crops --decoder-expression"); empty: the recipe as measured.
+# TEACHER_OPTIONS go to every base stage (e.g. TEACHER_OPTIONS="--feature-crops --decoder-expression"), TEACHER_EXPRESSION_OPTIONS
+# to the last (eye-and-mouth) stage only (e.g. "--cycle-weight 0"); both empty: the recipe as measured.
 TEACHER := runs/teacher-cpu128-expressions/checkpoint.pt
 teacher-cpu: install-dev
 	rm -rf runs/head-pose runs/teacher-cpu128 runs/teacher-cpu128-polish runs/teacher-cpu128-expressions runs/regressor
@@ -158,7 +160,7 @@ teacher-cpu: install-dev
 		--pose-network runs/head-pose/head_pose.pt --perceptual-weight 0 --face-weight 0 --checkpoint-every 250
 	$(BIN)/megalive-train base --preset cpu128 --steps $(TEACHER_POLISH_STEPS) --batch 2 --run runs/teacher-cpu128-polish $(TEACHER_OPTIONS) \
 		--pose-network runs/head-pose/head_pose.pt --init runs/teacher-cpu128/checkpoint.pt --checkpoint-every 100
-	$(BIN)/megalive-train base --preset cpu128 --steps $(TEACHER_EXPRESSION_STEPS) --batch 2 --run runs/teacher-cpu128-expressions $(TEACHER_OPTIONS) \
+	$(BIN)/megalive-train base --preset cpu128 --steps $(TEACHER_EXPRESSION_STEPS) --batch 2 --run runs/teacher-cpu128-expressions $(TEACHER_OPTIONS) $(TEACHER_EXPRESSION_OPTIONS) \
 		--pose-network runs/head-pose/head_pose.pt --init runs/teacher-cpu128-polish/checkpoint.pt --region-weight 40 --checkpoint-every 100
 	$(BIN)/megalive-train regressor --out runs/regressor/regressor.pt
 	$(BIN)/megalive-train eval --model $(TEACHER) --regressor runs/regressor/regressor.pt --sources 16 --out docs/teacher-cpu128/held-out
