@@ -56,6 +56,7 @@ class BenchConfig:
     window: int = 2
     threads: int = 0
     spin_wait: bool = False  # ONNX Runtime's busy-waiting threads, in the engine and the served server alike
+    lanes: int | None = None  # lanes of the engine and the served server (server/engine.py); None: one per core
     session_counts: tuple[int, ...] = (1, 2, 4)  # the first is the reference of the ratios
     session_rounds: int = 3  # interleaved rounds of the session phases; each phase is seconds / session_rounds long
     provider: str | None = None  # cpu | cuda | tensorrt (server/engine.py PROVIDER_CHOICES); None: the best installed
@@ -118,6 +119,8 @@ class BenchReport:
     # for a landmark-driven model (capture_cost_vs_image then holds the costs versus the landmarks driver).
     base_driver: str = "image"
     spin_wait: bool = False  # ONNX Runtime's threads busy-waited (bench --spin-wait)
+    lanes: int = 1  # lanes a batch of 2+ frames was split across (server/engine.py), each of threads_per_lane threads
+    threads_per_lane: int = 0
 
     def stream(self, sessions: int) -> StreamFigures:
         return next(s for s in self.streams if s.sessions == sessions)
@@ -131,6 +134,8 @@ class BenchReport:
             "resolution": list(self.resolution),
             "providers": list(self.providers),
             "spin_wait": self.spin_wait,
+            "lanes": self.lanes,
+            "threads_per_lane": self.threads_per_lane,
             "raw_engine_fps": self.raw_fps,
             "raw_engine_fps_batch4": self.raw_batch4_fps,
             "capture_raw_fps": dict(self.capture_raw_fps),
@@ -197,7 +202,8 @@ class BenchReport:
         driven = "" if self.base_driver == "image" else f" (landmark-driven: measured through the {self.base_driver} driver)"
         header = (
             f"MegaLive bench — {self.model} {self.resolution[0]}×{self.resolution[1]} on {', '.join(self.providers)}{driven}, "
-            f"ONNX Runtime threads {'spinning' if self.spin_wait else 'not spinning'} between operators\n"
+            f"ONNX Runtime threads {'spinning' if self.spin_wait else 'not spinning'} between operators, "
+            f"{'no lanes' if self.lanes < 2 else f'batches of 2+ split across {self.lanes} lanes of {self.threads_per_lane} thread(s)'}\n"
             f"machine: {self.machine}\n"
         )
         return header + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
@@ -484,7 +490,12 @@ def combine_session_rounds(measured: list[list[StreamFigures]]) -> SessionRounds
 def run_bench(config: BenchConfig) -> BenchReport:
     providers = None if config.provider is None else providers_for(config.provider)  # ModelError (one line) when absent
     engine = Engine(
-        model_path=config.model_path, providers=providers, intra_op_threads=config.threads, max_batch=4, spin_wait=config.spin_wait
+        model_path=config.model_path,
+        providers=providers,
+        intra_op_threads=config.threads,
+        max_batch=4,
+        spin_wait=config.spin_wait,
+        lanes=config.lanes,
     )
     matmul_peak = measure_matmul_peak_gflops()
     base = base_driver(engine)
@@ -494,9 +505,13 @@ def run_bench(config: BenchConfig) -> BenchReport:
         engine, config.seconds, tuple(kind for kind in engine.drivers if kind not in ("image", base)), base=base
     )
     watermark = measure_watermark_cost(engine, config.seconds)
-    card, providers = engine.card, tuple(engine.providers)
+    card, providers, lanes = engine.card, tuple(engine.providers), engine.lane_layout
     del engine  # the server process gets the cores to itself
-    served_on = (() if providers is None else ("--providers", ",".join(providers))) + (("--spin-wait",) if config.spin_wait else ())
+    served_on = (
+        (() if providers is None else ("--providers", ",".join(providers)))
+        + (("--spin-wait",) if config.spin_wait else ())
+        + (() if config.lanes is None else ("--lanes", str(config.lanes)))
+    )
     process, address = start_server(config.model_path, threads=config.threads, options=served_on)
     try:
         sessions = measure_session_rounds(
@@ -527,4 +542,6 @@ def run_bench(config: BenchConfig) -> BenchReport:
         watermark=watermark,
         base_driver=base,
         spin_wait=config.spin_wait,
+        lanes=lanes.lanes,
+        threads_per_lane=lanes.threads_per_lane,
     )

@@ -78,6 +78,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--providers", default="", metavar="LIST", help="comma-separated ONNX Runtime providers; empty: best available")
     serve.add_argument("--threads", type=int, default=0, metavar="N", help="ONNX Runtime intra-op threads; 0: one per core")
+    serve.add_argument("--lanes", type=_lanes_option, default="auto", metavar="N", help=LANES_HELP)
     serve.add_argument("--spin-wait", action="store_true", help=SPIN_WAIT_HELP)
     serve.add_argument(
         "--bank",
@@ -130,8 +131,18 @@ def default_bank_path(model_name: str) -> Path:
 
 
 SPIN_WAIT_HELP = "ONNX Runtime's threads busy-wait between operators (faster on idle cores, slower beside other work)"
+LANES_HELP = (
+    "CPU: a batch of 2+ frames is split across N copies of the graphs run side by side, the cores shared out between "
+    "them [1-64]; 1: every batch on one session; auto: one per core (at most the batch)"
+)
 AUTO_BATCH_LIMIT = 8  # the largest batch `--max-batch auto` tries
 AUTO_BATCH_SECONDS = 1.5  # how long `--max-batch auto` measures, all batch sizes together
+
+
+def _lanes_option(text: str) -> int | None:
+    """--lanes: "auto" (None: one per core) or a whole number, checked against its range where it is used."""
+    value = _batch_option(text)
+    return None if value == "auto" else int(value)
 
 
 def _batch_option(text: str) -> int | str:
@@ -157,6 +168,7 @@ def _serve_config(args: argparse.Namespace) -> ServiceConfig:
         "--max-output": (args.max_output, 16, 4096),
         "--refine-steps": (args.refine_steps, 0, 1000),
         "--refine-threads": (args.refine_threads, 0, 256),
+        "--lanes": (1 if args.lanes is None else args.lanes, 1, 64),
     }
     for option, (value, low, high) in ranges.items():
         if not low <= value <= high:
@@ -224,6 +236,7 @@ def _serve(args: argparse.Namespace) -> int:
                         "providers": providers,
                         "engine": str(triton or args.engine),
                         "spin_wait": args.spin_wait,
+                        "lanes": "auto" if args.lanes is None else args.lanes,
                         "bank": None if not args.enroll or card.enrollment is None else str(args.bank or default_bank_path(card.name)),
                     },
                     indent=2,
@@ -242,11 +255,12 @@ def _serve(args: argparse.Namespace) -> int:
                 max_batch=config.max_batch,
                 bank_path=bank,
                 spin_wait=args.spin_wait,
+                lanes=args.lanes,
             )
         else:
-            if providers is not None or args.threads or args.spin_wait:
+            if providers is not None or args.threads or args.spin_wait or args.lanes is not None:
                 raise ValueError(
-                    "--providers, --threads and --spin-wait are the in-process engine's; Triton's config.pbtxt places the graphs"
+                    "--providers, --threads, --lanes and --spin-wait are the in-process engine's; Triton's config.pbtxt places the graphs"
                 )
             engine = TritonEngine(
                 model_path=args.model, address=triton, timeout_s=args.engine_timeout, max_batch=config.max_batch, bank_path=bank
@@ -278,6 +292,9 @@ def _serve(args: argparse.Namespace) -> int:
     if measured is not None:
         rates = ", ".join(f"{batch}: {rate:.1f}" for batch, rate in measured.items())
         print(f"megalive: engine batch {engine.max_batch} (measured frames/s by batch: {rates})", flush=True)
+    if engine.lane_layout.lanes > 1:
+        layout = engine.lane_layout
+        print(f"megalive: batches of 2+ frames split across {layout.lanes} lanes of {layout.threads_per_lane} thread(s)", flush=True)
     if service.watermark_state.startswith("unavailable"):
         print(
             f"megalive serve: textures carry no watermark: {service.watermark_state.removeprefix('unavailable: ')}",
@@ -462,6 +479,9 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         help="the 1-, 2- and 4-session phases in N interleaved rounds (each S / N long); their ratios are the rounds' median",
     )
     bench.add_argument("--threads", type=int, default=0, metavar="N", help="ONNX Runtime intra-op threads; 0: one per core")
+    bench.add_argument(
+        "--lanes", type=_lanes_option, default="auto", metavar="N", help=LANES_HELP + "; in the engine and the served server"
+    )
     bench.add_argument("--spin-wait", action="store_true", help=SPIN_WAIT_HELP + " in the engine and the served server")
     bench.add_argument(
         "--provider", default=None, metavar="NAME", help="cpu | cuda | tensorrt (needs onnxruntime-gpu); default: the best installed"
@@ -477,6 +497,9 @@ def _bench(args: argparse.Namespace) -> int:
     if not 1 <= args.session_rounds <= 100:
         print(f"megalive bench: --session-rounds must be between 1 and 100, got {args.session_rounds}", file=sys.stderr)
         return 2
+    if args.lanes is not None and not 1 <= args.lanes <= 64:
+        print(f"megalive bench: --lanes must be between 1 and 64, got {args.lanes}", file=sys.stderr)
+        return 2
     try:
         report = run_bench(
             BenchConfig(
@@ -486,6 +509,7 @@ def _bench(args: argparse.Namespace) -> int:
                 session_rounds=args.session_rounds,
                 threads=args.threads,
                 spin_wait=args.spin_wait,
+                lanes=args.lanes,
                 provider=args.provider,
             )
         )

@@ -40,12 +40,20 @@ A MegaPortraits teacher served directly (the card's ``teacher``: models/export_t
 driven by pictures only: its identity tensor is the source portrait's encoded state (canonical volume and appearance
 descriptor), its embedder graph the teacher's source half. It is one-shot: ``embed`` hands it the first of the K
 frames. ``run`` and the banks are as for any v2 model.
+
+Lanes (CPU): a batch of two or more frames is split across ``lanes`` copies of the graphs, each with its own ONNX
+Runtime session of ``cores / lanes`` intra-op threads, run side by side (ONNX Runtime releases the GIL); a single frame
+runs on the session with all the threads. One session's threads meet at every operator, and without spinning they
+wait there for the operating system to wake them: on the 2-core box two one-thread sessions side by side ran 1.3–1.8×
+the frames of one two-thread session (README, "Lanes"). The outputs are joined in the batch's order.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,6 +217,26 @@ def best_batch(frames_per_second: dict[int, float], *, tolerance: float = 0.05) 
     return min(batch for batch, rate in frames_per_second.items() if rate >= (1 - tolerance) * best)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaneLayout:
+    lanes: int  # copies of the graphs a batch is split across; 1: none (every batch on the one session)
+    threads_per_lane: int  # intra-op threads of each lane's sessions
+
+
+def lane_layout(*, requested: int | None, cores: int, max_batch: int) -> LaneLayout:
+    """How many lanes and threads each: ``requested`` (None: one per core) capped by the batch (a chunk never holds more
+    than max_batch frames) and by the cores (a lane has at least one thread); the cores shared out evenly."""
+    if requested is not None and requested < 1:
+        raise ValueError(f"lanes must be 1 or more, got {requested}")
+    lanes = max(1, min(cores if requested is None else requested, max_batch, cores))
+    return LaneLayout(lanes=lanes, threads_per_lane=max(1, cores // lanes))
+
+
 def batch_candidates(limit: int) -> tuple[int, ...]:
     """The batch sizes a server measures up to ``limit``: powers of two, and the limit itself."""
     return tuple(sorted({*(2**k for k in range(limit.bit_length()) if 2**k <= limit), limit}))
@@ -228,8 +256,11 @@ class Engine:
         bank_path: str | Path | None = None,
         io_binding: bool | None = None,
         spin_wait: bool = False,
+        lanes: int | None = None,
     ) -> None:
-        """``io_binding``: feed the graphs through IO binding (IoBoundSession); None: when a GPU provider leads.
+        """``lanes``: copies of the graphs a batch of two or more frames is split across (module docstring); None: one
+        per core, as many as ``max_batch`` allows; 1: off. In-process CPU sessions only (a GPU runs a batch whole).
+        ``io_binding``: feed the graphs through IO binding (IoBoundSession); None: when a GPU provider leads.
         ``spin_wait``: ONNX Runtime's threads busy-wait between operators (its default). Off here: beside the server's
         other threads and a client on the same cores, the spinning threads take the CPU the others need (on the 2-core
         box a 512 px student served 27.5 frames/s without spinning against 16.6 with it, another job running; README)."""
@@ -249,6 +280,12 @@ class Engine:
         self._check_contract()
         self._signal_graphs = {adapter.kind: (signal_sessions[adapter.kind], adapter) for adapter in self.card.adapters}
         self._check_signal_graphs()
+        self.lane_layout = self._lane_layout(lanes)
+        self._lanes = self._open_lanes(self.lane_layout)  # (main graph, kind -> its capture graph) per lane
+        # Lane 0 runs in the caller's thread; the others on these (idle threads cost nothing).
+        self._lane_threads = (
+            ThreadPoolExecutor(max_workers=len(self._lanes) - 1, thread_name_prefix="megalive-lane") if len(self._lanes) > 1 else None
+        )
         landmark_input = self.card.landmark_input
         # A landmark-driven model's avatars' neutral faces (N×68×2 in [0, 1]), for retargeting; read-only, shared.
         self._neutral = None if landmark_input is None else np.array(landmark_input.neutral_landmarks, np.float32)
@@ -294,6 +331,31 @@ class Engine:
             bound,
             None if embedder is None else IoBoundSession(session=embedder, device=device),
         )
+
+    def _lane_layout(self, requested: int | None) -> LaneLayout:
+        """Lanes for in-process ONNX Runtime sessions on the CPU provider alone; one lane (none) for anything else."""
+        on_cpu = isinstance(self.session, ort.InferenceSession) and self.session.get_providers() == ["CPUExecutionProvider"]
+        if not on_cpu:
+            return LaneLayout(lanes=1, threads_per_lane=self._intra_op_threads)
+        cores = self._intra_op_threads or usable_cores()
+        return lane_layout(requested=requested, cores=cores, max_batch=self.max_batch)
+
+    def _open_lanes(self, layout: LaneLayout) -> list[tuple[Any, dict[str, Any]]]:
+        """The lanes' own sessions of the main and capture graphs (none for one lane)."""
+        if layout.lanes < 2:
+            return []
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = layout.threads_per_lane
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self._spin_wait else "0")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        started = [self.session.get_providers()]
+        return [
+            (
+                self._open_graph(self.card.model_path, options, started),
+                {kind: self._open_graph(adapter.model_path, options, started) for kind, (_, adapter) in self._signal_graphs.items()},
+            )
+            for _ in range(layout.lanes)
+        ]
 
     @staticmethod
     def _open_graph(path: Path, options: ort.SessionOptions, attempts: list[list[str]]) -> ort.InferenceSession:
@@ -469,7 +531,7 @@ class Engine:
         """driver: B×3×H×W float32 in [0,1] (kind image), or the capture signal B×… of the kind's graph, or (a
         landmark-driven model's kind landmarks) B×68×2 points in [0, 1] over the crop; avatar: B int64
         -> rgb B×3×H×W, alpha B×1×H×W. ValueError for a kind the model lacks or shapes that do not fit."""
-        step, sample_shape = self._pipeline(kind)
+        _, sample_shape = self._pipeline(kind)
         if driver.shape[1:] != sample_shape or avatar.shape != driver.shape[:1]:
             raise ValueError(f"engine input shapes {driver.shape} / {avatar.shape} do not match {kind} input {sample_shape}")
         identity = self._identity  # one reference for the whole call: enroll swaps the array, never edits it
@@ -483,7 +545,7 @@ class Engine:
         for start in range(0, len(driver), self.max_batch):
             chunk = slice(start, start + self.max_batch)
             began = time.perf_counter()  # the whole path of the chunk: capture graph, drawing and main graph
-            rgb, alpha = step(driver[chunk], {who: values[chunk]})
+            rgb, alpha = self._run_chunk(kind, driver[chunk], who, values[chunk])
             self.counters.infer_seconds += time.perf_counter() - began
             self.counters.runs += 1
             self.counters.frames += len(rgb)
@@ -493,12 +555,40 @@ class Engine:
             return EngineOutput(rgb=rgbs[0], alpha=alphas[0])
         return EngineOutput(rgb=np.concatenate(rgbs), alpha=np.concatenate(alphas))
 
-    def _pipeline(self, kind: str) -> tuple[Callable[[np.ndarray, dict[str, np.ndarray]], list[np.ndarray]], tuple[int, ...]]:
-        """What one chunk of driver ``kind`` goes through (chunk, avatar feed -> [rgb, alpha]), and its sample shape."""
+    def _run_chunk(self, kind: str, driver: np.ndarray, who: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One chunk (at most max_batch frames) -> (rgb, alpha): on the session with all the threads, or split across
+        the lanes in its order, lane 0 in this thread; every lane has finished when this returns or raises."""
+        parts = min(len(self._lanes), len(driver))
+        if parts < 2:
+            rgb, alpha = self._pipeline(kind)[0](driver, {who: values})
+            return rgb, alpha
+        bounds = np.linspace(0, len(driver), parts + 1).round().astype(int)  # as even as the chunk allows
+        pieces = [slice(bounds[i], bounds[i + 1]) for i in range(parts)]
+        assert self._lane_threads is not None
+        pending: list[Future[list[np.ndarray]]] = [
+            self._lane_threads.submit(self._pipeline(kind, lane=i)[0], driver[piece], {who: values[piece]})
+            for i, piece in enumerate(pieces[1:], start=1)
+        ]
+        try:
+            results = [self._pipeline(kind, lane=0)[0](driver[pieces[0]], {who: values[pieces[0]]})]
+        finally:
+            for future in pending:  # wait for each (even when lane 0 failed): a lane must be free for the next chunk
+                future.exception()
+        results += [future.result() for future in pending]
+        return np.concatenate([rgb for rgb, _ in results]), np.concatenate([alpha for _, alpha in results])
+
+    def _pipeline(
+        self, kind: str, *, lane: int | None = None
+    ) -> tuple[Callable[[np.ndarray, dict[str, np.ndarray]], list[np.ndarray]], tuple[int, ...]]:
+        """What one chunk of driver ``kind`` goes through (chunk, avatar feed -> [rgb, alpha]), and its sample shape;
+        on lane ``lane``'s sessions, or (None) on the session with all the threads."""
         landmark_driven = self.card.landmark_input is not None
+        main_session, signal_sessions = (
+            (self.session, {kind: session for kind, (session, _) in self._signal_graphs.items()}) if lane is None else self._lanes[lane]
+        )
 
         def main_graph(images: np.ndarray, who: dict[str, np.ndarray]) -> list[np.ndarray]:
-            return self.session.run(["rgb", "alpha"], {"driver": images, **who})
+            return main_session.run(["rgb", "alpha"], {"driver": images, **who})
 
         def drawn(points: np.ndarray, who: dict[str, np.ndarray]) -> list[np.ndarray]:
             return main_graph(self.draw_landmarks(points), who)
@@ -508,7 +598,7 @@ class Engine:
         if kind == "landmarks" and landmark_driven:
             return drawn, (NUM_LANDMARKS, 2)
         if kind in self._signal_graphs:
-            session, adapter = self._signal_graphs[kind]
+            session, adapter = signal_sessions[kind], self._signal_graphs[kind][1]
 
             def capture_graph(signal: np.ndarray, who: dict[str, np.ndarray]) -> list[np.ndarray]:
                 if adapter.outputs == ("landmarks",):  # the graph gives points; they are drawn as a landmarks frame's are

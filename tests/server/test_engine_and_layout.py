@@ -15,7 +15,7 @@ from megalive.cli import main as megalive_main
 from models.contract_model import ContractModel, ContractModelConfig
 from models.export import export_avatar_model
 from server.bench import StreamFigures, combine_session_rounds
-from server.engine import Engine, ModelError, batch_candidates, best_batch, load_model_card
+from server.engine import Engine, LaneLayout, ModelError, batch_candidates, best_batch, lane_layout, load_model_card
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,6 +51,63 @@ def test_engine_batches_and_splits_above_max_batch(contract_model_path: Path) ->
     np.testing.assert_allclose(single.rgb[0], output.rgb[3], atol=1e-5)
     with pytest.raises(ValueError):
         engine.run(np.zeros((1, 3, 16, 16), np.float32), np.zeros(1, np.int64))
+
+
+def test_lanes_share_the_cores_out_and_never_exceed_the_batch() -> None:
+    assert lane_layout(requested=None, cores=2, max_batch=8) == LaneLayout(lanes=2, threads_per_lane=1)
+    assert lane_layout(requested=None, cores=16, max_batch=8) == LaneLayout(lanes=8, threads_per_lane=2)
+    assert lane_layout(requested=None, cores=2, max_batch=1) == LaneLayout(lanes=1, threads_per_lane=2)  # a chunk of 1: no split
+    assert lane_layout(requested=1, cores=8, max_batch=8) == LaneLayout(lanes=1, threads_per_lane=8)
+    assert lane_layout(requested=4, cores=2, max_batch=8) == LaneLayout(lanes=2, threads_per_lane=1)  # a lane has a core
+    assert lane_layout(requested=3, cores=8, max_batch=8) == LaneLayout(lanes=3, threads_per_lane=2)
+    with pytest.raises(ValueError, match="lanes must be 1 or more"):
+        lane_layout(requested=0, cores=2, max_batch=8)
+
+
+class FailingGraph:
+    """A lane's main graph that fails, as ONNX Runtime does on a bad run."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def run(self, output_names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.calls += 1
+        raise RuntimeError("lane graph failed")
+
+
+def test_lanes_give_the_one_sessions_frames_in_the_batchs_order(multi_driver_model_path: Path) -> None:
+    """A batch split across two lanes (two one-thread sessions side by side) gives what one session gives, frame for
+    frame in order, on every driver kind; a lane that fails fails the call once every lane has finished, and the next
+    call runs."""
+    # intra_op_threads 2: two lanes of one thread whatever this machine's cores.
+    split = Engine(model_path=multi_driver_model_path, max_batch=4, intra_op_threads=2, lanes=2)
+    whole = Engine(model_path=multi_driver_model_path, max_batch=4, intra_op_threads=2, lanes=1)
+    assert split.lane_layout == LaneLayout(lanes=2, threads_per_lane=1) and whole.lane_layout.lanes == 1
+    assert split.session.get_session_options().intra_op_num_threads == 2  # a single frame: all the threads
+    generator = np.random.default_rng(0)
+    for batch in (1, 2, 3, 4, 7):  # 7: chunks of 4 and 3, each split in two
+        driver = generator.random((batch, 3, 64, 64), dtype=np.float32)
+        avatars = generator.integers(0, 3, batch)
+        got, want = split.run(driver, avatars), whole.run(driver, avatars)
+        np.testing.assert_allclose(got.rgb, want.rgb, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(got.alpha, want.alpha, rtol=0, atol=1e-5)
+    assert split.counters.runs == whole.counters.runs == 6 and split.counters.frames == 17  # a chunk is one run, split or not
+    frames = generator.random((3, 3, 64, 64), dtype=np.float32)
+    one_by_one = np.concatenate([whole.run(frames[i : i + 1], np.array([i])).rgb for i in range(3)])
+    np.testing.assert_allclose(split.run(frames, np.arange(3)).rgb, one_by_one, rtol=0, atol=1e-5)  # the batch's order
+    for kind, shape in (("arkit", (61,)), ("landmarks", (68, 2))):
+        signal = generator.random((3, *shape), dtype=np.float32)
+        np.testing.assert_allclose(
+            split.run(signal, np.array([2, 0, 1]), kind=kind).rgb, whole.run(signal, np.array([2, 0, 1]), kind=kind).rgb, atol=1e-5
+        )
+    lane_graph, lane_signals = split._lanes[1]
+    failing = FailingGraph()
+    split._lanes[1] = (failing, lane_signals)
+    with pytest.raises(RuntimeError, match="lane graph failed"):
+        split.run(driver[:2], avatars[:2])
+    assert failing.calls == 1
+    split._lanes[1] = (lane_graph, lane_signals)
+    np.testing.assert_allclose(split.run(driver[:2], avatars[:2]).rgb, whole.run(driver[:2], avatars[:2]).rgb, atol=1e-5)
 
 
 def test_the_server_takes_the_smallest_batch_within_the_tolerance_of_the_best(contract_model_path: Path) -> None:
@@ -143,10 +200,13 @@ def test_contract_model_command_and_bench_print_a_table(tmp_path: Path) -> None:
     report = json.loads(figures.read_text())
     assert report["raw_engine_fps"] > 0 and report["throughput"]["4"]["fps"] > 0
     assert report["session_rounds"] == 2 and report["throughput"]["1"]["vs_1"] == 1.0
+    assert report["lanes"] >= 1 and ("no lanes" in bench.stdout) == (report["lanes"] == 1)
     refused = run_cli("megalive", "bench", "--model", str(model), "--session-rounds", "0")
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         "megalive bench: --session-rounds must be between 1 and 100, got 0"
     ]
+    refused = run_cli("megalive", "bench", "--model", str(model), "--lanes", "0")
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == ["megalive bench: --lanes must be between 1 and 64, got 0"]
     bad = run_cli("models.cli", "contract-model", "--out", str(tmp_path / "x.onnx"), "--resolution", "30")
     assert bad.returncode == 2 and "multiple of 4" in bad.stderr
 
@@ -240,3 +300,13 @@ def test_onnx_runtime_threads_spin_only_when_asked(contract_model_path: Path, ca
         assert json.loads(capsys.readouterr().out)["spin_wait"] is shown
     assert megalive_main(["serve", "--model", str(contract_model_path), "--engine", "triton://127.0.0.1:8001", "--spin-wait"]) == 2
     assert "--spin-wait are the in-process engine's" in capsys.readouterr().err
+
+
+def test_serve_takes_lanes_auto_or_a_number_in_range(contract_model_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for options, shown in (((), "auto"), (("--lanes", "3"), 3)):
+        assert megalive_main(["serve", "--model", str(contract_model_path), "--dry-run", *options]) == 0
+        assert json.loads(capsys.readouterr().out)["lanes"] == shown
+    assert megalive_main(["serve", "--model", str(contract_model_path), "--lanes", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "megalive serve: --lanes must be between 1 and 64"
+    assert megalive_main(["serve", "--model", str(contract_model_path), "--engine", "triton://127.0.0.1:8001", "--lanes", "2"]) == 2
+    assert "--lanes and --spin-wait are the in-process engine's" in capsys.readouterr().err

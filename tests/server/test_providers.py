@@ -61,6 +61,7 @@ def test_io_binding_on_the_cpu_device_gives_plain_runs_outputs_and_keeps_its_inp
     plain = Engine(model_path=enrollable_model_path, max_batch=4)
     bound = Engine(model_path=enrollable_model_path, max_batch=4, io_binding=True)
     assert isinstance(bound.session, IoBoundSession) and bound.session.device == "cpu"
+    assert bound.lane_layout.lanes == 1  # lanes are for in-process CPU sessions; a bound (GPU) graph runs a batch whole
     assert not isinstance(plain.session, IoBoundSession)  # on the CPU provider binding is off unless asked for
     generator = np.random.default_rng(0)
     for batch in (1, 3):

@@ -171,6 +171,7 @@ def test_the_triton_engine_gives_the_in_process_engines_outputs(served: tuple[Cp
         local = Engine(model_path=model, max_batch=4, bank_path=tmp_path / f"{model.stem}.local.npz")
         assert remote.avatar_names == local.avatar_names and remote.drivers == local.drivers
         assert remote.providers == [f"triton://{triton.url}/{model.stem}"]
+        assert remote.lane_layout.lanes == 1  # Triton batches on its own side: no lanes in this process
         for batch in (1, 3, 6):  # 6: two chunks of at most max_batch
             driver = generator.random((batch, 3, *local.resolution), dtype=np.float32)
             avatars = generator.integers(0, local.num_avatars, batch)
