@@ -476,7 +476,8 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         type=int,
         default=3,
         metavar="N",
-        help="the 1-, 2- and 4-session phases in N interleaved rounds (each S / N long); their ratios are the rounds' median",
+        help="the 1-, 2- and 4-session phases, and the engine alone beside one session, in N interleaved rounds (each S / N "
+        "long); their ratios are the rounds' median",
     )
     bench.add_argument("--threads", type=int, default=0, metavar="N", help="ONNX Runtime intra-op threads; 0: one per core")
     bench.add_argument(

@@ -14,7 +14,7 @@ import pytest
 from megalive.cli import main as megalive_main
 from models.contract_model import ContractModel, ContractModelConfig
 from models.export import export_avatar_model
-from server.bench import StreamFigures, combine_session_rounds
+from server.bench import StreamFigures, combine_session_rounds, median_ratio
 from server.engine import Engine, LaneLayout, ModelError, batch_candidates, best_batch, lane_layout, load_model_card
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -236,6 +236,16 @@ def test_session_ratios_compare_phases_within_a_round_so_drift_between_rounds_st
     assert len(four.latencies_ms) == 3
     with pytest.raises(AssertionError, match="same counts"):
         combine_session_rounds([[phase(1, 10.0), phase(4, 10.0)], [phase(4, 10.0), phase(1, 10.0)]])
+
+
+def test_end_to_end_over_raw_compares_turns_within_a_round() -> None:
+    # The box halves its speed after the first round: each round's stream gets 90 % of that round's engine, while the
+    # ratio of the phases' means (the stream measured after the engine, on the slower box) would read far lower.
+    raw, streamed = [100.0, 50.0, 50.0], [90.0, 45.0, 45.0]
+    assert median_ratio(streamed, raw) == pytest.approx(0.9)
+    assert median_ratio([90.0, 30.0, 46.0], [100.0, 50.0, 50.0]) == pytest.approx(0.9)  # the median: one odd round stays out
+    with pytest.raises(AssertionError):
+        median_ratio([1.0], [1.0, 2.0])
 
 
 def test_bench_times_each_capture_driver_beside_the_image_path(multi_driver_model_path: Path, tmp_path: Path) -> None:
