@@ -233,7 +233,7 @@ def lane_layout(*, requested: int | None, cores: int, max_batch: int) -> LaneLay
     than max_batch frames) and by the cores (a lane has at least one thread); the cores shared out evenly."""
     if requested is not None and requested < 1:
         raise ValueError(f"lanes must be 1 or more, got {requested}")
-    lanes = max(1, min(cores if requested is None else requested, max_batch, cores))
+    lanes = max(1, min(cores, max_batch, cores if requested is None else requested))
     return LaneLayout(lanes=lanes, threads_per_lane=max(1, cores // lanes))
 
 
@@ -584,7 +584,7 @@ class Engine:
         on lane ``lane``'s sessions, or (None) on the session with all the threads."""
         landmark_driven = self.card.landmark_input is not None
         main_session, signal_sessions = (
-            (self.session, {kind: session for kind, (session, _) in self._signal_graphs.items()}) if lane is None else self._lanes[lane]
+            (self.session, {name: session for name, (session, _) in self._signal_graphs.items()}) if lane is None else self._lanes[lane]
         )
 
         def main_graph(images: np.ndarray, who: dict[str, np.ndarray]) -> list[np.ndarray]:
