@@ -298,6 +298,12 @@ def measure_raw_fps(engine: Engine, seconds: float, *, batch: int = 1, kind: str
     return runs * batch / (time.perf_counter() - began)
 
 
+def median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """The median over rounds of numerator / denominator, each pair measured within one round."""
+    assert numerators and len(numerators) == len(denominators), (numerators, denominators)
+    return float(np.median(np.array(numerators) / np.array(denominators)))
+
+
 CAPTURE_TURN_S = 0.25  # each graph's turn within a round of the interleaved capture-cost phase
 
 
@@ -330,10 +336,9 @@ def measure_capture_costs(engine: Engine, seconds: float, kinds: tuple[str, ...]
                     runs += 1
                 rounds[kind].append(runs / (time.perf_counter() - turn_began))
             progress.show(time.perf_counter() - began)
-    reference = np.array(rounds[base])
     return CaptureCosts(
         fps={kind: float(np.median(rounds[kind])) for kind in kinds},
-        cost_vs_image={kind: float(np.median(reference / np.array(rounds[kind]))) for kind in kinds},
+        cost_vs_image={kind: median_ratio(rounds[base], rounds[kind]) for kind in kinds},
     )
 
 
@@ -375,8 +380,8 @@ def measure_watermark_cost(engine: Engine, seconds: float) -> WatermarkCost:
                     runs += 1
                 rounds[watermark].append(runs / (time.perf_counter() - turn_began))
             progress.show(time.perf_counter() - began)
-    without, with_ = np.array(rounds[False]), np.array(rounds[True])
-    return WatermarkCost(fps_without=float(np.median(without)), fps_with=float(np.median(with_)), ratio=float(np.median(with_ / without)))
+    without, with_ = rounds[False], rounds[True]
+    return WatermarkCost(fps_without=float(np.median(without)), fps_with=float(np.median(with_)), ratio=median_ratio(with_, without))
 
 
 def start_server(model_path: Path, *, threads: int = 0, options: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
@@ -483,17 +488,11 @@ def combine_session_rounds(measured: list[list[StreamFigures]]) -> SessionRounds
     counts = [part.sessions for part in measured[0]]
     assert all([part.sessions for part in round_] == counts for round_ in measured), "every round streams the same counts"
     per_count = [[round_[i] for round_ in measured] for i in range(len(counts))]  # count -> its phases, one per round
-    reference = np.array([part.fps for part in per_count[0]])
+    reference = [part.fps for part in per_count[0]]
     return SessionRounds(
         streams=tuple(StreamFigures.combined(parts) for parts in per_count),
-        ratios={n: float(np.median(np.array([part.fps for part in parts]) / reference)) for n, parts in zip(counts, per_count)},
+        ratios={n: median_ratio([part.fps for part in parts], reference) for n, parts in zip(counts, per_count)},
     )
-
-
-def median_ratio(numerators: list[float], denominators: list[float]) -> float:
-    """The median over rounds of numerator / denominator, each pair measured within one round."""
-    assert numerators and len(numerators) == len(denominators), (numerators, denominators)
-    return float(np.median(np.array(numerators) / np.array(denominators)))
 
 
 def measure_end_to_end_over_raw(
