@@ -145,7 +145,7 @@ class RawSession:
 def test_engine_runs_landmarks_and_arkit_and_refuses_pictures(engine: Engine) -> None:
     assert engine.landmark_driven and engine.drivers == ("image", "landmarks", "arkit")
     assert engine.neutral_landmarks is not None and engine.neutral_landmarks.shape == (1, 68, 2)
-    np.testing.assert_allclose(engine.neutral_landmarks[0], neutral_face(), atol=1e-5)
+    np.testing.assert_allclose(engine.neutral_landmarks[0], neutral_face(), atol=1e-6)
     faces = np.stack([neutral_face(), mouth_open(neutral_face()), stretched(neutral_face()), neutral_face(), neutral_face()])
     output = engine.run(faces, np.zeros(5, np.int64), kind="landmarks")  # 5 > max_batch 4: two chunks
     assert output.rgb.shape == (5, 3, SIZE, SIZE) and output.alpha.shape == (5, 1, SIZE, SIZE)
